@@ -1,0 +1,24 @@
+"""``python -m capsa``: the one entry point, in the role its environment names.
+
+``CAPSA_ROLE=supervisor`` makes this process the job supervisor (started by the
+daemon, see capsa.runtime.supervisor); otherwise it is the ``capsa`` CLI.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+
+def _main() -> None:
+    if os.environ.get("CAPSA_ROLE") == "supervisor":
+        from capsa.runtime.supervisor import main
+
+        main(Path(os.environ.get("CAPSA_HOME", "/var/lib/capsa")))
+        return
+    from capsa.cli.main import main as cli_main
+
+    sys.exit(cli_main())
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,111 @@
+"""A typed client for the capsa daemon: one method per RPC, typed errors out.
+
+Example::
+
+    from capsa.api.client import CapsaClient
+    with CapsaClient.from_config() as client:
+        job = client.run_job(["/bin/echo", "hi"])
+        for chunk in client.stream_logs(job.id, follow=True):
+            ...
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from capsa.api.errors import from_rpc_error
+from capsa.api.gen.capsa.v1 import common_pb2
+from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
+from capsa.api.gen.capsa.v1 import jobs_pb2_grpc as pb_grpc
+from capsa.config import NodeConfig, find_client_config, load_client_config
+from capsa.errors import Unauthorized
+from capsa.pki import cert_expiry
+
+__all__ = ["CapsaClient"]
+
+
+class CapsaClient:
+    def __init__(self, node: NodeConfig, *, timeout: float = 60.0) -> None:
+        expiry = cert_expiry(node.cert_pem)
+        if expiry < dt.datetime.now(dt.UTC):
+            raise Unauthorized(f"the client certificate in your config expired on {expiry:%Y-%m-%d %H:%M} UTC;"
+                               " ask an administrator for a new client config")
+        self.address = node.address
+        self.timeout = timeout
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=node.ca_pem.encode(),
+            private_key=node.key_pem.encode(),
+            certificate_chain=node.cert_pem.encode(),
+        )
+        self.channel = grpc.secure_channel(node.address, creds, options=[
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.enable_retries", 0),
+        ])
+        self.jobs = pb_grpc.JobServiceStub(self.channel)
+        self.node = pb_grpc.NodeServiceStub(self.channel)
+
+    @classmethod
+    def from_config(cls, path: Path | None = None, *, node: str | None = None, timeout: float = 60.0) -> CapsaClient:
+        config = load_client_config(find_client_config(path))
+        return cls(config.select(node), timeout=timeout)
+
+    def __enter__(self) -> CapsaClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _call(self, method: Any, request: Any, *, timeout: float | None = -1.0) -> Any:
+        try:
+            return method(request, timeout=self.timeout if timeout == -1.0 else timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, address=self.address) from None
+
+    # -- jobs -----------------------------------------------------------------------------
+    def run_job(self, command: list[str], *, env: dict[str, str] | None = None, workdir: str = "",
+                name: str = "", max_cpu: int = 0, cpu_cores: str = "", max_memory_mb: int = 0,
+                max_iobps: int = 0, max_pids: int = 0) -> pb.Job:
+        request = pb.RunJobRequest(
+            command=command, env=env or {}, workdir=workdir, name=name,
+            resources=pb.Resources(max_cpu=max_cpu, cpu_cores=cpu_cores, max_memory_mb=max_memory_mb,
+                                   max_iobps=max_iobps, max_pids=max_pids),
+        )
+        return self._call(self.jobs.RunJob, request)
+
+    def get_job(self, job_id: str) -> pb.Job:
+        return self._call(self.jobs.GetJob, pb.GetJobRequest(id=job_id))
+
+    def list_jobs(self, *, all: bool = False) -> list[pb.Job]:
+        return list(self._call(self.jobs.ListJobs, pb.ListJobsRequest(all=all)).jobs)
+
+    def stop_job(self, job_id: str, *, grace_seconds: float = 0) -> pb.Job:
+        return self._call(self.jobs.StopJob, pb.StopJobRequest(id=job_id, grace_seconds=grace_seconds),
+                          timeout=None)
+
+    def delete_job(self, job_id: str, *, force: bool = False) -> str:
+        return self._call(self.jobs.DeleteJob, pb.DeleteJobRequest(id=job_id, force=force)).id
+
+    def stream_logs(self, job_id: str, *, follow: bool = False, from_seq: int = 0) -> Iterator[pb.LogChunk]:
+        stream = self.jobs.StreamLogs(pb.StreamLogsRequest(id=job_id, follow=follow, from_seq=from_seq),
+                                      timeout=None if follow else self.timeout)
+        try:
+            yield from stream
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, address=self.address) from None
+        finally:
+            stream.cancel()
+
+    # -- node --------------------------------------------------------------------------------
+    def version(self) -> pb.VersionInfo:
+        return self._call(self.node.GetVersion, common_pb2.Empty())
+
+    def whoami(self) -> pb.Identity:
+        return self._call(self.node.WhoAmI, common_pb2.Empty())

@@ -1,0 +1,29 @@
+"""The one table mapping every RPC to the least role allowed to call it.
+
+Roles are cumulative (reader < developer < maintainer < admin). A method that is
+missing here is refused for everyone: tests/unit/api/test_roles.py checks that
+every RPC of every service is listed, and calls each one with each role.
+"""
+
+from __future__ import annotations
+
+from capsa.pki import Role
+
+__all__ = ["RPC_ROLES", "required_role"]
+
+RPC_ROLES: dict[str, Role] = {
+    # JobService
+    "/capsa.v1.JobService/RunJob": Role.DEVELOPER,
+    "/capsa.v1.JobService/GetJob": Role.READER,
+    "/capsa.v1.JobService/ListJobs": Role.READER,
+    "/capsa.v1.JobService/StopJob": Role.DEVELOPER,
+    "/capsa.v1.JobService/DeleteJob": Role.DEVELOPER,
+    "/capsa.v1.JobService/StreamLogs": Role.READER,
+    # NodeService
+    "/capsa.v1.NodeService/GetVersion": Role.READER,
+    "/capsa.v1.NodeService/WhoAmI": Role.READER,
+}
+
+
+def required_role(method: str) -> Role | None:
+    return RPC_ROLES.get(method)

@@ -1,0 +1,116 @@
+"""The daemon: wires config, state, the supervisor and the domain services to gRPC.
+
+Start-up order matters: the supervisor (which forks job processes) is a
+separate process started before the gRPC server creates its threads, so this
+process never forks user code or changes namespaces (ARCHITECTURE.md, fork
+safety).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from capsa.api.auth import AuthInterceptor
+from capsa.api.gen.capsa.v1 import jobs_pb2_grpc
+from capsa.api.servicers.jobs import JobServicer, NodeServicer
+from capsa.config import HomeLayout, ServerConfig, ensure_home, load_server_config
+from capsa.jobs.service import JobService
+from capsa.runtime.client import SupervisorClient, ensure_supervisor
+from capsa.state import Database
+
+__all__ = ["Daemon", "DaemonOptions", "run_daemon"]
+
+log = logging.getLogger("capsa.daemon")
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    home: Path
+    config_path: Path | None = None
+    listen: str | None = None
+    live_restore: bool = False   # keep jobs running when the daemon stops cleanly
+
+
+class Daemon:
+    def __init__(self, options: DaemonOptions) -> None:
+        self.options = options
+        self.config = _load_config(options)
+        self.home = Path(self.config.home)
+        self.layout = HomeLayout(self.home)
+        self.db: Database | None = None
+        self.supervisor: SupervisorClient | None = None
+        self.jobs: JobService | None = None
+        self.server: grpc.Server | None = None
+        self.stopped = threading.Event()
+
+    def start(self) -> None:
+        self.db = Database(self.layout.db if hasattr(self.layout, "db") else self.home / "capsa.db")
+        self.supervisor, _ = ensure_supervisor(self.home)
+        cgroup_version = int(self.supervisor.ping().get("cgroup_version", 0))
+        self.jobs = JobService(self.db, self.home, self.supervisor, stop_grace_s=self.config.jobs.stop_grace_s)
+        self.jobs.attach_supervisor()
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="rpc"),
+            interceptors=[AuthInterceptor()],
+            options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.so_reuseport", 0)],
+        )
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs), server)
+        jobs_pb2_grpc.add_NodeServiceServicer_to_server(
+            NodeServicer(cgroup_version=cgroup_version, snapshotter=self.config.snapshots.backend), server)
+        tls = self.config.tls
+        creds = grpc.ssl_server_credentials(
+            [(tls.key_pem.encode(), tls.cert_pem.encode())],
+            root_certificates=tls.ca_pem.encode(),
+            require_client_auth=True,
+        )
+        listen = self.options.listen or self.config.listen
+        port = server.add_secure_port(listen, creds)
+        if port == 0:
+            raise OSError(f"cannot listen on {listen}")
+        server.start()
+        self.server = server
+        (self.home / "run").mkdir(parents=True, exist_ok=True)
+        (self.home / "run" / "daemon.pid").write_text(str(os.getpid()))
+        log.info("capsa daemon listening on %s (home %s)", listen, self.home)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop(grace=2).wait(5)
+        if self.supervisor is not None:
+            self.supervisor.close()
+            if not self.options.live_restore:
+                self.supervisor.shutdown()
+        if self.db is not None:
+            self.db.close(checkpoint=True)
+        with contextlib.suppress(FileNotFoundError):
+            (self.home / "run" / "daemon.pid").unlink()
+        self.stopped.set()
+
+
+def _load_config(options: DaemonOptions) -> ServerConfig:
+    if options.config_path is not None:
+        return load_server_config(options.config_path)
+    listen = options.listen or "127.0.0.1:7443"
+    return ensure_home(options.home, address=listen, listen=listen)
+
+
+def run_daemon(options: DaemonOptions) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    daemon = Daemon(options)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    daemon.start()
+    print(f"capsa daemon ready on {options.listen or daemon.config.listen}", flush=True)
+    done.wait()
+    daemon.stop()
+    return 0

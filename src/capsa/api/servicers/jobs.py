@@ -1,0 +1,88 @@
+"""JobService and NodeService servicers."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import grpc
+
+from capsa import __version__
+from capsa.api.auth import identity_of
+from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
+from capsa.api.gen.capsa.v1 import jobs_pb2_grpc as pb_grpc
+from capsa.api.servicers._base import rpc
+from capsa.jobs.model import Job, Resources, RunRequest
+from capsa.jobs.service import JobService
+
+__all__ = ["JobServicer", "NodeServicer", "job_to_pb"]
+
+
+def job_to_pb(job: Job) -> pb.Job:
+    r = job.resources
+    return pb.Job(
+        id=job.id, name=job.name, command=job.command, state=job.state.value,
+        exit_code=job.exit_code if job.exit_code is not None else 0, signal=job.signal, reason=job.reason,
+        created_at_ns=job.created_ns, started_at_ns=job.started_ns, ended_at_ns=job.ended_ns,
+        resources=pb.Resources(max_cpu=r.max_cpu, cpu_cores=r.cpu_cores, max_memory_mb=r.max_memory_mb,
+                               max_iobps=r.max_iobps, max_pids=r.max_pids),
+        pid=job.pid, ended=job.state.ended, env=job.env, workdir=job.workdir, hostname=job.hostname,
+        cgroup=job.cgroup, start_latency_ns=job.start_latency_ns,
+    )
+
+
+class JobServicer(pb_grpc.JobServiceServicer):
+    def __init__(self, jobs: JobService) -> None:
+        self.jobs = jobs
+
+    @rpc
+    def RunJob(self, request: pb.RunJobRequest, context: grpc.ServicerContext) -> pb.Job:
+        r = request.resources
+        job = self.jobs.run(RunRequest(
+            command=tuple(request.command), env=dict(request.env), workdir=request.workdir or "/work",
+            name=request.name,
+            resources=Resources(max_cpu=r.max_cpu, cpu_cores=r.cpu_cores, max_memory_mb=r.max_memory_mb,
+                                max_iobps=r.max_iobps, max_pids=r.max_pids),
+        ))
+        return job_to_pb(job)
+
+    @rpc
+    def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
+        return job_to_pb(self.jobs.get(request.id))
+
+    @rpc
+    def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
+        return pb.ListJobsResponse(jobs=[job_to_pb(j) for j in self.jobs.list(all=request.all)])
+
+    @rpc
+    def StopJob(self, request: pb.StopJobRequest, context: grpc.ServicerContext) -> pb.Job:
+        return job_to_pb(self.jobs.stop(request.id, request.grace_seconds or None))
+
+    @rpc
+    def DeleteJob(self, request: pb.DeleteJobRequest, context: grpc.ServicerContext) -> pb.DeleteJobResponse:
+        return pb.DeleteJobResponse(id=self.jobs.delete(request.id, force=request.force))
+
+    @rpc
+    def StreamLogs(self, request: pb.StreamLogsRequest, context: grpc.ServicerContext) -> Any:
+        stop = threading.Event()
+        context.add_callback(stop.set)  # the client went away: stop following
+        for chunk in self.jobs.logs(request.id, follow=request.follow, from_seq=request.from_seq or 1, stop=stop):
+            yield pb.LogChunk(seq=chunk.seq, stream=int(chunk.stream), timestamp_ns=chunk.timestamp_ns,
+                              data=chunk.data)
+
+
+class NodeServicer(pb_grpc.NodeServiceServicer):
+    def __init__(self, *, cgroup_version: int, snapshotter: str) -> None:
+        self.cgroup_version = cgroup_version
+        self.snapshotter = snapshotter
+
+    @rpc
+    def GetVersion(self, request: Any, context: grpc.ServicerContext) -> pb.VersionInfo:
+        return pb.VersionInfo(version=__version__, cgroup_version=f"v{self.cgroup_version}",
+                              kernel=os.uname().release, snapshotter=self.snapshotter)
+
+    @rpc
+    def WhoAmI(self, request: Any, context: grpc.ServicerContext) -> pb.Identity:
+        who = identity_of(context)
+        return pb.Identity(common_name=who.common_name, role=who.role.value)

@@ -1,0 +1,89 @@
+"""Node commands: init, daemon, version, whoami."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from capsa import __version__
+from capsa.cli.output import emit, json_option
+from capsa.errors import CapsaError
+
+__all__ = ["COMMANDS"]
+
+
+@click.command()
+@click.option("--dir", "directory", type=click.Path(path_type=Path), required=True,
+              help="Where to write server.yaml and client-<role>.yaml.")
+@click.option("--address", default="127.0.0.1:7443", show_default=True, help="Address clients dial.")
+@click.option("--host", "hosts", multiple=True, help="Extra DNS name or IP for the server certificate.")
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+@json_option
+def init(directory: Path, address: str, hosts: tuple[str, ...], force: bool, as_json: bool) -> None:
+    """Create a CA, a server config and one client config per role (certificates embedded)."""
+    from capsa.config import write_bundle
+    from capsa.pki import default_server_hosts
+
+    paths = write_bundle(directory, address=address, hosts=[*default_server_hosts(), *hosts] if hosts else None,
+                         overwrite=force)
+    if as_json:
+        emit({"files": [str(p) for p in paths]})
+    else:
+        for path in paths:
+            click.echo(str(path))
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="server.yaml to use (default: $CAPSA_HOME/server.yaml, created on first start).")
+@click.option("--home", type=click.Path(path_type=Path), default=None, help="Data dir (default $CAPSA_HOME).")
+@click.option("--listen", default=None, help="host:port to listen on (default from config, 127.0.0.1:7443).")
+@click.option("--live-restore", is_flag=True, help="Keep jobs running when the daemon stops.")
+def daemon(config_path: Path | None, home: Path | None, listen: str | None, live_restore: bool) -> int:
+    """Run the capsa daemon (as root)."""
+    from capsa.api.server import DaemonOptions, run_daemon
+    from capsa.config import capsa_home
+
+    return run_daemon(DaemonOptions(home=(home or capsa_home()).absolute(), config_path=config_path,
+                                    listen=listen, live_restore=live_restore))
+
+
+@click.command()
+@json_option
+@click.pass_obj
+def version(obj: Any, as_json: bool) -> None:
+    """Show client and daemon versions."""
+    info: dict[str, Any] = {"client": __version__}
+    try:
+        server = obj.client().version()
+        info["daemon"] = {"version": server.version, "cgroup": server.cgroup_version, "kernel": server.kernel,
+                          "snapshotter": server.snapshotter}
+    except CapsaError as exc:
+        info["daemon_error"] = str(exc)
+    if as_json:
+        emit(info)
+        return
+    click.echo(f"client: capsa {info['client']}")
+    if "daemon" in info:
+        d = info["daemon"]
+        click.echo(f"daemon: capsa {d['version']} (kernel {d['kernel']}, cgroup {d['cgroup']}, "
+                   f"snapshotter {d['snapshotter']})")
+    else:
+        click.echo(f"daemon: unreachable ({info['daemon_error']})")
+
+
+@click.command()
+@json_option
+@click.pass_obj
+def whoami(obj: Any, as_json: bool) -> None:
+    """Show the identity and role the daemon sees for this client."""
+    who = obj.client().whoami()
+    if as_json:
+        emit({"common_name": who.common_name, "role": who.role})
+    else:
+        click.echo(f"{who.common_name} ({who.role})")
+
+
+COMMANDS = [init, daemon, version, whoami]

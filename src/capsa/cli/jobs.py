@@ -1,0 +1,165 @@
+"""Job commands: run, ps, inspect, logs, stop, rm."""
+
+from __future__ import annotations
+
+import base64
+import signal
+import sys
+from typing import Any
+
+import click
+from google.protobuf.json_format import MessageToDict
+
+from capsa.cli.output import ago, emit, json_option, print_table
+from capsa.errors import InvalidArgument
+
+__all__ = ["COMMANDS"]
+
+
+def job_dict(job: Any) -> dict[str, Any]:
+    data = MessageToDict(job, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    data["exit_code"] = job.exit_code if job.ended else None
+    for key in ("created_at_ns", "started_at_ns", "ended_at_ns", "start_latency_ns"):
+        data[key] = int(data.get(key, 0))
+    return data
+
+
+def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"-e {pair!r}: expected KEY=VALUE")
+        env[key] = value
+    return env
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
+@click.option("-d", "--detach", is_flag=True, help="Run in the background and print the job id.")
+@click.option("--name", default="", help="A name for the job.")
+@click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment variable (repeatable).")
+@click.option("--workdir", default="", help="Working directory inside the job (default /work).")
+@click.option("--max-cpu", type=int, default=0, help="CPU limit in percent of one core (100 = one core).")
+@click.option("--cpu-cores", default="", help="CPUs the job may use, e.g. 0-1 or 0,2.")
+@click.option("--max-memory", type=int, default=0, help="Memory limit in MB; the job is OOM-killed above it.")
+@click.option("--max-iobps", type=int, default=0, help="I/O limit in bytes/s on the device backing the job.")
+@click.option("--max-pids", type=int, default=0, help="Maximum number of processes in the job.")
+@json_option
+@click.argument("command", nargs=-1, required=True)
+@click.pass_obj
+def run(obj: Any, detach: bool, name: str, env: tuple[str, ...], workdir: str, max_cpu: int, cpu_cores: str,
+        max_memory: int, max_iobps: int, max_pids: int, as_json: bool, command: tuple[str, ...]) -> int:
+    """Run COMMAND as an isolated job (attached unless -d): capsa run [flags] -- CMD ARGS."""
+    client = obj.client()
+    job = client.run_job(list(command), env=_parse_env(env), workdir=workdir, name=name, max_cpu=max_cpu,
+                         cpu_cores=cpu_cores, max_memory_mb=max_memory, max_iobps=max_iobps, max_pids=max_pids)
+    if job.ended and job.reason.startswith("start failed"):
+        click.echo(f"capsa: job {job.id[:12]}: {job.reason}", err=True)
+        return job.exit_code or 127
+    if detach:
+        if as_json:
+            emit(job_dict(job))
+        else:
+            click.echo(job.id)
+        return 0
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    try:
+        for chunk in client.stream_logs(job.id, follow=True):
+            target = out if chunk.stream == 1 else err
+            target.write(chunk.data)
+            target.flush()
+    except KeyboardInterrupt:
+        client.stop_job(job.id)
+        return 128 + signal.SIGINT
+    final = client.get_job(job.id)
+    if as_json:
+        emit(job_dict(final))
+    if final.signal:
+        click.echo(f"capsa: job {final.id[:12]}: {final.reason}", err=True)
+    return final.exit_code
+
+
+@click.command()
+@click.option("-a", "--all", "all_", is_flag=True, help="Show ended jobs too.")
+@click.option("-q", "--quiet", is_flag=True, help="Print job ids only.")
+@json_option
+@click.pass_obj
+def ps(obj: Any, all_: bool, quiet: bool, as_json: bool) -> None:
+    """List jobs (running ones unless -a)."""
+    jobs = obj.client().list_jobs(all=all_)
+    if as_json:
+        emit([job_dict(j) for j in jobs])
+    elif quiet:
+        for job in jobs:
+            click.echo(job.id[:12])
+    else:
+        print_table(
+            ["JOB ID", "STATE", "EXIT", "CREATED", "COMMAND", "NAME"],
+            [(j.id[:12], j.state, j.exit_code if j.ended else "-", ago(j.created_at_ns),
+              " ".join(j.command)[:60], j.name) for j in jobs],
+        )
+
+
+@click.command()
+@click.argument("job_id")
+@json_option
+@click.pass_obj
+def inspect(obj: Any, job_id: str, as_json: bool) -> None:
+    """Show everything known about a job (JSON)."""
+    emit(job_dict(obj.client().get_job(job_id)))
+
+
+@click.command()
+@click.option("-f", "--follow", is_flag=True, help="Follow live output until the job ends.")
+@click.option("--from-seq", type=int, default=0, help="Resume from this chunk sequence number.")
+@json_option
+@click.argument("job_id")
+@click.pass_obj
+def logs(obj: Any, follow: bool, from_seq: int, as_json: bool, job_id: str) -> None:
+    """Print a job's output (stdout to stdout, stderr to stderr)."""
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    for chunk in obj.client().stream_logs(job_id, follow=follow, from_seq=from_seq):
+        if as_json:
+            emit_line = {"seq": chunk.seq, "stream": "stdout" if chunk.stream == 1 else "stderr",
+                         "timestamp_ns": chunk.timestamp_ns, "data_b64": base64.b64encode(chunk.data).decode()}
+            import json
+
+            out.write((json.dumps(emit_line) + "\n").encode())
+            out.flush()
+            continue
+        target = out if chunk.stream == 1 else err
+        target.write(chunk.data)
+        target.flush()
+
+
+@click.command()
+@click.option("-t", "--time", "grace", type=float, default=0, help="Seconds to wait before SIGKILL.")
+@json_option
+@click.argument("job_ids", nargs=-1, required=True)
+@click.pass_obj
+def stop(obj: Any, grace: float, as_json: bool, job_ids: tuple[str, ...]) -> None:
+    """Stop jobs: SIGTERM, then SIGKILL after the grace period."""
+    results = [obj.client().stop_job(j, grace_seconds=grace) for j in job_ids]
+    if as_json:
+        emit([job_dict(j) for j in results])
+    else:
+        for job in results:
+            click.echo(job.id[:12])
+
+
+@click.command()
+@click.option("-f", "--force", is_flag=True, help="Stop the job first if it is running.")
+@json_option
+@click.argument("job_ids", nargs=-1, required=True)
+@click.pass_obj
+def rm(obj: Any, force: bool, as_json: bool, job_ids: tuple[str, ...]) -> None:
+    """Remove ended jobs, their logs and files."""
+    removed = [obj.client().delete_job(j, force=force) for j in job_ids]
+    if as_json:
+        emit({"removed": removed})
+    else:
+        for job_id in removed:
+            click.echo(job_id[:12])
+
+
+COMMANDS = [run, ps, inspect, logs, stop, rm]

@@ -1,0 +1,214 @@
+"""The daemon's configuration (server.yaml): typed, defaulted, strict about unknown keys."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import ByteSize, Field, ValidationInfo, field_validator, model_validator
+
+from capsa.config.fields import CaCertPem, CertPem, KeyPem, ListenAddress, StrictModel, key_belongs_to
+from capsa.config.paths import capsa_home
+
+__all__ = [
+    "BtrfsConfig",
+    "DEFAULT_QUEUES",
+    "DevmapperConfig",
+    "FsmConfig",
+    "ImagesConfig",
+    "JobsConfig",
+    "MetricsConfig",
+    "RegistryConfig",
+    "S3Config",
+    "ServerConfig",
+    "ServerTLS",
+    "SnapshotsConfig",
+    "UnpackLimits",
+]
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+PositiveBytes = Annotated[ByteSize, Field(gt=0)]  # ints, or strings such as "512MiB" / "10GiB"
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+DEFAULT_QUEUES: dict[str, int] = {"download": 5, "unpack": 2}
+_QUEUE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+class ServerTLS(StrictModel):
+    """The daemon's mTLS material, embedded as PEM text (joblet ADR-006).
+
+    ``ca_pem`` is the CA that client certificates must chain to.
+    """
+
+    ca_pem: CaCertPem
+    cert_pem: CertPem
+    key_pem: KeyPem
+
+    @field_validator("key_pem")
+    @classmethod
+    def _key_matches_cert(cls, value: str, info: ValidationInfo) -> str:
+        return key_belongs_to(info.data.get("cert_pem"), value)
+
+
+class JobsConfig(StrictModel):
+    stop_grace_s: PositiveSeconds = 10.0
+    """Seconds between SIGTERM and SIGKILL when a job is stopped."""
+    default_max_pids: Annotated[int, Field(gt=0)] | None = None
+    """pids limit for jobs that set none; None leaves them unlimited."""
+    log_segment_bytes: Annotated[ByteSize, Field(ge=64 * KiB)] = ByteSize(64 * MiB)
+    """Size at which a job's log file rolls over to a new segment."""
+
+
+class FsmConfig(StrictModel):
+    retry_base_s: PositiveSeconds = 0.5
+    """First retry delay; doubles per attempt (with jitter) up to ``retry_cap_s``."""
+    retry_cap_s: PositiveSeconds = 60.0
+    max_attempts: Annotated[int, Field(ge=1)] = 8
+    queues: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: dict(DEFAULT_QUEUES))
+    """Concurrency per named queue; setting one queue keeps the defaults of the others."""
+
+    @field_validator("queues", mode="after")
+    @classmethod
+    def _merge_queue_defaults(cls, value: dict[str, int]) -> dict[str, int]:
+        for name in value:
+            if not _QUEUE_NAME.match(name):
+                raise ValueError(f"queue name {name!r} must be lowercase letters, digits, '_' or '-'")
+        return {**DEFAULT_QUEUES, **value}
+
+    @model_validator(mode="after")
+    def _cap_not_below_base(self) -> FsmConfig:
+        if self.retry_cap_s < self.retry_base_s:
+            raise ValueError(
+                f"retry_cap_s ({self.retry_cap_s}) must not be smaller than retry_base_s ({self.retry_base_s})"
+            )
+        return self
+
+
+class UnpackLimits(StrictModel):
+    """Hard limits on one image unpack; exceeding any aborts it (not retried)."""
+
+    max_file_bytes: PositiveBytes = ByteSize(1 * GiB)
+    max_total_bytes: PositiveBytes = ByteSize(10 * GiB)
+    max_entries: Annotated[int, Field(gt=0)] = 100_000
+    timeout_s: PositiveSeconds = 1800.0
+
+    @model_validator(mode="after")
+    def _file_within_total(self) -> UnpackLimits:
+        if self.max_file_bytes > self.max_total_bytes:
+            raise ValueError(
+                f"max_file_bytes ({self.max_file_bytes}) must not exceed max_total_bytes ({self.max_total_bytes})"
+            )
+        return self
+
+
+class RegistryConfig(StrictModel):
+    """Per-registry settings, keyed by host[:port] as it appears in image references."""
+
+    insecure: bool = False
+    """Speak plain HTTP (or HTTPS without verification) to this registry."""
+    username: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    token: str | None = Field(default=None, repr=False)
+    """A bearer/identity token, used instead of username and password."""
+
+    @model_validator(mode="after")
+    def _one_way_to_log_in(self) -> RegistryConfig:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password must be given together")
+        if self.token is not None and self.username is not None:
+            raise ValueError("give either token or username/password, not both")
+        return self
+
+
+class S3Config(StrictModel):
+    endpoint_url: str | None = None
+    """A non-AWS endpoint (e.g. http://127.0.0.1:9000); None uses AWS."""
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = Field(default=None, repr=False)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"endpoint_url {value!r} must start with http:// or https:// and name a host")
+        return value
+
+    @model_validator(mode="after")
+    def _keys_together(self) -> S3Config:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("access_key_id and secret_access_key must be given together")
+        return self
+
+
+class ImagesConfig(StrictModel):
+    unpack: UnpackLimits = Field(default_factory=UnpackLimits)
+    download_timeout_s: PositiveSeconds = 300.0
+    """Longest a single blob download may stall before it is retried."""
+    registries: dict[str, RegistryConfig] = Field(default_factory=dict)
+    auth_file: Path | None = None
+    """A docker/podman style auth.json consulted for registries not configured above."""
+    s3: S3Config = Field(default_factory=S3Config)
+
+    @field_validator("registries", mode="after")
+    @classmethod
+    def _registry_hosts(cls, value: dict[str, RegistryConfig]) -> dict[str, RegistryConfig]:
+        for host in value:
+            if not host or "://" in host or "/" in host or any(ch.isspace() for ch in host):
+                raise ValueError(
+                    f"registry key {host!r} must be a bare host[:port] such as 'registry.example.com:5000'"
+                )
+        return value
+
+
+class BtrfsConfig(StrictModel):
+    image_path: Path | None = None
+    """A loop-mounted image file to hold snapshots; None means the snapshots dir is already btrfs."""
+    size_bytes: PositiveBytes = ByteSize(10 * GiB)
+
+
+class DevmapperConfig(StrictModel):
+    pool_name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")] = "capsa-thinpool"
+    data_device: Path | None = None
+    """Block device for pool data; None expects the pool to exist already."""
+    metadata_device: Path | None = None
+    base_image_size: PositiveBytes = ByteSize(10 * GiB)
+
+    @model_validator(mode="after")
+    def _devices_together(self) -> DevmapperConfig:
+        if (self.data_device is None) != (self.metadata_device is None):
+            raise ValueError("data_device and metadata_device must be given together")
+        return self
+
+
+class SnapshotsConfig(StrictModel):
+    backend: Literal["overlay", "btrfs", "devmapper"] = "overlay"
+    btrfs: BtrfsConfig = Field(default_factory=BtrfsConfig)
+    devmapper: DevmapperConfig = Field(default_factory=DevmapperConfig)
+
+
+class MetricsConfig(StrictModel):
+    prometheus_listen: ListenAddress | None = None
+    """host:port for a Prometheus /metrics endpoint; None disables it."""
+
+
+class ServerConfig(StrictModel):
+    listen: ListenAddress = "127.0.0.1:7443"
+    tls: ServerTLS
+    home: Path = Field(default_factory=capsa_home)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
+    fsm: FsmConfig = Field(default_factory=FsmConfig)
+    images: ImagesConfig = Field(default_factory=ImagesConfig)
+    snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError(f"home must be an absolute path, got {str(value)!r}")
+        return value

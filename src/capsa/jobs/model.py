@@ -1,0 +1,125 @@
+"""Jobs as the daemon records them, and their table in the state database."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["MIGRATIONS", "Job", "JobState", "Resources", "RunRequest"]
+
+
+class JobState(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+
+    @property
+    def ended(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.FAILED, JobState.STOPPED)
+
+
+ACTIVE_STATES = (JobState.PENDING.value, JobState.RUNNING.value)
+
+
+@dataclass(frozen=True)
+class Resources:
+    max_cpu: int = 0            # percent of one core
+    cpu_cores: str = ""         # cpuset
+    max_memory_mb: int = 0
+    max_iobps: int = 0
+    max_pids: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_cpu": self.max_cpu, "cpu_cores": self.cpu_cores, "max_memory_mb": self.max_memory_mb,
+                "max_iobps": self.max_iobps, "max_pids": self.max_pids}
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    command: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+    workdir: str = "/work"
+    name: str = ""
+
+
+@dataclass
+class Job:
+    id: str
+    command: list[str]
+    state: JobState
+    name: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str = "/work"
+    resources: Resources = field(default_factory=Resources)
+    exit_code: int | None = None
+    signal: int = 0
+    reason: str = ""
+    created_ns: int = 0
+    started_ns: int = 0
+    ended_ns: int = 0
+    pid: int = 0
+    hostname: str = ""
+    cgroup: str = ""
+    start_latency_ns: int = 0
+    stop_requested: bool = False
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        return cls(
+            id=row["id"],
+            name=row["name"],
+            command=json.loads(row["command"]),
+            state=JobState(row["state"]),
+            env=json.loads(row["env"]),
+            workdir=row["workdir"],
+            resources=Resources(**json.loads(row["resources"])),
+            exit_code=row["exit_code"],
+            signal=row["signal"],
+            reason=row["reason"],
+            created_ns=row["created_ns"],
+            started_ns=row["started_ns"],
+            ended_ns=row["ended_ns"],
+            pid=row["pid"],
+            hostname=row["hostname"],
+            cgroup=row["cgroup"],
+            start_latency_ns=row["start_latency_ns"],
+            stop_requested=bool(row["stop_requested"]),
+        )
+
+
+MIGRATIONS = [
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL DEFAULT '',
+        command TEXT NOT NULL,
+        state TEXT NOT NULL,
+        env TEXT NOT NULL DEFAULT '{}',
+        workdir TEXT NOT NULL DEFAULT '/work',
+        resources TEXT NOT NULL DEFAULT '{}',
+        exit_code INTEGER,
+        signal INTEGER NOT NULL DEFAULT 0,
+        reason TEXT NOT NULL DEFAULT '',
+        created_ns INTEGER NOT NULL,
+        started_ns INTEGER NOT NULL DEFAULT 0,
+        ended_ns INTEGER NOT NULL DEFAULT 0,
+        pid INTEGER NOT NULL DEFAULT 0,
+        hostname TEXT NOT NULL DEFAULT '',
+        cgroup TEXT NOT NULL DEFAULT '',
+        start_latency_ns INTEGER NOT NULL DEFAULT 0,
+        stop_requested INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX jobs_state ON jobs(state);
+    CREATE INDEX jobs_created ON jobs(created_ns);
+    """,
+]

@@ -1,0 +1,272 @@
+"""Job lifecycle: submit, start, stop, delete, logs, and reconciliation after restarts.
+
+The database is the source of truth for what the daemon promised; the
+supervisor is the source of truth for what is actually running. Every state
+change is a guarded UPDATE (``WHERE state IN (...)``) so an exit event racing a
+start reply, or a restart replaying events, can never move a job backwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from capsa.errors import CapsaError, Conflict, InvalidArgument, NotFound
+from capsa.jobs.model import ACTIVE_STATES, MIGRATIONS, Job, JobState, RunRequest
+from capsa.logs import LogChunk, read_log
+from capsa.runtime import cgroups
+from capsa.runtime.client import SupervisorClient
+from capsa.runtime.spec import JobSpec, ResourceSpec
+from capsa.state import Database
+
+__all__ = ["JobService"]
+
+_ID_PREFIX = re.compile(r"^[0-9a-f]{1,32}$")
+
+
+class JobService:
+    def __init__(self, db: Database, home: Path, supervisor: SupervisorClient, *,
+                 stop_grace_s: float = 10.0) -> None:
+        self.db = db
+        self.home = home
+        self.jobs_dir = home / "jobs"
+        self.supervisor = supervisor
+        self.stop_grace_s = stop_grace_s
+        self._ended = threading.Condition()
+        db.migrate("jobs", MIGRATIONS)
+
+    # -- start-up ------------------------------------------------------------------------
+    def attach_supervisor(self) -> None:
+        """Subscribe to exit events, then reconcile: adopt survivors, fail the lost."""
+        self.supervisor.subscribe(self.on_supervisor_event)
+        self.reconcile()
+
+    def reconcile(self) -> None:
+        known = {j["job_id"]: j for j in self.supervisor.list()}
+        for row in self.db.query(
+            f"SELECT * FROM jobs WHERE state IN ({','.join('?' * len(ACTIVE_STATES))})", ACTIVE_STATES
+        ):
+            job = Job.from_row(row)
+            rec = known.get(job.id)
+            if rec is None:
+                self._fail_lost(job)
+            elif rec["state"] == "exited":
+                self._record_exit(rec)
+            elif rec["state"] == "running":
+                self.db.execute("UPDATE jobs SET state = ?, pid = ? WHERE id = ? AND state IN ('PENDING','RUNNING')",
+                                (JobState.RUNNING.value, rec["pid"], job.id))
+        # Exits the supervisor holds for jobs the database already closed.
+        for _job_id, rec in known.items():
+            if rec["state"] == "exited":
+                self._record_exit(rec)
+
+    def _fail_lost(self, job: Job) -> None:
+        reason = ("lost: the job's supervisor was gone when the daemon restarted"
+                  if job.state == JobState.RUNNING else "the daemon restarted before the job started")
+        with contextlib.suppress(Exception):
+            cg = cgroups.detect().open(job.id)
+            cg.kill_all()
+            cg.remove()
+        self.db.execute(
+            "UPDATE jobs SET state = ?, reason = ?, ended_ns = ?, exit_code = COALESCE(exit_code, -1)"
+            " WHERE id = ? AND state IN ('PENDING','RUNNING')",
+            (JobState.FAILED.value, reason, time.time_ns(), job.id),
+        )
+        self._notify()
+
+    # -- run -------------------------------------------------------------------------------
+    def run(self, request: RunRequest) -> Job:
+        if not request.command or not request.command[0]:
+            raise InvalidArgument("no command given: use `capsa run [flags] -- COMMAND [ARGS...]`")
+        _validate_resources(request)
+        job_id = secrets.token_hex(16)
+        now = time.time_ns()
+        hostname = job_id[:12]
+        with self.db.tx() as conn:
+            conn.execute(
+                "INSERT INTO jobs(id, name, command, state, env, workdir, resources, created_ns, hostname)"
+                " VALUES(?,?,?,?,?,?,?,?,?)",
+                (job_id, request.name, json.dumps(list(request.command)), JobState.PENDING.value,
+                 json.dumps(request.env), request.workdir, json.dumps(request.resources.to_dict()), now, hostname),
+            )
+        spec = self._spec(job_id, hostname, request)
+        t0 = time.monotonic_ns()
+        try:
+            rec = self.supervisor.start(spec)
+        except CapsaError as exc:
+            self.db.execute(
+                "UPDATE jobs SET state = ?, reason = ?, ended_ns = ?, exit_code = COALESCE(exit_code, 127)"
+                " WHERE id = ? AND state = 'PENDING'",
+                (JobState.FAILED.value, f"start failed: {exc}", time.time_ns(), job_id),
+            )
+            self._notify()
+            if exc.code in ("not_found", "failed_precondition") and "exec" in str(exc):
+                return self.get(job_id)  # the command itself could not be run: a job that failed, exit 127
+            raise
+        latency = time.monotonic_ns() - t0
+        self.db.execute(
+            "UPDATE jobs SET state = ?, pid = ?, started_ns = ?, cgroup = ?, start_latency_ns = ?"
+            " WHERE id = ? AND state = 'PENDING'",
+            (JobState.RUNNING.value, rec["pid"], rec["started_ns"], rec["cgroup"], latency, job_id),
+        )
+        self.db.execute("UPDATE jobs SET start_latency_ns = ? WHERE id = ?", (latency, job_id))
+        return self.get(job_id)
+
+    def _spec(self, job_id: str, hostname: str, request: RunRequest) -> JobSpec:
+        r = request.resources
+        return JobSpec(
+            job_id=job_id,
+            argv=tuple(request.command),
+            env=dict(request.env),
+            hostname=hostname,
+            job_dir=str(self.jobs_dir / job_id),
+            workdir=request.workdir or "/work",
+            resources=ResourceSpec(
+                cpu_percent=r.max_cpu or None,
+                cpuset=r.cpu_cores or None,
+                memory_bytes=r.max_memory_mb * 1024 * 1024 if r.max_memory_mb else None,
+                io_bps=r.max_iobps or None,
+                pids_max=r.max_pids or None,
+            ),
+        )
+
+    # -- queries ------------------------------------------------------------------------------
+    def resolve_id(self, id_or_prefix: str) -> str:
+        key = id_or_prefix.strip().lower()
+        if not _ID_PREFIX.match(key):
+            raise InvalidArgument(f"invalid job id {id_or_prefix!r}: expected hexadecimal characters")
+        rows = self.db.query("SELECT id FROM jobs WHERE id LIKE ? LIMIT 3", (key + "%",))
+        if not rows:
+            raise NotFound(f"no such job: {id_or_prefix}")
+        if len(rows) > 1:
+            raise InvalidArgument(f"job id prefix {id_or_prefix!r} is ambiguous: it matches several jobs")
+        return str(rows[0]["id"])
+
+    def get(self, id_or_prefix: str) -> Job:
+        job_id = self.resolve_id(id_or_prefix)
+        row = self.db.query_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if row is None:
+            raise NotFound(f"no such job: {id_or_prefix}")
+        return Job.from_row(row)
+
+    def list(self, *, all: bool = False) -> list[Job]:
+        if all:
+            rows = self.db.query("SELECT * FROM jobs ORDER BY created_ns DESC")
+        else:
+            rows = self.db.query(
+                f"SELECT * FROM jobs WHERE state IN ({','.join('?' * len(ACTIVE_STATES))}) ORDER BY created_ns DESC",
+                ACTIVE_STATES,
+            )
+        return [Job.from_row(r) for r in rows]
+
+    # -- stop / delete -----------------------------------------------------------------------------
+    def stop(self, id_or_prefix: str, grace_s: float | None = None) -> Job:
+        job = self.get(id_or_prefix)
+        if job.state.ended:
+            return job
+        grace = self.stop_grace_s if grace_s is None or grace_s <= 0 else grace_s
+        self.db.execute("UPDATE jobs SET stop_requested = 1 WHERE id = ?", (job.id,))
+        self.supervisor.stop(job.id, grace)
+        return self.wait_ended(job.id, timeout=grace + 15)
+
+    def delete(self, id_or_prefix: str, *, force: bool = False) -> str:
+        job = self.get(id_or_prefix)
+        if not job.state.ended:
+            if not force:
+                raise Conflict(f"job {job.short_id} is {job.state.value}; stop it first or use --force")
+            self.db.execute("UPDATE jobs SET stop_requested = 1 WHERE id = ?", (job.id,))
+            self.supervisor.stop(job.id, 0)
+            self.wait_ended(job.id, timeout=15)
+        with contextlib.suppress(CapsaError):
+            self.supervisor.forget(job.id)
+        shutil.rmtree(self.jobs_dir / job.id, ignore_errors=True)
+        self.db.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
+        return job.id
+
+    # -- exits ------------------------------------------------------------------------------------
+    def on_supervisor_event(self, event: dict[str, Any]) -> None:
+        if event.get("event") == "exit":
+            self._record_exit(event["job"])
+
+    def _record_exit(self, rec: dict[str, Any]) -> None:
+        row = self.db.query_one("SELECT stop_requested FROM jobs WHERE id = ?", (rec["job_id"],))
+        if row is not None:
+            reason = rec.get("reason", "")
+            if reason.startswith("start failed") or rec.get("oom_killed"):
+                state = JobState.FAILED
+            elif rec.get("stop_requested") or row["stop_requested"]:
+                state = JobState.STOPPED
+                reason = reason or "stopped by user"
+            elif rec.get("exit_code") == 0:
+                state = JobState.COMPLETED
+            else:
+                state = JobState.FAILED
+            self.db.execute(
+                "UPDATE jobs SET state = ?, exit_code = ?, signal = ?, reason = ?, ended_ns = ?,"
+                " pid = CASE WHEN pid = 0 THEN ? ELSE pid END,"
+                " started_ns = CASE WHEN started_ns = 0 THEN ? ELSE started_ns END"
+                " WHERE id = ? AND state IN ('PENDING','RUNNING')",
+                (state.value, rec.get("exit_code"), rec.get("signal", 0), reason, rec.get("ended_ns") or time.time_ns(),
+                 rec.get("pid", 0), rec.get("started_ns", 0), rec["job_id"]),
+            )
+        with contextlib.suppress(CapsaError):
+            self.supervisor.forget(rec["job_id"])
+        self._notify()
+
+    def _notify(self) -> None:
+        with self._ended:
+            self._ended.notify_all()
+
+    def wait_ended(self, job_id: str, timeout: float | None = None) -> Job:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._ended:
+            while True:
+                job = self.get(job_id)
+                if job.state.ended:
+                    return job
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return job
+                self._ended.wait(0.5 if remaining is None else min(0.5, remaining))
+
+    # -- logs -------------------------------------------------------------------------------------
+    def logs(self, id_or_prefix: str, *, follow: bool = False, from_seq: int = 1,
+             stop: threading.Event | None = None) -> Iterator[LogChunk]:
+        job = self.get(id_or_prefix)
+        log_dir = self.jobs_dir / job.id / "logs"
+        if not follow and not log_dir.exists():
+            return
+        # A job that ended without an end marker (lost while the supervisor was down) has
+        # nothing more coming: following it would wait forever.
+        live = follow and not (job.state.ended and not _finished(log_dir))
+        yield from read_log(log_dir, from_seq=max(1, from_seq), follow=live, stop=stop)
+        if follow:
+            # The log's end marker can beat the exit event by a few ms; callers read the
+            # exit code right after the stream ends, so let the database catch up first.
+            self.wait_ended(job.id, timeout=10)
+
+
+def _finished(log_dir: Path) -> bool:
+    from capsa.logs import is_finished
+
+    return is_finished(log_dir)
+
+
+def _validate_resources(request: RunRequest) -> None:
+    r = request.resources
+    for name, value in (("--max-cpu", r.max_cpu), ("--max-memory", r.max_memory_mb), ("--max-iobps", r.max_iobps),
+                        ("--max-pids", r.max_pids)):
+        if value < 0:
+            raise InvalidArgument(f"{name} must be zero (unlimited) or positive, got {value}")
+    if r.cpu_cores and not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", r.cpu_cores):
+        raise InvalidArgument(f"--cpu-cores {r.cpu_cores!r} is not a CPU list like '0-1' or '0,2'")
+    if request.workdir and not request.workdir.startswith("/"):
+        raise InvalidArgument(f"--workdir must be an absolute path inside the job, got {request.workdir!r}")

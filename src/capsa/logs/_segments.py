@@ -1,0 +1,246 @@
+"""The files of one job's log: lock, crash recovery, appending records, rotation, the end record.
+
+A ``SegmentWriter`` is created by ``LogPersister.open`` (recovery runs there) and
+from then on is touched only by the persister's writer thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+from collections import deque
+from collections.abc import Iterable
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from capsa.errors import Conflict, FailedPrecondition
+
+from ._format import (
+    END,
+    HEADER_SIZE,
+    LOCK_NAME,
+    crc32,
+    encode_header,
+    list_segments,
+    scan_valid_prefix,
+    segment_path,
+)
+
+_log = logging.getLogger("capsa.logs")
+
+# Records are (job, seq, stream, timestamp_ns, data); the first field is the persister's routing key.
+Record = tuple[Any, int, int, int, bytes]
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+# Cap per writev so persisted_seq advances (and followers wake) while a long backlog drains.
+_MAX_WRITE_BYTES = 16 << 20
+_FILE_MODE = 0o640
+_DIR_MODE = 0o750
+
+
+class SegmentWriter:
+    """Appends records to ``log_dir``'s segment files; knows the committed end of the current segment."""
+
+    def __init__(self, log_dir: Path, segment_bytes: int, fsync_on_close: bool) -> None:
+        self.log_dir = log_dir
+        self._segment_bytes = segment_bytes
+        self._fsync = fsync_on_close
+        self._lock_fd = -1
+        self._fd = -1
+        self._seg_first = 0
+        self._seg_size = 0  # bytes of whole records in the current segment; everything past it is junk
+        self._unsynced: list[Path] = []  # earlier segments written by this process, to fsync at finish
+        self._trim = False  # a failed write may have left bytes past _seg_size
+        self._end_written = False
+
+    # -- opening and recovery (caller's thread) -------------------------------------------------------
+
+    def open(self) -> int:
+        """Take the writer lock, repair the tail of the last segment, return the next seq to assign."""
+        os.makedirs(self.log_dir, mode=_DIR_MODE, exist_ok=True)
+        lock_fd = os.open(self.log_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock_fd)
+            raise Conflict(f"log directory {self.log_dir} is already open by another writer") from None
+        try:
+            next_seq = self._recover()
+        except BaseException:
+            self._close_fds()
+            os.close(lock_fd)
+            raise
+        self._lock_fd = lock_fd
+        return next_seq
+
+    def _recover(self) -> int:
+        firsts = list_segments(self.log_dir)
+        if not firsts:
+            self._create_segment(1)
+            return 1
+        first = firsts[-1]
+        fd = os.open(segment_path(self.log_dir, first), os.O_RDWR | os.O_CLOEXEC)
+        self._fd, self._seg_first = fd, first
+        valid, next_seq, ended = scan_valid_prefix(fd, first)
+        if ended:
+            raise FailedPrecondition(f"log {self.log_dir} is finished; it takes no more output")
+        size = os.fstat(fd).st_size
+        if size > valid:
+            # A crash mid-write leaves a torn record; readers wait at it, so cut it before appending.
+            _log.warning(
+                "log %s: dropping %d bytes of torn record at %s offset %d",
+                self.log_dir,
+                size - valid,
+                segment_path(self.log_dir, first).name,
+                valid,
+            )
+            os.ftruncate(fd, valid)
+        self._seg_size = valid
+        return next_seq
+
+    # -- writing (writer thread) ------------------------------------------------------------------------
+
+    def write_some(self, pending: deque[Record], budget: int) -> tuple[int, int, Exception | None]:
+        """Write data records from the head of ``pending`` (popping them once written), about ``budget`` bytes.
+
+        Stops before an end record (see ``write_end``). Returns
+        ``(last_seq_written, payload_bytes_written, error)``: on an error the
+        segment is cut back to its last whole record, what was written before
+        it is still reported, and the rest stays in ``pending``.
+        """
+        last_seq = 0
+        written = 0
+        try:
+            if self._trim:
+                self._trim_tail()
+            while pending and written < budget and pending[0][2] != END:
+                head = pending[0]
+                if self._seg_size and self._seg_size + HEADER_SIZE + len(head[4]) > self._segment_bytes:
+                    self._rotate(head[1])
+                count, payload = self._write_run(islice(pending, 0, None))
+                for _ in range(count):
+                    last_seq = pending.popleft()[1]
+                written += payload
+        except Exception as exc:  # the writer thread must survive anything and keep the bytes queued
+            return last_seq, written, exc
+        return last_seq, written, None
+
+    def _write_run(self, records: Iterable[Record]) -> tuple[int, int]:
+        """One pwritev of consecutive data records that fit the current segment (at least one)."""
+        iov: list[bytes] = []
+        size = self._seg_size
+        payload = 0
+        limit = self._segment_bytes
+        for _, seq, stream, ts, data in records:
+            n = len(data)
+            if stream == END or (iov and (size + HEADER_SIZE + n > limit or payload + n > _MAX_WRITE_BYTES)):
+                break
+            iov.append(encode_header(seq, ts, stream, n, crc32(data)))
+            iov.append(data)
+            size += HEADER_SIZE + n
+            payload += n
+            if len(iov) >= _IOV_MAX:
+                break
+        self._pwritev_all(iov, size - self._seg_size)
+        self._seg_size = size
+        return len(iov) // 2, payload
+
+    def _pwritev_all(self, iov: list[bytes], total: int) -> None:
+        fd, off = self._fd, self._seg_size
+        try:
+            done = os.pwritev(fd, iov, off)
+            while done < total:  # short write: resume inside the buffer where it stopped
+                skip = done
+                rest: list[bytes | memoryview] = []
+                for buf in iov:
+                    if skip >= len(buf):
+                        skip -= len(buf)
+                        continue
+                    rest.append(memoryview(buf)[skip:] if skip else buf)
+                    skip = 0
+                more = os.pwritev(fd, rest, off + done)
+                if more <= 0:
+                    raise OSError(errno.EIO, f"pwritev wrote nothing at offset {off + done}")
+                done += more
+        except OSError:
+            self._trim = True
+            try:
+                self._trim_tail()
+            except OSError:
+                pass  # retried before the next write: stale bytes past a shorter record would read as corrupt
+            raise
+
+    def _trim_tail(self) -> None:
+        os.ftruncate(self._fd, self._seg_size)
+        self._trim = False
+
+    def _rotate(self, first_seq: int) -> None:
+        old_fd, old_path = self._fd, segment_path(self.log_dir, self._seg_first)
+        self._create_segment(first_seq)  # first, so a failure (ENOSPC) leaves the old state for a retry
+        os.close(old_fd)
+        if self._fsync:
+            self._unsynced.append(old_path)
+
+    def _create_segment(self, first_seq: int) -> None:
+        path = segment_path(self.log_dir, first_seq)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+        self._seg_first = first_seq
+        self._seg_size = 0
+
+    def write_end(self, seq: int, timestamp_ns: int) -> None:
+        """Make all data durable, write the end record at offset 0 of a segment of its own, release.
+
+        Call once every data record is written; safe to call again after an OSError.
+
+        At offset 0 a record boundary is certain, so ``is_finished`` reads one
+        header instead of walking the log, and job output can never forge it.
+        """
+        if not self._end_written:
+            self.sync()
+            if self._seg_size:
+                self._rotate(seq)
+            header = encode_header(seq, timestamp_ns, END, 0, crc32(b""))
+            self._pwritev_all([header], HEADER_SIZE)
+            self._seg_size = HEADER_SIZE
+            self._end_written = True
+        if self._fsync:
+            os.fsync(self._fd)
+            self._fsync_dir()
+        self.release()
+
+    def sync(self) -> None:
+        """fsync the segments this process wrote (if configured) and the directory entries."""
+        if not self._fsync:
+            return
+        while self._unsynced:
+            fd = os.open(self._unsynced[0], os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._unsynced.pop(0)
+        if self._fd >= 0:
+            os.fsync(self._fd)
+        self._fsync_dir()
+
+    def _fsync_dir(self) -> None:
+        fd = os.open(self.log_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def release(self) -> None:
+        """Close the files and drop the writer lock (a restarted supervisor may then reopen)."""
+        self._close_fds()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def _close_fds(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

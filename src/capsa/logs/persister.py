@@ -1,0 +1,388 @@
+"""The write side: ``LogPersister`` (two threads serving every job) and ``JobLog`` (one job's handle).
+
+``JobLog.append`` only takes a lock, numbers the chunk and queues a reference
+to it, so the supervisor's selector thread never waits for the disk. The
+writer thread drains the queue job by job in bounded slices (so one chatty job
+cannot starve the others), builds headers and CRCs, and writes each run of
+records with a single ``pwritev``. The queue is unbounded by design: bytes are
+never dropped, and ``backlog_bytes`` shows how far the disk is behind. When a
+job's data is all written, its end record goes to the finisher thread, which
+fsyncs and writes it there, so a slow fsync never holds up other jobs' output.
+
+A failed write (ENOSPC, EIO) is cut back to the last whole record and retried
+with backoff while the job's output stays queued; ``JobLog.error`` shows it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from pathlib import Path
+
+from capsa.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Timeout
+
+from ._format import END, MAX_PAYLOAD
+from ._segments import Record, SegmentWriter
+from .model import Stream
+
+__all__ = ["JobLog", "LogPersister"]
+
+_log = logging.getLogger("capsa.logs")
+
+_SLICE_BYTES = 32 << 20  # per job per round: bounds how long other jobs wait behind a big backlog
+_RETRY_MIN_S = 0.05
+_RETRY_MAX_S = 5.0
+_MIN_SEGMENT_BYTES = 1024
+
+
+class JobLog:
+    """Append handle for one job's log; create it with ``LogPersister.open``. Thread-safe."""
+
+    def __init__(self, persister: LogPersister, job_id: str, writer: SegmentWriter, next_seq: int) -> None:
+        self.job_id = job_id
+        self.log_dir = writer.log_dir
+        self._p = persister
+        self._writer = writer
+        self._next_seq = next_seq  # guarded by the persister lock, like every field below
+        self._last_assigned = next_seq - 1  # includes the end record once finish() queued it
+        self._written = next_seq - 1  # highest seq on disk, end record included
+        self._persisted_seq = next_seq - 1
+        self._backlog = 0
+        self._finishing = False
+        self._finished = False
+        self._closed = False
+        self.first_seq = next_seq  # the first seq this handle assigns (> 1 after a supervisor restart)
+        # Owned by the writer thread:
+        self._pending: deque[Record] = deque()
+        self._retry_at = 0.0
+        self._retry_delay = _RETRY_MIN_S
+        self._error: OSError | None = None
+        self._end_handed = False  # the end record went to the finisher thread
+
+    def append(self, stream: Stream, data: bytes) -> int:
+        """Queue ``data`` as the next chunk of ``stream``; return its seq. Never waits for the disk.
+
+        ``data`` is kept by reference when it is ``bytes``; other buffers are copied.
+        """
+        if stream != 1 and stream != 2:  # cheapest check on the hot path
+            raise InvalidArgument(f"stream must be Stream.STDOUT or Stream.STDERR, not {stream!r}")
+        if type(data) is not bytes:
+            data = bytes(data)
+        n = len(data)
+        if n > MAX_PAYLOAD:
+            raise InvalidArgument(f"a log chunk holds at most {MAX_PAYLOAD} bytes, got {n}")
+        ts = time.time_ns()
+        p = self._p
+        with p._lock:
+            if self._finishing or self._closed or p._closing:
+                raise FailedPrecondition(
+                    f"log of job {self.job_id} is {self._state()}; it takes no more output"
+                )
+            seq = self._next_seq
+            self._next_seq = seq + 1
+            self._last_assigned = seq
+            p._queue.append((self, seq, int(stream), ts, data))
+            self._backlog += n
+            p._backlog += n
+            if p._writer_idle:
+                p._work.notify()
+        return seq
+
+    def finish(self) -> None:
+        """Queue the end-of-log record after everything appended so far. Idempotent.
+
+        Once all data is written, the finisher thread fsyncs it (``fsync_on_close``)
+        and writes the end record; then followers stop, ``is_finished`` is true,
+        the files are closed and the writer lock is released.
+        """
+        p = self._p
+        with p._lock:
+            if self._finishing:
+                return
+            if self._closed or p._closing:
+                raise FailedPrecondition(f"log of job {self.job_id} is closed")
+            self._finishing = True
+            seq = self._next_seq
+            self._last_assigned = seq
+            p._queue.append((self, seq, END, time.time_ns(), b""))
+            if p._writer_idle:
+                p._work.notify()
+
+    def wait_persisted(self, timeout: float | None = None) -> bool:
+        """Wait until everything appended (and the end record, if finishing) is written; False on timeout."""
+        p = self._p
+        with p._lock:
+            target = self._last_assigned
+            return p._persisted.wait_for(lambda: self._written >= target or self._closed, timeout)
+
+    @property
+    def persisted_seq(self) -> int:
+        """Seq of the last chunk written to the page cache (readers can see everything up to it)."""
+        return self._persisted_seq
+
+    @property
+    def last_seq(self) -> int:
+        """Seq of the last chunk appended (0 when none yet)."""
+        return self._next_seq - 1
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Payload bytes appended but not yet written."""
+        return self._backlog
+
+    @property
+    def finished(self) -> bool:
+        """True once the end record is on disk."""
+        return self._finished
+
+    @property
+    def error(self) -> OSError | None:
+        """The last write error while it is being retried; None once writes succeed again."""
+        return self._error
+
+    def _state(self) -> str:
+        return "finished" if self._finishing else "closed"
+
+    def __repr__(self) -> str:
+        return f"JobLog(job_id={self.job_id!r}, log_dir={str(self.log_dir)!r}, last_seq={self.last_seq})"
+
+
+class LogPersister:
+    """Persists the logs of every job of a supervisor process.
+
+    One writer thread writes all data; one finisher thread does the fsyncs and
+    end records of finishing jobs, so a slow fsync never stalls other jobs.
+    """
+
+    def __init__(self, *, segment_bytes: int = 64 << 20, fsync_on_close: bool = True) -> None:
+        if segment_bytes < _MIN_SEGMENT_BYTES:
+            raise InvalidArgument(f"segment_bytes must be at least {_MIN_SEGMENT_BYTES}, got {segment_bytes}")
+        self.segment_bytes = segment_bytes
+        self.fsync_on_close = fsync_on_close
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._persisted = threading.Condition(self._lock)
+        self._queue: list[Record] = []
+        self._backlog = 0
+        self._writer_idle = False
+        self._closing = False
+        self._jobs: dict[str, JobLog] = {}
+        self._dirs: set[Path] = set()
+        self._to_finish: list[tuple[JobLog, Record]] = []
+        self._finish_work = threading.Condition(self._lock)
+        self._writer_done = False
+        self._thread = threading.Thread(target=self._run, name="capsa-log-writer", daemon=True)
+        self._finisher = threading.Thread(target=self._finish_loop, name="capsa-log-finisher", daemon=True)
+        self._thread.start()
+        self._finisher.start()
+        _LIVE.add(self)
+
+    def open(self, job_id: str, log_dir: Path) -> JobLog:
+        """Open (creating) ``log_dir`` for appending.
+
+        If it already holds a log (supervisor restart), a torn trailing record is
+        truncated and numbering continues after the last whole record. Raises
+        ``FailedPrecondition`` if that log is already finished, ``Conflict`` if
+        another process holds it, ``AlreadyExists`` if this persister does.
+        Runs on the caller's thread: a mkdir and a few opens, plus one scan of
+        the last segment when logs already exist.
+        """
+        log_dir = Path(log_dir).absolute()
+        with self._lock:
+            if self._closing:
+                raise FailedPrecondition("log persister is closed")
+            if job_id in self._jobs or log_dir in self._dirs:
+                raise AlreadyExists(f"log of job {job_id} ({log_dir}) is already open")
+            self._dirs.add(log_dir)  # reserve, so recovery below runs outside the lock
+        try:
+            writer = SegmentWriter(log_dir, self.segment_bytes, self.fsync_on_close)
+            next_seq = writer.open()
+        except BaseException:
+            with self._lock:
+                self._dirs.discard(log_dir)
+            raise
+        job = JobLog(self, job_id, writer, next_seq)
+        with self._lock:
+            if self._closing:
+                self._dirs.discard(log_dir)
+                writer.release()
+                raise FailedPrecondition("log persister is closed")
+            self._jobs[job_id] = job
+        return job
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Payload bytes queued across all jobs."""
+        return self._backlog
+
+    def jobs(self) -> list[JobLog]:
+        """The job logs still open (not yet finished)."""
+        with self._lock:
+            return list(self._jobs.values())
+
+    def close(self, timeout: float | None = None) -> None:
+        """Write everything queued, fsync and release unfinished logs (if ``fsync_on_close``), stop the thread.
+
+        Raises ``Timeout`` if the writer has not drained within ``timeout``
+        (e.g. disk full); it keeps retrying and ``close`` may be called again.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._closing = True
+            self._work.notify()
+        for thread in (self._thread, self._finisher):
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                raise Timeout(
+                    f"log persister not drained after {timeout} s: {self._backlog} bytes queued, "
+                    f"{len(self._jobs)} logs open"
+                )
+
+    def __enter__(self) -> LogPersister:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writer thread --------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        active: dict[JobLog, None] = {}  # jobs with pending records, in arrival order
+        while True:
+            unfinished: list[JobLog] | None = None
+            with self._lock:
+                while not self._queue:
+                    now = time.monotonic()
+                    if any(j._retry_at <= now for j in active):
+                        break
+                    if not active and self._closing:
+                        unfinished = [j for j in self._jobs.values() if not j._end_handed]
+                        break
+                    timeout = min(j._retry_at for j in active) - now if active else None
+                    self._writer_idle = True
+                    self._work.wait(timeout)
+                    self._writer_idle = False
+                batch, self._queue = self._queue, []
+            if unfinished is not None:
+                self._release_unfinished(unfinished)
+                return
+            for rec in batch:
+                job = rec[0]
+                job._pending.append(rec)
+                active[job] = None
+            self._write_round(active)
+
+    def _write_round(self, active: dict[JobLog, None]) -> None:
+        now = time.monotonic()
+        progress: list[tuple[JobLog, int, int]] = []
+        handoff: list[tuple[JobLog, Record]] = []
+        for job in list(active):
+            if job._retry_at > now:
+                continue
+            last_seq, nbytes, exc = job._writer.write_some(job._pending, _SLICE_BYTES)
+            if exc is not None:
+                self._stall(job, exc)
+            elif job._error is not None:
+                _log.info("log of job %s: writes succeed again", job.job_id)
+                job._error, job._retry_at, job._retry_delay = None, 0.0, _RETRY_MIN_S
+            if exc is None and job._pending and job._pending[0][2] == END:
+                handoff.append((job, job._pending.popleft()))
+            if not job._pending:
+                del active[job]
+            progress.append((job, last_seq, nbytes))
+        with self._lock:
+            for job, last_seq, nbytes in progress:
+                if last_seq:
+                    job._persisted_seq = job._written = last_seq
+                job._backlog -= nbytes
+                self._backlog -= nbytes
+            for job, _ in handoff:
+                job._end_handed = True
+            if handoff:
+                self._to_finish.extend(handoff)
+                self._finish_work.notify()
+            self._persisted.notify_all()
+
+    def _stall(self, job: JobLog, exc: Exception) -> None:
+        if not isinstance(exc, OSError):
+            _log.error("log of job %s: unexpected failure; will retry", job.job_id, exc_info=exc)
+            exc = OSError(str(exc))
+        elif job._error is None:
+            _log.warning(
+                "log of job %s: write failed (%s); output stays queued and is retried", job.job_id, exc
+            )
+        job._error = exc
+        job._retry_at = time.monotonic() + job._retry_delay
+        job._retry_delay = min(job._retry_delay * 2, _RETRY_MAX_S)
+
+    def _release_unfinished(self, jobs: list[JobLog]) -> None:
+        """At close, once nothing is queued and appends are refused: make unfinished logs durable, unlock."""
+        for job in jobs:
+            try:
+                job._writer.sync()
+            except OSError as exc:
+                _log.warning("log of job %s: fsync at close failed: %s", job.job_id, exc)
+            job._writer.release()
+        with self._lock:
+            for job in jobs:
+                job._closed = True
+                self._forget(job)
+            self._writer_done = True
+            self._finish_work.notify()
+            self._persisted.notify_all()
+
+    def _forget(self, job: JobLog) -> None:
+        self._jobs.pop(job.job_id, None)
+        self._dirs.discard(job.log_dir)
+
+    # -- finisher thread ------------------------------------------------------------------------------
+    # fsync can take long on a busy disk; doing it here keeps the writer streaming every other job.
+
+    def _finish_loop(self) -> None:
+        retry: list[tuple[JobLog, Record]] = []
+        while True:
+            with self._lock:
+                while True:
+                    now = time.monotonic()
+                    if self._to_finish or any(j._retry_at <= now for j, _ in retry):
+                        break
+                    if self._writer_done and not retry:
+                        return
+                    self._finish_work.wait(min(j._retry_at for j, _ in retry) - now if retry else None)
+                todo = [r for r in retry if r[0]._retry_at <= now] + self._to_finish
+                retry = [r for r in retry if r[0]._retry_at > now]
+                self._to_finish = []
+            for job, (_, seq, _, ts, _) in todo:
+                try:
+                    job._writer.write_end(seq, ts)
+                except Exception as exc:  # keep the job open and try again; never lose the end
+                    self._stall(job, exc)
+                    retry.append((job, (job, seq, END, ts, b"")))
+                    continue
+                with self._lock:
+                    job._written = seq
+                    job._finished = True
+                    job._error = None
+                    self._forget(job)
+                    self._persisted.notify_all()
+
+    def __repr__(self) -> str:
+        return f"LogPersister(jobs={len(self._jobs)}, backlog_bytes={self._backlog})"
+
+
+# Daemon threads would die with queued output at interpreter exit; they still run during atexit,
+# so an exiting supervisor that forgot close() still gets everything written.
+_LIVE: weakref.WeakSet[LogPersister] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    for persister in list(_LIVE):
+        try:
+            persister.close(timeout=30)
+        except Exception as exc:  # exiting anyway: report, do not mask the exit status
+            _log.error("log persister not drained at exit: %s", exc)

@@ -1,0 +1,96 @@
+"""What the daemon asks the runtime to start: a plain, JSON-serialisable job spec.
+
+The spec crosses a process boundary (daemon -> supervisor -> zygote -> init), so
+it is data only: no open files, no callables. Paths are host paths unless the
+field name says ``target`` (a path inside the job's root).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["BindSpec", "JobSpec", "MountSpec", "ResourceSpec"]
+
+# Host paths a job sees (read-only) when it runs on the host's own userland.
+HOST_RO_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+HOST_ETC_ENTRIES = (
+    "resolv.conf", "hosts", "nsswitch.conf", "passwd", "group", "ssl", "ca-certificates",
+    "ca-certificates.conf", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "os-release",
+    "alternatives", "debian_version", "mime.types", "protocols", "services", "host.conf", "gai.conf",
+    "python3", "python3.11",
+)
+
+
+@dataclass(frozen=True)
+class MountSpec:
+    """A mount description (as a snapshotter returns it)."""
+
+    type: str
+    source: str
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BindSpec:
+    source: str
+    target: str
+    readonly: bool = True
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    cpu_percent: int | None = None
+    cpuset: str | None = None
+    memory_bytes: int | None = None
+    io_bps: int | None = None
+    pids_max: int | None = None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    job_id: str
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    hostname: str
+    job_dir: str                      # host dir holding root/, work/, logs/
+    workdir: str = "/work"
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    root_mounts: tuple[MountSpec, ...] = ()   # empty: the host's userland, read-only
+    binds: tuple[BindSpec, ...] = ()
+    uid: int = 0
+    gid: int = 0
+
+    @property
+    def root_dir(self) -> str:
+        return f"{self.job_dir}/root"
+
+    @property
+    def work_dir(self) -> str:
+        return f"{self.job_dir}/work"
+
+    @property
+    def log_dir(self) -> str:
+        return f"{self.job_dir}/logs"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        return cls(
+            job_id=data["job_id"],
+            argv=tuple(data["argv"]),
+            env=dict(data["env"]),
+            hostname=data["hostname"],
+            job_dir=data["job_dir"],
+            workdir=data.get("workdir", "/work"),
+            resources=ResourceSpec(**data.get("resources", {})),
+            root_mounts=tuple(
+                MountSpec(m["type"], m["source"], tuple(m.get("options", ()))) for m in data.get("root_mounts", ())
+            ),
+            binds=tuple(BindSpec(**b) for b in data.get("binds", ())),
+            uid=int(data.get("uid", 0)),
+            gid=int(data.get("gid", 0)),
+        )

@@ -1,0 +1,193 @@
+"""Stage two: completes a job's isolation from inside its namespaces, then execs.
+
+Runs in the job's future PID 1 (a fork of the zygote that is already inside new
+mount, PID, UTS, IPC and cgroup namespaces and inside its cgroup). It builds the
+root filesystem, enters it with ``pivot_root`` (never ``chroot``), detaches the
+old root, sets the hostname and execs the user's command, which keeps PID 1.
+
+Everything here is a short straight line of syscalls: no threads, no imports
+that allocate much, no logging. Any failure is reported to the supervisor as one
+JSON line on the CLOEXEC ``report_fd`` (so a successful exec is an EOF) and the
+process exits 127.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+from collections.abc import Callable
+
+from capsa import linux
+from capsa.runtime.spec import HOST_ETC_ENTRIES, HOST_RO_DIRS, JobSpec
+
+__all__ = ["build_root", "exec_job", "run_stage2"]
+
+_RO = linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV
+_DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+class StageError(Exception):
+    def __init__(self, step: str, err: BaseException) -> None:
+        super().__init__(f"{step}: {err}")
+        self.step = step
+        self.errno = getattr(err, "errno", 0) or 0
+
+
+def _step(name: str, fn: Callable[[], object]) -> None:
+    try:
+        fn()
+    except OSError as exc:
+        raise StageError(name, exc) from exc
+
+
+def _bind_ro(source: str, target: str, *, recursive: bool = True) -> None:
+    flags = linux.MS_BIND | (linux.MS_REC if recursive else 0)
+    linux.mount(source, target, None, flags, None)
+    linux.mount(None, target, None, linux.MS_BIND | linux.MS_REMOUNT | _RO, None)
+
+
+def _touch(path: str) -> None:
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+
+
+def _mirror(host: str, target: str) -> None:
+    """Make ``target`` (inside the new root) show ``host`` read-only, keeping symlinks as symlinks."""
+    try:
+        st = os.lstat(host)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(host), target)
+    elif stat.S_ISDIR(st.st_mode):
+        os.mkdir(target, 0o755)
+        _bind_ro(host, target)
+    else:
+        _touch(target)
+        _bind_ro(host, target, recursive=False)
+
+
+def _build_host_root(root: str) -> None:
+    linux.mount("tmpfs", root, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=0755,size=1m")
+    for host_dir in HOST_RO_DIRS:
+        _mirror(host_dir, root + host_dir)
+    os.mkdir(root + "/etc", 0o755)
+    for entry in HOST_ETC_ENTRIES:
+        _mirror("/etc/" + entry, f"{root}/etc/{entry}")
+    for name in ("proc", "dev", "tmp", "work", "capsules", "sys"):
+        os.mkdir(f"{root}/{name}", 0o755)
+
+
+def _mount_kernel_fs(root: str) -> None:
+    linux.mount("proc", root + "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC, None)
+    dev = root + "/dev"
+    linux.mount("tmpfs", dev, "tmpfs", linux.MS_NOSUID | linux.MS_NOEXEC, "mode=0755,size=64k")
+    for node in _DEV_NODES:
+        _touch(f"{dev}/{node}")
+        linux.mount("/dev/" + node, f"{dev}/{node}", None, linux.MS_BIND, None)
+    os.mkdir(dev + "/pts", 0o755)
+    linux.mount("devpts", dev + "/pts", "devpts", linux.MS_NOSUID | linux.MS_NOEXEC,
+                "newinstance,ptmxmode=0666,mode=0620")
+    os.symlink("pts/ptmx", dev + "/ptmx")
+    os.mkdir(dev + "/shm", 0o1777)
+    linux.mount("shm", dev + "/shm", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=1777,size=65536k")
+    for i, name in enumerate(("stdin", "stdout", "stderr")):
+        os.symlink(f"/proc/self/fd/{i}", f"{dev}/{name}")
+    os.symlink("/proc/self/fd", dev + "/fd")
+    linux.mount("tmpfs", root + "/tmp", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=1777")
+    # Mount point for live capsule attachments; a tmpfs so the read-only root stays read-only.
+    linux.mount("tmpfs", root + "/capsules", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=0755,size=64k")
+
+
+def build_root(spec: JobSpec) -> None:
+    """Assemble the job's root under ``spec.root_dir`` (we are in a private mount ns)."""
+    root = spec.root_dir
+    _step("make mounts private", lambda: linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE, None))
+    if spec.root_mounts:
+        for m in spec.root_mounts:
+            _step(f"mount image root ({m.type})", lambda m=m: linux.mount(
+                m.source, root, m.type, 0, ",".join(m.options) or None))
+        for name in ("proc", "dev", "tmp", "work", "capsules", "sys"):
+            _step(f"mkdir /{name}", lambda name=name: os.makedirs(f"{root}/{name}", 0o755, exist_ok=True))
+    else:
+        _step("assemble read-only host root", lambda: _build_host_root(root))
+    _step("bind /work", lambda: linux.mount(spec.work_dir, root + "/work", None, linux.MS_BIND, None))
+    _step("protect /work", lambda: linux.mount(
+        None, root + "/work", None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_NOSUID | linux.MS_NODEV, None))
+    for bind in spec.binds:
+        target = root + bind.target
+        _step(f"prepare {bind.target}", lambda t=target, s=bind.source: _prepare_target(s, t))
+        if bind.readonly:
+            _step(f"bind {bind.target}", lambda b=bind, t=target: _bind_ro(b.source, t))
+        else:
+            _step(f"bind {bind.target}", lambda b=bind, t=target: linux.mount(
+                b.source, t, None, linux.MS_BIND | linux.MS_REC, None))
+    _step("mount /proc, /dev, /tmp", lambda: _mount_kernel_fs(root))
+    if not spec.root_mounts:
+        # Seal the assembled root: nothing of it but /work, /tmp and /dev/shm is writable.
+        _step("seal root read-only", lambda: linux.mount(
+            None, root, None, linux.MS_REMOUNT | linux.MS_BIND | _RO, None))
+
+
+def _prepare_target(source: str, target: str) -> None:
+    if os.path.isdir(source):
+        os.makedirs(target, 0o755, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+        if not os.path.exists(target):
+            _touch(target)
+
+
+def _enter_root(spec: JobSpec) -> None:
+    os.chdir(spec.root_dir)
+    # pivot_root(".", ".") stacks the old root under the new one; detaching it
+    # leaves no path back to the host (runc's trick; needs no .oldroot dir).
+    linux.pivot_root(".", ".")
+    linux.umount2(".", linux.MNT_DETACH)
+    os.chdir("/")
+
+
+def exec_job(spec: JobSpec) -> None:
+    socket.sethostname(spec.hostname)
+    for sig in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    try:
+        os.chdir(spec.workdir)
+    except OSError as exc:
+        raise StageError(f"workdir {spec.workdir}", exc) from exc
+    if spec.gid or spec.uid:
+        os.setgroups([])
+        os.setgid(spec.gid)
+        os.setuid(spec.uid)
+    env = dict(spec.env)
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    env.setdefault("HOME", "/work")
+    env.setdefault("HOSTNAME", spec.hostname)
+    try:
+        os.execvpe(spec.argv[0], list(spec.argv), env)
+    except OSError as exc:
+        raise StageError(f"exec {spec.argv[0]}", exc) from exc
+
+
+def run_stage2(spec: JobSpec, report_fd: int) -> None:
+    """Never returns: execs the job or reports the failure and exits 127."""
+    try:
+        os.setsid()
+        build_root(spec)
+        _step("pivot_root", lambda: _enter_root(spec))
+        exec_job(spec)
+    except StageError as exc:
+        _report(report_fd, {"error": str(exc), "step": exc.step, "errno": exc.errno})
+    except BaseException as exc:  # anything else is a bug; still never return into the zygote's code
+        _report(report_fd, {"error": f"{type(exc).__name__}: {exc}", "step": "stage2", "errno": 0})
+    os._exit(127)
+
+
+def _report(fd: int, payload: dict[str, object]) -> None:
+    try:
+        os.write(fd, ("E" + json.dumps(payload) + "\n").encode())
+    except OSError:
+        pass

@@ -1,0 +1,96 @@
+"""The zygote: a single-threaded fork server for job processes.
+
+The supervisor forks the zygote before it starts any thread, so every fork made
+here is a fork of a single-threaded process (forking a threaded process may
+copy a lock held by another thread). For each job the zygote forks *stage one*,
+which joins the job's cgroup (so the job is charged and limited before its
+first instruction), unshares the mount, PID, UTS, IPC and cgroup namespaces and
+forks the job's PID 1 (stage two, :mod:`capsa.runtime.stage2`). Stage one writes
+that PID to the report pipe and exits; the job is re-parented to the
+supervisor, which is a child subreaper and therefore gets its exit status.
+
+Paying a fork here instead of a fresh interpreter is what keeps job start at a
+few milliseconds (see docs/adr/0001-two-stage-launch.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+from typing import NoReturn
+
+from capsa import linux
+from capsa.runtime import stage2
+from capsa.runtime.spec import JobSpec
+from capsa.runtime.wire import recv_msg
+
+__all__ = ["JOB_NAMESPACES", "zygote_main"]
+
+JOB_NAMESPACES = (
+    linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC | linux.CLONE_NEWCGROUP
+)
+
+
+def zygote_main(sock: socket.socket) -> NoReturn:
+    # Stage-one processes are reaped automatically; their status carries nothing.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            msg, fds = recv_msg(sock)
+        except (OSError, ValueError):
+            os._exit(1)
+        if msg is None:
+            os._exit(0)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            _report(fds[2], f"fork: {exc}")
+            pid = -1
+        if pid == 0:
+            sock.close()
+            _stage_one(msg, fds)
+        for fd in fds:
+            os.close(fd)
+
+
+def _stage_one(msg: dict[str, object], fds: list[int]) -> NoReturn:
+    stdout_w, stderr_w, report_w = fds
+    try:
+        # Descriptors received over SCM_RIGHTS are not close-on-exec; the report
+        # pipe must be, since its EOF is how the supervisor learns the exec happened.
+        os.set_inheritable(report_w, False)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        spec = JobSpec.from_dict(msg["spec"])  # type: ignore[arg-type]
+        devnull = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(stdout_w, 1)
+        os.dup2(stderr_w, 2)
+        for fd in (devnull, stdout_w, stderr_w):
+            if fd > 2:
+                os.close(fd)
+        for procs in msg.get("cgroup_procs", ()):  # type: ignore[union-attr]
+            fd = os.open(str(procs), os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+        linux.unshare(JOB_NAMESPACES)
+        pid = os.fork()
+        if pid == 0:
+            stage2.run_stage2(spec, report_w)
+        os.write(report_w, f"P{pid}\n".encode())
+        os._exit(0)
+    except BaseException as exc:
+        _report(report_w, f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc))
+        os._exit(127)
+
+
+def _report(fd: int, message: str) -> None:
+    try:
+        os.write(fd, ("E" + json.dumps({"error": message, "step": "stage1", "errno": 0}) + "\n").encode())
+    except OSError:
+        pass
