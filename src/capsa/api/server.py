@@ -53,7 +53,7 @@ class Daemon:
         self.stopped = threading.Event()
 
     def start(self) -> None:
-        self.db = Database(self.layout.db if hasattr(self.layout, "db") else self.home / "capsa.db")
+        self.db = Database(self.layout.db)
         self.supervisor, _ = ensure_supervisor(self.home)
         cgroup_version = int(self.supervisor.ping().get("cgroup_version", 0))
         self.jobs = JobService(self.db, self.home, self.supervisor, stop_grace_s=self.config.jobs.stop_grace_s)
@@ -78,8 +78,8 @@ class Daemon:
             raise OSError(f"cannot listen on {listen}")
         server.start()
         self.server = server
-        (self.home / "run").mkdir(parents=True, exist_ok=True)
-        (self.home / "run" / "daemon.pid").write_text(str(os.getpid()))
+        self.layout.run.mkdir(parents=True, exist_ok=True)
+        self.layout.pid_file.write_text(str(os.getpid()))
         log.info("capsa daemon listening on %s (home %s)", listen, self.home)
 
     def stop(self) -> None:
@@ -92,7 +92,7 @@ class Daemon:
         if self.db is not None:
             self.db.close(checkpoint=True)
         with contextlib.suppress(FileNotFoundError):
-            (self.home / "run" / "daemon.pid").unlink()
+            self.layout.pid_file.unlink()
         self.stopped.set()
 
 

@@ -59,7 +59,7 @@ class JobRecord:
     oom_killed: bool = False
     stop_requested: bool = False
     started_ns: int = 0
-    exec_ns: int = 0
+    exec_latency_ns: int = 0
     ended_ns: int = 0
     cgroup: str = ""
 
@@ -77,6 +77,7 @@ class _Job:
     waiter: socket.socket | None = None
     wait_status: int | None = None
     kill_at: float | None = None
+    received_ns: int = 0             # monotonic: when the start request arrived
 
 
 class Supervisor:
@@ -275,7 +276,7 @@ class Supervisor:
         os.set_blocking(rep_r, False)
         record = JobRecord(job_id=spec.job_id, started_ns=time.time_ns(), cgroup=str(cg.name))
         job = _Job(record=record, spec=spec, log=log, cgroup=cg, report_fd=rep_r, out_fds={out_r, err_r},
-                   waiter=conn)
+                   waiter=conn, received_ns=started)
         self.jobs[spec.job_id] = job
         self.by_fd[out_r] = (spec.job_id, "out")
         self.by_fd[err_r] = (spec.job_id, "err")
@@ -292,7 +293,6 @@ class Supervisor:
         finally:
             for fd in (out_w, err_w, rep_w):
                 os.close(fd)
-        job.record.exec_ns = started  # replaced when exec is confirmed
 
     def _on_report(self, job: _Job, data: bytes) -> None:
         job.report_buf += data
@@ -310,7 +310,8 @@ class Supervisor:
     def _on_report_eof(self, job: _Job) -> None:
         if job.start_error is None and job.record.pid:
             job.record.state = "running"
-            job.record.exec_ns = time.monotonic_ns() - job.record.exec_ns
+            # Request received -> the CLOEXEC report pipe closed, i.e. the user's command was exec'd.
+            job.record.exec_latency_ns = time.monotonic_ns() - job.received_ns
             if job.waiter is not None:
                 self._send(job.waiter, {"ok": True, "job": asdict(job.record)})
                 job.waiter = None

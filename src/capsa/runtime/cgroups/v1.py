@@ -138,7 +138,9 @@ class V1Driver:
 
     def open(self, name: str) -> V1JobCgroup:
         name = validate_name(name)
-        dirs = {c: self._base(c) / name for c in self.parents if (self._base(c) / name).is_dir()}
+        # The same order as create(), so procs_files() is stable across a daemon restart.
+        found = (c for c in _ALL if c in self.parents)
+        dirs = {c: self._base(c) / name for c in found if (self._base(c) / name).is_dir()}
         if not dirs:
             raise NotFound(f"cgroup {name!r} does not exist under any v1 hierarchy ({self.prefix}/{name})")
         return V1JobCgroup(name, dirs, self)

@@ -1,0 +1,68 @@
+"""Archive names → paths relative to the root, and the symlink-target policy.
+
+A name is split on ``/``; empty and ``.`` components are dropped, which also
+turns a leading ``/`` or ``./`` into a path under the root (OCI layers carry
+both). Any ``..`` component is refused outright: no image builder emits one, and
+refusing them removes every lexical escape before a single syscall is made.
+"""
+
+from __future__ import annotations
+
+from capsa.errors import LimitExceeded, UnsafeArchive
+
+from ._limits import UnpackLimits
+
+__all__ = ["WHITEOUT_PREFIX", "byte_len", "normalise", "symlink_escapes", "validate_link_target"]
+
+WHITEOUT_PREFIX = ".wh."
+
+
+def byte_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogateescape"))
+
+
+def normalise(name: str, what: str, limits: UnpackLimits, *, field: str = "name") -> tuple[str, ...]:
+    """The components of ``name`` under the root; ``()`` is the root itself."""
+    if "\0" in name:
+        raise UnsafeArchive(f"{what}: {field} contains a NUL byte", detail={"entry": what})
+    if byte_len(name) > limits.max_path_bytes:
+        raise LimitExceeded(f"{what}: {field} is longer than max_path_bytes={limits.max_path_bytes}",
+                            detail={"limit": "max_path_bytes", "entry": what})
+    parts = tuple(part for part in name.split("/") if part and part != ".")
+    for part in parts:
+        if part == "..":
+            raise UnsafeArchive(f"{what}: {field} contains a '..' component", detail={"entry": what})
+        if byte_len(part) > limits.max_name_bytes:
+            raise LimitExceeded(
+                f"{what}: component {part[:40]!r}... is longer than max_name_bytes={limits.max_name_bytes}",
+                detail={"limit": "max_name_bytes", "entry": what})
+    return parts
+
+
+def symlink_escapes(parts: tuple[str, ...], target: str) -> bool:
+    """True when ``target`` of the symlink at ``parts`` climbs above the root lexically.
+
+    An absolute target starts at the root; a relative one at the link's directory.
+    Such links are what Docker and Podman refuse as "breakouts": no image needs one
+    (at run time ``/..`` is ``/``), and a host tool that follows them would leave the
+    root. Absolute targets that stay inside are legal and kept as they are.
+    """
+    depth = 0 if target.startswith("/") else len(parts) - 1
+    for part in target.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part and part != ".":
+            depth += 1
+    return False
+
+
+def validate_link_target(target: str, what: str, limits: UnpackLimits) -> None:
+    if not target:
+        raise UnsafeArchive(f"{what}: empty link target", detail={"entry": what})
+    if "\0" in target:
+        raise UnsafeArchive(f"{what}: link target contains a NUL byte", detail={"entry": what})
+    if byte_len(target) > limits.max_path_bytes:
+        raise LimitExceeded(f"{what}: link target is longer than max_path_bytes={limits.max_path_bytes}",
+                            detail={"limit": "max_path_bytes", "entry": what})
