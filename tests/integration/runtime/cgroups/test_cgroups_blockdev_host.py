@@ -22,7 +22,7 @@ def _run(*argv: str) -> str:
 
 @pytest.fixture
 def disk_of_tmp(tmp_path: Path) -> tuple[int, int]:
-    source = _run("findmnt", "-no", "SOURCE", "-T", str(tmp_path))
+    source = _run("findmnt", "-no", "SOURCE", "-T", str(tmp_path)).splitlines()[-1]  # last = on top
     if not source.startswith("/dev/"):
         pytest.skip(f"{tmp_path} is on {source}, not a block device")
     parent = _run("lsblk", "-ndo", "PKNAME", source)
@@ -37,7 +37,7 @@ def test_tmp_path_resolves_to_the_disk_util_linux_names(tmp_path: Path, disk_of_
 
 def test_a_path_on_tmpfs_is_refused_with_the_reason(tmp_path: Path) -> None:
     shm = Path("/dev/shm")
-    if _run("findmnt", "-no", "FSTYPE", "-T", str(shm)) != "tmpfs":
+    if _run("findmnt", "-no", "FSTYPE", "-T", str(shm)).splitlines()[-1] != "tmpfs":  # last = on top
         pytest.skip("/dev/shm is not tmpfs here")
     with pytest.raises(FailedPrecondition, match="tmpfs"):
         resolve_block_devices(shm)
