@@ -20,6 +20,8 @@ import grpc
 
 from capsa.api.errors import from_rpc_error
 from capsa.api.gen.capsa.v1 import common_pb2
+from capsa.api.gen.capsa.v1 import images_pb2 as ipb
+from capsa.api.gen.capsa.v1 import images_pb2_grpc as ipb_grpc
 from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
 from capsa.api.gen.capsa.v1 import jobs_pb2_grpc as pb_grpc
 from capsa.config import NodeConfig, find_client_config, load_client_config
@@ -48,6 +50,7 @@ class CapsaClient:
         ])
         self.jobs = pb_grpc.JobServiceStub(self.channel)
         self.node = pb_grpc.NodeServiceStub(self.channel)
+        self.images = ipb_grpc.ImageServiceStub(self.channel)
 
     @classmethod
     def from_config(cls, path: Path | None = None, *, node: str | None = None, timeout: float = 60.0) -> CapsaClient:
@@ -72,9 +75,9 @@ class CapsaClient:
     # -- jobs -----------------------------------------------------------------------------
     def run_job(self, command: list[str], *, env: dict[str, str] | None = None, workdir: str = "",
                 name: str = "", max_cpu: int = 0, cpu_cores: str = "", max_memory_mb: int = 0,
-                max_iobps: int = 0, max_pids: int = 0) -> pb.Job:
+                max_iobps: int = 0, max_pids: int = 0, image: str = "", pull: str = "", user: str = "") -> pb.Job:
         request = pb.RunJobRequest(
-            command=command, env=env or {}, workdir=workdir, name=name,
+            command=command, env=env or {}, workdir=workdir, name=name, image=image, pull=pull, user=user,
             resources=pb.Resources(max_cpu=max_cpu, cpu_cores=cpu_cores, max_memory_mb=max_memory_mb,
                                    max_iobps=max_iobps, max_pids=max_pids),
         )
@@ -102,6 +105,31 @@ class CapsaClient:
             raise from_rpc_error(exc, address=self.address) from None
         finally:
             stream.cancel()
+
+    # -- images ----------------------------------------------------------------------------
+    def pull_image(self, ref: str, *, platform: str = "", insecure: bool = False,
+                   expected_digest: str = "") -> Iterator[ipb.PullProgress]:
+        stream = self.images.PullImage(ipb.PullImageRequest(ref=ref, platform=platform, insecure=insecure,
+                                                            expected_digest=expected_digest), timeout=None)
+        try:
+            yield from stream
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, address=self.address) from None
+
+    def list_images(self) -> list[ipb.Image]:
+        return list(self._call(self.images.ListImages, ipb.ListImagesRequest()).images)
+
+    def inspect_image(self, ref: str) -> ipb.Image:
+        return self._call(self.images.InspectImage, ipb.InspectImageRequest(ref=ref))
+
+    def remove_image(self, ref: str, *, force: bool = False) -> list[str]:
+        return list(self._call(self.images.RemoveImage, ipb.RemoveImageRequest(ref=ref, force=force)).removed)
+
+    def prune_images(self, *, dry_run: bool = False) -> ipb.PruneImagesResponse:
+        return self._call(self.images.PruneImages, ipb.PruneImagesRequest(dry_run=dry_run), timeout=None)
+
+    def image_history(self, ref: str, *, limit: int = 20) -> list[ipb.FsmRun]:
+        return list(self._call(self.images.ImageHistory, ipb.ImageHistoryRequest(ref=ref, limit=limit)).runs)
 
     # -- node --------------------------------------------------------------------------------
     def version(self) -> pb.VersionInfo:

@@ -19,6 +19,13 @@ RPC_ROLES: dict[str, Role] = {
     "/capsa.v1.JobService/StopJob": Role.DEVELOPER,
     "/capsa.v1.JobService/DeleteJob": Role.DEVELOPER,
     "/capsa.v1.JobService/StreamLogs": Role.READER,
+    # ImageService
+    "/capsa.v1.ImageService/PullImage": Role.MAINTAINER,
+    "/capsa.v1.ImageService/ListImages": Role.READER,
+    "/capsa.v1.ImageService/InspectImage": Role.READER,
+    "/capsa.v1.ImageService/RemoveImage": Role.MAINTAINER,
+    "/capsa.v1.ImageService/PruneImages": Role.ADMIN,
+    "/capsa.v1.ImageService/ImageHistory": Role.READER,
     # NodeService
     "/capsa.v1.NodeService/GetVersion": Role.READER,
     "/capsa.v1.NodeService/WhoAmI": Role.READER,

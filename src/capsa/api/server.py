@@ -16,13 +16,17 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from capsa.api.auth import AuthInterceptor
-from capsa.api.gen.capsa.v1 import jobs_pb2_grpc
+from capsa.api.gen.capsa.v1 import images_pb2_grpc, jobs_pb2_grpc
+from capsa.api.servicers.images import ImageServicer
 from capsa.api.servicers.jobs import JobServicer, NodeServicer
 from capsa.config import HomeLayout, ServerConfig, ensure_home, load_server_config
+from capsa.fsm import Engine, RetryPolicy
+from capsa.images.setup import open_image_service, open_snapshotter_from_config
 from capsa.jobs.service import JobService
 from capsa.runtime.client import SupervisorClient, ensure_supervisor
 from capsa.state import Database
@@ -49,6 +53,9 @@ class Daemon:
         self.db: Database | None = None
         self.supervisor: SupervisorClient | None = None
         self.jobs: JobService | None = None
+        self.engine: Engine | None = None
+        self.snapshotter: Any = None
+        self.images: Any = None
         self.server: grpc.Server | None = None
         self.stopped = threading.Event()
 
@@ -56,14 +63,22 @@ class Daemon:
         self.db = Database(self.layout.db)
         self.supervisor, _ = ensure_supervisor(self.home)
         cgroup_version = int(self.supervisor.ping().get("cgroup_version", 0))
-        self.jobs = JobService(self.db, self.home, self.supervisor, stop_grace_s=self.config.jobs.stop_grace_s)
+        fsm = self.config.fsm
+        self.engine = Engine(self.db, queues=dict(fsm.queues), retry=RetryPolicy(
+            base_s=fsm.retry_base_s, cap_s=fsm.retry_cap_s, max_attempts=fsm.max_attempts))
+        self.snapshotter = open_snapshotter_from_config(self.config, self.db, self.home)
+        self.images = open_image_service(self.config, self.db, self.engine, self.home, self.snapshotter)
+        self.jobs = JobService(self.db, self.home, self.supervisor, stop_grace_s=self.config.jobs.stop_grace_s,
+                               images=self.images)
         self.jobs.attach_supervisor()
+        self.engine.resume()  # after every machine is registered
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="rpc"),
             interceptors=[AuthInterceptor()],
             options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.so_reuseport", 0)],
         )
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs), server)
+        images_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(self.images), server)
         jobs_pb2_grpc.add_NodeServiceServicer_to_server(
             NodeServicer(cgroup_version=cgroup_version, snapshotter=self.config.snapshots.backend), server)
         tls = self.config.tls
@@ -85,6 +100,10 @@ class Daemon:
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop(grace=2).wait(5)
+        if getattr(self, "engine", None) is not None:
+            self.engine.shutdown(wait=True, timeout=10)
+        if getattr(self, "snapshotter", None) is not None:
+            self.snapshotter.close()
         if self.supervisor is not None:
             self.supervisor.close()
             if not self.options.live_restore:

@@ -215,7 +215,9 @@ def _copy_directory(source: Path, dest: Path, tree: _Tree) -> None:
             os.close(dir_fd)
 
 
-def _copy_one_directory(dir_fd: int, prefix: str, stack: list[tuple[int, str]], dest: Path, tree: _Tree) -> None:
+def _copy_one_directory(
+    dir_fd: int, prefix: str, stack: list[tuple[int, str]], dest: Path, tree: _Tree
+) -> None:
     try:
         with os.scandir(dir_fd) as entries:
             names = sorted(entry.name for entry in entries)

@@ -156,7 +156,11 @@ class Layout:
 
     def content_dir(self, digest: str) -> Path:
         algorithm, _, hexdigest = digest.partition(":")
-        if algorithm != "sha256" or len(hexdigest) != 64 or not all(c in "0123456789abcdef" for c in hexdigest):
+        if (
+            algorithm != "sha256"
+            or len(hexdigest) != 64
+            or not all(c in "0123456789abcdef" for c in hexdigest)
+        ):
             raise ValueError(f"not a sha256 digest: {digest!r}")
         return self.content_root / hexdigest
 

@@ -61,7 +61,9 @@ def parse_version(text: str | Version) -> Version:
     try:
         return Version(text)
     except (InvalidVersion, TypeError):
-        raise InvalidArgument(f"invalid capsule version {text!r}: versions follow PEP 440 (e.g. 1.2.0)") from None
+        raise InvalidArgument(
+            f"invalid capsule version {text!r}: versions follow PEP 440 (e.g. 1.2.0)"
+        ) from None
 
 
 def version_key(version: str | Version) -> str:

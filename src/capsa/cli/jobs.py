@@ -44,15 +44,23 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--max-memory", type=int, default=0, help="Memory limit in MB; the job is OOM-killed above it.")
 @click.option("--max-iobps", type=int, default=0, help="I/O limit in bytes/s on the device backing the job.")
 @click.option("--max-pids", type=int, default=0, help="Maximum number of processes in the job.")
+@click.option("--image", default="", help="Run in this image (registry ref, s3://..., oci:PATH, docker-archive:PATH).")
+@click.option("--pull", type=click.Choice(["missing", "always", "never"]), default="missing", show_default=True,
+              help="When to pull --image.")
+@click.option("-u", "--user", default="", help="UID[:GID] to run as (default: the image's User, else root).")
 @json_option
-@click.argument("command", nargs=-1, required=True)
+@click.argument("command", nargs=-1, required=False)
 @click.pass_obj
 def run(obj: Any, detach: bool, name: str, env: tuple[str, ...], workdir: str, max_cpu: int, cpu_cores: str,
-        max_memory: int, max_iobps: int, max_pids: int, as_json: bool, command: tuple[str, ...]) -> int:
+        max_memory: int, max_iobps: int, max_pids: int, image: str, pull: str, user: str, as_json: bool,
+        command: tuple[str, ...]) -> int:
     """Run COMMAND as an isolated job (attached unless -d): capsa run [flags] -- CMD ARGS."""
+    if not command and not image:
+        raise InvalidArgument("no command given: use `capsa run [flags] -- COMMAND [ARGS...]`")
     client = obj.client()
     job = client.run_job(list(command), env=_parse_env(env), workdir=workdir, name=name, max_cpu=max_cpu,
-                         cpu_cores=cpu_cores, max_memory_mb=max_memory, max_iobps=max_iobps, max_pids=max_pids)
+                         cpu_cores=cpu_cores, max_memory_mb=max_memory, max_iobps=max_iobps, max_pids=max_pids,
+                         image=image, pull=pull, user=user)
     if job.ended and job.reason.startswith("start failed"):
         click.echo(f"capsa: job {job.id[:12]}: {job.reason}", err=True)
         return job.exit_code or 127

@@ -62,6 +62,7 @@ __all__ = [
     "ProgressFn",
     "Writer",
     "copy_to_store",
+    "digest_file",
 ]
 
 # ADR-005: 10 GiB per image; no single blob of an acceptable image can be larger.
@@ -160,6 +161,22 @@ class ContentStore:
         if len(data) > limit:
             raise LimitExceeded(f"blob {digest} is larger than {limit} bytes")
         return data
+
+    def verify(self, digest: Digest | str) -> BlobInfo:
+        """Re-hash a stored blob; a corrupted one is deleted and reported as ChecksumMismatch.
+
+        For callers that must check real state before trusting a blob (image ADR-006).
+        """
+        info = self.info(digest)
+        actual, size = digest_file(self.path(info.digest))
+        if actual != info.digest or size != info.size:
+            with contextlib.suppress(NotFound):
+                self.delete(info.digest)
+            raise ChecksumMismatch(
+                f"stored blob {info.digest} is corrupt (hashes to {actual}, {size} bytes); it was removed",
+                detail={"expected": info.digest, "actual": actual},
+            )
+        return info
 
     def walk(self) -> Iterator[BlobInfo]:
         """Every stored blob, repairing metadata rows that disagree with the files."""
@@ -462,6 +479,8 @@ class Writer:
             os.close(fd)
 
     def _remove(self) -> None:
+        if self._lock_fd is None:
+            return  # released already: the ref may belong to another writer by now
         shutil.rmtree(self._dir, ignore_errors=True)
         self._unlock()
 
@@ -509,6 +528,19 @@ def copy_to_store(
     return copied
 
 
+def digest_file(path: Path | str) -> tuple[Digest, int]:
+    """(sha256 digest, size) of a file, streamed in 1 MiB reads into one reused buffer."""
+    h = hashlib.sha256()
+    buf = bytearray(_READ_CHUNK)
+    view = memoryview(buf)
+    size = 0
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(view):
+            h.update(view[:n])
+            size += n
+    return Digest.from_hex(h.hexdigest()), size
+
+
 # -- ingest helpers ----------------------------------------------------------------------------
 
 
@@ -521,13 +553,9 @@ def _lock(directory: Path, ref: str) -> int:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except FileNotFoundError:
             continue  # removed between mkdir and open by a finishing writer
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
+        if not _try_flock(fd):
             os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise Unavailable(f"ingest {ref!r} is being written by another writer") from None
-            raise
+            raise Unavailable(f"ingest {ref!r} is being written by another writer")
         # The holder we waited on may have deleted the directory (commit/abort) after we
         # opened its lock file: a lock on an unlinked inode protects nothing, retry.
         try:
@@ -537,6 +565,21 @@ def _lock(directory: Path, ref: str) -> int:
             pass
         os.close(fd)
     raise Unavailable(f"ingest {ref!r} kept changing while being opened")
+
+
+def _try_flock(fd: int) -> bool:
+    # A few quick retries: ingests() probes locks by taking them for a moment, and
+    # that must not make a concurrent writer fail.
+    for attempt in range(5):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            if attempt < 4:
+                time.sleep(0.005)
+    return False
 
 
 def _read_meta(directory: Path) -> dict[str, object] | None:

@@ -44,8 +44,12 @@ class RunRequest:
     command: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
     resources: Resources = field(default_factory=Resources)
-    workdir: str = "/work"
+    workdir: str = ""             # default: the image's WorkingDir, else /work
     name: str = ""
+    image: str = ""               # empty: the host's userland, read-only
+    pull: str = "missing"
+    user: str = ""                # UID[:GID]; default: the image's User, else root
+    command_given: bool = True    # False: run the image's Entrypoint + Cmd
 
 
 @dataclass
@@ -68,6 +72,8 @@ class Job:
     cgroup: str = ""
     start_latency_ns: int = 0
     stop_requested: bool = False
+    image: str = ""
+    image_digest: str = ""
 
     @property
     def short_id(self) -> str:
@@ -94,6 +100,8 @@ class Job:
             cgroup=row["cgroup"],
             start_latency_ns=row["start_latency_ns"],
             stop_requested=bool(row["stop_requested"]),
+            image=row["image"],
+            image_digest=row["image_digest"],
         )
 
 
@@ -121,5 +129,9 @@ MIGRATIONS = [
     );
     CREATE INDEX jobs_state ON jobs(state);
     CREATE INDEX jobs_created ON jobs(created_ns);
+    """,
+    """
+    ALTER TABLE jobs ADD COLUMN image TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN image_digest TEXT NOT NULL DEFAULT '';
     """,
 ]

@@ -17,15 +17,18 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from capsa.errors import CapsaError, Conflict, InvalidArgument, NotFound
 from capsa.jobs.model import ACTIVE_STATES, MIGRATIONS, Job, JobState, RunRequest
 from capsa.logs import LogChunk, read_log
 from capsa.runtime import cgroups
 from capsa.runtime.client import SupervisorClient
-from capsa.runtime.spec import JobSpec, ResourceSpec
+from capsa.runtime.spec import JobSpec, MountSpec, ResourceSpec
 from capsa.state import Database
+
+if TYPE_CHECKING:
+    from capsa.images.service import ImageService, JobRootfs
 
 __all__ = ["JobService"]
 
@@ -34,8 +37,9 @@ _ID_PREFIX = re.compile(r"^[0-9a-f]{1,32}$")
 
 class JobService:
     def __init__(self, db: Database, home: Path, supervisor: SupervisorClient, *,
-                 stop_grace_s: float = 10.0) -> None:
+                 stop_grace_s: float = 10.0, images: ImageService | None = None) -> None:
         self.db = db
+        self.images = images
         self.home = home
         self.jobs_dir = home / "jobs"
         self.supervisor = supervisor
@@ -84,21 +88,28 @@ class JobService:
 
     # -- run -------------------------------------------------------------------------------
     def run(self, request: RunRequest) -> Job:
-        if not request.command or not request.command[0]:
+        t0 = time.monotonic_ns()
+        if not request.image and (not request.command or not request.command[0]):
             raise InvalidArgument("no command given: use `capsa run [flags] -- COMMAND [ARGS...]`")
         _validate_resources(request)
         job_id = secrets.token_hex(16)
-        now = time.time_ns()
         hostname = job_id[:12]
+        rootfs = None
+        if request.image:
+            if self.images is None:
+                raise InvalidArgument("this daemon has no image support configured")
+            rootfs = self.images.rootfs_for_job(request.image, job_id, pull=request.pull)
+            request = _apply_image_config(request, rootfs.image.run_config)
+        workdir = request.workdir or "/work"
         with self.db.tx() as conn:
             conn.execute(
-                "INSERT INTO jobs(id, name, command, state, env, workdir, resources, created_ns, hostname)"
-                " VALUES(?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO jobs(id, name, command, state, env, workdir, resources, created_ns, hostname,"
+                " image, image_digest) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
                 (job_id, request.name, json.dumps(list(request.command)), JobState.PENDING.value,
-                 json.dumps(request.env), request.workdir, json.dumps(request.resources.to_dict()), now, hostname),
+                 json.dumps(request.env), workdir, json.dumps(request.resources.to_dict()), time.time_ns(),
+                 hostname, rootfs.image.ref if rootfs else "", rootfs.image.digest if rootfs else ""),
             )
-        spec = self._spec(job_id, hostname, request)
-        t0 = time.monotonic_ns()
+        spec = self._spec(job_id, hostname, request, rootfs)
         try:
             rec = self.supervisor.start(spec)
         except CapsaError as exc:
@@ -120,8 +131,9 @@ class JobService:
         self.db.execute("UPDATE jobs SET start_latency_ns = ? WHERE id = ?", (latency, job_id))
         return self.get(job_id)
 
-    def _spec(self, job_id: str, hostname: str, request: RunRequest) -> JobSpec:
+    def _spec(self, job_id: str, hostname: str, request: RunRequest, rootfs: JobRootfs | None) -> JobSpec:
         r = request.resources
+        uid, gid = _parse_user(request.user)
         return JobSpec(
             job_id=job_id,
             argv=tuple(request.command),
@@ -129,6 +141,9 @@ class JobService:
             hostname=hostname,
             job_dir=str(self.jobs_dir / job_id),
             workdir=request.workdir or "/work",
+            root_mounts=tuple(MountSpec(m.type, m.source, tuple(m.options)) for m in rootfs.mounts) if rootfs else (),
+            uid=uid,
+            gid=gid,
             resources=ResourceSpec(
                 cpu_percent=r.max_cpu or None,
                 cpuset=r.cpu_cores or None,
@@ -187,6 +202,8 @@ class JobService:
             self.wait_ended(job.id, timeout=15)
         with contextlib.suppress(CapsaError):
             self.supervisor.forget(job.id)
+        if self.images is not None:
+            self.images.job_removed(job.id)
         shutil.rmtree(self.jobs_dir / job.id, ignore_errors=True)
         self.db.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
         return job.id
@@ -217,6 +234,8 @@ class JobService:
                 (state.value, rec.get("exit_code"), rec.get("signal", 0), reason, rec.get("ended_ns") or time.time_ns(),
                  rec.get("pid", 0), rec.get("started_ns", 0), rec["job_id"]),
             )
+        if self.images is not None:
+            self.images.job_ended(rec["job_id"])
         with contextlib.suppress(CapsaError):
             self.supervisor.forget(rec["job_id"])
         self._notify()
@@ -270,3 +289,38 @@ def _validate_resources(request: RunRequest) -> None:
         raise InvalidArgument(f"--cpu-cores {r.cpu_cores!r} is not a CPU list like '0-1' or '0,2'")
     if request.workdir and not request.workdir.startswith("/"):
         raise InvalidArgument(f"--workdir must be an absolute path inside the job, got {request.workdir!r}")
+
+
+def _apply_image_config(request: RunRequest, config: dict[str, Any]) -> RunRequest:
+    """Docker semantics: Entrypoint + (the given command, else Cmd); image Env under ours."""
+    import dataclasses
+
+    entrypoint = list(config.get("Entrypoint") or [])
+    cmd = list(request.command) if request.command else list(config.get("Cmd") or [])
+    argv = entrypoint + cmd if request.command_given or not request.command else list(request.command)
+    if not argv:
+        raise InvalidArgument(f"image {request.image} has no Entrypoint or Cmd: give a command after --")
+    env: dict[str, str] = {}
+    for item in config.get("Env") or []:
+        key, _, value = str(item).partition("=")
+        env[key] = value
+    env.update(request.env)
+    return dataclasses.replace(
+        request, command=tuple(argv), env=env,
+        workdir=request.workdir or str(config.get("WorkingDir") or "/"),
+        user=request.user or str(config.get("User") or ""),
+    )
+
+
+def _parse_user(user: str) -> tuple[int, int]:
+    if not user or user == "root":
+        return 0, 0
+    uid_text, _, gid_text = user.partition(":")
+    try:
+        uid = int(uid_text)
+        gid = int(gid_text) if gid_text else uid
+    except ValueError:
+        raise InvalidArgument(f"user {user!r}: give a numeric UID[:GID] (names are not resolved)") from None
+    if uid < 0 or gid < 0:
+        raise InvalidArgument(f"user {user!r}: ids must not be negative")
+    return uid, gid

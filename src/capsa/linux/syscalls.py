@@ -246,7 +246,9 @@ def fsopen(fsname: str, flags: int = FSOPEN_CLOEXEC) -> int:
     return int(fd)
 
 
-def fsconfig(fd: int, cmd: int, key: str | None = None, value: str | bytes | None = None, aux: int = 0) -> None:
+def fsconfig(
+    fd: int, cmd: int, key: str | None = None, value: str | bytes | None = None, aux: int = 0
+) -> None:
     """Set one parameter on (or create/reconfigure) a filesystem context."""
     raw = value.encode() if isinstance(value, str) else value
     if _fsconfig(fd, cmd, key.encode() if key is not None else None, raw, aux) != 0:

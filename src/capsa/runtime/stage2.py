@@ -21,7 +21,7 @@ import stat
 from collections.abc import Callable
 
 from capsa import linux
-from capsa.runtime.spec import HOST_ETC_ENTRIES, HOST_RO_DIRS, JobSpec
+from capsa.runtime.spec import HOST_ETC_ENTRIES, HOST_RO_DIRS, JobSpec, MountSpec
 
 __all__ = ["build_root", "exec_job", "run_stage2"]
 
@@ -107,8 +107,7 @@ def build_root(spec: JobSpec) -> None:
     _step("make mounts private", lambda: linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE, None))
     if spec.root_mounts:
         for m in spec.root_mounts:
-            _step(f"mount image root ({m.type})", lambda m=m: linux.mount(
-                m.source, root, m.type, 0, ",".join(m.options) or None))
+            _step(f"mount image root ({m.type} {m.source})", lambda m=m: _apply_mount(m, root))
         for name in ("proc", "dev", "tmp", "work", "capsules", "sys"):
             _step(f"mkdir /{name}", lambda name=name: os.makedirs(f"{root}/{name}", 0o755, exist_ok=True))
     else:
@@ -129,6 +128,30 @@ def build_root(spec: JobSpec) -> None:
         # Seal the assembled root: nothing of it but /work, /tmp and /dev/shm is writable.
         _step("seal root read-only", lambda: linux.mount(
             None, root, None, linux.MS_REMOUNT | linux.MS_BIND | _RO, None))
+
+
+_OPTION_FLAGS = {
+    "ro": linux.MS_RDONLY, "rw": 0, "nosuid": linux.MS_NOSUID, "nodev": linux.MS_NODEV,
+    "noexec": linux.MS_NOEXEC, "noatime": linux.MS_NOATIME, "relatime": linux.MS_RELATIME,
+    "bind": linux.MS_BIND, "rbind": linux.MS_BIND | linux.MS_REC,
+}
+
+
+def _apply_mount(m: MountSpec, target: str) -> None:
+    """Perform one snapshotter mount description onto ``target``."""
+    flags = 0
+    data: list[str] = []
+    for opt in m.options:
+        if opt in _OPTION_FLAGS:
+            flags |= _OPTION_FLAGS[opt]
+        else:
+            data.append(opt)
+    if m.type == "bind" or flags & linux.MS_BIND:
+        linux.mount(m.source, target, None, (flags | linux.MS_BIND) & ~linux.MS_RDONLY, None)
+        if flags & linux.MS_RDONLY:  # a bind ignores MS_RDONLY until it is remounted
+            linux.mount(None, target, None, linux.MS_BIND | linux.MS_REMOUNT | (flags & ~linux.MS_REC), None)
+        return
+    linux.mount(m.source, target, m.type, flags, ",".join(data) or None)
 
 
 def _prepare_target(source: str, target: str) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from capsa.errors import CapsaError, FailedPrecondition, Unsupported
+from capsa.errors import CapsaError, FailedPrecondition, Timeout, Unsupported
 from capsa.snapshots.base import Usage
 
 __all__ = [
@@ -36,6 +36,8 @@ def run_tool(
         proc = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=False)
     except FileNotFoundError as exc:
         raise Unsupported(f"{args[0]} is not installed (needed for: {' '.join(args)})") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise Timeout(f"{' '.join(args)} did not finish within {timeout} s") from exc
     if proc.returncode != 0:
         msg = (proc.stderr or proc.stdout).strip()
         raise error(

@@ -70,6 +70,9 @@ class DevmapperConfig:
     block_size_sectors: int = 128
     #: thin-pool low water mark in data blocks (containerd's value; clamped to the pool)
     low_water_mark_blocks: int = 32768
+    #: fail writes at once when the pool is out of space instead of queueing them
+    #: (the kernel default queues for ``no_space_timeout``, 60 s) — pool built from files only
+    error_if_no_space: bool = False
 
     def validate(self) -> None:
         if not _POOL_NAME.match(self.pool_name or ""):

@@ -101,6 +101,7 @@ def _assert_converged(engine: Engine, db: Database, markers: Path) -> int:
     return repeats
 
 
+@pytest.mark.slow  # ~9 s idle, up to ~20 s on a loaded 2-core host
 def test_runs_killed_at_random_points_converge_after_resume(tmp_path: Path) -> None:
     rng = random.Random(SEED)
     observed: set[tuple[str, str | None]] = set()

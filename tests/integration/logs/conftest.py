@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import hashlib
 import random
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +70,12 @@ def gen_chunks() -> ChunkGen:
 @pytest.fixture
 def tally() -> type[Tally]:
     return Tally
+
+
+@pytest.fixture
+def big_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory for hundreds of MB of logs, removed at teardown (pytest keeps old tmp_paths around)."""
+    path = tmp_path / "big"
+    path.mkdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

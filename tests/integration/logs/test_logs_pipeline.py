@@ -21,7 +21,8 @@ def follow_in_thread(log_dir: Path, sink: Any, **kw: Any) -> threading.Thread:
     return t
 
 
-def test_200_mb_history_is_byte_exact_per_stream(tmp_path: Path, gen_chunks: Any, tally: Any) -> None:
+def test_200_mb_history_is_byte_exact_per_stream(big_dir: Path, gen_chunks: Any, tally: Any) -> None:
+    tmp_path = big_dir
     wrote = tally()
     with LogPersister(segment_bytes=16 << 20, fsync_on_close=False) as p:
         job = p.open("big", tmp_path)
@@ -98,7 +99,8 @@ def test_live_follower_crosses_segment_boundaries_without_gap(tmp_path: Path, ta
     assert len(seen_segments) > 10
 
 
-def test_slow_reader_does_not_slow_the_writer(tmp_path: Path) -> None:
+def test_slow_reader_does_not_slow_the_writer(big_dir: Path) -> None:
+    tmp_path = big_dir
     data = bytes(range(256)) * 4096  # 1 MiB
 
     def write_100mb(log_dir: Path, start_reader: bool) -> tuple[float, threading.Thread | None, list[int]]:
@@ -132,7 +134,8 @@ def test_slow_reader_does_not_slow_the_writer(tmp_path: Path) -> None:
     )
 
 
-def test_fifty_concurrent_jobs_share_one_persister(tmp_path: Path, gen_chunks: Any, tally: Any) -> None:
+def test_fifty_concurrent_jobs_share_one_persister(big_dir: Path, gen_chunks: Any, tally: Any) -> None:
+    tmp_path = big_dir
     n_jobs = 50
     wrote = [tally() for _ in range(n_jobs)]
     read = [tally() for _ in range(n_jobs)]

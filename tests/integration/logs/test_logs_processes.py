@@ -209,14 +209,15 @@ def test_follower_waiting_at_a_torn_record_gets_the_rewritten_one(tmp_path: Path
     assert [c.seq for c in got] == list(range(5, 12))
 
 
-def test_exiting_supervisor_that_forgot_close_still_writes_everything(tmp_path: Path) -> None:
+def test_exiting_supervisor_that_forgot_close_still_writes_everything(big_dir: Path) -> None:
+    tmp_path = big_dir
     script = (
         PAYLOAD_SRC
         + """
 import sys
 from pathlib import Path
 from capsa.logs import LogPersister, Stream
-p = LogPersister(segment_bytes=64 << 10)
+p = LogPersister(segment_bytes=1 << 20, fsync_on_close=False)
 job = p.open("job", Path(sys.argv[1]))
 chunks = [payload(seq) for seq in range(1, 3001)]  # ~100 MB, appended far faster than disk takes it
 for data in chunks:

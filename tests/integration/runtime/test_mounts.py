@@ -341,9 +341,10 @@ def test_two_jobs_see_one_stored_copy(tmp_path: Path, job: Job, v1: Path) -> Non
         host = os.stat(v1 / "version")
         expected = [host.st_dev, host.st_ino]
         assert job.ask("stat", path="/capsules/x/version")["value"][1] == expected[1]
-        assert other.ask("stat", path="/capsules/y/version")["value"] == job.ask(
-            "stat", path="/capsules/x/version"
-        )["value"]
+        assert (
+            other.ask("stat", path="/capsules/y/version")["value"]
+            == job.ask("stat", path="/capsules/x/version")["value"]
+        )
     finally:
         other.stop()
 

@@ -315,3 +315,22 @@ def test_digest_type_rejects_malformed_and_foreign_algorithms() -> None:
         Digest("sha256:../../etc/passwd")
     with pytest.raises(Unsupported):
         Digest("sha512:" + "a" * 128)
+
+
+def test_verify_detects_and_removes_a_corrupted_blob(store: ContentStore) -> None:
+    info = store.put_bytes(b"precious bytes")
+    assert store.verify(info.digest) == info
+    path = store.path(info.digest)
+    path.chmod(0o644)
+    path.write_bytes(b"precious bytez")
+    with pytest.raises(ChecksumMismatch, match="corrupt"):
+        store.verify(info.digest)
+    assert not store.exists(info.digest)
+
+
+def test_digest_file_matches_hashlib(tmp_path: Path) -> None:
+    from capsa.images.content import digest_file
+
+    data = _blob(2 * 1024 * 1024 + 3)
+    (tmp_path / "f").write_bytes(data)
+    assert digest_file(tmp_path / "f") == (sha256_digest(data), len(data))

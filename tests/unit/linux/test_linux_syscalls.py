@@ -340,7 +340,14 @@ def test_move_mount_error_names_both_ends() -> None:
 
 
 HEADERS = {
-    "/usr/include/linux/mount.h": ("MOUNT_ATTR_", "MOVE_MOUNT_", "OPEN_TREE_CLONE", "FSMOUNT_", "FSOPEN_", "MS_"),
+    "/usr/include/linux/mount.h": (
+        "MOUNT_ATTR_",
+        "MOVE_MOUNT_",
+        "OPEN_TREE_CLONE",
+        "FSMOUNT_",
+        "FSOPEN_",
+        "MS_",
+    ),
     "/usr/include/linux/openat2.h": ("RESOLVE_",),
     "/usr/include/linux/sched.h": ("CLONE_NEW",),
     "/usr/include/linux/fcntl.h": ("AT_RECURSIVE", "AT_EMPTY_PATH", "AT_SYMLINK_NOFOLLOW"),

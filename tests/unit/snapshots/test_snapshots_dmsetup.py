@@ -50,6 +50,11 @@ def test_thin_pool_table_keeps_the_low_water_mark_when_the_pool_is_large() -> No
     assert table == "0 209715200 thin-pool /dev/loop1 /dev/loop0 128 32768"
 
 
+def test_thin_pool_table_can_fail_writes_when_full_instead_of_queueing() -> None:
+    table = thin_pool_table("/dev/loop1", "/dev/loop0", 1024**3, 128, 32768, error_if_no_space=True)
+    assert table.endswith(" 128 16383 2 skip_block_zeroing error_if_no_space")
+
+
 def test_thin_table_points_at_the_pool_by_path() -> None:
     # kernel thin-provisioning.rst: dmsetup create thin --table "0 2097152 thin /dev/mapper/pool 0"
     assert thin_table("pool", 0, 2097152 * 512) == "0 2097152 thin /dev/mapper/pool 0"

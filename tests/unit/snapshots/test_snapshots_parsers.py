@@ -12,10 +12,10 @@ from capsa.snapshots._fsutil import diff_usage, disk_usage, fs_type_of, parse_mo
 from capsa.snapshots.btrfs import parse_qgroup_show, parse_subvolume_list
 from capsa.snapshots.devmapper.ext4 import mkfs_ext4, parse_tune2fs, used_inodes
 
-# captured on this host: btrfs-progs v6.2, `btrfs qgroup show --raw <mnt>`
+# captured on this host: btrfs-progs v6.2, `btrfs qgroup show --raw <mnt>` (trailing blanks trimmed)
 QGROUP_SHOW_V6 = """\
-Qgroupid    Referenced    Exclusive   Path 
---------    ----------    ---------   ---- 
+Qgroupid    Referenced    Exclusive   Path
+--------    ----------    ---------   ----
 0/5              16384        16384   <toplevel>
 0/256          1064960        16384   snapshots/1
 0/257          1064960        16384   snapshots/2
@@ -24,10 +24,10 @@ Qgroupid    Referenced    Exclusive   Path
 
 # the older column layout (btrfs-progs 4.x/5.x)
 QGROUP_SHOW_V5 = """\
-qgroupid         rfer         excl 
---------         ----         ---- 
-0/5             16384        16384 
-0/258         1081344      1064960 
+qgroupid         rfer         excl
+--------         ----         ----
+0/5             16384        16384
+0/258         1081344      1064960
 """
 
 

@@ -23,9 +23,9 @@ def chain(store: SnapshotStore, db: Database, keys: list[str]) -> None:
     parent = None
     for key in keys:
         with db.tx() as conn:
-            prow = store.check_new(conn, key, parent)
-            store.insert(conn, key, prow, Kind.ACTIVE, {})
-            row = store.require(key, conn)
+            prow = store.check_new(conn, f"extract-{key}", parent)
+            store.insert(conn, f"extract-{key}", prow, Kind.ACTIVE, {})
+            row = store.require(f"extract-{key}", conn)
             store.commit(conn, row, key, None, Usage(1, 1))
         parent = key
 

@@ -28,7 +28,7 @@ def job_to_pb(job: Job) -> pb.Job:
         resources=pb.Resources(max_cpu=r.max_cpu, cpu_cores=r.cpu_cores, max_memory_mb=r.max_memory_mb,
                                max_iobps=r.max_iobps, max_pids=r.max_pids),
         pid=job.pid, ended=job.state.ended, env=job.env, workdir=job.workdir, hostname=job.hostname,
-        cgroup=job.cgroup, start_latency_ns=job.start_latency_ns,
+        cgroup=job.cgroup, start_latency_ns=job.start_latency_ns, image=job.image, image_digest=job.image_digest,
     )
 
 
@@ -40,8 +40,8 @@ class JobServicer(pb_grpc.JobServiceServicer):
     def RunJob(self, request: pb.RunJobRequest, context: grpc.ServicerContext) -> pb.Job:
         r = request.resources
         job = self.jobs.run(RunRequest(
-            command=tuple(request.command), env=dict(request.env), workdir=request.workdir or "/work",
-            name=request.name,
+            command=tuple(request.command), env=dict(request.env), workdir=request.workdir,
+            name=request.name, image=request.image, pull=request.pull or "missing", user=request.user,
             resources=Resources(max_cpu=r.max_cpu, cpu_cores=r.cpu_cores, max_memory_mb=r.max_memory_mb,
                                 max_iobps=r.max_iobps, max_pids=r.max_pids),
         ))

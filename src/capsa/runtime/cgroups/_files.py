@@ -11,7 +11,16 @@ from typing import Protocol
 
 from capsa.errors import CapsaError, FailedPrecondition, InvalidArgument, Unsupported
 
-__all__ = ["KernelTree", "TreeOps", "read_int", "read_text", "try_read", "wait_until", "write_file"]
+__all__ = [
+    "KernelTree",
+    "TreeOps",
+    "make_dir",
+    "read_int",
+    "read_text",
+    "try_read",
+    "wait_until",
+    "write_file",
+]
 
 
 class TreeOps(Protocol):
@@ -32,6 +41,17 @@ class KernelTree:
 
     def rmdir(self, path: Path) -> None:
         os.rmdir(path)
+
+
+def make_dir(tree: TreeOps, path: Path) -> None:
+    """mkdir through ``tree``; FileExistsError passes through for the caller to judge."""
+    try:
+        tree.mkdir(path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        # e.g. EACCES, or ENOSPC/EAGAIN from cgroup.max.descendants / cgroup.max.depth
+        raise FailedPrecondition(f"cannot create cgroup directory {path}: {exc.strerror or exc}") from None
 
 
 def write_file(path: Path, value: str, *, what: str) -> None:

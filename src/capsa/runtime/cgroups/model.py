@@ -11,7 +11,7 @@ import re
 import signal
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -144,6 +144,10 @@ class JobCgroup(ABC):
     def _can_freeze(self) -> bool: ...
 
     @abstractmethod
+    def _lift_io_limits(self) -> None:
+        """Remove the job's I/O throttle so bios already queued are dispatched at once."""
+
+    @abstractmethod
     def _kill_native(self) -> bool:
         """Kill every task with one kernel operation; False when the kernel offers none."""
 
@@ -172,8 +176,12 @@ class JobCgroup(ABC):
         v2 uses cgroup.kill for SIGKILL. Otherwise each round freezes the cgroup (so nothing can fork
         between reading the list and signalling it), signals every task, thaws and waits briefly;
         rounds repeat because without a freezer a task may fork while we signal.
+
+        I/O throttling is lifted first: a task whose direct I/O sits in the throttle queue sleeps
+        uninterruptibly, so neither SIGKILL nor the freezer reaches it until its bios are released.
         """
         deadline = time.monotonic() + timeout
+        self._lift_io_limits()
         if sig == signal.SIGKILL and self._kill_native():
             if not wait_until(self.is_empty, deadline):
                 raise Timeout(
@@ -197,7 +205,7 @@ class JobCgroup(ABC):
             pause = min(pause * 2, 0.2)
 
 
-def _signal_pids(list_pids: _PidLister, sig: int) -> None:
+def _signal_pids(list_pids: Callable[[], list[int]], sig: int) -> None:
     """Signal the listed processes through pidfds, only those still listed after the pidfd was taken.
 
     A pid read from cgroup.procs may exit and be reused before we signal it; a pidfd pins the process,
@@ -208,7 +216,7 @@ def _signal_pids(list_pids: _PidLister, sig: int) -> None:
         for pid in list_pids():
             try:
                 fds[pid] = os.pidfd_open(pid)
-            except (ProcessLookupError, OSError):
+            except OSError:  # exited since it was listed
                 continue
         still = set(list_pids())
         for pid, fd in fds.items():
@@ -220,10 +228,6 @@ def _signal_pids(list_pids: _PidLister, sig: int) -> None:
     finally:
         for fd in fds.values():
             os.close(fd)
-
-
-class _PidLister(Protocol):
-    def __call__(self) -> list[int]: ...
 
 
 class CgroupDriver(Protocol):

@@ -17,6 +17,7 @@ from capsa.errors import AlreadyExists, CapsaError, NotFound, Timeout, Unsupport
 from ._files import (
     KernelTree,
     TreeOps,
+    make_dir,
     procs_recursive,
     read_int,
     read_text,
@@ -50,6 +51,12 @@ _LIMIT_CONTROLLER = {
     "io_bps": "blkio",
 }
 _ALL = (*_ALWAYS, "cpuset", "devices")
+_THROTTLE_FILES = (
+    "blkio.throttle.read_bps_device",
+    "blkio.throttle.write_bps_device",
+    "blkio.throttle.read_iops_device",
+    "blkio.throttle.write_iops_device",
+)
 
 
 class V1Driver:
@@ -87,7 +94,7 @@ class V1Driver:
         if base in self._ready:
             return
         try:
-            self._tree.mkdir(base)
+            make_dir(self._tree, base)
         except FileExistsError:
             pass
         if controller == "cpuset":
@@ -121,7 +128,7 @@ class V1Driver:
                     continue
                 self._ensure_base(controller)
                 try:
-                    self._tree.mkdir(path)
+                    make_dir(self._tree, path)
                 except FileExistsError:
                     raise AlreadyExists(f"cgroup {name!r} already exists at {path}") from None
                 created.append(path)
@@ -172,11 +179,11 @@ def _apply(dirs: Mapping[str, Path], limits: Limits, devices: tuple[tuple[int, i
         quota, period = cpu_quota(limits.cpu_percent)
         what = f"limit cpu_percent={limits.cpu_percent}"
         _write(dirs["cpu"] / "cpu.cfs_period_us", str(period), what=what)
-        pass
+        _write(dirs["cpu"] / "cpu.cfs_quota_us", str(quota), what=what)
     if limits.memory_bytes is not None:
         what = f"limit memory_bytes={limits.memory_bytes}"
         mem = dirs["memory"]
-        pass
+        _write(mem / "memory.limit_in_bytes", str(limits.memory_bytes), what=what)
         if (mem / "memory.memsw.limit_in_bytes").exists():
             # memory+swap equal to memory leaves no room for swap.
             _write(
@@ -185,7 +192,7 @@ def _apply(dirs: Mapping[str, Path], limits: Limits, devices: tuple[tuple[int, i
         else:  # no swap accounting: the next best thing is to tell reclaim not to swap this cgroup
             _write(mem / "memory.swappiness", "0", what=what + " (disabling swap)")
     if limits.pids_max is not None:
-        pass
+        _write(dirs["pids"] / "pids.max", str(limits.pids_max), what=f"limit pids_max={limits.pids_max}")
     if limits.cpuset is not None:
         what = f"limit cpuset={limits.cpuset}"
         cpuset = dirs["cpuset"]
@@ -196,7 +203,7 @@ def _apply(dirs: Mapping[str, Path], limits: Limits, devices: tuple[tuple[int, i
         for dev in devices:
             line = blkio_throttle_line(dev, limits.io_bps)
             _write(dirs["blkio"] / "blkio.throttle.read_bps_device", line, what=what)
-            pass
+            _write(dirs["blkio"] / "blkio.throttle.write_bps_device", line, what=what)
 
 
 def _events_max(text: str | None) -> int | None:
@@ -249,6 +256,17 @@ class V1JobCgroup(JobCgroup):
 
     def _kill_native(self) -> bool:
         return False  # v1 has no cgroup.kill
+
+    def _lift_io_limits(self) -> None:
+        blkio = self.dirs.get("blkio")
+        if blkio is None:
+            return
+        for name in _THROTTLE_FILES:
+            text = try_read(blkio / name)
+            for line in (text or "").splitlines():
+                dev = line.split()[0] if line.strip() else ""
+                if ":" in dev:  # "0" as the value deletes the device's rule
+                    _write(blkio / name, f"{dev} 0", what=f"lifting {name} of cgroup {self.name!r}")
 
     def _file(self, controller: str, name: str) -> Path | None:
         d = self.dirs.get(controller)
@@ -307,7 +325,7 @@ class V1JobCgroup(JobCgroup):
         if "devices" not in self.dirs:
             driver._ensure_base("devices")
             try:
-                driver._tree.mkdir(path)
+                make_dir(driver._tree, path)
             except FileExistsError:
                 pass
             self.dirs["devices"] = path

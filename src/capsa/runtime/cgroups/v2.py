@@ -12,6 +12,7 @@ from capsa.errors import AlreadyExists, CapsaError, FailedPrecondition, NotFound
 from ._files import (
     KernelTree,
     TreeOps,
+    make_dir,
     procs_recursive,
     read_int,
     read_text,
@@ -85,7 +86,7 @@ class V2Driver:
         if missing:
             self._enable(self.parent, missing)
         try:
-            self._tree.mkdir(self.base)
+            make_dir(self._tree, self.base)
         except FileExistsError:
             pass
         missing = wanted - _tokens(read_text(self.base / "cgroup.subtree_control"))
@@ -118,7 +119,7 @@ class V2Driver:
                 )
         path = self.base / name
         try:
-            self._tree.mkdir(path)
+            make_dir(self._tree, path)
         except FileExistsError:
             raise AlreadyExists(f"cgroup {name!r} already exists at {path}") from None
         try:
@@ -208,6 +209,14 @@ class V2JobCgroup(JobCgroup):
     def thaw(self) -> None:
         if self.exists():
             _write(self.path / "cgroup.freeze", "0", what=f"thawing cgroup {self.name!r}")
+
+    def _lift_io_limits(self) -> None:
+        io_max = self.path / "io.max"
+        for line in (try_read(io_max) or "").splitlines():
+            dev = line.split()[0] if line.strip() else ""
+            if ":" in dev:
+                unlimited = f"{dev} rbps=max wbps=max riops=max wiops=max"
+                _write(io_max, unlimited, what=f"lifting io.max of cgroup {self.name!r}")
 
     def _kill_native(self) -> bool:
         kill = self.path / "cgroup.kill"

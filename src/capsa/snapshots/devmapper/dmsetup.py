@@ -30,6 +30,7 @@ from capsa.errors import (
     FailedPrecondition,
     InvalidArgument,
     PoolFullError,
+    Timeout,
     Unsupported,
 )
 
@@ -83,14 +84,16 @@ def thin_pool_table(
     low_water_mark_blocks: int,
     *,
     skip_block_zeroing: bool = True,
+    error_if_no_space: bool = False,
 ) -> str:
-    """``0 <sectors> thin-pool <meta> <data> <block size> <low water> [features]``."""
+    """``0 <sectors> thin-pool <meta> <data> <block size> <low water> [<#features> <feature>...]``."""
     sectors = data_size_bytes // SECTOR_SIZE
     blocks = sectors // block_size_sectors
     low = max(0, min(low_water_mark_blocks, blocks - 1))
     table = f"0 {sectors} thin-pool {metadata_dev} {data_dev} {block_size_sectors} {low}"
     # skipping zeroing of new blocks cuts creation latency (containerd's choice)
-    return table + (" 1 skip_block_zeroing" if skip_block_zeroing else "")
+    features = [f for f, on in (("skip_block_zeroing", skip_block_zeroing), ("error_if_no_space", error_if_no_space)) if on]
+    return f"{table} {len(features)} {' '.join(features)}" if features else table
 
 
 def thin_table(pool_name: str, dev_id: int, size_bytes: int, external_origin: str | None = None) -> str:
@@ -312,8 +315,11 @@ def classify_error(args: Sequence[str], output: str, returncode: int) -> CapsaEr
     command = "dmsetup " + " ".join(args)
     for needle, errno_name, cls in _ERRORS:
         if needle in low:
+            first = text.splitlines()[0] if text else "failed"
+            if cls is Unsupported:
+                first = f"the kernel's device-mapper is unavailable ({first})"
             return cls(
-                f"{command}: {text.splitlines()[0] if text else 'failed'}",
+                f"{command}: {first}",
                 detail={"errno": errno_name, "command": command, "output": text, "returncode": returncode},
             )
     return FailedPrecondition(
@@ -337,6 +343,8 @@ class Dmsetup:
             )
         except FileNotFoundError as exc:
             raise Unsupported(f"{self.binary} is not installed") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise Timeout(f"dmsetup {' '.join(args)} did not finish within {self.timeout} s") from exc
         if proc.returncode != 0:
             raise classify_error(args, proc.stderr + proc.stdout, proc.returncode)
         return proc.stdout.strip()

@@ -21,11 +21,12 @@ import enum
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from capsa.errors import (
+    CapsaError,
     DeviceExistsError,
     DeviceNotFoundError,
     FailedPrecondition,
@@ -91,8 +92,10 @@ class Action:
     state: DeviceState | None = None
 
 
-def next_device_id(used: Iterable[int]) -> int:
+def next_device_id(used: Collection[int]) -> int:
     """One past the highest id in use, or the lowest free id once the 24-bit space wraps."""
+    if len(used) >= MAX_THIN_ID:
+        raise LimitExceeded(f"all {MAX_THIN_ID} thin device ids are in use")
     taken = set(used)
     candidate = max(taken, default=0) + 1
     if candidate <= MAX_THIN_ID:
@@ -184,7 +187,12 @@ class ThinPool:
             if not cls._loaded(dm, config.pool_name):
                 size = Path(config.data_file).stat().st_size
                 table = thin_pool_table(
-                    meta, data, size, config.block_size_sectors, config.low_water_mark_blocks
+                    meta,
+                    data,
+                    size,
+                    config.block_size_sectors,
+                    config.low_water_mark_blocks,
+                    error_if_no_space=config.error_if_no_space,
                 )
                 dm.create(config.pool_name, table)
         except BaseException:
@@ -371,15 +379,24 @@ class ThinPool:
         self._transition(name, DeviceState.REMOVING, DeviceState.REMOVED, op)
         self.forget(name)
 
-    def discard(self, name: str) -> None:
-        """Undo a creation that failed half-way, without ever deleting an id we may not own."""
+    def discard(self, name: str, cause: BaseException | None = None) -> None:
+        """Undo a creation that failed half-way, without ever deleting an id we may not own.
+
+        A ``create_thin``/``create_snap`` the kernel refused (pool full, bad
+        argument) created nothing, so the record goes; one refused with
+        "File exists", or interrupted, leaves the id ``Faulty`` (reserved).
+        """
         rec = self.get(name)
         if rec is None:
             return
         if rec.state is DeviceState.UNKNOWN:
             self.forget(name)
         elif rec.state in (DeviceState.CREATING, DeviceState.FAULTY):
-            self.mark(name, DeviceState.FAULTY, rec.error)
+            errno_name = cause.detail.get("errno") if isinstance(cause, CapsaError) else None
+            if rec.state is DeviceState.CREATING and errno_name and errno_name != "EEXIST":
+                self.forget(name)
+            else:
+                self.mark(name, DeviceState.FAULTY, rec.error)
         else:
             try:
                 self.remove_device(name)

@@ -163,9 +163,9 @@ class DevmapperSnapshotter(MetadataSnapshotter):
                     else:
                         self._pool.create_thin(rec)
                 except DeviceExistsError as exc:
-                    # the id is used by a device we do not know: keep it reserved, take another
-                    self._pool.discard(rec.name)
                     if exc.detail.get("errno") == "EEXIST" and attempt < 2:
+                        # the id is used by a device we do not know: keep it reserved, take another
+                        self._pool.discard(rec.name, exc)
                         continue
                     raise
                 self._pool.activate(rec)
@@ -178,8 +178,8 @@ class DevmapperSnapshotter(MetadataSnapshotter):
                     snap_id = self._store.insert(conn, key, again, kind, clean)
                     self._pool.link(conn, rec.name, snap_id)
                 return
-            except BaseException:
-                self._pool.discard(rec.name)
+            except BaseException as exc:
+                self._pool.discard(rec.name, exc)
                 raise
             finally:
                 with self._lock:

@@ -28,10 +28,16 @@ from capsa.errors import (
     is_retryable,
 )
 from capsa.images.content import ContentStore
-from capsa.images.oci import OCI_LAYER_TAR, OCI_MANIFEST, MAX_MANIFEST_BYTES, sha256_digest
+from capsa.images.oci import MAX_MANIFEST_BYTES, OCI_LAYER_TAR, OCI_MANIFEST, sha256_digest
 from capsa.images.reference import parse_reference
 from capsa.images.sources.base import BlobDescriptor
-from capsa.images.sources.registry import Credentials, RegistryClient, RegistryConfig, RegistrySource, load_auth_file
+from capsa.images.sources.registry import (
+    Credentials,
+    RegistryClient,
+    RegistryConfig,
+    RegistrySource,
+    load_auth_file,
+)
 from capsa.state.db import Database
 from tests.fixtures.servers import free_port
 
@@ -212,7 +218,8 @@ def test_token_request_carries_basic_credentials_from_an_auth_file(fake: Fake, t
     auth_file = tmp_path / "config.json"
     auth_file.write_text(json.dumps({"auths": {fake.host: {"auth": secret}, "https://index.docker.io/v1/": {"auth": secret}}}))
     assert load_auth_file(auth_file)[fake.host] == Credentials(username="alice", password="s3cret")
-    assert "docker.io" in load_auth_file(auth_file)
+    hub = RegistryConfig(auth_file=auth_file).credentials_for("registry-1.docker.io")
+    assert hub is not None and hub.username == "alice"
     _bearer_route(fake, want_basic=secret)
     with pytest.raises(Unauthorized, match="refused anonymously"):
         RegistrySource().resolve(parse_reference(f"{fake.host}/team/app:1.0"))

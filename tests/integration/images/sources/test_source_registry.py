@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,16 @@ def test_gzip_zstd_and_uncompressed_layers_are_recognised(
     assert image.config.config.entrypoint == ["/bin/cat"] and image.config.config.working_dir == "/data"
     for layer, want in zip(image.layers[1:], test_images.images["whiteout"].layers[1:], strict=True):
         assert _fetch(source, store, layer) == want.blob
+
+
+def test_layers_of_one_image_download_in_parallel(
+    registry_images: RegistryImages, test_images: LayoutImages, store: ContentStore
+) -> None:
+    source = RegistrySource()
+    image = source.resolve(parse_reference(registry_images.refs["whiteout"]))
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        blobs = list(pool.map(lambda layer: _fetch(source, store, layer), image.layers))
+    assert blobs == [la.blob for la in test_images.images["whiteout"].layers]
 
 
 def test_download_resumes_with_range_from_a_partial_ingest(

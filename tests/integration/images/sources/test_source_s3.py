@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import botocore.exceptions
 import pytest
 
 from capsa.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthorized, Unavailable
@@ -13,7 +14,7 @@ from capsa.images.content import ContentStore
 from capsa.images.oci import Compression, Digest, sha256_digest
 from capsa.images.reference import parse_reference
 from capsa.images.sources.base import BlobDescriptor
-from capsa.images.sources.s3 import S3Config, S3Source
+from capsa.images.sources.s3 import S3Config, S3Source, _map_error
 from capsa.state.db import Database
 from tests.fixtures.images import S3Images
 from tests.fixtures.servers import MotoServer, free_port
@@ -137,16 +138,18 @@ def test_object_replaced_between_resolve_and_fetch_is_refused(
         source.fetch_blob(layer, w)
 
 
-def test_wrong_credentials_are_unauthorized(moto_server: MotoServer, s3_images: S3Images) -> None:
-    source = S3Source(S3Config(endpoint_url=moto_server.endpoint_url, access_key_id="a", secret_access_key="b"),
-                      env={})
-    # moto accepts any key unless IAM is enforced; a missing bucket policy is not something it models,
-    # so the denial is provoked with a signature the server cannot have made.
-    source.client.meta.events.register(
-        "before-send.s3.*", lambda request, **kw: request.headers.__setitem__("Authorization", "AWS4-HMAC-SHA256 bogus")
+@pytest.mark.parametrize(
+    ("code", "status", "kind"),
+    [("AccessDenied", 403, Unauthorized), ("InvalidAccessKeyId", 403, Unauthorized),
+     ("SignatureDoesNotMatch", 403, Unauthorized), ("NoSuchKey", 404, NotFound), ("NoSuchBucket", 404, NotFound),
+     ("SlowDown", 503, Unavailable), ("InternalError", 500, Unavailable), ("PreconditionFailed", 412, FailedPrecondition)],
+)
+def test_s3_error_codes_map_to_the_shared_vocabulary(code: str, status: int, kind: type[Exception]) -> None:
+    error = botocore.exceptions.ClientError(
+        {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject"
     )
-    with pytest.raises((Unauthorized, FailedPrecondition)):
-        source.resolve(parse_reference(s3_images.single))
+    mapped = _map_error(error, "test")
+    assert type(mapped) is kind, mapped
 
 
 def test_unreachable_endpoint_is_unavailable() -> None:
@@ -158,10 +161,10 @@ def test_unreachable_endpoint_is_unavailable() -> None:
 
 def test_config_falls_back_to_standard_aws_environment() -> None:
     env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_DEFAULT_REGION": "eu-west-1",
-           "AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "secret"}
+           "AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "SeCrEt-xyz"}
     config = S3Config(region="us-west-2").with_env(env)
     assert (config.endpoint_url, config.region, config.access_key_id) == ("http://127.0.0.1:9", "us-west-2", "id")
-    assert "secret" not in repr(config)
+    assert "SeCrEt-xyz" not in repr(config) and config.secret_access_key == "SeCrEt-xyz"
     assert S3Config().with_env({"AWS_ENDPOINT_URL_S3": "http://a", "AWS_ENDPOINT_URL": "http://b"}).endpoint_url == "http://a"
 
 

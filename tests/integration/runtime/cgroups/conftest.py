@@ -22,8 +22,9 @@ def driver() -> Iterator[CgroupDriver]:
         pytest.skip("creating cgroups needs root")
     d = detect(prefix=f"capsa-test-{uuid.uuid4().hex[:10]}")
     yield d
+    # Generous: after a failed test there may be many processes to kill.
     for name in d.list():
-        d.open(name).remove()
+        d.open(name).remove(timeout=30.0)
     d.cleanup()
 
 

@@ -77,7 +77,9 @@ def overlay(tmp_path: Path) -> Iterator[Path]:
     opts = f"lowerdir={tmp_path / 'lower'},upperdir={tmp_path / 'upper'},workdir={tmp_path / 'work'}"
     merged = tmp_path / "merged"
     try:
-        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)], check=True, capture_output=True)
+        subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)], check=True, capture_output=True
+        )
     except subprocess.CalledProcessError as exc:
         pytest.skip(f"cannot mount overlayfs: {exc.stderr.strip()}")
     try:
@@ -86,6 +88,8 @@ def overlay(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(merged)], check=True)
 
 
-def test_an_overlay_path_resolves_through_its_upper_directory(overlay: Path, disk_of_tmp: tuple[int, int]) -> None:
+def test_an_overlay_path_resolves_through_its_upper_directory(
+    overlay: Path, disk_of_tmp: tuple[int, int]
+) -> None:
     assert os.major(os.stat(overlay / "file").st_dev) == 0  # overlayfs has an anonymous device
     assert resolve_block_devices(overlay / "file") == (disk_of_tmp,)

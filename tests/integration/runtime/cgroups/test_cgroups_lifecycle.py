@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from capsa.errors import AlreadyExists, NotFound
-from capsa.runtime.cgroups import Limits, V1JobCgroup, V2JobCgroup, detect
+from capsa.errors import AlreadyExists, FailedPrecondition, NotFound
+from capsa.runtime.cgroups import Limits, V1JobCgroup, detect
 
 FORKING_TREE = 'while :; do sh -c "sleep 60 & sleep 60" & sleep 0.005; done'
 
@@ -66,7 +66,9 @@ def test_kill_all_kills_a_process_tree_that_keeps_forking(driver, spawn, is_aliv
 def test_signal_all_delivers_a_catchable_signal_to_every_process(driver, spawn, tmp_path: Path) -> None:
     cg = driver.create("term", Limits())
     marks = [tmp_path / f"m{i}" for i in range(3)]
-    procs = [spawn(cg, ["sh", "-c", f"trap 'touch {m}; exit 0' TERM; while :; do sleep 0.01; done"]) for m in marks]
+    procs = [
+        spawn(cg, ["sh", "-c", f"trap 'touch {m}; exit 0' TERM; while :; do sleep 0.01; done"]) for m in marks
+    ]
     time.sleep(0.1)
     cg.signal_all(signal.SIGTERM)
     assert [p.wait(timeout=5) for p in procs] == [0, 0, 0]
@@ -157,3 +159,18 @@ def test_create_and_remove_fit_the_start_latency_budget(driver) -> None:
     create_ms, remove_ms = statistics.median(creates) * 1e3, statistics.median(removes) * 1e3
     print(f"cgroup v{driver.version} create p50 {create_ms:.3f} ms, remove p50 {remove_ms:.3f} ms")
     assert create_ms < 5.0
+
+
+def test_kill_all_stops_a_job_blocked_in_throttled_io(driver, spawn, tmp_path: Path) -> None:
+    # Tasks waiting on throttled I/O may not freeze promptly; kill_all must still finish.
+    try:
+        cg = driver.create("slowio", Limits(io_bps=64 << 10, io_path=tmp_path))
+    except FailedPrecondition as exc:
+        pytest.skip(f"the disk behind {tmp_path} cannot be throttled: {exc}")
+    p = spawn(cg, ["dd", "if=/dev/zero", f"of={tmp_path / 'f'}", "bs=1M", "count=16", "oflag=direct"])
+    time.sleep(0.3)
+    assert p.poll() is None
+    t0 = time.monotonic()
+    cg.kill_all(timeout=5.0)
+    print(f"kill_all of a throttled writer took {(time.monotonic() - t0) * 1e3:.1f} ms")
+    assert p.wait(timeout=5) == -signal.SIGKILL and cg.is_empty()

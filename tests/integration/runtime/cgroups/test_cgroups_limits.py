@@ -27,11 +27,12 @@ FORK_UNTIL_REFUSED = """
 import errno, os, time
 forked = 0
 try:
-    while True:
+    while forked < 100:                  # bounded, so an unenforced limit fails the test, not the host
         if os.fork() == 0:
             time.sleep(30)
             os._exit(0)
         forked += 1
+    print("NO-LIMIT", forked, flush=True)
 except OSError as exc:
     print(errno.errorcode[exc.errno], forked, flush=True)
 """
@@ -92,7 +93,9 @@ def test_cpu_burner_at_20_percent_is_throttled_to_about_a_fifth_of_wall_time(dri
 
 
 def _allowed_cpus(status: str) -> str:
-    return next(line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("Cpus_allowed_list"))
+    return next(
+        line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("Cpus_allowed_list")
+    )
 
 
 def test_cpuset_pins_the_job_to_the_chosen_cpu(driver) -> None:
@@ -101,7 +104,9 @@ def test_cpuset_pins_the_job_to_the_chosen_cpu(driver) -> None:
         pytest.skip("one CPU online: pinning cannot be told apart from the default")
     assert _allowed_cpus(Path("/proc/self/status").read_text()) != "1"  # the test itself may run anywhere
     cg = driver.create("pin", Limits(cpuset="1"))
-    out = subprocess.run(["cat", "/proc/self/status"], preexec_fn=cg.join_self, capture_output=True, text=True)
+    out = subprocess.run(
+        ["cat", "/proc/self/status"], preexec_fn=cg.join_self, capture_output=True, text=True
+    )
     assert _allowed_cpus(out.stdout) == "1"
 
 
@@ -120,7 +125,9 @@ def test_io_bps_throttles_direct_writes_and_reads_on_the_backing_disk(driver, tm
     blocks = [f"bs={64 << 10}", f"count={size // (64 << 10)}"]
     free = size / _dd(None, ["if=/dev/zero", f"of={tmp_path / 'control'}", *blocks, "oflag=direct"])
     if free < 4 * limit:
-        pytest.skip(f"disk {devices} writes only {free / MiB:.1f} MiB/s unthrottled: too slow to show a limit")
+        pytest.skip(
+            f"disk {devices} writes only {free / MiB:.1f} MiB/s unthrottled: too slow to show a limit"
+        )
     cg = driver.create("io", Limits(io_bps=limit, io_path=tmp_path))
     target = tmp_path / "throttled"
     written = size / _dd(cg, ["if=/dev/zero", f"of={target}", *blocks, "oflag=direct", "conv=fsync"])

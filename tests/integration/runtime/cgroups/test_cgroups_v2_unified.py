@@ -12,6 +12,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -33,7 +34,7 @@ def v2() -> Iterator[V2Driver]:
         pytest.skip(f"this process's v2 cgroup cannot delegate controllers: {exc}")
     yield d
     for name in d.list():
-        d.open(name).remove()
+        d.open(name).remove(timeout=30.0)
     d.cleanup()
 
 
@@ -42,7 +43,8 @@ def test_join_freeze_thaw_kill_and_remove_on_the_real_unified_tree(v2, spawn) ->
     p = spawn(cg, ["sh", "-c", "while :; do :; done"])
     time.sleep(0.1)
     assert cg.pids() == [p.pid] and not cg.is_empty()
-    v2_line = next(x for x in open(f"/proc/{p.pid}/cgroup").read().splitlines() if x.startswith("0::"))
+    own = Path(f"/proc/{p.pid}/cgroup").read_text().splitlines()
+    v2_line = next(x for x in own if x.startswith("0::"))
     assert v2_line.endswith(f"/{v2.prefix}/core")
     cg.freeze()
     assert "frozen 1" in (cg.path / "cgroup.events").read_text()
@@ -71,7 +73,11 @@ def test_cgroup_kill_stops_a_forking_tree(v2, spawn, is_alive) -> None:
 
 def test_limits_for_controllers_the_host_does_not_offer_are_unsupported(v2) -> None:
     enabled = v2.enabled_controllers()
-    cases = {"memory": Limits(memory_bytes=64 << 20), "pids": Limits(pids_max=5), "cpu": Limits(cpu_percent=50)}
+    cases = {
+        "memory": Limits(memory_bytes=64 << 20),
+        "pids": Limits(pids_max=5),
+        "cpu": Limits(cpu_percent=50),
+    }
     missing = {c: limits for c, limits in cases.items() if c not in enabled}
     if not missing:
         pytest.skip("this host's unified tree offers memory, pids and cpu")

@@ -55,7 +55,9 @@ SYSTEMD_HYBRID_CGROUP = """\
 0::/system.slice/capsa.service
 """
 
-PURE_V2_MOUNTINFO = "30 24 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n"
+PURE_V2_MOUNTINFO = (
+    "30 24 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n"
+)
 PURE_V2_CGROUP = "0::/system.slice/capsa.service\n"
 
 
@@ -108,14 +110,18 @@ def test_detect_picks_v2_when_the_unified_tree_offers_controllers(tmp_path: Path
     assert driver.base == root / "capsa"
 
 
-def test_detect_picks_v1_on_a_hybrid_host_whose_unified_tree_has_no_resource_controllers(tmp_path: Path) -> None:
+def test_detect_picks_v1_on_a_hybrid_host_whose_unified_tree_has_no_resource_controllers(
+    tmp_path: Path,
+) -> None:
     unified = tmp_path / "unified"
     unified.mkdir()
     (unified / "cgroup.controllers").write_text("hugetlb\n")
     mountinfo = THIS_HOST_MOUNTINFO.replace("/sys/fs/cgroup/unified", str(unified))
     driver = detect(proc=_fake_proc(tmp_path, mountinfo, THIS_HOST_CGROUP))
     assert isinstance(driver, V1Driver) and driver.version == 1
-    assert driver.parents["memory"] == Path("/sys/fs/cgroup/memory/process_api/51e97e85c8eec3c96d36c0a09144b28d")
+    assert driver.parents["memory"] == Path(
+        "/sys/fs/cgroup/memory/process_api/51e97e85c8eec3c96d36c0a09144b28d"
+    )
 
 
 def test_detect_without_any_cgroup_mount_is_unsupported(tmp_path: Path) -> None:

@@ -174,7 +174,9 @@ def test_proc_cgroup_lines_parse_v1_and_v2() -> None:
     lines = parse_proc_cgroup(text)
     assert lines[1].controllers == frozenset({"memory"}) and lines[1].path == "/process_api/abc"
     assert lines[2].controllers == frozenset({"cpu", "cpuacct"})
-    assert lines[3].hierarchy_id == 0 and lines[3].controllers == frozenset() and lines[3].path == "/user.slice"
+    assert (
+        lines[3].hierarchy_id == 0 and lines[3].controllers == frozenset() and lines[3].path == "/user.slice"
+    )
 
 
 def test_mountinfo_parses_optional_fields_and_escapes() -> None:

@@ -114,9 +114,16 @@ def test_stats_and_oom_come_from_the_v1_files(fake_v1) -> None:
     (d["memory"] / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
     (d["pids"] / "pids.current").write_text("3\n")
     (d["pids"] / "pids.events").write_text("max 4\n")
-    (d["blkio"] / "blkio.throttle.io_service_bytes_recursive").write_text("8:0 Read 5\n8:0 Write 7\nTotal 12\n")
+    (d["blkio"] / "blkio.throttle.io_service_bytes_recursive").write_text(
+        "8:0 Read 5\n8:0 Write 7\nTotal 12\n"
+    )
     s = cg.stats()
-    assert (s.cpu_usage_ns, s.cpu_nr_periods, s.cpu_nr_throttled, s.cpu_throttled_ns) == (123456789, 10, 9, 8 * 10**8)
+    assert (s.cpu_usage_ns, s.cpu_nr_periods, s.cpu_nr_throttled, s.cpu_throttled_ns) == (
+        123456789,
+        10,
+        9,
+        8 * 10**8,
+    )
     assert (s.memory_current, s.memory_peak, s.oom_kills, s.pids_current) == (4096, 67108864, 2, 3)
     assert (s.io_read_bytes, s.io_write_bytes, s.pids_denied) == (5, 7, 4)
     assert cg.oom_killed()
@@ -154,3 +161,19 @@ def test_cleanup_keeps_bases_that_still_hold_jobs(fake_v1) -> None:
     cg.remove()
     driver.cleanup()
     assert not any(p.name == "capsa" for p in fake_v1.root.rglob("capsa"))
+
+
+def test_kill_all_lifts_the_io_throttle_first(fake_v1, sda1_resolver) -> None:
+    cg = fake_v1.driver(resolver=sda1_resolver).create("a", Limits(io_bps=4096, io_path=Path("/data")))
+    blkio = cg.dirs["blkio"]
+    (blkio / "blkio.throttle.read_iops_device").write_text("")
+    cg.kill_all(timeout=0.1)
+    assert (blkio / "blkio.throttle.read_bps_device").read_text() == "8:0 0"
+    assert (blkio / "blkio.throttle.write_bps_device").read_text() == "8:0 0"
+
+
+def test_device_rules_without_a_devices_hierarchy_are_unsupported(fake_v1) -> None:
+    parents = {c: p for c, p in fake_v1.parents.items() if c != "devices"}
+    cg = V1Driver(parents, tree=fake_v1.tree, sysfs=fake_v1.sysfs).create("a", Limits())
+    with pytest.raises(Unsupported, match="no cgroup v1 'devices' hierarchy"):
+        cg.device_rules(["c 1:3 rwm"])

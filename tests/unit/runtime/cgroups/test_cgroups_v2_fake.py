@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import signal
 from pathlib import Path
 
@@ -49,7 +50,9 @@ def test_controllers_already_enabled_are_not_written_again(fake_v2) -> None:
 def test_a_limit_whose_controller_is_not_delegated_is_unsupported_and_creates_no_job(fake_v2) -> None:
     (fake_v2.root / "cgroup.controllers").write_text("cpu pids\n")
     driver = fake_v2.driver()
-    with pytest.raises(Unsupported, match=r"limit memory_bytes: the cgroup v2 'memory' controller is not available"):
+    with pytest.raises(
+        Unsupported, match=r"limit memory_bytes: the cgroup v2 'memory' controller is not available"
+    ):
         driver.create("job1", Limits(memory_bytes=64 << 20))
     assert driver.list() == []
 
@@ -157,7 +160,12 @@ def test_stats_are_read_from_the_v2_files(fake_v2) -> None:
     (job / "pids.events").write_text("max 6\n")
     (job / "io.stat").write_text("8:0 rbytes=10 wbytes=20 rios=1 wios=1 dbytes=0 dios=0\n")
     s = fake_v2.driver().open("a").stats()
-    assert (s.cpu_usage_ns, s.cpu_nr_periods, s.cpu_nr_throttled, s.cpu_throttled_ns) == (1_500_000, 10, 4, 250_000)
+    assert (s.cpu_usage_ns, s.cpu_nr_periods, s.cpu_nr_throttled, s.cpu_throttled_ns) == (
+        1_500_000,
+        10,
+        4,
+        250_000,
+    )
     assert (s.memory_current, s.memory_peak, s.oom_kills, s.pids_current) == (4096, 8192, 1, 2)
     assert (s.io_read_bytes, s.io_write_bytes, s.pids_denied) == (10, 20, 6)
     assert fake_v2.driver().open("a").oom_killed()
@@ -242,3 +250,22 @@ def test_io_limit_on_a_path_without_a_disk_fails_before_creating(fake_v2) -> Non
     with pytest.raises(FailedPrecondition, match="no mount found for io_path"):
         fake_v2.driver(resolver=resolver).create("a", Limits(io_bps=1, io_path=Path("/x")))
     assert fake_v2.tree.made == []
+
+
+def test_kill_all_lifts_the_io_throttle_first(fake_v2, sda1_resolver) -> None:
+    cg = fake_v2.driver(resolver=sda1_resolver).create("a", Limits(io_bps=4096, io_path=Path("/data")))
+    assert (cg.path / "io.max").read_text() == "8:0 rbps=4096 wbps=4096"
+    cg.kill_all()
+    assert (cg.path / "io.max").read_text() == "8:0 rbps=max wbps=max riops=max wiops=max"
+
+
+def test_a_refused_mkdir_names_the_directory(fake_v2, monkeypatch) -> None:
+    driver = fake_v2.driver()
+    driver.enabled_controllers()
+
+    def refuse(path: Path) -> None:  # what cgroup.max.descendants makes the kernel answer
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable", str(path))
+
+    monkeypatch.setattr(fake_v2.tree, "mkdir", refuse)
+    with pytest.raises(FailedPrecondition, match=r"cannot create cgroup directory .*capsa/a: Resource temp"):
+        driver.create("a", Limits())

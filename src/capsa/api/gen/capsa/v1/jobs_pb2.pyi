@@ -22,7 +22,7 @@ class Resources(_message.Message):
     def __init__(self, max_cpu: _Optional[int] = ..., cpu_cores: _Optional[str] = ..., max_memory_mb: _Optional[int] = ..., max_iobps: _Optional[int] = ..., max_pids: _Optional[int] = ...) -> None: ...
 
 class RunJobRequest(_message.Message):
-    __slots__ = ("command", "env", "resources", "workdir", "name")
+    __slots__ = ("command", "env", "resources", "workdir", "name", "image", "pull", "entrypoint_set", "user")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -35,15 +35,23 @@ class RunJobRequest(_message.Message):
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     WORKDIR_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    PULL_FIELD_NUMBER: _ClassVar[int]
+    ENTRYPOINT_SET_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
     command: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
     resources: Resources
     workdir: str
     name: str
-    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., workdir: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    image: str
+    pull: str
+    entrypoint_set: bool
+    user: str
+    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., workdir: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., pull: _Optional[str] = ..., entrypoint_set: _Optional[bool] = ..., user: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "name", "command", "state", "exit_code", "signal", "reason", "created_at_ns", "started_at_ns", "ended_at_ns", "resources", "pid", "ended", "env", "workdir", "hostname", "cgroup", "start_latency_ns")
+    __slots__ = ("id", "name", "command", "state", "exit_code", "signal", "reason", "created_at_ns", "started_at_ns", "ended_at_ns", "resources", "pid", "ended", "env", "workdir", "hostname", "cgroup", "start_latency_ns", "image", "image_digest")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +77,8 @@ class Job(_message.Message):
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     CGROUP_FIELD_NUMBER: _ClassVar[int]
     START_LATENCY_NS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -87,7 +97,9 @@ class Job(_message.Message):
     hostname: str
     cgroup: str
     start_latency_ns: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[str] = ..., created_at_ns: _Optional[int] = ..., started_at_ns: _Optional[int] = ..., ended_at_ns: _Optional[int] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., pid: _Optional[int] = ..., ended: _Optional[bool] = ..., env: _Optional[_Mapping[str, str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., cgroup: _Optional[str] = ..., start_latency_ns: _Optional[int] = ...) -> None: ...
+    image: str
+    image_digest: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[str] = ..., created_at_ns: _Optional[int] = ..., started_at_ns: _Optional[int] = ..., ended_at_ns: _Optional[int] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., pid: _Optional[int] = ..., ended: _Optional[bool] = ..., env: _Optional[_Mapping[str, str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., cgroup: _Optional[str] = ..., start_latency_ns: _Optional[int] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("id",)

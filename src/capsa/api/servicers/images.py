@@ -1,0 +1,78 @@
+"""ImageService servicer."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+
+from capsa.api.gen.capsa.v1 import images_pb2 as pb
+from capsa.api.gen.capsa.v1 import images_pb2_grpc as pb_grpc
+from capsa.api.servicers._base import rpc
+from capsa.fsm import RunInfo
+from capsa.images.service import ImageService
+from capsa.images.store import ImageRecord
+
+__all__ = ["ImageServicer", "image_to_pb"]
+
+
+def image_to_pb(rec: ImageRecord) -> pb.Image:
+    return pb.Image(
+        ref=rec.ref, digest=rec.digest, size=rec.size, created_at_ns=rec.created_ns,
+        layers=[pb.Layer(digest=la["digest"], size=int(la["size"]), media_type=la.get("media_type", ""))
+                for la in rec.layers],
+        config_json=json.dumps(rec.config), source=rec.source, in_use_by=rec.users, unpacked_size=rec.unpacked_size,
+    )
+
+
+def _run_to_pb(run: RunInfo, events: list[Any]) -> pb.FsmRun:
+    return pb.FsmRun(
+        run_id=run.run_id, machine=run.machine, resource_id=run.resource_id, action=run.action, state=run.state,
+        current_transition=run.current_transition or "", attempt=run.attempt, error_code=run.error_code or "",
+        error_message=run.error_message or "", created_at_ns=int(run.created_at * 1e9),
+        finished_at_ns=int((run.finished_at or 0) * 1e9),
+        events=[pb.FsmEvent(seq=e.seq, kind=e.kind, transition=e.transition or "", message=e.message or "",
+                            at_ns=int(e.at * 1e9)) for e in events],
+    )
+
+
+class ImageServicer(pb_grpc.ImageServiceServicer):
+    def __init__(self, images: ImageService) -> None:
+        self.images = images
+
+    @rpc
+    def PullImage(self, request: pb.PullImageRequest, context: grpc.ServicerContext) -> Any:
+        run_id = self.images.start_pull(request.ref, platform=request.platform, insecure=request.insecure,
+                                        expected_digest=request.expected_digest)
+        for update in self.images.watch_pull(run_id):
+            msg = pb.PullProgress(
+                run_id=update.run_id, phase=update.phase, done=update.done,
+                layers=[pb.LayerProgress(digest=la["digest"], bytes=la["bytes"], total=la["total"], state=la["state"])
+                        for la in update.layers],
+            )
+            if update.done:
+                msg.image.CopyFrom(image_to_pb(self.images.get(request.ref)))
+            yield msg
+
+    @rpc
+    def ListImages(self, request: pb.ListImagesRequest, context: grpc.ServicerContext) -> pb.ListImagesResponse:
+        return pb.ListImagesResponse(images=[image_to_pb(r) for r in self.images.list()])
+
+    @rpc
+    def InspectImage(self, request: pb.InspectImageRequest, context: grpc.ServicerContext) -> pb.Image:
+        return image_to_pb(self.images.get(request.ref))
+
+    @rpc
+    def RemoveImage(self, request: pb.RemoveImageRequest, context: grpc.ServicerContext) -> pb.RemoveImageResponse:
+        return pb.RemoveImageResponse(removed=self.images.remove(request.ref, force=request.force))
+
+    @rpc
+    def PruneImages(self, request: pb.PruneImagesRequest, context: grpc.ServicerContext) -> pb.PruneImagesResponse:
+        removed, freed = self.images.prune(dry_run=request.dry_run)
+        return pb.PruneImagesResponse(removed=removed, bytes_freed=freed)
+
+    @rpc
+    def ImageHistory(self, request: pb.ImageHistoryRequest, context: grpc.ServicerContext) -> pb.ImageHistoryResponse:
+        runs = self.images.history(request.ref, limit=request.limit or 20)
+        return pb.ImageHistoryResponse(runs=[_run_to_pb(r, self.images.engine.events(r.run_id)) for r in runs])

@@ -1,0 +1,247 @@
+"""Images as users see them: pull, list, inspect, remove, prune, history, and rootfs for jobs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from capsa.errors import CapsaError, Conflict, InvalidArgument, NotFound
+from capsa.fsm import Engine, RunInfo
+from capsa.images.pull import FETCH, PULL, PullContext, register_machines
+from capsa.images.reference import parse_reference
+from capsa.images.store import ImageRecord
+from capsa.snapshots import Mount
+
+__all__ = ["ImageService", "JobRootfs", "PullUpdate"]
+
+PULL_POLICIES = ("missing", "always", "never")
+
+
+@dataclass(frozen=True)
+class PullUpdate:
+    run_id: str
+    phase: str
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    done: bool = False
+    image: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class JobRootfs:
+    """A writable snapshot of an image, ready to mount as a job's root."""
+
+    image: ImageRecord
+    snapshot: str
+    mounts: list[Mount]
+
+
+class ImageService:
+    def __init__(self, engine: Engine, pc: PullContext) -> None:
+        self.engine = engine
+        self.pc = pc
+        register_machines(engine, pc)
+
+    # -- pull -----------------------------------------------------------------------------------
+    def canonical(self, ref: str) -> str:
+        return parse_reference(ref).canonical
+
+    def start_pull(self, ref: str, *, platform: str = "", insecure: bool = False, expected_digest: str = "",
+                   always: bool = False) -> str:
+        canonical = self.canonical(ref)
+        handle = self.engine.start(PULL, canonical, "pull", {
+            "ref": canonical, "platform": platform, "insecure": insecure,
+            "expected_digest": expected_digest or None, "always": always,
+        })
+        return handle.run_id
+
+    def pull(self, ref: str, **kwargs: Any) -> ImageRecord:
+        run_id = self.start_pull(ref, **kwargs)
+        self.engine.handle(run_id).wait()
+        return self.pc.images.get(self.canonical(ref))
+
+    def watch_pull(self, run_id: str, *, interval: float = 0.2) -> Iterator[PullUpdate]:
+        """Progress of a pull until it ends; raises the pull's typed error if it failed."""
+        handle = self.engine.handle(run_id)
+        while True:
+            info = self.engine.get(run_id)
+            if handle.done() or info.state in ("succeeded", "failed", "canceled", "handed_off"):
+                final = handle.wait()
+                ref = final.request["ref"] if isinstance(final.request, dict) else None
+                rec = self.pc.images.find(ref) if ref else None
+                yield PullUpdate(run_id=run_id, phase="done", layers=self._layer_progress(final), done=True,
+                                 image=rec.to_dict() if rec else final.output)
+                return
+            yield PullUpdate(run_id=run_id, phase=str((info.progress or {}).get("phase", info.current_transition)),
+                             layers=self._layer_progress(info))
+            time.sleep(interval)
+
+    def _layer_progress(self, info: RunInfo) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for run in self.engine.history(machine=FETCH, limit=200):
+            if run.created_at < info.created_at - 1:
+                continue
+            progress = run.progress or {}
+            req = run.request if isinstance(run.request, dict) else {}
+            layer = req.get("layer") or {}
+            if not isinstance(info.request, dict) or req.get("ref") != info.request.get("ref"):
+                continue
+            state = {"succeeded": "downloaded", "handed_off": "downloaded", "running": "downloading",
+                     "queued": "waiting", "retry_wait": "retrying", "failed": "failed"}.get(run.state, run.state)
+            out.append({"digest": layer.get("digest") or layer.get("locator", ""), "state": state,
+                        "bytes": int(progress.get("bytes", layer.get("size", 0) if state == "downloaded" else 0)),
+                        "total": int(layer.get("size", 0))})
+        return out
+
+    # -- queries ------------------------------------------------------------------------------------
+    def get(self, ref: str) -> ImageRecord:
+        rec = self.pc.images.find(ref)
+        if rec is None:
+            try:
+                rec = self.pc.images.find(self.canonical(ref))
+            except InvalidArgument:
+                rec = None
+        if rec is None:
+            raise NotFound(f"no such image: {ref} (see `capsa image ls`, or `capsa image pull {ref}`)")
+        return rec
+
+    def list(self) -> list[ImageRecord]:
+        return self.pc.images.list()
+
+    def history(self, ref: str, limit: int = 20) -> list[RunInfo]:
+        canonical = self.canonical(ref) if not ref.startswith("sha256:") else ref
+        return self.engine.history(resource_id=canonical, limit=limit)
+
+    # -- jobs ---------------------------------------------------------------------------------------
+    def rootfs_for_job(self, ref: str, job_id: str, *, pull: str = "missing") -> JobRootfs:
+        if pull not in PULL_POLICIES:
+            raise InvalidArgument(f"--pull {pull!r}: expected one of {', '.join(PULL_POLICIES)}")
+        rec = self.pc.images.find(ref) or self._find_canonical(ref)
+        if pull == "always" or (rec is None and pull == "missing"):
+            rec = self.pull(ref, always=pull == "always")
+        if rec is None:
+            raise NotFound(f"image {ref} is not present and --pull=never was given")
+        key = f"job-{job_id}"
+        mounts = self.pc.snapshotter.prepare(key, rec.top_snapshot, labels={"capsa/job": job_id})
+        self.pc.images.add_user(job_id, rec.ref, rec.digest, key)
+        return JobRootfs(image=rec, snapshot=key, mounts=list(mounts))
+
+    def _find_canonical(self, ref: str) -> ImageRecord | None:
+        try:
+            return self.pc.images.find(self.canonical(ref))
+        except InvalidArgument:
+            return None
+
+    def job_ended(self, job_id: str) -> None:
+        self.pc.images.mark_stopped(job_id)
+
+    def job_removed(self, job_id: str) -> None:
+        key = self.pc.images.remove_user(job_id)
+        if key:
+            try:
+                self.pc.snapshotter.remove(key)
+            except NotFound:
+                pass
+
+    # -- removal ------------------------------------------------------------------------------------
+    def remove(self, ref: str, *, force: bool = False) -> list[str]:
+        rec = self.get(ref)
+        running = self.pc.images.users(rec.digest, running_only=True)
+        if running:
+            ids = ", ".join(u["job_id"][:12] for u in running)
+            raise Conflict(f"image {rec.ref} is in use by running job(s) {ids}; stop them first"
+                           " (--force never stops jobs)")
+        ended = self.pc.images.users(rec.digest, running_only=False)
+        if ended and not force:
+            ids = ", ".join(u["job_id"][:12] for u in ended)
+            raise Conflict(f"image {rec.ref} is used by ended job(s) {ids}; remove them or use --force")
+        for user in ended:
+            self.job_removed(user["job_id"])
+        self.pc.images.delete(rec.ref)
+        removed = [rec.ref]
+        if not self.pc.images.refs_for_digest(rec.digest):
+            self._remove_chain(rec)
+        return removed
+
+    def _remove_chain(self, rec: ImageRecord) -> None:
+        """Remove the image's snapshots top-down while no other image or job stands on them."""
+        for key in reversed(rec.chain):
+            try:
+                self.pc.snapshotter.remove(key)
+            except NotFound:
+                continue
+            except CapsaError:
+                break  # still a parent of another image's layer or a job's snapshot: keep the rest
+
+    def prune(self, *, dry_run: bool = False) -> tuple[list[str], int]:
+        """Remove blobs, snapshots and ingest leftovers no image refers to; returns (what, bytes freed)."""
+        images = self.pc.images.list()
+        keep_blobs: set[str] = set()
+        keep_snaps: set[str] = set()
+        for rec in images:
+            keep_blobs.update(layer["digest"] for layer in rec.layers)
+            keep_blobs.add(rec.digest)
+            keep_snaps.update(rec.chain)
+            cfg_digest = rec.config.get("_digest")
+            if cfg_digest:
+                keep_blobs.add(cfg_digest)
+        for user in self.pc.images.all_users():
+            keep_snaps.add(user["snapshot"])
+        removed: list[str] = []
+        freed = 0
+        # Snapshots: leaves first, until nothing more can go.
+        progress = True
+        while progress:
+            progress = False
+            infos = self.pc.snapshotter.walk()
+            parents = {i.parent for i in infos if i.parent}
+            for info in infos:
+                if info.key in keep_snaps or info.key in parents or info.key.startswith("extract-"):
+                    continue
+                try:
+                    size = self.pc.snapshotter.usage(info.key).size
+                except CapsaError:
+                    size = 0
+                if not dry_run:
+                    try:
+                        self.pc.snapshotter.remove(info.key)
+                    except CapsaError:
+                        continue
+                    progress = True
+                removed.append(f"snapshot {info.key}")
+                freed += size
+        referenced_configs = self._config_digests(images)
+        for blob in list(self.pc.content.walk()):
+            digest = str(blob.digest)
+            if digest in keep_blobs or digest in referenced_configs:
+                continue
+            removed.append(f"blob {digest}")
+            freed += blob.size
+            if not dry_run:
+                self.pc.content.delete(digest)
+        for ingest in self.pc.content.ingests():
+            if ingest.locked:  # a download in progress right now
+                continue
+            removed.append(f"ingest {ingest.ref}")
+            freed += ingest.offset
+        if not dry_run:
+            self.pc.content.prune_ingests(older_than=0)
+        return removed, freed
+
+    def _config_digests(self, images: list[ImageRecord]) -> set[str]:
+        """Config blobs are referenced from manifests; keep those of kept images."""
+        import json
+
+        keep: set[str] = set()
+        for rec in images:
+            if not self.pc.content.exists(rec.digest):
+                continue
+            try:
+                manifest = json.loads(self.pc.content.read_bytes(rec.digest, limit=4 << 20))
+            except (CapsaError, ValueError):
+                continue
+            cfg = (manifest.get("config") or {}).get("digest")
+            if cfg:
+                keep.add(cfg)
+        return keep

@@ -1,0 +1,127 @@
+"""Host-side views of a running job for the jobs e2e tests: its cgroup files, its /proc entry, polling.
+
+Everything here reads what the kernel says from *outside* the job, so a test can
+check that a limit is enforced rather than trusting what capsa reports.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from capsa.api.client import CapsaClient
+from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
+
+T = TypeVar("T")
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def wait_for(predicate: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02,
+             what: str = "condition") -> T:
+    """Poll ``predicate`` until it returns something truthy; that value, or AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_ended(client: CapsaClient, job_id: str, timeout: float = 30.0) -> pb.Job:
+    def ended() -> pb.Job | None:
+        job = client.get_job(job_id)
+        return job if job.ended else None
+
+    return wait_for(ended, timeout=timeout, what=f"job {job_id[:12]} to end")
+
+
+def wait_running(client: CapsaClient, job_id: str, timeout: float = 10.0) -> pb.Job:
+    def running() -> pb.Job | None:
+        job = client.get_job(job_id)
+        return job if job.state == "RUNNING" and job.pid else None
+
+    return wait_for(running, timeout=timeout, what=f"job {job_id[:12]} to run")
+
+
+def stdout_of(client: CapsaClient, job_id: str, *, follow: bool = True) -> bytes:
+    return b"".join(c.data for c in client.stream_logs(job_id, follow=follow) if c.stream == 1)
+
+
+def _mounts() -> list[tuple[str, str, str, set[str]]]:
+    """(mount root, mount point, fs type, super options) of every cgroup mount of our mount namespace."""
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        sep = fields.index("-")
+        fstype, super_opts = fields[sep + 1], set(fields[sep + 3].split(","))
+        if fstype in ("cgroup", "cgroup2"):
+            found.append((fields[3], fields[4], fstype, super_opts))
+    return found
+
+
+def host_cgroup_dir(pid: int, controller: str) -> Path:
+    """The host directory of the cgroup that ``pid`` is in for ``controller`` (cgroup v1 or v2)."""
+    lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    mounts = _mounts()
+    for line in lines:
+        _hid, controllers, path = line.split(":", 2)
+        if controller in controllers.split(","):
+            for root, point, fstype, opts in mounts:
+                if fstype == "cgroup" and controller in opts:
+                    return Path(point) / os.path.relpath(path, root)
+    for line in lines:
+        hid, controllers, path = line.split(":", 2)
+        if hid == "0" and controllers == "":
+            for root, point, fstype, _opts in mounts:
+                if fstype == "cgroup2":
+                    candidate = Path(point) / os.path.relpath(path, root)
+                    enabled = (candidate.parent / "cgroup.subtree_control").read_text().split() \
+                        if (candidate.parent / "cgroup.subtree_control").exists() else []
+                    if controller in enabled or controller == "cgroup":
+                        return candidate
+    raise AssertionError(f"no {controller} cgroup found for pid {pid}: {lines}")
+
+
+def read_flat_keyed(path: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().lstrip("-").isdigit():
+            out[key] = int(value)
+    return out
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` (and its reaped children) from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # after the ")" field 3 (state) is index 0: utime=14, stime=15, cutime=16, cstime=17
+    utime, stime, cutime, cstime = (int(fields[i - 3]) for i in (14, 15, 16, 17))
+    return (utime + stime + cutime + cstime) / CLK_TCK
+
+
+def proc_start_ticks(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def processes_in_cgroup_named(name: str) -> list[int]:
+    """Host pids whose /proc/<pid>/cgroup mentions ``name`` in any hierarchy."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{entry}/cgroup").read_text()
+        except OSError:
+            continue
+        if name in text:
+            pids.append(int(entry))
+    return pids
