@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import gc
 import os
 import select
 import stat
@@ -126,6 +127,7 @@ def attach(pidfd: int, host_path: Path, target: str, *, create_target: bool = Tr
     _run_helper(
         lambda: _attach_in_helper(pid, pidfd, source, parts, create_target),
         f"attach {os.fsdecode(source)} at {target} in job pid {pid}",
+        pidfd,
     )
 
 
@@ -138,6 +140,7 @@ def swap(pidfd: int, new_host_path: Path, target: str) -> None:
     _run_helper(
         lambda: _swap_in_helper(pid, pidfd, source, parts, beneath),
         f"swap {target} to {os.fsdecode(source)} in job pid {pid}",
+        pidfd,
     )
 
 
@@ -149,7 +152,7 @@ def detach(pidfd: int, target: str) -> None:
     """
     parts = _target_parts(target)
     pid = pid_of(pidfd)
-    _run_helper(lambda: _detach_in_helper(pid, pidfd, parts), f"detach {target} in job pid {pid}")
+    _run_helper(lambda: _detach_in_helper(pid, pidfd, parts), f"detach {target} in job pid {pid}", pidfd)
 
 
 @dataclass(frozen=True)
@@ -217,14 +220,20 @@ def beneath_supported() -> bool:
 
 
 # -- helper process ----------------------------------------------------------------------
-def _run_helper(operation: Callable[[], None], what: str) -> None:
-    """Run ``operation`` in a forked child; re-raise its failure here as a CapsaError."""
+def _run_helper(operation: Callable[[], None], what: str, keep: int) -> None:
+    """Run ``operation`` in a forked child; re-raise its failure here as a CapsaError.
+
+    The child keeps only stdio, ``keep`` (the pidfd) and its report pipe: it
+    must not carry the daemon's sockets into a job's namespace, nor hold other
+    helpers' pipes open (which would delay their end-of-file).
+    """
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     child = os.fork()
     if child == 0:  # pragma: no cover - measured through the parent's assertions
         status = 0
         try:
-            os.close(read_end)
+            gc.disable()  # no finalizer of an inherited object may close an fd we reuse
+            _close_fds_except({keep, write_end})
             operation()
         except BaseException as exc:  # everything must reach the parent, then _exit
             status = 1
@@ -247,6 +256,15 @@ def _run_helper(operation: Callable[[], None], what: str) -> None:
         raise exc
     if os.waitstatus_to_exitcode(status) != 0:
         raise CapsaError(f"{what}: mount helper failed with status {os.waitstatus_to_exitcode(status)}")
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    low = 3
+    for fd in sorted(keep):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, 2**31 - 1)  # one close_range(2) call
 
 
 def _read_all(fd: int, child: int, what: str) -> bytes:
@@ -282,8 +300,14 @@ class _Job:
         self.proc = os.open("/proc", _DIR_FLAGS)  # the host's procfs, kept across setns
         try:
             self.root = os.open(f"{pid}/root", _DIR_FLAGS, dir_fd=self.proc)
+            theirs = os.stat(f"{pid}/ns/mnt", dir_fd=self.proc)
         except (FileNotFoundError, ProcessLookupError):
             raise NotFound(f"job process {pid} has exited") from None
+        ours = os.stat("self/ns/mnt", dir_fd=self.proc)
+        if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
+            raise FailedPrecondition(
+                f"process {pid} shares capsa's own mount namespace; refusing to mount outside a job"
+            )
         try:
             # Still alive after we opened its root => the PID was not recycled in between.
             linux.pidfd_send_signal(pidfd, 0)

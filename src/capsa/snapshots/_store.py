@@ -51,8 +51,6 @@ MIGRATIONS: list[str] = [
       error TEXT NOT NULL DEFAULT '',
       snapshot_id INTEGER,
       mapped_bytes INTEGER,
-      used_inodes INTEGER,
-      base_inodes INTEGER,
       updated REAL NOT NULL,
       UNIQUE (pool, dev_id)
     );

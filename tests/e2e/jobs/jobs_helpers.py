@@ -20,8 +20,9 @@ T = TypeVar("T")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def wait_for(predicate: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02,
-             what: str = "condition") -> T:
+def wait_for(
+    predicate: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
+) -> T:
     """Poll ``predicate`` until it returns something truthy; that value, or AssertionError after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -81,8 +82,11 @@ def host_cgroup_dir(pid: int, controller: str) -> Path:
             for root, point, fstype, _opts in mounts:
                 if fstype == "cgroup2":
                     candidate = Path(point) / os.path.relpath(path, root)
-                    enabled = (candidate.parent / "cgroup.subtree_control").read_text().split() \
-                        if (candidate.parent / "cgroup.subtree_control").exists() else []
+                    enabled = (
+                        (candidate.parent / "cgroup.subtree_control").read_text().split()
+                        if (candidate.parent / "cgroup.subtree_control").exists()
+                        else []
+                    )
                     if controller in enabled or controller == "cgroup":
                         return candidate
     raise AssertionError(f"no {controller} cgroup found for pid {pid}: {lines}")

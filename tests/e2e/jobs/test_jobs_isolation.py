@@ -64,7 +64,9 @@ def host_marker() -> Iterator[str]:
     """A process on the host with a unique command line that a job must not see."""
     marker = f"{9000 + secrets.randbelow(999)}.{secrets.randbelow(10**6)}"
     proc = subprocess.Popen(["sleep", marker])
-    wait_for(lambda: marker.encode() in Path(f"/proc/{proc.pid}/cmdline").read_bytes(), what="host sleep to exec")
+    wait_for(
+        lambda: marker.encode() in Path(f"/proc/{proc.pid}/cmdline").read_bytes(), what="host sleep to exec"
+    )
     try:
         yield marker
     finally:

@@ -68,8 +68,10 @@ def test_fork_bomb_is_stopped_by_max_pids(daemon: RunningDaemon) -> None:
     with daemon.client() as client:
         job = client.run_job(["python3", "-c", FORKER], max_pids=limit)
         running = wait_running(client, job.id)
-        line = wait_for(lambda: b"".join(c.data for c in client.stream_logs(job.id) if c.stream == 1),
-                        what="the forker's report")
+        line = wait_for(
+            lambda: b"".join(c.data for c in client.stream_logs(job.id) if c.stream == 1),
+            what="the forker's report",
+        )
         report = json.loads(line)
         pids_dir = host_cgroup_dir(running.pid, "pids")
         current = int((pids_dir / "pids.current").read_text())
@@ -77,7 +79,7 @@ def test_fork_bomb_is_stopped_by_max_pids(daemon: RunningDaemon) -> None:
         events = read_flat_keyed(pids_dir / "pids.events") if (pids_dir / "pids.events").exists() else {}
         client.stop_job(job.id, grace_seconds=0.1)
         final = wait_ended(client, job.id)
-    assert report["errno"] == 11, f"fork never failed: {report}"          # EAGAIN from the pids controller
+    assert report["errno"] == 11, f"fork never failed: {report}"  # EAGAIN from the pids controller
     assert report["forked"] + 1 <= limit and report["procs"] <= limit, report
     assert report["forked"] >= limit - 4, f"fork failed far below the limit: {report}"
     assert maximum == str(limit)
@@ -93,25 +95,25 @@ BUSY = "import time\nend = time.monotonic() + 3\nwhile time.monotonic() < end: p
 def test_max_cpu_throttles_the_job(daemon: RunningDaemon) -> None:
     with daemon.client() as client:
         limited = client.run_job(["python3", "-c", BUSY], max_cpu=20)
-        free = client.run_job(["python3", "-c", BUSY])
         lim = wait_running(client, limited.id)
-        fre = wait_running(client, free.id)
         cpu_dir = host_cgroup_dir(lim.pid, "cpu")
         t0 = time.monotonic()
-        c0_lim, c0_free = proc_cpu_seconds(lim.pid), proc_cpu_seconds(fre.pid)
+        c0 = proc_cpu_seconds(lim.pid)
         time.sleep(1.5)
         elapsed = time.monotonic() - t0
-        used_lim = proc_cpu_seconds(lim.pid) - c0_lim
-        used_free = proc_cpu_seconds(fre.pid) - c0_free
+        used = proc_cpu_seconds(lim.pid) - c0
         stat = read_flat_keyed(cpu_dir / "cpu.stat")
-        quota = (cpu_dir / "cpu.cfs_quota_us").read_text().strip() if (cpu_dir / "cpu.cfs_quota_us").exists() \
+        quota = (
+            (cpu_dir / "cpu.cfs_quota_us").read_text().strip()
+            if (cpu_dir / "cpu.cfs_quota_us").exists()
             else (cpu_dir / "cpu.max").read_text().split()[0]
+        )
         assert wait_ended(client, limited.id).exit_code == 0
-        assert wait_ended(client, free.id).exit_code == 0
     assert stat["nr_throttled"] > 0, stat
     assert int(quota) == 20000  # 20 % of a 100 ms period
-    assert used_lim / elapsed <= 0.30, f"limited job used {used_lim / elapsed:.0%} of a CPU"
-    assert used_free / elapsed >= 0.5, f"control job used only {used_free / elapsed:.0%} of a CPU"
+    assert stat.get("throttled_time", stat.get("throttled_usec", 0)) > 0, stat
+    # A busy loop wants 100 % of a CPU; the quota allows 20 % (some slack for the measurement).
+    assert used / elapsed <= 0.30, f"limited job used {used / elapsed:.0%} of a CPU"
     assert not cpu_dir.exists(), "the job's cgroup was not removed when it ended"
 
 

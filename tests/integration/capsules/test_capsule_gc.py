@@ -179,7 +179,9 @@ def test_gc_racing_an_import_of_the_same_content_keeps_it(store: CapsuleStore, t
                 store.rm("old", f"1.{round_}")
                 store.gc()
 
-            def create(source: Path = source, round_: int = round_, barrier: threading.Barrier = barrier) -> None:
+            def create(
+                source: Path = source, round_: int = round_, barrier: threading.Barrier = barrier
+            ) -> None:
                 barrier.wait()
                 store.create("new", f"1.{round_}", source)
 

@@ -43,7 +43,9 @@ def make_source(path: Path, **files: str) -> Path:
     return path
 
 
-def test_create_materialises_a_read_only_tree_named_by_its_digest(store: CapsuleStore, tmp_path: Path) -> None:
+def test_create_materialises_a_read_only_tree_named_by_its_digest(
+    store: CapsuleStore, tmp_path: Path
+) -> None:
     source = make_source(tmp_path / "src", readme="hello", data="1,2,3\n")
     version = store.create("dataset", "1.2.0", source, labels={"team": "ml"})
     assert version.ref == "dataset@1.2.0" and version.size == 11 and version.entries == 2
@@ -171,7 +173,9 @@ def test_rm_is_refused_while_attached_pinned_or_needed(store: CapsuleStore, tmp_
     source = make_source(tmp_path / "a", f="1")
     store.create("dataset", "1.2.0", source)
     store.create("model", "3.0.0", make_source(tmp_path / "m", w="w"), deps=["dataset>=1.2,<2"])
-    with pytest.raises(Conflict, match=r"model@3\.0\.0 requires 'dataset<2,>=1\.2' and dataset@1\.2\.0 is the only"):
+    with pytest.raises(
+        Conflict, match=r"model@3\.0\.0 requires 'dataset<2,>=1\.2' and dataset@1\.2\.0 is the only"
+    ):
         store.rm("dataset", "1.2.0")
     store.record_attach("job-7", "model", "3.0.0", "/capsules/model")
     with pytest.raises(Conflict, match="attached to job job-7 at /capsules/model"):

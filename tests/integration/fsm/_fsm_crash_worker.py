@@ -99,14 +99,20 @@ def poison(ctx: Context, request: Any) -> Any:
     raise RuntimeError("the poison transition ran outside its subprocess")
 
 
-DEMO = Machine.define("crash.demo", queue="download").start("write", write).then("digest", digest) \
-    .then("ledger", ledger).end()
+DEMO = (
+    Machine.define("crash.demo", queue="download")
+    .start("write", write)
+    .then("digest", digest)
+    .then("ledger", ledger)
+    .end()
+)
 POISON = Machine.define("crash.poison").start("prepare", lambda ctx, r: r).then("explode", poison).end()
 
 
 def make_engine(db: Database, max_attempts: int) -> Engine:
-    engine = Engine(db, queues={"download": 2},
-                    retry=RetryPolicy(base_s=0.01, cap_s=0.05, max_attempts=max_attempts))
+    engine = Engine(
+        db, queues={"download": 2}, retry=RetryPolicy(base_s=0.01, cap_s=0.05, max_attempts=max_attempts)
+    )
     engine.register(DEMO)
     engine.register(POISON)
     return engine
@@ -118,8 +124,10 @@ def main(argv: list[str]) -> int:
     db = Database(db_path)
     engine = make_engine(db, max_attempts)
     if mode == "start":
-        handles = [engine.start("crash.demo", f"res{i}", "build", {"markers": str(markers), "resource": f"res{i}"})
-                   for i in range(count)]
+        handles = [
+            engine.start("crash.demo", f"res{i}", "build", {"markers": str(markers), "resource": f"res{i}"})
+            for i in range(count)
+        ]
     elif mode == "resume":
         handles = engine.resume()
     elif mode == "poison":

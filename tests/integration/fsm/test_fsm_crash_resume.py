@@ -40,11 +40,23 @@ def _load_worker() -> ModuleType:
 worker = _load_worker()
 
 
-def _spawn(db_path: Path, markers: Path, mode: str, *, max_attempts: int = 5,
-           env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def _spawn(
+    db_path: Path, markers: Path, mode: str, *, max_attempts: int = 5, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, str(WORKER_PATH), str(db_path), str(markers), mode, str(RUNS_PER_TRIAL), str(max_attempts)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+        [
+            sys.executable,
+            str(WORKER_PATH),
+            str(db_path),
+            str(markers),
+            mode,
+            str(RUNS_PER_TRIAL),
+            str(max_attempts),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -85,7 +97,9 @@ def _assert_converged(engine: Engine, db: Database, markers: Path) -> int:
         assert (run.state, run.output) == ("succeeded", expected), run
         assert (markers / f"{run.resource_id}.a").read_bytes() == worker.payload(run.resource_id)
         assert (markers / f"{run.resource_id}.b").read_text() == expected["digest"]
-        outputs = db.query("SELECT idx, transition FROM fsm_outputs WHERE run_id = ? ORDER BY idx", (run.run_id,))
+        outputs = db.query(
+            "SELECT idx, transition FROM fsm_outputs WHERE run_id = ? ORDER BY idx", (run.run_id,)
+        )
         assert [(r["idx"], r["transition"]) for r in outputs] == [(0, "write"), (1, "digest"), (2, "ledger")]
         events = engine.events(run.run_id)
         assert [e.seq for e in events] == list(range(1, len(events) + 1))

@@ -122,16 +122,19 @@ def test_slow_reader_does_not_slow_the_writer(big_dir: Path) -> None:
             return time.perf_counter() - t0, reader, got
 
     write_100mb(tmp_path / "warmup", False)  # first touch of fresh page cache is slower on this VM
-    alone, _, _ = write_100mb(tmp_path / "alone", False)
-    with_reader, reader, got = write_100mb(tmp_path / "watched", True)
-    reader_still_busy = reader is not None and reader.is_alive()
-    assert reader is not None
-    reader.join(30)
-    assert got == list(range(1, 101))
-    assert reader_still_busy, "reader was not slow after all; the comparison would prove nothing"
-    assert with_reader < 2 * alone + 0.25, (
-        f"writer took {with_reader:.3f}s with a slow reader, {alone:.3f}s alone"
-    )
+    # Interleaved and best-of-two, so a noisy neighbour on a 2-core VM does not decide the outcome.
+    alone, watched, readers = [], [], []
+    for i in range(2):
+        alone.append(write_100mb(tmp_path / f"alone{i}", False)[0])
+        elapsed, reader, got = write_100mb(tmp_path / f"watched{i}", True)
+        assert reader is not None
+        assert reader.is_alive(), "reader was not slow after all; the comparison would prove nothing"
+        watched.append(elapsed)
+        readers.append((reader, got))
+    for reader, got in readers:
+        reader.join(30)
+        assert got == list(range(1, 101))
+    assert min(watched) < 2 * min(alone) + 0.25, f"writer took {watched}s with a slow reader, {alone}s alone"
 
 
 def test_fifty_concurrent_jobs_share_one_persister(big_dir: Path, gen_chunks: Any, tally: Any) -> None:

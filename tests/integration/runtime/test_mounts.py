@@ -455,3 +455,25 @@ def test_attach_and_swap_latency(job: Job, v1: Path, v2: Path, capsys: pytest.Ca
             print(f"\n{name}: p50 {p50:.2f} ms  p99 {p99:.2f} ms (n=100)", end="")
         print()
     assert figures["attach"][0] < 50 and figures["swap"][0] < 50
+
+
+def test_a_process_in_capsas_own_namespace_is_refused(v1: Path) -> None:
+    pid = os.fork()
+    if pid == 0:
+        signal.pause()
+        os._exit(0)
+    pidfd = linux.pidfd_open(pid)
+    try:
+        with pytest.raises(FailedPrecondition, match="own mount namespace"):
+            mounts.attach(pidfd, v1, "/tmp/capsa-should-never-exist")
+        assert not Path("/tmp/capsa-should-never-exist").exists()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(pidfd)
+
+
+def test_targets_with_spaces_are_reported_unescaped(job: Job, v1: Path) -> None:
+    mounts.attach(job.pidfd, v1, "/capsules/with space")
+    assert "/capsules/with space" in mounts.mounted_targets(job.pid, under="/capsules")
+    assert job.ask("read", path="/capsules/with space/version")["value"] == "v1"

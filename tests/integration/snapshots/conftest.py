@@ -32,5 +32,3 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
         harness.teardown()
         leaked = {e.mount_point for e in mount_entries()} - mounts_before
         assert not leaked, f"mounts left behind: {leaked}"
-
-

@@ -120,10 +120,14 @@ def make_harness(kind: str, tmp_path: Path) -> Harness:
     db = Database(tmp_path / "capsa.db")
     root = tmp_path / kind
     if kind == "overlay":
-        return Harness(kind, root, db, lambda: open_snapshotter("overlay", root, db), _overlay_orphan, _overlay_lose)
+        return Harness(
+            kind, root, db, lambda: open_snapshotter("overlay", root, db), _overlay_orphan, _overlay_lose
+        )
     if kind == "btrfs":
         cfg = BtrfsConfig(image_path=tmp_path / "btrfs.img", size_bytes=256 * MiB)
-        return Harness(kind, root, db, lambda: open_snapshotter("btrfs", root, db, cfg), _btrfs_orphan, _btrfs_lose)
+        return Harness(
+            kind, root, db, lambda: open_snapshotter("btrfs", root, db, cfg), _btrfs_orphan, _btrfs_lose
+        )
     cfg = DevmapperConfig(
         pool_name=f"capsa-test-{secrets.token_hex(4)}",
         base_image_size=64 * MiB,
@@ -133,7 +137,12 @@ def make_harness(kind: str, tmp_path: Path) -> Harness:
         metadata_size=16 * MiB,
     )
     return Harness(
-        kind, root, db, lambda: open_snapshotter("devmapper", root, db, cfg), _devmapper_orphan, _devmapper_lose
+        kind,
+        root,
+        db,
+        lambda: open_snapshotter("devmapper", root, db, cfg),
+        _devmapper_orphan,
+        _devmapper_lose,
     )
 
 

@@ -27,7 +27,9 @@ def loops_for(image: Path) -> list[str]:
 
 
 def readonly(path: Path) -> bool:
-    out = subprocess.run(["btrfs", "property", "get", "-ts", str(path), "ro"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["btrfs", "property", "get", "-ts", str(path), "ro"], capture_output=True, text=True, check=True
+    )
     return out.stdout.strip() == "ro=true"
 
 
@@ -97,7 +99,9 @@ def test_open_repairs_read_only_flags_left_wrong_by_a_crash(tmp_path: Path, db: 
         sn.close()
 
 
-def test_qgroups_count_shared_extents_once_unlike_walking(tmp_path: Path, sn: BtrfsSnapshotter, db: Database) -> None:
+def test_qgroups_count_shared_extents_once_unlike_walking(
+    tmp_path: Path, sn: BtrfsSnapshotter, db: Database
+) -> None:
     sn.prepare("x1")
     write_layer(sn, "x1", {"big": os.urandom(4 * MiB)})
     sn.commit("L1", "x1")

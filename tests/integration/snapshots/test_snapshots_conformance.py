@@ -32,7 +32,14 @@ def test_a_view_of_three_layers_shows_the_merged_tree(backend: Harness, tmp_path
     sn = backend.sn
     build_chain(sn)
     with mounted_at(sn.view("v3", "L3"), tmp_path) as root:
-        assert tree(root) == {"a": b"a2", "c": b"c2", "keep": None, "keep/x": b"x1", "d": None, "d/new": b"new"}
+        assert tree(root) == {
+            "a": b"a2",
+            "c": b"c2",
+            "keep": None,
+            "keep/x": b"x1",
+            "d": None,
+            "d/new": b"new",
+        }
     with mounted_at(sn.view("v1", "L1"), tmp_path) as root:
         assert tree(root)["b"] == b"b1" and tree(root)["a"] == b"a1" and "c" not in tree(root)
 
@@ -56,7 +63,14 @@ def test_writes_through_an_active_mount_land_only_in_that_snapshot(backend: Harn
         assert tree(root)["w"] == b"written"
     assert sn.usage("job").inodes >= 2
     with mounted_at(sn.view("after", "L3"), tmp_path) as root:
-        assert tree(root) == {"a": b"a2", "c": b"c2", "keep": None, "keep/x": b"x1", "d": None, "d/new": b"new"}
+        assert tree(root) == {
+            "a": b"a2",
+            "c": b"c2",
+            "keep": None,
+            "keep/x": b"x1",
+            "d": None,
+            "d/new": b"new",
+        }
     sn.commit("L4", "job")
     with mounted_at(sn.view("v4", "L4"), tmp_path) as root:
         seen = tree(root)
@@ -154,7 +168,9 @@ def test_ensure_active_is_idempotent(backend: Harness) -> None:
         sn.prepare("job", "L1")
 
 
-def test_ensure_active_rebuilds_an_active_snapshot_whose_storage_vanished(backend: Harness, tmp_path: Path) -> None:
+def test_ensure_active_rebuilds_an_active_snapshot_whose_storage_vanished(
+    backend: Harness, tmp_path: Path
+) -> None:
     sn = backend.sn
     sn.prepare("x1")
     write_layer(sn, "x1", {"f": b"base"})

@@ -88,7 +88,9 @@ def test_typed_errors_come_from_the_real_kernel(sn: DevmapperSnapshotter) -> Non
 
 
 @needs_dm_thin
-def test_a_loaded_origin_is_suspended_for_create_snap_and_resumed(sn: DevmapperSnapshotter, tmp_path: Path) -> None:
+def test_a_loaded_origin_is_suspended_for_create_snap_and_resumed(
+    sn: DevmapperSnapshotter, tmp_path: Path
+) -> None:
     sn.prepare("x1")
     write_layer(sn, "x1", {"f": b"origin"})
     sn.commit("L1", "x1")

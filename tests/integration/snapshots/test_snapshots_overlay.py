@@ -42,7 +42,9 @@ def layers(sn: OverlaySnapshotter) -> None:
     sn.commit("L3", "x3")
 
 
-def test_a_whiteout_char_device_in_layer_3_hides_the_lower_file(sn: OverlaySnapshotter, tmp_path: Path) -> None:
+def test_a_whiteout_char_device_in_layer_3_hides_the_lower_file(
+    sn: OverlaySnapshotter, tmp_path: Path
+) -> None:
     layers(sn)
     l3 = sn.snapshots_dir / str(sn._store.require("L3").id) / "fs"
     st = os.lstat(l3 / "b")
@@ -121,7 +123,9 @@ def test_a_probe_mount_left_by_a_crash_is_cleared_on_open(tmp_path: Path, db: Da
     probe = root / "probe-dead"
     for d in ("l", "u", "w", "merged"):
         (probe / d).mkdir(parents=True)
-    described = Mount("overlay", "overlay", (f"lowerdir={probe}/l", f"upperdir={probe}/u", f"workdir={probe}/w"))
+    described = Mount(
+        "overlay", "overlay", (f"lowerdir={probe}/l", f"upperdir={probe}/u", f"workdir={probe}/w")
+    )
     mount_all([described], probe / "merged")
     OverlaySnapshotter(root, db)
     assert not probe.exists()
@@ -132,7 +136,10 @@ def test_a_root_on_overlayfs_is_refused_with_the_reason(tmp_path: Path, db: Data
     base = tmp_path / "outer"
     for d in ("l", "u", "w", "m"):
         (base / d).mkdir(parents=True)
-    mount_all([Mount("overlay", "overlay", (f"lowerdir={base}/l", f"upperdir={base}/u", f"workdir={base}/w"))], base / "m")
+    mount_all(
+        [Mount("overlay", "overlay", (f"lowerdir={base}/l", f"upperdir={base}/u", f"workdir={base}/w"))],
+        base / "m",
+    )
     try:
         with pytest.raises(Unsupported, match="on overlay"):
             OverlaySnapshotter(base / "m" / "snapshotter", db)
@@ -147,7 +154,9 @@ def test_committed_usage_is_recorded_at_commit(sn: OverlaySnapshotter) -> None:
     sn.commit("L1", "x1")
     recorded = sn.usage("L1")
     l1 = sn.snapshots_dir / str(sn._store.require("L1").id) / "fs"
-    (l1 / "sneaked-in").write_bytes(b"y" * 50000)  # nobody may write a committed layer; usage is not re-walked
+    (l1 / "sneaked-in").write_bytes(
+        b"y" * 50000
+    )  # nobody may write a committed layer; usage is not re-walked
     assert sn.usage("L1") == recorded and sn.stat("L1").kind is Kind.COMMITTED
 
 

@@ -14,6 +14,7 @@ import pytest
 from capsa.capsules.importer import CapsuleLimits, import_source
 from capsa.errors import InvalidArgument, LimitExceeded, UnsafeArchive
 
+
 def make_tar(path: Path, *entries: tuple[str, bytes, str | bytes]) -> Path:
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as archive:
         for name, kind, payload in entries:

@@ -51,6 +51,7 @@ def _append(name: str, seen: list[Any]) -> Callable[[Context, Any], Any]:
     def step(ctx: Context, request: Any) -> Any:
         seen.append((name, request))
         return {"trail": [*request["trail"], name], "n": request["n"] * 10 + len(request["trail"])}
+
     step.__name__ = name
     return step
 
@@ -58,8 +59,13 @@ def _append(name: str, seen: list[Any]) -> Callable[[Context, Any], Any]:
 def test_three_transitions_run_in_order_and_each_gets_the_previous_output(make_engine: MakeEngine) -> None:
     seen: list[Any] = []
     engine = make_engine()
-    engine.register(Machine.define("chain").start("a", _append("a", seen)).then("b", _append("b", seen))
-                    .then("c", _append("c", seen)).end())
+    engine.register(
+        Machine.define("chain")
+        .start("a", _append("a", seen))
+        .then("b", _append("b", seen))
+        .then("c", _append("c", seen))
+        .end()
+    )
 
     info = engine.start("chain", "res-1", "build", {"trail": [], "n": 1}).wait(5)
 
@@ -70,7 +76,9 @@ def test_three_transitions_run_in_order_and_each_gets_the_previous_output(make_e
         ("b", {"trail": ["a"], "n": 10}),
         ("c", {"trail": ["a", "b"], "n": 101}),
     ]
-    assert _kinds(engine, info.run_id) == ["start"] + ["transition_start", "transition_complete"] * 3 + ["finish"]
+    assert _kinds(engine, info.run_id) == ["start"] + ["transition_start", "transition_complete"] * 3 + [
+        "finish"
+    ]
 
 
 def test_ten_threads_starting_the_same_resource_action_share_one_run(make_engine: MakeEngine) -> None:
@@ -160,10 +168,14 @@ def test_queued_runs_start_in_fifo_order(make_engine: MakeEngine) -> None:
     assert order == [0, 1, 2, 3, 4]
 
 
-def test_machines_share_the_engine_and_unqueued_runs_do_not_wait_for_a_busy_queue(make_engine: MakeEngine) -> None:
+def test_machines_share_the_engine_and_unqueued_runs_do_not_wait_for_a_busy_queue(
+    make_engine: MakeEngine,
+) -> None:
     gate = threading.Event()
     engine = make_engine(queues={"download": 1})
-    engine.register(Machine.define("pull", queue="download").start("fetch", lambda ctx, r: _hold(ctx, gate)).end())
+    engine.register(
+        Machine.define("pull", queue="download").start("fetch", lambda ctx, r: _hold(ctx, gate)).end()
+    )
     engine.register(Machine.define("activate").start("mount", lambda ctx, r: f"mounted {r}").end())
 
     blocked = [engine.start("pull", f"img-{i}", "pull") for i in range(2)]
@@ -201,17 +213,20 @@ def test_a_retryable_error_is_retried_with_backoff_then_succeeds(make_engine: Ma
     assert starts[2] - starts[1] >= 0.3 - 0.01
 
 
-@pytest.mark.parametrize("error", [
-    ChecksumMismatch("layer sha256:ab has digest sha256:cd"),
-    UnsafeArchive("entry ../../etc/passwd escapes the root"),
-    LimitExceeded("file count 100001 > 100000"),
-    NotFound("no such image"),
-    Unauthorized("bad token"),
-    DeviceExistsError("thin 7 exists"),
-    PoolFullError("pool out of data space"),
-    DeviceNotFoundError("no device"),
-    InvalidArgument("bad reference"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        ChecksumMismatch("layer sha256:ab has digest sha256:cd"),
+        UnsafeArchive("entry ../../etc/passwd escapes the root"),
+        LimitExceeded("file count 100001 > 100000"),
+        NotFound("no such image"),
+        Unauthorized("bad token"),
+        DeviceExistsError("thin 7 exists"),
+        PoolFullError("pool out of data space"),
+        DeviceNotFoundError("no device"),
+        InvalidArgument("bad reference"),
+    ],
+)
 def test_a_non_retryable_error_aborts_at_once(make_engine: MakeEngine, error: CapsaError) -> None:
     calls: list[int] = []
     engine = make_engine()
@@ -227,7 +242,12 @@ def test_a_non_retryable_error_aborts_at_once(make_engine: MakeEngine, error: Ca
         handle.wait(5)
     assert raised.value.message == error.message
     info = handle.info()
-    assert (info.state, info.attempt, info.error_code, info.current_transition) == ("failed", 1, error.code, "fetch")
+    assert (info.state, info.attempt, info.error_code, info.current_transition) == (
+        "failed",
+        1,
+        error.code,
+        "fetch",
+    )
     assert calls == [1]
     kinds = _kinds(engine, handle.run_id)
     assert "retry" not in kinds and kinds[-2:] == ["abort", "finish"]
@@ -262,12 +282,16 @@ def test_abort_stops_the_run_with_the_wrapped_error(make_engine: MakeEngine) -> 
         engine.start("pull", "huge", "pull").wait(5)
 
 
-@pytest.mark.parametrize(("raised", "expected"), [
-    (lambda n: Unavailable(f"S3 down #{n}"), Unavailable),
-    (lambda n: ConnectionResetError(f"peer reset #{n}"), Unavailable),
-])
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (lambda n: Unavailable(f"S3 down #{n}"), Unavailable),
+        (lambda n: ConnectionResetError(f"peer reset #{n}"), Unavailable),
+    ],
+)
 def test_retries_stop_after_max_attempts_with_the_last_error(
-        make_engine: MakeEngine, raised: Callable[[int], Exception], expected: type[CapsaError]) -> None:
+    make_engine: MakeEngine, raised: Callable[[int], Exception], expected: type[CapsaError]
+) -> None:
     calls: list[int] = []
     engine = make_engine(retry=RetryPolicy(base_s=0.01, cap_s=0.02, max_attempts=3))
 
@@ -293,9 +317,13 @@ def test_handoff_with_output_skips_the_remaining_transitions(make_engine: MakeEn
     def already_there(ctx: Context, request: Any) -> Any:
         raise Handoff({"snapshot": "sha256:ab", "cached": True})
 
-    engine.register(Machine.define("pull").start("check", already_there)
-                    .then("fetch", lambda c, r: later.append("fetch"))
-                    .then("unpack", lambda c, r: later.append("unpack")).end())
+    engine.register(
+        Machine.define("pull")
+        .start("check", already_there)
+        .then("fetch", lambda c, r: later.append("fetch"))
+        .then("unpack", lambda c, r: later.append("unpack"))
+        .end()
+    )
     info = engine.start("pull", "alpine", "pull").wait(5)
 
     assert (info.state, info.output) == ("handed_off", {"snapshot": "sha256:ab", "cached": True})
@@ -418,7 +446,11 @@ def test_history_filters_and_orders_newest_first_and_events_are_sequenced(make_e
     events = engine.events(first.run_id)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert [(e.kind, e.transition) for e in events] == [
-        ("start", None), ("transition_start", "a"), ("transition_complete", "a"), ("finish", None)]
+        ("start", None),
+        ("transition_start", "a"),
+        ("transition_complete", "a"),
+        ("finish", None),
+    ]
     assert events[-1].message == "succeeded"
     assert all(a.at <= b.at for a, b in zip(events, events[1:], strict=False))
     with pytest.raises(NotFound):

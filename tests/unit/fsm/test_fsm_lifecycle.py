@@ -42,9 +42,12 @@ def test_cancel_during_a_transition_ends_canceled_and_runs_finalizers(make_engin
         ctx.check_cancel()
         return "finished anyway"
 
-    engine.register(Machine.define("pull", queue="download").start("fetch", download)
-                    .then("unpack", lambda c, r: later.append("unpack"))
-                    .end(lambda ctx, info: finalized.append(info.state)))
+    engine.register(
+        Machine.define("pull", queue="download")
+        .start("fetch", download)
+        .then("unpack", lambda c, r: later.append("unpack"))
+        .end(lambda ctx, info: finalized.append(info.state))
+    )
     handle = engine.start("pull", "alpine", "pull")
     assert entered.wait(5)
     engine.cancel(handle.run_id)
@@ -90,8 +93,11 @@ def test_cancel_of_a_queued_run_does_not_wait_for_a_slot(make_engine: MakeEngine
         _hold(ctx, gate)
         return request
 
-    engine.register(Machine.define("pull", queue="download").start("fetch", step)
-                    .end(lambda ctx, info: finalized.append(info.resource_id)))
+    engine.register(
+        Machine.define("pull", queue="download")
+        .start("fetch", step)
+        .end(lambda ctx, info: finalized.append(info.resource_id))
+    )
     busy = engine.start("pull", "a", "pull", "a")
     queued = engine.start("pull", "b", "pull", "b")
     _wait_for(lambda: ran == ["a"])
@@ -166,7 +172,9 @@ def test_shutdown_parks_a_running_transition_and_resume_continues_it(make_engine
         return "unpacked"
 
     finalized: list[str] = []
-    machine = Machine.define("pull").start("a", a).then("b", b).end(lambda ctx, info: finalized.append(info.state))
+    machine = (
+        Machine.define("pull").start("a", a).then("b", b).end(lambda ctx, info: finalized.append(info.state))
+    )
     first = make_engine()
     first.register(machine)
     handle = first.start("pull", "alpine", "pull")
@@ -207,8 +215,11 @@ def _leave_queued_run(make_engine: MakeEngine, machine: Machine) -> str:
 
 def test_a_cancel_recorded_before_restart_is_honoured_on_resume(make_engine: MakeEngine) -> None:
     finalized: list[str] = []
-    machine = Machine.define("pull", queue="download").start("fetch", lambda c, r: "should not run") \
+    machine = (
+        Machine.define("pull", queue="download")
+        .start("fetch", lambda c, r: "should not run")
         .end(lambda ctx, info: finalized.append(info.state))
+    )
     run_id = _leave_queued_run(make_engine, machine)
     fresh = make_engine()
     fresh.register(machine)
@@ -285,7 +296,9 @@ def test_start_after_shutdown_is_refused_and_progress_survives_parking(make_engi
 def test_finalizer_receives_the_final_run_info(make_engine: MakeEngine) -> None:
     seen: list[RunInfo] = []
     engine = make_engine()
-    engine.register(Machine.define("pull").start("a", lambda c, r: {"ok": r}).end(lambda c, i: seen.append(i)))
+    engine.register(
+        Machine.define("pull").start("a", lambda c, r: {"ok": r}).end(lambda c, i: seen.append(i))
+    )
     info = engine.start("pull", "alpine", "pull", 7).wait(5)
     assert len(seen) == 1
     assert (seen[0].run_id, seen[0].state, seen[0].output) == (info.run_id, "succeeded", {"ok": 7})

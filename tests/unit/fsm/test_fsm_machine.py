@@ -24,23 +24,31 @@ def _fin(ctx: Context, info: Any) -> None:
 
 
 def test_chain_builder_declares_transitions_in_order_with_queue_and_finalizers() -> None:
-    machine = Machine.define("image.pull", queue="download").start("resolve", _step).then("fetch", _step) \
-        .then("unpack", _step).end(_fin)
+    machine = (
+        Machine.define("image.pull", queue="download")
+        .start("resolve", _step)
+        .then("fetch", _step)
+        .then("unpack", _step)
+        .end(_fin)
+    )
     assert machine.name == "image.pull"
     assert machine.queue == "download"
     assert machine.transition_names == ("resolve", "fetch", "unpack")
     assert machine.finalizers == (_fin,)
 
 
-@pytest.mark.parametrize("build", [
-    lambda: Machine.define("m").then("a", _step),
-    lambda: Machine.define("m").start("a", _step).start("b", _step),
-    lambda: Machine.define("m").start("a", _step).then("a", _step).end(),
-    lambda: Machine.define("m").start("", _step).end(),
-    lambda: Machine.define("m").start("a", "not callable").end(),  # type: ignore[arg-type]
-    lambda: Machine.define("").start("a", _step).end(),
-    lambda: Machine("m", ()),
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: Machine.define("m").then("a", _step),
+        lambda: Machine.define("m").start("a", _step).start("b", _step),
+        lambda: Machine.define("m").start("a", _step).then("a", _step).end(),
+        lambda: Machine.define("m").start("", _step).end(),
+        lambda: Machine.define("m").start("a", "not callable").end(),  # type: ignore[arg-type]
+        lambda: Machine.define("").start("a", _step).end(),
+        lambda: Machine("m", ()),
+    ],
+)
 def test_malformed_machines_are_rejected(build: Any) -> None:
     with pytest.raises(InvalidArgument):
         build()
@@ -91,7 +99,9 @@ class _Plain:
 
 def test_dump_json_accepts_pydantic_models_and_dataclasses() -> None:
     value = {"plain": _Plain("alpine", [_Layer(digest="sha256:ab", size=3)])}
-    assert json.loads(dump_json(value)) == {"plain": {"name": "alpine", "layers": [{"digest": "sha256:ab", "size": 3}]}}
+    assert json.loads(dump_json(value)) == {
+        "plain": {"name": "alpine", "layers": [{"digest": "sha256:ab", "size": 3}]}
+    }
     with pytest.raises(TypeError):
         dump_json({"x": object()})
     with pytest.raises(ValueError):

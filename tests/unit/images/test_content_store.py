@@ -48,7 +48,7 @@ def test_commit_publishes_read_only_blob_and_records_it(store: ContentStore) -> 
     digest = sha256_digest(data)
     with store.writer("layer-1", expected=digest, expected_size=len(data)) as w:
         for i in range(0, len(data), 65536):
-            w.write(data[i:i + 65536])
+            w.write(data[i : i + 65536])
         assert w.digest() == digest
         info = w.commit(len(data), digest, media_type="application/vnd.oci.image.layer.v1.tar")
     assert info.digest == digest and info.size == len(data)
@@ -153,7 +153,7 @@ def test_truncated_ingest_resumes_from_what_survived(store: ContentStore) -> Non
     os.truncate(ingest, 123_457)  # a torn write: less survived than was written
     w = store.writer("torn", expected_size=len(data))
     assert w.offset == 123_457
-    w.write(data[w.offset:])
+    w.write(data[w.offset :])
     assert w.commit(len(data), sha256_digest(data)).size == len(data)
 
 
@@ -209,7 +209,7 @@ def test_writer_killed_mid_blob_is_resumed_to_the_right_digest(tmp_path: Path, d
     assert leftover.ref == "killed" and leftover.offset == written and not leftover.locked
     w = store.writer("killed", expected_size=len(data))  # the kernel dropped the dead writer's lock
     assert w.offset == written
-    w.write(data[w.offset:])
+    w.write(data[w.offset :])
     info = w.commit(len(data), sha256_digest(data))
     assert store.path(info.digest).read_bytes() == data
     assert store.ingests() == []

@@ -18,23 +18,56 @@ D = "sha256:" + "0123456789abcdef" * 4
         ("alpine", "docker.io", "library/alpine", "latest", None, "docker.io/library/alpine:latest"),
         ("alpine:3.20", "docker.io", "library/alpine", "3.20", None, "docker.io/library/alpine:3.20"),
         ("team/app", "docker.io", "team/app", "latest", None, "docker.io/team/app:latest"),
-        ("registry.example.com/library/alpine:3.20", "registry.example.com", "library/alpine", "3.20", None,
-         "registry.example.com/library/alpine:3.20"),
-        ("127.0.0.1:5000/team/app:1.4", "127.0.0.1:5000", "team/app", "1.4", None, "127.0.0.1:5000/team/app:1.4"),
+        (
+            "registry.example.com/library/alpine:3.20",
+            "registry.example.com",
+            "library/alpine",
+            "3.20",
+            None,
+            "registry.example.com/library/alpine:3.20",
+        ),
+        (
+            "127.0.0.1:5000/team/app:1.4",
+            "127.0.0.1:5000",
+            "team/app",
+            "1.4",
+            None,
+            "127.0.0.1:5000/team/app:1.4",
+        ),
         ("localhost/app", "localhost", "app", "latest", None, "localhost/app:latest"),
-        ("localhost:5000/a/b/c:v1_2-3.x", "localhost:5000", "a/b/c", "v1_2-3.x", None, "localhost:5000/a/b/c:v1_2-3.x"),
+        (
+            "localhost:5000/a/b/c:v1_2-3.x",
+            "localhost:5000",
+            "a/b/c",
+            "v1_2-3.x",
+            None,
+            "localhost:5000/a/b/c:v1_2-3.x",
+        ),
         ("[::1]:5000/app:1", "[::1]:5000", "app", "1", None, "[::1]:5000/app:1"),
         (f"alpine@{D}", "docker.io", "library/alpine", None, D, f"docker.io/library/alpine@{D}"),
         (f"quay.io/org/app:1@{D}", "quay.io", "org/app", "1", D, f"quay.io/org/app:1@{D}"),
-        ("index.docker.io/library/busybox", "docker.io", "library/busybox", "latest", None,
-         "docker.io/library/busybox:latest"),
+        (
+            "index.docker.io/library/busybox",
+            "docker.io",
+            "library/busybox",
+            "latest",
+            None,
+            "docker.io/library/busybox:latest",
+        ),
         ("docker://ghcr.io/o/r:t", "ghcr.io", "o/r", "t", None, "ghcr.io/o/r:t"),
-        ("my-registry.local:443/a.b/c__d/e--f:tag", "my-registry.local:443", "a.b/c__d/e--f", "tag", None,
-         "my-registry.local:443/a.b/c__d/e--f:tag"),
+        (
+            "my-registry.local:443/a.b/c__d/e--f:tag",
+            "my-registry.local:443",
+            "a.b/c__d/e--f",
+            "tag",
+            None,
+            "my-registry.local:443/a.b/c__d/e--f:tag",
+        ),
     ],
 )
-def test_registry_references(text: str, registry: str, repository: str, tag: str | None, digest: str | None,
-                             canonical: str) -> None:
+def test_registry_references(
+    text: str, registry: str, repository: str, tag: str | None, digest: str | None, canonical: str
+) -> None:
     ref = parse_reference(text)
     assert ref.kind is RefKind.REGISTRY
     assert (ref.registry, ref.repository, ref.tag, ref.digest) == (registry, repository, tag, digest)
@@ -73,8 +106,12 @@ def test_s3_references(text: str, bucket: str, key: str, prefix: bool) -> None:
         ("oci:/srv/layout", RefKind.OCI_LAYOUT, Path("/srv/layout"), None),
         ("oci:/srv/layout:v1.0", RefKind.OCI_LAYOUT, Path("/srv/layout"), "v1.0"),
         ("docker-archive:./saved.tar", RefKind.DOCKER_ARCHIVE, Path("saved.tar"), None),
-        ("docker-archive:/x/saved.tar:busybox:1", RefKind.DOCKER_ARCHIVE, Path("/x/saved.tar"),
-         "docker.io/library/busybox:1"),
+        (
+            "docker-archive:/x/saved.tar:busybox:1",
+            RefKind.DOCKER_ARCHIVE,
+            Path("/x/saved.tar"),
+            "docker.io/library/busybox:1",
+        ),
     ],
 )
 def test_local_references(text: str, kind: RefKind, path: Path, tag: str | None) -> None:

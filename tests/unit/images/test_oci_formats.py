@@ -37,8 +37,13 @@ D2 = sha256_digest(b"2")
 def _manifest(media_type: str | None = OCI_MANIFEST, layer_type: str = OCI_LAYER_GZIP) -> bytes:
     doc: dict[str, object] = {
         "schemaVersion": 2,
-        "config": {"mediaType": DOCKER_CONFIG if media_type == DOCKER_MANIFEST else "application/vnd.oci.image.config.v1+json",
-                   "digest": D1, "size": 10},
+        "config": {
+            "mediaType": DOCKER_CONFIG
+            if media_type == DOCKER_MANIFEST
+            else "application/vnd.oci.image.config.v1+json",
+            "digest": D1,
+            "size": 10,
+        },
         "layers": [{"mediaType": layer_type, "digest": D2, "size": 20}],
         "unknownField": {"kept": True},
     }
@@ -52,7 +57,9 @@ def _index(*platforms: dict[str, str], media_type: str = OCI_INDEX) -> Index:
         {"mediaType": OCI_MANIFEST, "digest": sha256_digest(json.dumps(p).encode()), "size": 1, "platform": p}
         for p in platforms
     ]
-    doc = parse_document(json.dumps({"schemaVersion": 2, "mediaType": media_type, "manifests": manifests}).encode())
+    doc = parse_document(
+        json.dumps({"schemaVersion": 2, "mediaType": media_type, "manifests": manifests}).encode()
+    )
     assert isinstance(doc, Index)
     return doc
 
@@ -93,9 +100,13 @@ def test_malformed_documents_name_the_problem() -> None:
 
 @pytest.mark.parametrize(
     ("media_type", "compression"),
-    [(OCI_LAYER_TAR, Compression.NONE), (OCI_LAYER_GZIP, Compression.GZIP), (OCI_LAYER_ZSTD, Compression.ZSTD),
-     (DOCKER_LAYER_GZIP, Compression.GZIP),
-     ("application/vnd.oci.image.layer.nondistributable.v1.tar+zstd", Compression.ZSTD)],
+    [
+        (OCI_LAYER_TAR, Compression.NONE),
+        (OCI_LAYER_GZIP, Compression.GZIP),
+        (OCI_LAYER_ZSTD, Compression.ZSTD),
+        (DOCKER_LAYER_GZIP, Compression.GZIP),
+        ("application/vnd.oci.image.layer.nondistributable.v1.tar+zstd", Compression.ZSTD),
+    ],
 )
 def test_layer_media_types_map_to_compression(media_type: str, compression: Compression) -> None:
     assert layer_compression(media_type) is compression
@@ -107,20 +118,41 @@ def test_unknown_layer_media_type_is_unsupported() -> None:
 
 
 def test_config_exposes_runtime_defaults() -> None:
-    config = parse_config(json.dumps({
-        "architecture": "arm64", "variant": "v8", "os": "linux",
-        "config": {"Entrypoint": ["/bin/app"], "Cmd": ["--serve"], "Env": ["A=1"], "WorkingDir": "/srv", "User": "1000:1000"},
-        "rootfs": {"type": "layers", "diff_ids": [D1]},
-    }).encode())
+    config = parse_config(
+        json.dumps(
+            {
+                "architecture": "arm64",
+                "variant": "v8",
+                "os": "linux",
+                "config": {
+                    "Entrypoint": ["/bin/app"],
+                    "Cmd": ["--serve"],
+                    "Env": ["A=1"],
+                    "WorkingDir": "/srv",
+                    "User": "1000:1000",
+                },
+                "rootfs": {"type": "layers", "diff_ids": [D1]},
+            }
+        ).encode()
+    )
     assert config.config.entrypoint == ["/bin/app"] and config.config.cmd == ["--serve"]
-    assert config.config.env == ["A=1"] and config.config.working_dir == "/srv" and config.config.user == "1000:1000"
+    assert (
+        config.config.env == ["A=1"]
+        and config.config.working_dir == "/srv"
+        and config.config.user == "1000:1000"
+    )
     assert str(config.platform) == "linux/arm64/v8"
 
 
 @pytest.mark.parametrize(
     ("spec", "expected"),
-    [("linux/amd64", "linux/amd64"), ("linux/x86_64", "linux/amd64"), ("linux/aarch64", "linux/arm64"),
-     ("linux/arm64/v8", "linux/arm64/v8"), ("linux/arm/7", "linux/arm/v7")],
+    [
+        ("linux/amd64", "linux/amd64"),
+        ("linux/x86_64", "linux/amd64"),
+        ("linux/aarch64", "linux/arm64"),
+        ("linux/arm64/v8", "linux/arm64/v8"),
+        ("linux/arm/7", "linux/arm/v7"),
+    ],
 )
 def test_platform_strings_normalise(spec: str, expected: str) -> None:
     assert str(Platform.parse(spec)) == expected
@@ -133,15 +165,21 @@ def test_bad_platform_strings_are_refused(spec: str) -> None:
 
 
 def test_index_selection_picks_the_requested_platform() -> None:
-    index = _index({"os": "linux", "architecture": "arm64", "variant": "v8"}, {"os": "linux", "architecture": "amd64"},
-                   {"os": "unknown", "architecture": "unknown"})
+    index = _index(
+        {"os": "linux", "architecture": "arm64", "variant": "v8"},
+        {"os": "linux", "architecture": "amd64"},
+        {"os": "unknown", "architecture": "unknown"},
+    )
     assert select_manifest(index, Platform.default()).platform.architecture == "amd64"  # type: ignore[union-attr]
     arm = select_manifest(index, Platform.parse("linux/arm64"))
     assert arm.platform is not None and arm.platform.variant == "v8"
 
 
 def test_index_selection_prefers_exact_variant_then_default_variant() -> None:
-    index = _index({"os": "linux", "architecture": "arm", "variant": "v6"}, {"os": "linux", "architecture": "arm", "variant": "v7"})
+    index = _index(
+        {"os": "linux", "architecture": "arm", "variant": "v6"},
+        {"os": "linux", "architecture": "arm", "variant": "v7"},
+    )
     chosen = select_manifest(index, Platform.parse("linux/arm"))
     assert chosen.platform is not None and chosen.platform.variant == "v7"
     chosen = select_manifest(index, Platform.parse("linux/arm/v6"))
@@ -149,8 +187,11 @@ def test_index_selection_prefers_exact_variant_then_default_variant() -> None:
 
 
 def test_index_without_the_platform_is_not_found_listing_what_it_offers() -> None:
-    index = _index({"os": "linux", "architecture": "arm64"}, {"os": "windows", "architecture": "amd64"},
-                   media_type=DOCKER_MANIFEST_LIST)
+    index = _index(
+        {"os": "linux", "architecture": "arm64"},
+        {"os": "windows", "architecture": "amd64"},
+        media_type=DOCKER_MANIFEST_LIST,
+    )
     with pytest.raises(NotFound, match=r"linux/s390x.*linux/arm64, windows/amd64"):
         select_manifest(index, Platform.parse("linux/s390x"))
 

@@ -10,7 +10,9 @@ from capsa.snapshots.devmapper.pool import Action, DeviceRecord, DeviceState, ne
 
 
 def rec(name: str, state: DeviceState, snapshot_id: int | None = 1) -> DeviceRecord:
-    return DeviceRecord(name, "pool", int(name.rsplit("-", 1)[1]), None, 1 << 30, state, "", snapshot_id, None, None, None)
+    return DeviceRecord(
+        name, "pool", int(name.rsplit("-", 1)[1]), None, 1 << 30, state, "", snapshot_id, None, None, None
+    )
 
 
 def live(name: str, *, suspended: bool = False, table_live: bool = True, open_count: int = 0) -> DeviceInfo:
@@ -44,7 +46,9 @@ def test_an_interrupted_create_is_marked_faulty_and_never_deleted() -> None:
 
 def test_a_device_left_suspended_is_resumed() -> None:
     records = [rec("pool-snap-3", DeviceState.SUSPENDED)]
-    plan = plan_reconcile(records, {"pool-snap-3": live("pool-snap-3", suspended=True)}, {"pool-snap-3"}, set())
+    plan = plan_reconcile(
+        records, {"pool-snap-3": live("pool-snap-3", suspended=True)}, {"pool-snap-3"}, set()
+    )
     assert Action("resume", "pool-snap-3") in plan
 
 
@@ -55,7 +59,10 @@ def test_active_snapshots_devices_are_activated_after_a_reboot() -> None:
 
 def test_a_live_device_in_a_transient_state_is_recorded_as_activated() -> None:
     plan = plan_reconcile(
-        [rec("pool-snap-5", DeviceState.DEACTIVATING)], {"pool-snap-5": live("pool-snap-5")}, {"pool-snap-5"}, set()
+        [rec("pool-snap-5", DeviceState.DEACTIVATING)],
+        {"pool-snap-5": live("pool-snap-5")},
+        {"pool-snap-5"},
+        set(),
     )
     assert plan == [Action("state", "pool-snap-5", DeviceState.ACTIVATED)]
 

@@ -58,7 +58,10 @@ def test_thin_pool_table_can_fail_writes_when_full_instead_of_queueing() -> None
 def test_thin_table_points_at_the_pool_by_path() -> None:
     # kernel thin-provisioning.rst: dmsetup create thin --table "0 2097152 thin /dev/mapper/pool 0"
     assert thin_table("pool", 0, 2097152 * 512) == "0 2097152 thin /dev/mapper/pool 0"
-    assert thin_table("/dev/mapper/pool", 1, 1024**3, "/dev/image") == "0 2097152 thin /dev/mapper/pool 1 /dev/image"
+    assert (
+        thin_table("/dev/mapper/pool", 1, 1024**3, "/dev/image")
+        == "0 2097152 thin /dev/mapper/pool 1 /dev/image"
+    )
 
 
 def test_messages_follow_the_kernel_documentation() -> None:
@@ -91,7 +94,9 @@ def test_info_args_keep_the_name_out_of_the_separator() -> None:
 
 def test_pool_status_from_a_dmsetup_status_listing() -> None:
     # captured (blog walkthrough, older kernel without the needs_check field)
-    st = parse_pool_status("pool: 0 20971520 thin-pool 0 280/4161600 780/163840 - rw discard_passdown queue_if_no_space ")
+    st = parse_pool_status(
+        "pool: 0 20971520 thin-pool 0 280/4161600 780/163840 - rw discard_passdown queue_if_no_space "
+    )
     assert (st.used_metadata_blocks, st.total_metadata_blocks) == (280, 4161600)
     assert (st.used_data_blocks, st.total_data_blocks) == (780, 163840)
     assert st.mode == "rw" and st.discard_passdown and not st.error_if_no_space
@@ -188,7 +193,11 @@ def test_parse_targets() -> None:
 
 CAPTURED_ERRORS = [
     # (output, expected class, errno)
-    ("device-mapper: message ioctl on ember-pool failed: File exists\nCommand failed.\n", DeviceExistsError, "EEXIST"),
+    (
+        "device-mapper: message ioctl on ember-pool failed: File exists\nCommand failed.\n",
+        DeviceExistsError,
+        "EEXIST",
+    ),
     (
         "device-mapper: remove ioctl on synthetic-33181afa-87dd-11e3-9c3d-3085a99c4b04 failed: "
         "Device or resource busy\nCommand failed\n",
@@ -202,9 +211,21 @@ CAPTURED_ERRORS = [
         "ENXIO",
     ),
     ("Device does not exist.\nCommand failed.\n", DeviceNotFoundError, "ENXIO"),
-    ("Device /dev/mapper/snapshotter-suite-pool-snap-1 not found\nCommand failed.\n", DeviceNotFoundError, "ENOENT"),
-    ("device-mapper: message ioctl on kstest  failed: No data available\nCommand failed.\n", DeviceNotFoundError, "ENODATA"),
-    ("device-mapper: message ioctl on dust1  failed: Invalid argument\nCommand failed\n", FailedPrecondition, "EINVAL"),
+    (
+        "Device /dev/mapper/snapshotter-suite-pool-snap-1 not found\nCommand failed.\n",
+        DeviceNotFoundError,
+        "ENOENT",
+    ),
+    (
+        "device-mapper: message ioctl on kstest  failed: No data available\nCommand failed.\n",
+        DeviceNotFoundError,
+        "ENODATA",
+    ),
+    (
+        "device-mapper: message ioctl on dust1  failed: Invalid argument\nCommand failed\n",
+        FailedPrecondition,
+        "EINVAL",
+    ),
     (  # this host: the kernel has no device-mapper
         "/dev/mapper/control: open failed: No such device\n"
         "Failure to communicate with kernel device-mapper driver.\n"

@@ -24,14 +24,19 @@ def test_active_without_parent_is_a_writable_bind() -> None:
 
 
 def test_view_of_one_layer_binds_that_layer_read_only() -> None:
-    assert overlay_mounts(Kind.VIEW, R / "2/fs", R / "2/work", [R / "1/fs"], index_off=True, userxattr=False) == [
-        Mount("bind", "/r/snapshots/1/fs", ("ro", "rbind"))
-    ]
+    assert overlay_mounts(
+        Kind.VIEW, R / "2/fs", R / "2/work", [R / "1/fs"], index_off=True, userxattr=False
+    ) == [Mount("bind", "/r/snapshots/1/fs", ("ro", "rbind"))]
 
 
 def test_active_overlay_lists_lowers_nearest_first_with_upper_and_work() -> None:
     (m,) = overlay_mounts(
-        Kind.ACTIVE, R / "4/fs", R / "4/work", [R / "3/fs", R / "2/fs", R / "1/fs"], index_off=True, userxattr=True
+        Kind.ACTIVE,
+        R / "4/fs",
+        R / "4/work",
+        [R / "3/fs", R / "2/fs", R / "1/fs"],
+        index_off=True,
+        userxattr=True,
     )
     assert m.type == "overlay" and m.source == "overlay"
     assert m.options == (
@@ -44,7 +49,9 @@ def test_active_overlay_lists_lowers_nearest_first_with_upper_and_work() -> None
 
 
 def test_view_of_a_chain_uses_only_lowerdirs() -> None:
-    (m,) = overlay_mounts(Kind.VIEW, R / "9/fs", R / "9/work", [R / "2/fs", R / "1/fs"], index_off=False, userxattr=False)
+    (m,) = overlay_mounts(
+        Kind.VIEW, R / "9/fs", R / "9/work", [R / "2/fs", R / "1/fs"], index_off=False, userxattr=False
+    )
     assert m.options == ("lowerdir=/r/snapshots/2/fs:/r/snapshots/1/fs",)
 
 
@@ -55,7 +62,9 @@ def test_max_depth_is_exactly_what_fits_in_one_page() -> None:
     layer = root / "snapshots" / "9999999"
 
     def data(n: int) -> str:
-        (m,) = overlay_mounts(Kind.ACTIVE, layer / "fs", layer / "work", [layer / "fs"] * n, index_off=True, userxattr=False)
+        (m,) = overlay_mounts(
+            Kind.ACTIVE, layer / "fs", layer / "work", [layer / "fs"] * n, index_off=True, userxattr=False
+        )
         return ",".join(m.options)
 
     assert len(data(depth)) <= MAX_MOUNT_DATA < len(data(depth + 1))

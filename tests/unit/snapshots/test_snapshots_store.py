@@ -70,7 +70,9 @@ def test_commit_renames_records_usage_and_keeps_labels_unless_given(db: Database
         store.commit(conn, store.require("work", conn), "layer", None, Usage(4096, 3))
         store.commit(conn, store.require("work2", conn), "layer2", {"b": "2"}, Usage(0, 0))
     layer = store.require("layer")
-    assert layer.kind is Kind.COMMITTED and layer.labels == {"a": "1"} and layer.stored_usage() == Usage(4096, 3)
+    assert (
+        layer.kind is Kind.COMMITTED and layer.labels == {"a": "1"} and layer.stored_usage() == Usage(4096, 3)
+    )
     assert store.require("layer2").labels == {"b": "2"}
     assert store.get("work") is None
     with db.tx() as conn, pytest.raises(AlreadyExists):

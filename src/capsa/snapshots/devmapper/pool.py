@@ -80,9 +80,8 @@ class DeviceRecord:
     state: DeviceState
     error: str
     snapshot_id: int | None
+    #: bytes mapped when committed (a child's usage is its mapped bytes minus this)
     mapped_bytes: int | None
-    used_inodes: int | None
-    base_inodes: int | None
 
 
 @dataclass(frozen=True)
@@ -154,8 +153,6 @@ def _record(r: sqlite3.Row) -> DeviceRecord:
         error=r["error"],
         snapshot_id=r["snapshot_id"],
         mapped_bytes=r["mapped_bytes"],
-        used_inodes=r["used_inodes"],
-        base_inodes=r["base_inodes"],
     )
 
 
@@ -280,14 +277,8 @@ class ThinPool:
     def link(self, conn: sqlite3.Connection, name: str, snapshot_id: int) -> None:
         conn.execute("UPDATE snapshot_devices SET snapshot_id = ? WHERE name = ?", (snapshot_id, name))
 
-    def record_usage(self, conn: sqlite3.Connection, name: str, mapped_bytes: int, used_inodes: int) -> None:
-        conn.execute(
-            "UPDATE snapshot_devices SET mapped_bytes = ?, used_inodes = ? WHERE name = ?",
-            (mapped_bytes, used_inodes, name),
-        )
-
-    def set_base_inodes(self, name: str, count: int) -> None:
-        self._set(name, base_inodes=count)
+    def record_mapped(self, conn: sqlite3.Connection, name: str, mapped_bytes: int) -> None:
+        conn.execute("UPDATE snapshot_devices SET mapped_bytes = ? WHERE name = ?", (mapped_bytes, name))
 
     def mark(self, name: str, state: DeviceState, error: str = "") -> None:
         self._set(name, state=state.value, error=error)

@@ -11,8 +11,9 @@
   e.g. after a reboot); ``writable()`` mounts it under ``root/mounts``.
 
 Usage: ``size`` is mapped bytes (``dmsetup status``) minus the parent's at
-its commit; ``inodes`` is the ext4 superblock's used-inode count minus the
-parent's (exact once unmounted; while mounted the superblock lags).
+its commit; ``inodes`` counts entries whose (inode, ctime) differ from the
+parent's — a thin snapshot is a block-level copy, so untouched entries keep
+both — found by mounting the two read-only side by side.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from pathlib import Path
 
 from capsa.errors import AlreadyExists, CapsaError, Conflict, DeviceExistsError, FailedPrecondition
 from capsa.snapshots._common import MetadataSnapshotter
-from capsa.snapshots._fsutil import remove_tree
+from capsa.snapshots._fsutil import diff_usage, disk_usage, remove_tree
 from capsa.snapshots._store import Row, check_labels
 from capsa.snapshots.base import ApplyStyle, Kind, Mount, Usage
 from capsa.snapshots.config import DevmapperConfig
 from capsa.snapshots.devmapper.dmsetup import Dmsetup, device_path
-from capsa.snapshots.devmapper.ext4 import mkfs_ext4, used_inodes
+from capsa.snapshots.devmapper.ext4 import mkfs_ext4
 from capsa.snapshots.devmapper.pool import DeviceRecord, DeviceState, ThinPool, plan_reconcile
 from capsa.snapshots.mount import is_mountpoint, mount_all, unmount
 from capsa.state.db import Database
@@ -99,13 +100,13 @@ class DevmapperSnapshotter(MetadataSnapshotter):
         self._pool.apply(actions)
 
     @contextmanager
-    def _mounted(self, rec: DeviceRecord, row_id: int) -> Iterator[Path]:
-        target = self.mounts_dir / f"{row_id}-{secrets.token_hex(4)}"
+    def _mounted(self, rec: DeviceRecord, *, readonly: bool = False) -> Iterator[Path]:
+        target = self.mounts_dir / f"{rec.dev_id}-{secrets.token_hex(4)}"
         with self._lock:
             self._mount_dirs.add(target)
         try:
             target.mkdir()
-            mount_all([Mount("ext4", device_path(rec.name), ())], target)
+            mount_all([Mount("ext4", device_path(rec.name), ("ro",) if readonly else ())], target)
             try:
                 yield target
             finally:
@@ -117,22 +118,30 @@ class DevmapperSnapshotter(MetadataSnapshotter):
                 self._mount_dirs.discard(target)
 
     def _format(self, rec: DeviceRecord) -> None:
-        dev = device_path(rec.name)
-        mkfs_ext4(dev, self.config.fs_options)
-        with self._mounted(rec, 0) as path:
+        mkfs_ext4(device_path(rec.name), self.config.fs_options)
+        with self._mounted(rec) as path:
             lost = path / "lost+found"
             if lost.is_dir():
                 lost.rmdir()  # images do not expect it (containerd removes it too)
-        self._pool.set_base_inodes(rec.name, used_inodes(dev))
 
-    def _live_usage(self, rec: DeviceRecord) -> tuple[int, int]:
-        return self._pool.mapped_bytes(rec.name), used_inodes(device_path(rec.name))
-
-    def _delta(self, rec: DeviceRecord, mapped: int, inodes: int) -> Usage:
+    def _measure(self, rec: DeviceRecord) -> Usage:
+        """Live usage of an activated device, excluding its parent."""
+        mapped = self._pool.mapped_bytes(rec.name)
         parent = self._pool.get(rec.parent_name) if rec.parent_name else None
-        base_bytes = (parent.mapped_bytes or 0) if parent else 0
-        base_inodes = (parent.used_inodes or 0) if parent else (rec.base_inodes or 0)
-        return Usage(size=max(0, mapped - base_bytes), inodes=max(0, inodes - base_inodes))
+        with self._mounted(rec, readonly=True) as path:
+            if parent is None:
+                walked = disk_usage(path)
+            else:
+                was_loaded = self._pool.is_loaded(parent.name)
+                self._pool.activate(parent)
+                try:
+                    with self._mounted(parent, readonly=True) as parent_path:
+                        walked = diff_usage(path, parent_path)
+                finally:
+                    if not was_loaded:
+                        self._pool.deactivate(parent.name)
+        base = (parent.mapped_bytes or 0) if parent else 0
+        return Usage(size=max(0, mapped - base), inodes=walked.inodes)
 
     # -- verbs ------------------------------------------------------------------------
     def prepare(
@@ -195,13 +204,14 @@ class DevmapperSnapshotter(MetadataSnapshotter):
         # flush outstanding I/O before measuring and before the device leaves /dev/mapper
         self._pool.suspend(rec.name)
         self._pool.resume(rec.name)
-        mapped, inodes = self._live_usage(rec)
+        usage = self._measure(rec)
+        mapped = self._pool.mapped_bytes(rec.name)
         with self._db.tx() as conn:
             current = self._store.require(key, conn)
             if current.id != row.id or current.kind is not Kind.ACTIVE:
                 raise FailedPrecondition(f"snapshot {key!r} changed while committing")
-            self._store.commit(conn, row, name, clean, self._delta(rec, mapped, inodes))
-            self._pool.record_usage(conn, rec.name, mapped, inodes)
+            self._store.commit(conn, row, name, clean, usage)
+            self._pool.record_mapped(conn, rec.name, mapped)
         try:
             self._pool.deactivate(rec.name, deferred=True)
         except CapsaError as exc:
@@ -243,7 +253,7 @@ class DevmapperSnapshotter(MetadataSnapshotter):
             return stored
         rec = self._device(row)
         self._pool.activate(rec)
-        return self._delta(rec, *self._live_usage(rec))
+        return self._measure(rec)
 
     def upper_dir(self, key: str) -> Path | None:
         self._require_active(key)
@@ -255,7 +265,7 @@ class DevmapperSnapshotter(MetadataSnapshotter):
         rec = self._device(row)
         self._pool.activate(rec)
         # unmounting flushes the filesystem to the device before anyone commits it
-        with self._mounted(rec, row.id) as path:
+        with self._mounted(rec) as path:
             yield path
 
     def cleanup(self) -> int:
@@ -282,8 +292,10 @@ class DevmapperSnapshotter(MetadataSnapshotter):
         return freed
 
     def _reclaimable(self, rec: DeviceRecord) -> int:
+        """Bytes a device maps beyond its parent (shared blocks are not freed by deleting it)."""
         try:
             mapped = self._pool.mapped_bytes(rec.name) if self._pool.is_loaded(rec.name) else rec.mapped_bytes
         except CapsaError:
             mapped = rec.mapped_bytes
-        return self._delta(rec, mapped or 0, 0).size
+        parent = self._pool.get(rec.parent_name) if rec.parent_name else None
+        return max(0, (mapped or 0) - ((parent.mapped_bytes or 0) if parent else 0))

@@ -43,14 +43,27 @@ from tests.fixtures.servers import free_port
 
 LAYER = bytes(range(256)) * 4096  # 1 MiB
 LAYER_DIGEST = sha256_digest(LAYER)
-CONFIG = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
-                     "rootfs": {"type": "layers", "diff_ids": [LAYER_DIGEST]}}).encode()
+CONFIG = json.dumps(
+    {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [LAYER_DIGEST]},
+    }
+).encode()
 CONFIG_DIGEST = sha256_digest(CONFIG)
-MANIFEST = json.dumps({
-    "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": CONFIG_DIGEST, "size": len(CONFIG)},
-    "layers": [{"mediaType": OCI_LAYER_TAR, "digest": LAYER_DIGEST, "size": len(LAYER)}],
-}).encode()
+MANIFEST = json.dumps(
+    {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": CONFIG_DIGEST,
+            "size": len(CONFIG),
+        },
+        "layers": [{"mediaType": OCI_LAYER_TAR, "digest": LAYER_DIGEST, "size": len(LAYER)}],
+    }
+).encode()
 MANIFEST_DIGEST = sha256_digest(MANIFEST)
 
 
@@ -83,7 +96,11 @@ class Fake:
         if path == "/v2/":
             return 200, {}, b"{}"
         if path == f"/v2/team/app/manifests/{MANIFEST_DIGEST}" or path == "/v2/team/app/manifests/1.0":
-            return 200, {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": self.manifest_digest_header}, MANIFEST
+            return (
+                200,
+                {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": self.manifest_digest_header},
+                MANIFEST,
+            )
         if path == f"/v2/team/app/blobs/{CONFIG_DIGEST}":
             return 200, {}, CONFIG
         if path == f"/v2/team/app/blobs/{LAYER_DIGEST}":
@@ -92,7 +109,11 @@ class Fake:
                 start = int(match.group(1))
                 return 206, {"Content-Range": f"bytes {start}-{len(LAYER) - 1}/{len(LAYER)}"}, LAYER[start:]
             return 200, {}, LAYER
-        return 404, {"Content-Type": "application/json"}, b'{"errors":[{"code":"NAME_UNKNOWN","message":"no such repo"}]}'
+        return (
+            404,
+            {"Content-Type": "application/json"},
+            b'{"errors":[{"code":"NAME_UNKNOWN","message":"no such repo"}]}',
+        )
 
 
 @pytest.fixture
@@ -142,8 +163,12 @@ def store(tmp_path: Path) -> Iterator[ContentStore]:
 
 
 def _layer(fake: Fake) -> BlobDescriptor:
-    return BlobDescriptor(media_type=OCI_LAYER_TAR, size=len(LAYER), digest=LAYER_DIGEST,
-                          locator=f"{fake.host}/team/app@{LAYER_DIGEST}")
+    return BlobDescriptor(
+        media_type=OCI_LAYER_TAR,
+        size=len(LAYER),
+        digest=LAYER_DIGEST,
+        locator=f"{fake.host}/team/app@{LAYER_DIGEST}",
+    )
 
 
 def test_resolve_from_fake_registry(fake: Fake) -> None:
@@ -169,7 +194,11 @@ def test_unreachable_registry_is_unavailable() -> None:
 
 
 def test_denied_and_missing_map_to_unauthorized_and_not_found(fake: Fake) -> None:
-    fake.route = lambda req: (403, {}, b'{"errors":[{"code":"DENIED","message":"requested access is denied"}]}')
+    fake.route = lambda req: (
+        403,
+        {},
+        b'{"errors":[{"code":"DENIED","message":"requested access is denied"}]}',
+    )
     with pytest.raises(Unauthorized, match="DENIED: requested access is denied"):
         RegistrySource().resolve(parse_reference(f"{fake.host}/team/app:1.0"))
     fake.route = lambda req: None
@@ -186,13 +215,22 @@ def _bearer_route(fake: Fake, *, want_basic: str | None = None, refresh_token: s
                 return 400, {}, b"bad token request"
             if want_basic is not None and req.headers.get("Authorization") != "Basic " + want_basic:
                 return 401, {}, b""
-            if refresh_token is not None and (req.method != "POST" or params.get("refresh_token") != refresh_token
-                                              or params.get("grant_type") != "refresh_token"):
+            if refresh_token is not None and (
+                req.method != "POST"
+                or params.get("refresh_token") != refresh_token
+                or params.get("grant_type") != "refresh_token"
+            ):
                 return 401, {}, b""
-            return 200, {"Content-Type": "application/json"}, json.dumps({"access_token": "tok-123", "expires_in": 300}).encode()
+            return (
+                200,
+                {"Content-Type": "application/json"},
+                json.dumps({"access_token": "tok-123", "expires_in": 300}).encode(),
+            )
         if req.headers.get("Authorization") != "Bearer tok-123":
-            challenge = (f'Bearer realm="http://{fake.host}/token",service="fake-registry",'
-                         'scope="repository:team/app:pull"')
+            challenge = (
+                f'Bearer realm="http://{fake.host}/token",service="fake-registry",'
+                'scope="repository:team/app:pull"'
+            )
             return 401, {"WWW-Authenticate": challenge}, b'{"errors":[{"code":"UNAUTHORIZED"}]}'
         return None
 
@@ -216,14 +254,18 @@ def test_bearer_challenge_is_answered_with_an_anonymous_token(fake: Fake, store:
 def test_token_request_carries_basic_credentials_from_an_auth_file(fake: Fake, tmp_path: Path) -> None:
     secret = base64.b64encode(b"alice:s3cret").decode()
     auth_file = tmp_path / "config.json"
-    auth_file.write_text(json.dumps({"auths": {fake.host: {"auth": secret}, "https://index.docker.io/v1/": {"auth": secret}}}))
+    auth_file.write_text(
+        json.dumps({"auths": {fake.host: {"auth": secret}, "https://index.docker.io/v1/": {"auth": secret}}})
+    )
     assert load_auth_file(auth_file)[fake.host] == Credentials(username="alice", password="s3cret")
     hub = RegistryConfig(auth_file=auth_file).credentials_for("registry-1.docker.io")
     assert hub is not None and hub.username == "alice"
     _bearer_route(fake, want_basic=secret)
     with pytest.raises(Unauthorized, match="refused anonymously"):
         RegistrySource().resolve(parse_reference(f"{fake.host}/team/app:1.0"))
-    image = RegistrySource(RegistryConfig(auth_file=auth_file)).resolve(parse_reference(f"{fake.host}/team/app:1.0"))
+    image = RegistrySource(RegistryConfig(auth_file=auth_file)).resolve(
+        parse_reference(f"{fake.host}/team/app:1.0")
+    )
     assert image.manifest_digest == MANIFEST_DIGEST
     token = next(r for r in fake.requests if r.path.startswith("/token") and "Authorization" in r.headers)
     assert "account=alice" in token.path
@@ -232,28 +274,43 @@ def test_token_request_carries_basic_credentials_from_an_auth_file(fake: Fake, t
 def test_identity_token_is_exchanged_with_an_oauth2_refresh_grant(fake: Fake) -> None:
     _bearer_route(fake, refresh_token="refresh-xyz")
     config = RegistryConfig(credentials={fake.host: Credentials(identity_token="refresh-xyz")})
-    assert RegistrySource(config).resolve(parse_reference(f"{fake.host}/team/app:1.0")).manifest_digest == MANIFEST_DIGEST
+    assert (
+        RegistrySource(config).resolve(parse_reference(f"{fake.host}/team/app:1.0")).manifest_digest
+        == MANIFEST_DIGEST
+    )
 
 
 def test_basic_challenge_is_answered_only_with_credentials(fake: Fake) -> None:
     good = "Basic " + base64.b64encode(b"bob:pw").decode()
-    fake.route = lambda req: None if req.headers.get("Authorization") == good else (
-        401, {"WWW-Authenticate": 'Basic realm="fake"'}, b"")
+    fake.route = lambda req: (
+        None
+        if req.headers.get("Authorization") == good
+        else (401, {"WWW-Authenticate": 'Basic realm="fake"'}, b"")
+    )
     with pytest.raises(Unauthorized, match="no usable credentials"):
         RegistrySource().resolve(parse_reference(f"{fake.host}/team/app:1.0"))
     config = RegistryConfig(credentials={fake.host: Credentials(username="bob", password="pw")})
-    assert RegistrySource(config).resolve(parse_reference(f"{fake.host}/team/app:1.0")).manifest_digest == MANIFEST_DIGEST
+    assert (
+        RegistrySource(config).resolve(parse_reference(f"{fake.host}/team/app:1.0")).manifest_digest
+        == MANIFEST_DIGEST
+    )
 
 
 def test_token_realm_over_plain_http_to_a_remote_host_is_refused(fake: Fake) -> None:
-    fake.route = lambda req: (401, {"WWW-Authenticate": 'Bearer realm="http://auth.example.com/token",service="x"'}, b"")
+    fake.route = lambda req: (
+        401,
+        {"WWW-Authenticate": 'Bearer realm="http://auth.example.com/token",service="x"'},
+        b"",
+    )
     with pytest.raises(FailedPrecondition, match=r"refusing http://auth.example.com.*insecure"):
         RegistrySource().resolve(parse_reference(f"{fake.host}/team/app:1.0"))
     assert not is_retryable(FailedPrecondition("x"))
 
 
 def test_redirect_to_plain_http_remote_host_is_refused(fake: Fake, store: ContentStore) -> None:
-    fake.route = lambda req: (307, {"Location": "http://cdn.example.com/blob"}, b"") if "/blobs/" in req.path else None
+    fake.route = lambda req: (
+        (307, {"Location": "http://cdn.example.com/blob"}, b"") if "/blobs/" in req.path else None
+    )
     with store.writer("layer") as w, pytest.raises(FailedPrecondition, match="cdn.example.com"):
         RegistrySource().fetch_blob(_layer(fake), w)
 
@@ -285,21 +342,27 @@ def test_manifest_digest_mismatch_is_detected(fake: Fake) -> None:
     with pytest.raises(ChecksumMismatch, match="manifest digest mismatch"):
         RegistrySource().resolve(parse_reference(f"{fake.host}/team/app:1.0"))
     wanted = sha256_digest(b"what we asked for")
-    fake.route = lambda req: (200, {"Content-Type": OCI_MANIFEST}, MANIFEST) if "/manifests/" in req.path else None
+    fake.route = lambda req: (
+        (200, {"Content-Type": OCI_MANIFEST}, MANIFEST) if "/manifests/" in req.path else None
+    )
     with pytest.raises(ChecksumMismatch, match=f"expected {wanted}"):
         RegistrySource().resolve(parse_reference(f"{fake.host}/team/app@{wanted}"))
     assert not is_retryable(ChecksumMismatch("x"))
 
 
 def test_corrupt_config_blob_is_detected(fake: Fake) -> None:
-    fake.route = lambda req: (200, {}, CONFIG.replace(b"amd64", b"arm64")) if CONFIG_DIGEST in req.path else None
+    fake.route = lambda req: (
+        (200, {}, CONFIG.replace(b"amd64", b"arm64")) if CONFIG_DIGEST in req.path else None
+    )
     with pytest.raises(ChecksumMismatch, match=CONFIG_DIGEST):
         RegistrySource().resolve(parse_reference(f"{fake.host}/team/app:1.0"))
 
 
 def test_oversized_manifest_is_refused(fake: Fake) -> None:
     huge = b" " * (MAX_MANIFEST_BYTES + 10)
-    fake.route = lambda req: (200, {"Content-Type": OCI_MANIFEST}, huge) if "/manifests/" in req.path else None
+    fake.route = lambda req: (
+        (200, {"Content-Type": OCI_MANIFEST}, huge) if "/manifests/" in req.path else None
+    )
     with pytest.raises(LimitExceeded):
         RegistrySource().resolve(parse_reference(f"{fake.host}/team/app:1.0"))
 
@@ -332,8 +395,10 @@ def test_short_body_leaves_a_resumable_ingest_and_is_retryable(fake: Fake, store
 
     fake.route = route
     source = RegistrySource()
-    with store.writer("layer", expected=LAYER_DIGEST, expected_size=len(LAYER)) as w, \
-            pytest.raises(Unavailable) as err:
+    with (
+        store.writer("layer", expected=LAYER_DIGEST, expected_size=len(LAYER)) as w,
+        pytest.raises(Unavailable) as err,
+    ):
         source.fetch_blob(_layer(fake), w)
     assert is_retryable(err.value)
     with store.writer("layer", expected=LAYER_DIGEST, expected_size=len(LAYER)) as w:

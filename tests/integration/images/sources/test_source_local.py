@@ -43,7 +43,9 @@ def _fetch(store: ContentStore, layer: BlobDescriptor) -> bytes:
 # -- OCI layouts -------------------------------------------------------------------------------------
 
 
-def test_oci_layout_tag_resolves_to_its_manifest_and_layers(test_images: LayoutImages, store: ContentStore) -> None:
+def test_oci_layout_tag_resolves_to_its_manifest_and_layers(
+    test_images: LayoutImages, store: ContentStore
+) -> None:
     image = LocalSource().resolve(parse_reference(test_images.ref("whiteout")))
     expected = test_images.images["whiteout"]
     assert image.manifest_digest == expected.manifest_digest == test_images.digests["whiteout"]
@@ -111,7 +113,9 @@ def test_layout_layer_resumes_from_an_offset(test_images: LayoutImages, store: C
 # -- docker-archive ------------------------------------------------------------------------------------------
 
 
-def test_docker_archive_classic_layout_streams_layers_from_the_tar(tmp_path: Path, store: ContentStore) -> None:
+def test_docker_archive_classic_layout_streams_layers_from_the_tar(
+    tmp_path: Path, store: ContentStore
+) -> None:
     image = whiteout_image()
     archive = write_docker_archive(tmp_path / "saved.tar", {"example.com/team/whiteout:1": image})
     resolved = LocalSource().resolve(parse_reference(f"docker-archive:{archive}"))

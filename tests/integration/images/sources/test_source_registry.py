@@ -48,7 +48,11 @@ def test_anonymous_pull_of_manifest_config_and_layers(
     source = RegistrySource()
     image = source.resolve(parse_reference(registry_images.refs["busybox"]))
     expected = test_images.images["busybox"]
-    assert image.manifest_digest == registry_images.digests["busybox"] == sha256_digest(image.manifest_bytes or b"")
+    assert (
+        image.manifest_digest
+        == registry_images.digests["busybox"]
+        == sha256_digest(image.manifest_bytes or b"")
+    )
     assert image.config.config.cmd == ["/bin/sh"]
     assert "CAPSA_TEST=busybox" in (image.config.config.env or [])
     assert str(image.platform) == "linux/amd64"
@@ -130,7 +134,9 @@ def test_push_blobs_monolithic_and_chunked_then_manifest_round_trips(
     for layer in (image.layers[0], image.layers[2]):
         assert client.push_blob(repo, layer.blob, layer.digest, len(layer.blob)) is True
     client.push_blob(repo, image.config_bytes, sha256_digest(image.config_bytes), len(image.config_bytes))
-    digest = client.push_manifest(repo, "v1", image.manifest_bytes, "application/vnd.oci.image.manifest.v1+json")
+    digest = client.push_manifest(
+        repo, "v1", image.manifest_bytes, "application/vnd.oci.image.manifest.v1+json"
+    )
     assert digest == image.manifest_digest
     resolved = RegistrySource().resolve(parse_reference(f"{registry_server.host}/{repo}:v1"))
     assert resolved.manifest_digest == digest
@@ -147,17 +153,29 @@ def test_docker_schema2_manifest_and_manifest_list_resolve(
     config = image.config_bytes
     client.push_blob(repo, layer.blob, layer.digest, len(layer.blob))
     client.push_blob(repo, config, sha256_digest(config), len(config))
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
-        "config": {"mediaType": DOCKER_CONFIG, "size": len(config), "digest": sha256_digest(config)},
-        "layers": [{"mediaType": DOCKER_LAYER_GZIP, "size": len(layer.blob), "digest": layer.digest}],
-    }).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "config": {"mediaType": DOCKER_CONFIG, "size": len(config), "digest": sha256_digest(config)},
+            "layers": [{"mediaType": DOCKER_LAYER_GZIP, "size": len(layer.blob), "digest": layer.digest}],
+        }
+    ).encode()
     manifest_digest = client.push_manifest(repo, "schema2", manifest, DOCKER_MANIFEST)
-    listing = json.dumps({
-        "schemaVersion": 2, "mediaType": DOCKER_MANIFEST_LIST,
-        "manifests": [{"mediaType": DOCKER_MANIFEST, "size": len(manifest), "digest": manifest_digest,
-                       "platform": {"architecture": "amd64", "os": "linux"}}],
-    }).encode()
+    listing = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST_LIST,
+            "manifests": [
+                {
+                    "mediaType": DOCKER_MANIFEST,
+                    "size": len(manifest),
+                    "digest": manifest_digest,
+                    "platform": {"architecture": "amd64", "os": "linux"},
+                }
+            ],
+        }
+    ).encode()
     list_digest = client.push_manifest(repo, "list", listing, DOCKER_MANIFEST_LIST)
     source = RegistrySource()
     direct = source.resolve(parse_reference(f"{registry_server.host}/{repo}:schema2"))

@@ -63,7 +63,9 @@ def test_prefix_without_layers_is_not_found_naming_what_is_there(
         S3Source().resolve(parse_reference(f"s3://{s3_bucket}/images/empty/"))
 
 
-def test_duplicate_layer_numbers_are_refused(s3_env: dict[str, str], moto_server: MotoServer, s3_bucket: str) -> None:
+def test_duplicate_layer_numbers_are_refused(
+    s3_env: dict[str, str], moto_server: MotoServer, s3_bucket: str
+) -> None:
     client = moto_server.client()
     client.put_object(Bucket=s3_bucket, Key="images/dup/1.tar", Body=b"a")
     client.put_object(Bucket=s3_bucket, Key="images/dup/01.tar", Body=b"b")
@@ -80,11 +82,15 @@ def test_seed_layout_families_pull_and_share_their_first_layer(
     assert len(busybox.layers) == 1 and len(whiteout.layers) == 3
     assert busybox.layers[0].dedupe_hint == whiteout.layers[0].dedupe_hint  # same bucket, same ETag and size
     digests = [_fetch(source, store, la) for la in busybox.layers + whiteout.layers]
-    assert digests == [sha256_digest(t) for t in (*s3_images.layers["busybox"], *s3_images.layers["whiteout"])]
+    assert digests == [
+        sha256_digest(t) for t in (*s3_images.layers["busybox"], *s3_images.layers["whiteout"])
+    ]
     assert len(list(store.walk())) == 3  # the shared layer is stored once
 
 
-def test_single_key_is_a_single_layer_image(s3_env: dict[str, str], s3_images: S3Images, store: ContentStore) -> None:
+def test_single_key_is_a_single_layer_image(
+    s3_env: dict[str, str], s3_images: S3Images, store: ContentStore
+) -> None:
     source = S3Source()
     image = source.resolve(parse_reference(s3_images.single))
     (layer,) = image.layers
@@ -100,17 +106,24 @@ def test_missing_key_and_bucket_are_not_found(s3_env: dict[str, str], s3_bucket:
 
 
 def test_bad_key_is_rejected_before_any_request(moto_server: MotoServer) -> None:
-    source = S3Source(S3Config(endpoint_url=f"http://127.0.0.1:{free_port()}", access_key_id="a", secret_access_key="b"))
-    bad = BlobDescriptor(media_type="application/vnd.oci.image.layer.v1.tar", size=1, digest=None,
-                         locator="s3://bucket/../../etc/passwd")
+    source = S3Source(
+        S3Config(endpoint_url=f"http://127.0.0.1:{free_port()}", access_key_id="a", secret_access_key="b")
+    )
+    bad = BlobDescriptor(
+        media_type="application/vnd.oci.image.layer.v1.tar",
+        size=1,
+        digest=None,
+        locator="s3://bucket/../../etc/passwd",
+    )
     with pytest.raises(InvalidArgument, match="'..' path segment"):
         source.fetch_blob(bad, None)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument):
         parse_reference("s3://bucket/images/../secret/")
 
 
-def test_resume_uses_a_range_get(s3_env: dict[str, str], moto_server: MotoServer, s3_bucket: str,
-                                 store: ContentStore) -> None:
+def test_resume_uses_a_range_get(
+    s3_env: dict[str, str], moto_server: MotoServer, s3_bucket: str, store: ContentStore
+) -> None:
     data = hashlib.shake_256(b"s3 resume").digest(3 * 1024 * 1024 + 11)
     moto_server.client().put_object(Bucket=s3_bucket, Key="big/1.tar", Body=data)
     source = S3Source()
@@ -134,15 +147,25 @@ def test_object_replaced_between_resolve_and_fetch_is_refused(
     source = S3Source()
     (layer,) = source.resolve(parse_reference(f"s3://{s3_bucket}/moving/")).layers
     client.put_object(Bucket=s3_bucket, Key="moving/1.tar", Body=b"version two")
-    with store.writer(layer.ingest_ref) as w, pytest.raises(FailedPrecondition, match="changed since it was resolved"):
+    with (
+        store.writer(layer.ingest_ref) as w,
+        pytest.raises(FailedPrecondition, match="changed since it was resolved"),
+    ):
         source.fetch_blob(layer, w)
 
 
 @pytest.mark.parametrize(
     ("code", "status", "kind"),
-    [("AccessDenied", 403, Unauthorized), ("InvalidAccessKeyId", 403, Unauthorized),
-     ("SignatureDoesNotMatch", 403, Unauthorized), ("NoSuchKey", 404, NotFound), ("NoSuchBucket", 404, NotFound),
-     ("SlowDown", 503, Unavailable), ("InternalError", 500, Unavailable), ("PreconditionFailed", 412, FailedPrecondition)],
+    [
+        ("AccessDenied", 403, Unauthorized),
+        ("InvalidAccessKeyId", 403, Unauthorized),
+        ("SignatureDoesNotMatch", 403, Unauthorized),
+        ("NoSuchKey", 404, NotFound),
+        ("NoSuchBucket", 404, NotFound),
+        ("SlowDown", 503, Unavailable),
+        ("InternalError", 500, Unavailable),
+        ("PreconditionFailed", 412, FailedPrecondition),
+    ],
 )
 def test_s3_error_codes_map_to_the_shared_vocabulary(code: str, status: int, kind: type[Exception]) -> None:
     error = botocore.exceptions.ClientError(
@@ -153,29 +176,47 @@ def test_s3_error_codes_map_to_the_shared_vocabulary(code: str, status: int, kin
 
 
 def test_unreachable_endpoint_is_unavailable() -> None:
-    config = S3Config(endpoint_url=f"http://127.0.0.1:{free_port()}", access_key_id="a", secret_access_key="b",
-                      max_attempts=1, connect_timeout=1)
+    config = S3Config(
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        access_key_id="a",
+        secret_access_key="b",
+        max_attempts=1,
+        connect_timeout=1,
+    )
     with pytest.raises(Unavailable):
         S3Source(config, env={}).resolve(parse_reference("s3://bucket/images/x/"))
 
 
 def test_config_falls_back_to_standard_aws_environment() -> None:
-    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_DEFAULT_REGION": "eu-west-1",
-           "AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "SeCrEt-xyz"}
+    env = {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_ACCESS_KEY_ID": "id",
+        "AWS_SECRET_ACCESS_KEY": "SeCrEt-xyz",
+    }
     config = S3Config(region="us-west-2").with_env(env)
-    assert (config.endpoint_url, config.region, config.access_key_id) == ("http://127.0.0.1:9", "us-west-2", "id")
+    assert (config.endpoint_url, config.region, config.access_key_id) == (
+        "http://127.0.0.1:9",
+        "us-west-2",
+        "id",
+    )
     assert "SeCrEt-xyz" not in repr(config) and config.secret_access_key == "SeCrEt-xyz"
-    assert S3Config().with_env({"AWS_ENDPOINT_URL_S3": "http://a", "AWS_ENDPOINT_URL": "http://b"}).endpoint_url == "http://a"
+    assert (
+        S3Config().with_env({"AWS_ENDPOINT_URL_S3": "http://a", "AWS_ENDPOINT_URL": "http://b"}).endpoint_url
+        == "http://a"
+    )
 
 
-def test_upload_small_and_multipart_round_trip(s3_env: dict[str, str], moto_server: MotoServer, s3_bucket: str,
-                                                tmp_path: Path) -> None:
+def test_upload_small_and_multipart_round_trip(
+    s3_env: dict[str, str], moto_server: MotoServer, s3_bucket: str, tmp_path: Path
+) -> None:
     source = S3Source()
     big = hashlib.shake_256(b"multipart").digest(11 * 1024 * 1024 + 3)
     path = tmp_path / "big.tar"
     path.write_bytes(big)
-    etag = source.upload(s3_bucket, "capsules/big.tar", path, part_size=5 * 1024 * 1024,
-                         multipart_threshold=5 * 1024 * 1024)
+    etag = source.upload(
+        s3_bucket, "capsules/big.tar", path, part_size=5 * 1024 * 1024, multipart_threshold=5 * 1024 * 1024
+    )
     assert etag.endswith("-3")  # three parts: 5 MiB, 5 MiB, the rest
     assert moto_server.client().get_object(Bucket=s3_bucket, Key="capsules/big.tar")["Body"].read() == big
     source.upload(s3_bucket, "capsules/small.tar", path.open("rb"), multipart_threshold=64 * 1024 * 1024)
