@@ -27,6 +27,7 @@ nothing changes.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterable
@@ -39,6 +40,8 @@ from capsa.errors import InvalidArgument
 from capsa.state.db import Database
 
 __all__ = ["collect", "collect_content"]
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def collect(
@@ -126,7 +129,7 @@ def collect_content(
     Call with :meth:`Layout.exclusive` held. ``ignoring`` lists versions to
     treat as already gone (a dry run of version removal).
     """
-    on_disk = sorted(f"sha256:{p.name}" for p in layout.content_root.iterdir() if len(p.name) == 64)
+    on_disk = sorted(f"sha256:{p.name}" for p in layout.content_root.iterdir() if _HEX64.match(p.name))
     if only is not None:
         wanted = set(only)
         on_disk = [d for d in on_disk if d in wanted]
@@ -146,14 +149,14 @@ def collect_content(
             ).fetchone()
             if users or attached:
                 continue
-            size = tree_bytes(path)
             if not dry_run:
-                grave = layout.trash / f"{path.name}.{secrets.token_hex(4)}"
-                os.rename(path, grave)
+                # Only the rename happens under the write lock; sizing and deleting do not.
+                path = layout.trash / f"{path.name}.{secrets.token_hex(4)}"
+                os.rename(layout.content_dir(digest), path)
+        freed += tree_bytes(path)
         if not dry_run:
-            remove_tree(grave)
+            remove_tree(path)
         removed.append(digest)
-        freed += size
     return removed, freed
 
 

@@ -37,6 +37,7 @@ from capsa.errors import InvalidArgument, LimitExceeded, UnsafeArchive
 __all__ = ["CapsuleLimits", "ImportStats", "import_source"]
 
 _COPY_CHUNK = 1 << 20
+_MAX_EXTENDED_HEADER = 1 << 16  # pax records / GNU long names: paths are at most 4 KiB anyway
 
 
 @dataclass(frozen=True)
@@ -285,9 +286,34 @@ def _write_file(path: Path, mode: int, src_fd: int, size: int) -> None:
         os.close(dst)
 
 
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses oversized pax / GNU long-name headers before tarfile reads them into memory.
+
+    This also bounds the cost of CPython's pax-header parsing (CVE-2024-6232 is
+    unfixed in 3.11 < 3.11.10).
+    """
+
+    _EXTENDED = (
+        tarfile.XHDTYPE,
+        tarfile.XGLTYPE,
+        tarfile.SOLARIS_XHDTYPE,
+        tarfile.GNUTYPE_LONGNAME,
+        tarfile.GNUTYPE_LONGLINK,
+    )
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in self._EXTENDED and self.size > _MAX_EXTENDED_HEADER:
+            raise LimitExceeded(
+                f"tar extended header of {self.size} bytes exceeds {_MAX_EXTENDED_HEADER} (near {self.name!r})"
+            )
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+
 def _extract_tar(source: Path, dest: Path, tree: _Tree) -> None:
     try:
-        archive = tarfile.open(source, "r:*", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+        archive = tarfile.open(  # noqa: SIM115 - closed by the with-block below
+            source, "r:*", encoding="utf-8", errors="surrogateescape", tarinfo=_BoundedTarInfo
+        )
     except tarfile.TarError as exc:
         raise InvalidArgument(f"capsule source {source} is not a readable tar archive: {exc}") from None
     with archive:

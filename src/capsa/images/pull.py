@@ -177,7 +177,9 @@ def register_machines(engine: Engine, pc: PullContext) -> None:
             raise Handoff({"digest": expected, "size": pc.content.info(expected).size})
         if desc.dedupe_hint:
             known = pc.content.lookup_hint(desc.dedupe_hint)
-            if known is not None and pc.content.exists(known):
+            # A hint that disagrees with the digest the caller demands is no shortcut: download
+            # and let the commit's verification fail (or pass) on the real bytes.
+            if known is not None and pc.content.exists(known) and (not expected or known == expected):
                 raise Handoff({"digest": str(known), "size": pc.content.info(known).size})
         source = source_for(parse_reference(req["ref"]), bool(req.get("insecure")))
         writer = pc.content.writer(desc.ingest_ref, expected=expected, expected_size=desc.size)

@@ -12,7 +12,9 @@ Who does what
 * Any process (the API daemon) reads with :func:`read_log`: history from a seq,
   and with ``follow=True`` live chunks after it, with no gap and no duplicate,
   ending at the end-of-log record. Readers share nothing with the writer but
-  the files, so either side may be ``kill -9``-ed and restarted at any time.
+  the files, so either side may be ``kill -9``-ed and restarted at any time;
+  a reader resumes with ``from_seq=last_seen.seq + 1``. A reader holds one file
+  descriptor until it is exhausted or closed (``gen.close()``).
 
 On-disk format (version 1)
 --------------------------
@@ -49,6 +51,11 @@ fsyncs every segment it wrote (``fsync_on_close``), creates that segment,
 writes the record, fsyncs it and the directory. A log is finished exactly
 when its last segment starts with an end record (:func:`is_finished` reads
 one header; job output can never forge a record at a segment start).
+
+Durability: appended bytes reach the page cache (visible to every reader at
+once) as fast as the writer thread drains its queue; they survive a crash of
+the supervisor but not of the machine until ``finish`` fsyncs them. Interpreter
+exit flushes the queue (atexit); SIGKILL loses only what was still queued.
 
 Recovery: opening an existing log scans the last segment; the first record
 that is incomplete or fails a check, and everything after it, is a torn tail

@@ -262,7 +262,7 @@ class LogPersister:
                     if not active and self._closing:
                         unfinished = [j for j in self._jobs.values() if not j._end_handed]
                         break
-                    timeout = min(j._retry_at for j in active) - now if active else None
+                    timeout = max(0.0, min(j._retry_at for j in active) - now) if active else None
                     self._writer_idle = True
                     self._work.wait(timeout)
                     self._writer_idle = False
@@ -352,16 +352,19 @@ class LogPersister:
                         break
                     if self._writer_done and not retry:
                         return
-                    self._finish_work.wait(min(j._retry_at for j, _ in retry) - now if retry else None)
+                    self._finish_work.wait(
+                        max(0.0, min(j._retry_at for j, _ in retry) - now) if retry else None
+                    )
                 todo = [r for r in retry if r[0]._retry_at <= now] + self._to_finish
                 retry = [r for r in retry if r[0]._retry_at > now]
                 self._to_finish = []
-            for job, (_, seq, _, ts, _) in todo:
+            for job, rec in todo:
+                seq = rec[1]
                 try:
-                    job._writer.write_end(seq, ts)
+                    job._writer.write_end(seq, rec[3])
                 except Exception as exc:  # keep the job open and try again; never lose the end
                     self._stall(job, exc)
-                    retry.append((job, (job, seq, END, ts, b"")))
+                    retry.append((job, rec))
                     continue
                 with self._lock:
                     job._written = seq

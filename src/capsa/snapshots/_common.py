@@ -18,6 +18,7 @@ creation in any process sharing the database.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import threading
@@ -26,12 +27,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from capsa.errors import AlreadyExists, FailedPrecondition, NotFound
+from capsa.errors import AlreadyExists, CapsaError, FailedPrecondition, NotFound
 from capsa.snapshots._store import Row, SnapshotStore, check_labels
 from capsa.snapshots.base import ApplyStyle, Info, Kind, Mount, Usage, WalkFn
 from capsa.state.db import Database
 
 __all__ = ["DirSnapshotter", "MetadataSnapshotter"]
+
+log = logging.getLogger(__name__)
 
 
 class MetadataSnapshotter(ABC):
@@ -234,7 +237,11 @@ class DirSnapshotter(MetadataSnapshotter):
                 os.rename(trash, path)  # the delete did not commit: put the storage back
             raise
         if trash is not None:
-            self._destroy_trash(trash)
+            try:
+                self._destroy_trash(trash)
+            except (CapsaError, OSError) as exc:
+                # the snapshot is gone as far as anyone can see; cleanup() retries the storage
+                log.warning("removed snapshot %r but could not delete %s yet: %s", key, trash, exc)
 
     def mounts(self, key: str) -> list[Mount]:
         row = self._store.require(key)

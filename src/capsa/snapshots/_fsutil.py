@@ -6,7 +6,7 @@ import os
 import shutil
 import stat
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +47,8 @@ def run_tool(
     return proc.stdout
 
 
-def _walk(root: Path):  # yields (relative path, lstat result) for every entry below root
+def _walk(root: Path) -> Iterator[tuple[Path, os.stat_result]]:
+    """(relative path, lstat result) of every entry below ``root``, depth first."""
     stack = [Path()]
     while stack:
         rel = stack.pop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from capsa.errors import FailedPrecondition, Unavailable
@@ -36,5 +37,14 @@ def attach(path: Path) -> str:
     return dev
 
 
-def detach(device: str) -> None:
+def detach(device: str, *, timeout: float = 5.0) -> None:
+    """Detach ``device`` and wait until the kernel has let go of the backing file.
+
+    A loop device still held (a filesystem being torn down) only gets
+    auto-clear set and is released on its last close, asynchronously.
+    """
     run_tool(["losetup", "--detach", device])
+    backing = Path("/sys/block") / os.path.basename(device) / "loop" / "backing_file"
+    deadline = time.monotonic() + timeout
+    while backing.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)

@@ -50,7 +50,7 @@ MIGRATIONS: list[str] = [
       state TEXT NOT NULL,
       error TEXT NOT NULL DEFAULT '',
       snapshot_id INTEGER,
-      mapped_bytes INTEGER,
+      base_bytes INTEGER,
       updated REAL NOT NULL,
       UNIQUE (pool, dev_id)
     );

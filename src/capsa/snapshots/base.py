@@ -49,7 +49,8 @@ class ApplyStyle(enum.StrEnum):
 
     #: Only this layer's changes (overlay upperdir): record a deleted path as an
     #: overlay whiteout (character device 0/0) and an opaque directory with the
-    #: ``trusted.overlay.opaque=y`` xattr.
+    #: xattr named by the snapshotter's ``opaque_xattr`` set to ``y``
+    #: (``trusted.overlay.opaque``; ``user.overlay.opaque`` under ``userxattr``).
     OVERLAY_UPPER = "overlay-upper"
     #: The complete merged tree (btrfs subvolume, ext4 thin device): delete the
     #: path (or a directory's contents, for opaque) directly.
@@ -74,7 +75,7 @@ class Info:
     key: str
     parent: str | None
     kind: Kind
-    labels: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict, hash=False)
     created: float = 0.0
     updated: float = 0.0
 

@@ -17,8 +17,12 @@ loop-backed btrfs filesystem when the host has none.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import fcntl
 import os
 import secrets
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +36,43 @@ from capsa.snapshots.config import BtrfsConfig
 from capsa.snapshots.mount import is_mountpoint, mount_all, unmount
 from capsa.state.db import Database
 
-__all__ = ["BtrfsPool", "BtrfsSnapshotter", "parse_qgroup_show", "parse_subvolume_list"]
+__all__ = [
+    "BtrfsPool",
+    "BtrfsSnapshotter",
+    "parse_qgroup_show",
+    "parse_subvolume_list",
+    "subvolume_id",
+    "sync_filesystem",
+]
 
 _BTRFS_FIRST_FREE_OBJECTID = 256  # the inode number of every subvolume's root directory
+# BTRFS_IOC_INO_LOOKUP = _IOWR(0x94, 18, struct btrfs_ioctl_ino_lookup_args): 16 + 4080 bytes
+_BTRFS_IOC_INO_LOOKUP = (3 << 30) | (4096 << 16) | (0x94 << 8) | 18
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def subvolume_id(path: Path) -> int:
+    """The id of the subvolume holding ``path`` (what ``btrfs inspect-internal rootid`` prints)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        # treeid 0 asks for the tree of the file itself; objectid is the root dir's
+        args = bytearray(struct.pack("=QQ", 0, _BTRFS_FIRST_FREE_OBJECTID) + bytes(4080))
+        fcntl.ioctl(fd, _BTRFS_IOC_INO_LOOKUP, args)
+    finally:
+        os.close(fd)
+    return int(struct.unpack_from("=Q", args)[0])
+
+
+def sync_filesystem(path: Path) -> None:
+    """syncfs(2): commit the btrfs transaction holding ``path`` (qgroups update at commit)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
 
 
 def parse_qgroup_show(text: str) -> dict[int, tuple[int, int]]:
@@ -132,7 +170,8 @@ class BtrfsSnapshotter(DirSnapshotter):
                     " mount a btrfs filesystem there or configure image_path"
                 )
             super().__init__(root, db)
-            self.quota = cfg.quota and self._enable_quota()
+            # a pool we set up already has quotas on (BtrfsPool.ensure enables them)
+            self.quota = cfg.quota and (self._pool is not None or self._enable_quota())
             self._open()
         except BaseException:
             if self._pool is not None:
@@ -165,11 +204,8 @@ class BtrfsSnapshotter(DirSnapshotter):
         self._btrfs("property", "set", "-ts", str(path), "ro", "true" if readonly else "false")
 
     def _qgroups(self) -> dict[int, tuple[int, int]]:
-        self._btrfs("filesystem", "sync", str(self.root))  # qgroups are updated at transaction commit
+        sync_filesystem(self.root)
         return parse_qgroup_show(self._btrfs("qgroup", "show", "--raw", str(self.root)))
-
-    def _subvolume_id(self, path: Path) -> int:
-        return int(self._btrfs("inspect-internal", "rootid", str(path)).strip())
 
     # -- hooks ------------------------------------------------------------------------
     def upper_dir(self, key: str) -> Path | None:
@@ -218,10 +254,10 @@ class BtrfsSnapshotter(DirSnapshotter):
         if not self.quota:
             return walked
         groups = self._qgroups()
-        own = groups.get(self._subvolume_id(self._path(row.id)))
+        own = groups.get(subvolume_id(self._path(row.id)))
         if own is None:
             return walked
-        base = groups.get(self._subvolume_id(parent_path), (0, 0)) if parent_path else (0, 0)
+        base = groups.get(subvolume_id(parent_path), (0, 0)) if parent_path else (0, 0)
         return Usage(size=max(0, own[0] - base[0]), inodes=walked.inodes)
 
     def _build_mounts(self, row: Row, parents: list[Row]) -> list[Mount]:
@@ -233,12 +269,8 @@ class BtrfsSnapshotter(DirSnapshotter):
             freed = disk_usage(path).size if path.is_dir() else 0
             remove_tree(path)
             return freed
-        freed = 0
-        if self.quota:
-            # exclusive bytes: what deleting this subvolume actually gives back
-            freed = self._qgroups().get(self._subvolume_id(path), (0, 0))[1]
-        else:
-            freed = disk_usage(path).size
+        # with qgroups, exclusive bytes: what deleting this subvolume actually gives back
+        freed = self._qgroups().get(subvolume_id(path), (0, 0))[1] if self.quota else disk_usage(path).size
         try:
             self._btrfs("subvolume", "delete", str(path))
         except FailedPrecondition:

@@ -116,6 +116,13 @@ def proc_start_ticks(pid: int) -> int | None:
         return None
 
 
+def proc_state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def processes_in_cgroup_named(name: str) -> list[int]:
     """Host pids whose /proc/<pid>/cgroup mentions ``name`` in any hierarchy."""
     pids = []

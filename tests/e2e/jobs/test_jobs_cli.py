@@ -10,7 +10,7 @@ import subprocess
 import time
 
 import pytest
-from jobs_helpers import wait_ended, wait_for, wait_running
+from jobs_helpers import proc_state, processes_in_cgroup_named, wait_ended, wait_for, wait_running
 
 from tests.fixtures.daemon import CAPSA, RunningDaemon
 
@@ -93,7 +93,8 @@ def test_stop_of_a_sleep_kills_it_after_the_grace_period(daemon: RunningDaemon) 
         assert res.returncode == 0, res.stderr.decode()
         final = client.get_job(job_id)
     assert final.state == "STOPPED" and final.exit_code == 137 and final.ended
-    assert not os.path.exists(f"/proc/{pid}") or f"/{job_id}" not in open(f"/proc/{pid}/cgroup").read()
+    assert proc_state(pid) in (None, "Z")
+    assert processes_in_cgroup_named(job_id) == []
 
 
 def test_run_detached_prints_only_the_id(daemon: RunningDaemon) -> None:
@@ -174,8 +175,8 @@ def test_rm_refuses_a_running_job_unless_forced(daemon: RunningDaemon) -> None:
     assert res.stdout.decode().strip() == job_id[:12]
     assert "no such job" in one_line_error(daemon.cli("inspect", job_id))
     assert not job_dir.exists()
-    wait_for(lambda: not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2],
-             what="the removed job's process to be gone")
+    wait_for(lambda: proc_state(pid) in (None, "Z"), what="the removed job's process to be gone")
+    assert processes_in_cgroup_named(job_id) == []
 
 
 def test_bad_flags_are_one_line_errors(daemon: RunningDaemon) -> None:

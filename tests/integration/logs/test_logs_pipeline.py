@@ -100,41 +100,44 @@ def test_live_follower_crosses_segment_boundaries_without_gap(tmp_path: Path, ta
 
 
 def test_slow_reader_does_not_slow_the_writer(big_dir: Path) -> None:
-    tmp_path = big_dir
     data = bytes(range(256)) * 4096  # 1 MiB
 
-    def write_100mb(log_dir: Path, start_reader: bool) -> tuple[float, threading.Thread | None, list[int]]:
+    def write_100mb(log_dir: Path, with_reader: bool) -> tuple[float, int]:
+        """Seconds until all 100 MiB are persisted, and how many chunks the reader had taken by then."""
         got: list[int] = []
+        writer_done = threading.Event()
 
         def slow(chunk: LogChunk) -> None:
             assert chunk.data == data
             got.append(chunk.seq)
-            time.sleep(0.02)  # 100 chunks take the reader >= 2 s
+            if not writer_done.is_set():
+                time.sleep(0.05)  # 100 chunks would take this reader 5 s
 
         with LogPersister(fsync_on_close=False) as p:
             job = p.open(log_dir.name, log_dir)
-            reader = follow_in_thread(log_dir, slow) if start_reader else None
+            reader = follow_in_thread(log_dir, slow) if with_reader else None
             t0 = time.perf_counter()
             for _ in range(100):
                 job.append(Stream.STDOUT, data)
             job.finish()
             assert job.wait_persisted(30)
-            return time.perf_counter() - t0, reader, got
+            elapsed, taken = time.perf_counter() - t0, len(got)
+            writer_done.set()
+        if reader is not None:
+            reader.join(30)
+            assert got == list(range(1, 101))
+        return elapsed, taken
 
-    write_100mb(tmp_path / "warmup", False)  # first touch of fresh page cache is slower on this VM
-    # Interleaved and best-of-two, so a noisy neighbour on a 2-core VM does not decide the outcome.
-    alone, watched, readers = [], [], []
+    write_100mb(big_dir / "warmup", False)  # first touch of fresh page cache is slower on this VM
+    # Interleaved, best of two: page-cache allocation and writeback on this VM vary run to run by 10x.
+    alone, watched = [], []
     for i in range(2):
-        alone.append(write_100mb(tmp_path / f"alone{i}", False)[0])
-        elapsed, reader, got = write_100mb(tmp_path / f"watched{i}", True)
-        assert reader is not None
-        assert reader.is_alive(), "reader was not slow after all; the comparison would prove nothing"
+        alone.append(write_100mb(big_dir / f"alone{i}", False)[0])
+        elapsed, taken = write_100mb(big_dir / f"watched{i}", True)
+        # A writer held back by its reader could not be done before the reader took (nearly) everything.
+        assert taken < 50, f"reader had taken {taken} of 100 chunks when the writer was done"
         watched.append(elapsed)
-        readers.append((reader, got))
-    for reader, got in readers:
-        reader.join(30)
-        assert got == list(range(1, 101))
-    assert min(watched) < 2 * min(alone) + 0.25, f"writer took {watched}s with a slow reader, {alone}s alone"
+    assert min(watched) < 2 * min(alone) + 1.0, f"writer took {watched} s with a slow reader, {alone} s alone"
 
 
 def test_fifty_concurrent_jobs_share_one_persister(big_dir: Path, gen_chunks: Any, tally: Any) -> None:

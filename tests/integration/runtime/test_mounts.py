@@ -27,6 +27,10 @@ from capsa import linux
 from capsa.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from capsa.runtime import mounts
 
+pytestmark = pytest.mark.skipif(
+    not os.access("/usr/bin/python3", os.X_OK), reason="the in-job agent runs the host's /usr/bin/python3"
+)
+
 AGENT = r"""
 import ctypes, json, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
@@ -200,10 +204,22 @@ def _version_dir(base: Path, name: str, text: str) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def host_mounts_unchanged() -> Iterator[None]:
-    before = [(e.mount_point, e.root) for e in mounts.mountinfo("self")]
+def no_host_mount_leaks(tmp_path: Path) -> Iterator[None]:
+    """Nothing this test builds or attaches may show up in the host's mount table.
+
+    (Scoped to this test's paths: other suites may mount things concurrently.)
+    """
+
+    def ours() -> list[tuple[str, str]]:
+        return [
+            (e.mount_point, e.root)
+            for e in mounts.mountinfo("self")
+            if e.mount_point.startswith(("/capsules", str(tmp_path))) or e.root.startswith(str(tmp_path))
+        ]
+
+    assert ours() == []
     yield
-    assert [(e.mount_point, e.root) for e in mounts.mountinfo("self")] == before
+    assert ours() == []
 
 
 @pytest.fixture
@@ -304,6 +320,8 @@ def test_detach_removes_the_mount_and_leaves_an_empty_directory(job: Job, v1: Pa
     assert "/capsules/x" not in mounts.mounted_targets(job.pid)
     with pytest.raises(NotFound, match="nothing is mounted"):
         mounts.detach(job.pidfd, "/capsules/x")
+    mounts.attach(job.pidfd, v1, "/capsules/x")  # the empty directory is reusable
+    assert job.ask("read", path="/capsules/x/version")["value"] == "v1"
 
 
 def test_a_dead_or_recycled_job_is_refused_clearly(tmp_path: Path, v1: Path) -> None:
@@ -477,3 +495,11 @@ def test_targets_with_spaces_are_reported_unescaped(job: Job, v1: Path) -> None:
     mounts.attach(job.pidfd, v1, "/capsules/with space")
     assert "/capsules/with space" in mounts.mounted_targets(job.pid, under="/capsules")
     assert job.ask("read", path="/capsules/with space/version")["value"] == "v1"
+
+
+def test_a_missing_or_non_directory_source_is_reported(job: Job, tmp_path: Path) -> None:
+    with pytest.raises(NotFound, match=r"open_tree.*No such file"):
+        mounts.attach(job.pidfd, tmp_path / "missing", "/capsules/x")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InvalidArgument, match="not a directory"):
+        mounts.attach(job.pidfd, tmp_path / "file", "/capsules/x")

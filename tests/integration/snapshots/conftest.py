@@ -24,11 +24,23 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
     reason = skip_reason(request.param)
     if reason:
         pytest.skip(reason)
-    mounts_before = {e.mount_point for e in mount_entries()}
     harness = make_harness(request.param, tmp_path)
     try:
         yield harness
     finally:
         harness.teardown()
-        leaked = {e.mount_point for e in mount_entries()} - mounts_before
+        # only under tmp_path: other test processes may mount things meanwhile
+        leaked = [e.mount_point for e in mount_entries() if e.mount_point.startswith(str(tmp_path))]
         assert not leaked, f"mounts left behind: {leaked}"
+        loops = [f for f in loop_backing_files() if f.startswith(str(tmp_path))]
+        assert not loops, f"loop devices left attached to {loops}"
+
+
+def loop_backing_files() -> list[str]:
+    files = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            files.append(backing.read_text().strip())
+        except OSError:
+            continue  # detached meanwhile
+    return files

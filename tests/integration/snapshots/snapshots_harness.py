@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import secrets
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,24 +42,64 @@ def btrfs_unavailable() -> str:
     return ""
 
 
+# Run in a child process: open the snapshotter, then die by SIGKILL half-way through
+# prepare — after the storage is in place but before the metadata commits.
+_CRASH_CHILD = """
+import json, os, sys
+import capsa.snapshots.devmapper.pool as pool
+from capsa.snapshots import open_snapshotter
+from capsa.state.db import Database
+
+spec = json.loads(sys.argv[1])
+sn = open_snapshotter(spec["kind"], spec["root"], Database(spec["db"]), spec["config"])
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), 9)
+
+if spec["kind"] == "devmapper":
+    pool.ThinPool.link = die  # the device exists; the snapshot row is not written yet
+else:
+    real_rename = os.rename
+    def rename(src, dst, *args, **kwargs):
+        real_rename(src, dst)
+        if os.path.basename(dst).isdigit():
+            die()  # renamed to its id inside the uncommitted transaction
+    os.rename = rename
+sn.prepare(spec["key"], spec["parent"])
+"""
+
+
 @dataclass
 class Harness:
     kind: str
     root: Path
     db: Database
-    opener: Callable[[], Snapshotter]
+    config: object
     make_orphan: Callable[[Harness], Callable[[], bool]]
     lose_storage: Callable[[Harness, str], None]
     sn: Snapshotter = field(init=False)
 
     def __post_init__(self) -> None:
-        self.sn = self.opener()
+        self.sn = self._open()
+
+    def _open(self) -> Snapshotter:
+        return open_snapshotter(self.kind, self.root, self.db, self.config)  # type: ignore[arg-type]
 
     def reopen(self) -> Snapshotter:
         """Close and open again, as a daemon restart does."""
         self.sn.close()
-        self.sn = self.opener()
+        self.sn = self._open()
         return self.sn
+
+    def crash_during_prepare(self, key: str, parent: str | None) -> int:
+        """Have another process SIGKILLed in the middle of ``prepare``; its exit status."""
+        config = None
+        if self.config is not None:
+            config = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self.config).items()}
+        spec = {"kind": self.kind, "root": str(self.root), "db": str(self.db.path), "config": config}
+        spec.update(key=key, parent=parent)
+        proc = subprocess.run([sys.executable, "-c", _CRASH_CHILD, json.dumps(spec)], capture_output=True, timeout=60)
+        return proc.returncode
 
     def teardown(self) -> None:
         # leaves first: a parent cannot go before its children
@@ -120,15 +163,11 @@ def make_harness(kind: str, tmp_path: Path) -> Harness:
     db = Database(tmp_path / "capsa.db")
     root = tmp_path / kind
     if kind == "overlay":
-        return Harness(
-            kind, root, db, lambda: open_snapshotter("overlay", root, db), _overlay_orphan, _overlay_lose
-        )
+        return Harness(kind, root, db, None, _overlay_orphan, _overlay_lose)
     if kind == "btrfs":
-        cfg = BtrfsConfig(image_path=tmp_path / "btrfs.img", size_bytes=256 * MiB)
-        return Harness(
-            kind, root, db, lambda: open_snapshotter("btrfs", root, db, cfg), _btrfs_orphan, _btrfs_lose
-        )
-    cfg = DevmapperConfig(
+        btrfs = BtrfsConfig(image_path=tmp_path / "btrfs.img", size_bytes=256 * MiB)
+        return Harness(kind, root, db, btrfs, _btrfs_orphan, _btrfs_lose)
+    devmapper = DevmapperConfig(
         pool_name=f"capsa-test-{secrets.token_hex(4)}",
         base_image_size=64 * MiB,
         data_file=tmp_path / "pool-data",
@@ -136,14 +175,7 @@ def make_harness(kind: str, tmp_path: Path) -> Harness:
         data_size=512 * MiB,
         metadata_size=16 * MiB,
     )
-    return Harness(
-        kind,
-        root,
-        db,
-        lambda: open_snapshotter("devmapper", root, db, cfg),
-        _devmapper_orphan,
-        _devmapper_lose,
-    )
+    return Harness(kind, root, db, devmapper, _devmapper_orphan, _devmapper_lose)
 
 
 def skip_reason(kind: str) -> str:

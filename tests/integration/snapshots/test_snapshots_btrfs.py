@@ -13,6 +13,7 @@ from snapshots_harness import btrfs_unavailable, write_layer
 from capsa.errors import Unsupported
 from capsa.snapshots import BtrfsConfig, BtrfsPool, BtrfsSnapshotter
 from capsa.snapshots._fsutil import fs_type_of
+from capsa.snapshots.btrfs import subvolume_id
 from capsa.snapshots.mount import is_mountpoint
 from capsa.state.db import Database
 
@@ -123,3 +124,13 @@ def test_qgroups_count_shared_extents_once_unlike_walking(
 def test_a_root_that_is_not_btrfs_is_unsupported(tmp_path: Path, db: Database) -> None:
     with pytest.raises(Unsupported, match="not btrfs"):
         BtrfsSnapshotter(tmp_path / "plain", db)
+
+
+def test_subvolume_id_ioctl_agrees_with_btrfs_progs(sn: BtrfsSnapshotter) -> None:
+    sn.prepare("x1")
+    path = sn.upper_dir("x1")
+    assert path is not None
+    (path / "sub").mkdir()
+    progs = subprocess.run(["btrfs", "inspect-internal", "rootid", str(path)], capture_output=True, text=True, check=True)
+    assert subvolume_id(path) == subvolume_id(path / "sub") == int(progs.stdout) >= 256
+    assert subvolume_id(sn.root) == 5  # the top-level subvolume

@@ -28,6 +28,11 @@ def build_chain(sn: Snapshotter) -> None:
     sn.commit("L3", "x3")
 
 
+def test_every_backend_satisfies_the_protocol(backend: Harness) -> None:
+    assert isinstance(backend.sn, Snapshotter)
+    assert backend.sn.name == backend.kind
+
+
 def test_a_view_of_three_layers_shows_the_merged_tree(backend: Harness, tmp_path: Path) -> None:
     sn = backend.sn
     build_chain(sn)
@@ -206,4 +211,17 @@ def test_reopening_keeps_metadata_and_reconciles_leftovers(backend: Harness, tmp
     assert not present()
     assert sn.walk() == before
     with mounted_at(sn.mounts("job"), tmp_path) as root:
+        assert tree(root)["d/new"] == b"new"
+
+
+def test_a_process_killed_mid_prepare_leaves_nothing_behind_after_reopen(backend: Harness, tmp_path: Path) -> None:
+    build_chain(backend.sn)
+    assert backend.crash_during_prepare("job", "L3") == -9
+    sn = backend.reopen()
+    assert "job" not in {i.key for i in sn.walk()}
+    assert sn.cleanup() == 0  # the reopen already reconciled
+    if backend.kind != "devmapper":
+        ids = {str(backend.sn._store.require(k).id) for k in ("L1", "L2", "L3")}  # type: ignore[attr-defined]
+        assert {p.name for p in (backend.root / "snapshots").iterdir()} == ids
+    with mounted_at(sn.prepare("job", "L3"), tmp_path) as root:
         assert tree(root)["d/new"] == b"new"

@@ -140,3 +140,13 @@ def test_garbage_is_not_a_tar(tmp_path: Path) -> None:
     (tmp_path / "junk").write_bytes(b"not a tar at all" * 100)
     with pytest.raises(InvalidArgument, match="not a readable tar"):
         import_source(tmp_path / "junk", tmp_path / "out")
+
+
+def test_oversized_pax_headers_are_refused_before_being_read(tmp_path: Path) -> None:
+    archive = tmp_path / "pax.tar"
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as out:
+        info = tarfile.TarInfo("f")
+        info.pax_headers = {"comment": "x" * (1 << 20)}
+        out.addfile(info, io.BytesIO(b""))
+    with pytest.raises(LimitExceeded, match="extended header"):
+        import_source(archive, tmp_path / "out")

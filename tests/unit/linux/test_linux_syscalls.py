@@ -21,6 +21,8 @@ import pytest
 
 from capsa import linux
 
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and mounts need root")
+
 
 def in_child(fn: Callable[[], Any]) -> Any:
     """Run ``fn`` in a forked child and return its result (or re-raise its error here)."""

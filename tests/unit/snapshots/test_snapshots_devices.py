@@ -10,9 +10,7 @@ from capsa.snapshots.devmapper.pool import Action, DeviceRecord, DeviceState, ne
 
 
 def rec(name: str, state: DeviceState, snapshot_id: int | None = 1) -> DeviceRecord:
-    return DeviceRecord(
-        name, "pool", int(name.rsplit("-", 1)[1]), None, 1 << 30, state, "", snapshot_id, None, None, None
-    )
+    return DeviceRecord(name, "pool", int(name.rsplit("-", 1)[1]), None, 1 << 30, state, "", snapshot_id, None)
 
 
 def live(name: str, *, suspended: bool = False, table_live: bool = True, open_count: int = 0) -> DeviceInfo:

@@ -78,6 +78,7 @@ class Applier:
         self.opaque_xattr = opaque_xattr
         self.entries = self.bytes = self.whiteouts = 0
         self._chown = os.geteuid() == 0
+        self._euid = os.geteuid()
         self._umask = _umask()
         self._dirs: dict[str, _DirMeta] = {}
         # Apply mode over earlier layers: what this layer wrote (and the directories
@@ -127,15 +128,15 @@ class Applier:
         name = parts[-1]
         key = join(pkey, name)
         if kind == REG:
-            self._file(e, pfd, name, key, inp, what)
+            self._file(e, pfd, pkey, name, key, inp, what)
         elif kind == DIR:
             self._dir(e, pfd, name, key)
         elif kind == SYM:
-            self._symlink(e, parts, pfd, name, key, what)
+            self._symlink(e, parts, pfd, pkey, name, key, what)
         elif kind == LNK:
             self._hardlink(e, pfd, name, key, what)
         else:
-            self._node(e, pfd, name, key)
+            self._node(e, pfd, pkey, name, key)
         if self._written is not None:
             self._mark(key)
 
@@ -147,7 +148,11 @@ class Applier:
             self._forget_dirs(key)
         self.tree.remove(pfd, name, key, st)
 
-    def _file(self, e: Entry, pfd: int, name: str, key: str, inp: Input, what: str) -> None:
+    def _needs_chown(self, e: Entry, pfd: int, pkey: str) -> bool:
+        """Whether a node just created in ``pkey`` needs a chown to get ``e``'s owner."""
+        return self._chown and (e.uid != self._euid or e.gid != self.tree.new_file_gid(pkey, pfd))
+
+    def _file(self, e: Entry, pfd: int, pkey: str, name: str, key: str, inp: Input, what: str) -> None:
         mode = e.mode
         xattrs = self._wanted_xattrs(e.xattrs, what, regular=True)
         try:
@@ -158,7 +163,7 @@ class Applier:
         try:
             if e.size:
                 inp.copy_to(fd, e.size, self.guard, what)
-            if self._chown:
+            if self._needs_chown(e, pfd, pkey):
                 os.fchown(fd, e.uid, e.gid)
             if mode & 0o7000 or mode & self._umask:  # else open() already set it exactly
                 os.fchmod(fd, mode)
@@ -184,7 +189,8 @@ class Applier:
                     self.tree.set_opaque(pfd, name, self.opaque_xattr)
         self._dirs[key] = _DirMeta(e.mode & ~stat.S_ISUID, e.uid, e.gid, e.atime_ns, e.mtime_ns, xattrs, e.what)
 
-    def _symlink(self, e: Entry, parts: tuple[str, ...], pfd: int, name: str, key: str, what: str) -> None:
+    def _symlink(self, e: Entry, parts: tuple[str, ...], pfd: int, pkey: str, name: str, key: str,
+                 what: str) -> None:
         target = e.linkname
         validate_link_target(target, what, self.limits)
         if symlink_escapes(parts, target):
@@ -195,7 +201,7 @@ class Applier:
         except FileExistsError:
             self._replace(pfd, name, key)
             os.symlink(target, name, dir_fd=pfd)
-        if self._chown:
+        if self._needs_chown(e, pfd, pkey):
             os.chown(name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
         os.utime(name, ns=(e.atime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
 
@@ -240,7 +246,7 @@ class Applier:
             self._replace(link_dir, name, key, st)
             os.link(target, name, src_dir_fd=target_dir, dst_dir_fd=link_dir, follow_symlinks=False)
 
-    def _node(self, e: Entry, pfd: int, name: str, key: str) -> None:
+    def _node(self, e: Entry, pfd: int, pkey: str, name: str, key: str) -> None:
         kind = {CHR: stat.S_IFCHR, BLK: stat.S_IFBLK, FIFO: stat.S_IFIFO}[e.type]
         perm = e.mode & 0o777
         device = os.makedev(e.devmajor, e.devminor)
@@ -249,7 +255,7 @@ class Applier:
         except FileExistsError:
             self._replace(pfd, name, key)
             os.mknod(name, kind | perm, device, dir_fd=pfd)
-        if self._chown:
+        if self._needs_chown(e, pfd, pkey):
             os.chown(name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
         if perm & self._umask:
             os.chmod(name, perm, dir_fd=pfd, follow_symlinks=False)  # glibc: O_PATH fd, never a link

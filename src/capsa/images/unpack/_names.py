@@ -23,20 +23,24 @@ def byte_len(text: str) -> int:
 
 def normalise(name: str, what: str, limits: UnpackLimits, *, field: str = "name") -> tuple[str, ...]:
     """The components of ``name`` under the root; ``()`` is the root itself."""
-    if "\0" in name:
-        raise UnsafeArchive(f"{what}: {field} contains a NUL byte", detail={"entry": what})
-    if byte_len(name) > limits.max_path_bytes:
+    size = byte_len(name)
+    if size > limits.max_path_bytes:
         raise LimitExceeded(f"{what}: {field} is longer than max_path_bytes={limits.max_path_bytes}",
                             detail={"limit": "max_path_bytes", "entry": what})
-    parts = tuple(part for part in name.split("/") if part and part != ".")
-    for part in parts:
-        if part == "..":
-            raise UnsafeArchive(f"{what}: {field} contains a '..' component", detail={"entry": what})
-        if byte_len(part) > limits.max_name_bytes:
-            raise LimitExceeded(
-                f"{what}: component {part[:40]!r}... is longer than max_name_bytes={limits.max_name_bytes}",
-                detail={"limit": "max_name_bytes", "entry": what})
-    return parts
+    if "\0" in name:
+        raise UnsafeArchive(f"{what}: {field} contains a NUL byte", detail={"entry": what})
+    parts = name.split("/")
+    if "" in parts or "." in parts:
+        parts = [part for part in parts if part and part != "."]
+    if ".." in parts:
+        raise UnsafeArchive(f"{what}: {field} contains a '..' component", detail={"entry": what})
+    if size > limits.max_name_bytes:  # else no component can be too long
+        for part in parts:
+            if byte_len(part) > limits.max_name_bytes:
+                raise LimitExceeded(
+                    f"{what}: component {part[:40]!r}... is longer than max_name_bytes={limits.max_name_bytes}",
+                    detail={"limit": "max_name_bytes", "entry": what})
+    return tuple(parts)
 
 
 def symlink_escapes(parts: tuple[str, ...], target: str) -> bool:

@@ -126,6 +126,12 @@ class Input:
 
     def copy_to(self, fd: int, n: int, guard: Guard, what: str) -> None:
         """Write the next ``n`` bytes to ``fd`` at its current position."""
+        pos = self._pos
+        if pos + n <= len(self._buf):  # the common small file: one write from the buffer
+            written = os.write(fd, self._view[pos:pos + n])
+            self._pos = pos + written
+            self.offset += written
+            n -= written
         while n:
             avail = len(self._buf) - self._pos
             if not avail:
@@ -144,6 +150,11 @@ class Input:
                 guard.check_time(what)
 
     def skip(self, n: int, guard: Guard, what: str) -> None:
+        pos = self._pos
+        if pos + n <= len(self._buf):
+            self._pos = pos + n
+            self.offset += n
+            return
         while n:
             avail = len(self._buf) - self._pos
             if not avail:

@@ -17,6 +17,7 @@ dropping the rest) and honours global pax ``path`` records. Here:
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,9 +36,11 @@ _TYPES = {b"0": REG, b"\0": REG, b"7": REG, b"1": LNK, b"2": SYM, b"3": CHR, b"4
 _NO_DATA = frozenset({LNK, SYM, CHR, BLK, FIFO})
 _META = frozenset({b"x", b"g", b"L", b"K"})
 _MAX_META_HEADERS = 8
-_HIGH_BYTES = bytes(range(128))  # translate(None, _HIGH_BYTES) leaves the bytes >= 0x80
+_HIGH_BYTES = bytes(range(128))
+_NO_MAGIC = bytes(8)  # translate(None, _HIGH_BYTES) leaves the bytes >= 0x80
 _MAX_ID = (1 << 32) - 2  # (uid_t)-1 means "leave unchanged" to chown(2)
 _MAX_SECONDS = (1 << 63) // 1_000_000_000 - 1
+_CANONICAL_NUMBERS = re.compile(rb"([0-7]{7})\0([0-7]{7})\0([0-7]{7})\0([0-7]{11})\0([0-7]{11})\0([0-7]{6})\0 ")
 
 
 @dataclass(slots=True)
@@ -85,7 +88,7 @@ def _num(field: bytes, what: str, offset: int) -> int:
         if first & 0x40:
             value -= 1 << (8 * len(field) - 1)
         return value
-    digits = _cstr(field).strip(b" ")
+    digits = field.strip(b" \0")  # padding may be spaces or NULs on either side (as Go accepts)
     if not digits:
         return 0
     if digits.translate(None, b"01234567"):
@@ -93,22 +96,36 @@ def _num(field: bytes, what: str, offset: int) -> int:
     return int(digits, 8)
 
 
-def _checksum_ok(blk: bytes) -> bool:
-    try:
-        stored = _num(blk[148:156], "checksum", 0)
-    except UnsafeArchive:
-        return False
+def _checksum_ok(blk: bytes, stored: int | None = None) -> bool:
+    if stored is None:
+        try:
+            stored = _num(blk[148:156], "checksum", 0)
+        except UnsafeArchive:
+            return False
     field_sum = sum(blk[148:156])
-    high = len(blk.translate(None, _HIGH_BYTES))
-    if high == 0:
-        # Every byte < 0x80, so the sum is < 65521 and adler32's low half is exact.
-        unsigned = (zlib.adler32(blk) & 0xFFFF) - 1 - field_sum + 256
-        return stored == unsigned
+    if blk.isascii():
+        # Every byte < 0x80: the sum is < 65521, so adler32's low half is exactly 1 + sum.
+        return stored == (zlib.adler32(blk) & 0xFFFF) - 1 - field_sum + 256
     unsigned = sum(blk) - field_sum + 256
     if stored == unsigned:
         return True
-    high -= len(blk[148:156].translate(None, _HIGH_BYTES))
+    high = len(blk.translate(None, _HIGH_BYTES)) - len(blk[148:156].translate(None, _HIGH_BYTES))
     return stored == unsigned - 256 * high  # historic signed-char sum
+
+
+def _fixed_fields(blk: bytes, offset: int) -> tuple[int, int, int, int, int]:
+    """Verify the checksum; return mode, uid, gid, size, mtime."""
+    m = _CANONICAL_NUMBERS.fullmatch(blk, 100, 156)
+    if m is not None:  # what GNU tar, Go and Python write: zero-padded octal, NUL-terminated
+        mode, uid, gid, size, mtime, chk = m.groups()
+        if not _checksum_ok(blk, int(chk, 8)):
+            raise _bad("bad header checksum", offset)
+        return int(mode, 8), int(uid, 8), int(gid, 8), int(size, 8), int(mtime, 8)
+    if not _checksum_ok(blk):
+        raise _bad("bad header checksum", offset)
+    return (_num(blk[100:108], "mode", offset), _num(blk[108:116], "uid", offset),
+            _num(blk[116:124], "gid", offset), _num(blk[124:136], "size", offset),
+            _num(blk[136:148], "mtime", offset))
 
 
 def is_tar_header(blk: bytes) -> bool:
@@ -210,10 +227,9 @@ class TarReader:
                 if following.strip(b"\0"):
                     raise _bad("a lone zero block is followed by more data", offset + BLOCK)
                 return None
-            if not _checksum_ok(blk):
-                raise _bad("bad header checksum", offset)
+            fields = _fixed_fields(blk, offset)
             flag = blk[156:157]
-            size = _num(blk[124:136], "size", offset)
+            size = fields[3]
             if flag in _META:
                 if size < 0:
                     raise _bad("negative size in a metadata header", offset)
@@ -240,26 +256,28 @@ class TarReader:
                     longlink = _cstr(payload)
                 pending = True
                 continue
-            return self._entry(blk, flag, size, offset, pax, longname, longlink)
+            return self._entry(blk, flag, fields, offset, pax, longname, longlink)
 
-    def _entry(self, blk: bytes, flag: bytes, size: int, offset: int, pax: dict[str, bytes],
-               longname: bytes | None, longlink: bytes | None) -> Entry:
+    def _entry(self, blk: bytes, flag: bytes, fields: tuple[int, int, int, int, int], offset: int,
+               pax: dict[str, bytes], longname: bytes | None, longlink: bytes | None) -> Entry:
         magic = blk[257:263]
-        if magic == b"ustar\0":
-            raw_name = _cstr(blk[0:100])
-            prefix = _cstr(blk[345:500])
-            if prefix:
-                raw_name = prefix + b"/" + raw_name
-        elif magic == b"ustar " or blk[257:265] == bytes(8):  # GNU, or pre-POSIX (v7)
-            raw_name = _cstr(blk[0:100])
+        if longname is not None:
+            raw_name = longname
         else:
+            end = blk.find(0, 0, 100)
+            raw_name = blk[:end] if end >= 0 else blk[:100]
+            if magic == b"ustar\0" and blk[345]:
+                raw_name = _cstr(blk[345:500]) + b"/" + raw_name
+        if magic != b"ustar\0" and magic != b"ustar " and blk[257:265] != _NO_MAGIC:  # POSIX, GNU, v7
             raise _bad(f"unknown header format (magic {magic!r})", offset)
-        name = _decode(longname if longname is not None else raw_name)
-        linkname = _decode(longlink if longlink is not None else _cstr(blk[157:257]))
-        mode = _num(blk[100:108], "mode", offset)
-        uid = _num(blk[108:116], "uid", offset)
-        gid = _num(blk[116:124], "gid", offset)
-        mtime = _num(blk[136:148], "mtime", offset)
+        name = raw_name.decode("utf-8", "surrogateescape")
+        if longlink is not None:
+            linkname = _decode(longlink)
+        elif flag == b"1" or flag == b"2":
+            linkname = _decode(_cstr(blk[157:257]))
+        else:
+            linkname = ""
+        mode, uid, gid, size, mtime = fields
         if abs(mtime) > _MAX_SECONDS:
             raise _bad(f"mtime {mtime} of {name!r} is out of range", offset)
         mtime_ns = mtime * 1_000_000_000

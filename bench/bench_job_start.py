@@ -1,0 +1,173 @@
+"""Job start latency: capsa (daemon-side, client API, CLI) against `runc run`, `crun run` and `bwrap`.
+
+Run (as root):  .venv/bin/python bench/bench_job_start.py [--runs 200] [--cli-runs 50] [--no-doc]
+
+capsa figures, each over --runs jobs of /bin/true on the host userland (read-only binds, pivot_root):
+- daemon-side: ``Job.start_latency_ns`` returned by RunJob (the daemon's measure of handing the job to
+  the supervisor until the supervisor saw the exec);
+- RunJob round trip: the client's wall time of the RunJob call alone (gRPC + TLS + SQLite + start);
+- RunJob + end: RunJob, then following the logs to their end and reading the final state (what an
+  attached ``capsa run`` does, without the CLI process);
+- CLI: wall time of ``capsa run -- /bin/true`` as a fresh process (Python start-up included).
+
+Peers run the same /bin/true on one busybox-static rootfs: an OCI bundle (``runc spec``, terminal off,
+args /bin/true) for ``runc run`` and ``crun run``, and ``bwrap --ro-bind ROOTFS / --proc /proc --dev /dev
+--unshare-all /bin/true``. Their figure is the wall time of the whole command. All series are
+interleaved run by run, so background load hits them alike. Target: capsa daemon-side p50 ≤ 0.5 ×
+runc's p50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    busybox_rootfs,
+    command_line,
+    fmt_ms,
+    running_daemon,
+    scratch_dir,
+    section_header,
+    summary,
+    update_section,
+)
+
+
+def _oci_bundle(bundle: Path) -> Path:
+    busybox_rootfs(bundle / "rootfs")
+    subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True)
+    config_path = bundle / "config.json"
+    config = json.loads(config_path.read_text())
+    config["process"]["terminal"] = False
+    config["process"]["args"] = ["/bin/true"]
+    config_path.write_text(json.dumps(config, indent=2))
+    return bundle
+
+
+def _timed(argv: list[str]) -> float:
+    t0 = time.perf_counter()
+    res = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    took = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed ({res.returncode}): {res.stderr.decode()[-500:]}")
+    return took
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--cli-runs", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--no-doc", action="store_true", help="print only; do not rewrite docs/BENCHMARKS.md")
+    args = parser.parse_args()
+    print(f"command: {command_line()}", flush=True)
+    started = dt.datetime.now(dt.UTC)
+
+    scratch = scratch_dir("capsa-bench-start-")
+    series: dict[str, list[float]] = {}
+    peers: dict[str, Callable[[int], float]] = {}
+    skipped: list[str] = []
+    try:
+        bundle = _oci_bundle(scratch / "bundle") if shutil.which("runc") else None
+        rootfs = busybox_rootfs(scratch / "bwrap-root")
+        if bundle and shutil.which("runc"):
+            peers["runc run"] = lambda i: _timed(["runc", "run", "--bundle", str(bundle), f"cb-runc-{i}"])
+        else:
+            skipped.append("runc (apt-get install runc)")
+        if bundle and shutil.which("crun"):
+            peers["crun run"] = lambda i: _timed(["crun", "run", "--bundle", str(bundle), f"cb-crun-{i}"])
+        else:
+            skipped.append("crun (apt-get install crun)")
+        if shutil.which("bwrap"):
+            peers["bwrap"] = lambda i: _timed(["bwrap", "--ro-bind", str(rootfs), "/", "--proc", "/proc",
+                                               "--dev", "/dev", "--unshare-all", "/bin/true"])
+        else:
+            skipped.append("bwrap (apt-get install bubblewrap)")
+
+        for name, run in list(peers.items()):
+            try:
+                run(-1000)
+            except RuntimeError as exc:
+                skipped.append(f"{name} ({str(exc).splitlines()[0][:160]})")
+                del peers[name]
+
+        with running_daemon(scratch / "home") as daemon, daemon.client() as client:
+            def capsa_once(record: bool) -> None:
+                t0 = time.perf_counter()
+                job = client.run_job(["/bin/true"])
+                t1 = time.perf_counter()
+                for _ in client.stream_logs(job.id, follow=True):
+                    pass
+                final = client.get_job(job.id)
+                t2 = time.perf_counter()
+                if final.exit_code != 0 or final.state != "COMPLETED":
+                    raise RuntimeError(f"capsa job failed: {final.state} {final.reason}")
+                if record:
+                    series.setdefault("capsa daemon-side (start_latency_ns)", []).append(job.start_latency_ns / 1e9)
+                    series.setdefault("capsa RunJob round trip (client)", []).append(t1 - t0)
+                    series.setdefault("capsa RunJob + wait for end (client)", []).append(t2 - t0)
+
+            cli = daemon.cli("run", "--", "/bin/true")
+
+            def cli_once() -> float:
+                t0 = time.perf_counter()
+                res = subprocess.run(cli, env=daemon.env, stdin=subprocess.DEVNULL, capture_output=True)
+                took = time.perf_counter() - t0
+                if res.returncode != 0:
+                    raise RuntimeError(f"capsa run failed: {res.stderr.decode()[-500:]}")
+                return took
+
+            for i in range(args.warmup):
+                capsa_once(record=False)
+                for run in peers.values():
+                    run(-1 - i)
+            cli_once()
+            cli_every = max(1, args.runs // max(1, args.cli_runs))
+            for i in range(args.runs):
+                capsa_once(record=True)
+                for name, run in peers.items():
+                    series.setdefault(f"{name} (wall)", []).append(run(i))
+                if i % cli_every == 0 and len(series.get("capsa run -- /bin/true (CLI wall)", [])) < args.cli_runs:
+                    series.setdefault("capsa run -- /bin/true (CLI wall)", []).append(cli_once())
+                if (i + 1) % 50 == 0:
+                    print(f"  {i + 1}/{args.runs} runs", flush=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    stats = {name: summary(values) for name, values in series.items()}
+    rows = ["| what | runs | p50 ms | p90 ms | p99 ms | mean ms |", "|---|---:|---:|---:|---:|---:|"]
+    for name, s in stats.items():
+        rows.append(f"| {name} | {int(s['n'])} | {fmt_ms(s['p50'])} | {fmt_ms(s['p90'])} | {fmt_ms(s['p99'])} "
+                    f"| {fmt_ms(s['mean'])} |")
+    daemon_p50 = stats["capsa daemon-side (start_latency_ns)"]["p50"]
+    lines = [section_header("Job start", started), *rows, ""]
+    if "runc run (wall)" in stats:
+        ratio = daemon_p50 / stats["runc run (wall)"]["p50"]
+        verdict = "met" if ratio <= 0.5 else "NOT met"
+        lines.append(f"capsa daemon-side p50 / runc run p50 = **{ratio:.2f}×** (target ≤ 0.5×: {verdict}).")
+    if skipped:
+        lines.append(f"Not measured (missing or failing here): {'; '.join(skipped)}.")
+    lines.append("")
+    lines.append("The daemon-side figure is `Job.start_latency_ns`: measured in the daemon around its call to the "
+                 "supervisor (cgroup creation, fork from the zygote, namespaces, rootfs, pivot_root, exec, reply); "
+                 "it does not include the SQLite insert before it or gRPC. The peers' figures are whole-command wall "
+                 "times (process start, container set-up, /bin/true, teardown).")
+    body = "\n".join(lines)
+    print(body)
+    if not args.no_doc:
+        update_section("job-start", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

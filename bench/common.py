@@ -1,0 +1,294 @@
+"""Shared plumbing for capsa's benchmarks: a throwaway daemon, a busybox rootfs for the peers,
+percentiles, machine facts, process memory, and rewriting one section of docs/BENCHMARKS.md.
+
+Benchmarks are scripts, not tests (pytest does not collect bench/). Each one runs capsa and its
+peers in the same run, prints the exact command it was started with, and rewrites its own section
+of docs/BENCHMARKS.md between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from capsa.api.client import CapsaClient
+from capsa.config import load_client_config
+
+__all__ = [
+    "BENCH_DOC",
+    "CAPSA",
+    "BenchDaemon",
+    "busybox_rootfs",
+    "command_line",
+    "fmt_ms",
+    "machine_summary",
+    "pct",
+    "pss_kib",
+    "running_daemon",
+    "scratch_dir",
+    "section_header",
+    "summary",
+    "update_section",
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_DOC = ROOT / "docs" / "BENCHMARKS.md"
+CAPSA = [sys.executable, "-m", "capsa"]
+_DOC_HEADER = """# capsa benchmarks
+
+Figures written by the scripts in `bench/` (each rewrites only its own section). Every section gives
+the exact command, the machine, the date and the figures of one run in which capsa and its peers ran
+side by side. Re-run a script to refresh its section.
+"""
+
+
+def command_line() -> str:
+    """The exact command this benchmark was started with, as a shell would take it."""
+    script = Path(sys.argv[0]).resolve()
+    with contextlib.suppress(ValueError):
+        script = script.relative_to(ROOT)
+    return shlex.join([".venv/bin/python", str(script), *sys.argv[1:]])
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temp dir on the disk that backs /var/tmp (not a tmpfs), removed by the caller."""
+    base = Path("/var/tmp") if Path("/var/tmp").is_dir() else None
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def pct(samples: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100), linear interpolation between closest ranks."""
+    data = sorted(samples)
+    if not data:
+        return float("nan")
+    if len(data) == 1:
+        return data[0]
+    pos = (len(data) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+
+def fmt_ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f}"
+
+
+def summary(samples: Sequence[float]) -> dict[str, float]:
+    return {"p50": pct(samples, 50), "p90": pct(samples, 90), "p99": pct(samples, 99),
+            "mean": statistics.fmean(samples), "n": float(len(samples))}
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def _cgroup_mode() -> str:
+    fs = Path("/sys/fs/cgroup")
+    if (fs / "cgroup.controllers").exists():
+        return "v2 (unified)"
+    if (fs / "unified").is_dir():
+        return "v1 hybrid"
+    return "v1"
+
+
+def machine_summary() -> str:
+    mem_kib = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem_kib = int(Path("/proc/meminfo").read_text().split("\n")[0].split()[1])
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"{os.cpu_count()} × {_cpu_model()}, {mem_kib / 1048576:.0f} GiB RAM, Linux {platform.release()}, "
+            f"cgroup {_cgroup_mode()}, Python {platform.python_version()}; load average at start: {load}")
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size of one process in KiB (shared pages split among their users)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no Pss line in /proc/{pid}/smaps_rollup")
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                found += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    return found
+
+
+# --------------------------------------------------------------------------- the doc
+
+
+def update_section(name: str, body: str) -> None:
+    """Replace (or append) the section ``name`` of docs/BENCHMARKS.md with ``body``."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    text = BENCH_DOC.read_text() if BENCH_DOC.exists() else _DOC_HEADER
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        _, after = rest.split(end, 1)
+        text = before + block + after
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    BENCH_DOC.parent.mkdir(parents=True, exist_ok=True)
+    BENCH_DOC.write_text(text)
+
+
+def section_header(title: str, started: dt.datetime) -> str:
+    return (f"## {title}\n\n"
+            f"- Command: `{command_line()}`\n"
+            f"- Date: {started:%Y-%m-%d %H:%M} UTC\n"
+            f"- Machine: {machine_summary()}\n")
+
+
+# --------------------------------------------------------------------------- a daemon
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class BenchDaemon:
+    home: Path
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ, CAPSA_HOME=str(self.home))
+        env.pop("CAPSA_CONFIG", None)
+        return env
+
+    def client(self, role: str = "admin") -> CapsaClient:
+        return CapsaClient(load_client_config(self.home / f"client-{role}.yaml").select(None), timeout=120)
+
+    def cli(self, *args: str) -> list[str]:
+        return [*CAPSA, "--config", str(self.home / "client-admin.yaml"), *args]
+
+    def supervisor_pid(self) -> int:
+        return int((self.home / "run" / "supervisor.pid").read_text())
+
+    def capsa_pids(self) -> dict[str, int]:
+        """daemon, supervisor and zygote: every long-lived capsa process (jobs' own processes excluded)."""
+        sup = self.supervisor_pid()
+        exe = os.path.realpath(f"/proc/{sup}/exe")
+        pids = {"daemon": self.proc.pid, "supervisor": sup}
+        helpers = [c for c in children(sup) if _safe_realpath(f"/proc/{c}/exe") == exe]
+        for i, pid in enumerate(helpers):
+            pids["zygote" if i == 0 else f"supervisor-child-{i}"] = pid
+        return pids
+
+
+def _safe_realpath(path: str) -> str:
+    try:
+        return os.path.realpath(path, strict=True)
+    except OSError:
+        return ""
+
+
+@contextlib.contextmanager
+def running_daemon(home: Path | None = None) -> Iterator[BenchDaemon]:
+    """A capsa daemon with its own CAPSA_HOME on a free loopback port; stopped and removed afterwards."""
+    own_home = home is None
+    home = home or scratch_dir("capsa-bench-") / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = dict(os.environ, CAPSA_HOME=str(home))
+    env.pop("CAPSA_CONFIG", None)
+    log = open(home.parent / "daemon.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen([*CAPSA, "daemon", "--listen", f"127.0.0.1:{port}"], env=env, stdout=log, stderr=log,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    log.close()
+    daemon = BenchDaemon(home=home, port=port, proc=proc)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"daemon exited: {(home.parent / 'daemon.log').read_text()[-2000:]}")
+            if (home / "client-admin.yaml").exists():
+                try:
+                    with daemon.client() as c:
+                        c.version()
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+            time.sleep(0.05)
+        yield daemon
+    finally:
+        sup = None
+        with contextlib.suppress(OSError, ValueError):
+            sup = daemon.supervisor_pid()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if sup is not None:
+            with contextlib.suppress(OSError):
+                environ = Path(f"/proc/{sup}/environ").read_bytes()
+                if f"CAPSA_HOME={home}".encode() in environ:
+                    os.kill(sup, signal.SIGKILL)
+        if own_home:
+            shutil.rmtree(home.parent, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- peers' rootfs
+
+
+def busybox_rootfs(target: Path) -> Path:
+    """A minimal root filesystem: a static busybox and one symlink per applet (as busybox-static ships)."""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        raise RuntimeError("busybox not found: apt-get install busybox-static")
+    desc = subprocess.run(["file", "-L", busybox], capture_output=True, text=True).stdout \
+        if shutil.which("file") else "statically linked"
+    if "statically linked" not in desc and "static-pie" not in desc:
+        raise RuntimeError(f"{busybox} is not static: apt-get install busybox-static")
+    (target / "bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(busybox, target / "bin" / "busybox")
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    for applet in applets:
+        link = target / "bin" / applet
+        if applet != "busybox" and not link.exists():
+            link.symlink_to("busybox")
+    for name in ("proc", "dev", "tmp", "sys", "etc"):
+        (target / name).mkdir(exist_ok=True)
+    return target

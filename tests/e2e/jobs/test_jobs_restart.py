@@ -1,0 +1,82 @@
+"""Restart reconciliation: after `kill -9` of the daemon a job is re-adopted and its logs keep flowing;
+after `kill -9` of the daemon *and* the supervisor it is FAILED with a reason and nothing of it is left."""
+
+from __future__ import annotations
+
+import time
+
+from jobs_helpers import (
+    proc_start_ticks,
+    proc_state,
+    processes_in_cgroup_named,
+    wait_ended,
+    wait_for,
+    wait_running,
+)
+
+from tests.fixtures.daemon import RunningDaemon
+
+COUNTER = "i=0; while :; do echo $i; i=$((i+1)); sleep 0.01; done"
+
+
+def _numbers(data: bytes) -> list[int]:
+    # The shell may also print "Terminated" when its sleep gets the stop's SIGTERM.
+    return [int(x) for x in data.decode().split() if x.isdigit()]
+
+
+def _stdout(daemon: RunningDaemon, job_id: str) -> bytes:
+    with daemon.client("reader") as client:
+        return b"".join(c.data for c in client.stream_logs(job_id))
+
+
+def test_kill9_of_the_daemon_keeps_the_job_running_and_logging(fresh_daemon: RunningDaemon) -> None:
+    with fresh_daemon.client() as client:
+        job = client.run_job(["/bin/sh", "-c", COUNTER])
+        pid = wait_running(client, job.id).pid
+        wait_for(lambda: len(_numbers(_stdout(fresh_daemon, job.id))) > 5, what="output before the crash")
+    before = _numbers(_stdout(fresh_daemon, job.id))
+
+    fresh_daemon.kill9()
+    time.sleep(0.5)               # the job keeps writing while no daemon runs
+    fresh_daemon.start()
+
+    with fresh_daemon.client() as client:
+        adopted = client.get_job(job.id)
+        assert adopted.state == "RUNNING" and adopted.pid == pid and not adopted.ended
+        after = _numbers(_stdout(fresh_daemon, job.id))
+        # Written while the daemon was down, persisted by the supervisor, no gap.
+        assert after == list(range(len(after)))
+        assert len(after) >= len(before) + 10
+        later = wait_for(lambda: (n := _numbers(_stdout(fresh_daemon, job.id))) and len(n) > len(after) and n,
+                         what="logs to keep growing after the restart")
+        assert later == list(range(len(later)))
+        # Follow works on the re-adopted job and ends when it is stopped.
+        stopped = client.stop_job(job.id, grace_seconds=0.2)
+        assert stopped.state == "STOPPED"
+        final = _numbers(b"".join(c.data for c in client.stream_logs(job.id, follow=True)))
+        assert final == list(range(len(final))) and len(final) >= len(later)
+        assert job.id not in [j.id for j in client.list_jobs()]
+
+
+def test_kill9_of_daemon_and_supervisor_fails_the_job_and_cleans_up(fresh_daemon: RunningDaemon) -> None:
+    with fresh_daemon.client() as client:
+        job = client.run_job(["/bin/sh", "-c", "sleep 600 & sleep 600 & wait"])
+        pid = wait_running(client, job.id).pid
+        wait_for(lambda: len(processes_in_cgroup_named(job.id)) >= 3, what="the job's processes")
+    started = proc_start_ticks(pid)
+
+    fresh_daemon.kill9()
+    fresh_daemon.kill_supervisor()
+    assert processes_in_cgroup_named(job.id), "the job died with its supervisor: nothing to reconcile"
+    fresh_daemon.start()
+
+    with fresh_daemon.client() as client:
+        final = wait_ended(client, job.id, timeout=10)
+        assert final.state == "FAILED"
+        assert final.reason and "restart" in final.reason, final.reason
+        assert job.id not in [j.id for j in client.list_jobs()]
+        # Its logs end instead of following forever.
+        assert list(client.stream_logs(job.id, follow=True)) == []
+    wait_for(lambda: not processes_in_cgroup_named(job.id), timeout=10, what="the lost job's processes to be gone")
+    wait_for(lambda: proc_start_ticks(pid) != started or proc_state(pid) == "Z", timeout=10,
+             what="the lost job's PID 1 to be gone")
