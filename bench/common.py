@@ -33,6 +33,7 @@ __all__ = [
     "CAPSA",
     "BenchDaemon",
     "busybox_rootfs",
+    "children",
     "command_line",
     "fmt_ms",
     "machine_summary",
@@ -43,6 +44,7 @@ __all__ = [
     "section_header",
     "summary",
     "update_section",
+    "uss_kib",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,6 +135,15 @@ def pss_kib(pid: int) -> int:
         if line.startswith("Pss:"):
             return int(line.split()[1])
     raise RuntimeError(f"no Pss line in /proc/{pid}/smaps_rollup")
+
+
+def uss_kib(pid: int) -> int:
+    """Unique set size in KiB: the pages only this process maps (Private_Clean + Private_Dirty)."""
+    total = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            total += int(line.split()[1])
+    return total
 
 
 def children(pid: int) -> list[int]:

@@ -24,6 +24,8 @@ from capsa.api.gen.capsa.v1 import images_pb2 as ipb
 from capsa.api.gen.capsa.v1 import images_pb2_grpc as ipb_grpc
 from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
 from capsa.api.gen.capsa.v1 import jobs_pb2_grpc as pb_grpc
+from capsa.api.gen.capsa.v1 import workflows_pb2 as wpb
+from capsa.api.gen.capsa.v1 import workflows_pb2_grpc as wpb_grpc
 from capsa.config import NodeConfig, find_client_config, load_client_config
 from capsa.errors import Unauthorized
 from capsa.pki import cert_expiry
@@ -51,6 +53,7 @@ class CapsaClient:
         self.jobs = pb_grpc.JobServiceStub(self.channel)
         self.node = pb_grpc.NodeServiceStub(self.channel)
         self.images = ipb_grpc.ImageServiceStub(self.channel)
+        self.workflows = wpb_grpc.WorkflowServiceStub(self.channel)
 
     @classmethod
     def from_config(cls, path: Path | None = None, *, node: str | None = None, timeout: float = 60.0) -> CapsaClient:
@@ -75,9 +78,11 @@ class CapsaClient:
     # -- jobs -----------------------------------------------------------------------------
     def run_job(self, command: list[str], *, env: dict[str, str] | None = None, workdir: str = "",
                 name: str = "", max_cpu: int = 0, cpu_cores: str = "", max_memory_mb: int = 0,
-                max_iobps: int = 0, max_pids: int = 0, image: str = "", pull: str = "", user: str = "") -> pb.Job:
+                max_iobps: int = 0, max_pids: int = 0, image: str = "", pull: str = "", user: str = "",
+                seccomp: str = "", network: str = "", volumes: list[str] | None = None) -> pb.Job:
         request = pb.RunJobRequest(
             command=command, env=env or {}, workdir=workdir, name=name, image=image, pull=pull, user=user,
+            seccomp=seccomp, network=network, volumes=volumes or [],
             resources=pb.Resources(max_cpu=max_cpu, cpu_cores=cpu_cores, max_memory_mb=max_memory_mb,
                                    max_iobps=max_iobps, max_pids=max_pids),
         )
@@ -130,6 +135,20 @@ class CapsaClient:
 
     def image_history(self, ref: str, *, limit: int = 20) -> list[ipb.FsmRun]:
         return list(self._call(self.images.ImageHistory, ipb.ImageHistoryRequest(ref=ref, limit=limit)).runs)
+
+    # -- workflows ----------------------------------------------------------------------------
+    def submit_workflow(self, yaml_text: str, *, base_dir: str = "", source: str = "") -> wpb.Workflow:
+        request = wpb.SubmitWorkflowRequest(yaml=yaml_text, base_dir=base_dir, source=source)
+        return self._call(self.workflows.SubmitWorkflow, request)
+
+    def list_workflows(self, *, limit: int = 0) -> list[wpb.Workflow]:
+        return list(self._call(self.workflows.ListWorkflows, wpb.ListWorkflowsRequest(limit=limit)).workflows)
+
+    def get_workflow(self, workflow_id: str) -> wpb.Workflow:
+        return self._call(self.workflows.GetWorkflow, wpb.GetWorkflowRequest(id=workflow_id))
+
+    def cancel_workflow(self, workflow_id: str) -> wpb.Workflow:
+        return self._call(self.workflows.CancelWorkflow, wpb.CancelWorkflowRequest(id=workflow_id), timeout=None)
 
     # -- node --------------------------------------------------------------------------------
     def version(self) -> pb.VersionInfo:

@@ -19,6 +19,11 @@ RPC_ROLES: dict[str, Role] = {
     "/capsa.v1.JobService/StopJob": Role.DEVELOPER,
     "/capsa.v1.JobService/DeleteJob": Role.DEVELOPER,
     "/capsa.v1.JobService/StreamLogs": Role.READER,
+    "/capsa.v1.JobService/UploadFiles": Role.DEVELOPER,
+    "/capsa.v1.JobService/CancelJob": Role.DEVELOPER,
+    # MetricsService
+    "/capsa.v1.MetricsService/MetricsStream": Role.READER,
+    "/capsa.v1.MetricsService/GetNodeStats": Role.READER,
     # ImageService
     "/capsa.v1.ImageService/PullImage": Role.MAINTAINER,
     "/capsa.v1.ImageService/ListImages": Role.READER,
@@ -26,6 +31,11 @@ RPC_ROLES: dict[str, Role] = {
     "/capsa.v1.ImageService/RemoveImage": Role.MAINTAINER,
     "/capsa.v1.ImageService/PruneImages": Role.ADMIN,
     "/capsa.v1.ImageService/ImageHistory": Role.READER,
+    # WorkflowService
+    "/capsa.v1.WorkflowService/SubmitWorkflow": Role.DEVELOPER,
+    "/capsa.v1.WorkflowService/ListWorkflows": Role.READER,
+    "/capsa.v1.WorkflowService/GetWorkflow": Role.READER,
+    "/capsa.v1.WorkflowService/CancelWorkflow": Role.DEVELOPER,
     # NodeService
     "/capsa.v1.NodeService/GetVersion": Role.READER,
     "/capsa.v1.NodeService/WhoAmI": Role.READER,

@@ -21,15 +21,18 @@ from typing import Any
 import grpc
 
 from capsa.api.auth import AuthInterceptor
-from capsa.api.gen.capsa.v1 import images_pb2_grpc, jobs_pb2_grpc
+from capsa.api.gen.capsa.v1 import images_pb2_grpc, jobs_pb2_grpc, workflows_pb2_grpc
 from capsa.api.servicers.images import ImageServicer
 from capsa.api.servicers.jobs import JobServicer, NodeServicer
+from capsa.api.servicers.workflows import WorkflowServicer
 from capsa.config import HomeLayout, ServerConfig, ensure_home, load_server_config
 from capsa.fsm import Engine, RetryPolicy
 from capsa.images.setup import open_image_service, open_snapshotter_from_config
 from capsa.jobs.service import JobService
 from capsa.runtime.client import SupervisorClient, ensure_supervisor
 from capsa.state import Database
+from capsa.workflows import QUEUE as WORKFLOW_QUEUE
+from capsa.workflows import WorkflowService
 
 __all__ = ["Daemon", "DaemonOptions", "run_daemon"]
 
@@ -54,6 +57,7 @@ class Daemon:
         self.supervisor: SupervisorClient | None = None
         self.jobs: JobService | None = None
         self.engine: Engine | None = None
+        self.workflows: WorkflowService | None = None
         self.snapshotter: Any = None
         self.images: Any = None
         self.server: grpc.Server | None = None
@@ -64,13 +68,16 @@ class Daemon:
         self.supervisor, _ = ensure_supervisor(self.home)
         cgroup_version = int(self.supervisor.ping().get("cgroup_version", 0))
         fsm = self.config.fsm
-        self.engine = Engine(self.db, queues=dict(fsm.queues), retry=RetryPolicy(
+        # A workflow run holds its worker for the workflow's whole life: a queue of its own keeps
+        # workflows from starving the shared pool, where the image pulls of their jobs run.
+        self.engine = Engine(self.db, queues={WORKFLOW_QUEUE: 16, **fsm.queues}, retry=RetryPolicy(
             base_s=fsm.retry_base_s, cap_s=fsm.retry_cap_s, max_attempts=fsm.max_attempts))
         self.snapshotter = open_snapshotter_from_config(self.config, self.db, self.home)
         self.images = open_image_service(self.config, self.db, self.engine, self.home, self.snapshotter)
         self.jobs = JobService(self.db, self.home, self.supervisor, stop_grace_s=self.config.jobs.stop_grace_s,
                                images=self.images)
         self.jobs.attach_supervisor()
+        self.workflows = WorkflowService(self.db, self.engine, self.jobs, queue=WORKFLOW_QUEUE)
         self.engine.resume()  # after every machine is registered
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="rpc"),
@@ -79,6 +86,7 @@ class Daemon:
         )
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs), server)
         images_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(self.images), server)
+        workflows_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(self.workflows), server)
         jobs_pb2_grpc.add_NodeServiceServicer_to_server(
             NodeServicer(cgroup_version=cgroup_version, snapshotter=self.config.snapshots.backend), server)
         tls = self.config.tls

@@ -48,19 +48,21 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--pull", type=click.Choice(["missing", "always", "never"]), default="missing", show_default=True,
               help="When to pull --image.")
 @click.option("-u", "--user", default="", help="UID[:GID] to run as (default: the image's User, else root).")
+@click.option("--seccomp", type=click.Choice(["default", "strict", "unconfined"]), default="default",
+              show_default=True, help="Syscall filter profile (docs/security.md).")
 @json_option
 @click.argument("command", nargs=-1, required=False)
 @click.pass_obj
 def run(obj: Any, detach: bool, name: str, env: tuple[str, ...], workdir: str, max_cpu: int, cpu_cores: str,
-        max_memory: int, max_iobps: int, max_pids: int, image: str, pull: str, user: str, as_json: bool,
-        command: tuple[str, ...]) -> int:
+        max_memory: int, max_iobps: int, max_pids: int, image: str, pull: str, user: str, seccomp: str,
+        as_json: bool, command: tuple[str, ...]) -> int:
     """Run COMMAND as an isolated job (attached unless -d): capsa run [flags] -- CMD ARGS."""
     if not command and not image:
         raise InvalidArgument("no command given: use `capsa run [flags] -- COMMAND [ARGS...]`")
     client = obj.client()
     job = client.run_job(list(command), env=_parse_env(env), workdir=workdir, name=name, max_cpu=max_cpu,
                          cpu_cores=cpu_cores, max_memory_mb=max_memory, max_iobps=max_iobps, max_pids=max_pids,
-                         image=image, pull=pull, user=user)
+                         image=image, pull=pull, user=user, seccomp=seccomp)
     if job.ended and job.reason.startswith("start failed"):
         click.echo(f"capsa: job {job.id[:12]}: {job.reason}", err=True)
         return job.exit_code or 127
@@ -102,9 +104,10 @@ def ps(obj: Any, all_: bool, quiet: bool, as_json: bool) -> None:
             click.echo(job.id[:12])
     else:
         print_table(
-            ["JOB ID", "STATE", "EXIT", "CREATED", "COMMAND", "NAME"],
+            ["JOB ID", "STATE", "EXIT", "CREATED", "COMMAND", "NAME", "WORKFLOW"],
             [(j.id[:12], j.state, j.exit_code if j.ended else "-", ago(j.created_at_ns),
-              " ".join(j.command)[:60], j.name) for j in jobs],
+              " ".join(j.command)[:60], j.name, f"{j.workflow_id[:12]}/{j.workflow_job}" if j.workflow_id else "-")
+             for j in jobs],
         )
 
 

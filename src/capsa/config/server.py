@@ -25,6 +25,7 @@ __all__ = [
     "ServerTLS",
     "SnapshotsConfig",
     "UnpackLimits",
+    "UploadLimitsConfig",
 ]
 
 KiB = 1024
@@ -54,6 +55,16 @@ class ServerTLS(StrictModel):
         return key_belongs_to(info.data.get("cert_pem"), value)
 
 
+class UploadLimitsConfig(StrictModel):
+    """Limits on one upload session; exceeding one refuses the upload and removes what was staged."""
+
+    max_file_bytes: PositiveBytes = ByteSize(1 * GiB)
+    max_total_bytes: PositiveBytes = ByteSize(4 * GiB)
+    max_entries: Annotated[int, Field(gt=0)] = 100_000
+    session_ttl_s: PositiveSeconds = 3600.0
+    """A staged upload no RunJob claimed within this time is removed."""
+
+
 class JobsConfig(StrictModel):
     stop_grace_s: PositiveSeconds = 10.0
     """Seconds between SIGTERM and SIGKILL when a job is stopped."""
@@ -61,6 +72,8 @@ class JobsConfig(StrictModel):
     """pids limit for jobs that set none; None leaves them unlimited."""
     log_segment_bytes: Annotated[ByteSize, Field(ge=64 * KiB)] = ByteSize(64 * MiB)
     """Size at which a job's log file rolls over to a new segment."""
+    uploads: UploadLimitsConfig = Field(default_factory=lambda: UploadLimitsConfig())
+    """Limits on ``capsa run --upload`` (see docs/jobs.md)."""
 
 
 class FsmConfig(StrictModel):
@@ -194,6 +207,10 @@ class SnapshotsConfig(StrictModel):
 class MetricsConfig(StrictModel):
     prometheus_listen: ListenAddress | None = None
     """host:port for a Prometheus /metrics endpoint; None disables it."""
+    sample_interval_s: Annotated[float, Field(ge=0.05)] = 1.0
+    """How often every running job's cgroup counters (and the host's) are sampled."""
+    history_samples: Annotated[int, Field(ge=1, le=100_000)] = 300
+    """Samples kept in memory per running job (the last one is also kept in SQLite)."""
 
 
 class ServerConfig(StrictModel):

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["MIGRATIONS", "Job", "JobState", "Resources", "RunRequest"]
+__all__ = ["LISTED_STATES", "MIGRATIONS", "Job", "JobState", "Resources", "RunRequest"]
 
 
 class JobState(StrEnum):
@@ -17,13 +17,18 @@ class JobState(StrEnum):
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     STOPPED = "STOPPED"
+    SCHEDULED = "SCHEDULED"     # waiting for its start time (capsa.jobs.schedule)
+    CANCELED = "CANCELED"       # canceled before it started
+    TIMEOUT = "TIMEOUT"         # stopped because it ran longer than its --timeout
 
     @property
     def ended(self) -> bool:
-        return self in (JobState.COMPLETED, JobState.FAILED, JobState.STOPPED)
+        return self in (JobState.COMPLETED, JobState.FAILED, JobState.STOPPED, JobState.CANCELED, JobState.TIMEOUT)
 
 
 ACTIVE_STATES = (JobState.PENDING.value, JobState.RUNNING.value)
+# What `ps` lists without --all: the active jobs and those waiting for their start time.
+LISTED_STATES = (*ACTIVE_STATES, JobState.SCHEDULED.value)
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,16 @@ class RunRequest:
     pull: str = "missing"
     user: str = ""                # UID[:GID]; default: the image's User, else root
     command_given: bool = True    # False: run the image's Entrypoint + Cmd
+    workflow_id: str | None = None   # set for the jobs of a workflow, with the job's name in it
+    workflow_job: str | None = None
+    # Delivered into the job's environment only; never stored in plain text (capsa.jobs.secrets).
+    secret_env: dict[str, str] = field(default_factory=dict, repr=False)
+    upload_session: str = ""      # a staged upload (capsa.jobs.uploads) placed as the job's /work
+    schedule: str = ""            # "30s", "2h30m" or RFC 3339: start later (capsa.jobs.schedule)
+    timeout: str = ""             # a duration: stop the job (state TIMEOUT) when it runs longer
+    seccomp: str = "default"      # default | strict | unconfined (docs/security.md)
+    network: str = "host"         # host | none | isolated | bridge | a named network
+    volumes: tuple[str, ...] = () # NAME[:/path][:ro]
 
 
 @dataclass
@@ -74,6 +89,16 @@ class Job:
     stop_requested: bool = False
     image: str = ""
     image_digest: str = ""
+    workflow_id: str | None = None
+    workflow_job: str | None = None
+    scheduled_ns: int = 0         # start time of a scheduled job (wall clock, ns)
+    timeout_ns: int = 0           # 0: no timeout
+    timed_out: bool = False
+    secret_env_keys: list[str] = field(default_factory=list)   # names only, never values
+    seccomp: str = "default"
+    network: str = "host"
+    ip: str = ""
+    volumes: list[str] = field(default_factory=list)
 
     @property
     def short_id(self) -> str:
@@ -102,6 +127,16 @@ class Job:
             stop_requested=bool(row["stop_requested"]),
             image=row["image"],
             image_digest=row["image_digest"],
+            workflow_id=row["workflow_id"],
+            workflow_job=row["workflow_job"],
+            scheduled_ns=row["scheduled_ns"],
+            timeout_ns=row["timeout_ns"],
+            timed_out=bool(row["timed_out"]),
+            secret_env_keys=json.loads(row["secret_env_keys"]),
+            seccomp=row["seccomp"],
+            network=row["network"],
+            ip=row["ip"],
+            volumes=json.loads(row["volumes"]),
         )
 
 
@@ -133,5 +168,22 @@ MIGRATIONS = [
     """
     ALTER TABLE jobs ADD COLUMN image TEXT NOT NULL DEFAULT '';
     ALTER TABLE jobs ADD COLUMN image_digest TEXT NOT NULL DEFAULT '';
+    """,
+    """
+    ALTER TABLE jobs ADD COLUMN workflow_id TEXT;
+    ALTER TABLE jobs ADD COLUMN workflow_job TEXT;
+    CREATE INDEX jobs_workflow ON jobs(workflow_id, workflow_job) WHERE workflow_id IS NOT NULL;
+    """,
+    """
+    ALTER TABLE jobs ADD COLUMN scheduled_ns INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN timeout_ns INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN timed_out INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN secret_env_keys TEXT NOT NULL DEFAULT '[]';
+    """,
+    """
+    ALTER TABLE jobs ADD COLUMN seccomp TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE jobs ADD COLUMN network TEXT NOT NULL DEFAULT 'host';
+    ALTER TABLE jobs ADD COLUMN ip TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN volumes TEXT NOT NULL DEFAULT '[]';
     """,
 ]

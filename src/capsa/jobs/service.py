@@ -9,6 +9,7 @@ start reply, or a restart replaying events, can never move a job backwards.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 import secrets
@@ -19,8 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from capsa.errors import CapsaError, Conflict, InvalidArgument, NotFound
-from capsa.jobs.model import ACTIVE_STATES, MIGRATIONS, Job, JobState, RunRequest
+from capsa.errors import CapsaError, Conflict, FailedPrecondition, InvalidArgument, NotFound
+from capsa.jobs.model import ACTIVE_STATES, LISTED_STATES, MIGRATIONS, Job, JobState, RunRequest
+from capsa.jobs.schedule import ScheduleStore, parse_duration, parse_start_time
+from capsa.jobs.secrets import SecretBox, validate_env_names
+from capsa.jobs.uploads import UploadLimits, UploadStore
 from capsa.logs import LogChunk, read_log
 from capsa.runtime import cgroups
 from capsa.runtime.client import SupervisorClient
@@ -37,7 +41,8 @@ _ID_PREFIX = re.compile(r"^[0-9a-f]{1,32}$")
 
 class JobService:
     def __init__(self, db: Database, home: Path, supervisor: SupervisorClient, *,
-                 stop_grace_s: float = 10.0, images: ImageService | None = None) -> None:
+                 stop_grace_s: float = 10.0, images: ImageService | None = None,
+                 upload_limits: UploadLimits | None = None) -> None:
         self.db = db
         self.images = images
         self.home = home
@@ -46,6 +51,10 @@ class JobService:
         self.stop_grace_s = stop_grace_s
         self._ended = threading.Condition()
         db.migrate("jobs", MIGRATIONS)
+        self.uploads = UploadStore(home / "tmp" / "uploads", upload_limits)
+        self.schedules = ScheduleStore(db)
+        self.secret_box = SecretBox(home)
+        self.timers_changed = threading.Event()   # a schedule or timeout was added (the Scheduler waits on it)
 
     # -- start-up ------------------------------------------------------------------------
     def attach_supervisor(self) -> None:
@@ -92,23 +101,46 @@ class JobService:
         if not request.image and (not request.command or not request.command[0]):
             raise InvalidArgument("no command given: use `capsa run [flags] -- COMMAND [ARGS...]`")
         _validate_resources(request)
+        _validate_hardening(request)
+        validate_env_names(request.env, request.secret_env)
+        timeout_ns = int(parse_duration(request.timeout, what="--timeout") * 1e9) if request.timeout else 0
+        start_ns = parse_start_time(request.schedule) if request.schedule else 0
         job_id = secrets.token_hex(16)
         hostname = job_id[:12]
         rootfs = None
-        if request.image:
+        if request.image and not start_ns:  # a scheduled job resolves its image when it starts
             if self.images is None:
                 raise InvalidArgument("this daemon has no image support configured")
             rootfs = self.images.rootfs_for_job(request.image, job_id, pull=request.pull)
             request = _apply_image_config(request, rootfs.image.run_config)
+        if request.upload_session:   # before the job exists: the tree becomes its /work
+            self.uploads.claim(request.upload_session, self.jobs_dir / job_id / "work")
         workdir = request.workdir or "/work"
+        state = JobState.SCHEDULED if start_ns else JobState.PENDING
         with self.db.tx() as conn:
             conn.execute(
                 "INSERT INTO jobs(id, name, command, state, env, workdir, resources, created_ns, hostname,"
-                " image, image_digest) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
-                (job_id, request.name, json.dumps(list(request.command)), JobState.PENDING.value,
+                " image, image_digest, workflow_id, workflow_job) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (job_id, request.name, json.dumps(list(request.command)), state.value,
                  json.dumps(request.env), workdir, json.dumps(request.resources.to_dict()), time.time_ns(),
-                 hostname, rootfs.image.ref if rootfs else "", rootfs.image.digest if rootfs else ""),
+                 hostname, rootfs.image.ref if rootfs else "", rootfs.image.digest if rootfs else "",
+                 request.workflow_id, request.workflow_job),
             )
+            conn.execute("UPDATE jobs SET scheduled_ns = ?, timeout_ns = ?, secret_env_keys = ?,"
+                         " image = CASE WHEN image = '' THEN ? ELSE image END WHERE id = ?",
+                         (start_ns, timeout_ns, json.dumps(sorted(request.secret_env)), request.image, job_id))
+            conn.execute("UPDATE jobs SET seccomp = ?, network = ?, volumes = ? WHERE id = ?",
+                         (request.seccomp, request.network, json.dumps(list(request.volumes)), job_id))
+            if start_ns:
+                sealed = self.secret_box.seal(request.secret_env) if request.secret_env else None
+                self.schedules.add(conn, job_id, start_ns, request, sealed)
+        if start_ns:
+            self.timers_changed.set()
+            return self.get(job_id)
+        return self._launch(job_id, hostname, request, rootfs, t0)
+
+    def _launch(self, job_id: str, hostname: str, request: RunRequest, rootfs: JobRootfs | None, t0: int) -> Job:
+        """Start a PENDING job on the supervisor; RUNNING, FAILED, or stopped again if canceled meanwhile."""
         spec = self._spec(job_id, hostname, request, rootfs)
         try:
             rec = self.supervisor.start(spec)
@@ -123,13 +155,91 @@ class JobService:
                 return self.get(job_id)  # the command itself could not be run: a job that failed, exit 127
             raise
         latency = time.monotonic_ns() - t0
-        self.db.execute(
+        started = self.db.execute(
             "UPDATE jobs SET state = ?, pid = ?, started_ns = ?, cgroup = ?, start_latency_ns = ?"
             " WHERE id = ? AND state = 'PENDING'",
             (JobState.RUNNING.value, rec["pid"], rec["started_ns"], rec["cgroup"], latency, job_id),
-        )
+        ).rowcount
         self.db.execute("UPDATE jobs SET start_latency_ns = ? WHERE id = ?", (latency, job_id))
+        if not started and self.get(job_id).state == JobState.CANCELED:
+            with contextlib.suppress(CapsaError):   # canceled while it was starting
+                self.supervisor.stop(job_id, 0)
+        if request.timeout:
+            self.timers_changed.set()
         return self.get(job_id)
+
+    # -- schedules, cancel, timeouts (timing lives in capsa.jobs.schedule.Scheduler) ------------------
+    def claim_due(self, now_ns: int) -> list[str]:
+        """Move due SCHEDULED jobs to PENDING; each is claimed by exactly one caller."""
+        return [job_id for job_id in self.schedules.due(now_ns) if self.db.execute(
+            "UPDATE jobs SET state = ? WHERE id = ? AND state = 'SCHEDULED'",
+            (JobState.PENDING.value, job_id)).rowcount]
+
+    def start_claimed(self, job_id: str) -> Job:
+        """Start a claimed (now PENDING) scheduled job with its stored request and unsealed secrets."""
+        t0 = time.monotonic_ns()
+        job = self.get(job_id)
+        try:
+            taken = self.schedules.take(job_id)
+            if taken is None:
+                raise FailedPrecondition("its schedule record is missing")
+            request, sealed = taken
+            if sealed:
+                request = dataclasses.replace(request, secret_env=self.secret_box.open(sealed))
+            rootfs = None
+            if request.image:
+                if self.images is None:
+                    raise InvalidArgument("this daemon has no image support configured")
+                rootfs = self.images.rootfs_for_job(request.image, job_id, pull=request.pull)
+                request = _apply_image_config(request, rootfs.image.run_config)
+                self.db.execute("UPDATE jobs SET command = ?, env = ?, workdir = ?, image = ?, image_digest = ?"
+                                " WHERE id = ?", (json.dumps(list(request.command)), json.dumps(request.env),
+                                                  request.workdir or "/work", rootfs.image.ref, rootfs.image.digest,
+                                                  job_id))
+        except CapsaError as exc:
+            self.db.execute("UPDATE jobs SET state = ?, reason = ?, ended_ns = ?,"
+                            " exit_code = COALESCE(exit_code, 127) WHERE id = ? AND state = 'PENDING'",
+                            (JobState.FAILED.value, f"start failed: {exc}", time.time_ns(), job_id))
+            self._notify()
+            return self.get(job_id)
+        return self._launch(job_id, job.hostname, request, rootfs, t0)
+
+    def cancel(self, id_or_prefix: str) -> Job:
+        """SCHEDULED or PENDING -> CANCELED (a running job is stopped with ``stop`` instead)."""
+        job = self.get(id_or_prefix)
+        if self.db.execute(
+            "UPDATE jobs SET state = ?, reason = ?, ended_ns = ? WHERE id = ? AND state IN ('SCHEDULED','PENDING')",
+            (JobState.CANCELED.value, "canceled by user", time.time_ns(), job.id),
+        ).rowcount:
+            self.schedules.drop(job.id)
+            self._notify()
+            return self.get(job.id)
+        job = self.get(job.id)
+        if job.state == JobState.CANCELED:
+            return job
+        raise Conflict(f"job {job.short_id} is {job.state.value}: only SCHEDULED or PENDING jobs can be canceled"
+                       + ("; use `capsa stop` for a running job" if job.state == JobState.RUNNING else ""))
+
+    def expired_timeouts(self, now_ns: int) -> list[str]:
+        rows = self.db.query("SELECT id FROM jobs WHERE state = 'RUNNING' AND timeout_ns > 0 AND timed_out = 0"
+                             " AND started_ns > 0 AND started_ns + timeout_ns <= ?", (now_ns,))
+        return [str(r["id"]) for r in rows]
+
+    def next_timeout_ns(self) -> int | None:
+        row = self.db.query_one("SELECT MIN(started_ns + timeout_ns) AS due FROM jobs WHERE state = 'RUNNING'"
+                                " AND timeout_ns > 0 AND timed_out = 0 AND started_ns > 0")
+        return None if row is None or row["due"] is None else int(row["due"])
+
+    def time_out(self, job_id: str) -> None:
+        """Stop a job that ran past its timeout; its exit is then recorded as TIMEOUT."""
+        if self.db.execute("UPDATE jobs SET timed_out = 1 WHERE id = ? AND state = 'RUNNING' AND timed_out = 0",
+                           (job_id,)).rowcount:
+            with contextlib.suppress(CapsaError):
+                self.supervisor.stop(job_id, self.stop_grace_s)
+
+    def count_by_state(self) -> dict[str, int]:
+        rows = self.db.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+        return {str(r["state"]): int(r["n"]) for r in rows}
 
     def _spec(self, job_id: str, hostname: str, request: RunRequest, rootfs: JobRootfs | None) -> JobSpec:
         r = request.resources
@@ -137,13 +247,14 @@ class JobService:
         return JobSpec(
             job_id=job_id,
             argv=tuple(request.command),
-            env=dict(request.env),
+            env={**request.env, **request.secret_env},
             hostname=hostname,
             job_dir=str(self.jobs_dir / job_id),
             workdir=request.workdir or "/work",
             root_mounts=tuple(MountSpec(m.type, m.source, tuple(m.options)) for m in rootfs.mounts) if rootfs else (),
             uid=uid,
             gid=gid,
+            seccomp=request.seccomp,
             resources=ResourceSpec(
                 cpu_percent=r.max_cpu or None,
                 cpuset=r.cpu_cores or None,
@@ -177,8 +288,8 @@ class JobService:
             rows = self.db.query("SELECT * FROM jobs ORDER BY created_ns DESC")
         else:
             rows = self.db.query(
-                f"SELECT * FROM jobs WHERE state IN ({','.join('?' * len(ACTIVE_STATES))}) ORDER BY created_ns DESC",
-                ACTIVE_STATES,
+                f"SELECT * FROM jobs WHERE state IN ({','.join('?' * len(LISTED_STATES))}) ORDER BY created_ns DESC",
+                LISTED_STATES,
             )
         return [Job.from_row(r) for r in rows]
 
@@ -187,6 +298,8 @@ class JobService:
         job = self.get(id_or_prefix)
         if job.state.ended:
             return job
+        if job.state == JobState.SCHEDULED:
+            return self.cancel(job.id)
         grace = self.stop_grace_s if grace_s is None or grace_s <= 0 else grace_s
         self.db.execute("UPDATE jobs SET stop_requested = 1 WHERE id = ?", (job.id,))
         self.supervisor.stop(job.id, grace)
@@ -194,6 +307,8 @@ class JobService:
 
     def delete(self, id_or_prefix: str, *, force: bool = False) -> str:
         job = self.get(id_or_prefix)
+        if force and job.state == JobState.SCHEDULED:
+            job = self.cancel(job.id)
         if not job.state.ended:
             if not force:
                 raise Conflict(f"job {job.short_id} is {job.state.value}; stop it first or use --force")
@@ -214,11 +329,15 @@ class JobService:
             self._record_exit(event["job"])
 
     def _record_exit(self, rec: dict[str, Any]) -> None:
-        row = self.db.query_one("SELECT stop_requested FROM jobs WHERE id = ?", (rec["job_id"],))
+        row = self.db.query_one("SELECT stop_requested, timed_out, timeout_ns FROM jobs WHERE id = ?",
+                                (rec["job_id"],))
         if row is not None:
             reason = rec.get("reason", "")
             if reason.startswith("start failed") or rec.get("oom_killed"):
                 state = JobState.FAILED
+            elif row["timed_out"]:
+                state = JobState.TIMEOUT
+                reason = f"timed out after {row['timeout_ns'] / 1e9:g}s"
             elif rec.get("stop_requested") or row["stop_requested"]:
                 state = JobState.STOPPED
                 reason = reason or "stopped by user"
@@ -310,6 +429,13 @@ def _apply_image_config(request: RunRequest, config: dict[str, Any]) -> RunReque
         workdir=request.workdir or str(config.get("WorkingDir") or "/"),
         user=request.user or str(config.get("User") or ""),
     )
+
+
+def _validate_hardening(request: RunRequest) -> None:
+    from capsa.runtime.security import PROFILE_NAMES
+
+    if request.seccomp not in PROFILE_NAMES:
+        raise InvalidArgument(f"--seccomp {request.seccomp!r}: expected one of {', '.join(PROFILE_NAMES)}")
 
 
 def _parse_user(user: str) -> tuple[int, int]:

@@ -347,17 +347,19 @@ class _Job:
         raise InvalidArgument("empty target")  # unreachable: _target_parts refuses "/"
 
     def refuse_shared(self, fd: int, shown: str) -> None:
-        wanted = self.mnt_id(fd)
+        prefix = f"{self.mnt_id(fd)} "
         info = os.open("self/mountinfo", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.proc)
         with os.fdopen(info, encoding="utf-8", errors="surrogateescape") as fh:
-            entries = [_parse_mountinfo_line(line) for line in fh if line.strip()]
-        for entry in entries:
-            if entry.mount_id == wanted and any(tag.startswith("shared:") for tag in entry.propagation):
-                raise FailedPrecondition(
-                    f"the job's mount at {entry.mount_point} (holding {shown}) is shared with another "
-                    "mount namespace; a mount added there would propagate out of the job — the job's "
-                    "mounts must be private"
-                )
+            line = next((line for line in fh if line.startswith(prefix)), None)
+        if line is None:
+            return
+        entry = _parse_mountinfo_line(line)
+        if any(tag.startswith("shared:") for tag in entry.propagation):
+            raise FailedPrecondition(
+                f"the job's mount at {entry.mount_point} (holding {shown}) is shared with another "
+                "mount namespace; a mount added there would propagate out of the job — the job's "
+                "mounts must be private"
+            )
 
     def unmount_top(self, target_fd: int) -> None:
         # The magic link resolves to exactly the mount we opened: no second path walk.

@@ -61,6 +61,8 @@ class JobSpec:
     binds: tuple[BindSpec, ...] = ()
     uid: int = 0
     gid: int = 0
+    seccomp: str = "default"                  # default | strict | unconfined
+    capabilities: tuple[str, ...] | None = None   # None: capsa's default set (docs/security.md)
 
     @property
     def root_dir(self) -> str:
@@ -93,4 +95,6 @@ class JobSpec:
             binds=tuple(BindSpec(**b) for b in data.get("binds", ())),
             uid=int(data.get("uid", 0)),
             gid=int(data.get("gid", 0)),
+            seccomp=data.get("seccomp", "default"),
+            capabilities=tuple(data["capabilities"]) if data.get("capabilities") is not None else None,
         )

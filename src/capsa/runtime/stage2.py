@@ -21,6 +21,7 @@ import stat
 from collections.abc import Callable
 
 from capsa import linux
+from capsa.runtime import security
 from capsa.runtime.spec import HOST_ETC_ENTRIES, HOST_RO_DIRS, JobSpec, MountSpec
 
 __all__ = ["build_root", "exec_job", "run_stage2"]
@@ -124,6 +125,9 @@ def build_root(spec: JobSpec) -> None:
             _step(f"bind {bind.target}", lambda b=bind, t=target: linux.mount(
                 b.source, t, None, linux.MS_BIND | linux.MS_REC, None))
     _step("mount /proc, /dev, /tmp", lambda: _mount_kernel_fs(root))
+    _step("read-only /sys", lambda: security.mount_sys_readonly(root))
+    _step("mask /proc", lambda: security.mask_proc(root))
+    _step("read-only /proc paths", lambda: security.readonly_paths(root))
     if not spec.root_mounts:
         # Seal the assembled root: nothing of it but /work, /tmp and /dev/shm is writable.
         _step("seal root read-only", lambda: linux.mount(
@@ -172,7 +176,7 @@ def _enter_root(spec: JobSpec) -> None:
     os.chdir("/")
 
 
-def exec_job(spec: JobSpec) -> None:
+def exec_job(spec: JobSpec, bpf: bytes = b"") -> None:
     socket.sethostname(spec.hostname)
     for sig in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
@@ -181,6 +185,13 @@ def exec_job(spec: JobSpec) -> None:
         os.chdir(spec.workdir)
     except OSError as exc:
         raise StageError(f"workdir {spec.workdir}", exc) from exc
+    keep = security.DEFAULT_CAPABILITIES if spec.capabilities is None else frozenset(spec.capabilities)
+    try:
+        security.apply_rlimits()
+        security.drop_capabilities(keep)
+        security.set_no_new_privs()
+    except OSError as exc:
+        raise StageError("drop privileges", exc) from exc
     if spec.gid or spec.uid:
         os.setgroups([])
         os.setgid(spec.gid)
@@ -189,19 +200,33 @@ def exec_job(spec: JobSpec) -> None:
     env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     env.setdefault("HOME", "/work")
     env.setdefault("HOSTNAME", spec.hostname)
+    argv0 = _resolve_command(spec.argv[0], env["PATH"])
     try:
-        os.execvpe(spec.argv[0], list(spec.argv), env)
+        # Seccomp goes last: after it, only execve (and on failure write/_exit) runs.
+        security.install_bpf(bpf)
+        os.execve(argv0, list(spec.argv), env)
     except OSError as exc:
         raise StageError(f"exec {spec.argv[0]}", exc) from exc
 
 
-def run_stage2(spec: JobSpec, report_fd: int) -> None:
+def _resolve_command(name: str, path: str) -> str:
+    """PATH lookup done before seccomp is installed (execvpe would try each dir after it)."""
+    if "/" in name:
+        return name
+    for directory in path.split(":"):
+        candidate = os.path.join(directory or ".", name)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    raise StageError(f"exec {name}", FileNotFoundError(2, f"{name}: command not found in PATH"))
+
+
+def run_stage2(spec: JobSpec, report_fd: int, bpf: bytes = b"") -> None:
     """Never returns: execs the job or reports the failure and exits 127."""
     try:
         os.setsid()
         build_root(spec)
         _step("pivot_root", lambda: _enter_root(spec))
-        exec_job(spec)
+        exec_job(spec, bpf)
     except StageError as exc:
         _report(report_fd, {"error": str(exc), "step": exc.step, "errno": exc.errno})
     except BaseException as exc:  # anything else is a bug; still never return into the zygote's code

@@ -22,7 +22,7 @@ import socket
 from typing import NoReturn
 
 from capsa import linux
-from capsa.runtime import stage2
+from capsa.runtime import security, stage2
 from capsa.runtime.spec import JobSpec
 from capsa.runtime.wire import recv_msg
 
@@ -38,6 +38,8 @@ def zygote_main(sock: socket.socket) -> NoReturn:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Compile every seccomp profile once; a job only installs the bytes (≈ 0.1 ms).
+    filters = {name: security.compile_profile(name) for name in security.PROFILE_NAMES}
     while True:
         try:
             msg, fds = recv_msg(sock)
@@ -52,12 +54,12 @@ def zygote_main(sock: socket.socket) -> NoReturn:
             pid = -1
         if pid == 0:
             sock.close()
-            _stage_one(msg, fds)
+            _stage_one(msg, fds, filters)
         for fd in fds:
             os.close(fd)
 
 
-def _stage_one(msg: dict[str, object], fds: list[int]) -> NoReturn:
+def _stage_one(msg: dict[str, object], fds: list[int], filters: dict[str, bytes]) -> NoReturn:
     stdout_w, stderr_w, report_w = fds
     try:
         # Descriptors received over SCM_RIGHTS are not close-on-exec; the report
@@ -81,7 +83,7 @@ def _stage_one(msg: dict[str, object], fds: list[int]) -> NoReturn:
         linux.unshare(JOB_NAMESPACES)
         pid = os.fork()
         if pid == 0:
-            stage2.run_stage2(spec, report_w)
+            stage2.run_stage2(spec, report_w, filters[spec.seccomp])
         os.write(report_w, f"P{pid}\n".encode())
         os._exit(0)
     except BaseException as exc:

@@ -192,11 +192,14 @@ def test_image_rm_refuses_while_a_job_runs_and_works_once_it_is_removed(d: Image
 def test_image_rm_force_releases_ended_jobs(d: ImageDaemon, layout: Path) -> None:
     image = ref(layout, "in-use")
     assert run(d, "--image", image, "--", "true")[0] == 0
+    digest = d.cli_json("image", "inspect", image)["digest"]
+    users = [r["snapshot"] for r in query(d.home, "SELECT snapshot FROM image_users WHERE digest = ?", (digest,))]
+    assert users and set(users) <= snapshot_keys(d.home)
     res = d.cli("image", "rm", image)
     assert res.returncode == 4 and "--force" in one_line_error(res)
     d.cli_ok("image", "rm", "-f", image)
-    assert not any(k.startswith("job-") and query(d.home, "SELECT 1 FROM image_users WHERE snapshot = ?", (k,))
-                   for k in snapshot_keys(d.home))
+    assert snapshot_keys(d.home).isdisjoint(users)
+    assert query(d.home, "SELECT 1 FROM image_users WHERE digest = ?", (digest,)) == []
 
 
 def test_image_of_a_job_that_failed_to_start_can_be_removed(d: ImageDaemon, layout: Path) -> None:
@@ -225,10 +228,16 @@ def _referenced(d: ImageDaemon) -> tuple[set[str], set[str]]:
     return blobs, snaps
 
 
-def test_prune_frees_exactly_what_nothing_references(d: ImageDaemon, layout: Path) -> None:
-    image = ref(layout, "prunable")
-    d.cli_ok("image", "pull", image)
-    d.cli_ok("image", "rm", image)
+def test_prune_frees_exactly_what_nothing_references(d: ImageDaemon, layout: Path, tmp_path: Path) -> None:
+    removed = ref(layout, "prunable")
+    d.cli_ok("image", "pull", removed)
+    d.cli_ok("image", "rm", removed)  # its blobs stay until a prune
+    # a tag that moved: the old image's own layer snapshot is referenced by nothing any more
+    moving = tmp_path / "moving"
+    for text in ("old", "new"):
+        own = Layer(TarBuilder().file("which", text).build(), "gzip")
+        write_oci_layout(moving, {"t": image_with([Layer(busybox_layer()), own], {"Cmd": ["cat", "/which"]})})
+        d.cli_ok("image", "pull", f"oci:{moving}:t")
     # an ingest a crashed download left behind
     leftover = d.home / "content" / "ingest" / hashlib.sha256(b"blob:sha256:" + b"ab" * 32).hexdigest()
     leftover.mkdir()

@@ -185,3 +185,16 @@ def test_bad_flags_are_one_line_errors(daemon: RunningDaemon) -> None:
         res = daemon.cli(*args)
         one_line_error(res)
         assert res.returncode == 2, (args, res.stderr)
+
+
+def test_json_output_keeps_numbers_as_numbers(daemon: RunningDaemon) -> None:
+    job_id = daemon.cli("run", "-d", "--max-memory", "64", "--max-iobps", "1048576", "--", "/bin/true",
+                        check=True).stdout.decode().strip()
+    with daemon.client() as client:
+        wait_ended(client, job_id)
+    info = json.loads(daemon.cli("inspect", job_id, check=True).stdout)
+    resources = info["resources"]
+    assert resources["max_memory_mb"] == 64, resources
+    assert resources["max_iobps"] == 1048576, resources
+    for key in ("created_at_ns", "started_at_ns", "ended_at_ns", "start_latency_ns", "pid"):
+        assert isinstance(info[key], int), (key, info[key])

@@ -80,3 +80,17 @@ def test_kill9_of_daemon_and_supervisor_fails_the_job_and_cleans_up(fresh_daemon
     wait_for(lambda: not processes_in_cgroup_named(job.id), timeout=10, what="the lost job's processes to be gone")
     wait_for(lambda: proc_start_ticks(pid) != started or proc_state(pid) == "Z", timeout=10,
              what="the lost job's PID 1 to be gone")
+
+
+def test_a_job_that_ends_while_the_daemon_is_down_gets_its_exit_after_restart(fresh_daemon: RunningDaemon) -> None:
+    with fresh_daemon.client() as client:
+        job = client.run_job(["/bin/sh", "-c", "sleep 0.5; echo done; exit 7"])
+        wait_running(client, job.id)
+    fresh_daemon.kill9()
+    time.sleep(1.0)
+    fresh_daemon.start()
+    with fresh_daemon.client() as client:
+        final = wait_ended(client, job.id, timeout=10)
+        assert final.state == "FAILED" and final.exit_code == 7
+        assert final.reason == "exited with code 7"
+        assert b"".join(c.data for c in client.stream_logs(job.id, follow=True)) == b"done\n"

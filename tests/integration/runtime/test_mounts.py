@@ -10,6 +10,7 @@ namespace; every mount lives in the job's private namespace and dies with it.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import os
@@ -95,6 +96,11 @@ while True:
 """
 
 
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no job outlives the test process
+
+
 def _mount_ro_bind(source: str, target: Path) -> None:
     linux.mount(source, target, None, linux.MS_BIND | linux.MS_REC)
     linux.mount_setattr(
@@ -141,6 +147,7 @@ class Job:
         if self.outer == 0:
             code = 1
             try:
+                _die_with_parent()
                 for fd in (info_r, in_w, out_r):
                     os.close(fd)
                 linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWPID)
@@ -148,6 +155,7 @@ class Job:
                 inner = os.fork()
                 if inner == 0:
                     try:
+                        _die_with_parent()
                         _become_job(root, argv, in_r, out_w, shared_capsules)
                     finally:
                         traceback.print_exc()
@@ -162,13 +170,21 @@ class Job:
                 os._exit(code)
         for fd in (info_w, in_r, out_w):
             os.close(fd)
-        self.pid = int(os.read(info_r, 64))
-        os.close(info_r)
-        self.pidfd = linux.pidfd_open(self.pid)
         self._in = os.fdopen(in_w, "w", buffering=1)
         self._out = os.fdopen(out_r, "r")
-        first = self._out.readline()
-        assert first == "ready\n", f"job failed to start: {first!r}"
+        try:
+            self.pid = int(os.read(info_r, 64) or b"0")
+            assert self.pid > 0, "the job's namespace setup failed"
+            self.pidfd = linux.pidfd_open(self.pid)
+            first = self._out.readline()
+            assert first == "ready\n", f"job failed to start: {first!r}"
+        except BaseException:
+            if getattr(self, "pid", 0) > 0:
+                os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.outer, 0)
+            raise
+        finally:
+            os.close(info_r)
 
     def ask(self, op: str, **args: object) -> dict[str, object]:
         self._in.write(json.dumps({"op": op, **args}) + "\n")

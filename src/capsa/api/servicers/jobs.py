@@ -29,6 +29,8 @@ def job_to_pb(job: Job) -> pb.Job:
                                max_iobps=r.max_iobps, max_pids=r.max_pids),
         pid=job.pid, ended=job.state.ended, env=job.env, workdir=job.workdir, hostname=job.hostname,
         cgroup=job.cgroup, start_latency_ns=job.start_latency_ns, image=job.image, image_digest=job.image_digest,
+        seccomp=job.seccomp, network=job.network, ip=job.ip, volumes=job.volumes,
+        workflow_id=job.workflow_id or "", workflow_job=job.workflow_job or "",
     )
 
 
@@ -42,6 +44,8 @@ class JobServicer(pb_grpc.JobServiceServicer):
         job = self.jobs.run(RunRequest(
             command=tuple(request.command), env=dict(request.env), workdir=request.workdir,
             name=request.name, image=request.image, pull=request.pull or "missing", user=request.user,
+            seccomp=request.seccomp or "default", network=request.network or "host",
+            volumes=tuple(request.volumes),
             resources=Resources(max_cpu=r.max_cpu, cpu_cores=r.cpu_cores, max_memory_mb=r.max_memory_mb,
                                 max_iobps=r.max_iobps, max_pids=r.max_pids),
         ))

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from capsa.errors import UnsafeArchive, Unsupported
 
 from ._limits import Guard, UnpackLimits
-from ._names import WHITEOUT_PREFIX, normalise, symlink_escapes, validate_link_target
+from ._names import WHITEOUT_PREFIX, split_name, symlink_escapes, validate_link_target
 from ._source import Input
 from ._tarheader import BLK, CHR, DIR, FIFO, LNK, REG, SYM, Entry
 from ._tree import Tree, is_whiteout_device, join
@@ -89,7 +89,11 @@ class Applier:
     # -- entry point ---------------------------------------------------------------------
     def apply(self, e: Entry, inp: Input) -> None:
         what = e.what
-        self.guard.charge_entry(what)
+        budget = self.guard.budget
+        if budget.entries >= self.limits.max_entries or not (budget.entries + 1) & 0x3F:
+            self.guard.charge_entry(what)  # raises at the limit; checks the clock now and then
+        else:
+            budget.entries += 1
         self.entries += 1
         try:
             self._apply(e, inp, what)
@@ -99,40 +103,47 @@ class Applier:
             raise
 
     def _apply(self, e: Entry, inp: Input, what: str) -> None:
-        parts = normalise(e.name, what, self.limits)
-        if not parts:
+        parent, name = split_name(e.name, what, self.limits)
+        if not name:
             if e.type != DIR:
                 raise UnsafeArchive(f"{what}: names the root but is not a directory", detail={"entry": what})
             xattrs = self._wanted_xattrs(e.xattrs, what, regular=False)
             self._dirs[""] = _DirMeta(e.mode & ~stat.S_ISUID, e.uid, e.gid, e.atime_ns, e.mtime_ns, xattrs, what)
             return
         if WHITEOUT_PREFIX in e.name:
-            for part in parts[:-1]:
+            for part in parent.split("/"):
                 if part.startswith(WHITEOUT_PREFIX):
                     raise UnsafeArchive(f"{what}: whiteout name {part!r} used as a directory",
                                         detail={"entry": what})
-            if parts[-1].startswith(WHITEOUT_PREFIX):
-                self._whiteout(e, parts, what)
+            if name.startswith(WHITEOUT_PREFIX):
+                self._whiteout(e, parent, name, what)
                 return
         kind = e.type
         if kind == REG:
-            self.guard.charge_data(what, e.size, is_file=True)  # before anything is created
+            budget = self.guard.budget
+            if e.size > self.limits.max_file_bytes or budget.bytes + e.size > self.limits.max_total_bytes:
+                self.guard.charge_data(what, e.size, is_file=True)  # raises, naming the limit
+            budget.bytes += e.size  # charged before anything is created
         elif kind in (CHR, BLK) and not self.limits.allow_devices:
             raise UnsafeArchive(f"{what}: device node {e.devmajor}:{e.devminor} refused (allow_devices is off)",
                                 detail={"entry": what, "limit": "allow_devices"})
-        elif e.xattrs and kind not in (REG, DIR):
+        elif e.xattrs and kind != DIR:
             self._wanted_xattrs(e.xattrs, what, regular=False)  # refuse overlayfs metadata; nothing to set
-        found = self.tree.resolve_dir(parts[:-1], what, follow=True, create=True)
-        assert found is not None  # create=True never returns None
-        pfd, pkey = found
-        name = parts[-1]
-        key = join(pkey, name)
+        tree = self.tree
+        pfd = tree.cached_dir(parent)
+        if pfd is not None:
+            pkey = parent
+        else:
+            found = tree.resolve_dir(parent, what, follow=True, create=True)
+            assert found is not None  # create=True never returns None
+            pfd, pkey = found
+        key = f"{pkey}/{name}" if pkey else name
         if kind == REG:
             self._file(e, pfd, pkey, name, key, inp, what)
         elif kind == DIR:
             self._dir(e, pfd, name, key)
         elif kind == SYM:
-            self._symlink(e, parts, pfd, pkey, name, key, what)
+            self._symlink(e, pfd, pkey, name, key, what)
         elif kind == LNK:
             self._hardlink(e, pfd, name, key, what)
         else:
@@ -154,7 +165,7 @@ class Applier:
 
     def _file(self, e: Entry, pfd: int, pkey: str, name: str, key: str, inp: Input, what: str) -> None:
         mode = e.mode
-        xattrs = self._wanted_xattrs(e.xattrs, what, regular=True)
+        xattrs = self._wanted_xattrs(e.xattrs, what, regular=True) if e.xattrs else None
         try:
             fd = os.open(name, _FILE_FLAGS, mode & 0o777, dir_fd=pfd)
         except FileExistsError:
@@ -163,7 +174,7 @@ class Applier:
         try:
             if e.size:
                 inp.copy_to(fd, e.size, self.guard, what)
-            if self._needs_chown(e, pfd, pkey):
+            if self._chown and (e.uid != self._euid or e.gid != self.tree.new_file_gid(pkey, pfd)):
                 os.fchown(fd, e.uid, e.gid)
             if mode & 0o7000 or mode & self._umask:  # else open() already set it exactly
                 os.fchmod(fd, mode)
@@ -189,11 +200,10 @@ class Applier:
                     self.tree.set_opaque(pfd, name, self.opaque_xattr)
         self._dirs[key] = _DirMeta(e.mode & ~stat.S_ISUID, e.uid, e.gid, e.atime_ns, e.mtime_ns, xattrs, e.what)
 
-    def _symlink(self, e: Entry, parts: tuple[str, ...], pfd: int, pkey: str, name: str, key: str,
-                 what: str) -> None:
+    def _symlink(self, e: Entry, pfd: int, pkey: str, name: str, key: str, what: str) -> None:
         target = e.linkname
         validate_link_target(target, what, self.limits)
-        if symlink_escapes(parts, target):
+        if symlink_escapes(pkey, target):
             raise UnsafeArchive(f"{what}: symlink target {target!r} climbs above the root",
                                 detail={"entry": what})
         try:
@@ -207,19 +217,19 @@ class Applier:
 
     def _hardlink(self, e: Entry, pfd: int, name: str, key: str, what: str) -> None:
         validate_link_target(e.linkname, what, self.limits)
-        tparts = normalise(e.linkname, what, self.limits, field="hardlink target")
-        if not tparts:
+        tparent, tname = split_name(e.linkname, what, self.limits, field="hardlink target")
+        if not tname:
             raise UnsafeArchive(f"{what}: hardlink to the root directory", detail={"entry": what})
         # resolve_dir may evict cached fds; hold private copies of both directories
         link_dir = os.dup(pfd)
         try:
-            found = self.tree.resolve_dir(tparts[:-1], what, follow=False, create=False)
+            found = self.tree.resolve_dir(tparent, what, follow=False, create=False)
             if found is None:
                 raise UnsafeArchive(f"{what}: hardlink target {e.linkname!r} does not exist",
                                     detail={"entry": what})
             target_dir = os.dup(found[0])
             try:
-                self._link(e, link_dir, name, key, target_dir, tparts[-1], join(found[1], tparts[-1]), what)
+                self._link(e, link_dir, name, key, target_dir, tname, join(found[1], tname), what)
             finally:
                 os.close(target_dir)
         finally:
@@ -290,17 +300,16 @@ class Applier:
                 raise
 
     # -- whiteouts -----------------------------------------------------------------------
-    def _whiteout(self, e: Entry, parts: tuple[str, ...], what: str) -> None:
+    def _whiteout(self, e: Entry, parent: str, base: str, what: str) -> None:
         self.whiteouts += 1
         if e.size:
             self.guard.charge_data(what, e.size, is_file=False)  # the reader skips it
-        base = parts[-1]
         if base != OPAQUE and base.startswith(_AUFS_META):
             return  # AUFS bookkeeping (.wh..wh.plnk, .wh..wh.aufs): no meaning in OCI, ignored as containerd does
         victim = None if base == OPAQUE else base[len(WHITEOUT_PREFIX):]
         if victim is not None and victim in ("", ".", ".."):
             raise UnsafeArchive(f"{what}: whiteout names no valid file", detail={"entry": what})
-        found = self.tree.resolve_dir(parts[:-1], what, follow=False, create=self.overlay)
+        found = self.tree.resolve_dir(parent, what, follow=False, create=self.overlay)
         if found is None:
             return  # the parent does not exist below: nothing to delete
         pfd, pkey = found
@@ -362,8 +371,7 @@ class Applier:
         while todo:
             key = todo.pop()
             parent, _, name = key.rpartition("/")
-            found = self.tree.resolve_dir(parent.split("/") if parent else (), repr(key),
-                                          follow=False, create=False)
+            found = self.tree.resolve_dir(parent, repr(key), follow=False, create=False)
             if found is None:
                 continue
             pfd = found[0]
@@ -391,8 +399,7 @@ class Applier:
                 self._dir_meta(self.tree.root_fd, meta)
                 continue
             parent, _, name = key.rpartition("/")
-            found = self.tree.resolve_dir(parent.split("/") if parent else (), meta.what,
-                                          follow=False, create=False)
+            found = self.tree.resolve_dir(parent, meta.what, follow=False, create=False)
             if found is None:
                 raise UnsafeArchive(f"{meta.what}: directory vanished during unpack", detail={"entry": meta.what})
             fd = self.tree.open_dir(found[0], name)

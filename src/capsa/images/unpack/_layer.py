@@ -84,7 +84,8 @@ def apply_layer(
                           track_lower=not overlay and not empty)
         inp = open_input(source, media_type, guard, hasher)
         try:
-            for entry in TarReader(inp, limits, guard):
+            reader = TarReader(inp, limits, guard)
+            while (entry := reader.next()) is not None:
                 applier.apply(entry, inp)
             trailing = inp.drain(guard)
             guard.charge_data("data after the end-of-archive marker", trailing, is_file=False)

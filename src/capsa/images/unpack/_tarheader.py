@@ -116,9 +116,11 @@ def _checksum_ok(blk: bytes, stored: int | None = None) -> bool:
 def _fixed_fields(blk: bytes, offset: int) -> tuple[int, int, int, int, int]:
     """Verify the checksum; return mode, uid, gid, size, mtime."""
     m = _CANONICAL_NUMBERS.fullmatch(blk, 100, 156)
-    if m is not None:  # what GNU tar, Go and Python write: zero-padded octal, NUL-terminated
+    if m is not None and blk.isascii():  # what GNU tar, Go and Python write
         mode, uid, gid, size, mtime, chk = m.groups()
-        if not _checksum_ok(blk, int(chk, 8)):
+        # adler32's low half is 1 + the byte sum (exact: an ASCII block sums to < 65521);
+        # the checksum field counts as eight spaces: its digits, a NUL and a space are replaced.
+        if int(chk, 8) != (zlib.adler32(blk) & 0xFFFF) - 1 - sum(chk) - 32 + 256:
             raise _bad("bad header checksum", offset)
         return int(mode, 8), int(uid, 8), int(gid, 8), int(size, 8), int(mtime, 8)
     if not _checksum_ok(blk):
@@ -208,58 +210,73 @@ class TarReader:
         rest = self._data_end - inp.offset
         if rest > 0:
             inp.skip(rest, self._guard, "entry data")
+        offset = inp.offset
+        blk = inp.read(BLOCK)
+        if len(blk) < BLOCK or blk == ZERO_BLOCK:
+            return self._end(blk, offset, pending=False)
+        flag = blk[156:157]
+        if flag in _META:
+            return self._with_metadata(blk, flag, offset)
+        return self._entry(blk, flag, _fixed_fields(blk, offset), offset, None, None, None)
+
+    def _end(self, blk: bytes, offset: int, *, pending: bool) -> None:
+        """The archive ended at ``offset`` with ``blk`` (short, or a zero block)."""
+        if len(blk) < BLOCK:
+            if pending:
+                raise _bad("archive ends after a pax or long-name header", offset)
+            raise _bad("archive is truncated: it ends without an end-of-archive marker" if not blk
+                       else "archive ends inside a header", offset)
+        if pending:
+            raise _bad("end-of-archive marker right after a pax or long-name header", offset)
+        if self._inp.read(BLOCK).strip(b"\0"):
+            raise _bad("a lone zero block is followed by more data", offset + BLOCK)
+        return None
+
+    def _with_metadata(self, blk: bytes, flag: bytes, offset: int) -> Entry | None:
+        """Collect pax / GNU long-name headers, then return the entry they describe."""
+        inp = self._inp
         pax: dict[str, bytes] = {}
         longname = longlink = None
         meta_headers = meta_bytes = 0
         pending = False  # a pax/long-name header waits for its entry
         while True:
+            fields = _fixed_fields(blk, offset)
+            if flag not in _META:
+                return self._entry(blk, flag, fields, offset, pax, longname, longlink)
+            size = fields[3]
+            if size < 0:
+                raise _bad("negative size in a metadata header", offset)
+            meta_headers += 1
+            meta_bytes += size
+            if meta_headers > _MAX_META_HEADERS:
+                raise _bad(f"more than {_MAX_META_HEADERS} metadata headers for one entry", offset)
+            if meta_bytes > self._limits.max_header_bytes:
+                raise LimitExceeded(
+                    f"pax/long-name metadata of {meta_bytes} bytes at byte {offset} exceeds "
+                    f"max_header_bytes={self._limits.max_header_bytes}",
+                    detail={"limit": "max_header_bytes", "offset": offset})
+            self._guard.check_time(f"metadata header at byte {offset}")
+            self._guard.charge_data(f"metadata header at byte {offset}", size, is_file=False)
+            payload = self._read_payload(size, "metadata", offset)
+            if flag == b"x":
+                pax.update(_pax_records(payload, offset))
+                pending = True
+            elif flag == b"g":
+                _pax_records(payload, offset)  # validated, then ignored (as Go's archive/tar does)
+            elif flag == b"L":
+                longname = _cstr(payload)
+                pending = True
+            else:
+                longlink = _cstr(payload)
+                pending = True
             offset = inp.offset
             blk = inp.read(BLOCK)
-            if len(blk) < BLOCK:
-                if pending:
-                    raise _bad("archive ends after a pax or long-name header", offset)
-                raise _bad("archive is truncated: it ends without an end-of-archive marker" if not blk
-                           else "archive ends inside a header", offset)
-            if blk == ZERO_BLOCK:
-                if pending:
-                    raise _bad("end-of-archive marker right after a pax or long-name header", offset)
-                following = inp.read(BLOCK)
-                if following.strip(b"\0"):
-                    raise _bad("a lone zero block is followed by more data", offset + BLOCK)
-                return None
-            fields = _fixed_fields(blk, offset)
+            if len(blk) < BLOCK or blk == ZERO_BLOCK:
+                return self._end(blk, offset, pending=pending)
             flag = blk[156:157]
-            size = fields[3]
-            if flag in _META:
-                if size < 0:
-                    raise _bad("negative size in a metadata header", offset)
-                meta_headers += 1
-                meta_bytes += size
-                if meta_headers > _MAX_META_HEADERS:
-                    raise _bad(f"more than {_MAX_META_HEADERS} metadata headers for one entry", offset)
-                if meta_bytes > self._limits.max_header_bytes:
-                    raise LimitExceeded(
-                        f"pax/long-name metadata of {meta_bytes} bytes at byte {offset} exceeds "
-                        f"max_header_bytes={self._limits.max_header_bytes}",
-                        detail={"limit": "max_header_bytes", "offset": offset})
-                self._guard.check_time(f"metadata header at byte {offset}")
-                self._guard.charge_data(f"metadata header at byte {offset}", size, is_file=False)
-                payload = self._read_payload(size, "metadata", offset)
-                if flag == b"x":
-                    pax.update(_pax_records(payload, offset))
-                elif flag == b"g":
-                    _pax_records(payload, offset)  # validated, then ignored (as Go's archive/tar does)
-                    continue
-                elif flag == b"L":
-                    longname = _cstr(payload)
-                else:
-                    longlink = _cstr(payload)
-                pending = True
-                continue
-            return self._entry(blk, flag, fields, offset, pax, longname, longlink)
 
     def _entry(self, blk: bytes, flag: bytes, fields: tuple[int, int, int, int, int], offset: int,
-               pax: dict[str, bytes], longname: bytes | None, longlink: bytes | None) -> Entry:
+               pax: dict[str, bytes] | None, longname: bytes | None, longlink: bytes | None) -> Entry:
         magic = blk[257:263]
         if longname is not None:
             raw_name = longname

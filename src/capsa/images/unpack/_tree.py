@@ -22,7 +22,6 @@ import os
 import shutil
 import stat
 from collections import OrderedDict, deque
-from collections.abc import Sequence
 from pathlib import Path
 
 from capsa.errors import UnsafeArchive
@@ -72,6 +71,15 @@ class Tree:
             self._cache.move_to_end(key)
         return fd
 
+    def cached_dir(self, key: str) -> int | None:
+        """The fd of directory ``key`` if it is cached (the common, fast case), else None."""
+        fd = self._cache.get(key)
+        if fd is not None:
+            self._cache.move_to_end(key)
+        elif not key:
+            return self.root_fd
+        return fd
+
     def _put(self, key: str, fd: int) -> None:
         self._cache[key] = fd
         if len(self._cache) > self._capacity:
@@ -104,26 +112,26 @@ class Tree:
         return gid
 
     # -- resolution ----------------------------------------------------------------------
-    def resolve_dir(self, parts: Sequence[str], what: str, *, follow: bool,
-                    create: bool) -> tuple[int, str] | None:
-        """The fd and canonical key of the directory at ``parts`` (relative to the root).
+    def resolve_dir(self, key: str, what: str, *, follow: bool, create: bool) -> tuple[int, str] | None:
+        """The fd and canonical key of the directory ``key`` (``a/b``, relative to the root).
 
         ``follow``: resolve symlinks inside the root; otherwise a symlink component
         raises UnsafeArchive. ``create``: make missing directories (0755); otherwise
         return None when one is missing. A component that exists but is not a
         directory raises UnsafeArchive. The fd stays owned by the tree.
         """
-        if not parts:
+        if not key:
             return self.root_fd, ""
-        key = "/".join(parts)
-        fd = self._get(key)
+        fd = self._cache.get(key)
         if fd is not None:
+            self._cache.move_to_end(key)
             return fd, key
+        parts = key.split("/")
         fd, stack, start = self.root_fd, [], 0
         for i in range(len(parts) - 1, 0, -1):
             cached = self._get("/".join(parts[:i]))
             if cached is not None:
-                fd, stack, start = cached, list(parts[:i]), i
+                fd, stack, start = cached, parts[:i], i
                 break
         pending = deque(parts[start:])
         hops = 0
@@ -134,7 +142,7 @@ class Tree:
             if comp == "..":  # only from symlink targets; stops at the root like "/.."
                 if stack:
                     stack.pop()
-                found = self.resolve_dir(stack, what, follow=False, create=False)
+                found = self.resolve_dir("/".join(stack), what, follow=False, create=False)
                 if found is None:
                     raise UnsafeArchive(f"{what}: directory {'/'.join(stack)!r} vanished", detail={"entry": what})
                 fd = found[0]

@@ -54,8 +54,7 @@ def verify_layout(root: Path, *, allow_devices: bool = False) -> None:
         todo: list[str] = [""]
         while todo:
             dkey = todo.pop()
-            parts = dkey.split("/") if dkey else []
-            found = tree.resolve_dir(parts, repr(dkey), follow=False, create=False)
+            found = tree.resolve_dir(dkey, repr(dkey), follow=False, create=False)
             if found is None:
                 raise _unsafe(dkey, "directory vanished during verification")
             fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=found[0])
@@ -93,7 +92,7 @@ def _check_entry(dir_fd: int, name: str, key: str, st: os.stat_result, root_dev:
         raise _unsafe(key, "setgid bit on something that is neither a regular file nor a directory")
     if stat.S_ISLNK(mode):
         target = os.readlink(name, dir_fd=dir_fd)
-        if symlink_escapes(tuple(key.split("/")), target):
+        if symlink_escapes(key.rpartition("/")[0], target):
             raise _unsafe(key, f"symlink target {target!r} climbs above the root")
         if st.st_nlink > 1:
             raise _unsafe(key, "a symlink with more than one hard link")

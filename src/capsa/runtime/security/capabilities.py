@@ -24,6 +24,7 @@ capabilities would gain them across ``execve`` even for a non-root user.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import resource
 from collections.abc import Iterable, Mapping
@@ -144,6 +145,14 @@ def _names(mask: int) -> frozenset[str]:
     return frozenset(name for number, name in _NAMES.items() if mask >> number & 1)
 
 
+@functools.lru_cache(maxsize=32)
+def _plan(keep: frozenset[str]) -> tuple[int, tuple[int, ...]]:
+    """(keep mask, capabilities to drop from the bounding set); cached, so the zygote's first job
+    computes it and every later fork inherits the answer."""
+    keep_mask = _mask(keep)
+    return keep_mask, tuple(cap for cap in range(_LAST_CAP + 1) if not keep_mask >> cap & 1)
+
+
 def drop_capabilities(keep: Iterable[str] = DEFAULT_CAPABILITIES) -> None:
     """Reduce the bounding set to ``keep``, set effective = permitted = ``keep`` (as far as the
     process holds them), empty the inheritable set and clear the ambient set.
@@ -151,10 +160,8 @@ def drop_capabilities(keep: Iterable[str] = DEFAULT_CAPABILITIES) -> None:
     Order matters: the bounding set is dropped first, because dropping it needs
     ``CAP_SETPCAP`` in the effective set, which ``keep`` need not contain.
     """
-    keep_mask = _mask(keep)
-    for cap in range(_LAST_CAP + 1):
-        if not keep_mask >> cap & 1:
-            _kernel.prctl(_kernel.PR_CAPBSET_DROP, cap)
+    keep_mask, drop = _plan(keep if isinstance(keep, frozenset) else frozenset(keep))
+    _kernel.capbset_drop(drop)
     _kernel.prctl(_kernel.PR_CAP_AMBIENT, _kernel.PR_CAP_AMBIENT_CLEAR_ALL)
     _effective, permitted, _inheritable = _kernel.capget()
     kept = permitted & keep_mask  # capset cannot add to the permitted set, only keep a subset
@@ -212,13 +219,25 @@ def validate_rlimits(limits: Mapping[str, tuple[int, int]]) -> dict[str, tuple[i
     return out
 
 
+@functools.lru_cache(maxsize=32)
+def _validated(items: tuple[tuple[str, tuple[int, ...]], ...]) -> tuple[tuple[str, int, int], ...]:
+    """validate_rlimits, cached: the zygote's first job pays it, later forks inherit it."""
+    return tuple((name, soft, hard) for name, (soft, hard) in validate_rlimits(dict(items)).items())
+
+
 def apply_rlimits(limits: Mapping[str, tuple[int, int]] = DEFAULT_RLIMITS) -> None:
     """Set each ``{name: (soft, hard)}`` limit on the calling process.
 
     Raising a hard limit above the current one needs ``CAP_SYS_RESOURCE``: call this before
     :func:`drop_capabilities`. Failures raise :class:`OSError` naming the limit.
     """
-    for name, (soft, hard) in validate_rlimits(limits).items():
+    try:
+        key = tuple((name, tuple(pair)) for name, pair in limits.items())
+        hash(key)
+    except TypeError:
+        validate_rlimits(limits)  # names the bad entry
+        raise
+    for name, soft, hard in _validated(key):
         try:
             resource.setrlimit(_RLIMITS[name], (soft, hard))
         except ValueError as exc:  # CPython maps EPERM/EINVAL of setrlimit to ValueError
@@ -226,3 +245,9 @@ def apply_rlimits(limits: Mapping[str, tuple[int, int]] = DEFAULT_RLIMITS) -> No
             raise OSError(code, f"setrlimit({name}, soft={soft}, hard={hard}): {os.strerror(code)}") from None
         except OSError as exc:
             raise OSError(exc.errno, f"setrlimit({name}, soft={soft}, hard={hard}): {exc.strerror}") from None
+
+
+# Fill the caches for the defaults at import, i.e. in the zygote: a cache filled in a job's
+# stage two dies with it, one filled here is inherited by every fork.
+_plan(DEFAULT_CAPABILITIES)
+_validated(tuple(DEFAULT_RLIMITS.items()))

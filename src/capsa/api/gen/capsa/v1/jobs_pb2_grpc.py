@@ -66,6 +66,16 @@ class JobServiceStub:
                 request_serializer=capsa_dot_v1_dot_jobs__pb2.StreamLogsRequest.SerializeToString,
                 response_deserializer=capsa_dot_v1_dot_jobs__pb2.LogChunk.FromString,
                 _registered_method=True)
+        self.UploadFiles = channel.stream_unary(
+                '/capsa.v1.JobService/UploadFiles',
+                request_serializer=capsa_dot_v1_dot_jobs__pb2.UploadChunk.SerializeToString,
+                response_deserializer=capsa_dot_v1_dot_jobs__pb2.UploadResult.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/capsa.v1.JobService/CancelJob',
+                request_serializer=capsa_dot_v1_dot_jobs__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=capsa_dot_v1_dot_jobs__pb2.Job.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -110,6 +120,20 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadFiles(self, request_iterator, context):
+        """Stage files for a job's /work (capsa.jobs.uploads); RunJob names the returned session.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """SCHEDULED or PENDING -> CANCELED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,6 +166,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.StreamLogs,
                     request_deserializer=capsa_dot_v1_dot_jobs__pb2.StreamLogsRequest.FromString,
                     response_serializer=capsa_dot_v1_dot_jobs__pb2.LogChunk.SerializeToString,
+            ),
+            'UploadFiles': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadFiles,
+                    request_deserializer=capsa_dot_v1_dot_jobs__pb2.UploadChunk.FromString,
+                    response_serializer=capsa_dot_v1_dot_jobs__pb2.UploadResult.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=capsa_dot_v1_dot_jobs__pb2.CancelJobRequest.FromString,
+                    response_serializer=capsa_dot_v1_dot_jobs__pb2.Job.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +341,60 @@ class JobService:
             '/capsa.v1.JobService/StreamLogs',
             capsa_dot_v1_dot_jobs__pb2.StreamLogsRequest.SerializeToString,
             capsa_dot_v1_dot_jobs__pb2.LogChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadFiles(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/capsa.v1.JobService/UploadFiles',
+            capsa_dot_v1_dot_jobs__pb2.UploadChunk.SerializeToString,
+            capsa_dot_v1_dot_jobs__pb2.UploadResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capsa.v1.JobService/CancelJob',
+            capsa_dot_v1_dot_jobs__pb2.CancelJobRequest.SerializeToString,
+            capsa_dot_v1_dot_jobs__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,

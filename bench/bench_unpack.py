@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""Benchmark capsa's layer unpacker against GNU ``tar -x`` on the same tar.
+
+    .venv/bin/python bench/bench_unpack.py [--runs 3] [--fs disk|tmpfs|both] [--compressed]
+
+Builds (once, cached under ``/var/tmp/capsa-bench``) an uncompressed tar of about
+1 GB / 60k entries from the host's Python and shared files, then alternates
+``tar -xf`` and :func:`capsa.images.unpack.apply_layer` into fresh directories,
+``--runs`` times each, and prints a markdown table of wall time and CPU time
+(user+sys, which is what a loaded machine distorts least) with medians.
+``--compressed`` adds gzip and zstd layers (tar -xzf / tar --zstd -xf).
+
+Outputs are kept until every run is done: on a filesystem without a journal,
+ext4 skips recently freed inodes for minutes, so deleting 60k files between runs
+would slow whichever run comes next. Both trees of the first pair are compared
+(names, types, modes, owners, sizes, mtimes, link targets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from capsa.images.unpack import UnpackLimits, apply_layer, verify_layout
+
+CACHE = Path("/var/tmp/capsa-bench")
+TMPFS = Path("/dev/shm/capsa-bench")
+SOURCES = ["usr/lib/python3", "usr/lib/python3.11", "usr/share", "usr/include", "usr/lib/gcc"]
+LIMITS = UnpackLimits(max_entries=1_000_000, max_total_bytes=64 << 30)
+
+
+def build_tar(cache: Path) -> tuple[Path, list[str]]:
+    tar = cache / "big.tar"
+    sources = [s for s in SOURCES if (Path("/") / s).exists()]
+    cmd = ["tar", "-C", "/", "-cf", str(tar), *sources]
+    if not tar.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = tar.with_suffix(".tmp")
+        subprocess.run([*cmd[:3], "-cf", str(tmp), *sources], check=True)
+        tmp.rename(tar)
+    return tar, cmd
+
+
+def compressed(tar: Path, kind: str) -> Path:
+    out = tar.with_suffix(".tar.gz" if kind == "gzip" else ".tar.zst")
+    if not out.exists():
+        tool = ["gzip", "-c", "-6"] if kind == "gzip" else ["zstd", "-q", "-c", "-3", "-T0"]
+        with open(out.with_suffix(".tmp"), "wb") as sink:
+            subprocess.run([*tool, str(tar)], stdout=sink, check=True)
+        out.with_suffix(".tmp").rename(out)
+    return out
+
+
+def cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_tar(layer: Path, dest: Path, kind: str) -> tuple[float, float]:
+    flags = {"none": ["-xf"], "gzip": ["-xzf"], "zstd": ["--zstd", "-xf"]}[kind]
+    before, start = cpu(resource.RUSAGE_CHILDREN), time.perf_counter()
+    subprocess.run(["tar", "-C", str(dest), *flags, str(layer)], check=True)
+    return time.perf_counter() - start, cpu(resource.RUSAGE_CHILDREN) - before
+
+
+def run_apply(layer: Path, dest: Path) -> tuple[float, float]:
+    before, start = cpu(resource.RUSAGE_SELF), time.perf_counter()
+    apply_layer(layer, dest, limits=LIMITS)
+    return time.perf_counter() - start, cpu(resource.RUSAGE_SELF) - before
+
+
+def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
+    tree: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            link = os.readlink(path) if path.is_symlink() else None
+            size = st.st_size if not path.is_dir() else 0
+            tree[str(path.relative_to(root))] = (st.st_mode, st.st_uid, st.st_gid, size, st.st_mtime_ns, link)
+    return tree
+
+
+def compare(a: Path, b: Path) -> str:
+    left, right = snapshot(a), snapshot(b)
+    if left == right:
+        return f"identical ({len(left)} entries: names, types, modes, owners, sizes, mtimes, link targets)"
+    diff = sorted(k for k in left.keys() | right.keys() if left.get(k) != right.get(k))
+    return f"DIFFERENT in {len(diff)} entries, e.g. {diff[:5]}"
+
+
+def bench(layer: Path, work: Path, kind: str, runs: int,
+          dests: list[Path]) -> dict[str, list[tuple[float, float]]]:
+    results: dict[str, list[tuple[float, float]]] = {"GNU tar": [], "apply_layer": []}
+    first = len(dests)
+    for i in range(runs):
+        for tool in ("GNU tar", "apply_layer"):
+            dest = work / f"{kind}-{'tar' if tool == 'GNU tar' else 'apply'}-{i}"
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.mkdir(parents=True)
+            dests.append(dest)
+            results[tool].append(run_tar(layer, dest, kind) if tool == "GNU tar" else run_apply(layer, dest))
+    print(f"\n{kind}: result trees {compare(dests[first], dests[first + 1])}")
+    if kind == "none":
+        start = time.perf_counter()
+        verify_layout(dests[first + 1])
+        print(f"verify_layout on the unpacked tree: {time.perf_counter() - start:.2f} s")
+    return results
+
+
+def table(fs: str, kind: str, layer: Path, results: dict[str, list[tuple[float, float]]]) -> None:
+    tar_wall = statistics.median(w for w, _ in results["GNU tar"])
+    tar_cpu = statistics.median(c for _, c in results["GNU tar"])
+    size = layer.stat().st_size / 1e6
+    print(f"\n### {fs}, {kind} layer ({layer.name}, {size:.0f} MB)\n")
+    print("| tool | wall per run (s) | median wall (s) | median CPU user+sys (s) | wall vs tar | CPU vs tar |")
+    print("|---|---|---|---|---|---|")
+    for tool, runs in results.items():
+        wall = statistics.median(w for w, _ in runs)
+        used = statistics.median(c for _, c in runs)
+        per_run = ", ".join(f"{w:.2f}" for w, _ in runs)
+        print(f"| {tool} | {per_run} | {wall:.2f} | {used:.2f} | {wall / tar_wall:.2f}x | {used / tar_cpu:.2f}x |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--fs", choices=["disk", "tmpfs", "both"], default="disk")
+    parser.add_argument("--compressed", action="store_true", help="also gzip and zstd layers")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("run as root (tar -x and apply_layer both restore ownership)", file=sys.stderr)
+        return 2
+    tar, cmd = build_tar(CACHE)
+    entries = int(subprocess.run(f"tar -tf {tar} | wc -l", shell=True, check=True, capture_output=True,
+                                 text=True).stdout)
+    print(f"test tar: {tar} ({tar.stat().st_size / 1e6:.0f} MB, {entries} entries), built with:\n    {' '.join(cmd)}")
+    print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start; {sys.version.split()[0]}")
+    kinds = ["none"] + (["gzip", "zstd"] if args.compressed and shutil.which("zstd") else
+                        ["gzip"] if args.compressed else [])
+    places = {"disk": [CACHE], "tmpfs": [TMPFS], "both": [CACHE, TMPFS]}[args.fs]
+    for place in places:
+        fs = "tmpfs (/dev/shm)" if place == TMPFS else f"disk ({place})"
+        local = tar
+        if place == TMPFS:
+            place.mkdir(parents=True, exist_ok=True)
+            local = place / tar.name
+            shutil.copyfile(tar, local)  # keep the tar on the same filesystem as the output
+        dests: list[Path] = []
+        try:
+            for kind in kinds:
+                layer = local if kind == "none" else compressed(tar, kind)
+                subprocess.run(["cat", str(layer)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
+                table(fs, kind, layer, bench(layer, place / "runs", kind, args.runs, dests))
+        finally:
+            for dest in dests:  # only now: see the module docstring
+                shutil.rmtree(dest, ignore_errors=True)
+            if place == TMPFS:
+                shutil.rmtree(place)
+    print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

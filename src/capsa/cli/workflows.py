@@ -1,0 +1,162 @@
+"""`capsa workflow ...`: run, ls, status, cancel."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from google.protobuf.json_format import MessageToDict
+
+from capsa.cli.output import ago, emit, json_option, print_table
+from capsa.errors import InvalidArgument
+
+__all__ = ["COMMANDS"]
+
+_INT_FIELDS = ("created_at_ns", "started_at_ns", "ended_at_ns")
+
+
+def workflow_dict(workflow: Any) -> dict[str, Any]:
+    data = MessageToDict(workflow, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    for key in _INT_FIELDS:
+        data[key] = int(data.get(key, 0))
+    for job in data.get("jobs", []):
+        for key in ("started_at_ns", "ended_at_ns"):
+            job[key] = int(job.get(key, 0))
+        job["exit_code"] = job["exit_code"] if job.pop("has_exit_code", False) else None
+    return data
+
+
+def _counts(workflow: Any) -> str:
+    done = sum(1 for j in workflow.jobs if j.state == "COMPLETED")
+    return f"{done}/{len(workflow.jobs)}"
+
+
+def _duration(start_ns: int, end_ns: int) -> str:
+    if not start_ns:
+        return "-"
+    seconds = ((end_ns or time.time_ns()) - start_ns) / 1e9
+    return f"{seconds:.1f}s" if seconds < 60 else f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def _exit_status(workflow: Any) -> int:
+    return {"COMPLETED": 0, "CANCELED": 130}.get(workflow.state, 1)
+
+
+@click.group()
+def workflow() -> None:
+    """Run workflows of jobs (YAML: jobs with `requires` between them)."""
+
+
+@workflow.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--wait", is_flag=True, help="Follow the workflow until it ends; exit non-zero if any job failed.")
+@json_option
+@click.pass_obj
+def run(obj: Any, file: Path, wait: bool, as_json: bool) -> int:
+    """Validate FILE and start it; prints the workflow id."""
+    try:
+        text = file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"cannot read {file}: {exc}") from None
+    client = obj.client()
+    submitted = client.submit_workflow(text, base_dir=str(file.resolve().parent), source=str(file))
+    if not wait:
+        if as_json:
+            emit(workflow_dict(submitted))
+        else:
+            click.echo(submitted.id)
+        return 0
+    if not as_json:
+        click.echo(submitted.id)
+    final = _follow(client, submitted.id, quiet=as_json)
+    if as_json:
+        emit(workflow_dict(final))
+    else:
+        _print_jobs(final, detail=False)
+        if final.reason:
+            click.echo(f"workflow {final.id[:12]} {final.state}: {final.reason}", err=True)
+    return _exit_status(final)
+
+
+def _follow(client: Any, workflow_id: str, *, quiet: bool) -> Any:
+    """Poll until the workflow ends, printing each job's state changes on stderr."""
+    seen: dict[str, str] = {}
+    try:
+        while True:
+            current = client.get_workflow(workflow_id)
+            for job in current.jobs:
+                if not quiet and seen.get(job.name) != job.state and job.state != "WAITING":
+                    note = f" ({job.reason})" if job.reason else ""
+                    click.echo(f"{job.name}: {job.state}{note}", err=True)
+                seen[job.name] = job.state
+            if current.ended:
+                return current
+            time.sleep(0.3)
+    except KeyboardInterrupt:
+        click.echo(f"capsa: stopped following; the workflow keeps running (capsa workflow cancel {workflow_id[:12]})",
+                   err=True)
+        sys.exit(130)
+
+
+@workflow.command(name="ls")
+@json_option
+@click.pass_obj
+def ls(obj: Any, as_json: bool) -> None:
+    """List workflows, newest first."""
+    workflows = obj.client().list_workflows()
+    if as_json:
+        emit([workflow_dict(w) for w in workflows])
+        return
+    print_table(
+        ["WORKFLOW ID", "NAME", "STATE", "COMPLETED", "CREATED", "DURATION"],
+        [(w.id[:12], w.name, w.state, _counts(w), ago(w.created_at_ns), _duration(w.started_at_ns, w.ended_at_ns))
+         for w in workflows],
+    )
+
+
+@workflow.command()
+@click.argument("workflow_id")
+@click.option("--detail", is_flag=True, help="Also show requirements, exit codes and run times.")
+@json_option
+@click.pass_obj
+def status(obj: Any, workflow_id: str, detail: bool, as_json: bool) -> None:
+    """Show a workflow and the state of each of its jobs."""
+    wf = obj.client().get_workflow(workflow_id)
+    if as_json:
+        emit(workflow_dict(wf))
+        return
+    click.echo(f"workflow {wf.id} ({wf.name}): {wf.state}" + (f": {wf.reason}" if wf.reason else ""))
+    if detail and wf.description:
+        click.echo(wf.description)
+    _print_jobs(wf, detail=detail)
+
+
+def _print_jobs(wf: Any, *, detail: bool) -> None:
+    if detail:
+        print_table(
+            ["JOB", "STATE", "JOB ID", "EXIT", "DURATION", "REQUIRES", "REASON"],
+            [(j.name, j.state, j.job_id[:12] or "-", j.exit_code if j.has_exit_code else "-",
+              _duration(j.started_at_ns, j.ended_at_ns), j.requires, j.reason) for j in wf.jobs],
+        )
+    else:
+        print_table(["JOB", "STATE", "JOB ID", "REASON"],
+                    [(j.name, j.state, j.job_id[:12] or "-", j.reason) for j in wf.jobs])
+
+
+@workflow.command()
+@click.argument("workflow_id")
+@json_option
+@click.pass_obj
+def cancel(obj: Any, workflow_id: str, as_json: bool) -> None:
+    """Cancel a workflow: stop its running jobs, start no more."""
+    wf = obj.client().cancel_workflow(workflow_id)
+    if as_json:
+        emit(workflow_dict(wf))
+    else:
+        click.echo(f"{wf.id[:12]} {wf.state}")
+
+
+COMMANDS = [workflow]

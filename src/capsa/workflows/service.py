@@ -1,0 +1,156 @@
+"""Workflows of jobs: submit, list, status, cancel; each one executed as one durable FSM run.
+
+A submitted workflow is validated as a whole (every problem reported at once), recorded with one
+row per job, and handed to the ``workflow.run`` machine (:mod:`capsa.workflows._runner`). Its jobs
+are ordinary jobs (``capsa ps`` lists them, named ``WORKFLOW/JOB`` and linked back through
+``workflow_id``/``workflow_job``).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from capsa.errors import CapsaError, InvalidArgument, NotFound, Timeout
+from capsa.fsm import Engine, Machine
+from capsa.workflows._runner import WorkflowRunner
+from capsa.workflows.model import MIGRATIONS, Workflow, WorkflowJob, WorkflowJobState, WorkflowState
+from capsa.workflows.validation import Registries, ValidatedWorkflow, validate_workflow
+
+if TYPE_CHECKING:
+    from capsa.jobs.service import JobService
+    from capsa.state import Database
+
+__all__ = ["DEFAULT_MAX_PARALLEL", "MACHINE", "QUEUE", "WorkflowService"]
+
+MACHINE = "workflow.run"
+QUEUE = "workflows"           # the engine queue the daemon gives workflow runs (see api/server.py)
+DEFAULT_MAX_PARALLEL = 8
+_ID_PREFIX = re.compile(r"^[0-9a-f]{1,32}$")
+
+
+class WorkflowService:
+    """The workflow domain. Construct it before ``engine.resume()`` so its machine is registered.
+
+    ``max_parallel`` bounds the jobs of one workflow running at a time (a workflow's own
+    ``max_parallel`` may lower or raise it); ``queue`` is the engine queue for workflow runs
+    (None: the engine's shared pool). A job over its ``timeout`` gets SIGTERM and, after
+    ``timeout_grace_s``, SIGKILL; a cancel uses the job service's usual stop grace.
+    """
+
+    def __init__(self, db: Database, engine: Engine, jobs: JobService, *, registries: Registries | None = None,
+                 max_parallel: int = DEFAULT_MAX_PARALLEL, poll_interval_s: float = 0.2,
+                 queue: str | None = None, timeout_grace_s: float = 2.0,
+                 cancel_timeout_s: float | None = None) -> None:
+        if max_parallel < 1:
+            raise InvalidArgument(f"max_parallel must be at least 1, got {max_parallel}")
+        self.db = db
+        self.engine = engine
+        self.jobs = jobs
+        self.registries = registries or Registries()
+        self.max_parallel = max_parallel
+        self.cancel_timeout_s = cancel_timeout_s if cancel_timeout_s is not None else jobs.stop_grace_s + 30
+        db.migrate("workflows", MIGRATIONS)
+        self.runner = WorkflowRunner(db, jobs, max_parallel=max_parallel, poll_interval_s=poll_interval_s,
+                                     timeout_grace_s=timeout_grace_s, runtime_image=self.registries.runtime_image)
+        engine.register(Machine.define(MACHINE, queue=queue).start("run", self.runner.run).end(self.runner.finalize))
+        self._start_orphans()
+
+    # -- submit ---------------------------------------------------------------------------------
+    def validate(self, yaml_text: str, *, base_dir: str = "", source: str = "workflow") -> ValidatedWorkflow:
+        """Check a workflow without running it; InvalidArgument lists every problem with its line."""
+        base = Path(base_dir) if base_dir else None
+        if base is not None and not base.is_absolute():
+            raise InvalidArgument(f"base directory {base_dir!r} must be an absolute path")
+        return validate_workflow(yaml_text, registries=self.registries, base_dir=base, source=source)
+
+    def submit(self, yaml_text: str, *, base_dir: str = "", source: str = "workflow") -> Workflow:
+        workflow = self.validate(yaml_text, base_dir=base_dir, source=source)
+        spec = workflow.spec
+        workflow_id = secrets.token_hex(16)
+        max_parallel = spec.max_parallel or self.max_parallel
+        with self.db.tx() as conn:
+            conn.execute(
+                "INSERT INTO workflows(id, name, description, state, spec, max_parallel, created_ns)"
+                " VALUES(?,?,?,?,?,?,?)",
+                (workflow_id, spec.name, spec.description, WorkflowState.PENDING.value, spec.model_dump_json(),
+                 max_parallel, time.time_ns()),
+            )
+            conn.executemany(
+                "INSERT INTO workflow_jobs(workflow_id, name, position, state, requires, depends_on)"
+                " VALUES(?,?,?,?,?,?)",
+                [(workflow_id, name, i, WorkflowJobState.WAITING.value, str(workflow.conditions[name]),
+                  ",".join(workflow.deps[name])) for i, name in enumerate(workflow.order)],
+            )
+        self._start_run(workflow_id)
+        return self.get(workflow_id)
+
+    def _start_run(self, workflow_id: str) -> None:
+        handle = self.engine.start(MACHINE, workflow_id, "run", {"workflow_id": workflow_id})
+        self.db.execute("UPDATE workflows SET run_id = ? WHERE id = ?", (handle.run_id, workflow_id))
+
+    def _start_orphans(self) -> None:
+        """Workflows recorded just before a crash, before their run was: start that run now."""
+        for row in self.db.query("SELECT id FROM workflows WHERE run_id = '' AND state IN (?, ?)",
+                                 (WorkflowState.PENDING.value, WorkflowState.RUNNING.value)):
+            self._start_run(row["id"])
+
+    # -- queries --------------------------------------------------------------------------------
+    def resolve_id(self, id_or_prefix: str) -> str:
+        key = id_or_prefix.strip().lower()
+        if not _ID_PREFIX.match(key):
+            raise InvalidArgument(f"invalid workflow id {id_or_prefix!r}: expected hexadecimal characters")
+        rows = self.db.query("SELECT id FROM workflows WHERE id LIKE ? LIMIT 2", (key + "%",))
+        if not rows:
+            raise NotFound(f"no such workflow: {id_or_prefix}")
+        if len(rows) > 1:
+            raise InvalidArgument(f"workflow id prefix {id_or_prefix!r} is ambiguous: it matches several workflows")
+        return str(rows[0]["id"])
+
+    def get(self, id_or_prefix: str) -> Workflow:
+        workflow_id = self.resolve_id(id_or_prefix)
+        row = self.db.query_one("SELECT * FROM workflows WHERE id = ?", (workflow_id,))
+        if row is None:
+            raise NotFound(f"no such workflow: {id_or_prefix}")
+        return Workflow.from_row(row, self._jobs_of(workflow_id))
+
+    def _jobs_of(self, workflow_id: str) -> list[WorkflowJob]:
+        rows = self.db.query("SELECT * FROM workflow_jobs WHERE workflow_id = ? ORDER BY position", (workflow_id,))
+        return [WorkflowJob.from_row(r) for r in rows]
+
+    def list(self, *, limit: int = 0) -> list[Workflow]:
+        """Workflows, newest first, with their jobs (``limit`` 0: all)."""
+        sql = "SELECT * FROM workflows ORDER BY created_ns DESC" + (" LIMIT ?" if limit > 0 else "")
+        rows = self.db.query(sql, (limit,) if limit > 0 else ())
+        return [Workflow.from_row(r, self._jobs_of(r["id"])) for r in rows]
+
+    def wait(self, id_or_prefix: str, timeout: float | None = None) -> Workflow:
+        """The workflow once it has ended; Timeout if it is still going after ``timeout`` seconds."""
+        workflow_id = self.resolve_id(id_or_prefix)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            workflow = self.get(workflow_id)
+            if workflow.state.ended:
+                return workflow
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Timeout(f"workflow {workflow.short_id} is still {workflow.state.value}")
+            time.sleep(0.1)
+
+    # -- cancel ---------------------------------------------------------------------------------
+    def cancel(self, id_or_prefix: str) -> Workflow:
+        """Cancel a workflow: running jobs are stopped, waiting ones never start. Waits for the end."""
+        workflow = self.get(id_or_prefix)
+        if workflow.state.ended:
+            return workflow
+        if workflow.run_id:
+            self.engine.cancel(workflow.run_id)
+            try:
+                self.engine.handle(workflow.run_id).wait(timeout=self.cancel_timeout_s)
+            except CapsaError as exc:
+                if exc.code == Timeout.code:
+                    raise Timeout(f"workflow {workflow.short_id} is still stopping its jobs") from None
+                # Canceled (the expected outcome) or a run that failed meanwhile: the table says which.
+        return self.get(workflow.id)
