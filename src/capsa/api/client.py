@@ -12,7 +12,7 @@ Example::
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ from capsa.api.gen.capsa.v1 import images_pb2 as ipb
 from capsa.api.gen.capsa.v1 import images_pb2_grpc as ipb_grpc
 from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
 from capsa.api.gen.capsa.v1 import jobs_pb2_grpc as pb_grpc
+from capsa.api.gen.capsa.v1 import metrics_pb2 as mpb
+from capsa.api.gen.capsa.v1 import metrics_pb2_grpc as mpb_grpc
 from capsa.api.gen.capsa.v1 import workflows_pb2 as wpb
 from capsa.api.gen.capsa.v1 import workflows_pb2_grpc as wpb_grpc
 from capsa.config import NodeConfig, find_client_config, load_client_config
@@ -53,6 +55,7 @@ class CapsaClient:
         self.jobs = pb_grpc.JobServiceStub(self.channel)
         self.node = pb_grpc.NodeServiceStub(self.channel)
         self.images = ipb_grpc.ImageServiceStub(self.channel)
+        self.metrics = mpb_grpc.MetricsServiceStub(self.channel)
         self.workflows = wpb_grpc.WorkflowServiceStub(self.channel)
 
     @classmethod
@@ -79,14 +82,70 @@ class CapsaClient:
     def run_job(self, command: list[str], *, env: dict[str, str] | None = None, workdir: str = "",
                 name: str = "", max_cpu: int = 0, cpu_cores: str = "", max_memory_mb: int = 0,
                 max_iobps: int = 0, max_pids: int = 0, image: str = "", pull: str = "", user: str = "",
-                seccomp: str = "", network: str = "", volumes: list[str] | None = None) -> pb.Job:
+                seccomp: str = "", network: str = "", volumes: list[str] | None = None,
+                secret_env: dict[str, str] | None = None, upload_session: str = "", schedule: str = "",
+                timeout: str = "") -> pb.Job:
         request = pb.RunJobRequest(
             command=command, env=env or {}, workdir=workdir, name=name, image=image, pull=pull, user=user,
             seccomp=seccomp, network=network, volumes=volumes or [],
+            secret_env=secret_env or {}, upload_session=upload_session, schedule=schedule, timeout=timeout,
             resources=pb.Resources(max_cpu=max_cpu, cpu_cores=cpu_cores, max_memory_mb=max_memory_mb,
                                    max_iobps=max_iobps, max_pids=max_pids),
         )
         return self._call(self.jobs.RunJob, request)
+
+    def upload_files(self, chunks: Iterable[pb.UploadChunk]) -> pb.UploadResult:
+        """Stream raw upload chunks (see :meth:`upload_paths` for local files); returns the staged session."""
+        failure: list[BaseException] = []
+
+        def guarded() -> Iterator[pb.UploadChunk]:
+            try:
+                yield from chunks
+            except Exception as exc:   # gRPC then cancels the call: a half stream is never committed
+                failure.append(exc)
+                raise
+
+        try:
+            return self.jobs.UploadFiles(guarded(), timeout=None)
+        except grpc.RpcError as exc:
+            if failure:
+                raise failure[0] from None
+            raise from_rpc_error(exc, address=self.address) from None
+
+    def upload_paths(self, paths: list[str], *,
+                     on_skip: Callable[[str, str], None] | None = None) -> pb.UploadResult:
+        """Upload local files/directories (symlinks kept as symlinks) for a job's /work, in chunks."""
+        from capsa.jobs.uploads import check_local, walk_local
+
+        check_local(paths)
+
+        def chunks() -> Iterator[pb.UploadChunk]:
+            for entry, data in walk_local(paths, on_skip=on_skip):
+                if entry is None:
+                    yield pb.UploadChunk(data=data)
+                else:
+                    yield pb.UploadChunk(entry=pb.UploadEntry(
+                        path=entry.path, type=entry.kind, mode=entry.mode, size=entry.size,
+                        link_target=entry.target), data=data)
+
+        return self.upload_files(chunks())
+
+    def cancel_job(self, job_id: str) -> pb.Job:
+        return self._call(self.jobs.CancelJob, pb.CancelJobRequest(id=job_id))
+
+    def metrics_stream(self, job_id: str, *, follow: bool = False,
+                       history: bool = False) -> Iterator[mpb.JobMetrics]:
+        stream = self.metrics.MetricsStream(mpb.MetricsStreamRequest(id=job_id, follow=follow, history=history),
+                                            timeout=None if follow else self.timeout)
+        try:
+            yield from stream
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, address=self.address) from None
+        finally:
+            stream.cancel()
+
+    def node_stats(self) -> mpb.NodeStats:
+        return self._call(self.metrics.GetNodeStats, common_pb2.Empty())
 
     def get_job(self, job_id: str) -> pb.Job:
         return self._call(self.jobs.GetJob, pb.GetJobRequest(id=job_id))

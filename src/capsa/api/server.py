@@ -21,14 +21,18 @@ from typing import Any
 import grpc
 
 from capsa.api.auth import AuthInterceptor
-from capsa.api.gen.capsa.v1 import images_pb2_grpc, jobs_pb2_grpc, workflows_pb2_grpc
+from capsa.api.gen.capsa.v1 import images_pb2_grpc, jobs_pb2_grpc, metrics_pb2_grpc, workflows_pb2_grpc
 from capsa.api.servicers.images import ImageServicer
 from capsa.api.servicers.jobs import JobServicer, NodeServicer
+from capsa.api.servicers.metrics import MetricsServicer
 from capsa.api.servicers.workflows import WorkflowServicer
 from capsa.config import HomeLayout, ServerConfig, ensure_home, load_server_config
 from capsa.fsm import Engine, RetryPolicy
 from capsa.images.setup import open_image_service, open_snapshotter_from_config
+from capsa.jobs.schedule import Scheduler
 from capsa.jobs.service import JobService
+from capsa.jobs.uploads import UploadLimits
+from capsa.metrics import DaemonMetrics, open_metrics
 from capsa.runtime.client import SupervisorClient, ensure_supervisor
 from capsa.state import Database
 from capsa.workflows import QUEUE as WORKFLOW_QUEUE
@@ -58,6 +62,8 @@ class Daemon:
         self.jobs: JobService | None = None
         self.engine: Engine | None = None
         self.workflows: WorkflowService | None = None
+        self.scheduler: Scheduler | None = None
+        self.metrics: DaemonMetrics | None = None
         self.snapshotter: Any = None
         self.images: Any = None
         self.server: grpc.Server | None = None
@@ -75,18 +81,23 @@ class Daemon:
         self.snapshotter = open_snapshotter_from_config(self.config, self.db, self.home)
         self.images = open_image_service(self.config, self.db, self.engine, self.home, self.snapshotter)
         self.jobs = JobService(self.db, self.home, self.supervisor, stop_grace_s=self.config.jobs.stop_grace_s,
-                               images=self.images)
+                               images=self.images, upload_limits=UploadLimits(**self.config.jobs.uploads.model_dump()))
         self.jobs.attach_supervisor()
+        self.jobs.uploads.cleanup()   # sessions a previous daemon left unfinished
+        self.scheduler = Scheduler(self.jobs, chores=((60.0, self.jobs.uploads.cleanup),))
+        self.scheduler.start()
+        self.metrics = open_metrics(self.config.metrics, self.db, self.home, self.jobs)
         self.workflows = WorkflowService(self.db, self.engine, self.jobs, queue=WORKFLOW_QUEUE)
         self.engine.resume()  # after every machine is registered
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="rpc"),
-            interceptors=[AuthInterceptor()],
+            interceptors=[*self.metrics.interceptors, AuthInterceptor()],
             options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.so_reuseport", 0)],
         )
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs), server)
         images_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(self.images), server)
         workflows_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(self.workflows), server)
+        metrics_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(self.metrics.sampler, self.jobs), server)
         jobs_pb2_grpc.add_NodeServiceServicer_to_server(
             NodeServicer(cgroup_version=cgroup_version, snapshotter=self.config.snapshots.backend), server)
         tls = self.config.tls
@@ -101,6 +112,7 @@ class Daemon:
             raise OSError(f"cannot listen on {listen}")
         server.start()
         self.server = server
+        self.metrics.start()
         self.layout.run.mkdir(parents=True, exist_ok=True)
         self.layout.pid_file.write_text(str(os.getpid()))
         log.info("capsa daemon listening on %s (home %s)", listen, self.home)
@@ -108,6 +120,9 @@ class Daemon:
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop(grace=2).wait(5)
+        for part in (self.scheduler, self.metrics):
+            if part is not None:
+                part.close()
         if getattr(self, "engine", None) is not None:
             self.engine.shutdown(wait=True, timeout=10)
         if getattr(self, "snapshotter", None) is not None:

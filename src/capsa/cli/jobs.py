@@ -11,6 +11,7 @@ import click
 from google.protobuf.json_format import MessageToDict
 
 from capsa.cli.output import ago, emit, json_option, print_table
+from capsa.cli.run_features import announce_scheduled, feature_options, feature_request, timeout_exit
 from capsa.errors import InvalidArgument
 
 __all__ = ["COMMANDS"]
@@ -19,7 +20,7 @@ __all__ = ["COMMANDS"]
 def job_dict(job: Any) -> dict[str, Any]:
     data = MessageToDict(job, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     data["exit_code"] = job.exit_code if job.ended else None
-    for key in ("created_at_ns", "started_at_ns", "ended_at_ns", "start_latency_ns"):
+    for key in ("created_at_ns", "started_at_ns", "ended_at_ns", "start_latency_ns", "scheduled_at_ns"):
         data[key] = int(data.get(key, 0))
     return data
 
@@ -50,22 +51,26 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("-u", "--user", default="", help="UID[:GID] to run as (default: the image's User, else root).")
 @click.option("--seccomp", type=click.Choice(["default", "strict", "unconfined"]), default="default",
               show_default=True, help="Syscall filter profile (docs/security.md).")
+@feature_options
 @json_option
 @click.argument("command", nargs=-1, required=False)
 @click.pass_obj
 def run(obj: Any, detach: bool, name: str, env: tuple[str, ...], workdir: str, max_cpu: int, cpu_cores: str,
         max_memory: int, max_iobps: int, max_pids: int, image: str, pull: str, user: str, seccomp: str,
-        as_json: bool, command: tuple[str, ...]) -> int:
+        as_json: bool, command: tuple[str, ...], **features: Any) -> int:
     """Run COMMAND as an isolated job (attached unless -d): capsa run [flags] -- CMD ARGS."""
     if not command and not image:
         raise InvalidArgument("no command given: use `capsa run [flags] -- COMMAND [ARGS...]`")
     client = obj.client()
+    extra = feature_request(client, features)
     job = client.run_job(list(command), env=_parse_env(env), workdir=workdir, name=name, max_cpu=max_cpu,
                          cpu_cores=cpu_cores, max_memory_mb=max_memory, max_iobps=max_iobps, max_pids=max_pids,
-                         image=image, pull=pull, user=user, seccomp=seccomp)
+                         image=image, pull=pull, user=user, seccomp=seccomp, **extra)
     if job.ended and job.reason.startswith("start failed"):
         click.echo(f"capsa: job {job.id[:12]}: {job.reason}", err=True)
         return job.exit_code or 127
+    if job.state == "SCHEDULED":
+        return announce_scheduled(job, as_json, job_dict)
     if detach:
         if as_json:
             emit(job_dict(job))
@@ -84,6 +89,9 @@ def run(obj: Any, detach: bool, name: str, env: tuple[str, ...], workdir: str, m
     final = client.get_job(job.id)
     if as_json:
         emit(job_dict(final))
+    timed_out = timeout_exit(final)
+    if timed_out is not None:
+        return timed_out
     if final.signal:
         click.echo(f"capsa: job {final.id[:12]}: {final.reason}", err=True)
     return final.exit_code

@@ -17,6 +17,7 @@ redoing anything.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from capsa.errors import CapsaError, ChecksumMismatch, FailedPrecondition, NotFound
+from capsa.errors import CapsaError, ChecksumMismatch, FailedPrecondition, NotFound, Unavailable
 from capsa.fsm import Context, Engine, Handoff, Machine
 from capsa.images.content import ContentStore
 from capsa.images.oci import Platform
@@ -174,12 +175,14 @@ def register_machines(engine: Engine, pc: PullContext) -> None:
         desc = _desc_from_json(req["layer"])
         expected = desc.digest or req.get("expected_digest")
         if expected and pc.content.exists(expected):
+            _drop_ingest(pc, desc.ingest_ref)
             raise Handoff({"digest": expected, "size": pc.content.info(expected).size})
         if desc.dedupe_hint:
             known = pc.content.lookup_hint(desc.dedupe_hint)
             # A hint that disagrees with the digest the caller demands is no shortcut: download
             # and let the commit's verification fail (or pass) on the real bytes.
             if known is not None and pc.content.exists(known) and (not expected or known == expected):
+                _drop_ingest(pc, desc.ingest_ref)
                 raise Handoff({"digest": str(known), "size": pc.content.info(known).size})
         source = source_for(parse_reference(req["ref"]), bool(req.get("insecure")))
         writer = pc.content.writer(desc.ingest_ref, expected=expected, expected_size=desc.size)
@@ -232,6 +235,15 @@ def register_machines(engine: Engine, pc: PullContext) -> None:
         return {"entries": stats.entries, "bytes": stats.bytes}
 
     engine.register(Machine.define(UNPACK, queue="unpack").start("apply", apply).end())
+
+
+def _drop_ingest(pc: PullContext, ref: str) -> None:
+    """Delete what a crash between a blob's publish and its ingest's removal left behind.
+
+    The blob is stored, so the ingest is garbage; a live writer (Unavailable) keeps its own.
+    """
+    with contextlib.suppress(NotFound, Unavailable):
+        pc.content.abort(ref)
 
 
 def _image_intact(pc: PullContext, rec: ImageRecord) -> bool:

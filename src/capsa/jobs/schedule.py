@@ -180,11 +180,10 @@ class Scheduler:
         self.jobs = jobs
         self.max_sleep_s = max_sleep_s
         self._chores = [(period, fn, 0.0) for period, fn in chores]
-        self._wake = threading.Event()
+        self._wake = jobs.timers_changed     # set by the job service when a schedule or timeout is added
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job-start")
         self._thread = threading.Thread(target=self._loop, name="job-scheduler", daemon=True)
-        jobs.timers_changed = self._wake
 
     def start(self) -> None:
         self._thread.start()

@@ -48,6 +48,7 @@ __all__ = [
     "UploadLimits",
     "UploadStore",
     "UploadSummary",
+    "check_local",
     "walk_local",
 ]
 
@@ -125,6 +126,7 @@ class _TreeWriter:
         self._entry: UploadEntry | None = None
         self._written = 0
         self._dir_modes: list[tuple[list[str], int]] = []
+        self._implicit: set[tuple[str, ...]] = set()   # parents created for an entry, not sent themselves
         self._parent_key: tuple[str, ...] | None = None
         self._parent_fd = -1
 
@@ -171,6 +173,7 @@ class _TreeWriter:
                 " entries may not be placed through it") from exc
         os.mkdir(part, 0o700, dir_fd=fd)
         self._dir_modes.append((list(parts), 0o755))
+        self._implicit.add(tuple(parts))
         return os.open(part, _DIR_FLAGS, dir_fd=fd)
 
     # -- entries -------------------------------------------------------------------------
@@ -215,9 +218,9 @@ class _TreeWriter:
             os.mkdir(name, 0o700, dir_fd=parent)
         except FileExistsError:
             st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-            implicit = any(p == parts for p, _ in self._dir_modes)
-            if not stat.S_ISDIR(st.st_mode) or not implicit:
+            if not stat.S_ISDIR(st.st_mode) or tuple(parts) not in self._implicit:
                 raise UnsafeArchive(f"upload entry {entry.path!r} already exists in the upload") from None
+            self._implicit.discard(tuple(parts))   # a second entry for it is a duplicate
         self._dir_modes.append((parts, entry.mode & _MODE_MASK))
         self.dirs += 1
 
@@ -373,6 +376,24 @@ class UploadStore:
 
 
 # -- the client side ----------------------------------------------------------------------------
+def check_local(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[str, str]]:
+    """(local path, name in /work) of each path to upload; every error is raised before anything is sent."""
+    seen: set[str] = set()
+    out: list[tuple[str, str]] = []
+    for raw in paths:
+        local = os.fspath(raw)
+        name = os.path.basename(os.path.normpath(os.path.abspath(local)))
+        if not name or name in (".", ".."):
+            raise InvalidArgument(f"--upload {local!r}: cannot upload the root directory; name a file or folder")
+        if name in seen:
+            raise InvalidArgument(f"--upload {local!r}: another upload already uses the name {name!r} in /work")
+        if not os.path.lexists(local):
+            raise NotFound(f"--upload {local!r}: no such file or directory")
+        seen.add(name)
+        out.append((local, name))
+    return out
+
+
 def walk_local(paths: Iterable[str | os.PathLike[str]], *,
                on_skip: Callable[[str, str], None] | None = None) -> Iterator[tuple[UploadEntry | None, bytes]]:
     """Stream local files and directories as upload items, each path under its own base name.
@@ -381,15 +402,7 @@ def walk_local(paths: Iterable[str | os.PathLike[str]], *,
     followed; sockets, FIFOs and device nodes are skipped (``on_skip(path, why)``). Files are
     read in :data:`CHUNK_BYTES` pieces, so nothing is ever held whole in memory.
     """
-    seen: set[str] = set()
-    for raw in paths:
-        local = os.fspath(raw)
-        name = os.path.basename(os.path.normpath(os.path.abspath(local)))
-        if not name or name in (".", ".."):
-            raise InvalidArgument(f"--upload {local!r}: cannot upload the root directory; name a file or folder")
-        if name in seen:
-            raise InvalidArgument(f"--upload {local!r}: another upload already uses the name {name!r} in /work")
-        seen.add(name)
+    for local, name in check_local(paths):
         yield from _walk_one(local, name, on_skip)
 
 

@@ -125,18 +125,36 @@ class Firewall:
             return True
 
     # -- rules -------------------------------------------------------------------------
-    def add(self, tag: str, rules: RuleSet) -> None:
-        """Install ``rules`` under ``tag`` in one atomic batch (after removing any stale copy)."""
-        self.remove(tag)
-        comment = ["-m", "comment", "--comment", tag]
+    def add(self, tag: str, rules: RuleSet, *, replace: bool = False) -> None:
+        """Install ``rules`` under ``tag`` in one atomic batch; ``replace`` first drops any copy present."""
+        if replace:
+            self.remove(tag)
         lines = ["*filter"]
-        lines += [" ".join(["-I", self.forward, "1", *r, *comment]) for r in rules.forward_top]
-        lines += [" ".join(["-A", self.forward, *r, *comment]) for r in rules.forward_bottom]
+        lines += [" ".join(["-I", self.forward, "1", *r, *self._comment(tag)]) for r in rules.forward_top]
+        lines += [" ".join(["-A", self.forward, *r, *self._comment(tag)]) for r in rules.forward_bottom]
         lines += ["COMMIT", "*nat"]
-        lines += [" ".join(["-A", self.postrouting, *r, *comment]) for r in rules.nat]
+        lines += [" ".join(["-A", self.postrouting, *r, *self._comment(tag)]) for r in rules.nat]
         lines += ["COMMIT", ""]
         with _LOCK:
             self._restore("\n".join(lines))
+
+    def delete(self, tag: str, rules: RuleSet) -> None:
+        """Remove exactly ``rules`` (one exec); if some are missing, whatever carries ``tag``."""
+        lines = ["*filter"]
+        lines += [" ".join(["-D", self.forward, *r, *self._comment(tag)])
+                  for r in [*rules.forward_top, *rules.forward_bottom]]
+        lines += ["COMMIT", "*nat"]
+        lines += [" ".join(["-D", self.postrouting, *r, *self._comment(tag)]) for r in rules.nat]
+        lines += ["COMMIT", ""]
+        try:
+            with _LOCK:
+                self._restore("\n".join(lines))
+        except FailedPrecondition:
+            self.remove(tag)
+
+    @staticmethod
+    def _comment(tag: str) -> list[str]:
+        return ["-m", "comment", "--comment", tag]
 
     def rules(self, tag: str | None = None) -> dict[str, list[str]]:
         """``{"filter": [...], "nat": [...]}``: the ``-A`` lines of our chains, optionally of one tag."""

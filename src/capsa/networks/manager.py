@@ -16,10 +16,10 @@ import ipaddress
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from capsa.errors import CapsaError, Conflict, FailedPrecondition, InvalidArgument, NotFound
-from capsa.networks import _firewall, _links, _netns
+from capsa.networks import _firewall, _ipam, _links, _netns
 from capsa.networks._firewall import Firewall, RuleSet
 from capsa.networks._store import AttachmentRow, NetworkRow, Store
 from capsa.networks.model import (
@@ -126,7 +126,7 @@ class NetworkManager:
             net = self._store.network(mode_or_name)
             if net is None:
                 raise NotFound(f"no network named {mode_or_name!r} (modes: host, none, isolated, bridge)")
-            slots, address_of = self._addressing(net)
+            slots, address_of = _ipam.plan(net.kind, net.cidr, net.slot_bits)
             row = self._store.reserve(job_id, ISOLATED if net.kind == "isolated" else BRIDGE, str(netns_path),
                                       network=net.name, slots=slots, address_of=address_of,
                                       veth_host=self._veth_name(job_id))
@@ -191,7 +191,7 @@ class NetworkManager:
                 rules = self._isolated_rules(row)
                 tag = self._fw.tag("job", row.job_id)
                 if not self._fw.has(tag, rules):
-                    self._fw.add(tag, rules)
+                    self._fw.add(tag, rules, replace=True)
                     report.repaired.append(f"rules of job {row.job_id}")
         return report
 
@@ -244,24 +244,6 @@ class NetworkManager:
     def _veth_name(self, job_id: str) -> str:
         return _VETH_PREFIX + _digest(f"{self.instance}:{job_id}", 10)
 
-    def _addressing(self, net: NetworkRow) -> tuple[range, Callable[[int], tuple[str, int, str]]]:
-        cidr = ipaddress.IPv4Network(net.cidr)
-        if net.kind == "isolated":
-            size = 1 << (32 - net.slot_bits)
-            base = int(cidr.network_address)
-            offset = 1 if net.slot_bits == 30 else 0   # /30: .0 network, .1 host, .2 job, .3 broadcast
-
-            def block(slot: int) -> tuple[str, int, str]:
-                first = base + slot * size + offset
-                return str(ipaddress.IPv4Address(first + 1)), net.slot_bits, str(ipaddress.IPv4Address(first))
-
-            return range(cidr.num_addresses // size), block
-
-        def host(slot: int) -> tuple[str, int, str]:
-            return str(cidr[slot]), cidr.prefixlen, str(cidr[1])
-
-        return range(2, cidr.num_addresses - 1), host   # .0 network, .1 gateway, last broadcast
-
     def _isolated_rules(self, row: AttachmentRow) -> RuleSet:
         subnet = ipaddress.IPv4Network(f"{row.ip}/{row.prefixlen}", strict=False)
         return RuleSet.for_isolated(row.veth_host or "", str(subnet))
@@ -310,21 +292,21 @@ class NetworkManager:
             tag, rules = self._fw.tag("net", net.name), RuleSet.for_bridge(net.bridge, net.cidr)
             repaired = created
             if not self._fw.has(tag, rules):
-                self._add_rules(tag, rules)
+                self._add_rules(tag, rules, replace=True)
                 repaired = True
             if report is not None and repaired:
                 report.repaired.append(f"network {net.name}")
             self._ready_networks.add(net.name)
 
-    def _add_rules(self, tag: str, rules: RuleSet) -> None:
+    def _add_rules(self, tag: str, rules: RuleSet, *, replace: bool = False) -> None:
         try:
-            self._fw.add(tag, rules)
+            self._fw.add(tag, rules, replace=replace)
         except FailedPrecondition:
             # Chains removed behind our back (an admin's flush, another instance's teardown): once more.
             with self._lock:
                 self._fw.ensure_chains()
                 self._chains_ready = True
-            self._fw.add(tag, rules)
+            self._fw.add(tag, rules, replace=replace)
 
     def _enable_forwarding(self) -> None:
         current = _firewall.read_ip_forward()
@@ -337,8 +319,10 @@ class NetworkManager:
         path = row.netns_path if row else str(self.config.netns_dir / job_id)
         veth = row.veth_host if row else self._veth_name(job_id)
         found = row is not None
-        if row is None or row.mode == ISOLATED:
+        if row is None:
             found = bool(self._fw.remove(self._fw.tag("job", job_id))) or found
+        elif row.mode == ISOLATED:
+            self._fw.delete(self._fw.tag("job", job_id), self._isolated_rules(row))
         if veth:
             found = _links.delete_link(veth) or found
         found = _netns.remove(path) or found

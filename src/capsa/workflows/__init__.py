@@ -17,7 +17,7 @@ expression form), :mod:`.dag` (cycles, order), :mod:`.validation` (all errors wi
 from capsa.workflows.conditions import Condition, ConditionError, parse_expression, parse_requires
 from capsa.workflows.dag import find_cycles, topological_order
 from capsa.workflows.model import Workflow, WorkflowJob, WorkflowJobState, WorkflowState
-from capsa.workflows.schema import JobSpec, ResourcesSpec, WorkflowSpec, parse_duration
+from capsa.workflows.schema import JobSpec, ResourcesSpec, WorkflowSpec
 from capsa.workflows.service import DEFAULT_MAX_PARALLEL, MACHINE, QUEUE, WorkflowService
 from capsa.workflows.validation import (
     Issue,
@@ -48,7 +48,6 @@ __all__ = [
     "check_workflow",
     "compile_spec",
     "find_cycles",
-    "parse_duration",
     "parse_expression",
     "parse_requires",
     "topological_order",

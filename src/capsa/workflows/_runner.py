@@ -2,16 +2,17 @@
 
 The transition loops until every job of the workflow has ended: it starts each job whose
 requirements hold (at most ``max_parallel`` at a time), records the job's id, collects ends,
-enforces timeouts and skips jobs whose requirements can no longer hold. Everything it knows is
-in the ``workflow_jobs`` table and the ``jobs`` table, re-read at the start of every pass, so
-after a ``kill -9`` the resumed transition simply continues: a job already started (even one
-started just before the crash, whose id was never recorded: the jobs table links it back to the
-workflow) is re-attached, never started twice.
+and skips jobs whose requirements can no longer hold (timeouts are the job service's).
+Everything it knows is in the ``workflow_jobs`` table and the ``jobs`` table, re-read on every
+pass, so after a ``kill -9`` the resumed transition simply continues: a job already started (even
+one started just before the crash, whose id was never recorded: the jobs table links it back to
+the workflow) is re-attached, never started twice.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -39,15 +40,12 @@ class WorkflowRunner:
     """Executes workflows for the service; holds no per-workflow state between passes."""
 
     def __init__(self, db: Database, jobs: JobService, *, max_parallel: int, poll_interval_s: float,
-                 timeout_grace_s: float, runtime_image: Callable[[str], str | None] | None) -> None:
+                 runtime_image: Callable[[str], str | None] | None) -> None:
         self.db = db
         self.jobs = jobs
         self.max_parallel = max_parallel
         self.poll_interval_s = poll_interval_s
-        self.timeout_grace_s = timeout_grace_s
         self.runtime_image = runtime_image
-        self._stoppers: dict[str, threading.Thread] = {}   # job id -> thread stopping it (timeouts)
-        self._lock = threading.Lock()
 
     # -- the transition -------------------------------------------------------------------------
     def run(self, ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
@@ -63,13 +61,13 @@ class WorkflowRunner:
                         (WorkflowState.RUNNING.value, time.time_ns(), workflow_id, WorkflowState.PENDING.value))
         workflow = compile_spec(WorkflowSpec.model_validate_json(row["spec"]))
         limit = min(int(row["max_parallel"]), len(workflow.order)) or 1
+        secret_env = self._secrets(row["sealed_secrets"])
         self._adopt(workflow_id)
         while True:
             ctx.check_cancel()   # canceled: the finalizer stops the jobs; shutdown: parked, resumes later
             steps = self._steps(workflow_id)
             changed = self._collect(workflow_id, steps)
-            changed |= self._enforce_timeouts(workflow_id, workflow, steps)
-            changed |= self._skip_or_start(ctx, workflow_id, row["name"], workflow, steps, limit)
+            changed |= self._skip_or_start(ctx, workflow_id, row["name"], workflow, steps, limit, secret_env)
             if all(s.state.ended for s in steps.values()):
                 return self._conclude(workflow_id, steps)
             ended = sum(1 for s in steps.values() if s.state.ended)
@@ -82,6 +80,11 @@ class WorkflowRunner:
                 self.jobs.wait_ended(running[0], timeout=self.poll_interval_s)
             else:
                 ctx.cancel.wait(self.poll_interval_s)
+
+    def _secrets(self, sealed: bytes | None) -> dict[str, dict[str, str]]:
+        if not sealed:
+            return {}
+        return {name: json.loads(text) for name, text in self.jobs.secret_box.open(sealed).items()}
 
     def _steps(self, workflow_id: str) -> dict[str, WorkflowJob]:
         rows = self.db.query("SELECT * FROM workflow_jobs WHERE workflow_id = ? ORDER BY position", (workflow_id,))
@@ -126,7 +129,7 @@ class WorkflowRunner:
         )
         step.state, step.reason = state, reason
 
-    # -- ends and timeouts ----------------------------------------------------------------------
+    # -- ends ----------------------------------------------------------------------
     def _collect(self, workflow_id: str, steps: dict[str, WorkflowJob]) -> bool:
         changed = False
         for step in steps.values():
@@ -140,50 +143,20 @@ class WorkflowRunner:
                 continue
             if not job.state.ended:
                 continue
-            state, reason = _outcome(job, step)
+            state, reason = _outcome(job)
             self._end_step(workflow_id, step, state, reason, exit_code=job.exit_code, ended_ns=job.ended_ns)
             changed = True
         return changed
 
-    def _enforce_timeouts(self, workflow_id: str, workflow: ValidatedWorkflow, steps: dict[str, WorkflowJob]) -> bool:
-        now = time.time_ns()
-        for step in steps.values():
-            timeout = workflow.spec.jobs[step.name].timeout
-            if step.state != WorkflowJobState.RUNNING or not timeout or not step.job_id:
-                continue
-            if now < step.started_ns + int(timeout * 1e9):
-                continue
-            if not step.timed_out:
-                # Recorded before the stop, so a restart in between still counts it as a timeout.
-                self.db.execute("UPDATE workflow_jobs SET timed_out = 1 WHERE workflow_id = ? AND name = ?",
-                                (workflow_id, step.name))
-                log.info("workflow %s: job %s exceeded its timeout of %ss; stopping it", workflow_id[:12],
-                         step.name, timeout)
-            self._stop_in_background(step.job_id, self.timeout_grace_s)
-        return False
-
-    def _stop_in_background(self, job_id: str, grace_s: float) -> None:
-        with self._lock:
-            thread = self._stoppers.get(job_id)
-            if thread is not None and thread.is_alive():
-                return
-            thread = threading.Thread(target=self._stop_quietly, args=(job_id, grace_s),
-                                      name=f"wf-stop-{job_id[:8]}", daemon=True)
-            self._stoppers[job_id] = thread
-        thread.start()
-
-    def _stop_quietly(self, job_id: str, grace_s: float | None = None) -> None:
+    def _stop_quietly(self, job_id: str) -> None:
         try:
-            self.jobs.stop(job_id, grace_s)
+            self.jobs.stop(job_id)
         except CapsaError as exc:
             log.warning("stopping job %s failed: %s", job_id[:12], exc)
-        finally:
-            with self._lock:
-                self._stoppers.pop(job_id, None)
 
     # -- requirements and starts ----------------------------------------------------------------------
     def _skip_or_start(self, ctx: Context, workflow_id: str, workflow_name: str, workflow: ValidatedWorkflow,
-                       steps: dict[str, WorkflowJob], limit: int) -> bool:
+                       steps: dict[str, WorkflowJob], limit: int, secret_env: dict[str, dict[str, str]]) -> bool:
         changed = False
         outcomes = {name: (s.state.value if s.state.ended else None) for name, s in steps.items()}
         running = sum(1 for s in steps.values() if s.state == WorkflowJobState.RUNNING)
@@ -201,21 +174,24 @@ class WorkflowRunner:
                 changed = True
             elif verdict is True and running < limit:
                 ctx.check_cancel()
-                self._start(workflow_id, workflow_name, step, workflow.spec.jobs[name])
+                self._start(ctx, workflow_id, workflow_name, step, workflow.spec.jobs[name], secret_env.get(name, {}))
                 outcomes[name] = step.state.value if step.state.ended else None
                 running += 1 if step.state == WorkflowJobState.RUNNING else 0
                 changed = True
         return changed
 
-    def _start(self, workflow_id: str, workflow_name: str, step: WorkflowJob, spec: JobSpec) -> None:
+    def _start(self, ctx: Context, workflow_id: str, workflow_name: str, step: WorkflowJob, spec: JobSpec,
+               secret_env: dict[str, str]) -> None:
         existing = self._linked_job(workflow_id, step.name)   # check real state: never start twice
         if existing is not None:
             self._mark_running(workflow_id, step.name, existing)
             step.state, step.job_id = WorkflowJobState.RUNNING, existing.id
             return
         try:
-            job = self.jobs.run(self._request(workflow_id, workflow_name, step.name, spec))
+            job = self.jobs.run(self._request(workflow_id, workflow_name, step.name, spec, secret_env))
         except CapsaError as exc:
+            if ctx.cancel.is_set():
+                raise   # e.g. the image pull it waited for was cut short by shutdown: not the job's fault
             linked = self._linked_job(workflow_id, step.name)
             self._end_step(workflow_id, step, WorkflowJobState.FAILED, f"start failed: {exc}",
                            job_id=linked.id if linked else None)
@@ -223,7 +199,8 @@ class WorkflowRunner:
         self._mark_running(workflow_id, step.name, job)
         step.state, step.job_id = WorkflowJobState.RUNNING, job.id
 
-    def _request(self, workflow_id: str, workflow_name: str, name: str, spec: JobSpec) -> RunRequest:
+    def _request(self, workflow_id: str, workflow_name: str, name: str, spec: JobSpec,
+                 secret_env: dict[str, str]) -> RunRequest:
         image = spec.image
         if spec.runtime:
             image = (self.runtime_image(spec.runtime) if self.runtime_image else None) or ""
@@ -232,8 +209,9 @@ class WorkflowRunner:
         argv = (spec.command, *spec.args) if spec.command else tuple(spec.args)
         r = spec.resources
         return RunRequest(
-            command=argv, env={**spec.env, **spec.secret_env}, workdir=spec.workdir,
+            command=argv, env=dict(spec.env), secret_env=secret_env, workdir=spec.workdir,
             name=f"{workflow_name}/{name}", image=image, workflow_id=workflow_id, workflow_job=name,
+            timeout=spec.timeout or "", network=spec.network or "host", volumes=tuple(spec.volumes),
             resources=Resources(max_cpu=r.max_cpu, cpu_cores=r.cpu_cores, max_memory_mb=r.max_memory,
                                 max_iobps=r.max_iobps, max_pids=r.max_pids),
         )
@@ -256,7 +234,8 @@ class WorkflowRunner:
         canceled = info.state == "canceled"
         steps = self._steps(workflow_id)
         running = [s for s in steps.values() if s.state == WorkflowJobState.RUNNING and s.job_id]
-        stoppers = [threading.Thread(target=self._stop_quietly, args=(s.job_id,), daemon=True) for s in running]
+        stoppers = [threading.Thread(target=self._stop_quietly, args=(s.job_id,), name=f"wf-stop-{s.job_id[:8]}",
+                                     daemon=True) for s in running]
         for thread in stoppers:
             thread.start()
         for thread in stoppers:
@@ -269,8 +248,8 @@ class WorkflowRunner:
             if step.job_id:
                 with contextlib.suppress(NotFound):
                     job = self.jobs.get(step.job_id)
-            if job is not None and job.state in (JobState.COMPLETED, JobState.FAILED):
-                state, reason = _outcome(job, step)   # it ended on its own: keep its real outcome
+            if job is not None and job.state in (JobState.COMPLETED, JobState.FAILED, JobState.TIMEOUT):
+                state, reason = _outcome(job)   # it ended on its own: keep its real outcome
                 self._end_step(workflow_id, step, state, reason, exit_code=job.exit_code, ended_ns=job.ended_ns)
             else:
                 self._end_step(workflow_id, step, WorkflowJobState.CANCELED, why,
@@ -281,13 +260,15 @@ class WorkflowRunner:
                          WorkflowState.PENDING.value, WorkflowState.RUNNING.value))
 
 
-def _outcome(job: Job, step: WorkflowJob) -> tuple[WorkflowJobState, str]:
+def _outcome(job: Job) -> tuple[WorkflowJobState, str]:
     if job.state == JobState.COMPLETED:
         return WorkflowJobState.COMPLETED, ""
+    if job.state == JobState.TIMEOUT:
+        return WorkflowJobState.FAILED, "timeout"
     if job.state == JobState.STOPPED:
-        if step.timed_out:
-            return WorkflowJobState.FAILED, "timeout"
         return WorkflowJobState.FAILED, "stopped outside the workflow"
+    if job.state == JobState.CANCELED:
+        return WorkflowJobState.FAILED, "canceled outside the workflow"
     if job.reason:
         return WorkflowJobState.FAILED, job.reason
     return WorkflowJobState.FAILED, f"exit code {job.exit_code}"

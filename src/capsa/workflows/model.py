@@ -46,7 +46,6 @@ class WorkflowJob:
     exit_code: int | None = None
     started_ns: int = 0
     ended_ns: int = 0
-    timed_out: bool = False
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> WorkflowJob:
@@ -54,7 +53,7 @@ class WorkflowJob:
             name=row["name"], state=WorkflowJobState(row["state"]), position=row["position"],
             job_id=row["job_id"] or "", reason=row["reason"], requires=row["requires"],
             depends_on=[d for d in row["depends_on"].split(",") if d], exit_code=row["exit_code"],
-            started_ns=row["started_ns"], ended_ns=row["ended_ns"], timed_out=bool(row["timed_out"]),
+            started_ns=row["started_ns"], ended_ns=row["ended_ns"],
         )
 
 
@@ -93,7 +92,8 @@ MIGRATIONS = [
         description TEXT NOT NULL DEFAULT '',
         state TEXT NOT NULL,
         reason TEXT NOT NULL DEFAULT '',
-        spec TEXT NOT NULL,
+        spec TEXT NOT NULL,                -- the validated spec, secret_env values removed
+        sealed_secrets BLOB,               -- {job: secret_env as JSON}, sealed by the jobs' SecretBox
         max_parallel INTEGER NOT NULL,
         run_id TEXT NOT NULL DEFAULT '',
         created_ns INTEGER NOT NULL,
@@ -114,7 +114,6 @@ MIGRATIONS = [
         exit_code INTEGER,
         started_ns INTEGER NOT NULL DEFAULT 0,
         ended_ns INTEGER NOT NULL DEFAULT 0,
-        timed_out INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (workflow_id, name)
     );
     """,

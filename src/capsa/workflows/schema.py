@@ -2,7 +2,8 @@
 
 The models check one job at a time; everything that needs the whole document (references,
 cycles, registries) lives in :mod:`capsa.workflows.validation`. ``strict`` models on purpose: a
-YAML ``max_memory: "512"`` or ``env: {A: 1}`` is reported, not silently coerced.
+YAML ``max_memory: "512"`` or ``env: {A: 1}`` is reported, not silently coerced. Durations are
+read by :func:`capsa.jobs.schedule.parse_duration`, like every duration in capsa.
 """
 
 from __future__ import annotations
@@ -12,28 +13,37 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from capsa.errors import InvalidArgument
+from capsa.jobs.schedule import parse_duration
+
 __all__ = [
     "JOB_NAME_RE",
     "KEYWORDS",
-    "MAX_TIMEOUT_S",
     "JobSpec",
     "ResourcesSpec",
     "WorkflowHeader",
     "WorkflowSpec",
     "check_job_name",
-    "parse_duration",
+    "timeout_seconds",
 ]
 
 JOB_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,62}")
 WORKFLOW_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 # Words of the expression form of ``requires``; a job with such a name could not be referenced.
 KEYWORDS = frozenset({"AND", "OR", "NOT", "IN"})
-MAX_TIMEOUT_S = 30 * 86400.0
 _CPU_LIST = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_VOLUME = re.compile(r"(?P<name>[^:]+)(?::(?P<path>/[^:]*))?(?::(?P<mode>ro|rw))?")
 
 NonNegInt = Annotated[int, Field(ge=0)]
+
+
+def timeout_seconds(text: str) -> float:
+    """Seconds in a duration, or ValueError with the job service's message (for pydantic)."""
+    try:
+        return parse_duration(text, what="timeout")
+    except InvalidArgument as exc:
+        raise ValueError(str(exc)) from None
 
 
 def check_job_name(name: str) -> str | None:
@@ -44,36 +54,6 @@ def check_job_name(name: str) -> str | None:
     if name.upper() in KEYWORDS:
         return f"job name {name!r} is reserved (AND, OR, NOT and IN are words of `requires` expressions)"
     return None
-
-
-def parse_duration(value: object) -> float:
-    """Seconds in ``value``: a number of seconds, or text like ``90s``, ``10m``, ``1h30m``, ``500ms``.
-
-    Raises ValueError with a message meant for the user.
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"duration {value!r} must be a number of seconds or text like 30s, 10m, 1h30m")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        pos, seconds = 0, 0.0
-        for match in _DURATION_PART.finditer(text):
-            if match.start() != pos:
-                break
-            seconds += float(match.group(1)) * _UNIT_S[match.group(2)]
-            pos = match.end()
-        if not text or pos != len(text):
-            raise ValueError(f"duration {value!r} is not valid: write a number with a unit (ms, s, m, h, d),"
-                             " e.g. 30s, 10m, 1h30m")
-    else:
-        raise ValueError(f"duration must be a number of seconds or text like 30s, 10m, 1h30m,"
-                         f" not {type(value).__name__}")
-    if not seconds > 0:
-        raise ValueError(f"duration {value!r} must be greater than zero")
-    if seconds > MAX_TIMEOUT_S:
-        raise ValueError(f"duration {value!r} is longer than the maximum of 30 days")
-    return seconds
 
 
 class _Strict(BaseModel):
@@ -117,14 +97,31 @@ class JobSpec(_Strict):
     uploads: list[str] = Field(default_factory=list)
     volumes: list[str] = Field(default_factory=list)
     capsules: list[str] = Field(default_factory=list)
-    network: str = ""
-    timeout: float | None = None    # seconds; YAML gives durations like 10m
+    network: str = ""               # "" = host
+    timeout: str | None = None      # a duration (30s, 10m, 1h30m); enforced by the job service
     requires: Any = None            # None, a list or an expression: capsa.workflows.conditions
 
     @field_validator("timeout", mode="before")
     @classmethod
-    def _duration(cls, value: Any) -> Any:
-        return None if value is None else parse_duration(value)
+    def _duration_text(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            raise ValueError(f"timeout {value} has no unit: write {value}s, {value}m or {value}h")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            timeout_seconds(value)
+        return value
+
+    @field_validator("volumes")
+    @classmethod
+    def _volumes(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not _VOLUME.fullmatch(item):
+                raise ValueError(f"volume {item!r} is not NAME[:/path][:ro]")
+        return value
 
     @field_validator("workdir")
     @classmethod
@@ -133,13 +130,27 @@ class JobSpec(_Strict):
             raise ValueError(f"workdir must be an absolute path inside the job, got {value!r}")
         return value
 
-    @field_validator("env", "secret_env")
+    @field_validator("env")
     @classmethod
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        for key in value:
-            if not key or "=" in key or "\0" in key:
-                raise ValueError(f"environment variable name {key!r} is not valid")
+        for key, text in value.items():
+            if not key or "=" in key or "\0" in key or "\0" in text:
+                raise ValueError(f"environment variable {key!r}: names must be non-empty without '=',"
+                                 " names and values without NUL bytes")
         return value
+
+    @field_validator("secret_env")
+    @classmethod
+    def _secret_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, text in value.items():   # messages name the variable, never its value
+            if not _ENV_NAME.fullmatch(key) or "\0" in text:
+                raise ValueError(f"secret variable {key!r}: names are letters, digits and '_', not starting"
+                                 " with a digit; values hold no NUL bytes")
+        return value
+
+    @property
+    def volume_names(self) -> list[str]:
+        return [item.split(":", 1)[0] for item in self.volumes]
 
 
 class WorkflowHeader(_Strict):

@@ -8,6 +8,7 @@ are ordinary jobs (``capsa ps`` lists them, named ``WORKFLOW/JOB`` and linked ba
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
@@ -37,14 +38,12 @@ class WorkflowService:
 
     ``max_parallel`` bounds the jobs of one workflow running at a time (a workflow's own
     ``max_parallel`` may lower or raise it); ``queue`` is the engine queue for workflow runs
-    (None: the engine's shared pool). A job over its ``timeout`` gets SIGTERM and, after
-    ``timeout_grace_s``, SIGKILL; a cancel uses the job service's usual stop grace.
+    (None: the engine's shared pool). Job timeouts are the job service's (state TIMEOUT).
     """
 
     def __init__(self, db: Database, engine: Engine, jobs: JobService, *, registries: Registries | None = None,
                  max_parallel: int = DEFAULT_MAX_PARALLEL, poll_interval_s: float = 0.2,
-                 queue: str | None = None, timeout_grace_s: float = 2.0,
-                 cancel_timeout_s: float | None = None) -> None:
+                 queue: str | None = None, cancel_timeout_s: float | None = None) -> None:
         if max_parallel < 1:
             raise InvalidArgument(f"max_parallel must be at least 1, got {max_parallel}")
         self.db = db
@@ -55,7 +54,7 @@ class WorkflowService:
         self.cancel_timeout_s = cancel_timeout_s if cancel_timeout_s is not None else jobs.stop_grace_s + 30
         db.migrate("workflows", MIGRATIONS)
         self.runner = WorkflowRunner(db, jobs, max_parallel=max_parallel, poll_interval_s=poll_interval_s,
-                                     timeout_grace_s=timeout_grace_s, runtime_image=self.registries.runtime_image)
+                                     runtime_image=self.registries.runtime_image)
         engine.register(Machine.define(MACHINE, queue=queue).start("run", self.runner.run).end(self.runner.finalize))
         self._start_orphans()
 
@@ -72,12 +71,17 @@ class WorkflowService:
         spec = workflow.spec
         workflow_id = secrets.token_hex(16)
         max_parallel = spec.max_parallel or self.max_parallel
+        # Secret values never reach the database in plain text (as for `capsa run --secret-env`).
+        hidden = {name: json.dumps(job.secret_env) for name, job in spec.jobs.items() if job.secret_env}
+        sealed = self.jobs.secret_box.seal(hidden) if hidden else None
+        public = spec.model_copy(update={"jobs": {name: job.model_copy(update={"secret_env": {}})
+                                                  for name, job in spec.jobs.items()}})
         with self.db.tx() as conn:
             conn.execute(
-                "INSERT INTO workflows(id, name, description, state, spec, max_parallel, created_ns)"
-                " VALUES(?,?,?,?,?,?,?)",
-                (workflow_id, spec.name, spec.description, WorkflowState.PENDING.value, spec.model_dump_json(),
-                 max_parallel, time.time_ns()),
+                "INSERT INTO workflows(id, name, description, state, spec, sealed_secrets, max_parallel, created_ns)"
+                " VALUES(?,?,?,?,?,?,?,?)",
+                (workflow_id, spec.name, spec.description, WorkflowState.PENDING.value, public.model_dump_json(),
+                 sealed, max_parallel, time.time_ns()),
             )
             conn.executemany(
                 "INSERT INTO workflow_jobs(workflow_id, name, position, state, requires, depends_on)"

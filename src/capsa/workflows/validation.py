@@ -24,14 +24,12 @@ from capsa.workflows.conditions import Condition, ConditionError, parse_requires
 from capsa.workflows.dag import find_cycles, topological_order
 from capsa.workflows.schema import JobSpec, ResourcesSpec, WorkflowHeader, WorkflowSpec, check_job_name
 
-__all__ = ["HOST_NETWORK", "Issue", "Registries", "ValidatedWorkflow", "check_workflow", "compile_spec",
-           "validate_workflow"]
+__all__ = ["Issue", "Registries", "ValidatedWorkflow", "check_workflow", "compile_spec", "validate_workflow"]
 
 MAX_DOCUMENT_BYTES = 1 << 20
 MAX_JOBS = 1000
 MAX_NODES = 200_000   # after alias expansion: a "billion laughs" document stops here
 MAX_ISSUES = 200
-HOST_NETWORK = "host"  # jobs share the host's network today (Joblet ADR-003)
 
 Path_ = tuple[str | int, ...]
 
@@ -54,7 +52,9 @@ class Registries:
     """What exists on this node, as callables the daemon plugs in (None: no registry yet).
 
     ``runtime_image`` maps a runtime name (``NAME[@VERSION]``) to the image that implements it
-    (a runtime is an image) or None when unknown. The others answer "does this exist".
+    (a runtime is an image) or None when unknown. The others answer "does this exist" for a
+    volume name, a user network name (the built-in modes host/none/isolated/bridge always
+    exist) and a capsule requirement.
     """
 
     runtime_image: Callable[[str], str | None] | None = None
@@ -194,10 +194,10 @@ class _Checker:
             self._image(at, spec.image)
         if spec.runtime:
             self._runtime(at, spec.runtime)
-        for i, volume in enumerate(spec.volumes):
-            self._named((*at, "volumes", i), "volume", volume, self.registries.volume_exists)
-        if spec.network and spec.network != HOST_NETWORK:
-            self._named((*at, "network"), "network", spec.network, self.registries.network_exists)
+        for i, volume in enumerate(spec.volume_names):
+            self._exists((*at, "volumes", i), "volume", volume, self.registries.volume_exists)
+        if spec.network:
+            self._network((*at, "network"), spec.network)
         for i, capsule in enumerate(spec.capsules):
             self._capsule((*at, "capsules", i), capsule)
         for i, upload in enumerate(spec.uploads):
@@ -224,12 +224,17 @@ class _Checker:
         elif lookup(runtime) is None:
             self.add((*at, "runtime"), f"unknown runtime {runtime!r}")
 
-    def _named(self, path: Path_, what: str, name: str, exists: Callable[[str], bool] | None) -> None:
+    def _exists(self, path: Path_, what: str, name: str, exists: Callable[[str], bool] | None) -> bool:
         if exists is None or not exists(name):
             self.add(path, f"unknown {what} {name!r}")
-        else:
-            # It exists, but the job service cannot attach it yet: say so instead of ignoring it.
-            self.add(path, f"{what} {name!r} exists, but attaching {what}s to workflow jobs is not supported yet")
+            return False
+        return True
+
+    def _network(self, path: Path_, name: str) -> None:
+        from capsa.networks.model import BUILTIN_MODES  # imported here: it loads pyroute2
+
+        if name not in BUILTIN_MODES:
+            self._exists(path, "network", name, self.registries.network_exists)
 
     def _capsule(self, path: Path_, text: str) -> None:
         from capsa.capsules.versions import parse_requirement
@@ -240,16 +245,20 @@ class _Checker:
         except CapsaError as exc:
             self.add(path, str(exc))
             return
-        self._named(path, "capsule", text, self.registries.capsule_exists)
+        if self._exists(path, "capsule", text, self.registries.capsule_exists):
+            # It exists, but jobs cannot have capsules attached at start yet: say so, never ignore it.
+            self.add(path, f"capsule {text!r} exists, but attaching capsules to workflow jobs is not supported yet")
 
     def _upload(self, path: Path_, upload: str) -> None:
-        if not upload or "\0" in upload:
-            self.add(path, f"upload path {upload!r} is not valid")
+        # Relative and inside the workflow's directory: Joblet's uploads could name any host path.
+        parts = Path(upload).parts
+        if not upload or "\0" in upload or upload.startswith("/") or ".." in parts:
+            self.add(path, f"upload {upload!r} must be a relative path inside the workflow's directory")
             return
-        if self.base_dir is None and not upload.startswith("/"):
-            self.add(path, f"upload {upload!r} is relative, but no base directory was given to resolve it")
+        if self.base_dir is None:
+            self.add(path, f"upload {upload!r} cannot be checked: no base directory was given")
             return
-        target = Path(upload) if upload.startswith("/") else (self.base_dir or Path("/")) / upload
+        target = self.base_dir / upload
         if not target.exists():
             self.add(path, f"upload {upload!r} does not exist ({target})")
 

@@ -150,13 +150,17 @@ def test_kill9_at_random_points_of_a_pull_converges(d: ImageDaemon, crash_image:
         time.sleep(delay_ms / 1000)
         d.kill9()
         phases[phase_at_kill(d, str(run["run_id"]))] += 1
+        t_kill = time.monotonic()
         puller.communicate(timeout=30)  # its stream broke with the daemon
         d.start()
+        t_up = time.monotonic()
         out = d.cli_ok("image", "pull", crash_image.ref)
+        t_pulled = time.monotonic()
         assert crash_image.digest in out, f"trial {trial} (kill at {delay_ms:.1f} ms): {out}"
         check_converged(d, crash_image)
         final = query(d.home, "SELECT state FROM fsm_runs WHERE run_id = ?", (run["run_id"],))[0]["state"]
         assert final in ("succeeded", "handed_off"), f"trial {trial}: the interrupted run ended {final}"
-        print(f"trial {trial}: kill at {delay_ms:.0f} ms, {time.monotonic() - started:.2f} s")
+        print(f"trial {trial}: kill at {delay_ms:.0f} ms, {time.monotonic() - started:.2f} s"
+              f" kill {t_kill-started:.2f} up {t_up-t_kill:.2f} pulled {t_pulled-t_up:.2f} checked {time.monotonic()-t_pulled:.2f}")
     # the kills really landed inside both phases (not all before or after the work)
     assert phases["fetch"] + phases["resolve"] >= 3 and phases["unpack"] >= 3, phases

@@ -6,7 +6,9 @@ check that a limit is enforced rather than trusting what capsa reports.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -136,3 +138,33 @@ def processes_in_cgroup_named(name: str) -> list[int]:
         if name in text:
             pids.append(int(entry))
     return pids
+
+
+def zygote_pid(supervisor_pid: int) -> int:
+    """The supervisor's long-lived fork server: its child running the same interpreter."""
+    exe = os.path.realpath(f"/proc/{supervisor_pid}/exe")
+    found = []
+    for task in os.listdir(f"/proc/{supervisor_pid}/task"):
+        for child in Path(f"/proc/{supervisor_pid}/task/{task}/children").read_text().split():
+            with contextlib.suppress(OSError):
+                if os.path.realpath(f"/proc/{child}/exe", strict=True) == exe:
+                    found.append(int(child))
+    assert len(found) == 1, f"expected one zygote under supervisor {supervisor_pid}, found {found}"
+    return found[0]
+
+
+def force_cleanup_job(job_id: str) -> None:
+    """Last-resort clean-up when capsa failed to: kill the job's processes and remove its cgroups."""
+    for _ in range(50):
+        pids = processes_in_cgroup_named(job_id)
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    for _root, point, _fstype, _opts in _mounts():
+        for depth in range(4):  # capsa's cgroups sit under the supervisor's own, a few levels down
+            for path in Path(point).glob("*/" * depth + f"capsa/{job_id}"):
+                with contextlib.suppress(OSError):
+                    path.rmdir()

@@ -3,17 +3,22 @@ after `kill -9` of the daemon *and* the supervisor it is FAILED with a reason an
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 from jobs_helpers import (
+    force_cleanup_job,
     proc_start_ticks,
     proc_state,
     processes_in_cgroup_named,
     wait_ended,
     wait_for,
     wait_running,
+    zygote_pid,
 )
 
+from capsa.errors import CapsaError
 from tests.fixtures.daemon import RunningDaemon
 
 COUNTER = "i=0; while :; do echo $i; i=$((i+1)); sleep 0.01; done"
@@ -94,3 +99,47 @@ def test_a_job_that_ends_while_the_daemon_is_down_gets_its_exit_after_restart(fr
         assert final.state == "FAILED" and final.exit_code == 7
         assert final.reason == "exited with code 7"
         assert b"".join(c.data for c in client.stream_logs(job.id, follow=True)) == b"done\n"
+
+
+def test_after_the_zygote_dies_running_jobs_are_not_reported_as_stopped_by_user(
+        fresh_daemon: RunningDaemon) -> None:
+    with fresh_daemon.client() as client:
+        job = client.run_job(["sleep", "600"])
+        wait_running(client, job.id)
+        try:
+            os.kill(zygote_pid(fresh_daemon.supervisor_pid() or 0), signal.SIGKILL)
+            time.sleep(1.0)
+            after = client.get_job(job.id)
+            assert not (after.state == "STOPPED" and after.reason == "stopped by user"), \
+                "nobody stopped this job: the supervisor shut down when its zygote died"
+        finally:
+            force_cleanup_job(job.id)
+
+
+def test_after_the_zygote_dies_new_jobs_still_start(fresh_daemon: RunningDaemon) -> None:
+    with fresh_daemon.client() as client:
+        os.kill(zygote_pid(fresh_daemon.supervisor_pid() or 0), signal.SIGKILL)
+
+        def runs() -> bool:
+            try:
+                job = client.run_job(["/bin/true"])
+            except CapsaError:
+                return False
+            return wait_ended(client, job.id).exit_code == 0
+
+        wait_for(runs, timeout=10, interval=0.5, what="the node to start jobs again after its zygote died")
+
+
+def test_after_the_supervisor_dies_the_daemon_fails_its_jobs_and_recovers(fresh_daemon: RunningDaemon) -> None:
+    with fresh_daemon.client() as client:
+        job = client.run_job(["sleep", "600"])
+        wait_running(client, job.id)
+        try:
+            fresh_daemon.kill_supervisor()
+            final = wait_ended(client, job.id, timeout=10)
+            assert final.state == "FAILED" and final.reason, final
+            wait_for(lambda: not processes_in_cgroup_named(job.id), what="the lost job's processes to be gone")
+            new = client.run_job(["/bin/true"])
+            assert wait_ended(client, new.id).exit_code == 0
+        finally:
+            force_cleanup_job(job.id)

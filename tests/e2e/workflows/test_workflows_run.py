@@ -3,7 +3,9 @@ timeouts, cancel, a 50-job fan-out/fan-in, validation through the CLI, and role 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 
 import pytest
@@ -182,8 +184,8 @@ def test_a_job_exceeding_its_timeout_is_stopped_and_fails_with_reason_timeout(da
             name: timeouts
             jobs:
               hang:
-                command: /bin/sleep
-                args: ["60"]
+                command: /bin/sh
+                args: ["-c", "trap 'exit 143' TERM; sleep 60 & wait"]
                 timeout: 1s
               quick:
                 command: /bin/sleep
@@ -197,9 +199,8 @@ def test_a_job_exceeding_its_timeout_is_stopped_and_fails_with_reason_timeout(da
     elapsed = time.monotonic() - started
     assert states(workflow) == {"hang": "FAILED", "quick": "COMPLETED", "after": "SKIPPED"}
     assert steps(workflow)["hang"].reason == "timeout"
-    assert hang.state == "STOPPED" and hang.ended, "the job itself must really have been stopped"
+    assert hang.state == "TIMEOUT" and hang.ended, "the job itself must really have been stopped"
     ran_for = (hang.ended_at_ns - hang.started_at_ns) / 1e9
-    # sleep is the job's PID 1 and ignores SIGTERM: the SIGKILL after the short grace ends it.
     assert 1.0 <= ran_for < 5, ran_for
     assert elapsed < 10 and workflow.state == "FAILED"
 
@@ -275,7 +276,7 @@ jobs:
     assert f"{path} is invalid (3 problems):" in err and "Traceback" not in err
     assert "line 5: jobs.a.requires: dependency cycle: a -> c -> b -> a (their requires are at lines 5, 12, 8)" in err
     assert "line 8: jobs.b.requires: requires unknown job 'ghost'" in err
-    assert "line 11: jobs.c.timeout: duration 'soon' is not valid" in err
+    assert "line 11: jobs.c.timeout: timeout 'soon' is not a duration" in err
     assert len(json.loads(daemon.cli("workflow", "ls", "--json", check=True).stdout)) == before
 
 
@@ -305,3 +306,25 @@ def test_readers_may_look_but_not_run_or_cancel(daemon: RunningDaemon) -> None:
         assert workflow.state == "COMPLETED"
         with pytest.raises(InvalidArgument, match="invalid"):
             developer.submit_workflow("name: x\njobs: {a: {comand: y}}\n")
+
+
+def test_secret_env_reaches_the_job_but_is_never_stored_or_shown(daemon: RunningDaemon) -> None:
+    secret = "s3cret-" + os.urandom(8).hex()
+    digest = hashlib.sha256(secret.encode()).hexdigest()   # the job checks the value without naming it
+    with daemon.client() as client:
+        workflow = wait_workflow(client, submit(client, f"""\
+            name: secrets
+            jobs:
+              use:
+                command: /bin/sh
+                args: ["-c", 'test "$(printf %s "$TOKEN" | sha256sum)" = "{digest}  -" && test "$PLAIN" = visible']
+                env: {{PLAIN: visible}}
+                secret_env: {{TOKEN: "{secret}"}}
+            """).id)
+        job = client.get_job(steps(workflow)["use"].job_id)
+    assert workflow.state == "COMPLETED", steps(workflow)["use"].reason
+    assert dict(job.env) == {"PLAIN": "visible"} and list(job.secret_env_keys) == ["TOKEN"]
+    for path in daemon.home.glob("capsa.db*"):
+        assert secret.encode() not in path.read_bytes(), f"the secret is stored in plain text in {path.name}"
+    assert secret not in daemon.log_path.read_text(errors="replace")
+    assert secret not in daemon.cli("workflow", "status", workflow.id, "--json", check=True).stdout.decode()

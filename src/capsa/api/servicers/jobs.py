@@ -15,6 +15,7 @@ from capsa.api.gen.capsa.v1 import jobs_pb2_grpc as pb_grpc
 from capsa.api.servicers._base import rpc
 from capsa.jobs.model import Job, Resources, RunRequest
 from capsa.jobs.service import JobService
+from capsa.jobs.uploads import UploadEntry
 
 __all__ = ["JobServicer", "NodeServicer", "job_to_pb"]
 
@@ -31,6 +32,7 @@ def job_to_pb(job: Job) -> pb.Job:
         cgroup=job.cgroup, start_latency_ns=job.start_latency_ns, image=job.image, image_digest=job.image_digest,
         seccomp=job.seccomp, network=job.network, ip=job.ip, volumes=job.volumes,
         workflow_id=job.workflow_id or "", workflow_job=job.workflow_job or "",
+        scheduled_at_ns=job.scheduled_ns, timeout_seconds=job.timeout_ns / 1e9, secret_env_keys=job.secret_env_keys,
     )
 
 
@@ -46,10 +48,24 @@ class JobServicer(pb_grpc.JobServiceServicer):
             name=request.name, image=request.image, pull=request.pull or "missing", user=request.user,
             seccomp=request.seccomp or "default", network=request.network or "host",
             volumes=tuple(request.volumes),
+            secret_env=dict(request.secret_env), upload_session=request.upload_session,
+            schedule=request.schedule, timeout=request.timeout,
             resources=Resources(max_cpu=r.max_cpu, cpu_cores=r.cpu_cores, max_memory_mb=r.max_memory_mb,
                                 max_iobps=r.max_iobps, max_pids=r.max_pids),
         ))
         return job_to_pb(job)
+
+    @rpc
+    def UploadFiles(self, request_iterator: Any, context: grpc.ServicerContext) -> pb.UploadResult:
+        items = ((UploadEntry(c.entry.path, c.entry.type, c.entry.mode, c.entry.size, c.entry.link_target)
+                  if c.HasField("entry") else None, c.data) for c in request_iterator)
+        done = self.jobs.uploads.receive(items)
+        return pb.UploadResult(session=done.session, files=done.files, dirs=done.dirs, symlinks=done.symlinks,
+                               bytes=done.bytes)
+
+    @rpc
+    def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.Job:
+        return job_to_pb(self.jobs.cancel(request.id))
 
     @rpc
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:

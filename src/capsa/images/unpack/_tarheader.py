@@ -34,6 +34,7 @@ ZERO_BLOCK = bytes(BLOCK)
 REG, LNK, SYM, CHR, BLK, DIR, FIFO = "0", "1", "2", "3", "4", "5", "6"
 _TYPES = {b"0": REG, b"\0": REG, b"7": REG, b"1": LNK, b"2": SYM, b"3": CHR, b"4": BLK, b"5": DIR, b"6": FIFO}
 _NO_DATA = frozenset({LNK, SYM, CHR, BLK, FIFO})
+_FAST_TYPES = {b"0": REG, b"\0": REG, b"7": REG, b"1": LNK, b"2": SYM, b"5": DIR, b"6": FIFO}
 _META = frozenset({b"x", b"g", b"L", b"K"})
 _MAX_META_HEADERS = 8
 _HIGH_BYTES = bytes(range(128))
@@ -217,7 +218,36 @@ class TarReader:
         flag = blk[156:157]
         if flag in _META:
             return self._with_metadata(blk, flag, offset)
-        return self._entry(blk, flag, _fixed_fields(blk, offset), offset, None, None, None)
+        m = _CANONICAL_NUMBERS.fullmatch(blk, 100, 156)
+        kind = _FAST_TYPES.get(flag)
+        if m is None or kind is None or not blk.isascii():
+            return self._entry(blk, flag, _fixed_fields(blk, offset), offset, None, None, None)
+        # The common case, kept lean: an ASCII ustar/GNU header with canonical octal
+        # numbers (which can be neither negative nor out of range).
+        mode, uid, gid, size, mtime, chk = m.groups()
+        if int(chk, 8) != (zlib.adler32(blk) & 0xFFFF) - 1 - sum(chk) - 32 + 256:
+            raise _bad("bad header checksum", offset)
+        end = blk.find(0, 0, 100)
+        raw = blk[:end] if end >= 0 else blk[:100]
+        magic = blk[257:263]
+        if magic == b"ustar\0":
+            if blk[345]:
+                raw = _cstr(blk[345:500]) + b"/" + raw
+        elif magic != b"ustar " and blk[257:265] != _NO_MAGIC:
+            raise _bad(f"unknown header format (magic {magic!r})", offset)
+        name = raw.decode("ascii")
+        size = int(size, 8)
+        if kind != REG:
+            if size and kind != DIR:
+                raise _bad(f"{name!r}: a type {kind} entry must not carry data (size {size})", offset)
+            size = 0
+        elif flag == b"\0" and raw.endswith(b"/"):
+            kind, size = DIR, 0  # pre-POSIX archives mark directories with a trailing slash
+        linkname = _cstr(blk[157:257]).decode("ascii") if kind in (LNK, SYM) else ""
+        mtime_ns = int(mtime, 8) * 1_000_000_000
+        self._data_end = self._inp.offset + size + (-size % BLOCK)
+        return Entry(name, kind, int(mode, 8) & 0o7777, int(uid, 8), int(gid, 8), size, mtime_ns, mtime_ns,
+                     linkname, 0, 0, None, offset)
 
     def _end(self, blk: bytes, offset: int, *, pending: bool) -> None:
         """The archive ended at ``offset`` with ``blk`` (short, or a zero block)."""

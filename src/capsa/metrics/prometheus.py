@@ -1,0 +1,164 @@
+"""The opt-in Prometheus endpoint: job and host samples, jobs by state, and RPC counts and latencies.
+
+Everything is served from a registry of our own (never prometheus_client's global
+one), so two daemons in one process, as in tests, never collide. Job series carry
+the labels ``job_id`` and ``name``; they are built at scrape time from the
+sampler's latest samples, so a job's series disappear when it stops running.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from capsa.config import parse_address
+from capsa.metrics.sampler import MetricsSampler
+
+__all__ = ["PrometheusEndpoint", "RpcMetricsInterceptor"]
+
+# (metric name, help, JobSample field, scale, counter?)
+_JOB_SERIES: tuple[tuple[str, str, str, float, bool], ...] = (
+    ("capsa_job_cpu_seconds", "CPU time used by the job's cgroup", "cpu_usage_ns", 1e-9, True),
+    ("capsa_job_cpu_percent", "CPU use since the previous sample, in percent of one core", "cpu_percent", 1, False),
+    ("capsa_job_memory_bytes", "Memory charged to the job's cgroup now", "memory_current", 1, False),
+    ("capsa_job_memory_peak_bytes", "Highest memory charged to the job's cgroup", "memory_peak", 1, False),
+    ("capsa_job_io_read_bytes", "Bytes read from block devices", "io_read_bytes", 1, True),
+    ("capsa_job_io_write_bytes", "Bytes written to block devices", "io_write_bytes", 1, True),
+    ("capsa_job_pids", "Processes and threads in the job", "pids", 1, False),
+    ("capsa_job_network_receive_bytes", "Bytes received in the job's network namespace", "net_rx_bytes", 1, True),
+    ("capsa_job_network_transmit_bytes", "Bytes sent from the job's network namespace", "net_tx_bytes", 1, True),
+    ("capsa_job_oom_kills", "Processes of the job killed by the OOM killer", "oom_kills", 1, True),
+)
+
+
+class _Collector:
+    def __init__(self, sampler: MetricsSampler, job_counts: Callable[[], dict[str, int]]) -> None:
+        self.sampler = sampler
+        self.job_counts = job_counts
+        self._states_seen: set[str] = set()
+
+    def describe(self) -> list[Metric]:
+        return []   # series are dynamic; an empty describe keeps registration from scraping
+
+    def collect(self) -> Iterator[Metric]:
+        samples = self.sampler.running_latest()
+        for name, help_text, attr, scale, counter in _JOB_SERIES:
+            family: Any = (CounterMetricFamily if counter else GaugeMetricFamily)(
+                name, help_text, labels=["job_id", "name"])
+            for s in samples:
+                value = getattr(s, attr)
+                if value is not None:
+                    family.add_metric([s.job_id, s.name], value * scale)
+            yield family
+        counts = self.job_counts()
+        self._states_seen.update(counts)
+        jobs = GaugeMetricFamily("capsa_jobs", "Jobs known to the daemon, by state", labels=["state"])
+        for state in sorted(self._states_seen):
+            jobs.add_metric([state], counts.get(state, 0))
+        yield jobs
+        yield GaugeMetricFamily("capsa_jobs_sampled", "Running jobs with a current sample", value=len(samples))
+        host = self.sampler.host_latest()
+        if host is not None:
+            for name, help_text, value in (
+                ("capsa_host_cpu_percent", "Host CPU use, all CPUs together", host.cpu_percent),
+                ("capsa_host_memory_total_bytes", "Host memory", host.memory_total),
+                ("capsa_host_memory_available_bytes", "Host memory available", host.memory_available),
+                ("capsa_host_disk_total_bytes", "Size of the filesystem holding CAPSA_HOME", host.disk_total),
+                ("capsa_host_disk_free_bytes", "Free space on the filesystem holding CAPSA_HOME", host.disk_free),
+            ):
+                yield GaugeMetricFamily(name, help_text, value=value)
+
+
+def _code(context: grpc.ServicerContext) -> str | None:
+    try:
+        code = context.code()
+    except Exception:
+        return None
+    return code.name if isinstance(code, grpc.StatusCode) else None
+
+
+class RpcMetricsInterceptor(grpc.ServerInterceptor):
+    """Counts every RPC by method and status and times it (streams: until the last message)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.calls = Counter("capsa_rpc_requests", "RPCs handled, by method and status code",
+                             ["method", "code"], registry=registry)
+        self.latency = Histogram("capsa_rpc_duration_seconds", "Time spent handling RPCs", ["method"],
+                                 registry=registry,
+                                 buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 300))
+
+    def _record(self, method: str, code: str, started: float) -> None:
+        self.calls.labels(method, code).inc()
+        self.latency.labels(method).observe(time.perf_counter() - started)
+
+    def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method = details.method.rsplit(".", 1)[-1]   # "JobService/RunJob"
+        for kind, make, streaming in (
+            ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
+            ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
+            ("stream_unary", grpc.stream_unary_rpc_method_handler, False),
+            ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
+        ):
+            behaviour = getattr(handler, kind)
+            if behaviour is not None:
+                wrapped = self._streaming(method, behaviour) if streaming else self._unary(method, behaviour)
+                return make(wrapped, handler.request_deserializer, handler.response_serializer)
+        return handler
+
+    def _unary(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(request: Any, context: grpc.ServicerContext) -> Any:
+            started, failed = time.perf_counter(), False
+            try:
+                return behaviour(request, context)
+            except BaseException:
+                failed = True
+                raise
+            finally:
+                self._record(method, _code(context) or ("UNKNOWN" if failed else "OK"), started)
+        return timed
+
+    def _streaming(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            started, outcome = time.perf_counter(), "OK"
+            try:
+                yield from behaviour(request, context)
+            except GeneratorExit:
+                outcome = "CANCELLED"
+                raise
+            except BaseException:
+                outcome = "UNKNOWN"
+                raise
+            finally:
+                self._record(method, _code(context) or outcome, started)
+        return timed
+
+
+class PrometheusEndpoint:
+    """``/metrics`` over HTTP on ``listen`` (host:port); create before the gRPC server, start after."""
+
+    def __init__(self, listen: str, sampler: MetricsSampler, job_counts: Callable[[], dict[str, int]]) -> None:
+        self.host, self.port = parse_address(listen, allow_port_zero=True)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(sampler, job_counts))  # type: ignore[arg-type]
+        self.interceptor = RpcMetricsInterceptor(self.registry)
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._server, self._thread = start_http_server(self.port, addr=self.host, registry=self.registry)
+        self.port = int(self._server.server_address[1])
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
