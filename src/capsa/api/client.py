@@ -94,16 +94,21 @@ class CapsaClient:
         )
         return self._call(self.jobs.RunJob, request)
 
-    def upload_files(self, chunks: Iterable[pb.UploadChunk]) -> pb.UploadResult:
-        """Stream raw upload chunks (see :meth:`upload_paths` for local files); returns the staged session."""
+    def upload_files(self, chunks: Iterable[pb.UploadChunk], *, finish: bool = True) -> pb.UploadResult:
+        """Stream raw upload chunks (see :meth:`upload_paths` for local files); returns the staged session.
+
+        ``finish`` appends the end marker the daemon requires before it keeps an upload.
+        """
         failure: list[BaseException] = []
 
         def guarded() -> Iterator[pb.UploadChunk]:
             try:
                 yield from chunks
-            except Exception as exc:   # gRPC then cancels the call: a half stream is never committed
-                failure.append(exc)
+            except Exception as exc:   # gRPC then cancels the call, and without the end marker
+                failure.append(exc)    # the daemon discards what it received
                 raise
+            if finish:
+                yield pb.UploadChunk(done=True)
 
         try:
             return self.jobs.UploadFiles(guarded(), timeout=None)

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from capsa.errors import InvalidArgument, LimitExceeded, NotFound, UnsafeArchive
+from capsa.errors import Canceled, InvalidArgument, LimitExceeded, NotFound, UnsafeArchive
 
 __all__ = [
     "CHUNK_BYTES",
@@ -297,8 +297,13 @@ class UploadStore:
             raise InvalidArgument(f"invalid upload session id {session!r}")
         return self.root / session
 
-    def receive(self, items: Iterable[tuple[UploadEntry | None, bytes]]) -> UploadSummary:
-        """Write one stream into a new session; on any error nothing of it is left."""
+    def receive(self, items: Iterable[tuple[UploadEntry | None, bytes]], *,
+                complete: Callable[[], bool] | None = None) -> UploadSummary:
+        """Write one stream into a new session; on any error nothing of it is left.
+
+        ``complete`` is asked once the items are exhausted: a transport may end a canceled
+        stream as if it had finished, so the API requires an explicit end marker.
+        """
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         session = secrets.token_hex(16)
         sdir = self.root / session
@@ -314,6 +319,8 @@ class UploadStore:
                     if entry is not None:
                         writer.begin(entry)
                     writer.data(data)
+                if complete is not None and not complete():
+                    raise Canceled("the upload stream ended without its end marker (canceled?): discarded")
                 writer.finish()
             finally:
                 writer.abort()

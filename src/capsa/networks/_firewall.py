@@ -117,12 +117,15 @@ class Firewall:
             for table, chain, _ in self._chains():
                 if self._ok(["-t", table, "-S", chain]) and self._rules(table, chain):
                     return False
+            gone = True
             for table, chain, parent in self._chains():
                 while self._ok(["-t", table, "-C", parent, "-j", chain]):
                     self._run(["-t", table, "-D", parent, "-j", chain])
-                if self._ok(["-t", table, "-S", chain]):
-                    self._run(["-t", table, "-X", chain])
-            return True
+                if self._ok(["-t", table, "-S", chain]) and not self._ok(["-t", table, "-X", chain]):
+                    # Another instance sharing the prefix added a rule meanwhile: keep it reachable.
+                    self._run(["-t", table, "-I", parent, "1", "-j", chain])
+                    gone = False
+            return gone
 
     # -- rules -------------------------------------------------------------------------
     def add(self, tag: str, rules: RuleSet, *, replace: bool = False) -> None:

@@ -82,6 +82,11 @@ class SupervisorClient:
     def forget(self, job_id: str) -> None:
         self.call({"op": "forget", "job_id": job_id})
 
+    def mount(self, job_id: str, action: str, *, target: str, source: str = "", create_target: bool = True) -> None:
+        """attach | swap | detach a read-only mount in a running job (done by the zygote, see mounts.py)."""
+        self.call({"op": "mount", "job_id": job_id, "action": action, "source": source, "target": target,
+                   "create_target": create_target})
+
     def shutdown(self) -> None:
         with contextlib.suppress(CapsaError):
             self.call({"op": "shutdown"}, timeout=5)

@@ -91,6 +91,7 @@ class Supervisor:
         self.by_fd: dict[int, tuple[str, str]] = {}   # fd -> (job_id, "out"|"err"|"report")
         self.early_exits: dict[int, int] = {}
         self.subscribers: set[socket.socket] = set()
+        self.mount_replies: dict[int, tuple[socket.socket, bytearray]] = {}   # zygote reply fd -> (asker, data)
         self.sel = selectors.DefaultSelector()
         self.running = True
         self.zygote_pid = 0
@@ -139,6 +140,8 @@ class Supervisor:
                     self._on_pipe(key.fd)
                 elif kind == "signal":
                     self._on_signal(key.fd)
+                elif kind == "mount":
+                    self._on_mount_reply(key.fd)
             self._run_deadlines()
         self._shutdown_jobs()
 
@@ -218,6 +221,9 @@ class Supervisor:
             if op == "start":
                 self._start(conn, msg)
                 return  # answered once exec happened (or failed)
+            if op == "mount":
+                self._mount(conn, msg)
+                return  # answered when the zygote has done it
             if op == "stop":
                 reply = self._stop(msg["job_id"], float(msg.get("grace_s", 10.0)))
             elif op == "signal":
@@ -390,6 +396,64 @@ class Supervisor:
         event = {"event": "exit", "job": asdict(rec)}
         for sub in list(self.subscribers):
             self._send(sub, event)
+
+    # -- live mounts (capsules) ---------------------------------------------------------------
+    def _mount(self, conn: socket.socket, msg: dict[str, Any]) -> None:
+        """Hand an attach/swap/detach to the zygote with the job's pidfd; its JSON answer comes on a pipe."""
+        job = self.jobs.get(str(msg.get("job_id", "")))
+        if job is None or job.record.state == "exited" or job.wait_status is not None:   # reaped: PID is free
+            self._send(conn, {"ok": False, "error": {"code": "not_found",
+                                                     "message": f"job {msg.get('job_id')} is not running"}})
+            return
+        if job.record.state != "running" or not job.record.pid:
+            self._send(conn, {"ok": False, "error": {"code": "failed_precondition",
+                                                     "message": f"job {msg.get('job_id')} has not started yet"}})
+            return
+        try:
+            # Our own (re-parented) child, not yet reaped: the PID cannot have been reused.
+            pidfd = os.pidfd_open(job.record.pid)
+        except ProcessLookupError:
+            self._send(conn, {"ok": False, "error": {"code": "not_found",
+                                                     "message": f"job {msg.get('job_id')} has exited"}})
+            return
+        reply_r, reply_w = os.pipe2(os.O_CLOEXEC)
+        request = {"op": "mount", "action": msg.get("action"), "source": msg.get("source", ""),
+                   "target": msg.get("target", ""), "create_target": bool(msg.get("create_target", True))}
+        try:
+            assert self.zygote_sock is not None
+            send_msg(self.zygote_sock, request, [pidfd, reply_w])
+        except OSError as exc:
+            os.close(reply_r)
+            self._send(conn, {"ok": False, "error": {"code": "unavailable", "message": f"zygote unavailable: {exc}"}})
+            return
+        finally:
+            os.close(pidfd)
+            os.close(reply_w)
+        os.set_blocking(reply_r, False)
+        self.mount_replies[reply_r] = (conn, bytearray())
+        self.sel.register(reply_r, selectors.EVENT_READ, ("mount", None))
+
+    def _on_mount_reply(self, fd: int) -> None:
+        conn, buf = self.mount_replies[fd]
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            buf += data
+            return
+        self.sel.unregister(fd)
+        os.close(fd)
+        del self.mount_replies[fd]
+        try:
+            reply = json.loads(buf) if buf else None
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            reply = {"ok": False, "error": {"code": "internal", "message": "the zygote gave no answer to a mount"}}
+        self._send(conn, reply)
 
     # -- stop / signal / forget --------------------------------------------------------------------
     def _stop(self, job_id: str, grace_s: float) -> dict[str, Any]:

@@ -15,14 +15,17 @@ few milliseconds (see docs/adr/0001-two-stage-launch.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 from capsa import linux
-from capsa.runtime import security, stage2
+from capsa.errors import CapsaError, InvalidArgument
+from capsa.runtime import mounts, security, stage2
 from capsa.runtime.spec import JobSpec
 from capsa.runtime.wire import recv_msg
 
@@ -47,6 +50,11 @@ def zygote_main(sock: socket.socket) -> NoReturn:
             os._exit(1)
         if msg is None:
             os._exit(0)
+        if msg.get("op") == "mount":   # a live capsule mount into a running job: fds = [pidfd, reply]
+            _mount(msg, fds)
+            for fd in fds:
+                os.close(fd)
+            continue
         try:
             pid = os.fork()
         except OSError as exc:
@@ -89,6 +97,50 @@ def _stage_one(msg: dict[str, object], fds: list[int], filters: dict[str, bytes]
     except BaseException as exc:
         _report(report_w, f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc))
         os._exit(127)
+
+
+def _mount(msg: dict[str, Any], fds: list[int]) -> None:
+    """Run one attach/swap/detach (capsa.runtime.mounts forks its own helper) and answer on the reply fd.
+
+    It runs here because this is the one single-threaded process: the helper's fork and
+    setns must never happen in a threaded one. SIGCHLD is default while it runs so the
+    helper's exit status can be waited for; stage-one exits in that window are reaped after.
+    """
+    reply: dict[str, Any] = {"ok": True}
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        if len(fds) != 2:
+            raise InvalidArgument(f"a mount request carries a pidfd and a reply fd, got {len(fds)} fds")
+        pidfd, action, target = fds[0], msg.get("action"), str(msg.get("target", ""))
+        if action == "attach":
+            mounts.attach(pidfd, Path(str(msg["source"])), target, create_target=bool(msg.get("create_target", True)))
+        elif action == "swap":
+            mounts.swap(pidfd, Path(str(msg["source"])), target)
+        elif action == "detach":
+            mounts.detach(pidfd, target)
+        else:
+            raise InvalidArgument(f"unknown mount action {action!r}")
+    except CapsaError as exc:
+        reply = {"ok": False, "error": {"code": exc.code, "message": exc.message,
+                                        "errno": int(exc.detail.get("errno", 0) or 0)}}
+    except Exception as exc:  # a bad request must never take the zygote down
+        reply = {"ok": False, "error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}", "errno": 0}}
+    finally:
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        _reap_exited_children()
+    if len(fds) == 2:
+        with contextlib.suppress(OSError):
+            os.write(fds[1], json.dumps(reply).encode())
+
+
+def _reap_exited_children() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def _report(fd: int, message: str) -> None:

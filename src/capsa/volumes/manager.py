@@ -53,8 +53,9 @@ class VolumeManager:
     """Named volumes that outlive jobs and daemon restarts. The only writer of ``root``."""
 
     def __init__(self, db: Database, root: Path, *, mkfs: str = "mkfs.ext4") -> None:
-        self.root = Path(root).absolute()
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        Path(root).mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Resolved: loop devices are matched by the kernel's (symlink-free) name of their backing file.
+        self.root = Path(root).resolve()
         self._mkfs = mkfs
         self._store = Store(db)
         self._guard = threading.Lock()

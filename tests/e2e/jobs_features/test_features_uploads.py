@@ -13,7 +13,7 @@ from conftest import UPLOAD_MAX_FILE
 from features_helpers import files_containing, inspect, staged_sessions, wait_for
 
 from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
-from capsa.errors import LimitExceeded, NotFound, UnsafeArchive
+from capsa.errors import Canceled, LimitExceeded, NotFound, UnsafeArchive
 from tests.fixtures.daemon import RunningDaemon
 
 
@@ -128,6 +128,12 @@ def test_an_interrupted_stream_leaves_nothing_staged(features_daemon: RunningDae
         client.upload_files(chunks())
     # The daemon sees the cancellation a moment later.
     wait_for(lambda: staged_sessions(features_daemon) == [], what="the cancelled session to be removed")
+
+
+def test_a_stream_that_ends_without_its_end_marker_is_discarded(features_daemon: RunningDaemon) -> None:
+    with features_daemon.client() as client, pytest.raises(Canceled):
+        client.upload_files(iter([_entry("whole-looking.txt", data=b"complete")]), finish=False)
+    assert staged_sessions(features_daemon) == []
 
 
 def test_a_session_is_used_once_and_unknown_sessions_are_refused(features_daemon: RunningDaemon) -> None:

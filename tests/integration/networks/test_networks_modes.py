@@ -6,6 +6,7 @@ import errno
 import ipaddress
 import socket
 import subprocess
+import sys
 
 import pytest
 from networks_helpers import connect_from, host_server, in_netns, netns_server
@@ -136,3 +137,29 @@ def test_none_mode_stats_are_zero_without_interfaces(manager: NetworkManager) ->
     manager.attach("job-none-stats", "none")
     stats = manager.network_stats("job-none-stats")
     assert stats is not None and stats.interfaces == () and stats.rx_bytes == stats.tx_bytes == 0
+
+
+_STAGE_ONE = r"""
+import os, sys
+from capsa import linux
+from capsa.runtime.zygote import JOB_NAMESPACES
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CLOEXEC)
+linux.setns(fd, linux.CLONE_NEWNET)
+os.close(fd)
+linux.unshare(JOB_NAMESPACES)
+pid = os.fork()
+if pid == 0:
+    os.execvp("ip", ["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_launch_like_stage_one_joins_the_namespace_then_unshares_the_rest(manager: NetworkManager) -> None:
+    # The documented integration: setns(netns) first, then the launcher's own unshare + fork.
+    att = manager.attach("job-launch", "bridge")
+    assert att.netns_path
+    out = subprocess.run([sys.executable, "-c", _STAGE_ONE, att.netns_path], capture_output=True, text=True,
+                         timeout=20)
+    assert out.returncode == 0, out.stderr
+    assert f" {att.ip}/{att.prefixlen} " in out.stdout

@@ -13,7 +13,7 @@ from volumes_helpers import loops_under, mounts_under, wait_no_loops
 
 from capsa.errors import AlreadyExists, Conflict, NotFound
 from capsa.state import Database
-from capsa.volumes import VolumeManager
+from capsa.volumes import VolumeManager, _loop
 
 MiB = 1 << 20
 
@@ -145,3 +145,21 @@ def test_reacquiring_while_a_foreign_namespace_holds_the_old_mount_reuses_its_lo
     assert wait_no_loops(tmp_path) == []
     assert (volumes.acquire("pinned", "job-3") / "f").read_text() == "one two"
     volumes.release("pinned", "job-3")
+
+
+def test_a_root_reached_through_a_symlink_still_finds_its_loop_devices(
+    volumes: VolumeManager, tmp_path: Path
+) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    db = Database(tmp_path / "other.db")
+    other = VolumeManager(db, tmp_path / "link")
+    try:
+        other.create("s", "8MiB")
+        other.acquire("s", "job-1")
+        # The kernel names the backing file by its real path; the manager must match it.
+        assert len(_loop.devices_for(other.root / "s" / "image.ext4")) == 1
+        other.release("s", "job-1")
+        other.rm("s")
+    finally:
+        db.close()

@@ -294,3 +294,11 @@ def test_walk_local_rejects_bad_paths_before_sending(tmp_path: Path) -> None:
         list(walk_local([tmp_path / "a", tmp_path / "b" / "a"]))
     with pytest.raises(InvalidArgument, match="root directory"):
         list(walk_local(["/"]))
+
+
+def test_a_stream_without_its_end_marker_is_discarded(store: UploadStore) -> None:
+    from capsa.errors import Canceled
+
+    with pytest.raises(Canceled, match="end marker"):
+        store.receive([F("complete-looking", b"data")], complete=lambda: False)
+    assert _sessions(store) == []

@@ -13,6 +13,7 @@ from capsa.api.auth import identity_of
 from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
 from capsa.api.gen.capsa.v1 import jobs_pb2_grpc as pb_grpc
 from capsa.api.servicers._base import rpc
+from capsa.errors import InvalidArgument
 from capsa.jobs.model import Job, Resources, RunRequest
 from capsa.jobs.service import JobService
 from capsa.jobs.uploads import UploadEntry
@@ -57,9 +58,18 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     @rpc
     def UploadFiles(self, request_iterator: Any, context: grpc.ServicerContext) -> pb.UploadResult:
-        items = ((UploadEntry(c.entry.path, c.entry.type, c.entry.mode, c.entry.size, c.entry.link_target)
-                  if c.HasField("entry") else None, c.data) for c in request_iterator)
-        done = self.jobs.uploads.receive(items)
+        ended: list[bool] = []
+
+        def items() -> Any:
+            for c in request_iterator:
+                if ended:
+                    raise InvalidArgument("upload data after the message marked done")
+                yield (UploadEntry(c.entry.path, c.entry.type, c.entry.mode, c.entry.size, c.entry.link_target)
+                       if c.HasField("entry") else None), c.data
+                if c.done:
+                    ended.append(True)
+
+        done = self.jobs.uploads.receive(items(), complete=lambda: bool(ended) and context.is_active())
         return pb.UploadResult(session=done.session, files=done.files, dirs=done.dirs, symlinks=done.symlinks,
                                bytes=done.bytes)
 

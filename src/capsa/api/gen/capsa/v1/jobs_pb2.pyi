@@ -187,12 +187,14 @@ class CancelJobRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class UploadChunk(_message.Message):
-    __slots__ = ("entry", "data")
+    __slots__ = ("entry", "data", "done")
     ENTRY_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
     entry: UploadEntry
     data: bytes
-    def __init__(self, entry: _Optional[_Union[UploadEntry, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    done: bool
+    def __init__(self, entry: _Optional[_Union[UploadEntry, _Mapping]] = ..., data: _Optional[bytes] = ..., done: _Optional[bool] = ...) -> None: ...
 
 class UploadEntry(_message.Message):
     __slots__ = ("path", "type", "mode", "size", "link_target")
