@@ -14,7 +14,7 @@ Filesystems: ``loop`` (default) is a fresh journaled ext4 on a loop device made
 for the run (what a production host has, free of other users' churn), ``disk``
 the directory itself, ``tmpfs`` /dev/shm (no disk cost at all: the harshest
 view of per-entry CPU overhead). ``--compressed`` adds gzip and zstd layers
-(``tar -xzf`` / ``tar --zstd -xf``). Outputs are kept until every run is done:
+(``tar -xzf`` / ``tar --zstd -xf``). Outputs are deleted after each pair, except on ``disk``:
 ext4 without a journal (as on some VMs) skips recently freed inodes for
 minutes, which would slow whichever run came next. The trees of the first pair
 are compared (names, types, modes, owners, sizes, mtimes, link targets).
@@ -127,22 +127,29 @@ def compare(a: Path, b: Path, members: set[str]) -> str:
     return f"DIFFERENT in {len(diff)} entries, e.g. {diff[:5]}"
 
 
-def bench(layer: Path, work: Path, kind: str, runs: int, dests: list[Path],
-          members: set[str]) -> dict[str, list[tuple[float, float]]]:
+def bench(layer: Path, work: Path, kind: str, runs: int, dests: list[Path], members: set[str], *,
+          keep: bool) -> dict[str, list[tuple[float, float]]]:
+    """Alternate the tools; ``keep`` leaves outputs in place (deleted by the caller)."""
     results: dict[str, list[tuple[float, float]]] = {"GNU tar": [], "apply_layer": []}
-    first = len(dests)
     for i in range(runs):
+        pair = []
         for tool in ("GNU tar", "apply_layer"):
             dest = work / f"{kind}-{'tar' if tool == 'GNU tar' else 'apply'}-{i}"
             shutil.rmtree(dest, ignore_errors=True)
             dest.mkdir(parents=True)
             dests.append(dest)
+            pair.append(dest)
             results[tool].append(run_tar(layer, dest, kind) if tool == "GNU tar" else run_apply(layer, dest))
-    print(f"\n{kind}: result trees {compare(dests[first], dests[first + 1], members)}")
-    if kind == "none":
-        start = time.perf_counter()
-        verify_layout(dests[first + 1])
-        print(f"verify_layout on the unpacked tree: {time.perf_counter() - start:.2f} s")
+        if i == 0:
+            print(f"\n{kind}: result trees {compare(pair[0], pair[1], members)}")
+            if kind == "none":
+                start = time.perf_counter()
+                verify_layout(pair[1])
+                print(f"verify_layout on the unpacked tree: {time.perf_counter() - start:.2f} s")
+        if not keep:
+            for dest in pair:
+                shutil.rmtree(dest)
+            subprocess.run(["sync"], check=True)  # no writeback of this pair during the next one
     return results
 
 
@@ -179,7 +186,7 @@ def main() -> int:
     for fs in args.fs.split(","):
         with contextlib.ExitStack() as stack:
             if fs == "loop":
-                place = stack.enter_context(loop_ext4(CACHE, (2 * args.runs + 2) * tar.stat().st_size + (1 << 30)))
+                place = stack.enter_context(loop_ext4(CACHE, 4 * tar.stat().st_size + (1 << 30)))
             elif fs == "tmpfs":
                 place = TMPFS
                 place.mkdir(parents=True, exist_ok=True)
@@ -197,7 +204,7 @@ def main() -> int:
                 subprocess.run(["cat", str(layer)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
                 dests: list[Path] = []
                 try:
-                    results = bench(layer, place / "runs", kind, args.runs, dests, members)
+                    results = bench(layer, place / "runs", kind, args.runs, dests, members, keep=fs == "disk")
                 finally:
                     for dest in dests:
                         shutil.rmtree(dest, ignore_errors=True)

@@ -26,6 +26,8 @@ from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
 from capsa.api.gen.capsa.v1 import jobs_pb2_grpc as pb_grpc
 from capsa.api.gen.capsa.v1 import metrics_pb2 as mpb
 from capsa.api.gen.capsa.v1 import metrics_pb2_grpc as mpb_grpc
+from capsa.api.gen.capsa.v1 import networks_pb2 as npb
+from capsa.api.gen.capsa.v1 import networks_pb2_grpc as npb_grpc
 from capsa.api.gen.capsa.v1 import workflows_pb2 as wpb
 from capsa.api.gen.capsa.v1 import workflows_pb2_grpc as wpb_grpc
 from capsa.config import NodeConfig, find_client_config, load_client_config
@@ -55,6 +57,8 @@ class CapsaClient:
         self.jobs = pb_grpc.JobServiceStub(self.channel)
         self.node = pb_grpc.NodeServiceStub(self.channel)
         self.images = ipb_grpc.ImageServiceStub(self.channel)
+        self.networks = npb_grpc.NetworkServiceStub(self.channel)
+        self.volumes = npb_grpc.VolumeServiceStub(self.channel)
         self.metrics = mpb_grpc.MetricsServiceStub(self.channel)
         self.workflows = wpb_grpc.WorkflowServiceStub(self.channel)
 
@@ -220,3 +224,22 @@ class CapsaClient:
 
     def whoami(self) -> pb.Identity:
         return self._call(self.node.WhoAmI, common_pb2.Empty())
+
+    # -- networks and volumes -------------------------------------------------------------------
+    def create_network(self, name: str, cidr: str) -> npb.Network:
+        return self._call(self.networks.CreateNetwork, npb.CreateNetworkRequest(name=name, cidr=cidr))
+
+    def list_networks(self) -> list[npb.Network]:
+        return list(self._call(self.networks.ListNetworks, npb.ListNetworksRequest()).networks)
+
+    def remove_network(self, name: str) -> str:
+        return self._call(self.networks.RemoveNetwork, npb.RemoveNetworkRequest(name=name)).name
+
+    def create_volume(self, name: str, size: str, type: str = "filesystem") -> npb.Volume:
+        return self._call(self.volumes.CreateVolume, npb.CreateVolumeRequest(name=name, size=size, type=type))
+
+    def list_volumes(self) -> list[npb.Volume]:
+        return list(self._call(self.volumes.ListVolumes, npb.ListVolumesRequest()).volumes)
+
+    def remove_volume(self, name: str) -> str:
+        return self._call(self.volumes.RemoveVolume, npb.RemoveVolumeRequest(name=name)).name

@@ -36,6 +36,13 @@ RPC_ROLES: dict[str, Role] = {
     "/capsa.v1.WorkflowService/ListWorkflows": Role.READER,
     "/capsa.v1.WorkflowService/GetWorkflow": Role.READER,
     "/capsa.v1.WorkflowService/CancelWorkflow": Role.DEVELOPER,
+    # NetworkService / VolumeService: shared node resources
+    "/capsa.v1.NetworkService/CreateNetwork": Role.MAINTAINER,
+    "/capsa.v1.NetworkService/ListNetworks": Role.READER,
+    "/capsa.v1.NetworkService/RemoveNetwork": Role.ADMIN,
+    "/capsa.v1.VolumeService/CreateVolume": Role.MAINTAINER,
+    "/capsa.v1.VolumeService/ListVolumes": Role.READER,
+    "/capsa.v1.VolumeService/RemoveVolume": Role.ADMIN,
     # NodeService
     "/capsa.v1.NodeService/GetVersion": Role.READER,
     "/capsa.v1.NodeService/WhoAmI": Role.READER,

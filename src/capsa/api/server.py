@@ -21,22 +21,33 @@ from typing import Any
 import grpc
 
 from capsa.api.auth import AuthInterceptor
-from capsa.api.gen.capsa.v1 import images_pb2_grpc, jobs_pb2_grpc, metrics_pb2_grpc, workflows_pb2_grpc
+from capsa.api.gen.capsa.v1 import (
+    images_pb2_grpc,
+    jobs_pb2_grpc,
+    metrics_pb2_grpc,
+    networks_pb2_grpc,
+    workflows_pb2_grpc,
+)
 from capsa.api.servicers.images import ImageServicer
 from capsa.api.servicers.jobs import JobServicer, NodeServicer
 from capsa.api.servicers.metrics import MetricsServicer
+from capsa.api.servicers.networks import NetworkServicer, VolumeServicer
 from capsa.api.servicers.workflows import WorkflowServicer
 from capsa.config import HomeLayout, ServerConfig, ensure_home, load_server_config
+from capsa.errors import CapsaError
 from capsa.fsm import Engine, RetryPolicy
 from capsa.images.setup import open_image_service, open_snapshotter_from_config
+from capsa.jobs.attachments import JobAttachments
 from capsa.jobs.schedule import Scheduler
 from capsa.jobs.service import JobService
 from capsa.jobs.uploads import UploadLimits
 from capsa.metrics import DaemonMetrics, open_metrics
+from capsa.networks import NetworkManager
 from capsa.runtime.client import SupervisorClient, ensure_supervisor
 from capsa.state import Database
+from capsa.volumes import VolumeManager
 from capsa.workflows import QUEUE as WORKFLOW_QUEUE
-from capsa.workflows import WorkflowService
+from capsa.workflows import Registries, WorkflowService
 
 __all__ = ["Daemon", "DaemonOptions", "run_daemon"]
 
@@ -80,14 +91,22 @@ class Daemon:
             base_s=fsm.retry_base_s, cap_s=fsm.retry_cap_s, max_attempts=fsm.max_attempts))
         self.snapshotter = open_snapshotter_from_config(self.config, self.db, self.home)
         self.images = open_image_service(self.config, self.db, self.engine, self.home, self.snapshotter)
+        self.networks = NetworkManager(self.db)
+        self.volumes = VolumeManager(self.db, self.layout.volumes)
         self.jobs = JobService(self.db, self.home, self.supervisor, stop_grace_s=self.config.jobs.stop_grace_s,
-                               images=self.images, upload_limits=UploadLimits(**self.config.jobs.uploads.model_dump()))
+                               images=self.images, upload_limits=UploadLimits(**self.config.jobs.uploads.model_dump()),
+                               attachments=JobAttachments(self.networks, self.volumes))
         self.jobs.attach_supervisor()
+        running = [j.id for j in self.jobs.list() if j.state.value == "RUNNING"]
+        self.networks.reconcile(running)   # leftovers of jobs that ended while the daemon was down go
+        self.volumes.reconcile(running)
         self.jobs.uploads.cleanup()   # sessions a previous daemon left unfinished
         self.scheduler = Scheduler(self.jobs, chores=((60.0, self.jobs.uploads.cleanup),))
         self.scheduler.start()
         self.metrics = open_metrics(self.config.metrics, self.db, self.home, self.jobs)
-        self.workflows = WorkflowService(self.db, self.engine, self.jobs, queue=WORKFLOW_QUEUE)
+        self.workflows = WorkflowService(self.db, self.engine, self.jobs, queue=WORKFLOW_QUEUE, registries=Registries(
+            volume_exists=self._volume_exists,
+            network_exists=lambda name: any(n.name == name for n in self.networks.ls())))
         self.engine.resume()  # after every machine is registered
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="rpc"),
@@ -98,6 +117,8 @@ class Daemon:
         images_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(self.images), server)
         workflows_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(self.workflows), server)
         metrics_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(self.metrics.sampler, self.jobs), server)
+        networks_pb2_grpc.add_NetworkServiceServicer_to_server(NetworkServicer(self.networks), server)
+        networks_pb2_grpc.add_VolumeServiceServicer_to_server(VolumeServicer(self.volumes), server)
         jobs_pb2_grpc.add_NodeServiceServicer_to_server(
             NodeServicer(cgroup_version=cgroup_version, snapshotter=self.config.snapshots.backend), server)
         tls = self.config.tls
@@ -117,6 +138,25 @@ class Daemon:
         self.layout.pid_file.write_text(str(os.getpid()))
         log.info("capsa daemon listening on %s (home %s)", listen, self.home)
 
+    def _release_node_resources(self) -> None:
+        """Jobs are gone after a shutdown: free their networks and volumes, remove capsa's bridges and rules."""
+        if getattr(self, "networks", None) is not None:
+            for att in self.networks.attachments():
+                with contextlib.suppress(CapsaError):
+                    self.networks.detach(att.job_id)
+            with contextlib.suppress(CapsaError):
+                self.networks.teardown()
+        if getattr(self, "volumes", None) is not None:
+            with contextlib.suppress(CapsaError):
+                self.volumes.reconcile([])
+
+    def _volume_exists(self, name: str) -> bool:
+        try:
+            self.volumes.inspect(name)
+        except CapsaError:
+            return False
+        return True
+
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop(grace=2).wait(5)
@@ -131,6 +171,7 @@ class Daemon:
             self.supervisor.close()
             if not self.options.live_restore:
                 self.supervisor.shutdown()
+                self._release_node_resources()
         if self.db is not None:
             self.db.close(checkpoint=True)
         with contextlib.suppress(FileNotFoundError):

@@ -51,12 +51,17 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("-u", "--user", default="", help="UID[:GID] to run as (default: the image's User, else root).")
 @click.option("--seccomp", type=click.Choice(["default", "strict", "unconfined"]), default="default",
               show_default=True, help="Syscall filter profile (docs/security.md).")
+@click.option("--network", default="host", show_default=True,
+              help="host | none | isolated | bridge | a network from `capsa network ls`.")
+@click.option("-v", "--volume", "volumes", multiple=True, metavar="NAME[:/path][:ro]",
+              help="Mount a volume (default path /volumes/NAME); repeatable.")
 @feature_options
 @json_option
 @click.argument("command", nargs=-1, required=False)
 @click.pass_obj
 def run(obj: Any, detach: bool, name: str, env: tuple[str, ...], workdir: str, max_cpu: int, cpu_cores: str,
         max_memory: int, max_iobps: int, max_pids: int, image: str, pull: str, user: str, seccomp: str,
+        network: str, volumes: tuple[str, ...],
         as_json: bool, command: tuple[str, ...], **features: Any) -> int:
     """Run COMMAND as an isolated job (attached unless -d): capsa run [flags] -- CMD ARGS."""
     if not command and not image:
@@ -65,7 +70,8 @@ def run(obj: Any, detach: bool, name: str, env: tuple[str, ...], workdir: str, m
     extra = feature_request(client, features)
     job = client.run_job(list(command), env=_parse_env(env), workdir=workdir, name=name, max_cpu=max_cpu,
                          cpu_cores=cpu_cores, max_memory_mb=max_memory, max_iobps=max_iobps, max_pids=max_pids,
-                         image=image, pull=pull, user=user, seccomp=seccomp, **extra)
+                         image=image, pull=pull, user=user, seccomp=seccomp, network=network,
+                         volumes=list(volumes), **extra)
     if job.ended and job.reason.startswith("start failed"):
         click.echo(f"capsa: job {job.id[:12]}: {job.reason}", err=True)
         return job.exit_code or 127

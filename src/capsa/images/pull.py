@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from capsa.errors import CapsaError, ChecksumMismatch, FailedPrecondition, NotFound, Unavailable
-from capsa.fsm import Context, Engine, Handoff, Machine
+from capsa.fsm import Abort, Context, Engine, Handoff, Machine
 from capsa.images.content import ContentStore
 from capsa.images.oci import Platform
 from capsa.images.reference import Reference, parse_reference
@@ -122,7 +122,7 @@ def register_machines(engine: Engine, pc: PullContext) -> None:
             except CapsaError as exc:
                 errors.append(exc)
         if errors:
-            raise errors[0]
+            raise _no_second_retry(errors[0])
         for layer, got in zip(req["layers"], digests, strict=True):
             layer["digest"] = got["digest"]
             layer["size"] = got["size"]
@@ -136,10 +136,13 @@ def register_machines(engine: Engine, pc: PullContext) -> None:
         total = 0
         for layer in req["layers"]:
             key = chain_key(parent, layer["digest"])
-            info = ctx.engine.start(UNPACK, key, "unpack", {
-                "key": key, "parent": parent, "digest": layer["digest"], "media_type": layer["media_type"],
-                "entries_so_far": entries, "bytes_so_far": total,
-            }).wait()
+            try:
+                info = ctx.engine.start(UNPACK, key, "unpack", {
+                    "key": key, "parent": parent, "digest": layer["digest"], "media_type": layer["media_type"],
+                    "entries_so_far": entries, "bytes_so_far": total,
+                }).wait()
+            except CapsaError as exc:
+                raise _no_second_retry(exc) from None
             stats = info.output or {}
             entries += int(stats.get("entries", 0))
             total += int(stats.get("bytes", 0))
@@ -235,6 +238,16 @@ def register_machines(engine: Engine, pc: PullContext) -> None:
         return {"entries": stats.entries, "bytes": stats.bytes}
 
     engine.register(Machine.define(UNPACK, queue="unpack").start("apply", apply).end())
+
+
+def _no_second_retry(exc: CapsaError) -> Exception:
+    """A child run's final error, made final for the parent too.
+
+    The blob.fetch / layer.unpack run already retried with backoff; retrying the parent's
+    transition would start the child over and multiply the attempts (max_attempts squared).
+    Non-retryable errors (Canceled included) already end the parent as they are.
+    """
+    return Abort(exc) if exc.retryable else exc
 
 
 def _drop_ingest(pc: PullContext, ref: str) -> None:

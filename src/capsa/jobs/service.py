@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from capsa.errors import CapsaError, Conflict, FailedPrecondition, InvalidArgument, NotFound
+from capsa.jobs.attachments import Acquired, JobAttachments
 from capsa.jobs.model import ACTIVE_STATES, LISTED_STATES, MIGRATIONS, Job, JobState, RunRequest
 from capsa.jobs.schedule import ScheduleStore, parse_duration, parse_start_time
 from capsa.jobs.secrets import SecretBox, validate_env_names
@@ -42,9 +43,10 @@ _ID_PREFIX = re.compile(r"^[0-9a-f]{1,32}$")
 class JobService:
     def __init__(self, db: Database, home: Path, supervisor: SupervisorClient, *,
                  stop_grace_s: float = 10.0, images: ImageService | None = None,
-                 upload_limits: UploadLimits | None = None) -> None:
+                 upload_limits: UploadLimits | None = None, attachments: JobAttachments | None = None) -> None:
         self.db = db
         self.images = images
+        self.attachments = attachments or JobAttachments(None, None)
         self.home = home
         self.jobs_dir = home / "jobs"
         self.supervisor = supervisor
@@ -102,6 +104,7 @@ class JobService:
             raise InvalidArgument("no command given: use `capsa run [flags] -- COMMAND [ARGS...]`")
         _validate_resources(request)
         _validate_hardening(request)
+        self.attachments.validate(request.network, request.volumes)
         validate_env_names(request.env, request.secret_env)
         timeout_ns = int(parse_duration(request.timeout, what="--timeout") * 1e9) if request.timeout else 0
         start_ns = parse_start_time(request.schedule) if request.schedule else 0
@@ -141,10 +144,18 @@ class JobService:
 
     def _launch(self, job_id: str, hostname: str, request: RunRequest, rootfs: JobRootfs | None, t0: int) -> Job:
         """Start a PENDING job on the supervisor; RUNNING, FAILED, or stopped again if canceled meanwhile."""
-        spec = self._spec(job_id, hostname, request, rootfs)
+        try:
+            acquired = self.attachments.acquire(job_id, request.network, request.volumes)
+        except CapsaError as exc:
+            self._fail_start(job_id, exc)
+            raise
+        if acquired.ip:
+            self.db.execute("UPDATE jobs SET ip = ? WHERE id = ?", (acquired.ip, job_id))
+        spec = self._spec(job_id, hostname, request, rootfs, acquired)
         try:
             rec = self.supervisor.start(spec)
         except CapsaError as exc:
+            self.attachments.release(job_id)
             self.db.execute(
                 "UPDATE jobs SET state = ?, reason = ?, ended_ns = ?, exit_code = COALESCE(exit_code, 127)"
                 " WHERE id = ? AND state = 'PENDING'",
@@ -241,7 +252,16 @@ class JobService:
         rows = self.db.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
         return {str(r["state"]): int(r["n"]) for r in rows}
 
-    def _spec(self, job_id: str, hostname: str, request: RunRequest, rootfs: JobRootfs | None) -> JobSpec:
+    def _fail_start(self, job_id: str, exc: CapsaError) -> None:
+        self.db.execute(
+            "UPDATE jobs SET state = ?, reason = ?, ended_ns = ?, exit_code = COALESCE(exit_code, 127)"
+            " WHERE id = ? AND state = 'PENDING'",
+            (JobState.FAILED.value, f"start failed: {exc}", time.time_ns(), job_id),
+        )
+        self._notify()
+
+    def _spec(self, job_id: str, hostname: str, request: RunRequest, rootfs: JobRootfs | None,
+              acquired: Acquired | None = None) -> JobSpec:
         r = request.resources
         uid, gid = _parse_user(request.user)
         return JobSpec(
@@ -255,6 +275,8 @@ class JobService:
             uid=uid,
             gid=gid,
             seccomp=request.seccomp,
+            netns_path=acquired.netns_path if acquired else None,
+            binds=acquired.binds if acquired else (),
             resources=ResourceSpec(
                 cpu_percent=r.max_cpu or None,
                 cpuset=r.cpu_cores or None,
@@ -319,6 +341,7 @@ class JobService:
             self.supervisor.forget(job.id)
         if self.images is not None:
             self.images.job_removed(job.id)
+        self.attachments.release(job.id)
         shutil.rmtree(self.jobs_dir / job.id, ignore_errors=True)
         self.db.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
         return job.id
@@ -355,6 +378,7 @@ class JobService:
             )
         if self.images is not None:
             self.images.job_ended(rec["job_id"])
+        self.attachments.release(rec["job_id"])
         with contextlib.suppress(CapsaError):
             self.supervisor.forget(rec["job_id"])
         self._notify()

@@ -63,6 +63,7 @@ class JobSpec:
     gid: int = 0
     seccomp: str = "default"                  # default | strict | unconfined
     capabilities: tuple[str, ...] | None = None   # None: capsa's default set (docs/security.md)
+    netns_path: str | None = None             # a network namespace to join; None: the host's network
 
     @property
     def root_dir(self) -> str:
@@ -96,5 +97,6 @@ class JobSpec:
             uid=int(data.get("uid", 0)),
             gid=int(data.get("gid", 0)),
             seccomp=data.get("seccomp", "default"),
+            netns_path=data.get("netns_path"),
             capabilities=tuple(data["capabilities"]) if data.get("capabilities") is not None else None,
         )

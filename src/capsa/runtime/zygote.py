@@ -88,6 +88,10 @@ def _stage_one(msg: dict[str, object], fds: list[int], filters: dict[str, bytes]
                 os.write(fd, b"0")
             finally:
                 os.close(fd)
+        if spec.netns_path:  # join the job's network namespace before unsharing the rest
+            netns_fd = os.open(spec.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            linux.setns(netns_fd, linux.CLONE_NEWNET)
+            os.close(netns_fd)
         linux.unshare(JOB_NAMESPACES)
         pid = os.fork()
         if pid == 0:

@@ -29,7 +29,7 @@ from typing import Any
 from capsa.config import ensure_home
 from capsa.images.oci import OCI_INDEX, OCI_MANIFEST, ImageConfig
 from tests.fixtures.daemon import RunningDaemon, free_port
-from tests.fixtures.images import Layer, TarBuilder, TestImage, busybox_layer, write_oci_layout
+from tests.fixtures.images import Layer, TarBuilder, TestImage, write_oci_layout
 from tests.fixtures.servers import RegistryServer
 
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -113,6 +113,16 @@ def integrity_check(home: Path) -> str:
 
 def ingest_leftovers(home: Path) -> list[str]:
     return sorted(os.listdir(home / "content" / "ingest"))
+
+
+def ingest_report(home: Path) -> dict[str, str]:
+    """Leftover ingests with what their meta.json says (for assertion messages)."""
+    out: dict[str, str] = {}
+    for name in ingest_leftovers(home):
+        meta = home / "content" / "ingest" / name / "meta.json"
+        files = sorted(os.listdir(home / "content" / "ingest" / name))
+        out[name] = f"{files} {meta.read_text() if meta.exists() else ''}"
+    return out
 
 
 def blob_hexes(home: Path) -> set[str]:

@@ -22,7 +22,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from image_helpers import (
@@ -32,6 +31,7 @@ from image_helpers import (
     image_daemon,
     image_with,
     ingest_leftovers,
+    ingest_report,
     integrity_check,
     layer_dir,
     push_image,
@@ -103,9 +103,7 @@ def pull_run_after(d: ImageDaemon, since: float) -> dict[str, object] | None:
 def check_converged(d: ImageDaemon, image: CrashImage) -> None:
     home = d.home
     assert active_runs(home) == []
-    leftovers = {name: sorted(os.listdir(home / "content" / "ingest" / name)) for name in ingest_leftovers(home)}
-    assert leftovers == {}, [(n, files, (home / "content" / "ingest" / n / "meta.json").read_text()
-                              if "meta.json" in files else None) for n, files in leftovers.items()]
+    assert ingest_report(home) == {}
     keys = snapshot_keys(home)
     assert not [k for k in keys if k.startswith("extract-")]
     assert all(name.isdigit() for name in snapshot_dirs(home)), snapshot_dirs(home)

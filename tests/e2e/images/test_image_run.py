@@ -32,7 +32,14 @@ from image_helpers import (
     wait_until,
 )
 
-from tests.fixtures.images import Layer, RegistryImages, TarBuilder, busybox_layer, whiteout_image, write_oci_layout
+from tests.fixtures.images import (
+    Layer,
+    RegistryImages,
+    TarBuilder,
+    busybox_layer,
+    whiteout_image,
+    write_oci_layout,
+)
 from tests.fixtures.servers import RegistryServer
 
 CONFIG_CMD = 'echo "$GREETING" from $(pwd) as $(id -u):$(id -g)'

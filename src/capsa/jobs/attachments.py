@@ -1,0 +1,92 @@
+"""What a job borrows from the node while it runs: a network and volumes.
+
+Acquired in the daemon before the job's spec goes to the supervisor (the
+network namespace must exist for stage one to join it; volumes must be mounted
+on the host to be bound into the job) and released when the job ends, fails to
+start, or is removed. Release is idempotent, so every exit path may call it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from capsa.errors import CapsaError, InvalidArgument
+from capsa.networks import NetworkManager
+from capsa.runtime.spec import BindSpec
+from capsa.volumes import VolumeManager
+
+__all__ = ["Acquired", "JobAttachments", "parse_volume_spec"]
+
+log = logging.getLogger("capsa.jobs")
+
+
+@dataclass(frozen=True)
+class Acquired:
+    netns_path: str | None = None
+    ip: str = ""
+    binds: tuple[BindSpec, ...] = field(default_factory=tuple)
+
+
+def parse_volume_spec(text: str) -> tuple[str, str, bool]:
+    """``NAME[:/path][:ro]`` -> (name, target inside the job, read-only)."""
+    parts = text.split(":")
+    name = parts[0]
+    if not name:
+        raise InvalidArgument(f"--volume {text!r}: expected NAME[:/path][:ro]")
+    target = f"/volumes/{name}"
+    readonly = False
+    rest = parts[1:]
+    if rest and rest[-1] in ("ro", "rw"):
+        readonly = rest.pop() == "ro"
+    if len(rest) > 1:
+        raise InvalidArgument(f"--volume {text!r}: expected NAME[:/path][:ro]")
+    if rest:
+        target = rest[0]
+        if not target.startswith("/") or "/../" in f"{target}/" or target.rstrip("/") in ("", "/proc", "/dev", "/sys"):
+            raise InvalidArgument(f"--volume {text!r}: the path must be absolute, without '..', "
+                                  "and not /, /proc, /dev or /sys")
+    return name, target, readonly
+
+
+class JobAttachments:
+    def __init__(self, networks: NetworkManager | None, volumes: VolumeManager | None) -> None:
+        self.networks = networks
+        self.volumes = volumes
+
+    def validate(self, network: str, volumes: tuple[str, ...]) -> None:
+        if network not in ("", "host") and self.networks is None:
+            raise InvalidArgument("this daemon has no network support configured")
+        for spec in volumes:
+            name, _, _ = parse_volume_spec(spec)
+            if self.volumes is None:
+                raise InvalidArgument("this daemon has no volume support configured")
+            self.volumes.inspect(name)  # NotFound names the volume
+
+    def acquire(self, job_id: str, network: str, volumes: tuple[str, ...]) -> Acquired:
+        try:
+            netns_path, ip = None, ""
+            if network not in ("", "host") and self.networks is not None:
+                att = self.networks.attach(job_id, network)
+                netns_path, ip = att.netns_path, att.ip or ""
+            binds: list[BindSpec] = []
+            for spec in volumes:
+                name, target, readonly = parse_volume_spec(spec)
+                assert self.volumes is not None
+                source = self.volumes.acquire(name, job_id)
+                binds.append(BindSpec(source=str(source), target=target, readonly=readonly))
+            return Acquired(netns_path=netns_path, ip=ip, binds=tuple(binds))
+        except BaseException:
+            self.release(job_id)
+            raise
+
+    def release(self, job_id: str) -> None:
+        if self.networks is not None:
+            try:
+                self.networks.detach(job_id)
+            except CapsaError as exc:
+                log.warning("releasing the network of job %s: %s", job_id, exc)
+        if self.volumes is not None:
+            with contextlib.suppress(CapsaError):
+                self.volumes.release_all(job_id)
