@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import command_line, running_daemon, scratch_dir, section_header, update_section  # noqa: E402
 
-from capsa.logs import is_finished  # noqa: E402
+from capsa.logs import RECORD_HEADER_SIZE, is_finished, log_size  # noqa: E402
 
 MIB = 1 << 20
 
@@ -60,6 +60,7 @@ def main() -> int:
     dd_fsync_s: list[float] = []
     lost: list[int] = []
     job_s: list[float] = []
+    written_s: list[float] = []
     try:
         with running_daemon(scratch / "home") as daemon, daemon.client() as client:
             command = ["dd", "if=/dev/zero", "bs=1M", f"count={args.mib}"]
@@ -69,11 +70,17 @@ def main() -> int:
                 t0 = time.perf_counter()
                 job = client.run_job(command)
                 log_dir = daemon.home / "jobs" / job.id / "logs"
+                sizes: list[tuple[float, int]] = []
                 while True:
+                    sizes.append((time.perf_counter() - t0, log_size(log_dir)))
                     if is_finished(log_dir) and client.get_job(job.id).ended:
                         break
                     time.sleep(0.005)
                 capsa_s.append(time.perf_counter() - t0)
+                # Every data record is in the segment files (page cache) once the size reaches the final
+                # size less the end record, which sits alone in the last segment.
+                data_size = log_size(log_dir) - RECORD_HEADER_SIZE
+                written_s.append(next(t for t, size in sizes if size >= data_size))
                 final = client.get_job(job.id)
                 if final.exit_code != 0:
                     raise RuntimeError(f"job failed: {final.reason}")
@@ -82,17 +89,19 @@ def main() -> int:
                 lost.append(total - got)
                 client.delete_job(job.id)
                 dd_fsync_s.append(_dd_file(scratch / f"ddf-{i}", args.mib, fsync=True))
-                print(f"  run {i + 1}: capsa {capsa_s[-1]:.2f}s (job ran {job_s[-1]:.2f}s), dd {dd_s[-1]:.2f}s, dd conv=fsync {dd_fsync_s[-1]:.2f}s, "
+                print(f"  run {i + 1}: capsa {capsa_s[-1]:.2f}s (written {written_s[-1]:.2f}s, job ran {job_s[-1]:.2f}s), dd {dd_s[-1]:.2f}s, dd conv=fsync {dd_fsync_s[-1]:.2f}s, "
                       f"lost {lost[-1]} B", flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    capsa, dd, ddf = (statistics.median(x) for x in (capsa_s, dd_s, dd_fsync_s))
+    capsa, dd, ddf, written = (statistics.median(x) for x in (capsa_s, dd_s, dd_fsync_s, written_s))
     gib = total / (1 << 30)
     rows = [
         "| what | median s | MB/s | runs (s) |",
         "|---|---:|---:|---|",
-        f"| capsa job `dd … bs=1M count={args.mib}` to stdout, until log persisted | {capsa:.2f} | "
+        f"| capsa job `dd … bs=1M count={args.mib}` to stdout, until every byte is in the log files | "
+        f"{written:.2f} | {total / written / 1e6:.0f} | {', '.join(f'{x:.2f}' for x in written_s)} |",
+        f"| … until the log is finished (job ended, segments fsync'd, end record on disk) | {capsa:.2f} | "
         f"{total / capsa / 1e6:.0f} | {', '.join(f'{x:.2f}' for x in capsa_s)} |",
         f"| … of which the job ran (started → ended, dd blocked on the pipe) | {statistics.median(job_s):.2f} | "
         f"{total / statistics.median(job_s) / 1e6:.0f} | {', '.join(f'{x:.2f}' for x in job_s)} |",
@@ -101,16 +110,19 @@ def main() -> int:
         f"| `dd … of=/var/tmp/file conv=fsync` | {ddf:.2f} | {total / ddf / 1e6:.0f} | "
         f"{', '.join(f'{x:.2f}' for x in dd_fsync_s)} |",
     ]
-    ratio = capsa / dd
+    ratio = written / dd
     body = "\n".join([
         section_header(f"Logs: {gib:g} GiB to stdout", started), *rows, "",
-        f"capsa / plain dd = **{ratio:.2f}×** (target ≤ 1.5×: {'met' if ratio <= 1.5 else 'NOT met'}); "
-        f"capsa / dd conv=fsync = {capsa / ddf:.2f}×. Bytes lost: **{max(lost)}** in every run "
+        f"Like for like: capsa written / plain dd = **{ratio:.2f}×** and capsa finished / dd conv=fsync = "
+        f"**{capsa / ddf:.2f}×** (target ≤ 1.5×: {'met' if max(ratio, capsa / ddf) <= 1.5 else 'NOT met'}); "
+        f"capsa finished / plain dd = {capsa / dd:.2f}×. Bytes lost: **{max(lost)}** in every run "
         f"(target 0: {'met' if max(lost) == 0 else 'NOT met'}).",
         "",
-        "capsa's time runs from the RunJob call to the moment the job has ended and its log's end record is "
-        "on disk (all segments fsync'd), so it includes job start, the pipe, the supervisor's reads, the "
-        "writer thread and the final fsync.",
+        "capsa's times run from the RunJob call (so they include job start, the pipe, the supervisor's reads "
+        "and the writer thread) to the moment every data record is in the segment files (comparable with a "
+        "plain dd into a file, which also ends in the page cache), and to the moment the log is finished "
+        "(every segment fsync'd and the end record on disk; comparable with dd conv=fsync). The disk is "
+        "shared with other work on this machine, so single runs vary; the median is reported.",
     ])
     print(body)
     if not args.no_doc:

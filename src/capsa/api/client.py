@@ -19,6 +19,8 @@ from typing import Any
 import grpc
 
 from capsa.api.errors import from_rpc_error
+from capsa.api.gen.capsa.v1 import capsules_pb2 as cpb
+from capsa.api.gen.capsa.v1 import capsules_pb2_grpc as cpb_grpc
 from capsa.api.gen.capsa.v1 import common_pb2
 from capsa.api.gen.capsa.v1 import images_pb2 as ipb
 from capsa.api.gen.capsa.v1 import images_pb2_grpc as ipb_grpc
@@ -61,6 +63,7 @@ class CapsaClient:
         self.volumes = npb_grpc.VolumeServiceStub(self.channel)
         self.metrics = mpb_grpc.MetricsServiceStub(self.channel)
         self.workflows = wpb_grpc.WorkflowServiceStub(self.channel)
+        self.capsules = cpb_grpc.CapsuleServiceStub(self.channel)
 
     @classmethod
     def from_config(cls, path: Path | None = None, *, node: str | None = None, timeout: float = 60.0) -> CapsaClient:
@@ -88,10 +91,10 @@ class CapsaClient:
                 max_iobps: int = 0, max_pids: int = 0, image: str = "", pull: str = "", user: str = "",
                 seccomp: str = "", network: str = "", volumes: list[str] | None = None,
                 secret_env: dict[str, str] | None = None, upload_session: str = "", schedule: str = "",
-                timeout: str = "") -> pb.Job:
+                timeout: str = "", capsules: list[str] | None = None) -> pb.Job:
         request = pb.RunJobRequest(
             command=command, env=env or {}, workdir=workdir, name=name, image=image, pull=pull, user=user,
-            seccomp=seccomp, network=network, volumes=volumes or [],
+            seccomp=seccomp, network=network, volumes=volumes or [], capsules=capsules or [],
             secret_env=secret_env or {}, upload_session=upload_session, schedule=schedule, timeout=timeout,
             resources=pb.Resources(max_cpu=max_cpu, cpu_cores=cpu_cores, max_memory_mb=max_memory_mb,
                                    max_iobps=max_iobps, max_pids=max_pids),
@@ -243,3 +246,60 @@ class CapsaClient:
 
     def remove_volume(self, name: str) -> str:
         return self._call(self.volumes.RemoveVolume, npb.RemoveVolumeRequest(name=name)).name
+
+    # -- capsules ------------------------------------------------------------------------------
+    def create_capsule(self, name: str, version: str, chunks: Iterable[bytes], *,
+                       dependencies: Iterable[str] = (), labels: dict[str, str] | None = None) -> cpb.Capsule:
+        """Upload the bytes of a tar (plain or compressed) of the capsule's files as ``name@version``."""
+        header = cpb.CapsuleHeader(name=name, version=version, dependencies=list(dependencies), labels=labels or {})
+
+        def messages() -> Iterator[cpb.CreateCapsuleRequest]:
+            yield cpb.CreateCapsuleRequest(header=header)
+            for chunk in chunks:
+                yield cpb.CreateCapsuleRequest(data=chunk)
+
+        try:
+            return self.capsules.Create(messages(), timeout=None)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, address=self.address) from None
+
+    def list_capsules(self, name: str = "") -> list[cpb.Capsule]:
+        return list(self._call(self.capsules.List, cpb.ListCapsulesRequest(name=name)).capsules)
+
+    def inspect_capsule(self, ref: str) -> cpb.Capsule:
+        return self._call(self.capsules.Inspect, _capsule_ref(ref))
+
+    def remove_capsule(self, ref: str) -> str:
+        return self._call(self.capsules.Remove, _capsule_ref(ref)).removed
+
+    def pin_capsule(self, ref: str) -> cpb.Capsule:
+        return self._call(self.capsules.Pin, _capsule_ref(ref))
+
+    def unpin_capsule(self, ref: str) -> cpb.Capsule:
+        return self._call(self.capsules.Unpin, _capsule_ref(ref))
+
+    def attach_capsule(self, job_id: str, capsule: str, *, target: str = "") -> cpb.MountChange:
+        return self._call(self.capsules.Attach, cpb.AttachCapsuleRequest(job_id=job_id, capsule=capsule, target=target))
+
+    def swap_capsule(self, job_id: str, capsule: str) -> cpb.MountChange:
+        return self._call(self.capsules.Swap, cpb.SwapCapsuleRequest(job_id=job_id, capsule=capsule))
+
+    def detach_capsule(self, job_id: str, name: str) -> cpb.MountChange:
+        return self._call(self.capsules.Detach, cpb.DetachCapsuleRequest(job_id=job_id, name=name))
+
+    def push_capsule(self, capsule: str, destination: str, *, insecure: bool = False) -> cpb.PushCapsuleResponse:
+        return self._call(self.capsules.Push, cpb.PushCapsuleRequest(capsule=capsule, destination=destination,
+                                                                     insecure=insecure), timeout=None)
+
+    def pull_capsule(self, source: str, *, insecure: bool = False) -> cpb.Capsule:
+        return self._call(self.capsules.Pull, cpb.PullCapsuleRequest(source=source, insecure=insecure), timeout=None)
+
+    def gc_capsules(self, *, unused: bool = False, older_than_seconds: float = 0.0,
+                    dry_run: bool = False) -> cpb.GcCapsulesResponse:
+        return self._call(self.capsules.Gc, cpb.GcCapsulesRequest(unused=unused, older_than_seconds=older_than_seconds,
+                                                                  dry_run=dry_run), timeout=None)
+
+
+def _capsule_ref(ref: str) -> cpb.CapsuleRef:
+    name, _, version = ref.partition("@")   # the daemon validates both halves
+    return cpb.CapsuleRef(name=name, version=version)

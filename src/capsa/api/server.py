@@ -22,17 +22,22 @@ import grpc
 
 from capsa.api.auth import AuthInterceptor
 from capsa.api.gen.capsa.v1 import (
+    capsules_pb2_grpc,
     images_pb2_grpc,
     jobs_pb2_grpc,
     metrics_pb2_grpc,
     networks_pb2_grpc,
     workflows_pb2_grpc,
 )
+from capsa.api.servicers.capsules import CapsuleServicer
 from capsa.api.servicers.images import ImageServicer
 from capsa.api.servicers.jobs import JobServicer, NodeServicer
 from capsa.api.servicers.metrics import MetricsServicer
 from capsa.api.servicers.networks import NetworkServicer, VolumeServicer
 from capsa.api.servicers.workflows import WorkflowServicer
+from capsa.capsules import CapsuleStore
+from capsa.capsules.distribution import CapsuleDistribution
+from capsa.capsules.manager import CapsuleManager
 from capsa.config import HomeLayout, ServerConfig, ensure_home, load_server_config
 from capsa.errors import CapsaError
 from capsa.fsm import Engine, RetryPolicy
@@ -96,14 +101,19 @@ class Daemon:
         self.jobs = JobService(self.db, self.home, self.supervisor, stop_grace_s=self.config.jobs.stop_grace_s,
                                images=self.images, upload_limits=UploadLimits(**self.config.jobs.uploads.model_dump()),
                                attachments=JobAttachments(self.networks, self.volumes))
+        self.capsule_store = CapsuleStore(self.layout.capsules, self.db)
+        self.capsules = CapsuleManager(self.capsule_store, self.supervisor, self.jobs)
+        self.jobs.capsules = self.capsules
         self.jobs.attach_supervisor()
+        self.capsules.reconcile()   # after the jobs' reconciliation: verify, re-mount or release attachments
         running = [j.id for j in self.jobs.list() if j.state.value == "RUNNING"]
         self.networks.reconcile(running)   # leftovers of jobs that ended while the daemon was down go
         self.volumes.reconcile(running)
         self.jobs.uploads.cleanup()   # sessions a previous daemon left unfinished
         self.scheduler = Scheduler(self.jobs, chores=((60.0, self.jobs.uploads.cleanup),))
         self.scheduler.start()
-        self.metrics = open_metrics(self.config.metrics, self.db, self.home, self.jobs)
+        self.metrics = open_metrics(self.config.metrics, self.db, self.home, self.jobs,
+                                    network_stats=self._network_stats)
         self.workflows = WorkflowService(self.db, self.engine, self.jobs, queue=WORKFLOW_QUEUE, registries=Registries(
             volume_exists=self._volume_exists,
             network_exists=lambda name: any(n.name == name for n in self.networks.ls())))
@@ -119,6 +129,9 @@ class Daemon:
         metrics_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(self.metrics.sampler, self.jobs), server)
         networks_pb2_grpc.add_NetworkServiceServicer_to_server(NetworkServicer(self.networks), server)
         networks_pb2_grpc.add_VolumeServiceServicer_to_server(VolumeServicer(self.volumes), server)
+        capsules_pb2_grpc.add_CapsuleServiceServicer_to_server(CapsuleServicer(
+            self.capsule_store, self.capsules,
+            CapsuleDistribution(self.capsule_store, registry=self.images.pc.registry, s3=self.images.pc.s3)), server)
         jobs_pb2_grpc.add_NodeServiceServicer_to_server(
             NodeServicer(cgroup_version=cgroup_version, snapshotter=self.config.snapshots.backend), server)
         tls = self.config.tls
@@ -149,6 +162,13 @@ class Daemon:
         if getattr(self, "volumes", None) is not None:
             with contextlib.suppress(CapsaError):
                 self.volumes.reconcile([])
+
+    def _network_stats(self, job_id: str) -> Any:
+        """Counters of a job's own network namespace; None in host mode."""
+        try:
+            return self.networks.network_stats(job_id)
+        except CapsaError:
+            return None
 
     def _volume_exists(self, name: str) -> bool:
         try:

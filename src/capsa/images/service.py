@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from capsa.errors import CapsaError, Conflict, InvalidArgument, NotFound
-from capsa.fsm import Engine, RunInfo
-from capsa.images.pull import FETCH, PULL, PullContext, register_machines
+from capsa.fsm import ACTIVE_STATES, Engine, RunInfo
+from capsa.images.pull import FETCH, PULL, PullContext, chain_key, register_machines
 from capsa.images.reference import parse_reference
 from capsa.images.store import ImageRecord
 from capsa.snapshots import Mount
@@ -188,6 +188,11 @@ class ImageService:
                 keep_blobs.add(cfg_digest)
         for user in self.pc.images.all_users():
             keep_snaps.add(user["snapshot"])
+        # Unfinished pulls own blobs and snapshots no image names yet: keep what they listed, and
+        # anything stored since the oldest of them started.
+        in_flight_since, flight_blobs, flight_snaps = self._in_flight()
+        keep_blobs |= flight_blobs
+        keep_snaps |= flight_snaps
         removed: list[str] = []
         freed = 0
         # Snapshots: leaves first, until nothing more can go.
@@ -198,6 +203,8 @@ class ImageService:
             parents = {i.parent for i in infos if i.parent}
             for info in infos:
                 if info.key in keep_snaps or info.key in parents or info.key.startswith("extract-"):
+                    continue
+                if in_flight_since is not None and info.created >= in_flight_since:
                     continue
                 try:
                     size = self.pc.snapshotter.usage(info.key).size
@@ -216,6 +223,8 @@ class ImageService:
             digest = str(blob.digest)
             if digest in keep_blobs or digest in referenced_configs:
                 continue
+            if in_flight_since is not None and blob.created >= in_flight_since:
+                continue
             removed.append(f"blob {digest}")
             freed += blob.size
             if not dry_run:
@@ -228,6 +237,25 @@ class ImageService:
         if not dry_run:
             self.pc.content.prune_ingests(older_than=0)
         return removed, freed
+
+    def _in_flight(self) -> tuple[float | None, set[str], set[str]]:
+        """(start of the oldest unfinished pull, blob digests and snapshot keys unfinished pulls listed)."""
+        active = [r for r in self.engine.history(machine=PULL, limit=1000) if r.state in ACTIVE_STATES]
+        blobs: set[str] = set()
+        snaps: set[str] = set()
+        for run in active:
+            state = run.output if isinstance(run.output, dict) else {}
+            digests = [la.get("digest") for la in state.get("layers") or [] if isinstance(la, dict)]
+            blobs.update(d for d in digests if d)
+            if state.get("manifest_digest"):
+                blobs.add(str(state["manifest_digest"]))
+            parent: str | None = None
+            for digest in digests:
+                if not digest:
+                    break  # an S3 layer not hashed yet: its chain is unknown, the time guard covers it
+                parent = chain_key(parent, digest)
+                snaps.add(parent)
+        return min((r.created_at for r in active), default=None), blobs, snaps
 
     def _config_digests(self, images: list[ImageRecord]) -> set[str]:
         """Config blobs are referenced from manifests; keep those of kept images."""

@@ -33,6 +33,7 @@ from capsa.runtime.spec import JobSpec, MountSpec, ResourceSpec
 from capsa.state import Database
 
 if TYPE_CHECKING:
+    from capsa.capsules.manager import CapsuleManager
     from capsa.images.service import ImageService, JobRootfs
 
 __all__ = ["JobService"]
@@ -57,6 +58,7 @@ class JobService:
         self.schedules = ScheduleStore(db)
         self.secret_box = SecretBox(home)
         self.timers_changed = threading.Event()   # a schedule or timeout was added (the Scheduler waits on it)
+        self.capsules: CapsuleManager | None = None   # set by the daemon; `run --capsule` needs it
 
     # -- start-up ------------------------------------------------------------------------
     def attach_supervisor(self) -> None:
@@ -105,6 +107,8 @@ class JobService:
         _validate_resources(request)
         _validate_hardening(request)
         self.attachments.validate(request.network, request.volumes)
+        if request.capsules:   # resolved now, so a conflict fails the request rather than a job
+            self._capsules().plan_start(request.capsules, image=bool(request.image))
         validate_env_names(request.env, request.secret_env)
         timeout_ns = int(parse_duration(request.timeout, what="--timeout") * 1e9) if request.timeout else 0
         start_ns = parse_start_time(request.schedule) if request.schedule else 0
@@ -153,9 +157,13 @@ class JobService:
             self.db.execute("UPDATE jobs SET ip = ? WHERE id = ?", (acquired.ip, job_id))
         spec = self._spec(job_id, hostname, request, rootfs, acquired)
         try:
+            if request.capsules:   # recorded (the lease capsule gc respects) before the job mounts them
+                spec = dataclasses.replace(spec, binds=spec.binds + self._capsules().prepare_start(
+                    job_id, request.capsules, image=rootfs is not None))
             rec = self.supervisor.start(spec)
         except CapsaError as exc:
             self.attachments.release(job_id)
+            self._release_capsules(job_id)
             self.db.execute(
                 "UPDATE jobs SET state = ?, reason = ?, ended_ns = ?, exit_code = COALESCE(exit_code, 127)"
                 " WHERE id = ? AND state = 'PENDING'",
@@ -252,6 +260,15 @@ class JobService:
         rows = self.db.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
         return {str(r["state"]): int(r["n"]) for r in rows}
 
+    def _capsules(self) -> CapsuleManager:
+        if self.capsules is None:
+            raise InvalidArgument("this daemon has no capsule support configured")
+        return self.capsules
+
+    def _release_capsules(self, job_id: str) -> None:
+        if self.capsules is not None:
+            self.capsules.release_job(job_id)   # never raises
+
     def _fail_start(self, job_id: str, exc: CapsaError) -> None:
         self.db.execute(
             "UPDATE jobs SET state = ?, reason = ?, ended_ns = ?, exit_code = COALESCE(exit_code, 127)"
@@ -342,6 +359,7 @@ class JobService:
         if self.images is not None:
             self.images.job_removed(job.id)
         self.attachments.release(job.id)
+        self._release_capsules(job.id)
         shutil.rmtree(self.jobs_dir / job.id, ignore_errors=True)
         self.db.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
         return job.id
@@ -379,6 +397,7 @@ class JobService:
         if self.images is not None:
             self.images.job_ended(rec["job_id"])
         self.attachments.release(rec["job_id"])
+        self._release_capsules(rec["job_id"])
         with contextlib.suppress(CapsaError):
             self.supervisor.forget(rec["job_id"])
         self._notify()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,20 +50,14 @@ class DaemonMetrics:
         self.sampler.close()
 
 
-def _network_stats() -> NetworkStats | None:
-    """``capsa.networks.network_stats(job_id)`` when the networks package provides it."""
-    with contextlib.suppress(ImportError):
-        return getattr(importlib.import_module("capsa.networks"), "network_stats", None)
-    return None
-
-
-def open_metrics(config: MetricsConfig, db: Database, home: Path, jobs: JobSource) -> DaemonMetrics:
+def open_metrics(config: MetricsConfig, db: Database, home: Path, jobs: JobSource,
+                 network_stats: NetworkStats | None = None) -> DaemonMetrics:
     """Create and start the sampler; create (not yet start) the Prometheus endpoint if configured."""
     def running() -> list[tuple[str, str]]:
         return [(j.id, j.name) for j in jobs.list() if str(j.state) == "RUNNING"]
 
     sampler = MetricsSampler(db, running, interval_s=config.sample_interval_s, history=config.history_samples,
-                             host=HostReader(home), network_stats=_network_stats())
+                             host=HostReader(home), network_stats=network_stats)
     sampler.start()
     prometheus = None
     if config.prometheus_listen:

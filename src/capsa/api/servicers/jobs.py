@@ -48,7 +48,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
             command=tuple(request.command), env=dict(request.env), workdir=request.workdir,
             name=request.name, image=request.image, pull=request.pull or "missing", user=request.user,
             seccomp=request.seccomp or "default", network=request.network or "host",
-            volumes=tuple(request.volumes),
+            volumes=tuple(request.volumes), capsules=tuple(request.capsules),
             secret_env=dict(request.secret_env), upload_session=request.upload_session,
             schedule=request.schedule, timeout=request.timeout,
             resources=Resources(max_cpu=r.max_cpu, cpu_cores=r.cpu_cores, max_memory_mb=r.max_memory_mb,
