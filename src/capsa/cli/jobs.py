@@ -22,6 +22,11 @@ def job_dict(job: Any) -> dict[str, Any]:
     data["exit_code"] = job.exit_code if job.ended else None
     for key in ("created_at_ns", "started_at_ns", "ended_at_ns", "start_latency_ns", "scheduled_at_ns"):
         data[key] = int(data.get(key, 0))
+    # protobuf's JSON mapping writes 64-bit integers as strings; scripts expect numbers
+    resources = data.get("resources") or {}
+    for key in ("max_memory_mb", "max_iobps"):
+        if key in resources:
+            resources[key] = int(resources[key])
     return data
 
 
