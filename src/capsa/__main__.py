@@ -1,7 +1,8 @@
 """``python -m capsa``: the one entry point, in the role its environment names.
 
 ``CAPSA_ROLE=supervisor`` makes this process the job supervisor (started by the
-daemon, see capsa.runtime.supervisor); otherwise it is the ``capsa`` CLI.
+daemon, see capsa.runtime.supervisor), ``CAPSA_ROLE=zygote`` the single-threaded
+fork server the supervisor starts; otherwise it is the ``capsa`` CLI.
 """
 
 import os
@@ -10,6 +11,12 @@ from pathlib import Path
 
 
 def _main() -> None:
+    if os.environ.get("CAPSA_ROLE") == "zygote":
+        import socket
+
+        from capsa.runtime.zygote import zygote_main
+
+        zygote_main(socket.socket(fileno=int(os.environ["CAPSA_ZYGOTE_FD"])))
     if os.environ.get("CAPSA_ROLE") == "supervisor":
         from capsa.runtime.supervisor import main
 

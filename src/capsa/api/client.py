@@ -30,6 +30,8 @@ from capsa.api.gen.capsa.v1 import metrics_pb2 as mpb
 from capsa.api.gen.capsa.v1 import metrics_pb2_grpc as mpb_grpc
 from capsa.api.gen.capsa.v1 import networks_pb2 as npb
 from capsa.api.gen.capsa.v1 import networks_pb2_grpc as npb_grpc
+from capsa.api.gen.capsa.v1 import runtimes_pb2 as rpb
+from capsa.api.gen.capsa.v1 import runtimes_pb2_grpc as rpb_grpc
 from capsa.api.gen.capsa.v1 import workflows_pb2 as wpb
 from capsa.api.gen.capsa.v1 import workflows_pb2_grpc as wpb_grpc
 from capsa.config import NodeConfig, find_client_config, load_client_config
@@ -64,6 +66,7 @@ class CapsaClient:
         self.metrics = mpb_grpc.MetricsServiceStub(self.channel)
         self.workflows = wpb_grpc.WorkflowServiceStub(self.channel)
         self.capsules = cpb_grpc.CapsuleServiceStub(self.channel)
+        self.runtimes = rpb_grpc.RuntimeServiceStub(self.channel)
 
     @classmethod
     def from_config(cls, path: Path | None = None, *, node: str | None = None, timeout: float = 60.0) -> CapsaClient:
@@ -91,10 +94,10 @@ class CapsaClient:
                 max_iobps: int = 0, max_pids: int = 0, image: str = "", pull: str = "", user: str = "",
                 seccomp: str = "", network: str = "", volumes: list[str] | None = None,
                 secret_env: dict[str, str] | None = None, upload_session: str = "", schedule: str = "",
-                timeout: str = "", capsules: list[str] | None = None) -> pb.Job:
+                timeout: str = "", capsules: list[str] | None = None, runtime: str = "") -> pb.Job:
         request = pb.RunJobRequest(
             command=command, env=env or {}, workdir=workdir, name=name, image=image, pull=pull, user=user,
-            seccomp=seccomp, network=network, volumes=volumes or [], capsules=capsules or [],
+            seccomp=seccomp, network=network, volumes=volumes or [], capsules=capsules or [], runtime=runtime,
             secret_env=secret_env or {}, upload_session=upload_session, schedule=schedule, timeout=timeout,
             resources=pb.Resources(max_cpu=max_cpu, cpu_cores=cpu_cores, max_memory_mb=max_memory_mb,
                                    max_iobps=max_iobps, max_pids=max_pids),
@@ -298,6 +301,28 @@ class CapsaClient:
                     dry_run: bool = False) -> cpb.GcCapsulesResponse:
         return self._call(self.capsules.Gc, cpb.GcCapsulesRequest(unused=unused, older_than_seconds=older_than_seconds,
                                                                   dry_run=dry_run), timeout=None)
+
+    # -- runtimes ------------------------------------------------------------------------------
+    def build_runtime(self, spec_yaml: str, *, force: bool = False,
+                      source: str = "") -> Iterator[rpb.BuildProgress]:
+        """Stream a runtime build: log bytes as they come, then a message with done=True."""
+        stream = self.runtimes.BuildRuntime(rpb.BuildRuntimeRequest(spec_yaml=spec_yaml, force=force, source=source),
+                                            timeout=None)
+        try:
+            yield from stream
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, address=self.address) from None
+        finally:
+            stream.cancel()
+
+    def list_runtimes(self) -> list[rpb.Runtime]:
+        return list(self._call(self.runtimes.ListRuntimes, rpb.ListRuntimesRequest()).runtimes)
+
+    def inspect_runtime(self, name: str) -> rpb.Runtime:
+        return self._call(self.runtimes.InspectRuntime, rpb.InspectRuntimeRequest(name=name))
+
+    def remove_runtime(self, name: str, *, force: bool = False) -> str:
+        return str(self._call(self.runtimes.RemoveRuntime, rpb.RemoveRuntimeRequest(name=name, force=force)).removed)
 
 
 def _capsule_ref(ref: str) -> cpb.CapsuleRef:

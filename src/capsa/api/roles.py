@@ -56,6 +56,11 @@ RPC_ROLES: dict[str, Role] = {
     "/capsa.v1.CapsuleService/Push": Role.MAINTAINER,
     "/capsa.v1.CapsuleService/Pull": Role.MAINTAINER,
     "/capsa.v1.CapsuleService/Gc": Role.MAINTAINER,
+    # RuntimeService: maintainers build and remove runtimes (node-wide), readers look
+    "/capsa.v1.RuntimeService/BuildRuntime": Role.MAINTAINER,
+    "/capsa.v1.RuntimeService/ListRuntimes": Role.READER,
+    "/capsa.v1.RuntimeService/InspectRuntime": Role.READER,
+    "/capsa.v1.RuntimeService/RemoveRuntime": Role.MAINTAINER,
     # NodeService
     "/capsa.v1.NodeService/GetVersion": Role.READER,
     "/capsa.v1.NodeService/WhoAmI": Role.READER,

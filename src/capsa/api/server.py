@@ -27,6 +27,7 @@ from capsa.api.gen.capsa.v1 import (
     jobs_pb2_grpc,
     metrics_pb2_grpc,
     networks_pb2_grpc,
+    runtimes_pb2_grpc,
     workflows_pb2_grpc,
 )
 from capsa.api.servicers.capsules import CapsuleServicer
@@ -34,6 +35,7 @@ from capsa.api.servicers.images import ImageServicer
 from capsa.api.servicers.jobs import JobServicer, NodeServicer
 from capsa.api.servicers.metrics import MetricsServicer
 from capsa.api.servicers.networks import NetworkServicer, VolumeServicer
+from capsa.api.servicers.runtimes import RuntimeServicer
 from capsa.api.servicers.workflows import WorkflowServicer
 from capsa.capsules import CapsuleStore
 from capsa.capsules.distribution import CapsuleDistribution
@@ -49,6 +51,8 @@ from capsa.jobs.uploads import UploadLimits
 from capsa.metrics import DaemonMetrics, open_metrics
 from capsa.networks import NetworkManager
 from capsa.runtime.client import SupervisorClient, ensure_supervisor
+from capsa.runtimes import QUEUE as RUNTIME_QUEUE
+from capsa.runtimes import RuntimeService
 from capsa.state import Database
 from capsa.volumes import VolumeManager
 from capsa.workflows import QUEUE as WORKFLOW_QUEUE
@@ -92,7 +96,8 @@ class Daemon:
         fsm = self.config.fsm
         # A workflow run holds its worker for the workflow's whole life: a queue of its own keeps
         # workflows from starving the shared pool, where the image pulls of their jobs run.
-        self.engine = Engine(self.db, queues={WORKFLOW_QUEUE: 16, **fsm.queues}, retry=RetryPolicy(
+        # Runtime builds hold theirs while their build jobs run: a small queue of their own, too.
+        self.engine = Engine(self.db, queues={WORKFLOW_QUEUE: 16, RUNTIME_QUEUE: 2, **fsm.queues}, retry=RetryPolicy(
             base_s=fsm.retry_base_s, cap_s=fsm.retry_cap_s, max_attempts=fsm.max_attempts))
         self.snapshotter = open_snapshotter_from_config(self.config, self.db, self.home)
         self.images = open_image_service(self.config, self.db, self.engine, self.home, self.snapshotter)
@@ -114,7 +119,13 @@ class Daemon:
         self.scheduler.start()
         self.metrics = open_metrics(self.config.metrics, self.db, self.home, self.jobs,
                                     network_stats=self._network_stats)
+        # A build cache shared across homes (CI, test daemons) until server.yaml grows runtimes.cache_dir.
+        cache = os.environ.get("CAPSA_RUNTIME_CACHE", "").strip()
+        self.runtimes = RuntimeService(self.engine, self.images, self.jobs, self.home, queue=RUNTIME_QUEUE,
+                                       cache_dir=Path(cache) if cache else None)
+        self.jobs.use_runtimes(self.runtimes.resolve)
         self.workflows = WorkflowService(self.db, self.engine, self.jobs, queue=WORKFLOW_QUEUE, registries=Registries(
+            runtime_image=self.runtimes.image_for,
             volume_exists=self._volume_exists,
             network_exists=lambda name: any(n.name == name for n in self.networks.ls())))
         self.engine.resume()  # after every machine is registered
@@ -128,6 +139,7 @@ class Daemon:
         workflows_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(self.workflows), server)
         metrics_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(self.metrics.sampler, self.jobs), server)
         networks_pb2_grpc.add_NetworkServiceServicer_to_server(NetworkServicer(self.networks), server)
+        runtimes_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeServicer(self.runtimes), server)
         networks_pb2_grpc.add_VolumeServiceServicer_to_server(VolumeServicer(self.volumes), server)
         capsules_pb2_grpc.add_CapsuleServiceServicer_to_server(CapsuleServicer(
             self.capsule_store, self.capsules,

@@ -71,6 +71,7 @@ class CapsuleRequest:
     name: str
     requirement: str          # "model==3.0.0", "dataset>=1.2,<2", "dataset"
     target: str | None = None
+    exact: str | None = None  # NAME@VERSION: that version must exist (NotFound, not a conflict)
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,8 @@ def parse_capsule_request(text: str, *, at: str | None = None) -> CapsuleRequest
     elif spec.startswith(_SPEC_OPERATORS):
         requirement = str(parse_requirement(name + spec))
     else:
-        requirement = f"{name}=={parse_version(spec)}"
+        exact = str(parse_version(spec))
+        return CapsuleRequest(name=name, requirement=f"{name}=={exact}", target=target, exact=exact)
     return CapsuleRequest(name=name, requirement=requirement, target=target)
 
 
@@ -148,6 +150,8 @@ class CapsuleManager:
         """(version, target) for every member of the resolved set; ``held`` pins what the job has."""
         held_version = {a.name: a.version for a in held}
         for req in requests:
+            if req.exact is not None:
+                self.store.get(req.name, req.exact)   # NotFound names it
             have = held_version.get(req.name)
             if have is not None and not satisfies(parse_requirement(req.requirement), have):
                 where = ", ".join(a.target for a in held if a.name == req.name)

@@ -14,7 +14,6 @@ from google.protobuf.json_format import MessageToDict
 
 from capsa.cli.output import ago, emit, json_option, print_table
 from capsa.errors import InvalidArgument, NotFound
-from capsa.jobs.schedule import parse_duration
 
 __all__ = ["COMMANDS", "tar_chunks"]
 
@@ -254,6 +253,8 @@ def unpin(obj: Any, ref: str) -> None:
 @click.pass_obj
 def gc(obj: Any, unused: bool, older_than: str, dry_run: bool, as_json: bool) -> None:
     """Remove content no version refers to (and, with --unused, unused versions); report bytes freed."""
+    from capsa.jobs.schedule import parse_duration  # only here: keeps every other command's start-up light
+
     if older_than and not unused:
         raise InvalidArgument("--older-than applies together with --unused")
     seconds = parse_duration(older_than, what="--older-than") if older_than else 0.0

@@ -53,6 +53,8 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--image", default="", help="Run in this image (registry ref, s3://..., oci:PATH, docker-archive:PATH).")
 @click.option("--pull", type=click.Choice(["missing", "always", "never"]), default="missing", show_default=True,
               help="When to pull --image.")
+@click.option("--runtime", default="", metavar="NAME[@VERSION]",
+              help="Run in this runtime only, no host files (`capsa runtime ls`; NAME alone: its newest build).")
 @click.option("-u", "--user", default="", help="UID[:GID] to run as (default: the image's User, else root).")
 @click.option("--seccomp", type=click.Choice(["default", "strict", "unconfined"]), default="default",
               show_default=True, help="Syscall filter profile (docs/security.md).")
@@ -67,17 +69,17 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.argument("command", nargs=-1, required=False)
 @click.pass_obj
 def run(obj: Any, detach: bool, name: str, env: tuple[str, ...], workdir: str, max_cpu: int, cpu_cores: str,
-        max_memory: int, max_iobps: int, max_pids: int, image: str, pull: str, user: str, seccomp: str,
-        network: str, volumes: tuple[str, ...], capsules: tuple[str, ...],
+        max_memory: int, max_iobps: int, max_pids: int, image: str, pull: str, runtime: str, user: str,
+        seccomp: str, network: str, volumes: tuple[str, ...], capsules: tuple[str, ...],
         as_json: bool, command: tuple[str, ...], **features: Any) -> int:
     """Run COMMAND as an isolated job (attached unless -d): capsa run [flags] -- CMD ARGS."""
-    if not command and not image:
+    if not command and not image and not runtime:
         raise InvalidArgument("no command given: use `capsa run [flags] -- COMMAND [ARGS...]`")
     client = obj.client()
     extra = feature_request(client, features)
     job = client.run_job(list(command), env=_parse_env(env), workdir=workdir, name=name, max_cpu=max_cpu,
                          cpu_cores=cpu_cores, max_memory_mb=max_memory, max_iobps=max_iobps, max_pids=max_pids,
-                         image=image, pull=pull, user=user, seccomp=seccomp, network=network,
+                         image=image, pull=pull, runtime=runtime, user=user, seccomp=seccomp, network=network,
                          volumes=list(volumes), capsules=list(capsules), **extra)
     if job.ended and job.reason.startswith("start failed"):
         click.echo(f"capsa: job {job.id[:12]}: {job.reason}", err=True)

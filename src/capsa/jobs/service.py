@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import re
 import secrets
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ from capsa.jobs.secrets import SecretBox, validate_env_names
 from capsa.jobs.uploads import UploadLimits, UploadStore
 from capsa.logs import LogChunk, read_log
 from capsa.runtime import cgroups
-from capsa.runtime.client import SupervisorClient
+from capsa.runtime.client import SupervisorClient, ensure_supervisor
 from capsa.runtime.spec import JobSpec, MountSpec, ResourceSpec
 from capsa.state import Database
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from capsa.images.service import ImageService, JobRootfs
 
 __all__ = ["JobService"]
+
+log = logging.getLogger("capsa.jobs")
 
 _ID_PREFIX = re.compile(r"^[0-9a-f]{1,32}$")
 
@@ -59,12 +62,31 @@ class JobService:
         self.secret_box = SecretBox(home)
         self.timers_changed = threading.Event()   # a schedule or timeout was added (the Scheduler waits on it)
         self.capsules: CapsuleManager | None = None   # set by the daemon; `run --capsule` needs it
+        self.runtime_image: Callable[[str], str] | None = None   # NAME[@VERSION] -> image (capsa.runtimes)
+
+    def use_runtimes(self, resolve: Callable[[str], str]) -> None:
+        """Let ``RunRequest.runtime`` name a runtime: ``resolve`` maps it to its image (NotFound if none)."""
+        self.runtime_image = resolve
 
     # -- start-up ------------------------------------------------------------------------
     def attach_supervisor(self) -> None:
         """Subscribe to exit events, then reconcile: adopt survivors, fail the lost."""
-        self.supervisor.subscribe(self.on_supervisor_event)
+        self.supervisor.subscribe(self.on_supervisor_event, on_lost=self._supervisor_lost)
         self.reconcile()
+
+    def _supervisor_lost(self) -> None:
+        """The supervisor died under us: start a new one, fail the jobs it took along, resubscribe."""
+        log.error("the job supervisor went away; starting a new one and reconciling jobs")
+        delay = 0.1
+        while True:
+            try:
+                ensure_supervisor(self.home)
+                self.attach_supervisor()
+                return
+            except CapsaError as exc:
+                log.error("restarting the supervisor failed: %s (retrying in %.1fs)", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def reconcile(self) -> None:
         known = {j["job_id"]: j for j in self.supervisor.list()}
@@ -86,7 +108,7 @@ class JobService:
                 self._record_exit(rec)
 
     def _fail_lost(self, job: Job) -> None:
-        reason = ("lost: the job's supervisor was gone when the daemon restarted"
+        reason = ("lost: the job's supervisor went away while it ran"
                   if job.state == JobState.RUNNING else "the daemon restarted before the job started")
         with contextlib.suppress(Exception):
             cg = cgroups.detect().open(job.id)
@@ -97,12 +119,24 @@ class JobService:
             " WHERE id = ? AND state IN ('PENDING','RUNNING')",
             (JobState.FAILED.value, reason, time.time_ns(), job.id),
         )
+        if self.images is not None:
+            self.images.job_ended(job.id)
+        self.attachments.release(job.id)
         self._notify()
 
     # -- run -------------------------------------------------------------------------------
-    def run(self, request: RunRequest) -> Job:
+    def run(self, request: RunRequest, *, rootfs: JobRootfs | None = None) -> Job:
+        """Submit a job. ``rootfs``: a root the caller prepared and owns (runtime build jobs)."""
         t0 = time.monotonic_ns()
-        if not request.image and (not request.command or not request.command[0]):
+        if request.runtime:
+            if request.image or rootfs is not None:
+                raise InvalidArgument("give either an image or a runtime, not both")
+            if self.runtime_image is None:
+                raise InvalidArgument("this daemon has no runtime support configured")
+            request = dataclasses.replace(request, image=self.runtime_image(request.runtime), pull="never")
+        if rootfs is not None and request.schedule:
+            raise InvalidArgument("a job on a prepared root cannot be scheduled")
+        if not request.image and rootfs is None and (not request.command or not request.command[0]):
             raise InvalidArgument("no command given: use `capsa run [flags] -- COMMAND [ARGS...]`")
         _validate_resources(request)
         _validate_hardening(request)
@@ -114,8 +148,7 @@ class JobService:
         start_ns = parse_start_time(request.schedule) if request.schedule else 0
         job_id = secrets.token_hex(16)
         hostname = job_id[:12]
-        rootfs = None
-        if request.image and not start_ns:  # a scheduled job resolves its image when it starts
+        if request.image and not start_ns and rootfs is None:  # a scheduled job resolves its image when it starts
             if self.images is None:
                 raise InvalidArgument("this daemon has no image support configured")
             rootfs = self.images.rootfs_for_job(request.image, job_id, pull=request.pull)

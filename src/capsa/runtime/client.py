@@ -32,6 +32,7 @@ class SupervisorClient:
         self.sock_path = home / "run" / "supervisor.sock"
         self._sub_thread: threading.Thread | None = None
         self._sub_sock: socket.socket | None = None
+        self._closing = False
 
     # -- requests ---------------------------------------------------------------------
     def call(self, payload: dict[str, Any], *, timeout: float | None = 60.0) -> dict[str, Any]:
@@ -110,7 +111,7 @@ class SupervisorClient:
                 except OSError:
                     msg = None
                 if msg is None:
-                    if on_lost is not None:
+                    if on_lost is not None and not self._closing:
                         on_lost()
                     return
                 on_event(msg)
@@ -119,6 +120,7 @@ class SupervisorClient:
         self._sub_thread.start()
 
     def close(self) -> None:
+        self._closing = True
         if self._sub_sock is not None:
             with contextlib.suppress(OSError):
                 self._sub_sock.shutdown(socket.SHUT_RDWR)

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["BindSpec", "JobSpec", "MountSpec", "ResourceSpec"]
+__all__ = ["BindSpec", "DeviceSpec", "JobSpec", "MountSpec", "ResourceSpec"]
 
 # Host paths a job sees (read-only) when it runs on the host's own userland.
 HOST_RO_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -40,6 +40,14 @@ class BindSpec:
 
 
 @dataclass(frozen=True)
+class DeviceSpec:
+    """A host device node bound into the job's /dev (capsa.runtime.devices)."""
+
+    source: str
+    target: str                   # below /dev, e.g. /dev/nvidia0
+
+
+@dataclass(frozen=True)
 class ResourceSpec:
     cpu_percent: int | None = None
     cpuset: str | None = None
@@ -64,6 +72,8 @@ class JobSpec:
     seccomp: str = "default"                  # default | strict | unconfined
     capabilities: tuple[str, ...] | None = None   # None: capsa's default set (docs/security.md)
     netns_path: str | None = None             # a network namespace to join; None: the host's network
+    devices: tuple[DeviceSpec, ...] = ()       # extra nodes in the job's /dev (GPUs)
+    device_allow: tuple[str, ...] = ()        # extra device-cgroup rules ("c 195:0 rw") beyond the minimal /dev
 
     @property
     def root_dir(self) -> str:
@@ -98,5 +108,7 @@ class JobSpec:
             gid=int(data.get("gid", 0)),
             seccomp=data.get("seccomp", "default"),
             netns_path=data.get("netns_path"),
+            devices=tuple(DeviceSpec(**d) for d in data.get("devices", ())),
+            device_allow=tuple(data.get("device_allow", ())),
             capabilities=tuple(data["capabilities"]) if data.get("capabilities") is not None else None,
         )

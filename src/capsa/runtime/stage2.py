@@ -18,10 +18,11 @@ import os
 import signal
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from capsa import linux
-from capsa.runtime import security
+from capsa.runtime import devices, security
+from capsa.runtime.cgroups.jobview import mount_job_cgroups
 from capsa.runtime.spec import HOST_ETC_ENTRIES, HOST_RO_DIRS, JobSpec, MountSpec
 
 __all__ = ["build_root", "exec_job", "run_stage2"]
@@ -98,12 +99,13 @@ def _mount_kernel_fs(root: str) -> None:
         os.symlink(f"/proc/self/fd/{i}", f"{dev}/{name}")
     os.symlink("/proc/self/fd", dev + "/fd")
     linux.mount("tmpfs", root + "/tmp", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=1777")
-    # Mount point for live capsule attachments; a tmpfs so the read-only root stays read-only.
-    linux.mount("tmpfs", root + "/capsules", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=0755,size=64k")
 
 
-def build_root(spec: JobSpec) -> None:
-    """Assemble the job's root under ``spec.root_dir`` (we are in a private mount ns)."""
+def build_root(spec: JobSpec, cgroup_dirs: Sequence[str] = ()) -> None:
+    """Assemble the job's root under ``spec.root_dir`` (we are in a private mount ns).
+
+    ``cgroup_dirs``: host paths of the job's cgroups, shown read-only at /sys/fs/cgroup.
+    """
     root = spec.root_dir
     _step("make mounts private", lambda: linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE, None))
     if spec.root_mounts:
@@ -116,6 +118,10 @@ def build_root(spec: JobSpec) -> None:
     _step("bind /work", lambda: linux.mount(spec.work_dir, root + "/work", None, linux.MS_BIND, None))
     _step("protect /work", lambda: linux.mount(
         None, root + "/work", None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_NOSUID | linux.MS_NODEV, None))
+    # Capsule mount points (start-time binds below, live attachments later) live on a tmpfs, so the
+    # read-only root stays read-only; mounted before the binds, or it would hide those under it.
+    _step("mount /capsules", lambda: linux.mount("tmpfs", root + "/capsules", "tmpfs",
+                                                 linux.MS_NOSUID | linux.MS_NODEV, "mode=0755,size=64k"))
     for bind in spec.binds:
         target = root + bind.target
         _step(f"prepare {bind.target}", lambda t=target, s=bind.source: _prepare_target(s, t))
@@ -125,7 +131,10 @@ def build_root(spec: JobSpec) -> None:
             _step(f"bind {bind.target}", lambda b=bind, t=target: linux.mount(
                 b.source, t, None, linux.MS_BIND | linux.MS_REC, None))
     _step("mount /proc, /dev, /tmp", lambda: _mount_kernel_fs(root))
+    if spec.devices:
+        _step("bind device nodes", lambda: devices.bind_device_nodes(root, spec.devices))
     _step("read-only /sys", lambda: security.mount_sys_readonly(root))
+    _step("read-only cgroup tree", lambda: mount_job_cgroups(root, cgroup_dirs))
     _step("mask /proc", lambda: security.mask_proc(root))
     _step("read-only /proc paths", lambda: security.readonly_paths(root))
     if not spec.root_mounts:
@@ -220,11 +229,11 @@ def _resolve_command(name: str, path: str) -> str:
     raise StageError(f"exec {name}", FileNotFoundError(2, f"{name}: command not found in PATH"))
 
 
-def run_stage2(spec: JobSpec, report_fd: int, bpf: bytes = b"") -> None:
+def run_stage2(spec: JobSpec, report_fd: int, bpf: bytes = b"", cgroup_dirs: Sequence[str] = ()) -> None:
     """Never returns: execs the job or reports the failure and exits 127."""
     try:
         os.setsid()
-        build_root(spec)
+        build_root(spec, cgroup_dirs)
         _step("pivot_root", lambda: _enter_root(spec))
         exec_job(spec, bpf)
     except StageError as exc:

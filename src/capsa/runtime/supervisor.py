@@ -26,6 +26,7 @@ import os
 import selectors
 import signal
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,9 +35,9 @@ from typing import Any
 
 from capsa.logs import JobLog, LogPersister, Stream
 from capsa.runtime import cgroups
+from capsa.runtime.devices import job_device_rules
 from capsa.runtime.spec import JobSpec
 from capsa.runtime.wire import recv_msg, send_msg
-from capsa.runtime.zygote import zygote_main
 
 __all__ = ["JobRecord", "Supervisor", "main"]
 
@@ -102,13 +103,7 @@ class Supervisor:
     # -- set-up ----------------------------------------------------------------------
     def start(self) -> None:
         libc_prctl(_PR_SET_CHILD_SUBREAPER, 1)
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        pid = os.fork()
-        if pid == 0:  # the zygote: no threads exist yet in this process
-            parent.close()
-            zygote_main(child)
-        child.close()
-        self.zygote_pid, self.zygote_sock = pid, parent
+        self._spawn_zygote()
         self.driver = cgroups.detect()
         self.persister = LogPersister()
         with contextlib.suppress(FileNotFoundError):
@@ -125,6 +120,23 @@ class Supervisor:
             signal.signal(sig, lambda *_: None)
         self.sel.register(rfd, selectors.EVENT_READ, ("signal", None))
         (self.run_dir / "supervisor.pid").write_text(str(os.getpid()))
+
+    def _spawn_zygote(self) -> None:
+        """Start the zygote as a fresh ``capsa`` process (CAPSA_ROLE=zygote).
+
+        exec'ing rather than forking means a zygote can be (re)started at any time, even
+        now that this process runs threads, and it carries only the modules job starts need.
+        """
+        if self.zygote_sock is not None:
+            self.zygote_sock.close()
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = dict(os.environ, CAPSA_ROLE="zygote", CAPSA_ZYGOTE_FD=str(child.fileno()))
+        proc = subprocess.Popen([sys.executable, "-m", "capsa"], env=env, pass_fds=(child.fileno(),),
+                                stdin=subprocess.DEVNULL, close_fds=True)
+        child.close()
+        self.zygote_pid, self.zygote_sock = proc.pid, parent
+        # Popen's own bookkeeping would race our waitpid(-1) loop; we reap the zygote ourselves.
+        proc.returncode = 0
 
     # -- main loop -------------------------------------------------------------------
     def serve(self) -> None:
@@ -179,8 +191,11 @@ class Supervisor:
             if pid == 0:
                 return
             if pid == self.zygote_pid:
-                self._log("zygote exited; starting a new one is not possible with threads running, exiting")
-                self.running = False
+                # Running jobs do not depend on the zygote (they are our children now); only
+                # starts do. A start it was handling sees its report pipe close and fails.
+                self._log(f"zygote {pid} exited with status {status}; starting a new one")
+                if self.running:
+                    self._spawn_zygote()
                 continue
             job_id = self.by_pid.get(pid)
             if job_id is None:
@@ -270,6 +285,13 @@ class Supervisor:
         except Exception as exc:
             self._send(conn, _error_reply(exc))
             return
+        try:   # before any process joins: the job may open only its minimal /dev and what the spec adds
+            cg.device_rules(job_device_rules(spec))
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                cg.remove()
+            self._send(conn, _error_reply(exc))
+            return
         assert self.persister is not None
         log = self.persister.open(spec.job_id, Path(spec.log_dir))
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
@@ -292,7 +314,7 @@ class Supervisor:
         assert self.zygote_sock is not None
         try:
             send_msg(self.zygote_sock, {"spec": json.loads(spec.to_json()),
-                                        "cgroup_procs": [str(p) for p in cg.procs_files()]},
+                                        "cgroup_procs": [str(p) for p in cg.join_files()]},
                      [out_w, err_w, rep_w])
         except OSError as exc:
             job.start_error = {"error": f"zygote unavailable: {exc}", "step": "launch", "errno": exc.errno or 0}

@@ -95,7 +95,8 @@ def _stage_one(msg: dict[str, object], fds: list[int], filters: dict[str, bytes]
         linux.unshare(JOB_NAMESPACES)
         pid = os.fork()
         if pid == 0:
-            stage2.run_stage2(spec, report_w, filters[spec.seccomp])
+            cgroup_dirs = [os.path.dirname(str(p)) for p in msg.get("cgroup_procs", ())]  # type: ignore[union-attr]
+            stage2.run_stage2(spec, report_w, filters[spec.seccomp], cgroup_dirs)
         os.write(report_w, f"P{pid}\n".encode())
         os._exit(0)
     except BaseException as exc:

@@ -66,16 +66,26 @@ def committed_layer(sn: Snapshotter, content: ContentStore, key: str) -> LayerRe
 
 
 def export_active(sn: Snapshotter, content: ContentStore, active: str, key: str, *,
-                  skip: frozenset[str] = frozenset()) -> tuple[LayerRef, ExportStats]:
-    """Write active snapshot ``active``'s changes as a layer blob and commit it as ``key``."""
+                  drop_empty: tuple[str, ...] = ()) -> tuple[LayerRef, ExportStats]:
+    """Write active snapshot ``active``'s changes as a layer blob and commit it as ``key``.
+
+    ``drop_empty``: top-level directories to remove first when they are empty (mount points the
+    job runtime made, which say nothing about the layer); the snapshot and its blob stay equal.
+    """
     if sn.apply_style != ApplyStyle.OVERLAY_UPPER:
         raise Unsupported(f"runtime builds need a snapshotter that keeps each layer's changes apart"
                           f" (overlay); {sn.name} keeps full trees, whose diff capsa does not compute yet")
+    upper = sn.upper_dir(active)
+    for name in drop_empty:
+        path = upper / name if upper is not None else None
+        if path is not None and not path.is_symlink() and path.is_dir():
+            with contextlib.suppress(OSError):
+                os.rmdir(path)  # fails, and keeps it, unless empty
     with content.writer(f"runtime-export-{active}") as writer:
         if writer.offset:
             writer.truncate(0)  # an export interrupted by a crash: start over
         with sn.writable(active) as tree:
-            stats = export_tree(Path(tree), writer, overlay=True, skip=skip)
+            stats = export_tree(Path(tree), writer, overlay=True)
         blob = writer.commit(media_type=OCI_LAYER_TAR)
     layer = LayerRef(key=key, digest=str(blob.digest), size=blob.size)
     try:

@@ -225,7 +225,7 @@ class RuntimeSpec(_Model):
         return f"{self.name}@{self.version}"
 
     def canonical(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", exclude_none=True)
 
     def spec_hash(self) -> str:
         text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))

@@ -189,3 +189,18 @@ def test_pull_of_a_missing_tag_fails_clearly(d: ImageDaemon, registry_images: Re
     res = d.cli("image", "pull", ref)
     assert res.returncode == 3
     assert "no-such-tag" in one_line_error(res)
+
+
+def test_s3_layers_shared_between_families_are_downloaded_once(d: ImageDaemon, s3_images: S3Images) -> None:
+    d.cli_ok("image", "pull", s3_images.refs["whiteout"])  # its layer 1 is busybox's layer 1 (same ETag, size)
+    d.cli_ok("image", "pull", s3_images.refs["busybox"])
+    fetches = query(d.home, "SELECT state, resource_id FROM fsm_runs WHERE machine = 'blob.fetch'"
+                            " AND resource_id LIKE ?", (f"source:s3://{s3_images.bucket}/images/busybox/1.tar%",))
+    assert [f["state"] for f in fetches] == ["handed_off"]  # known by its ETag before any byte was fetched
+    layers = [d.cli_json("image", "inspect", s3_images.refs[f])["layers"][0]["digest"] for f in ("busybox", "whiteout")]
+    assert layers[0] == layers[1]
+
+
+def test_run_a_job_in_an_s3_image(d: ImageDaemon, s3_images: S3Images) -> None:
+    res = d.cli("run", "--image", s3_images.refs["whiteout"], "--", "/bin/cat", "/etc/hello.txt", "/data/keep.txt")
+    assert (res.returncode, res.stdout) == (0, b"hello from layer 3\nkeep\n"), res.stderr.decode()

@@ -47,6 +47,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
         job = self.jobs.run(RunRequest(
             command=tuple(request.command), env=dict(request.env), workdir=request.workdir,
             name=request.name, image=request.image, pull=request.pull or "missing", user=request.user,
+            runtime=request.runtime,
             seccomp=request.seccomp or "default", network=request.network or "host",
             volumes=tuple(request.volumes), capsules=tuple(request.capsules),
             secret_env=dict(request.secret_env), upload_session=request.upload_session,

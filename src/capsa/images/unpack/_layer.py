@@ -73,6 +73,7 @@ def apply_layer(
     overlay = whiteout_mode == "overlay"
     budget = budget if budget is not None else UnpackBudget()
     guard = Guard(limits, budget)
+    guard.check_time("before the first entry")  # the image's clock may have run out on earlier layers
     started = time.monotonic()
     hasher = hashlib.sha256() if expected_diff_id is not None else None
     tree = Tree(Path(root), opaque_xattr=opaque_xattr if overlay else None)
@@ -87,6 +88,7 @@ def apply_layer(
             reader = TarReader(inp, limits, guard)
             while (entry := reader.next()) is not None:
                 applier.apply(entry, inp)
+            guard.check_time("after the last entry")  # the clock is read every 64 entries only
             trailing = inp.drain(guard)
             guard.charge_data("data after the end-of-archive marker", trailing, is_file=False)
         finally:

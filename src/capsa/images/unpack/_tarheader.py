@@ -72,6 +72,11 @@ def _bad(msg: str, offset: int) -> UnsafeArchive:
     return UnsafeArchive(f"{msg} (header at byte {offset})", detail={"offset": offset})
 
 
+def _stored_name(blk: bytes) -> str:
+    """The name a header claims (for messages about headers too broken to parse)."""
+    return repr(_decode(_cstr(blk[:100])))
+
+
 def _cstr(field: bytes) -> bytes:
     end = field.find(0)
     return field if end < 0 else field[:end]
@@ -82,7 +87,7 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def _num(field: bytes, what: str, offset: int) -> int:
+def _num(field: bytes, what: str, offset: int, blk: bytes = b"") -> int:
     first = field[0]
     if first & 0x80:  # GNU / star base-256; bit 6 is the sign
         value = int.from_bytes(bytes([first & 0x7F]) + field[1:], "big")
@@ -93,7 +98,7 @@ def _num(field: bytes, what: str, offset: int) -> int:
     if not digits:
         return 0
     if digits.translate(None, b"01234567"):
-        raise _bad(f"invalid {what} field {field!r}", offset)
+        raise _bad(f"{_stored_name(blk)}: invalid {what} field {field!r}", offset)
     return int(digits, 8)
 
 
@@ -122,13 +127,13 @@ def _fixed_fields(blk: bytes, offset: int) -> tuple[int, int, int, int, int]:
         # adler32's low half is 1 + the byte sum (exact: an ASCII block sums to < 65521);
         # the checksum field counts as eight spaces: its digits, a NUL and a space are replaced.
         if int(chk, 8) != (zlib.adler32(blk) & 0xFFFF) - 1 - sum(chk) - 32 + 256:
-            raise _bad("bad header checksum", offset)
+            raise _bad(f"{_stored_name(blk)}: bad header checksum", offset)
         return int(mode, 8), int(uid, 8), int(gid, 8), int(size, 8), int(mtime, 8)
     if not _checksum_ok(blk):
-        raise _bad("bad header checksum", offset)
-    return (_num(blk[100:108], "mode", offset), _num(blk[108:116], "uid", offset),
-            _num(blk[116:124], "gid", offset), _num(blk[124:136], "size", offset),
-            _num(blk[136:148], "mtime", offset))
+        raise _bad(f"{_stored_name(blk)}: bad header checksum", offset)
+    return (_num(blk[100:108], "mode", offset, blk), _num(blk[108:116], "uid", offset, blk),
+            _num(blk[116:124], "gid", offset, blk), _num(blk[124:136], "size", offset, blk),
+            _num(blk[136:148], "mtime", offset, blk))
 
 
 def is_tar_header(blk: bytes) -> bool:
@@ -226,7 +231,7 @@ class TarReader:
         # numbers (which can be neither negative nor out of range).
         mode, uid, gid, size, mtime, chk = m.groups()
         if int(chk, 8) != (zlib.adler32(blk) & 0xFFFF) - 1 - sum(chk) - 32 + 256:
-            raise _bad("bad header checksum", offset)
+            raise _bad(f"{_stored_name(blk)}: bad header checksum", offset)
         end = blk.find(0, 0, 100)
         raw = blk[:end] if end >= 0 else blk[:100]
         magic = blk[257:263]
@@ -234,7 +239,7 @@ class TarReader:
             if blk[345]:
                 raw = _cstr(blk[345:500]) + b"/" + raw
         elif magic != b"ustar " and blk[257:265] != _NO_MAGIC:
-            raise _bad(f"unknown header format (magic {magic!r})", offset)
+            raise _bad(f"{_stored_name(blk)}: unknown header format (magic {magic!r})", offset)
         name = raw.decode("ascii")
         size = int(size, 8)
         if kind != REG:
@@ -316,7 +321,7 @@ class TarReader:
             if magic == b"ustar\0" and blk[345]:
                 raw_name = _cstr(blk[345:500]) + b"/" + raw_name
         if magic != b"ustar\0" and magic != b"ustar " and blk[257:265] != _NO_MAGIC:  # POSIX, GNU, v7
-            raise _bad(f"unknown header format (magic {magic!r})", offset)
+            raise _bad(f"{_stored_name(blk)}: unknown header format (magic {magic!r})", offset)
         name = raw_name.decode("utf-8", "surrogateescape")
         if longlink is not None:
             linkname = _decode(longlink)
@@ -368,8 +373,8 @@ class TarReader:
             raise _bad(f"{name!r}: invalid mode/uid/gid ({mode:o}/{uid}/{gid})", offset)
         devmajor = devminor = 0
         if kind in (CHR, BLK):
-            devmajor = _num(blk[329:337], "devmajor", offset)
-            devminor = _num(blk[337:345], "devminor", offset)
+            devmajor = _num(blk[329:337], "devmajor", offset, blk)
+            devminor = _num(blk[337:345], "devminor", offset, blk)
             if not (0 <= devmajor < 1 << 32 and 0 <= devminor < 1 << 32):
                 raise _bad(f"{name!r}: invalid device number {devmajor}:{devminor}", offset)
         data_start = self._inp.offset

@@ -24,7 +24,7 @@ import stat
 from collections import OrderedDict, deque
 from pathlib import Path
 
-from capsa.errors import UnsafeArchive
+from capsa.errors import FailedPrecondition, UnsafeArchive
 
 __all__ = ["Tree", "join"]
 
@@ -46,7 +46,13 @@ class Tree:
 
     def __init__(self, root: Path, *, cache_size: int = 256, opaque_xattr: str | None = None) -> None:
         self.root = root
-        self.root_fd = os.open(root, _OPEN_DIR_FLAGS)
+        try:
+            self.root_fd = os.open(root, _OPEN_DIR_FLAGS)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTDIR, errno.ELOOP, errno.ENOENT):
+                raise
+            what = "a symlink" if os.path.islink(root) else "missing" if exc.errno == errno.ENOENT else "not a directory"
+            raise FailedPrecondition(f"the unpack root {root} is {what}; it must be a directory") from exc
         self._cache: OrderedDict[str, int] = OrderedDict()
         self._capacity = cache_size
         #: overlay mode: a whiteout device met while creating parents becomes an opaque dir

@@ -84,6 +84,10 @@ class JobCgroup(ABC):
         """The files a forked child writes ``0`` into to enter this cgroup (all of them, in order)."""
         return list(self._procs_paths)
 
+    def join_files(self) -> list[Path]:
+        """The files a single-threaded child writes ``0`` into to join (see V1JobCgroup's override)."""
+        return self.procs_files()
+
     def join_self(self) -> None:
         """Move the calling process into this cgroup.
 

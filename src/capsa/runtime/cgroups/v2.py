@@ -22,6 +22,7 @@ from ._files import (
 )
 from ._files import write_file as _write
 from .blockdev import BlockResolver
+from .devices_v2 import attach_device_program
 from .model import CgroupStats, JobCgroup, Limits, validate_name
 from .parse import cpu_quota, io_max_line, io_stat_totals, parse_cpu_list, parse_flat_keyed, validate_limits
 
@@ -256,10 +257,8 @@ class V2JobCgroup(JobCgroup):
         remove_tree(self._tree, self.path, time.monotonic() + timeout)
 
     def device_rules(self, allow: list[str]) -> None:
-        raise Unsupported(
-            "device rules on cgroup v2 need an eBPF program (BPF_PROG_TYPE_CGROUP_DEVICE) attached to the "
-            f"job's cgroup {self.path}; this driver does not load one yet"
-        )
+        """Deny every device but ``allow`` ("c 1:3 rw", ...) with an eBPF program (see devices_v2)."""
+        attach_device_program(self.path, allow)
 
 
 def _events_max(text: str | None) -> int | None:

@@ -1,0 +1,394 @@
+#!/usr/bin/env python3
+"""Benchmark `capsa image pull` from a local registry against `skopeo copy` + `umoci unpack`.
+
+    sudo .venv/bin/python bench/bench_pull.py [--runs 3] [--no-doc]
+
+Builds once (cached under ``/var/tmp/capsa-bench/pull``) a four-layer gzip image of
+about 1 GB / 60k entries from the host's Python, shared files and toolchain
+headers (the sources of ``bench_unpack.py``), then starts Debian's
+``docker-registry`` on 127.0.0.1, pushes the image with skopeo, and alternates:
+
+* capsa: a fresh daemon and CAPSA_HOME per run (started before the clock), then
+  ``capsa image pull 127.0.0.1:PORT/bench/big:1`` timed until it exits, i.e. until
+  every layer is downloaded, verified and committed as a snapshot (a ready rootfs:
+  a job's snapshot on top is one ``prepare``);
+* peer: ``skopeo copy docker://… oci:DIR:big`` then ``umoci unpack --image DIR:big
+  BUNDLE`` (a ready rootfs in BUNDLE/rootfs), timed together.
+
+Medians of ``--runs`` runs each (page cache warm, outputs deleted between runs,
+outside the clock). Then it profiles one capsa pull: per-phase wall times from the
+pull's own durable FSM events, and each component measured alone on the same
+blobs (HTTP download only, sha256 only, gunzip only, capsa's unpacker alone).
+Writes the section "Image pull" of docs/BENCHMARKS.md unless ``--no-doc``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import urllib3
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import command_line, free_port, running_daemon, scratch_dir, section_header, update_section  # noqa: E402
+
+from capsa.images.content import digest_file  # noqa: E402
+from capsa.images.unpack import UnpackLimits, apply_layer  # noqa: E402
+
+CACHE = Path("/var/tmp/capsa-bench/pull")
+REPO, TAG = "bench/big", "1"
+# (name, tar arguments relative to /): one layer per group, the way an image build stacks them
+LAYERS = [
+    ("python", ["usr/lib/python3", "usr/lib/python3.11"]),
+    ("share-docs", ["usr/share/locale", "usr/share/doc", "usr/share/man"]),
+    ("share-rest", ["--exclude=usr/share/locale", "--exclude=usr/share/doc", "--exclude=usr/share/man", "usr/share"]),
+    ("toolchain", ["usr/include", "usr/lib/gcc"]),
+]
+GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+LIMITS = UnpackLimits(max_entries=1_000_000, max_total_bytes=64 << 30)
+
+
+@dataclass(frozen=True)
+class LayerBlob:
+    name: str
+    digest: str  # of the gzip blob
+    size: int
+    diff_id: str  # of the uncompressed tar
+    tar_size: int
+    entries: int
+    path: Path
+
+
+# -- building the image ----------------------------------------------------------------------------------------------
+
+
+def _sha256_file(path: Path) -> str:
+    return str(digest_file(path)[0])
+
+
+def _build_layer(name: str, args: list[str], work: Path) -> dict[str, Any]:
+    tar = work / f"{name}.tar"
+    sources = [a for a in args if a.startswith("--") or (Path("/") / a).exists()]
+    subprocess.run(["tar", "-C", "/", "--sort=name", "-cf", str(tar), *sources], check=True)
+    entries = int(subprocess.run(f"tar -tf {tar} | wc -l", shell=True, check=True, capture_output=True,
+                                 text=True).stdout)
+    diff_id, tar_size = _sha256_file(tar), tar.stat().st_size
+    subprocess.run(["gzip", "-n", "-6", str(tar)], check=True)  # -> NAME.tar.gz, what registries serve
+    gz = work / f"{name}.tar.gz"
+    return {"name": name, "digest": _sha256_file(gz), "size": gz.stat().st_size, "diff_id": diff_id,
+            "tar_size": tar_size, "entries": entries, "file": gz.name}
+
+
+def build_image(cache: Path) -> tuple[Path, list[LayerBlob], str]:
+    """The OCI layout (cached): four gzip layers; returns (layout, layers, manifest digest)."""
+    layout, meta = cache / "layout", cache / "layers.json"
+    if not meta.exists():
+        shutil.rmtree(cache, ignore_errors=True)
+        work = cache / "build"
+        work.mkdir(parents=True)
+        print("building the image layers (once, cached in", cache, ") ...", flush=True)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            built = list(pool.map(lambda la: _build_layer(la[0], la[1], work), LAYERS))
+        blobs = layout / "blobs" / "sha256"
+        blobs.mkdir(parents=True)
+        for layer in built:
+            os.rename(work / layer["file"], blobs / layer["digest"].removeprefix("sha256:"))
+        config = json.dumps({"architecture": "amd64", "os": "linux",
+                             "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/usr/bin:/bin"]},
+                             "rootfs": {"type": "layers", "diff_ids": [la["diff_id"] for la in built]}},
+                            sort_keys=True).encode()
+        manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "size": len(config),
+                       "digest": "sha256:" + hashlib.sha256(config).hexdigest()},
+            "layers": [{"mediaType": GZIP_LAYER, "size": la["size"], "digest": la["digest"]} for la in built],
+        }).encode()
+        for doc in (config, manifest):
+            (blobs / hashlib.sha256(doc).hexdigest()).write_bytes(doc)
+        manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+        (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+        (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest,
+            "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": "big"}}]}))
+        shutil.rmtree(work)
+        meta.write_text(json.dumps({"manifest": manifest_digest, "layers": built}, indent=1))
+    data = json.loads(meta.read_text())
+    layers = [LayerBlob(name=la["name"], digest=la["digest"], size=la["size"], diff_id=la["diff_id"],
+                        tar_size=la["tar_size"], entries=la["entries"],
+                        path=layout / "blobs" / "sha256" / la["digest"].removeprefix("sha256:"))
+              for la in data["layers"]]
+    return layout, layers, data["manifest"]
+
+
+# -- the registry ------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def registry(work: Path) -> Iterator[str]:
+    """Debian's docker-registry on 127.0.0.1 with storage in ``work``; yields host:port."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        raise SystemExit("docker-registry not found: apt-get install docker-registry")
+    port = free_port()
+    config = work / "registry.yml"
+    config.write_text(yaml.safe_dump({
+        "version": 0.1, "log": {"level": "error", "accesslog": {"disabled": True}},
+        "storage": {"filesystem": {"rootdirectory": str(work / "storage")}},
+        "http": {"addr": f"127.0.0.1:{port}"}}))
+    log = open(work / "registry.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    log.close()
+    try:
+        pool = urllib3.PoolManager()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                pool.request("GET", f"http://127.0.0.1:{port}/v2/", retries=False, timeout=1)
+                break
+            except urllib3.exceptions.HTTPError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"registry did not start: {(work / 'registry.log').read_text()[-2000:]}") from None
+                time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- the contenders ------------------------------------------------------------------------------------------------------
+
+
+def timed(argv: list[str], **kwargs: Any) -> tuple[float, str]:
+    start = time.perf_counter()
+    res = subprocess.run(argv, capture_output=True, text=True, **kwargs)
+    elapsed = time.perf_counter() - start
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {res.returncode}: {res.stderr[-2000:]}")
+    return elapsed, res.stdout
+
+
+def count_entries(root: Path) -> int:
+    return sum(len(dirs) + len(files) for _, dirs, files in os.walk(root))
+
+
+def capsa_run(work: Path, ref: str, manifest: str, profile: bool) -> tuple[float, dict[str, Any] | None]:
+    home = work / "capsa-home"
+    with running_daemon(home) as daemon:
+        elapsed, out = timed(daemon.cli("image", "pull", ref), env=daemon.env)
+        if manifest not in out:
+            raise RuntimeError(f"capsa pulled something else: {out}")
+        details = fsm_profile(home / "capsa.db") if profile else None
+    shutil.rmtree(home)
+    return elapsed, details
+
+
+def peer_run(work: Path, ref: str) -> tuple[float, float, int]:
+    layout, bundle = work / "oci", work / "bundle"
+    copy_s, _ = timed(["skopeo", "--insecure-policy", "copy", "--quiet", "--src-tls-verify=false",
+                       f"docker://{ref}", f"oci:{layout}:big"])
+    unpack_s, _ = timed(["umoci", "unpack", "--image", f"{layout}:big", str(bundle)])
+    entries = count_entries(bundle / "rootfs")
+    shutil.rmtree(layout)
+    shutil.rmtree(bundle)
+    return copy_s, unpack_s, entries
+
+
+# -- where capsa's time goes ---------------------------------------------------------------------------------------------
+
+
+def fsm_profile(db_path: Path) -> dict[str, Any]:
+    """Per-phase wall times of the one pull in this database, from its durable FSM events."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        def span(run_id: str) -> tuple[float, float]:
+            rows = conn.execute("SELECT MIN(at) a, MAX(at) b FROM fsm_events WHERE run_id = ?", (run_id,)).fetchone()
+            return float(rows["a"]), float(rows["b"])
+
+        pull = conn.execute("SELECT run_id FROM fsm_runs WHERE machine = 'image.pull'").fetchone()["run_id"]
+        marks = {(r["kind"], r["transition"]): float(r["at"]) for r in conn.execute(
+            "SELECT kind, transition, at FROM fsm_events WHERE run_id = ?", (pull,))}
+        phases = {name: marks[("transition_complete", name)] - marks[("transition_start", name)]
+                  for name in ("resolve", "fetch", "unpack", "register")}
+        children = {}
+        for machine in ("blob.fetch", "layer.unpack"):
+            children[machine] = [span(r["run_id"]) for r in conn.execute(
+                "SELECT run_id FROM fsm_runs WHERE machine = ? ORDER BY created_at", (machine,))]
+        return {"phases": phases, "children": children, "start": marks[("start", None)]}
+    finally:
+        conn.close()
+
+
+def components(layers: list[LayerBlob], registry_host: str) -> dict[str, float]:
+    """Each piece of a pull alone, on the same blobs (seconds)."""
+    out: dict[str, float] = {}
+    pool = urllib3.PoolManager(maxsize=8)
+
+    def download(layer: LayerBlob) -> int:
+        resp = pool.request("GET", f"http://{registry_host}/v2/{REPO}/blobs/{layer.digest}", preload_content=False)
+        n = 0
+        for chunk in resp.stream(1 << 20):
+            n += len(chunk)
+        resp.release_conn()
+        return n
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(layers)) as ex:
+        assert sum(ex.map(download, layers)) == sum(la.size for la in layers)
+    out["download (all layers in parallel, to nowhere)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for layer in layers:
+        digest_file(layer.path)
+    out["sha256 of the gzip blobs (one core)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for layer in layers:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        with open(layer.path, "rb", buffering=0) as f:
+            while chunk := f.read(1 << 20):
+                inflater.decompress(chunk)
+    out["gunzip of the blobs to nowhere (stdlib zlib, one core)"] = time.perf_counter() - start
+    with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="capsa-bench-apply-") as tmp:
+        start = time.perf_counter()
+        for i, layer in enumerate(layers):
+            dest = Path(tmp) / str(i)
+            dest.mkdir()
+            apply_layer(layer.path, dest, media_type=GZIP_LAYER, limits=LIMITS, whiteout_mode="overlay")
+        out["capsa apply_layer of the 4 gzip layers, one after another"] = time.perf_counter() - start
+    return out
+
+
+# -- report -------------------------------------------------------------------------------------------------------------
+
+
+def report(started: dt.datetime, layers: list[LayerBlob], capsa: list[float], copy: list[float],
+           unpack: list[float], profile: dict[str, Any], parts: dict[str, float], entries: int) -> str:
+    peer = [c + u for c, u in zip(copy, unpack, strict=True)]
+    med = statistics.median
+    ratio = med(capsa) / med(peer)
+    lines = [section_header("Image pull", started), ""]
+    total_gz = sum(la.size for la in layers) / 1e6
+    total_tar = sum(la.tar_size for la in layers) / 1e6
+    lines.append(f"Image: {len(layers)} gzip layers, {total_gz:.0f} MB compressed, {total_tar:.0f} MB of tar, "
+                 f"{sum(la.entries for la in layers):,} tar entries ({entries:,} in the unpacked rootfs), "
+                 "served by Debian's docker-registry on 127.0.0.1 (plain HTTP, page cache warm).")
+    lines.append("")
+    lines.append("| what | median s | runs (s) |")
+    lines.append("|---|---:|---|")
+    fmt = ", ".join
+    lines.append(f"| capsa `image pull` → committed snapshots (fresh CAPSA_HOME per run) | {med(capsa):.2f} | "
+                 f"{fmt(f'{x:.2f}' for x in capsa)} |")
+    lines.append(f"| `skopeo copy` + `umoci unpack` → bundle/rootfs | {med(peer):.2f} | "
+                 f"{fmt(f'{x:.2f}' for x in peer)} |")
+    lines.append(f"| … of which `skopeo copy docker://… oci:…` | {med(copy):.2f} | {fmt(f'{x:.2f}' for x in copy)} |")
+    lines.append(f"| … of which `umoci unpack` | {med(unpack):.2f} | {fmt(f'{x:.2f}' for x in unpack)} |")
+    lines.append("")
+    verdict = "met" if ratio <= 0.7 else "NOT met"
+    lines.append(f"capsa / (skopeo + umoci) = **{ratio:.2f}×** (target ≤ 0.7×: {verdict}).")
+    lines.append("")
+    lines.append("Peer commands, per run (outputs removed between runs):")
+    lines.append("")
+    lines.append("```")
+    lines.append(f"skopeo --insecure-policy copy --quiet --src-tls-verify=false docker://127.0.0.1:PORT/{REPO}:{TAG} "
+                 "oci:WORK/oci:big")
+    lines.append("umoci unpack --image WORK/oci:big WORK/bundle")
+    lines.append(f"capsa image pull 127.0.0.1:PORT/{REPO}:{TAG}    # against a daemon started just before, fresh home")
+    lines.append("```")
+    lines.append("")
+    phases = profile["phases"]
+    fetches = profile["children"]["blob.fetch"]
+    unpacks = profile["children"]["layer.unpack"]
+    lines.append("Where one capsa pull's time goes (from its own FSM events; run 1):")
+    lines.append("")
+    lines.append("| phase | wall s |")
+    lines.append("|---|---:|")
+    lines.append(f"| resolve (manifest + config) | {phases['resolve']:.2f} |")
+    lines.append(f"| fetch: {len(fetches)} blob.fetch runs in parallel, download + sha256 in one pass "
+                 f"(longest {max(b - a for a, b in fetches):.2f} s) | {phases['fetch']:.2f} |")
+    per_layer = ", ".join(f"{b - a:.2f}" for a, b in unpacks)
+    lines.append(f"| unpack: {len(unpacks)} layer.unpack runs one after another ({per_layer} s), "
+                 f"gunzip + checks + writes + commit | {phases['unpack']:.2f} |")
+    lines.append(f"| register | {phases['register']:.3f} |")
+    lines.append("")
+    lines.append("The same pieces measured alone, on the same blobs:")
+    lines.append("")
+    lines.append("| component | s |")
+    lines.append("|---|---:|")
+    for name, seconds in parts.items():
+        lines.append(f"| {name} | {seconds:.2f} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-doc", action="store_true", help="Print only; do not rewrite docs/BENCHMARKS.md.")
+    args = parser.parse_args()
+    for tool in ("skopeo", "umoci", "gzip", "tar"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} not found")
+    started = dt.datetime.now(dt.UTC)
+    print("command:", command_line(), flush=True)
+    layout, layers, manifest = build_image(CACHE)
+    work = scratch_dir("capsa-bench-pull-")
+    try:
+        with registry(work) as host:
+            ref = f"{host}/{REPO}:{TAG}"
+            timed(["skopeo", "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false",
+                   f"oci:{layout}:big", f"docker://{ref}"])
+            capsa: list[float] = []
+            copy: list[float] = []
+            unpack: list[float] = []
+            profile: dict[str, Any] | None = None
+            entries = 0
+            for i in range(args.runs):
+                order = ("capsa", "peer") if i % 2 == 0 else ("peer", "capsa")
+                for who in order:
+                    subprocess.run(["sync"], check=True)
+                    if who == "capsa":
+                        seconds, details = capsa_run(work, ref, manifest, profile is None)
+                        profile = profile or details
+                        capsa.append(seconds)
+                        print(f"run {i + 1}: capsa {seconds:.2f} s", flush=True)
+                    else:
+                        c, u, entries = peer_run(work, ref)
+                        copy.append(c)
+                        unpack.append(u)
+                        print(f"run {i + 1}: skopeo {c:.2f} s + umoci {u:.2f} s = {c + u:.2f} s", flush=True)
+            parts = components(layers, host)
+        assert profile is not None
+        text = report(started, layers, capsa, copy, unpack, profile, parts, entries)
+        print(text)
+        if not args.no_doc:
+            update_section("image-pull", text)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
