@@ -31,6 +31,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import resource
 import shutil
 import sqlite3
 import statistics
@@ -182,39 +183,64 @@ def registry(work: Path) -> Iterator[str]:
 # -- the contenders ------------------------------------------------------------------------------------------------------
 
 
-def timed(argv: list[str], **kwargs: Any) -> tuple[float, str]:
+@dataclass(frozen=True)
+class Timing:
+    wall: float
+    cpu: float  # user + system seconds of every process doing the work
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, all threads
+
+
+def timed(argv: list[str], *, also_pid: int | None = None, **kwargs: Any) -> tuple[Timing, str]:
+    """Run ``argv``; wall time, and CPU time of it plus (``also_pid``) a long-lived helper such as the daemon."""
+    cpu0 = _children_cpu() + (_process_cpu(also_pid) if also_pid else 0.0)
     start = time.perf_counter()
     res = subprocess.run(argv, capture_output=True, text=True, **kwargs)
     elapsed = time.perf_counter() - start
+    cpu = _children_cpu() + (_process_cpu(also_pid) if also_pid else 0.0) - cpu0
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {res.returncode}: {res.stderr[-2000:]}")
-    return elapsed, res.stdout
+    return Timing(elapsed, cpu), res.stdout
 
 
 def count_entries(root: Path) -> int:
     return sum(len(dirs) + len(files) for _, dirs, files in os.walk(root))
 
 
-def capsa_run(work: Path, ref: str, manifest: str, profile: bool) -> tuple[float, dict[str, Any] | None]:
+def capsa_run(work: Path, ref: str, manifest: str, profile: bool) -> tuple[Timing, dict[str, Any] | None]:
     home = work / "capsa-home"
-    with running_daemon(home) as daemon:
-        elapsed, out = timed(daemon.cli("image", "pull", ref), env=daemon.env)
-        if manifest not in out:
-            raise RuntimeError(f"capsa pulled something else: {out}")
-        details = fsm_profile(home / "capsa.db") if profile else None
+    log = work / "daemon.log"
+    log.unlink(missing_ok=True)
+    try:
+        with running_daemon(home) as daemon:
+            timing, out = timed(daemon.cli("image", "pull", ref), also_pid=daemon.proc.pid, env=daemon.env)
+            if manifest not in out:
+                raise RuntimeError(f"capsa pulled something else: {out}")
+            details = fsm_profile(home / "capsa.db") if profile else None
+    except RuntimeError:
+        print("daemon log:", log.read_text()[-3000:] if log.exists() else "(none)", file=sys.stderr)
+        raise
     shutil.rmtree(home)
-    return elapsed, details
+    return timing, details
 
 
-def peer_run(work: Path, ref: str) -> tuple[float, float, int]:
+def peer_run(work: Path, ref: str) -> tuple[Timing, Timing, int]:
     layout, bundle = work / "oci", work / "bundle"
-    copy_s, _ = timed(["skopeo", "--insecure-policy", "copy", "--quiet", "--src-tls-verify=false",
-                       f"docker://{ref}", f"oci:{layout}:big"])
-    unpack_s, _ = timed(["umoci", "unpack", "--image", f"{layout}:big", str(bundle)])
+    copy, _ = timed(["skopeo", "--insecure-policy", "copy", "--quiet", "--src-tls-verify=false",
+                     f"docker://{ref}", f"oci:{layout}:big"])
+    unpack, _ = timed(["umoci", "unpack", "--image", f"{layout}:big", str(bundle)])
     entries = count_entries(bundle / "rootfs")
     shutil.rmtree(layout)
     shutil.rmtree(bundle)
-    return copy_s, unpack_s, entries
+    return copy, unpack, entries
 
 
 # -- where capsa's time goes ---------------------------------------------------------------------------------------------
@@ -284,56 +310,63 @@ def components(layers: list[LayerBlob], registry_host: str) -> dict[str, float]:
 # -- report -------------------------------------------------------------------------------------------------------------
 
 
-def report(started: dt.datetime, layers: list[LayerBlob], capsa: list[float], copy: list[float],
-           unpack: list[float], profile: dict[str, Any], parts: dict[str, float], entries: int) -> str:
-    peer = [c + u for c, u in zip(copy, unpack, strict=True)]
+def _row(what: str, runs: list[Timing]) -> str:
     med = statistics.median
-    ratio = med(capsa) / med(peer)
-    lines = [section_header("Image pull", started), ""]
+    return (f"| {what} | {med(t.wall for t in runs):.2f} | {med(t.cpu for t in runs):.2f} | "
+            f"{', '.join(f'{t.wall:.2f}' for t in runs)} |")
+
+
+def report(started: dt.datetime, layers: list[LayerBlob], capsa: list[Timing], copy: list[Timing],
+           unpack: list[Timing], profile: dict[str, Any], parts: dict[str, float], entries: int) -> str:
+    peer = [Timing(c.wall + u.wall, c.cpu + u.cpu) for c, u in zip(copy, unpack, strict=True)]
+    med = statistics.median
+    ratio = med(t.wall for t in capsa) / med(t.wall for t in peer)
+    cpu_ratio = med(t.cpu for t in capsa) / med(t.cpu for t in peer)
     total_gz = sum(la.size for la in layers) / 1e6
     total_tar = sum(la.tar_size for la in layers) / 1e6
-    lines.append(f"Image: {len(layers)} gzip layers, {total_gz:.0f} MB compressed, {total_tar:.0f} MB of tar, "
-                 f"{sum(la.entries for la in layers):,} tar entries ({entries:,} in the unpacked rootfs), "
-                 "served by Debian's docker-registry on 127.0.0.1 (plain HTTP, page cache warm).")
+    lines = [section_header("Image pull", started), ""]
+    lines.append(f"Image: {len(layers)} gzip layers ({', '.join(la.name for la in layers)}), {total_gz:.0f} MB "
+                 f"compressed, {total_tar:.0f} MB of tar, {sum(la.entries for la in layers):,} tar entries "
+                 f"({entries:,} in umoci's rootfs), served by Debian's docker-registry on 127.0.0.1 (plain HTTP, "
+                 "page cache warm). Runs alternate capsa / peer; outputs are deleted between runs, off the clock.")
     lines.append("")
-    lines.append("| what | median s | runs (s) |")
-    lines.append("|---|---:|---|")
-    fmt = ", ".join
-    lines.append(f"| capsa `image pull` → committed snapshots (fresh CAPSA_HOME per run) | {med(capsa):.2f} | "
-                 f"{fmt(f'{x:.2f}' for x in capsa)} |")
-    lines.append(f"| `skopeo copy` + `umoci unpack` → bundle/rootfs | {med(peer):.2f} | "
-                 f"{fmt(f'{x:.2f}' for x in peer)} |")
-    lines.append(f"| … of which `skopeo copy docker://… oci:…` | {med(copy):.2f} | {fmt(f'{x:.2f}' for x in copy)} |")
-    lines.append(f"| … of which `umoci unpack` | {med(unpack):.2f} | {fmt(f'{x:.2f}' for x in unpack)} |")
+    lines.append("| what | median wall s | median CPU s | runs, wall (s) |")
+    lines.append("|---|---:|---:|---|")
+    lines.append(_row("capsa `image pull` → committed snapshots (fresh daemon + CAPSA_HOME per run; CPU = daemon + CLI)",
+                      capsa))
+    lines.append(_row("`skopeo copy` + `umoci unpack` → bundle/rootfs", peer))
+    lines.append(_row("… of which `skopeo copy docker://… oci:…`", copy))
+    lines.append(_row("… of which `umoci unpack`", unpack))
     lines.append("")
     verdict = "met" if ratio <= 0.7 else "NOT met"
-    lines.append(f"capsa / (skopeo + umoci) = **{ratio:.2f}×** (target ≤ 0.7×: {verdict}).")
+    lines.append(f"capsa / (skopeo + umoci) wall = **{ratio:.2f}×** (target ≤ 0.7×: {verdict}); "
+                 f"CPU time {cpu_ratio:.2f}×.")
     lines.append("")
-    lines.append("Peer commands, per run (outputs removed between runs):")
+    lines.append("Commands of one run (PORT: the registry started by the script; WORK: its scratch dir):")
     lines.append("")
     lines.append("```")
+    lines.append(f"capsa image pull 127.0.0.1:PORT/{REPO}:{TAG}   # a daemon started just before, on a fresh CAPSA_HOME")
     lines.append(f"skopeo --insecure-policy copy --quiet --src-tls-verify=false docker://127.0.0.1:PORT/{REPO}:{TAG} "
                  "oci:WORK/oci:big")
     lines.append("umoci unpack --image WORK/oci:big WORK/bundle")
-    lines.append(f"capsa image pull 127.0.0.1:PORT/{REPO}:{TAG}    # against a daemon started just before, fresh home")
     lines.append("```")
     lines.append("")
     phases = profile["phases"]
     fetches = profile["children"]["blob.fetch"]
     unpacks = profile["children"]["layer.unpack"]
-    lines.append("Where one capsa pull's time goes (from its own FSM events; run 1):")
+    lines.append("Where one capsa pull's time goes (run 1, from the pull's own FSM events):")
     lines.append("")
     lines.append("| phase | wall s |")
     lines.append("|---|---:|")
     lines.append(f"| resolve (manifest + config) | {phases['resolve']:.2f} |")
-    lines.append(f"| fetch: {len(fetches)} blob.fetch runs in parallel, download + sha256 in one pass "
-                 f"(longest {max(b - a for a, b in fetches):.2f} s) | {phases['fetch']:.2f} |")
+    lines.append(f"| fetch: {len(fetches)} blob.fetch runs in parallel, download + sha256 in one pass, fsync, "
+                 f"rename (longest {max(b - a for a, b in fetches):.2f} s) | {phases['fetch']:.2f} |")
     per_layer = ", ".join(f"{b - a:.2f}" for a, b in unpacks)
-    lines.append(f"| unpack: {len(unpacks)} layer.unpack runs one after another ({per_layer} s), "
-                 f"gunzip + checks + writes + commit | {phases['unpack']:.2f} |")
+    lines.append(f"| unpack: {len(unpacks)} layer.unpack runs one after another ({per_layer} s): "
+                 f"gunzip, checks, writes, commit | {phases['unpack']:.2f} |")
     lines.append(f"| register | {phases['register']:.3f} |")
     lines.append("")
-    lines.append("The same pieces measured alone, on the same blobs:")
+    lines.append("The same pieces alone, on the same blobs, right after:")
     lines.append("")
     lines.append("| component | s |")
     lines.append("|---|---:|")
@@ -360,9 +393,9 @@ def main() -> int:
             ref = f"{host}/{REPO}:{TAG}"
             timed(["skopeo", "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false",
                    f"oci:{layout}:big", f"docker://{ref}"])
-            capsa: list[float] = []
-            copy: list[float] = []
-            unpack: list[float] = []
+            capsa: list[Timing] = []
+            copy: list[Timing] = []
+            unpack: list[Timing] = []
             profile: dict[str, Any] | None = None
             entries = 0
             for i in range(args.runs):
@@ -370,15 +403,16 @@ def main() -> int:
                 for who in order:
                     subprocess.run(["sync"], check=True)
                     if who == "capsa":
-                        seconds, details = capsa_run(work, ref, manifest, profile is None)
+                        timing, details = capsa_run(work, ref, manifest, profile is None)
                         profile = profile or details
-                        capsa.append(seconds)
-                        print(f"run {i + 1}: capsa {seconds:.2f} s", flush=True)
+                        capsa.append(timing)
+                        print(f"run {i + 1}: capsa {timing.wall:.2f} s (CPU {timing.cpu:.2f} s)", flush=True)
                     else:
                         c, u, entries = peer_run(work, ref)
                         copy.append(c)
                         unpack.append(u)
-                        print(f"run {i + 1}: skopeo {c:.2f} s + umoci {u:.2f} s = {c + u:.2f} s", flush=True)
+                        print(f"run {i + 1}: skopeo {c.wall:.2f} s + umoci {u.wall:.2f} s = {c.wall + u.wall:.2f} s"
+                              f" (CPU {c.cpu + u.cpu:.2f} s)", flush=True)
             parts = components(layers, host)
         assert profile is not None
         text = report(started, layers, capsa, copy, unpack, profile, parts, entries)

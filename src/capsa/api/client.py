@@ -94,9 +94,10 @@ class CapsaClient:
                 max_iobps: int = 0, max_pids: int = 0, image: str = "", pull: str = "", user: str = "",
                 seccomp: str = "", network: str = "", volumes: list[str] | None = None,
                 secret_env: dict[str, str] | None = None, upload_session: str = "", schedule: str = "",
-                timeout: str = "", capsules: list[str] | None = None, runtime: str = "") -> pb.Job:
+                timeout: str = "", capsules: list[str] | None = None, runtime: str = "", gpus: int = 0) -> pb.Job:
         request = pb.RunJobRequest(
             command=command, env=env or {}, workdir=workdir, name=name, image=image, pull=pull, user=user,
+            gpus=gpus,
             seccomp=seccomp, network=network, volumes=volumes or [], capsules=capsules or [], runtime=runtime,
             secret_env=secret_env or {}, upload_session=upload_session, schedule=schedule, timeout=timeout,
             resources=pb.Resources(max_cpu=max_cpu, cpu_cores=cpu_cores, max_memory_mb=max_memory_mb,

@@ -51,6 +51,7 @@ from capsa.jobs.uploads import UploadLimits
 from capsa.metrics import DaemonMetrics, open_metrics
 from capsa.networks import NetworkManager
 from capsa.runtime.client import SupervisorClient, ensure_supervisor
+from capsa.runtime.gpu import GpuAllocator
 from capsa.runtimes import QUEUE as RUNTIME_QUEUE
 from capsa.runtimes import RuntimeService
 from capsa.state import Database
@@ -103,9 +104,11 @@ class Daemon:
         self.images = open_image_service(self.config, self.db, self.engine, self.home, self.snapshotter)
         self.networks = NetworkManager(self.db)
         self.volumes = VolumeManager(self.db, self.layout.volumes)
+        # CAPSA_GPU_ROOT: where the driver's /proc and /dev live (default /; tests point it at a fake tree).
+        self.gpus = GpuAllocator(self.db, root=Path(os.environ.get("CAPSA_GPU_ROOT") or "/"))
         self.jobs = JobService(self.db, self.home, self.supervisor, stop_grace_s=self.config.jobs.stop_grace_s,
                                images=self.images, upload_limits=UploadLimits(**self.config.jobs.uploads.model_dump()),
-                               attachments=JobAttachments(self.networks, self.volumes))
+                               attachments=JobAttachments(self.networks, self.volumes, self.gpus))
         self.capsule_store = CapsuleStore(self.layout.capsules, self.db)
         self.capsules = CapsuleManager(self.capsule_store, self.supervisor, self.jobs)
         self.jobs.capsules = self.capsules
@@ -114,6 +117,7 @@ class Daemon:
         running = [j.id for j in self.jobs.list() if j.state.value == "RUNNING"]
         self.networks.reconcile(running)   # leftovers of jobs that ended while the daemon was down go
         self.volumes.reconcile(running)
+        self.gpus.reconcile(running)
         self.jobs.uploads.cleanup()   # sessions a previous daemon left unfinished
         self.scheduler = Scheduler(self.jobs, chores=((60.0, self.jobs.uploads.cleanup),))
         self.scheduler.start()
@@ -174,6 +178,8 @@ class Daemon:
         if getattr(self, "volumes", None) is not None:
             with contextlib.suppress(CapsaError):
                 self.volumes.reconcile([])
+        if getattr(self, "gpus", None) is not None:
+            self.gpus.reconcile([])
 
     def _network_stats(self, job_id: str) -> Any:
         """Counters of a job's own network namespace; None in host mode."""

@@ -31,10 +31,10 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 from capsa.capsules.model import Attachment, CapsuleVersion
+from capsa.capsules.resolver import resolve
 from capsa.capsules.store import CapsuleStore
 from capsa.capsules.versions import check_name, parse_reference, parse_requirement, parse_version, satisfies
 from capsa.errors import CapsaError, Conflict, FailedPrecondition, InvalidArgument, NotFound
@@ -157,14 +157,25 @@ class CapsuleManager:
                 where = ", ".join(a.target for a in held if a.name == req.name)
                 raise Conflict(f"the job already has {req.name}@{have} attached at {where}, which does not "
                                f"satisfy '{req.requirement}'; use `capsa capsule swap` to change its version")
-        pins = [f"{name}=={version}" for name, version in sorted(held_version.items())]
-        try:
-            members = self.store.resolve([r.requirement for r in requests] + pins)
-        except Conflict as exc:
-            if not pins:
-                raise
-            attached = ", ".join(f"{n}@{v}" for n, v in sorted(held_version.items()))
-            raise Conflict(f"{exc.message} (the job already has {attached} attached)") from None
+        # Resolve the request alone first; pin only the held capsules it would move, and again, until
+        # nothing held moves. Pinning everything the job holds would make each attach slower as the job
+        # collects capsules (the resolver's cost grows with the number of requirements).
+        available = self._candidates([r.name for r in requests])
+        wanted = [r.requirement for r in requests]
+        pinned: dict[str, str] = {}
+        for _round in range(len(held_version) + 1):
+            try:
+                members = resolve(available, wanted + [f"{n}=={v}" for n, v in sorted(pinned.items())])
+            except Conflict as exc:
+                if not pinned:
+                    raise
+                attached = ", ".join(f"{n}@{v}" for n, v in sorted(pinned.items()))
+                raise Conflict(f"{exc.message} (the job already has {attached} attached)") from None
+            moved = {m.name: held_version[m.name] for m in members
+                     if m.name in held_version and m.version != held_version[m.name]}
+            if not moved:
+                break
+            pinned.update(moved)
         custom = {r.name: r.target for r in requests if r.target is not None}
         plan = [(v, custom.get(v.name) or default_target(v.name)) for v in members]
         targets = [t for _, t in plan]
@@ -181,10 +192,31 @@ class CapsuleManager:
                 raise Conflict(f"{target} already holds {other.name}@{other.version} in the job")
         return plan
 
+    def _candidates(self, names: Sequence[str]) -> list[CapsuleVersion]:
+        """Every version of ``names`` and of every capsule any of them may depend on (all the resolver can use).
+
+        Loading only these, rather than the whole store, keeps an attach as fast with a thousand
+        capsules in the store as with two.
+        """
+        found: list[CapsuleVersion] = []
+        seen: set[str] = set()
+        pending = list(names)
+        while pending:
+            name = pending.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            for version in self.store.ls(name):
+                found.append(version)
+                pending.extend(parse_requirement(dep).name for dep in version.deps)
+        return found
+
     @staticmethod
     def _check_start_target(target: str, *, image: bool) -> None:
         # A start-time bind is made by the job's init with a plain path walk; only paths capsa
         # itself creates (a tmpfs, no symlinks) are safe for it. Live attach has no such limit.
+        if target == CAPSULES_DIR:
+            raise InvalidArgument(f"a capsule is mounted under {CAPSULES_DIR}, not on it")
         first = target.split("/")[1]
         if first == CAPSULES_DIR.strip("/"):
             return
@@ -407,5 +439,5 @@ class CapsuleManager:
 
 
 def _nested(a: str, b: str) -> bool:
-    pa, pb = PurePosixPath(a), PurePosixPath(b)
-    return pa in pb.parents or pb in pa.parents
+    # both are normalised by check_target: no '.', '..', doubled or trailing '/'
+    return a.startswith(b + "/") or b.startswith(a + "/")

@@ -64,13 +64,15 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
               help="Mount a volume (default path /volumes/NAME); repeatable.")
 @click.option("--capsule", "capsules", multiple=True, metavar="NAME@SPEC[:PATH]",
               help="Mount a capsule read-only (default /capsules/NAME) with its dependencies; repeatable.")
+@click.option("--gpus", type=click.IntRange(min=0), default=0,
+              help="Whole NVIDIA GPUs for the job, exclusively (docs/gpu.md); fails if not enough are free.")
 @feature_options
 @json_option
 @click.argument("command", nargs=-1, required=False)
 @click.pass_obj
 def run(obj: Any, detach: bool, name: str, env: tuple[str, ...], workdir: str, max_cpu: int, cpu_cores: str,
         max_memory: int, max_iobps: int, max_pids: int, image: str, pull: str, runtime: str, user: str,
-        seccomp: str, network: str, volumes: tuple[str, ...], capsules: tuple[str, ...],
+        seccomp: str, network: str, volumes: tuple[str, ...], capsules: tuple[str, ...], gpus: int,
         as_json: bool, command: tuple[str, ...], **features: Any) -> int:
     """Run COMMAND as an isolated job (attached unless -d): capsa run [flags] -- CMD ARGS."""
     if not command and not image and not runtime:
@@ -80,7 +82,7 @@ def run(obj: Any, detach: bool, name: str, env: tuple[str, ...], workdir: str, m
     job = client.run_job(list(command), env=_parse_env(env), workdir=workdir, name=name, max_cpu=max_cpu,
                          cpu_cores=cpu_cores, max_memory_mb=max_memory, max_iobps=max_iobps, max_pids=max_pids,
                          image=image, pull=pull, runtime=runtime, user=user, seccomp=seccomp, network=network,
-                         volumes=list(volumes), capsules=list(capsules), **extra)
+                         volumes=list(volumes), capsules=list(capsules), gpus=gpus, **extra)
     if job.ended and job.reason.startswith("start failed"):
         click.echo(f"capsa: job {job.id[:12]}: {job.reason}", err=True)
         return job.exit_code or 127

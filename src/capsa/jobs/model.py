@@ -67,6 +67,7 @@ class RunRequest:
     volumes: tuple[str, ...] = () # NAME[:/path][:ro]
     runtime: str = ""             # NAME[@VERSION]: the job's root is that runtime's image only (capsa.runtimes)
     capsules: tuple[str, ...] = ()  # NAME@SPEC[:PATH], with dependencies (capsa.capsules.manager)
+    gpus: int = 0                 # whole GPUs, exclusively (capsa.runtime.gpu)
 
 
 @dataclass
@@ -101,6 +102,8 @@ class Job:
     network: str = "host"
     ip: str = ""
     volumes: list[str] = field(default_factory=list)
+    gpus: int = 0
+    gpu_devices: list[str] = field(default_factory=list)   # the GPUs it holds (held once ended): UUID or nvidia<minor>
 
     @property
     def short_id(self) -> str:
@@ -139,6 +142,8 @@ class Job:
             network=row["network"],
             ip=row["ip"],
             volumes=json.loads(row["volumes"]),
+            gpus=row["gpus"],
+            gpu_devices=json.loads(row["gpu_devices"]),
         )
 
 
@@ -187,5 +192,9 @@ MIGRATIONS = [
     ALTER TABLE jobs ADD COLUMN network TEXT NOT NULL DEFAULT 'host';
     ALTER TABLE jobs ADD COLUMN ip TEXT NOT NULL DEFAULT '';
     ALTER TABLE jobs ADD COLUMN volumes TEXT NOT NULL DEFAULT '[]';
+    """,
+    """
+    ALTER TABLE jobs ADD COLUMN gpus INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN gpu_devices TEXT NOT NULL DEFAULT '[]';
     """,
 ]

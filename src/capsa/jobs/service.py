@@ -30,6 +30,7 @@ from capsa.jobs.uploads import UploadLimits, UploadStore
 from capsa.logs import LogChunk, read_log
 from capsa.runtime import cgroups
 from capsa.runtime.client import SupervisorClient, ensure_supervisor
+from capsa.runtime.gpu import library_binds
 from capsa.runtime.spec import JobSpec, MountSpec, ResourceSpec
 from capsa.state import Database
 
@@ -108,7 +109,7 @@ class JobService:
                 self._record_exit(rec)
 
     def _fail_lost(self, job: Job) -> None:
-        reason = ("lost: the job's supervisor went away while it ran"
+        reason = ("lost: the job's supervisor was gone when the daemon restarted or reconnected"
                   if job.state == JobState.RUNNING else "the daemon restarted before the job started")
         with contextlib.suppress(Exception):
             cg = cgroups.detect().open(job.id)
@@ -140,7 +141,7 @@ class JobService:
             raise InvalidArgument("no command given: use `capsa run [flags] -- COMMAND [ARGS...]`")
         _validate_resources(request)
         _validate_hardening(request)
-        self.attachments.validate(request.network, request.volumes)
+        self.attachments.validate(request.network, request.volumes, request.gpus)
         if request.capsules:   # resolved now, so a conflict fails the request rather than a job
             self._capsules().plan_start(request.capsules, image=bool(request.image))
         validate_env_names(request.env, request.secret_env)
@@ -169,8 +170,9 @@ class JobService:
             conn.execute("UPDATE jobs SET scheduled_ns = ?, timeout_ns = ?, secret_env_keys = ?,"
                          " image = CASE WHEN image = '' THEN ? ELSE image END WHERE id = ?",
                          (start_ns, timeout_ns, json.dumps(sorted(request.secret_env)), request.image, job_id))
-            conn.execute("UPDATE jobs SET seccomp = ?, network = ?, volumes = ? WHERE id = ?",
-                         (request.seccomp, request.network, json.dumps(list(request.volumes)), job_id))
+            conn.execute("UPDATE jobs SET seccomp = ?, network = ?, volumes = ?, gpus = ? WHERE id = ?",
+                         (request.seccomp, request.network, json.dumps(list(request.volumes)), request.gpus,
+                          job_id))
             if start_ns:
                 sealed = self.secret_box.seal(request.secret_env) if request.secret_env else None
                 self.schedules.add(conn, job_id, start_ns, request, sealed)
@@ -182,12 +184,14 @@ class JobService:
     def _launch(self, job_id: str, hostname: str, request: RunRequest, rootfs: JobRootfs | None, t0: int) -> Job:
         """Start a PENDING job on the supervisor; RUNNING, FAILED, or stopped again if canceled meanwhile."""
         try:
-            acquired = self.attachments.acquire(job_id, request.network, request.volumes)
+            acquired = self.attachments.acquire(job_id, request.network, request.volumes, request.gpus)
         except CapsaError as exc:
             self._fail_start(job_id, exc)
             raise
         if acquired.ip:
             self.db.execute("UPDATE jobs SET ip = ? WHERE id = ?", (acquired.ip, job_id))
+        if acquired.gpu_names:
+            self.db.execute("UPDATE jobs SET gpu_devices = ? WHERE id = ?", (json.dumps(acquired.gpu_names), job_id))
         spec = self._spec(job_id, hostname, request, rootfs, acquired)
         try:
             if request.capsules:   # recorded (the lease capsule gc respects) before the job mounts them
@@ -317,7 +321,8 @@ class JobService:
         return JobSpec(
             job_id=job_id,
             argv=tuple(request.command),
-            env={**request.env, **request.secret_env},
+            # GPU variables first: the user may narrow CUDA_VISIBLE_DEVICES, the device cgroup decides anyway
+            env={**(acquired.env if acquired else {}), **request.env, **request.secret_env},
             hostname=hostname,
             job_dir=str(self.jobs_dir / job_id),
             workdir=request.workdir or "/work",
@@ -326,7 +331,9 @@ class JobService:
             gid=gid,
             seccomp=request.seccomp,
             netns_path=acquired.netns_path if acquired else None,
-            binds=acquired.binds if acquired else (),
+            binds=acquired.binds + library_binds(acquired.gpu_libraries, host_root=rootfs is None) if acquired else (),
+            devices=acquired.devices if acquired else (),
+            device_allow=acquired.device_allow if acquired else (),
             resources=ResourceSpec(
                 cpu_percent=r.max_cpu or None,
                 cpuset=r.cpu_cores or None,

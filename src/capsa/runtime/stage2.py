@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from capsa import linux
 from capsa.runtime import devices, security
 from capsa.runtime.cgroups.jobview import mount_job_cgroups
-from capsa.runtime.spec import HOST_ETC_ENTRIES, HOST_RO_DIRS, JobSpec, MountSpec
+from capsa.runtime.spec import HOST_ETC_ENTRIES, HOST_RO_DIRS, BindSpec, JobSpec, MountSpec
 
 __all__ = ["build_root", "exec_job", "run_stage2"]
 
@@ -111,8 +111,7 @@ def build_root(spec: JobSpec, cgroup_dirs: Sequence[str] = ()) -> None:
     if spec.root_mounts:
         for m in spec.root_mounts:
             _step(f"mount image root ({m.type} {m.source})", lambda m=m: _apply_mount(m, root))
-        for name in ("proc", "dev", "tmp", "work", "capsules", "sys"):
-            _step(f"mkdir /{name}", lambda name=name: os.makedirs(f"{root}/{name}", 0o755, exist_ok=True))
+        _step("make mount points", lambda: _image_mount_points(root))
     else:
         _step("assemble read-only host root", lambda: _build_host_root(root))
     _step("bind /work", lambda: linux.mount(spec.work_dir, root + "/work", None, linux.MS_BIND, None))
@@ -123,13 +122,7 @@ def build_root(spec: JobSpec, cgroup_dirs: Sequence[str] = ()) -> None:
     _step("mount /capsules", lambda: linux.mount("tmpfs", root + "/capsules", "tmpfs",
                                                  linux.MS_NOSUID | linux.MS_NODEV, "mode=0755,size=64k"))
     for bind in spec.binds:
-        target = root + bind.target
-        _step(f"prepare {bind.target}", lambda t=target, s=bind.source: _prepare_target(s, t))
-        if bind.readonly:
-            _step(f"bind {bind.target}", lambda b=bind, t=target: _bind_ro(b.source, t))
-        else:
-            _step(f"bind {bind.target}", lambda b=bind, t=target: linux.mount(
-                b.source, t, None, linux.MS_BIND | linux.MS_REC, None))
+        _step(f"bind {bind.target}", lambda b=bind: _bind_into(root, b))
     _step("mount /proc, /dev, /tmp", lambda: _mount_kernel_fs(root))
     if spec.devices:
         _step("bind device nodes", lambda: devices.bind_device_nodes(root, spec.devices))
@@ -167,13 +160,76 @@ def _apply_mount(m: MountSpec, target: str) -> None:
     linux.mount(m.source, target, m.type, flags, ",".join(data) or None)
 
 
-def _prepare_target(source: str, target: str) -> None:
-    if os.path.isdir(source):
-        os.makedirs(target, 0o755, exist_ok=True)
-    else:
-        os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
-        if not os.path.exists(target):
-            _touch(target)
+def _image_mount_points(root: str) -> None:
+    """Top-level mount points of an image root are real directories, never the image's symlinks.
+
+    An image may ship ``/proc -> /etc``; mounting on that path before pivot_root would follow
+    the link to the *host's* /etc. The root is the job's own writable snapshot, so replacing
+    such an entry is safe.
+    """
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in ("proc", "dev", "tmp", "work", "capsules", "sys"):
+            try:
+                st = os.lstat(name, dir_fd=root_fd)
+            except FileNotFoundError:
+                os.mkdir(name, 0o755, dir_fd=root_fd)
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                os.unlink(name, dir_fd=root_fd)
+                os.mkdir(name, 0o755, dir_fd=root_fd)
+    finally:
+        os.close(root_fd)
+
+
+_RESOLVE = linux.RESOLVE_IN_ROOT | linux.RESOLVE_NO_MAGICLINKS
+
+
+def _bind_into(root: str, bind: BindSpec) -> None:
+    is_dir = os.path.isdir(bind.source)
+    step = f"bind {bind.target}"
+    linux.mount(bind.source, _secure_target(root, bind.target, is_dir, step), None, linux.MS_BIND | linux.MS_REC, None)
+    # Re-resolve: the fd path names the directory *under* the new mount; the remount must hit the mount.
+    target = _secure_target(root, bind.target, is_dir, step)
+    flags = linux.MS_BIND | linux.MS_REMOUNT | linux.MS_NOSUID | linux.MS_NODEV
+    linux.mount(None, target, None, flags | (linux.MS_RDONLY if bind.readonly else 0), None)
+
+
+def _secure_target(root: str, target: str, is_dir: bool, step: str) -> str:
+    """Create ``target`` inside ``root`` without ever leaving it; returns a path to mount on.
+
+    Every component is resolved with openat2(RESOLVE_IN_ROOT), so symlinks in an image (or
+    planted by an earlier layer) resolve inside the job's root, as they will at run time, and
+    missing directories are created there, never on the host. The returned /proc/self/fd path
+    pins the resolved directory for mount(2) (runc's approach).
+    """
+    try:
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        parts = [p for p in target.split("/") if p and p != "."]
+        if not parts or ".." in parts:
+            raise OSError(22, f"invalid mount target {target!r}")
+        for i, part in enumerate(parts):
+            sub = "/".join(parts[: i + 1])
+            last = i == len(parts) - 1
+            try:
+                fd = linux.openat2(root_fd, sub, os.O_PATH | os.O_CLOEXEC, resolve=_RESOLVE)
+            except FileNotFoundError:
+                parent = linux.openat2(root_fd, "/".join(parts[:i]) or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
+                                       resolve=_RESOLVE)
+                try:
+                    if last and not is_dir:
+                        os.close(os.open(part, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                         0o644, dir_fd=parent))
+                    else:
+                        os.mkdir(part, 0o755, dir_fd=parent)
+                finally:
+                    os.close(parent)
+                fd = linux.openat2(root_fd, sub, os.O_PATH | os.O_CLOEXEC, resolve=_RESOLVE)
+            if not last:
+                os.close(fd)
+        return f"/proc/self/fd/{fd}"  # left open (close-on-exec) so the path stays valid
+    except OSError as exc:
+        raise StageError(step, exc) from exc
 
 
 def _enter_root(spec: JobSpec) -> None:

@@ -325,12 +325,17 @@ class Builder:
                           created_ns=time.time_ns(), unpacked_size=unpacked)
         self.pc.images.put(rec)
         if old is not None and old.digest != rec.digest and not self.pc.images.refs_for_digest(old.digest):
-            self._drop_chain(old.chain, keep=set(chain))
+            self.drop_chain(old.chain)
         self.log(ctx.run_id).line(f"==> registered {rec.ref} {rec.digest} ({len(layers)} layers, {rec.size} bytes)")
         return {"image": rec.to_dict(), "up_to_date": False}
 
-    def _drop_chain(self, chain: list[str], keep: set[str]) -> None:
-        """The replaced build's own snapshots, top-down, while no job or other image stands on them."""
+    def drop_chain(self, chain: list[str]) -> None:
+        """Snapshots of a removed or replaced runtime, top-down, while no job or image stands on them.
+
+        A key in any image's chain stops the walk: chains share prefixes (a runtime's base image,
+        a runtime built on this one), and everything below a shared key is shared too.
+        """
+        keep = {key for rec in self.pc.images.list() for key in rec.chain}
         for key in reversed(chain):
             if key in keep:
                 break

@@ -233,11 +233,20 @@ class RuntimeService:
             if run.state in ACTIVE_STATES:
                 raise Conflict(f"runtime {ref} is being built (run {run.run_id}); wait for the build to end")
         rec = self.images.get(self.resolve(ref))
-        running = self.images.pc.images.users(rec.digest, running_only=True)
+        store = self.images.pc.images
+        running = store.users(rec.digest, running_only=True)
         if running:
             ids = ", ".join(u["job_id"][:12] for u in running)
             raise Conflict(f"runtime {ref} is in use by running job(s) {ids}; stop them first")
-        self.images.remove(rec.ref, force=force)
+        ended = store.users(rec.digest, running_only=False)
+        if ended and not force:
+            ids = ", ".join(u["job_id"][:12] for u in ended)
+            raise Conflict(f"runtime {ref} is used by ended job(s) {ids}; remove them (capsa rm) or use --force")
+        for user in ended:
+            self.images.job_removed(user["job_id"])   # their root snapshots stand on the runtime
+        store.delete(rec.ref)
+        if not store.refs_for_digest(rec.digest):
+            self.builder.drop_chain(rec.chain)
         return ref
 
 

@@ -9,7 +9,6 @@ directory), prints one JSON line per observation, and the test reads its log.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -113,7 +112,3 @@ def stop(client: CapsaClient, *job_ids: str) -> None:
     for job_id in job_ids:
         if not client.get_job(job_id).ended:
             client.stop_job(job_id, grace_seconds=0.2)
-
-
-def os_exists(path: Path) -> bool:
-    return os.path.exists(path)

@@ -12,6 +12,7 @@ from capsa.api.client import CapsaClient
 from capsa.api.gen.capsa.v1.capsules_pb2 import GcCapsulesResponse
 from capsa.errors import CapsaError, Conflict, InvalidArgument, NotFound
 from tests.fixtures.daemon import RunningDaemon
+from tests.fixtures.images import LayoutImages
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +162,14 @@ def test_gc_unused_keeps_pinned_and_needed_versions_and_reports_bytes(daemon: Ru
             client.unpin_capsule(ref)
         client.remove_capsule("gctop@1.0.0")
         assert client.remove_capsule("gcbase@1.0.0") == "gcbase@1.0.0"
+
+
+def test_a_job_with_an_image_gets_its_capsules_under_capsules(family: RunningDaemon, test_images: LayoutImages) -> None:
+    image = test_images.ref("busybox")
+    result = family.cli("run", "--image", image, "--capsule", "model@3.0.0", "--", "cat",
+                        "/capsules/model/m.txt", "/capsules/dataset/d.txt")
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode() == "model 3dataset 1.3.0"
+    refused = family.cli("run", "--image", image, "--capsule", "dataset@1.2.0:/data", "--", "true")
+    assert refused.returncode == InvalidArgument.exit_code
+    assert "in a job with an image" in refused.stderr.decode()

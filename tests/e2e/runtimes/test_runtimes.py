@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -175,3 +177,63 @@ def test_roles_readers_list_maintainers_build(daemon: RunningDaemon, test_images
     assert code == 6, err
     assert daemon.cli("runtime", "ls", role="reader").returncode == 0
     assert daemon.cli("runtime", "rm", "tool@1", role="developer").returncode == 6
+
+
+def test_a_workflow_job_runs_in_a_runtime(daemon: RunningDaemon, tool: Path, tmp_path: Path) -> None:
+    path = tmp_path / "wf.yaml"
+    path.write_text("name: in-runtime\njobs:\n  show:\n    runtime: tool@1\n    command: /bin/cat\n"
+                    "    args: [/opt/tool/x]\n  unknown:\n    runtime: nope@1\n    command: /bin/true\n")
+    refused = daemon.cli("workflow", "run", str(path), "--wait")
+    assert refused.returncode == 2 and "unknown runtime 'nope@1'" in refused.stderr.decode()
+    path.write_text(path.read_text().split("  unknown:")[0])
+    res = daemon.cli("workflow", "run", str(path), "--wait")
+    assert res.returncode == 0, res.stderr.decode()
+    jobs = json.loads(daemon.cli("ps", "-a", "--json", check=True).stdout)
+    job = next(j for j in jobs if j["name"] == "in-runtime/show")
+    assert job["image"] == "runtime:tool@1" and job["state"] == "COMPLETED"
+    assert daemon.cli("logs", job["id"], check=True).stdout == b"hi\n"
+
+
+def test_a_runtime_is_a_real_oci_image(daemon: RunningDaemon, test_images: LayoutImages, tmp_path: Path) -> None:
+    """Its manifest, config and layers, copied out of the content store into an OCI layout, pull back
+    through capsa's defensive unpacker (and skopeo reads them): deletions travel as OCI whiteouts."""
+    spec = write_spec(tmp_path, "exported", busybox_base(test_images),
+                      "rm /etc/group && mkdir -p /opt/tool && echo hi > /opt/tool/x")
+    assert build(daemon, spec)[0] == 0
+    rt = runtimes(daemon)["exported@1"]
+    blobs = daemon.home / "content" / "blobs" / "sha256"
+    layout = tmp_path / "layout"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    manifest = json.loads((blobs / str(rt["digest"]).removeprefix("sha256:")).read_bytes())
+    for desc in [manifest["config"], *manifest["layers"]]:
+        hexd = desc["digest"].removeprefix("sha256:")
+        (layout / "blobs" / "sha256" / hexd).write_bytes((blobs / hexd).read_bytes())
+    (layout / "blobs" / "sha256" / str(rt["digest"]).removeprefix("sha256:")).write_bytes(
+        (blobs / str(rt["digest"]).removeprefix("sha256:")).read_bytes())
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    size = (blobs / str(rt["digest"]).removeprefix("sha256:")).stat().st_size
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": manifest["mediaType"], "digest": rt["digest"], "size": size,
+         "annotations": {"org.opencontainers.image.ref.name": "rt"}}]}))
+    config = json.loads((layout / "blobs" / "sha256" / manifest["config"]["digest"][7:]).read_bytes())
+    assert config["config"]["Labels"]["org.capsa.runtime.name"] == "exported"
+    assert len(config["rootfs"]["diff_ids"]) == len(manifest["layers"]) == 2
+    r = daemon.cli("run", "--image", f"oci:{layout}:rt", "--", "/bin/sh", "-c", "cat /opt/tool/x; ls /etc")
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == b"hi\npasswd\n"                   # /etc/group's deletion survived the round trip
+    skopeo = shutil.which("skopeo")
+    if skopeo:
+        inspected = subprocess.run([skopeo, "inspect", f"oci:{layout}:rt"], capture_output=True, timeout=60)
+        assert inspected.returncode == 0, inspected.stderr.decode()
+        assert json.loads(inspected.stdout)["Layers"] == [la["digest"] for la in manifest["layers"]]
+
+
+def test_rm_keeps_the_base_image_it_was_built_on(daemon: RunningDaemon, test_images: LayoutImages,
+                                                 tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, "on-whiteout", json.dumps({"image": test_images.ref("whiteout")}), "true")
+    assert build(daemon, spec)[0] == 0
+    r = daemon.cli("runtime", "rm", "on-whiteout@1")
+    assert r.returncode == 0, r.stderr.decode()
+    r = daemon.cli("run", "--image", test_images.ref("whiteout"), "--pull", "never")
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == b"added in layer 3\n"

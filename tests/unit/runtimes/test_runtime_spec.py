@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 
 from capsa.errors import InvalidArgument
-from capsa.runtimes import PackagesStep, RunStep, host_mirror, load_spec, parse_runtime_name, parse_spec, step_key
+from capsa.runtimes import (
+    PackagesStep,
+    RunStep,
+    host_mirror,
+    load_spec,
+    parse_runtime_name,
+    parse_spec,
+    step_key,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -32,6 +32,7 @@ def job_to_pb(job: Job) -> pb.Job:
         pid=job.pid, ended=job.state.ended, env=job.env, workdir=job.workdir, hostname=job.hostname,
         cgroup=job.cgroup, start_latency_ns=job.start_latency_ns, image=job.image, image_digest=job.image_digest,
         seccomp=job.seccomp, network=job.network, ip=job.ip, volumes=job.volumes,
+        gpus=job.gpus, gpu_devices=job.gpu_devices,
         workflow_id=job.workflow_id or "", workflow_job=job.workflow_job or "",
         scheduled_at_ns=job.scheduled_ns, timeout_seconds=job.timeout_ns / 1e9, secret_env_keys=job.secret_env_keys,
     )
@@ -49,7 +50,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
             name=request.name, image=request.image, pull=request.pull or "missing", user=request.user,
             runtime=request.runtime,
             seccomp=request.seccomp or "default", network=request.network or "host",
-            volumes=tuple(request.volumes), capsules=tuple(request.capsules),
+            volumes=tuple(request.volumes), capsules=tuple(request.capsules), gpus=request.gpus,
             secret_env=dict(request.secret_env), upload_session=request.upload_session,
             schedule=request.schedule, timeout=request.timeout,
             resources=Resources(max_cpu=r.max_cpu, cpu_cores=r.cpu_cores, max_memory_mb=r.max_memory_mb,

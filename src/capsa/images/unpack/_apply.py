@@ -161,7 +161,7 @@ class Applier:
 
     def _needs_chown(self, e: Entry, pfd: int, pkey: str) -> bool:
         """Whether a node just created in ``pkey`` needs a chown to get ``e``'s owner."""
-        return self._chown and (e.uid != self._euid or e.gid != self.tree.new_file_gid(pkey, pfd))
+        return self._chown and (e.uid != self._euid or e.gid != self.tree.dir_info(pkey, pfd)[0])
 
     def _file(self, e: Entry, pfd: int, pkey: str, name: str, key: str, inp: Input, what: str) -> None:
         mode = e.mode
@@ -174,9 +174,10 @@ class Applier:
         try:
             if e.size:
                 inp.copy_to(fd, e.size, self.guard, what)
-            if self._chown and (e.uid != self._euid or e.gid != self.tree.new_file_gid(pkey, pfd)):
+            new_gid, default_acl = self.tree.dir_info(pkey, pfd)
+            if self._chown and (e.uid != self._euid or e.gid != new_gid):
                 os.fchown(fd, e.uid, e.gid)
-            if mode & 0o7000 or mode & self._umask:  # else open() already set it exactly
+            if mode & 0o7000 or mode & self._umask or default_acl:  # else open() set it exactly
                 os.fchmod(fd, mode)
             if xattrs:
                 self._set_xattrs(fd, xattrs, what)
@@ -267,7 +268,7 @@ class Applier:
             os.mknod(name, kind | perm, device, dir_fd=pfd)
         if self._needs_chown(e, pfd, pkey):
             os.chown(name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
-        if perm & self._umask:
+        if perm & self._umask or self.tree.dir_info(pkey, pfd)[1]:
             os.chmod(name, perm, dir_fd=pfd, follow_symlinks=False)  # glibc: O_PATH fd, never a link
         os.utime(name, ns=(e.atime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
 

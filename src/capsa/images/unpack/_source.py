@@ -21,6 +21,7 @@ import os
 import queue
 import stat
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,7 @@ CHUNK = 1 << 20
 # dedicated copy_file_range call.
 _DIRECT_MIN = 256 << 10
 _DIRECT_STEP = 64 << 20  # copy in steps so the timeout is checked during huge files
+_JOIN_TIMEOUT_S = 5.0
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _UNSUPPORTED_MAGIC = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x04\x22\x4d\x18": "lz4"}
@@ -313,13 +315,19 @@ class StreamInput(Input):
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            while self._thread.is_alive():
+            # A producer blocked reading a stalled caller's stream cannot be interrupted:
+            # give up waiting after a while; it exits (stop is set) once its read returns,
+            # and the caller owns that stream. Never close what it may still be reading.
+            give_up = time.monotonic() + _JOIN_TIMEOUT_S
+            while self._thread.is_alive() and time.monotonic() < give_up:
                 try:  # unblock a producer waiting on a full queue
                     while True:
                         self._queue.get_nowait()
                 except queue.Empty:
                     pass
                 self._thread.join(timeout=0.1)
+            if self._thread.is_alive():
+                return
         for closer in self._closers:
             closer()
 

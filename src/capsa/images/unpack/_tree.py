@@ -58,7 +58,8 @@ class Tree:
         #: overlay mode: a whiteout device met while creating parents becomes an opaque dir
         self._opaque_xattr = opaque_xattr
         self._egid = os.getegid()
-        self._new_gid: dict[str, int] = {}  # canonical key -> group a file created there gets
+        # canonical key -> (group a new file gets there, whether a default ACL replaces the umask)
+        self._dir_info: dict[str, tuple[int, bool]] = {}
 
     def close(self) -> None:
         for fd in self._cache.values():
@@ -102,20 +103,26 @@ class Tree:
         for k in stale:
             os.close(self._cache.pop(k))
         if not key:
-            self._new_gid.clear()
+            self._dir_info.clear()
         else:
-            for k in [k for k in self._new_gid if k == key or k.startswith(prefix)]:
-                del self._new_gid[k]
+            for k in [k for k in self._dir_info if k == key or k.startswith(prefix)]:
+                del self._dir_info[k]
 
-    def new_file_gid(self, key: str, fd: int) -> int:
-        """The group a file created in directory ``key`` (open as ``fd``) gets: the
-        directory's own when it is setgid, else ours. Lets callers skip a chown."""
-        gid = self._new_gid.get(key)
-        if gid is None:
+    def dir_info(self, key: str, fd: int) -> tuple[int, bool]:
+        """For directory ``key`` (open as ``fd``): the group a file created there gets
+        (the directory's own when it is setgid, else ours), and whether a default ACL
+        decides new files' modes instead of the umask. Lets callers skip a chown/chmod."""
+        info = self._dir_info.get(key)
+        if info is None:
             st = os.fstat(fd)
-            gid = st.st_gid if st.st_mode & stat.S_ISGID else self._egid
-            self._new_gid[key] = gid
-        return gid
+            try:  # fgetxattr refuses O_PATH fds; the /proc link resolves to this very directory
+                os.getxattr(f"/proc/self/fd/{fd}", "system.posix_acl_default")
+                default_acl = True
+            except OSError:
+                default_acl = False
+            info = (st.st_gid if st.st_mode & stat.S_ISGID else self._egid, default_acl)
+            self._dir_info[key] = info
+        return info
 
     # -- resolution ----------------------------------------------------------------------
     def resolve_dir(self, key: str, what: str, *, follow: bool, create: bool) -> tuple[int, str] | None:

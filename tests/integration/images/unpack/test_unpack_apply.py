@@ -13,6 +13,7 @@ import io
 import os
 import shutil
 import stat
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -304,3 +305,17 @@ def test_nothing_is_left_outside_the_root_after_a_failure(tmp_path: Path) -> Non
     assert sorted(os.listdir(tmp_path)) == before
     assert sorted(os.listdir(root)) == ["ok"]  # the partial snapshot the caller discards
     shutil.rmtree(root)
+
+
+def test_modes_are_exact_under_a_default_acl(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    undefined = 0xFFFFFFFF
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, undefined)
+                                          for tag, perm in ((0x01, 6), (0x04, 0), (0x20, 0)))  # u::rw-,g::---,o::---
+    lower = TarWriter().pax({"SCHILY.xattr.system.posix_acl_default": acl}).dir("acl").end()
+    upper = TarWriter().file("acl/tool", "x", mode=0o755).node("acl/pipe", b"6", mode=0o644).end()
+    _apply_layers([lower, upper], root, tmp_path)
+    assert os.getxattr(root / "acl", "system.posix_acl_default") == acl
+    assert stat.S_IMODE(os.stat(root / "acl" / "tool").st_mode) == 0o755  # not narrowed by the ACL
+    assert stat.S_IMODE(os.lstat(root / "acl" / "pipe").st_mode) == 0o644
