@@ -133,18 +133,22 @@ def bench(layer: Path, work: Path, kind: str, runs: int, dests: list[Path], memb
     results: dict[str, list[tuple[float, float]]] = {"GNU tar": [], "apply_layer": []}
     for i in range(runs):
         pair = []
-        for tool in ("GNU tar", "apply_layer"):
+        # alternate who goes first, and start each run with no dirty pages from the previous one
+        order = ("GNU tar", "apply_layer") if i % 2 == 0 else ("apply_layer", "GNU tar")
+        for tool in order:
             dest = work / f"{kind}-{'tar' if tool == 'GNU tar' else 'apply'}-{i}"
             shutil.rmtree(dest, ignore_errors=True)
             dest.mkdir(parents=True)
             dests.append(dest)
             pair.append(dest)
+            subprocess.run(["sync"], check=True)
             results[tool].append(run_tar(layer, dest, kind) if tool == "GNU tar" else run_apply(layer, dest))
+        pair.sort()  # [apply's tree, tar's tree], by name
         if i == 0:
             print(f"\n{kind}: result trees {compare(pair[0], pair[1], members)}")
             if kind == "none":
                 start = time.perf_counter()
-                verify_layout(pair[1])
+                verify_layout(pair[0])
                 print(f"verify_layout on the unpacked tree: {time.perf_counter() - start:.2f} s")
         if not keep:
             for dest in pair:

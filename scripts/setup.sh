@@ -11,7 +11,7 @@ APT_PACKAGES=(
   util-linux iproute2 iptables kmod e2fsprogs btrfs-progs dmsetup thin-provisioning-tools
   libseccomp2 busybox-static
   docker-registry skopeo umoci
-  runc bubblewrap
+  runc bubblewrap debootstrap
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -166,7 +166,10 @@ class ImageService:
 
     def _remove_chain(self, rec: ImageRecord) -> None:
         """Remove the image's snapshots top-down while no other image or job stands on them."""
+        shared = {key for other in self.pc.images.list() for key in other.chain}
         for key in reversed(rec.chain):
+            if key in shared:
+                break  # another image (e.g. one built on this one, or its base) still uses it
             try:
                 self.pc.snapshotter.remove(key)
             except NotFound:

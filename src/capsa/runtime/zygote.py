@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 from capsa import linux
 from capsa.errors import CapsaError, InvalidArgument
 from capsa.runtime import mounts, security, stage2
+from capsa.runtime.cgroups.jobview import host_cgroup_mounts
 from capsa.runtime.spec import JobSpec
 from capsa.runtime.wire import recv_msg
 
@@ -43,6 +44,7 @@ def zygote_main(sock: socket.socket) -> NoReturn:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Compile every seccomp profile once; a job only installs the bytes (≈ 0.1 ms).
     filters = {name: security.compile_profile(name) for name in security.PROFILE_NAMES}
+    host_cgroup_mounts()   # parsed once here; each job's stage two inherits it (jobview)
     while True:
         try:
             msg, fds = recv_msg(sock)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,17 +89,25 @@ def gdaemon(tmp_path_factory: pytest.TempPathFactory, gpu_root: Path) -> Iterato
         yield daemon
 
 
-def inspect(daemon: RunningDaemon, job_id: str) -> dict[str, object]:
-    return json.loads(daemon.cli("inspect", job_id, check=True).stdout)
-
-
-def wait_state(daemon: RunningDaemon, job_id: str, *states: str, timeout: float = 20) -> dict[str, object]:
+def wait_state(daemon: RunningDaemon, job_id: str, *states: str, timeout: float = 20) -> Any:
+    """The job (API message) once in one of ``states`` (or at the timeout)."""
     deadline = time.monotonic() + timeout
-    while True:
-        info = inspect(daemon, job_id)
-        if info["state"] in states or time.monotonic() > deadline:
-            return info
-        time.sleep(0.1)
+    with daemon.client() as client:
+        while True:
+            job = client.get_job(job_id)
+            if job.state in states or time.monotonic() > deadline:
+                return job
+            time.sleep(0.05)
+
+
+def start_detached(daemon: RunningDaemon, argv: list[str], gpus: int) -> str:
+    with daemon.client() as client:
+        return str(client.run_job(argv, gpus=gpus).id)
+
+
+def stop(daemon: RunningDaemon, job_id: str) -> None:
+    with daemon.client() as client:
+        client.stop_job(job_id, grace_seconds=0.2)
 
 
 def test_a_gpu_job_sees_and_opens_only_its_gpu_and_the_control_node(gdaemon: GpuDaemon) -> None:
@@ -115,9 +124,9 @@ def test_a_job_without_gpus_has_no_gpu_nodes_or_variables(gdaemon: GpuDaemon) ->
 
 
 def test_gpus_are_exclusive_and_freed_when_the_job_ends(gdaemon: GpuDaemon) -> None:
-    holder = gdaemon.cli("run", "-d", "--gpus", "1", "--", "sleep", "30", check=True).stdout.decode().strip()
+    holder = start_detached(gdaemon, ["sleep", "30"], gpus=1)
     try:
-        assert wait_state(gdaemon, holder, "RUNNING")["gpu_devices"] == [UUIDS[0]]
+        assert list(wait_state(gdaemon, holder, "RUNNING").gpu_devices) == [UUIDS[0]]
         second = gdaemon.cli("run", "--gpus", "1", "--", "python3", "-c", OPEN_DEV)
         assert second.returncode == 0, second.stderr
         assert json.loads(second.stdout)["dev"] == {"nvidia1": "opened", "nvidiactl": "opened"}
@@ -125,8 +134,9 @@ def test_gpus_are_exclusive_and_freed_when_the_job_ends(gdaemon: GpuDaemon) -> N
         assert refused.returncode != 0
         assert b"only 1 of 2 GPUs are free" in refused.stderr and holder[:12].encode() in refused.stderr
     finally:
-        gdaemon.cli("stop", "-t", "0.2", holder, check=True)
-    info = wait_state(gdaemon, holder, "STOPPED")
+        stop(gdaemon, holder)
+    info = json.loads(gdaemon.cli("inspect", holder, check=True).stdout)
+    assert info["state"] == "STOPPED"
     assert info["gpus"] == 1 and info["gpu_devices"] == [UUIDS[0]]   # what it held, kept for inspect
     both = gdaemon.cli("run", "--gpus", "2", "--", "python3", "-c", OPEN_DEV)
     assert json.loads(both.stdout)["dev"] == {"nvidia0": "opened", "nvidia1": "opened", "nvidiactl": "opened"}
@@ -147,15 +157,15 @@ def test_a_daemon_without_gpus_refuses_gpu_jobs_clearly(daemon: RunningDaemon) -
 
 def test_allocations_survive_a_daemon_crash_and_are_reconciled(tmp_path: Path, gpu_root: Path) -> None:
     with gpu_daemon(tmp_path / "home", gpu_root) as first:
-        keeper = first.cli("run", "-d", "--gpus", "1", "--", "sleep", "30", check=True).stdout.decode().strip()
-        brief = first.cli("run", "-d", "--gpus", "1", "--", "sleep", "0.5", check=True).stdout.decode().strip()
+        keeper = start_detached(first, ["sleep", "30"], gpus=1)
+        brief = start_detached(first, ["sleep", "0.5"], gpus=1)
         wait_state(first, keeper, "RUNNING")
         first.kill9()                 # the supervisor keeps both jobs; one ends while no daemon runs
         time.sleep(1.5)
         first.start()
-        assert wait_state(first, brief, "COMPLETED")["state"] == "COMPLETED"
-        assert wait_state(first, keeper, "RUNNING")["gpu_devices"] == [UUIDS[0]]
+        assert wait_state(first, brief, "COMPLETED").state == "COMPLETED"
+        assert list(wait_state(first, keeper, "RUNNING").gpu_devices) == [UUIDS[0]]
         taken = first.cli("run", "--gpus", "1", "--", "python3", "-c", OPEN_DEV)   # the one freed meanwhile
         assert json.loads(taken.stdout)["dev"] == {"nvidia1": "opened", "nvidiactl": "opened"}
         assert b"only 1 of 2" in first.cli("run", "--gpus", "2", "--", "true").stderr
-        first.cli("stop", "-t", "0.2", keeper, check=True)
+        stop(first, keeper)
