@@ -84,7 +84,7 @@ class JobService:
                 ensure_supervisor(self.home)
                 self.attach_supervisor()
                 return
-            except CapsaError as exc:
+            except (CapsaError, OSError) as exc:
                 log.error("restarting the supervisor failed: %s (retrying in %.1fs)", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)

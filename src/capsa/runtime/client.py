@@ -47,6 +47,8 @@ class SupervisorClient:
             reply, _ = recv_msg(sock)
         except TimeoutError as exc:
             raise Unavailable(f"supervisor did not answer {payload.get('op')!r} in {timeout}s") from exc
+        except OSError as exc:  # e.g. reset by a supervisor that is going away
+            raise Unavailable(f"supervisor connection failed during {payload.get('op')!r}: {exc}") from exc
         finally:
             sock.close()
         if reply is None:

@@ -41,7 +41,11 @@ except ImportError:  # pragma: no cover - exercised only where isal is absent
 
 __all__ = ["FileInput", "Input", "StreamInput", "open_input", "sniff_compression"]
 
-CHUNK = 1 << 20
+CHUNK = 1 << 20  # pread size for plain tar files
+# Decompressed chunks: large, so the producer thread (which needs the GIL between
+# chunks, and may wait a switch interval for it) moves plenty of data per handoff.
+STREAM_CHUNK = 4 << 20
+_QUEUE_CHUNKS = 4  # at most this many decompressed chunks wait in memory
 # Below this, refilling the buffer (which also serves the next headers) beats a
 # dedicated copy_file_range call.
 _DIRECT_MIN = 256 << 10
@@ -261,7 +265,7 @@ class StreamInput(Input):
         self._guard = guard
         self._closers = closers
         self._stop = threading.Event()
-        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=8)
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=_QUEUE_CHUNKS)
         self._thread: threading.Thread | None = None
         self._done = False
         if threaded:
@@ -270,7 +274,7 @@ class StreamInput(Input):
 
     def _read_chunk(self) -> bytes:
         try:
-            return self._read(CHUNK)
+            return self._read(STREAM_CHUNK)
         except _DECOMPRESS_ERRORS as exc:
             raise UnsafeArchive(f"corrupt {self._name} stream: {exc}") from exc
 
@@ -425,7 +429,7 @@ def _stream(kind: Compression, raw: BinaryIO | io.RawIOBase, guard: Guard, hashe
         return StreamInput(reader.read, hasher, name="gzip", guard=guard, threaded=True,
                            closers=[reader.close, *closers])
     if kind is Compression.ZSTD:
-        zreader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK, read_across_frames=True,
+        zreader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=1 << 20, read_across_frames=True,
                                                              closefd=False)
         return StreamInput(zreader.read, hasher, name="zstd", guard=guard, threaded=True,
                            closers=[zreader.close, *closers])

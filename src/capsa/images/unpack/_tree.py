@@ -2,8 +2,9 @@
 
 Every operation is relative to a directory fd obtained by walking one component
 at a time with ``O_NOFOLLOW | O_DIRECTORY`` from the root's fd; no path string
-is ever handed to the kernel whole, so no symlink — planted by an earlier layer,
-an earlier entry, or a concurrent writer — is followed by the kernel.
+is ever handed to the kernel whole, so no symlink — planted by an earlier layer
+or an earlier entry — is followed by the kernel. (The root is assumed private to
+the unpacker while it runs: a snapshot nobody else has mounted or opened.)
 
 Symlinks met while walking are either refused (``follow=False``: whiteouts,
 hardlink targets) or resolved *by this code* with the root as ``/`` (absolute
@@ -51,7 +52,8 @@ class Tree:
         except OSError as exc:
             if exc.errno not in (errno.ENOTDIR, errno.ELOOP, errno.ENOENT):
                 raise
-            what = "a symlink" if os.path.islink(root) else "missing" if exc.errno == errno.ENOENT else "not a directory"
+            what = ("a symlink" if os.path.islink(root) else
+                    "missing" if exc.errno == errno.ENOENT else "not a directory")
             raise FailedPrecondition(f"the unpack root {root} is {what}; it must be a directory") from exc
         self._cache: OrderedDict[str, int] = OrderedDict()
         self._capacity = cache_size

@@ -76,8 +76,6 @@ def test_the_timeout_interrupts_a_long_layer(tmp_path: Path) -> None:
     tar = TarWriter()
     for i in range(300):
         tar.file(f"f{i}", "x")
-    start = time.monotonic()
     with pytest.raises(LimitExceeded, match="timeout_s=0.2"):
         apply_layer(_Trickle(tar.end()), tmp_path, limits=UnpackLimits(timeout_s=0.2))  # type: ignore[arg-type]
-    assert time.monotonic() - start < 2.0  # all 300 entries would take 3 s
-    assert 0 < len(list(tmp_path.iterdir())) < 300
+    assert 0 < len(list(tmp_path.iterdir())) < 300  # stopped part-way, not at the end
