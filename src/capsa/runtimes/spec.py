@@ -30,6 +30,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from capsa.config.yaml_lines import line_of
 from capsa.errors import InvalidArgument
 
 __all__ = [
@@ -294,24 +295,7 @@ def _where(path: list[str | int]) -> str:
 
 
 def _line(root: yaml.Node | None, path: list[str | int]) -> int | None:
-    node = root
-    if node is None:
-        return None
-    line = node.start_mark.line + 1
-    for key in path:
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                if isinstance(k, yaml.ScalarNode) and k.value == str(key):
-                    line, node = k.start_mark.line + 1, v
-                    break
-            else:
-                return line
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and 0 <= key < len(node.value):
-            node = node.value[key]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line
+    return line_of(root, path)
 
 
 # -- the host's Debian mirror ---------------------------------------------------------------------------

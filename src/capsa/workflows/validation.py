@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from capsa.config.yaml_lines import line_of
 from capsa.errors import CapsaError, InvalidArgument
 from capsa.workflows.conditions import Condition, ConditionError, parse_requires
 from capsa.workflows.dag import find_cycles, topological_order
@@ -79,24 +80,7 @@ class _Lines:
         self.root = root
 
     def line(self, path: Path_) -> int | None:
-        node = self.root
-        if node is None:
-            return None
-        line = node.start_mark.line + 1
-        for key in path:
-            if isinstance(node, yaml.MappingNode):
-                for k, v in node.value:
-                    if isinstance(k, yaml.ScalarNode) and k.value == str(key):
-                        line, node = k.start_mark.line + 1, v
-                        break
-                else:
-                    return line
-            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and 0 <= key < len(node.value):
-                node = node.value[key]
-                line = node.start_mark.line + 1
-            else:
-                return line
-        return line
+        return line_of(self.root, list(path))
 
 
 def _structure_issues(root: yaml.Node) -> list[Issue]:
