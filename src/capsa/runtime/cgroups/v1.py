@@ -131,6 +131,11 @@ class V1Driver:
                     make_dir(self._tree, path)
                 except FileExistsError:
                     raise AlreadyExists(f"cgroup {name!r} already exists at {path}") from None
+                except FileNotFoundError:
+                    # The base went away under us (another process's cleanup()): make it again.
+                    self._ready.discard(self._base(controller))
+                    self._ensure_base(controller)
+                    make_dir(self._tree, path)
                 created.append(path)
             _apply(dirs, limits, devices)
         except BaseException:
