@@ -134,12 +134,17 @@ def register_machines(engine: Engine, pc: PullContext) -> None:
         chain: list[str] = []
         entries = 0
         total = 0
-        for layer in req["layers"]:
+        # Registry and local images carry the uncompressed digests of their layers; check them
+        # while unpacking (S3 images have synthesised configs, so theirs are not authoritative).
+        diff_ids = ((req.get("config") or {}).get("rootfs") or {}).get("diff_ids") or []
+        trusted_diff_ids = bool(req.get("manifest_digest")) and len(diff_ids) == len(req["layers"])
+        for index, layer in enumerate(req["layers"]):
             key = chain_key(parent, layer["digest"])
             try:
                 info = ctx.engine.start(UNPACK, key, "unpack", {
                     "key": key, "parent": parent, "digest": layer["digest"], "media_type": layer["media_type"],
                     "entries_so_far": entries, "bytes_so_far": total,
+                    "diff_id": diff_ids[index] if trusted_diff_ids else None,
                 }).wait()
             except CapsaError as exc:
                 raise _no_second_retry(exc) from None
@@ -227,7 +232,9 @@ def register_machines(engine: Engine, pc: PullContext) -> None:
         try:
             with sn.writable(extract) as tree:
                 stats = apply_layer(pc.content.path(req["digest"]), Path(tree), media_type=req.get("media_type"),
-                                    limits=pc.limits, budget=budget, whiteout_mode=mode)
+                                    limits=pc.limits, budget=budget, whiteout_mode=mode,
+                                    expected_diff_id=req.get("diff_id"),
+                                    opaque_xattr=getattr(sn, "opaque_xattr", "trusted.overlay.opaque"))
             sn.commit(key, extract)
         except BaseException:
             try:
