@@ -468,7 +468,8 @@ class JobService:
         # A job that ended without an end marker (lost while the supervisor was down) has
         # nothing more coming: following it would wait forever.
         live = follow and not (job.state.ended and not _finished(log_dir))
-        yield from read_log(log_dir, from_seq=max(1, from_seq), follow=live, stop=stop)
+        # 20 ms polls: an attached `capsa run` of a short job ends that much sooner, for one stat per poll.
+        yield from read_log(log_dir, from_seq=max(1, from_seq), follow=live, stop=stop, poll_interval=0.02)
         if follow:
             # The log's end marker can beat the exit event by a few ms; callers read the
             # exit code right after the stream ends, so let the database catch up first.
