@@ -213,10 +213,23 @@ def test_concurrent_pulls_of_one_image_do_the_work_once(
     image = two_layer_image(105, size=2 << 20)
     push_image(tmp_path, image, registry_server, "capsa-e2e/together:1")
     ref = f"{fresh_proxy.host}/capsa-e2e/together:1"
-    fresh_proxy.throttle_s = 0.03  # ~2 MB/s per blob: the pull lasts long enough for every client to join it
+    release = threading.Event()
+
+    def hold_blobs(handler: ProxyHandler, seen: Seen) -> bool:
+        if "/blobs/" in seen.path and "/manifests/" not in seen.path:
+            release.wait(30)  # every client has time to ask for the pull while the first is under way
+        return False
+
+    config = json.loads(image.manifest_bytes)["config"]["digest"]
+    fresh_proxy.fault = hold_blobs  # type: ignore[assignment]
     stored_before = blob_hexes(d.home)
     since = time.time()
     pullers = [d.popen_cli("image", "pull", ref) for _ in range(3)]
+    try:
+        wait_until(lambda: len(fresh_proxy.requests("GET", f"/blobs/{config}")) > 0, what="the pull to resolve")
+        time.sleep(3)  # the other two CLIs start (about 0.5 s each here) and join the run
+    finally:
+        release.set()
     outputs = [p.communicate(timeout=120) for p in pullers]
     for p, (out, err) in zip(pullers, outputs, strict=True):
         assert p.returncode == 0, err.decode()
@@ -224,7 +237,6 @@ def test_concurrent_pulls_of_one_image_do_the_work_once(
     pulls = [r for r in runs(d.home, "image.pull") if r["resource_id"] == ref]
     assert [r["state"] for r in pulls] == ["succeeded"]  # one run, the others joined it
     assert len(fresh_proxy.requests("GET", "/manifests/")) == 1
-    config = json.loads(image.manifest_bytes)["config"]["digest"]
     missing = {la.digest: 1 for la in image.layers if la.digest.hex not in stored_before}
     assert missing, "the test needs layers the store does not have yet"
     assert blob_gets(fresh_proxy) == {config: 1, **missing}  # each blob fetched once, by one run
