@@ -19,11 +19,14 @@ import signal
 import socket
 import stat
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from capsa import linux
 from capsa.runtime import devices, security
 from capsa.runtime.cgroups.jobview import mount_job_cgroups
 from capsa.runtime.spec import HOST_ETC_ENTRIES, HOST_RO_DIRS, BindSpec, JobSpec, MountSpec
+from capsa.snapshots.base import Mount
+from capsa.snapshots.mount import mount_all
 
 __all__ = ["build_root", "exec_job", "run_stage2"]
 
@@ -136,28 +139,9 @@ def build_root(spec: JobSpec, cgroup_dirs: Sequence[str] = ()) -> None:
             None, root, None, linux.MS_REMOUNT | linux.MS_BIND | _RO, None))
 
 
-_OPTION_FLAGS = {
-    "ro": linux.MS_RDONLY, "rw": 0, "nosuid": linux.MS_NOSUID, "nodev": linux.MS_NODEV,
-    "noexec": linux.MS_NOEXEC, "noatime": linux.MS_NOATIME, "relatime": linux.MS_RELATIME,
-    "bind": linux.MS_BIND, "rbind": linux.MS_BIND | linux.MS_REC,
-}
-
-
 def _apply_mount(m: MountSpec, target: str) -> None:
-    """Perform one snapshotter mount description onto ``target``."""
-    flags = 0
-    data: list[str] = []
-    for opt in m.options:
-        if opt in _OPTION_FLAGS:
-            flags |= _OPTION_FLAGS[opt]
-        else:
-            data.append(opt)
-    if m.type == "bind" or flags & linux.MS_BIND:
-        linux.mount(m.source, target, None, (flags | linux.MS_BIND) & ~linux.MS_RDONLY, None)
-        if flags & linux.MS_RDONLY:  # a bind ignores MS_RDONLY until it is remounted
-            linux.mount(None, target, None, linux.MS_BIND | linux.MS_REMOUNT | (flags & ~linux.MS_REC), None)
-        return
-    linux.mount(m.source, target, m.type, flags, ",".join(data) or None)
+    """Perform one snapshotter mount description onto ``target`` (the snapshotters' own mount code)."""
+    mount_all([Mount(m.type, m.source, tuple(m.options))], Path(target))
 
 
 def _image_mount_points(root: str) -> None:

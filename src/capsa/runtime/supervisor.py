@@ -36,6 +36,7 @@ from typing import Any
 from capsa.logs import JobLog, LogPersister, Stream
 from capsa.runtime import cgroups
 from capsa.runtime.devices import job_device_rules
+from capsa.runtime.security._kernel import prctl
 from capsa.runtime.spec import JobSpec
 from capsa.runtime.wire import recv_msg, send_msg
 
@@ -102,7 +103,7 @@ class Supervisor:
 
     # -- set-up ----------------------------------------------------------------------
     def start(self) -> None:
-        libc_prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        prctl(_PR_SET_CHILD_SUBREAPER, 1)
         self._spawn_zygote()
         self.driver = cgroups.detect()
         self.persister = LogPersister()
@@ -564,15 +565,6 @@ def _write_status(job_dir: Path, rec: JobRecord) -> None:
     with contextlib.suppress(OSError):
         tmp.write_text(json.dumps(asdict(rec)))
         os.replace(tmp, job_dir / "status.json")
-
-
-def libc_prctl(option: int, value: int) -> None:
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl({option}): {os.strerror(err)}")
 
 
 def main(home: Path) -> None:

@@ -2,19 +2,18 @@
 
 Snapshotters only *describe* mounts; whoever owns the target (the runtime, a
 layer unpacker, a test) applies them here, in the calling process's mount
-namespace. Python 3.11 has no ``os.mount``, so this goes through libc.
+namespace. Python 3.11 has no ``os.mount``; the calls go through :mod:`capsa.linux`.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from capsa import linux
 from capsa.errors import InvalidArgument, LimitExceeded
 from capsa.snapshots._fsutil import mount_entries
 from capsa.snapshots.base import Mount
@@ -55,22 +54,8 @@ _FLAGS = {
     "rbind": _MS_BIND | _MS_REC,
 }
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-
-
 def _sys_mount(source: str | None, target: Path, fstype: str | None, flags: int, data: str | None) -> None:
-    rc = _libc.mount(
-        source.encode() if source is not None else None,
-        os.fsencode(target),
-        fstype.encode() if fstype is not None else None,
-        flags,
-        data.encode() if data else None,
-    )
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {fstype or ''} {source or ''} on {target}: {os.strerror(err)}")
+    linux.mount(source, target, fstype, flags, data or None)
 
 
 def mount_data(options: Sequence[str]) -> tuple[int, str]:
@@ -124,10 +109,7 @@ def mount_all(mounts: Sequence[Mount], target: Path) -> None:
 
 
 def unmount(target: Path, *, lazy: bool = False) -> None:
-    rc = _libc.umount2(os.fsencode(target), _MNT_DETACH if lazy else 0)
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"umount {target}: {os.strerror(err)}")
+    linux.umount2(target, _MNT_DETACH if lazy else 0)
 
 
 def is_mountpoint(path: Path) -> bool:

@@ -60,7 +60,8 @@ def test_follow_yields_a_stream_of_growing_samples(features_daemon: RunningDaemo
 
 def test_follow_ends_with_the_job_and_the_last_sample_is_kept(features_daemon: RunningDaemon) -> None:
     with features_daemon.client() as client:
-        job = client.run_job(["/bin/sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"])
+        # Busy, then idle long enough for a few 0.2 s samples even on a fast, quiet machine.
+        job = client.run_job(["/bin/sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sleep 0.8"])
         samples = list(client.metrics_stream(job.id, follow=True))
         wait_state(features_daemon, job.id, "COMPLETED")
         assert samples and samples[-1].cpu_usage_ns > 0
