@@ -529,6 +529,8 @@ class Supervisor:
             self._reap()
         if self.persister is not None:
             self.persister.close()
+        with contextlib.suppress(Exception):
+            self.driver.cleanup()  # the empty capsa/ base cgroups go too (kept while any job cgroup is in them)
         with contextlib.suppress(OSError):
             os.kill(self.zygote_pid, signal.SIGKILL)
         with contextlib.suppress(FileNotFoundError):
