@@ -44,11 +44,11 @@ class KernelTree:
 
 
 def make_dir(tree: TreeOps, path: Path) -> None:
-    """mkdir through ``tree``; FileExistsError passes through for the caller to judge."""
+    """mkdir through ``tree``; FileExistsError and FileNotFoundError pass through for the caller to judge."""
     try:
         tree.mkdir(path)
-    except FileExistsError:
-        raise
+    except (FileExistsError, FileNotFoundError):
+        raise  # the caller judges: a name clash, or a parent removed under it (recreated and retried)
     except OSError as exc:
         # e.g. EACCES, or ENOSPC/EAGAIN from cgroup.max.descendants / cgroup.max.depth
         raise FailedPrecondition(f"cannot create cgroup directory {path}: {exc.strerror or exc}") from None

@@ -89,6 +89,16 @@ class V1Driver:
     def _base(self, controller: str) -> Path:
         return self.parents[controller] / self.prefix
 
+    def _make_job_dir(self, controller: str, path: Path) -> None:
+        """mkdir a job cgroup, re-making the base once if another process's cleanup() removed it."""
+        self._ensure_base(controller)
+        try:
+            make_dir(self._tree, path)
+        except FileNotFoundError:
+            self._ready.discard(self._base(controller))
+            self._ensure_base(controller)
+            make_dir(self._tree, path)
+
     def _ensure_base(self, controller: str) -> None:
         base = self._base(controller)
         if base in self._ready:
@@ -126,16 +136,10 @@ class V1Driver:
                 path = dirs[controller]
                 if path in created:  # co-mounted with a controller already handled
                     continue
-                self._ensure_base(controller)
                 try:
-                    make_dir(self._tree, path)
+                    self._make_job_dir(controller, path)
                 except FileExistsError:
                     raise AlreadyExists(f"cgroup {name!r} already exists at {path}") from None
-                except FileNotFoundError:
-                    # The base went away under us (another process's cleanup()): make it again.
-                    self._ready.discard(self._base(controller))
-                    self._ensure_base(controller)
-                    make_dir(self._tree, path)
                 created.append(path)
             _apply(dirs, limits, devices)
         except BaseException:
@@ -334,9 +338,8 @@ class V1JobCgroup(JobCgroup):
             raise Unsupported(f"device rules for {self.name!r}: no cgroup v1 'devices' hierarchy is mounted")
         path = driver._base("devices") / self.name
         if "devices" not in self.dirs:
-            driver._ensure_base("devices")
             try:
-                make_dir(driver._tree, path)
+                driver._make_job_dir("devices", path)
             except FileExistsError:
                 pass
             self.dirs["devices"] = path

@@ -123,6 +123,10 @@ class V2Driver:
             make_dir(self._tree, path)
         except FileExistsError:
             raise AlreadyExists(f"cgroup {name!r} already exists at {path}") from None
+        except FileNotFoundError:
+            # The base went away under us (another process's cleanup()): make it again.
+            self._enabled = self._ensure_base()
+            make_dir(self._tree, path)
         try:
             _apply(path, limits, devices)
         except BaseException:
