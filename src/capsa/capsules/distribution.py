@@ -29,7 +29,6 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import botocore.exceptions
 import urllib3.exceptions
@@ -54,7 +53,7 @@ from capsa.errors import (
     Unavailable,
     Unsupported,
 )
-from capsa.images.oci import OCI_MANIFEST, Digest, sha256_digest
+from capsa.images.oci import OCI_MANIFEST, Digest, load_json_object, sha256_digest
 from capsa.images.reference import Reference, RefKind
 from capsa.images.reference import parse_reference as parse_location
 from capsa.images.sources.registry import RegistryClient, RegistryConfig
@@ -280,7 +279,7 @@ class CapsuleDistribution:
         client = self._registry_client(location, insecure)
         repo = location.repository
         body, _content_type, _digest = client.get_manifest(repo, location.manifest_reference)
-        doc = _json_object(body, f"manifest of {location}")
+        doc = load_json_object(body, f"manifest of {location}")
         config = doc.get("config") if isinstance(doc.get("config"), dict) else {}
         layers = doc.get("layers") if isinstance(doc.get("layers"), list) else []
         if config.get("mediaType") != CONFIG_MEDIA_TYPE:
@@ -351,16 +350,6 @@ def _receive(chunks: Iterable[bytes], path: Path, digest: str, size: int, what: 
     if received != size or actual != digest:
         raise ChecksumMismatch(f"{what}: received {received} bytes hashing to {actual}; expected {size} bytes "
                                f"hashing to {digest}")
-
-
-def _json_object(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidArgument(f"{what} is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidArgument(f"{what} is not a JSON object")
-    return doc
 
 
 def _check_annotations(annotations: object, manifest: CapsuleManifest, where: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import click
 from google.protobuf.json_format import MessageToDict
 
-from capsa.cli.output import ago, emit, json_option, print_table
+from capsa.cli.output import ago, emit, json_option, key_values, print_table
 from capsa.errors import InvalidArgument, NotFound
 
 __all__ = ["COMMANDS", "tar_chunks"]
@@ -78,13 +78,7 @@ def _as_dict(message: Any) -> dict[str, Any]:
 
 
 def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidArgument(f"--label {pair!r}: expected KEY=VALUE")
-        labels[key] = value
-    return labels
+    return key_values(pairs, "--label")
 
 
 def _split_ref(ref: str) -> tuple[str, str]:

@@ -10,7 +10,7 @@ from typing import Any
 import click
 from google.protobuf.json_format import MessageToDict
 
-from capsa.cli.output import ago, emit, json_option, print_table
+from capsa.cli.output import ago, emit, json_option, key_values, print_table
 from capsa.cli.run_features import announce_scheduled, feature_options, feature_request, timeout_exit
 from capsa.errors import InvalidArgument
 
@@ -31,13 +31,7 @@ def job_dict(job: Any) -> dict[str, Any]:
 
 
 def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidArgument(f"-e {pair!r}: expected KEY=VALUE")
-        env[key] = value
-    return env
+    return key_values(pairs, "-e")
 
 
 @click.command(context_settings={"ignore_unknown_options": False})

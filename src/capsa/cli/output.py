@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["ago", "emit", "json_option", "print_table"]
+__all__ = ["ago", "emit", "json_option", "key_values", "print_table"]
 
 _console = Console(highlight=False, soft_wrap=True)
 
@@ -43,3 +43,16 @@ def ago(ns: int) -> str:
         if seconds >= size:
             return f"{int(seconds // size)}{unit} ago"
     return f"{int(seconds)}s ago"
+
+
+def key_values(pairs: Sequence[str], flag: str) -> dict[str, str]:
+    """``KEY=VALUE`` arguments of a repeatable flag, with a one-line error naming the flag."""
+    from capsa.errors import InvalidArgument
+
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"{flag} {pair!r}: expected KEY=VALUE")
+        out[key] = value
+    return out

@@ -66,6 +66,7 @@ __all__ = [
     "RootFS",
     "build_image",
     "layer_compression",
+    "load_json_object",
     "parse_config",
     "parse_document",
     "select_manifest",
@@ -329,8 +330,9 @@ class ImageConfig(_Doc):
         ).encode()
 
 
-def _load_json(data: bytes, what: str, limit: int) -> dict[str, Any]:
-    if len(data) > limit:
+def load_json_object(data: bytes, what: str, limit: int | None = None) -> dict[str, Any]:
+    """``data`` as a JSON object; InvalidArgument names ``what``, LimitExceeded guards ``limit`` bytes."""
+    if limit is not None and len(data) > limit:
         raise LimitExceeded(f"{what} is {len(data)} bytes, over the {limit}-byte limit for such documents")
     try:
         doc = json.loads(data)
@@ -347,7 +349,7 @@ def parse_document(data: bytes, content_type: str | None = None, *, what: str = 
     Docker schema 1 is refused (deprecated, unsigned digests); documents whose shape
     contradicts their declared type are refused rather than guessed at.
     """
-    doc = _load_json(data, what, MAX_MANIFEST_BYTES)
+    doc = load_json_object(data, what, MAX_MANIFEST_BYTES)
     declared = doc.get("mediaType")
     header = (content_type or "").split(";")[0].strip() or None
     media_type = declared if isinstance(declared, str) and declared else header
@@ -367,7 +369,7 @@ def parse_document(data: bytes, content_type: str | None = None, *, what: str = 
 
 
 def parse_config(data: bytes, *, what: str = "image config") -> ImageConfig:
-    doc = _load_json(data, what, MAX_CONFIG_BYTES)
+    doc = load_json_object(data, what, MAX_CONFIG_BYTES)
     try:
         return ImageConfig.model_validate(doc)
     except ValidationError as exc:
