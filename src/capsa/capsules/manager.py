@@ -40,6 +40,7 @@ from capsa.capsules.versions import check_name, parse_reference, parse_requireme
 from capsa.errors import CapsaError, Conflict, FailedPrecondition, InvalidArgument, NotFound
 from capsa.runtime import mounts
 from capsa.runtime.client import SupervisorClient
+from capsa.runtime.protocol import ProcState
 from capsa.runtime.spec import BindSpec
 
 if TYPE_CHECKING:
@@ -392,16 +393,16 @@ class CapsuleManager:
         records = self.store.attachments()
         if not records:
             return report
-        jobs = {rec["job_id"]: rec for rec in self.supervisor.list()}
+        jobs = {rec.job_id: rec for rec in self.supervisor.list()}
         for job_id in sorted({a.job_id for a in records}):
             rec = jobs.get(job_id)
-            if rec is not None and rec.get("state") == "starting":
+            if rec is not None and rec.state == ProcState.STARTING:
                 continue   # its binds are being mounted right now; its exit will release them
-            if rec is None or rec.get("state") != "running" or not rec.get("pid"):
+            if rec is None or rec.state != ProcState.RUNNING or not rec.pid:
                 report.released += self.release_job(job_id)
                 continue
             with self._locked(job_id):
-                self._reconcile_job(job_id, int(rec["pid"]), [a for a in records if a.job_id == job_id], report)
+                self._reconcile_job(job_id, rec.pid, [a for a in records if a.job_id == job_id], report)
         log.info("capsule attachments reconciled: %d verified, %d re-established, %d released, %d failed",
                  report.verified, len(report.reestablished), report.released, len(report.failed))
         return report

@@ -43,8 +43,8 @@ def init(directory: Path, address: str, hosts: tuple[str, ...], force: bool, as_
 @click.option("--live-restore", is_flag=True, help="Keep jobs running when the daemon stops.")
 def daemon(config_path: Path | None, home: Path | None, listen: str | None, live_restore: bool) -> int:
     """Run the capsa daemon (as root)."""
-    from capsa.api.server import DaemonOptions, run_daemon
     from capsa.config import capsa_home
+    from capsa.daemon import DaemonOptions, run_daemon
 
     return run_daemon(DaemonOptions(home=(home or capsa_home()).absolute(), config_path=config_path,
                                     listen=listen, live_restore=live_restore))

@@ -31,6 +31,7 @@ from capsa.logs import LogChunk, read_log
 from capsa.runtime import cgroups
 from capsa.runtime.client import SupervisorClient, ensure_supervisor
 from capsa.runtime.gpu import library_binds
+from capsa.runtime.protocol import ExitEvent, JobRecord, ProcState
 from capsa.runtime.spec import JobSpec, MountSpec, ResourceSpec
 from capsa.state import Database
 
@@ -90,7 +91,7 @@ class JobService:
                 delay = min(delay * 2, 5.0)
 
     def reconcile(self) -> None:
-        known = {j["job_id"]: j for j in self.supervisor.list()}
+        known = {rec.job_id: rec for rec in self.supervisor.list()}
         for row in self.db.query(
             f"SELECT * FROM jobs WHERE state IN ({','.join('?' * len(ACTIVE_STATES))})", ACTIVE_STATES
         ):
@@ -98,14 +99,14 @@ class JobService:
             rec = known.get(job.id)
             if rec is None:
                 self._fail_lost(job)
-            elif rec["state"] == "exited":
+            elif rec.state == ProcState.EXITED:
                 self._record_exit(rec)
-            elif rec["state"] == "running":
+            elif rec.state == ProcState.RUNNING:
                 self.db.execute("UPDATE jobs SET state = ?, pid = ? WHERE id = ? AND state IN ('PENDING','RUNNING')",
-                                (JobState.RUNNING.value, rec["pid"], job.id))
+                                (JobState.RUNNING.value, rec.pid, job.id))
         # Exits the supervisor holds for jobs the database already closed.
         for _job_id, rec in known.items():
-            if rec["state"] == "exited":
+            if rec.state == ProcState.EXITED:
                 self._record_exit(rec)
 
     def _fail_lost(self, job: Job) -> None:
@@ -214,7 +215,7 @@ class JobService:
         started = self.db.execute(
             "UPDATE jobs SET state = ?, pid = ?, started_ns = ?, cgroup = ?, start_latency_ns = ?"
             " WHERE id = ? AND state = 'PENDING'",
-            (JobState.RUNNING.value, rec["pid"], rec["started_ns"], rec["cgroup"], latency, job_id),
+            (JobState.RUNNING.value, rec.pid, rec.started_ns, rec.cgroup, latency, job_id),
         ).rowcount
         self.db.execute("UPDATE jobs SET start_latency_ns = ? WHERE id = ?", (latency, job_id))
         if not started and self.get(job_id).state == JobState.CANCELED:
@@ -405,24 +406,23 @@ class JobService:
         return job.id
 
     # -- exits ------------------------------------------------------------------------------------
-    def on_supervisor_event(self, event: dict[str, Any]) -> None:
-        if event.get("event") == "exit":
-            self._record_exit(event["job"])
+    def on_supervisor_event(self, event: ExitEvent) -> None:
+        self._record_exit(event.job)
 
-    def _record_exit(self, rec: dict[str, Any]) -> None:
+    def _record_exit(self, rec: JobRecord) -> None:
         row = self.db.query_one("SELECT stop_requested, timed_out, timeout_ns FROM jobs WHERE id = ?",
-                                (rec["job_id"],))
+                                (rec.job_id,))
         if row is not None:
-            reason = rec.get("reason", "")
-            if reason.startswith("start failed") or rec.get("oom_killed"):
+            reason = rec.reason
+            if reason.startswith("start failed") or rec.oom_killed:
                 state = JobState.FAILED
             elif row["timed_out"]:
                 state = JobState.TIMEOUT
                 reason = f"timed out after {row['timeout_ns'] / 1e9:g}s"
-            elif rec.get("stop_requested") or row["stop_requested"]:
+            elif rec.stop_requested or row["stop_requested"]:
                 state = JobState.STOPPED
                 reason = reason or "stopped by user"
-            elif rec.get("exit_code") == 0:
+            elif rec.exit_code == 0:
                 state = JobState.COMPLETED
             else:
                 state = JobState.FAILED
@@ -431,15 +431,15 @@ class JobService:
                 " pid = CASE WHEN pid = 0 THEN ? ELSE pid END,"
                 " started_ns = CASE WHEN started_ns = 0 THEN ? ELSE started_ns END"
                 " WHERE id = ? AND state IN ('PENDING','RUNNING')",
-                (state.value, rec.get("exit_code"), rec.get("signal", 0), reason, rec.get("ended_ns") or time.time_ns(),
-                 rec.get("pid", 0), rec.get("started_ns", 0), rec["job_id"]),
+                (state.value, rec.exit_code, rec.signal, reason, rec.ended_ns or time.time_ns(),
+                 rec.pid, rec.started_ns, rec.job_id),
             )
         if self.images is not None:
-            self.images.job_ended(rec["job_id"])
-        self.attachments.release(rec["job_id"])
-        self._release_capsules(rec["job_id"])
+            self.images.job_ended(rec.job_id)
+        self.attachments.release(rec.job_id)
+        self._release_capsules(rec.job_id)
         with contextlib.suppress(CapsaError):
-            self.supervisor.forget(rec["job_id"])
+            self.supervisor.forget(rec.job_id)
         self._notify()
 
     def _notify(self) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from capsa.errors import CapsaError, Unavailable, error_from_code
+from capsa.runtime.protocol import ExitEvent, JobRecord
 from capsa.runtime.spec import JobSpec
 from capsa.runtime.wire import recv_msg, send_msg
 
@@ -68,19 +69,19 @@ class SupervisorClient:
             return False
         return True
 
-    def start(self, spec: JobSpec) -> dict[str, Any]:
+    def start(self, spec: JobSpec) -> JobRecord:
         import json
 
-        return self.call({"op": "start", "spec": json.loads(spec.to_json())})["job"]
+        return JobRecord.from_dict(self.call({"op": "start", "spec": json.loads(spec.to_json())})["job"])
 
-    def stop(self, job_id: str, grace_s: float) -> dict[str, Any]:
-        return self.call({"op": "stop", "job_id": job_id, "grace_s": grace_s})["job"]
+    def stop(self, job_id: str, grace_s: float) -> JobRecord:
+        return JobRecord.from_dict(self.call({"op": "stop", "job_id": job_id, "grace_s": grace_s})["job"])
 
-    def signal(self, job_id: str, signo: int) -> dict[str, Any]:
-        return self.call({"op": "signal", "job_id": job_id, "signal": signo})["job"]
+    def signal(self, job_id: str, signo: int) -> JobRecord:
+        return JobRecord.from_dict(self.call({"op": "signal", "job_id": job_id, "signal": signo})["job"])
 
-    def list(self) -> list[dict[str, Any]]:
-        return list(self.call({"op": "list"})["jobs"])
+    def list(self) -> list[JobRecord]:
+        return [JobRecord.from_dict(rec) for rec in self.call({"op": "list"})["jobs"]]
 
     def forget(self, job_id: str) -> None:
         self.call({"op": "forget", "job_id": job_id})
@@ -95,7 +96,7 @@ class SupervisorClient:
             self.call({"op": "shutdown"}, timeout=5)
 
     # -- events ---------------------------------------------------------------------------
-    def subscribe(self, on_event: Callable[[dict[str, Any]], None],
+    def subscribe(self, on_event: Callable[[ExitEvent], None],
                   on_lost: Callable[[], None] | None = None) -> None:
         """Deliver exit events to ``on_event`` from a background thread."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -116,7 +117,8 @@ class SupervisorClient:
                     if on_lost is not None and not self._closing:
                         on_lost()
                     return
-                on_event(msg)
+                if msg.get("event") == "exit":
+                    on_event(ExitEvent(JobRecord.from_dict(msg["job"])))
 
         self._sub_thread = threading.Thread(target=pump, name="supervisor-events", daemon=True)
         self._sub_thread.start()

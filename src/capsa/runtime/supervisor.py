@@ -29,13 +29,14 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from capsa.logs import JobLog, LogPersister, Stream
 from capsa.runtime import cgroups
 from capsa.runtime.devices import job_device_rules
+from capsa.runtime.protocol import JobRecord, ProcState
 from capsa.runtime.security._kernel import prctl
 from capsa.runtime.spec import JobSpec
 from capsa.runtime.wire import recv_msg, send_msg
@@ -46,24 +47,6 @@ _PR_SET_CHILD_SUBREAPER = 36
 _F_SETPIPE_SZ = 1031
 _PIPE_BYTES = 1 << 20
 _READ_CHUNK = 1 << 20
-
-
-@dataclass
-class JobRecord:
-    """What the supervisor knows of one job; sent to the daemon as JSON."""
-
-    job_id: str
-    pid: int = 0
-    state: str = "starting"          # starting | running | exited
-    exit_code: int | None = None
-    signal: int = 0
-    reason: str = ""
-    oom_killed: bool = False
-    stop_requested: bool = False
-    started_ns: int = 0
-    exec_latency_ns: int = 0
-    ended_ns: int = 0
-    cgroup: str = ""
 
 
 @dataclass
@@ -169,7 +152,7 @@ class Supervisor:
         for job in list(self.jobs.values()):
             if job.kill_at is not None and now >= job.kill_at:
                 job.kill_at = None
-                if job.record.state != "exited":
+                if job.record.state != ProcState.EXITED:
                     self._kill_cgroup(job)
 
     # -- signals and reaping -------------------------------------------------------------
@@ -245,7 +228,7 @@ class Supervisor:
             elif op == "signal":
                 reply = self._signal(msg["job_id"], int(msg["signal"]))
             elif op == "list":
-                reply = {"ok": True, "jobs": [asdict(j.record) for j in self.jobs.values()]}
+                reply = {"ok": True, "jobs": [j.record.to_dict() for j in self.jobs.values()]}
             elif op == "forget":
                 reply = self._forget(msg["job_id"])
             elif op == "subscribe":
@@ -338,11 +321,11 @@ class Supervisor:
 
     def _on_report_eof(self, job: _Job) -> None:
         if job.start_error is None and job.record.pid:
-            job.record.state = "running"
+            job.record.state = ProcState.RUNNING
             # Request received -> the CLOEXEC report pipe closed, i.e. the user's command was exec'd.
             job.record.exec_latency_ns = time.monotonic_ns() - job.received_ns
             if job.waiter is not None:
-                self._send(job.waiter, {"ok": True, "job": asdict(job.record)})
+                self._send(job.waiter, {"ok": True, "job": job.record.to_dict()})
                 job.waiter = None
             self._maybe_finish(job)
             return
@@ -387,7 +370,7 @@ class Supervisor:
     # -- end of a job ------------------------------------------------------------------------------
     def _maybe_finish(self, job: _Job) -> None:
         rec = job.record
-        if rec.state == "exited" or job.wait_status is None or job.out_fds or job.report_fd != -1:
+        if rec.state == ProcState.EXITED or job.wait_status is None or job.out_fds or job.report_fd != -1:
             return
         status = job.wait_status
         code = os.waitstatus_to_exitcode(status)
@@ -410,13 +393,13 @@ class Supervisor:
                 else f"killed by signal {rec.signal}"
         elif rec.exit_code:
             rec.reason = f"exited with code {rec.exit_code}"
-        rec.state = "exited"
+        rec.state = ProcState.EXITED
         rec.ended_ns = time.time_ns()
         job.kill_at = None
         self.by_pid.pop(rec.pid, None)
         job.log.finish()
         _write_status(Path(job.spec.job_dir), rec)
-        event = {"event": "exit", "job": asdict(rec)}
+        event = {"event": "exit", "job": rec.to_dict()}
         for sub in list(self.subscribers):
             self._send(sub, event)
 
@@ -424,11 +407,11 @@ class Supervisor:
     def _mount(self, conn: socket.socket, msg: dict[str, Any]) -> None:
         """Hand an attach/swap/detach to the zygote with the job's pidfd; its JSON answer comes on a pipe."""
         job = self.jobs.get(str(msg.get("job_id", "")))
-        if job is None or job.record.state == "exited" or job.wait_status is not None:   # reaped: PID is free
+        if job is None or job.record.state == ProcState.EXITED or job.wait_status is not None:   # reaped: PID is free
             self._send(conn, {"ok": False, "error": {"code": "not_found",
                                                      "message": f"job {msg.get('job_id')} is not running"}})
             return
-        if job.record.state != "running" or not job.record.pid:
+        if job.record.state != ProcState.RUNNING or not job.record.pid:
             self._send(conn, {"ok": False, "error": {"code": "failed_precondition",
                                                      "message": f"job {msg.get('job_id')} has not started yet"}})
             return
@@ -481,8 +464,8 @@ class Supervisor:
     # -- stop / signal / forget --------------------------------------------------------------------
     def _stop(self, job_id: str, grace_s: float) -> dict[str, Any]:
         job = self.jobs[job_id]
-        if job.record.state == "exited":
-            return {"ok": True, "job": asdict(job.record)}
+        if job.record.state == ProcState.EXITED:
+            return {"ok": True, "job": job.record.to_dict()}
         job.record.stop_requested = True
         with contextlib.suppress(Exception):
             job.cgroup.signal_all(signal.SIGTERM)
@@ -490,7 +473,7 @@ class Supervisor:
             self._kill_cgroup(job)
         else:
             job.kill_at = time.monotonic() + grace_s
-        return {"ok": True, "job": asdict(job.record)}
+        return {"ok": True, "job": job.record.to_dict()}
 
     def _kill_cgroup(self, job: _Job) -> None:
         try:
@@ -500,15 +483,15 @@ class Supervisor:
 
     def _signal(self, job_id: str, signo: int) -> dict[str, Any]:
         job = self.jobs[job_id]
-        if job.record.state != "exited":
+        if job.record.state != ProcState.EXITED:
             job.cgroup.signal_all(signo)
-        return {"ok": True, "job": asdict(job.record)}
+        return {"ok": True, "job": job.record.to_dict()}
 
     def _forget(self, job_id: str) -> dict[str, Any]:
         job = self.jobs.get(job_id)
         if job is None:
             return {"ok": True}
-        if job.record.state != "exited":
+        if job.record.state != ProcState.EXITED:
             return {"ok": False, "error": {"code": "failed_precondition",
                                            "message": f"job {job_id} is still running"}}
         del self.jobs[job_id]
@@ -517,12 +500,12 @@ class Supervisor:
     def _shutdown_jobs(self) -> None:
         """On shutdown, stop every job: nobody would supervise them afterwards."""
         for job in self.jobs.values():
-            if job.record.state != "exited":
+            if job.record.state != ProcState.EXITED:
                 job.record.stop_requested = True
                 with contextlib.suppress(Exception):
                     job.cgroup.kill_all()
         deadline = time.monotonic() + 10
-        while any(j.record.state != "exited" for j in self.jobs.values()) and time.monotonic() < deadline:
+        while any(j.record.state != ProcState.EXITED for j in self.jobs.values()) and time.monotonic() < deadline:
             for key, _ in self.sel.select(0.05):
                 if key.data[0] == "pipe":
                     self._on_pipe(key.fd)
@@ -565,7 +548,7 @@ def _error_reply(exc: BaseException) -> dict[str, Any]:
 def _write_status(job_dir: Path, rec: JobRecord) -> None:
     tmp = job_dir / "status.json.tmp"
     with contextlib.suppress(OSError):
-        tmp.write_text(json.dumps(asdict(rec)))
+        tmp.write_text(json.dumps(rec.to_dict()))
         os.replace(tmp, job_dir / "status.json")
 
 

@@ -47,5 +47,5 @@ __all__ = [
     "step_key",
 ]
 
-#: the engine queue the daemon gives runtime builds (see api/server.py)
+#: the engine queue the daemon gives runtime builds (see capsa/daemon.py)
 QUEUE = "runtime-build"

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_MAX_PARALLEL", "MACHINE", "QUEUE", "WorkflowService"]
 
 MACHINE = "workflow.run"
-QUEUE = "workflows"           # the engine queue the daemon gives workflow runs (see api/server.py)
+QUEUE = "workflows"           # the engine queue the daemon gives workflow runs (see capsa/daemon.py)
 DEFAULT_MAX_PARALLEL = 8
 _ID_PREFIX = re.compile(r"^[0-9a-f]{1,32}$")
 

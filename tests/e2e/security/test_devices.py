@@ -74,22 +74,22 @@ def supervisor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SupervisorC
             time.sleep(0.05)
 
 
-def run_spec(supervisor: SupervisorClient, home: Path, **fields: object) -> tuple[int, dict[str, object]]:
+def run_spec(supervisor: SupervisorClient, home: Path, **fields: object) -> tuple[int | None, dict[str, object]]:
     job_id = "dev" + secrets.token_hex(8)
     spec = JobSpec(job_id=job_id, env={}, hostname=job_id[:12], job_dir=str(home / job_id), **fields)  # type: ignore[arg-type]
     supervisor.start(spec)
     deadline = time.monotonic() + 30
     while True:
-        record = next(j for j in supervisor.list() if j["job_id"] == job_id)
-        if record["state"] == "exited" or time.monotonic() > deadline:
+        record = next(j for j in supervisor.list() if j.job_id == job_id)
+        if record.state == "exited" or time.monotonic() > deadline:
             break
         time.sleep(0.02)
     supervisor.forget(job_id)
     chunks = list(read_log(Path(spec.log_dir)))
     out = b"".join(c.data for c in chunks if c.stream == Stream.STDOUT)
     err = b"".join(c.data for c in chunks if c.stream == Stream.STDERR)
-    assert record["exit_code"] == 0, (record, err)
-    return record["exit_code"], json.loads(out)
+    assert record.exit_code == 0, (record, err)
+    return record.exit_code, json.loads(out)
 
 
 @pytest.mark.host_probe
