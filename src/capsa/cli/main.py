@@ -43,9 +43,9 @@ def cli(ctx: click.Context, config: Path | None, node: str | None) -> None:
 
 
 def _register() -> None:
-    from capsa.cli import admin, capsules, images, jobs, networks, run_features, runtimes, stats, workflows
+    from capsa.cli import admin, capsules, images, jobs, networks, run_features, runtimes, stats, web, workflows
 
-    for module in (jobs, run_features, images, runtimes, capsules, workflows, networks, stats, admin):
+    for module in (jobs, run_features, images, runtimes, capsules, workflows, networks, stats, admin, web):
         for command in module.COMMANDS:
             cli.add_command(command)
 

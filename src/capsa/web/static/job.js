@@ -1,0 +1,158 @@
+// The job page: live state, live logs (resumable by sequence number) and live uPlot charts.
+"use strict";
+(function () {
+  var root = document.getElementById("job");
+  if (!root) { return; }
+
+  // ---- state -----------------------------------------------------------------------------
+  function applySummary(s) {
+    root.querySelectorAll("[data-field]").forEach(function (el) {
+      var v = s[el.dataset.field];
+      if (v !== undefined) { el.textContent = v === null ? "" : String(v); }
+    });
+    var state = document.getElementById("job-state");
+    state.className = "state st-" + s.state;
+    var stop = document.getElementById("btn-stop"), remove = document.getElementById("btn-remove");
+    if (stop) { stop.disabled = s.ended; }
+    if (remove) { remove.disabled = !s.ended; }
+    var cancel = document.getElementById("btn-cancel");
+    if (cancel && s.state !== "SCHEDULED" && s.state !== "PENDING") { cancel.remove(); }
+  }
+  var states = new EventSource(root.dataset.events);
+  states.addEventListener("state", function (e) { applySummary(JSON.parse(e.data)); });
+  states.addEventListener("end", function () { states.close(); });
+
+  // ---- logs --------------------------------------------------------------------------------
+  // The view keeps the newest MAX_CHARS characters; older output stays downloadable ("download
+  // all"), it is only not kept in the page, so a job writing 10 MB/s cannot freeze the tab.
+  var MAX_CHARS = 1 << 20, SPAN_CHARS = 1 << 16;
+  var pre = document.getElementById("logs"), status = document.getElementById("log-status");
+  var follow = document.getElementById("log-follow"), windowed = document.getElementById("log-windowed");
+  var stats = { lastSeq: 0, chunks: 0, chars: 0, gaps: 0, dups: 0, dropped: 0, connects: 0 };
+  var spans = [], shown = 0, pending = [], scheduled = false, source = null, ended = false;
+
+  function flush() {
+    scheduled = false;
+    var last = spans.length ? spans[spans.length - 1] : null;
+    var frag = document.createDocumentFragment();
+    pending.forEach(function (c) {
+      if (last && last.stream === c[1] && last.len < SPAN_CHARS) {
+        last.el.firstChild.appendData(c[2]);
+      } else {
+        var el = document.createElement("span");
+        el.className = c[1] === 2 ? "stderr" : "stdout";
+        el.appendChild(document.createTextNode(c[2]));
+        frag.appendChild(el);
+        last = { el: el, stream: c[1], len: 0 };
+        spans.push(last);
+      }
+      last.len += c[2].length;
+      shown += c[2].length;
+    });
+    pending = [];
+    pre.appendChild(frag);
+    while (shown > MAX_CHARS && spans.length > 1) {
+      var first = spans.shift();
+      first.el.remove();
+      shown -= first.len;
+      stats.dropped += first.len;
+    }
+    if (stats.dropped) {
+      windowed.hidden = false;
+      windowed.textContent = "Showing the newest output; " + stats.dropped +
+        " older characters are not kept in this view (download all to see everything).";
+    }
+    if (follow.checked) { pre.scrollTop = pre.scrollHeight; }
+  }
+
+  function onLog(e) {
+    JSON.parse(e.data).c.forEach(function (c) {
+      if (c[0] <= stats.lastSeq) { stats.dups += 1; return; }
+      if (stats.lastSeq && c[0] !== stats.lastSeq + 1) { stats.gaps += 1; }
+      stats.lastSeq = c[0];
+      stats.chunks += 1;
+      stats.chars += c[2].length;
+      pending.push(c);
+    });
+    if (!scheduled) { scheduled = true; requestAnimationFrame(flush); }
+  }
+
+  function connect() {
+    stats.connects += 1;
+    status.textContent = "live";
+    source = new EventSource(root.dataset.logs + "?from_seq=" + (stats.lastSeq + 1));
+    source.addEventListener("log", onLog);
+    source.addEventListener("end", function () { ended = true; source.close(); status.textContent = "job ended: complete log shown"; });
+    source.addEventListener("failure", function (e) { status.textContent = "error: " + JSON.parse(e.data).message; });
+    // Our own reconnect (not EventSource's) so the resume point is always lastSeq + 1.
+    source.onerror = function () {
+      source.close();
+      if (!ended) { status.textContent = "reconnecting"; setTimeout(connect, 1000); }
+    };
+  }
+  window.capsaLogs = { stats: stats, reconnect: function () { if (source) { source.close(); } connect(); } };
+  connect();
+
+  // ---- charts ------------------------------------------------------------------------------
+  var WINDOW = 900;   // points kept per chart (15 min at the daemon's 1 s sampling)
+  var data = { t: [], cpu: [], mem: [], limit: [], ior: [], iow: [], pids: [] };
+  var limits = {}, prev = null, charts = {};
+  window.capsaCharts = { points: 0, lastMem: null, memLimit: null };
+
+  function make(id, series, yLabel) {
+    var el = document.getElementById(id);
+    var opts = { width: Math.max(260, el.clientWidth || 420), height: 160, series: [{}].concat(series),
+                 axes: [{}, { label: yLabel, size: 60 }], legend: { live: false } };
+    return new uPlot(opts, [[]].concat(series.map(function () { return []; })), el);
+  }
+  function ensureCharts() {
+    if (charts.cpu || typeof uPlot === "undefined") { return; }
+    charts.cpu = make("chart-cpu", [{ label: "cpu %", stroke: "#2b6cb0", fill: "rgba(43,108,176,.1)" }], "%");
+    var memSeries = [{ label: "memory MiB", stroke: "#2f855a", fill: "rgba(47,133,90,.1)" }];
+    if (limits.memory_limit) { memSeries.push({ label: "limit", stroke: "#c53030", dash: [6, 4] }); }
+    charts.mem = make("chart-mem", memSeries, "MiB");
+    charts.io = make("chart-io", [{ label: "read B/s", stroke: "#6b46c1" }, { label: "write B/s", stroke: "#dd6b20" }], "B/s");
+    charts.pids = make("chart-pids", [{ label: "pids", stroke: "#4a5568" }], "pids");
+  }
+  function redraw() {
+    ensureCharts();
+    if (!charts.cpu) { return; }
+    charts.cpu.setData([data.t, data.cpu]);
+    charts.mem.setData(limits.memory_limit ? [data.t, data.mem, data.limit] : [data.t, data.mem]);
+    charts.io.setData([data.t, data.ior, data.iow]);
+    charts.pids.setData([data.t, data.pids]);
+  }
+  function onSamples(e) {
+    JSON.parse(e.data).forEach(function (s) {
+      var dt = prev ? s.t - prev.t : 0;
+      data.t.push(s.t);
+      data.cpu.push(s.cpu);
+      data.mem.push(s.mem === null ? null : s.mem / 1048576);
+      data.limit.push(limits.memory_limit ? limits.memory_limit / 1048576 : null);
+      data.ior.push(prev && dt > 0 && s.io_r !== null && prev.io_r !== null ? (s.io_r - prev.io_r) / dt : null);
+      data.iow.push(prev && dt > 0 && s.io_w !== null && prev.io_w !== null ? (s.io_w - prev.io_w) / dt : null);
+      data.pids.push(s.pids);
+      prev = s;
+      window.capsaCharts.points += 1;
+      window.capsaCharts.lastMem = s.mem;
+    });
+    Object.keys(data).forEach(function (k) { if (data[k].length > WINDOW) { data[k].splice(0, data[k].length - WINDOW); } });
+    var memNow = document.getElementById("mem-now");
+    if (prev && prev.mem !== null) {
+      memNow.textContent = (prev.mem / 1048576).toFixed(1) + " MiB" +
+        (limits.memory_limit ? " of " + (limits.memory_limit / 1048576).toFixed(0) + " MiB limit" : "");
+    }
+    redraw();
+  }
+  var metrics = new EventSource(root.dataset.metrics);
+  // Every (re)connection starts with "limits" and then the kept history: start the series afresh.
+  metrics.addEventListener("limits", function (e) {
+    limits = JSON.parse(e.data);
+    window.capsaCharts.memLimit = limits.memory_limit;
+    Object.keys(data).forEach(function (k) { data[k] = []; });
+    prev = null;
+  });
+  metrics.addEventListener("samples", onSamples);
+  metrics.addEventListener("end", function () { metrics.close(); });
+  window.addEventListener("pagehide", function () { states.close(); metrics.close(); if (source) { source.close(); } });
+})();
