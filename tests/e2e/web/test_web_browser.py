@@ -1,0 +1,171 @@
+"""The dashboard in a real browser (Debian's headless Chromium) against a real daemon: sign-in, live jobs
+table, live logs with resume, live memory chart, stop (developer) and refusal (reader), the diamond
+workflow's DAG, and hostile names/commands/log lines rendered as text."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from selenium.webdriver.common.by import By
+from web_helpers import WebProcess, sign_in, wait_for
+
+from tests.fixtures.daemon import RunningDaemon
+
+DIAMOND = textwrap.dedent("""\
+    name: diamond
+    jobs:
+      a:
+        command: /bin/sh
+        args: ["-c", "sleep 1"]
+      b:
+        command: /bin/sleep
+        args: ["1"]
+        requires:
+          - a: COMPLETED
+      c:
+        command: /bin/sleep
+        args: ["1"]
+        requires:
+          - a: COMPLETED
+      d:
+        command: /bin/sh
+        args: ["-c", "exit 0"]
+        requires: "b=COMPLETED AND c=COMPLETED"
+    """)
+
+
+def _run(daemon: RunningDaemon, *argv: str, name: str) -> str:
+    res = daemon.cli("run", "-d", "--name", name, "--", *argv, check=True)
+    return res.stdout.decode().strip()
+
+
+def _js(driver: Any, script: str) -> Any:
+    return driver.execute_script(script)
+
+
+def test_sign_in_then_a_job_started_from_the_cli_appears_without_reload(
+        daemon: RunningDaemon, web_dev: WebProcess, browser: Any) -> None:
+    sign_in(browser, web_dev, "/")
+    assert browser.current_url.endswith("/n/default/"), browser.current_url
+    assert browser.find_element(By.ID, "role").text == "developer"
+    browser.get(web_dev.base + "/n/default/jobs")
+    _js(browser, "window.__notReloaded = true;")
+    job_id = _run(daemon, "/bin/sleep", "20", name="appears-live")
+    row = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'tr[data-job="{job_id}"]'),
+                   what="the new job's row")[0]
+    assert "appears-live" in row.text
+    wait_for(lambda: browser.find_element(By.CSS_SELECTOR, f'tr[data-job="{job_id}"]')
+             .get_attribute("data-state") == "RUNNING", what="RUNNING")
+    assert _js(browser, "return window.__notReloaded === true;"), "the page reloaded instead of updating live"
+    daemon.cli("stop", job_id, check=True)
+
+
+def test_logs_follow_live_and_resume_after_reconnect_with_no_gap_or_duplicate(
+        daemon: RunningDaemon, web_dev: WebProcess, browser: Any) -> None:
+    script = "for i in $(seq 1 60); do echo out-$i; echo err-$i >&2; sleep 0.05; done"
+    job_id = _run(daemon, "/bin/sh", "-c", script, name="logger")
+    sign_in(browser, web_dev, f"/n/default/jobs/{job_id}")
+    wait_for(lambda: "out-5\n" in browser.find_element(By.ID, "logs").text + "\n", what="live log lines")
+    _js(browser, "window.capsaLogs.reconnect();")          # drop the stream mid-job and resume from lastSeq + 1
+    wait_for(lambda: "out-25" in browser.find_element(By.ID, "logs").text, what="more lines after reconnect")
+    _js(browser, "window.capsaLogs.reconnect();")
+    wait_for(lambda: browser.find_element(By.ID, "log-status").text.startswith("job ended"), timeout=30,
+             what="the end of the log")
+    stats = _js(browser, "return window.capsaLogs.stats;")
+    assert stats["connects"] >= 3 and stats["gaps"] == 0 and stats["dups"] == 0, stats
+    lines = browser.find_element(By.ID, "logs").text.splitlines()
+    assert sorted(line for line in lines if line.startswith("out-")) == sorted(f"out-{i}" for i in range(1, 61))
+    assert len(lines) == 120, "every line exactly once"
+    stderr = browser.find_elements(By.CSS_SELECTOR, "#logs span.stderr")
+    assert stderr and all("out-" not in s.text for s in stderr), "stderr is told apart from stdout"
+    assert any("err-60" in s.text for s in stderr)
+
+
+def test_memory_chart_moves_and_draws_the_limit(daemon: RunningDaemon, web_dev: WebProcess, browser: Any) -> None:
+    grow = "import time\nb=[]\nfor i in range(40):\n    b.append(bytearray(3<<20)); time.sleep(0.25)\ntime.sleep(30)"
+    res = daemon.cli("run", "-d", "--name", "grower", "--max-memory", "256", "--", "python3", "-c", grow, check=True)
+    job_id = res.stdout.decode().strip()
+    sign_in(browser, web_dev, f"/n/default/jobs/{job_id}")
+    wait_for(lambda: (_js(browser, "return window.capsaCharts.points;") or 0) >= 2, what="first samples")
+    first = _js(browser, "return window.capsaCharts.lastMem;")
+    wait_for(lambda: (_js(browser, "return window.capsaCharts.lastMem;") or 0) > (first or 0) + (20 << 20),
+             timeout=20, what="memory to grow on the chart")
+    assert _js(browser, "return window.capsaCharts.memLimit;") == 256 << 20
+    legend = browser.find_element(By.ID, "chart-mem").text
+    assert "limit" in legend and browser.find_elements(By.CSS_SELECTOR, "#chart-mem canvas")
+    assert "of 256 MiB limit" in browser.find_element(By.ID, "mem-now").text
+    daemon.cli("stop", job_id, check=True)
+
+
+def test_a_developer_stops_a_job_from_its_page(daemon: RunningDaemon, web_dev: WebProcess, browser: Any) -> None:
+    job_id = _run(daemon, "/bin/sleep", "60", name="to-stop")
+    sign_in(browser, web_dev, f"/n/default/jobs/{job_id}")
+    wait_for(lambda: browser.find_element(By.ID, "job-state").text == "RUNNING", what="RUNNING")
+    browser.find_element(By.ID, "btn-stop").click()
+    wait_for(lambda: browser.find_element(By.ID, "job-state").text == "STOPPED", timeout=30, what="STOPPED")
+    with daemon.client("reader") as client:
+        assert client.get_job(job_id).state == "STOPPED"
+    assert browser.find_element(By.ID, "btn-remove").is_enabled()
+
+
+def test_a_reader_sees_no_buttons_and_is_refused_anyway(daemon: RunningDaemon, web_reader: WebProcess,
+                                                        browser: Any) -> None:
+    job_id = _run(daemon, "/bin/sleep", "60", name="reader-cannot-stop")
+    sign_in(browser, web_reader, f"/n/default/jobs/{job_id}")
+    assert browser.find_element(By.ID, "role").text == "reader"
+    assert not browser.find_elements(By.CSS_SELECTOR, "#job-actions, button")
+    # Forge the request the stop button would send, with this session's real CSRF token.
+    status = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const csrf = JSON.parse(document.body.getAttribute('hx-headers'))['X-CSRF-Token'];
+        fetch(location.pathname + '/stop', {method: 'POST', headers: {'X-CSRF-Token': csrf}})
+          .then(r => r.text().then(t => done([r.status, t])));""")
+    assert status[0] == 403 and "reader" in status[1], status
+    with daemon.client("reader") as client:
+        assert client.get_job(job_id).state == "RUNNING"
+    daemon.cli("stop", job_id, check=True)
+
+
+def test_the_diamond_workflow_is_drawn_and_its_nodes_reach_their_final_colours(
+        daemon: RunningDaemon, web_dev: WebProcess, browser: Any, tmp_path: Path) -> None:
+    path = tmp_path / "diamond.yaml"
+    path.write_text(DIAMOND)
+    workflow_id = daemon.cli("workflow", "run", str(path), check=True).stdout.decode().strip()
+    sign_in(browser, web_dev, f"/n/default/workflows/{workflow_id}")
+    nodes = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#dag g.node"), what="the drawn DAG")
+    assert sorted(n.get_attribute("data-node") for n in nodes) == ["a", "b", "c", "d"]
+    labels = sorted(e.text for e in browser.find_elements(By.CSS_SELECTOR, "#dag .edge-label"))
+    assert labels == ["a=COMPLETED", "a=COMPLETED", "b=COMPLETED", "c=COMPLETED"], labels
+    seen: set[str] = set()
+
+    def all_completed() -> bool:
+        states = {n.get_attribute("data-node"): n.get_attribute("data-state")
+                  for n in browser.find_elements(By.CSS_SELECTOR, "#dag g.node")}
+        seen.update(f"{k}:{v}" for k, v in states.items())
+        return set(states.values()) == {"COMPLETED"}
+    wait_for(all_completed, timeout=40, interval=0.05, what="every node COMPLETED")
+    assert "b:RUNNING" in seen or "c:RUNNING" in seen, f"never saw a node change live: {sorted(seen)}"
+    fill = _js(browser, "return getComputedStyle(document.querySelector('#dag g[data-node=d] rect')).fill;")
+    assert fill == "rgb(154, 230, 180)", fill   # the COMPLETED green of app.css
+    wait_for(lambda: browser.find_element(By.ID, "wf-state").text == "COMPLETED", what="workflow COMPLETED")
+    browser.find_element(By.CSS_SELECTOR, "#dag g[data-node=d]").click()
+    wait_for(lambda: "/jobs/" in browser.current_url, what="the click to open job d")
+    assert "diamond/d" in browser.find_element(By.ID, "job-name").text
+
+
+def test_html_in_names_commands_and_logs_renders_as_text(daemon: RunningDaemon, web_dev: WebProcess,
+                                                         browser: Any) -> None:
+    evil = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2"><b>bold</b>'
+    job_id = _run(daemon, "/bin/sh", "-c", f"echo '{evil}'; echo '{evil}' >&2", name=evil)
+    sign_in(browser, web_dev, "/n/default/jobs?name=" + "%3Cscript%3E")
+    row = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'tr[data-job="{job_id}"] td.name'), what="row")
+    assert row[0].text == evil
+    browser.get(web_dev.base + f"/n/default/jobs/{job_id}")
+    wait_for(lambda: browser.find_element(By.ID, "log-status").text.startswith("job ended"), what="log end")
+    assert browser.find_element(By.ID, "job-name").text == evil
+    assert evil in browser.find_element(By.ID, "job-command").text
+    assert browser.find_element(By.ID, "logs").text.count(evil) == 2
+    assert not browser.find_elements(By.CSS_SELECTOR, "main b, main img, #logs script")
+    assert _js(browser, "return window.__xss;") is None
