@@ -97,8 +97,8 @@ def serve(options: WebOptions, *, config_path: Path | None = None, node: str | N
     echo(f"capsa web: serving {nodes} on {scheme}://{netloc}/")
     if tls is not None and tls.ca is not None:
         echo(f"capsa web: browsers must trust the web CA in {tls.ca}")
+    signal.signal(signal.SIGUSR1, announce)   # before the first URL: a caller may ask for the next one at once
     announce()
-    signal.signal(signal.SIGUSR1, announce)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2,
                             ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None)
     try:

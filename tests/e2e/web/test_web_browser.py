@@ -36,6 +36,10 @@ DIAMOND = textwrap.dedent("""\
     """)
 
 
+# A job that ends promptly on SIGTERM (a bare `sleep` as PID 1 ignores it and waits for the stop grace's SIGKILL).
+SLEEPER = ("/bin/sh", "-c", "trap 'exit 143' TERM; while :; do sleep 0.1; done")
+
+
 def _run(daemon: RunningDaemon, *argv: str, name: str) -> str:
     res = daemon.cli("run", "-d", "--name", name, "--", *argv, check=True)
     return res.stdout.decode().strip()
@@ -52,7 +56,7 @@ def test_sign_in_then_a_job_started_from_the_cli_appears_without_reload(
     assert browser.find_element(By.ID, "role").text == "developer"
     browser.get(web_dev.base + "/n/default/jobs")
     _js(browser, "window.__notReloaded = true;")
-    job_id = _run(daemon, "/bin/sleep", "20", name="appears-live")
+    job_id = _run(daemon, *SLEEPER, name="appears-live")
     row = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'tr[data-job="{job_id}"]'),
                    what="the new job's row")[0]
     assert "appears-live" in row.text
@@ -84,7 +88,7 @@ def test_logs_follow_live_and_resume_after_reconnect_with_no_gap_or_duplicate(
 
 
 def test_memory_chart_moves_and_draws_the_limit(daemon: RunningDaemon, web_dev: WebProcess, browser: Any) -> None:
-    grow = "import time\nb=[]\nfor i in range(40):\n    b.append(bytearray(3<<20)); time.sleep(0.25)\ntime.sleep(30)"
+    grow = "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\nb=[]\nfor i in range(16):\n    b.append(bytearray(8<<20)); time.sleep(0.25)\ntime.sleep(30)"
     res = daemon.cli("run", "-d", "--name", "grower", "--max-memory", "256", "--", "python3", "-c", grow, check=True)
     job_id = res.stdout.decode().strip()
     sign_in(browser, web_dev, f"/n/default/jobs/{job_id}")
@@ -100,7 +104,7 @@ def test_memory_chart_moves_and_draws_the_limit(daemon: RunningDaemon, web_dev: 
 
 
 def test_a_developer_stops_a_job_from_its_page(daemon: RunningDaemon, web_dev: WebProcess, browser: Any) -> None:
-    job_id = _run(daemon, "/bin/sleep", "60", name="to-stop")
+    job_id = _run(daemon, *SLEEPER, name="to-stop")
     sign_in(browser, web_dev, f"/n/default/jobs/{job_id}")
     wait_for(lambda: browser.find_element(By.ID, "job-state").text == "RUNNING", what="RUNNING")
     browser.find_element(By.ID, "btn-stop").click()
@@ -112,7 +116,7 @@ def test_a_developer_stops_a_job_from_its_page(daemon: RunningDaemon, web_dev: W
 
 def test_a_reader_sees_no_buttons_and_is_refused_anyway(daemon: RunningDaemon, web_reader: WebProcess,
                                                         browser: Any) -> None:
-    job_id = _run(daemon, "/bin/sleep", "60", name="reader-cannot-stop")
+    job_id = _run(daemon, *SLEEPER, name="reader-cannot-stop")
     sign_in(browser, web_reader, f"/n/default/jobs/{job_id}")
     assert browser.find_element(By.ID, "role").text == "reader"
     assert not browser.find_elements(By.CSS_SELECTOR, "#job-actions, button")
