@@ -30,9 +30,10 @@ T = TypeVar("T")
 
 @dataclass
 class _JobsCache:
-    jobs: list[pb.Job] = field(default_factory=list)
+    jobs: list[pb.Job] | None = None
     fetched_at: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    refreshing: bool = False
 
 
 class Node:
@@ -54,23 +55,53 @@ class Node:
         return await run_in_threadpool(fn, *args, **kwargs)
 
     def jobs_blocking(self, *, max_age: float = JOBS_TTL) -> list[pb.Job]:
-        """Every job (ended ones too), at most ``max_age`` seconds old.
+        """Every job (ended ones too), refreshed when older than ``max_age`` seconds.
 
-        The lock makes concurrent requests share one in-flight ListJobs instead of each
-        starting their own when the cache expires.
+        Stale-while-revalidate: once a list is cached, a request finding it stale gets it at once and
+        starts one background refresh, so no page view waits for the ListJobs of thousands of jobs
+        (hundreds of ms at 5,000); only the very first view, or one after ``invalidate_jobs``, does.
+        The lock makes concurrent requests share a single in-flight ListJobs.
         """
         cache = self._jobs
         with cache.lock:
-            if time.monotonic() - cache.fetched_at > max_age:
-                cache.jobs = self.client.list_jobs(all=True)
-                cache.fetched_at = time.monotonic()
+            age = time.monotonic() - cache.fetched_at
+            if cache.jobs is not None and age <= max_age:
+                return cache.jobs
+            if cache.jobs is not None and cache.fetched_at > 0:
+                if not cache.refreshing:
+                    cache.refreshing = True
+                    threading.Thread(target=self._refresh, name="capsa-web-jobs", daemon=True).start()
+                return cache.jobs
+            cache.jobs = self.client.list_jobs(all=True)
+            cache.fetched_at = time.monotonic()
             return cache.jobs
+
+    def _refresh(self) -> None:
+        cache = self._jobs
+        try:
+            jobs = self.client.list_jobs(all=True)
+            with cache.lock:
+                cache.jobs, cache.fetched_at = jobs, time.monotonic()
+        except Exception:   # the next request retries; pages keep showing the last good list meanwhile
+            pass
+        finally:
+            cache.refreshing = False
+
+    def warm(self) -> None:
+        """Fetch the job list once in the background, so the first page view finds it ready."""
+        threading.Thread(target=self._warm, name="capsa-web-warm", daemon=True).start()
+
+    def _warm(self) -> None:
+        try:
+            self.jobs_blocking()
+        except Exception:   # the daemon may be down at start; pages report it when it matters
+            pass
 
     async def jobs(self, *, max_age: float = JOBS_TTL) -> list[pb.Job]:
         return await run_in_threadpool(self.jobs_blocking, max_age=max_age)
 
     def invalidate_jobs(self) -> None:
-        """After a change made from the dashboard, so the next view shows it at once."""
+        """After a change made from the dashboard: the next view waits for a fresh list and shows it."""
         self._jobs.fetched_at = 0.0
 
     def close(self) -> None:

@@ -85,6 +85,8 @@ def serve(options: WebOptions, *, config_path: Path | None = None, node: str | N
         allowed |= {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"}
     if not is_loopback(options.host):
         allowed |= {f"{socket.gethostname()}:{port}", f"{options.host}:{port}"}
+    for each in hub.nodes.values():
+        each.warm()
     sessions = Sessions()
     app = build_app(hub, sessions, allowed_hosts=allowed, origin=f"{scheme}://{netloc}", secure=tls is not None)
 

@@ -25,7 +25,7 @@
   // ---- logs --------------------------------------------------------------------------------
   // The view keeps the newest MAX_CHARS characters; older output stays downloadable ("download
   // all"), it is only not kept in the page, so a job writing 10 MB/s cannot freeze the tab.
-  var MAX_CHARS = 1 << 20, SPAN_CHARS = 1 << 16;
+  var MAX_CHARS = 1 << 18, SPAN_CHARS = 1 << 14;
   var pre = document.getElementById("logs"), status = document.getElementById("log-status");
   var follow = document.getElementById("log-follow"), windowed = document.getElementById("log-windowed");
   var stats = { lastSeq: 0, chunks: 0, chars: 0, gaps: 0, dups: 0, dropped: 0, connects: 0 };
@@ -33,6 +33,16 @@
 
   function flush() {
     scheduled = false;
+    // Output that would be trimmed again in this same frame is never put into the page: under a
+    // firehose the DOM only ever receives the newest MAX_CHARS characters.
+    var total = 0, i = pending.length - 1;
+    for (; i > 0; i--) { total += pending[i][2].length; if (total >= MAX_CHARS) { break; } }
+    if (i > 0) {
+      pending.slice(0, i).forEach(function (c) { stats.dropped += c[2].length; });
+      pending = pending.slice(i);
+      spans.forEach(function (sp) { stats.dropped += sp.len; });
+      spans = []; shown = 0; pre.textContent = "";
+    }
     var last = spans.length ? spans[spans.length - 1] : null;
     var frag = document.createDocumentFragment();
     pending.forEach(function (c) {
