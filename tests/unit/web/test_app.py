@@ -149,3 +149,19 @@ def test_non_loopback_binds_need_the_flag_and_tls(tmp_path: Path) -> None:
     assert ensure_web_cert(tmp_path / "tls", ["dash.example"]).cert.read_text() == cert_before, "reused"
     ensure_web_cert(tmp_path / "tls", ["other.example"])
     assert files.cert.read_text() != cert_before and files.ca.read_text() in files.cert.read_text()
+
+
+def test_several_nodes_each_with_its_own_client_and_role() -> None:
+    dev_client, reader_client = FakeClient(), FakeClient()
+    reader_client.job = pb.Job(id="cd" * 16, name="on-the-other-node", state="RUNNING", created_at_ns=1)
+    dev, reader = _node(Role.DEVELOPER, dev_client), _node(Role.READER, reader_client)
+    reader.name = "lab"
+    sessions = Sessions()
+    http = TestClient(build_app(Hub([dev, reader]), sessions, allowed_hosts={"testserver"}, origin="http://testserver"),
+                      base_url="http://testserver")
+    _sign_in(http, sessions)
+    assert http.get("/", follow_redirects=False).headers["location"] == "/n/default/"
+    lab = http.get("/n/lab/jobs")
+    assert "on-the-other-node" in lab.text and 'href="/n/default/"' in lab.text and 'id="role">reader<' in lab.text
+    assert "<button" in http.get(f"/n/default/jobs/{dev_client.job.id}").text
+    assert "<button" not in http.get(f"/n/lab/jobs/{reader_client.job.id}").text
