@@ -1,5 +1,5 @@
-"""Fixtures for the dashboard's end-to-end tests: one daemon, one ``capsa web`` per role and one headless
-Chromium per module; a screenshot of the page in the test's tmp directory when a browser test fails."""
+"""Fixtures for the dashboard's end-to-end tests: one daemon and one ``capsa web`` per role for the suite, one
+headless Chromium per module; a screenshot of the page in the test's tmp directory when a browser test fails."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from web_helpers import WebProcess, browser_missing, chromium, web_process
 
-from tests.fixtures.daemon import RunningDaemon
+from tests.fixtures.daemon import RunningDaemon, running_daemon
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
@@ -20,13 +20,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     setattr(item, f"rep_{report.when}", report)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
+    """One daemon for the whole web suite (overrides the per-module one: the suite must stay under 2 min)."""
+    with running_daemon(tmp_path_factory.mktemp("capsa-web") / "home") as d:
+        yield d
+
+
+@pytest.fixture(scope="package")
 def web_dev(daemon: RunningDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebProcess]:
     with web_process(daemon.home, "developer", tmp_path_factory.mktemp("web-dev")) as web:
         yield web
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def web_reader(daemon: RunningDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebProcess]:
     with web_process(daemon.home, "reader", tmp_path_factory.mktemp("web-reader")) as web:
         yield web
