@@ -34,6 +34,7 @@ class _JobsCache:
     fetched_at: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
     refreshing: bool = False
+    last_duration: float = 0.0
 
 
 class Node:
@@ -59,29 +60,42 @@ class Node:
 
         Stale-while-revalidate: once a list is cached, a request finding it stale gets it at once and
         starts one background refresh, so no page view waits for the ListJobs of thousands of jobs
-        (hundreds of ms at 5,000); only the very first view, or one after ``invalidate_jobs``, does.
-        The lock makes concurrent requests share a single in-flight ListJobs.
+        (about a second at 5,000); only a view before the first list arrived does (``warm`` fetches
+        it when ``capsa web`` starts). The lock makes concurrent first requests share one ListJobs.
         """
         cache = self._jobs
+        # A list that takes long to fetch is refreshed less often, so that watching the dashboard never
+        # keeps the daemon busy listing jobs more than about a third of the time.
+        max_age = max(max_age, 3 * cache.last_duration)
         with cache.lock:
-            age = time.monotonic() - cache.fetched_at
-            if cache.jobs is not None and age <= max_age:
+            if cache.jobs is None:
+                self._fetch_locked()
+                assert cache.jobs is not None
                 return cache.jobs
-            if cache.jobs is not None and cache.fetched_at > 0:
-                if not cache.refreshing:
-                    cache.refreshing = True
-                    threading.Thread(target=self._refresh, name="capsa-web-jobs", daemon=True).start()
-                return cache.jobs
-            cache.jobs = self.client.list_jobs(all=True)
-            cache.fetched_at = time.monotonic()
+            if time.monotonic() - cache.fetched_at > max_age:
+                self._refresh_in_background_locked()
             return cache.jobs
+
+    def _fetch_locked(self) -> None:
+        cache = self._jobs
+        t0 = time.monotonic()
+        cache.jobs = self.client.list_jobs(all=True)
+        cache.fetched_at = time.monotonic()
+        cache.last_duration = cache.fetched_at - t0
+
+    def _refresh_in_background_locked(self) -> None:
+        if not self._jobs.refreshing:
+            self._jobs.refreshing = True
+            threading.Thread(target=self._refresh, name="capsa-web-jobs", daemon=True).start()
 
     def _refresh(self) -> None:
         cache = self._jobs
         try:
+            t0 = time.monotonic()
             jobs = self.client.list_jobs(all=True)
             with cache.lock:
                 cache.jobs, cache.fetched_at = jobs, time.monotonic()
+                cache.last_duration = cache.fetched_at - t0
         except Exception:   # the next request retries; pages keep showing the last good list meanwhile
             pass
         finally:
@@ -101,8 +115,10 @@ class Node:
         return await run_in_threadpool(self.jobs_blocking, max_age=max_age)
 
     def invalidate_jobs(self) -> None:
-        """After a change made from the dashboard: the next view waits for a fresh list and shows it."""
-        self._jobs.fetched_at = 0.0
+        """After a change made from the dashboard: refresh now, in the background (live views follow)."""
+        with self._jobs.lock:
+            self._jobs.fetched_at = 0.0
+            self._refresh_in_background_locked()
 
     def close(self) -> None:
         self.client.close()

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
-from starlette.testclient import TestClient
 
 from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
 from capsa.config import NodeConfig
@@ -20,6 +20,10 @@ from capsa.web.auth import Sessions
 from capsa.web.hub import Hub, Node
 from capsa.web.server import WebOptions, check_bind
 from capsa.web.tls import ensure_web_cert
+
+with warnings.catch_warnings():   # Starlette 1.10 prefers httpx2 for its TestClient; httpx works the same here
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from starlette.testclient import TestClient
 
 EVIL = '<script>alert(1)</script><img src=x onerror=alert(2)>'
 _CA = create_ca("test CA")
