@@ -22,7 +22,7 @@ from capsa.web.server import WebOptions, check_bind
 from capsa.web.tls import ensure_web_cert
 
 with warnings.catch_warnings():   # Starlette 1.10 prefers httpx2 for its TestClient; httpx works the same here
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
 EVIL = '<script>alert(1)</script><img src=x onerror=alert(2)>'
