@@ -63,6 +63,12 @@ def test_sign_in_then_a_job_started_from_the_cli_appears_without_reload(
     wait_for(lambda: browser.find_element(By.CSS_SELECTOR, f'tr[data-job="{job_id}"]')
              .get_attribute("data-state") == "RUNNING", what="RUNNING")
     assert _js(browser, "return window.__notReloaded === true;"), "the page reloaded instead of updating live"
+    name = browser.find_element(By.NAME, "name")
+    name.send_keys("appears-li")                     # the filter narrows the table in place (htmx)
+    wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#jobs-table tbody tr[data-job]")) == 1,
+             what="the filtered table")
+    wait_for(lambda: "name=appears-li" in browser.current_url, what="the filter in the address (pushed by htmx)")
+    assert _js(browser, "return window.__notReloaded === true;")
     daemon.cli("stop", job_id, check=True)
 
 

@@ -133,3 +133,23 @@ def test_a_readers_dashboard_refuses_changes_before_asking_the_daemon(daemon: Ru
     with daemon.client("reader") as reader:
         assert reader.get_job(job_id).state == "RUNNING"
     daemon.cli("stop", job_id, check=True)
+
+
+def test_a_developer_removes_an_ended_job_and_cancels_a_workflow(daemon: RunningDaemon, web_dev: WebProcess) -> None:
+    client, csrf = _signed_in(web_dev)
+    headers = {"X-CSRF-Token": csrf}
+    job_id = daemon.cli("run", "-d", "--", "/bin/true", check=True).stdout.decode().strip()
+    with daemon.client("reader") as reader:
+        wait_for(lambda: reader.get_job(job_id).ended, what="the job to end")
+    removed = client.post(f"/n/default/jobs/{job_id}/remove", headers=headers)
+    assert removed.status_code == 200 and removed.headers["hx-redirect"] == "/n/default/jobs"
+    assert client.get(f"/n/default/jobs/{job_id}").status_code == 404
+    with daemon.client("developer") as developer:
+        workflow = developer.submit_workflow(
+            "name: long\njobs:\n  wait:\n    command: /bin/sh\n"
+            "    args: [\"-c\", \"trap 'exit 143' TERM; while :; do sleep 0.1; done\"]\n", source="long.yaml")
+        wait_for(lambda: developer.get_workflow(workflow.id).jobs[0].state == "RUNNING", what="RUNNING")
+    page = client.get(f"/n/default/workflows/{workflow.id}")
+    assert page.status_code == 200 and 'id="btn-wf-cancel"' in page.text
+    canceled = client.post(f"/n/default/workflows/{workflow.id}/cancel", headers=headers)
+    assert canceled.status_code == 200 and "CANCELED" in canceled.text
