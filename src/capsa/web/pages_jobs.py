@@ -119,18 +119,18 @@ def routes(web: WebApp) -> list[Route]:
     async def log_stream(request: Request) -> Response:
         node = web.node(request)
         job = await node.call(node.client.get_job, request.path_params["job"])
-        call = node.client.jobs.StreamLogs(pb.StreamLogsRequest(id=job.id, follow=True, from_seq=_from_seq(request)),
-                                           timeout=None)
-        return event_stream(log_events(ThreadStream(call)))
+        wanted = pb.StreamLogsRequest(id=job.id, follow=True, from_seq=_from_seq(request))
+        return event_stream(log_events(lambda: node.client.jobs.StreamLogs(wanted, timeout=None)))
 
     async def log_text(request: Request) -> Response:
         """The whole log, every byte, as it was written (both streams interleaved in order)."""
         node = web.node(request)
         job = await node.call(node.client.get_job, request.path_params["job"])
-        call = node.client.jobs.StreamLogs(pb.StreamLogsRequest(id=job.id, follow=False, from_seq=1), timeout=None)
-        stream = ThreadStream(call)
 
         async def body() -> AsyncIterator[bytes]:
+            # Opened once the response starts (see streams.log_events).
+            stream = ThreadStream(node.client.jobs.StreamLogs(pb.StreamLogsRequest(id=job.id, from_seq=1),
+                                                              timeout=None))
             try:
                 async for batch in stream.batches():
                     if batch:
@@ -145,15 +145,14 @@ def routes(web: WebApp) -> list[Route]:
     async def metrics_stream(request: Request) -> Response:
         node = web.node(request)
         job = await node.call(node.client.get_job, request.path_params["job"])
-        call = node.client.metrics.MetricsStream(
-            mpb.MetricsStreamRequest(id=job.id, follow=not job.ended, history=True), timeout=None)
-        stream = ThreadStream(call)
 
         async def body() -> AsyncIterator[bytes]:
-            yield sse({"memory_limit": job.resources.max_memory_mb * 1024 * 1024 or None,
-                       "cpu_limit": job.resources.max_cpu or None, "pids_limit": job.resources.max_pids or None},
-                      event="limits")
+            stream = ThreadStream(node.client.metrics.MetricsStream(
+                mpb.MetricsStreamRequest(id=job.id, follow=not job.ended, history=True), timeout=None))
             try:
+                yield sse({"memory_limit": job.resources.max_memory_mb * 1024 * 1024 or None,
+                           "cpu_limit": job.resources.max_cpu or None, "pids_limit": job.resources.max_pids or None},
+                          event="limits")
                 async for batch in stream.batches():
                     if not batch:
                         yield b": keep-alive\n\n"

@@ -53,13 +53,17 @@ class ThreadStream:
         self._thread.start()
 
     def _put(self, item: Any) -> None:
+        """Blocks while the queue is full (back-pressure), until the reader takes it or goes away."""
         while not self._stopped.is_set():
             try:
                 self._queue.put(item, timeout=0.5)
                 break
             except queue.Full:
                 continue
-        self._loop.call_soon_threadsafe(self._ready.set)
+        try:
+            self._loop.call_soon_threadsafe(self._ready.set)
+        except RuntimeError:   # the event loop is gone (server shutting down): nobody is waiting
+            self._stopped.set()
 
     def _run(self) -> None:
         try:
@@ -73,12 +77,7 @@ class ThreadStream:
         except Exception as exc:   # reported to the browser as an error event, never swallowed
             self.error = exc
         finally:
-            try:
-                self._queue.put(_DONE, timeout=1)
-            except queue.Full:
-                pass
-            if not self._loop.is_closed():
-                self._loop.call_soon_threadsafe(self._ready.set)
+            self._put(_DONE)   # like data: waits for room, so a slow reader still learns the stream ended
 
     async def batches(self, max_items: int = 512) -> AsyncIterator[list[Any]]:
         """Whatever has arrived, up to ``max_items`` at a time; ends after the stream ended."""
@@ -111,15 +110,17 @@ class ThreadStream:
         self.call.cancel()
 
 
-async def log_events(stream: ThreadStream) -> AsyncIterator[bytes]:
+async def log_events(open_call: Callable[[], Any]) -> AsyncIterator[bytes]:
     """LogChunks as ``log`` events ``{"c": [[seq, stream, text], ...]}`` with ``id`` = the last seq.
 
     The id is what the browser resumes from (``from_seq = id + 1``), so a reconnect neither repeats
     nor skips a chunk. Bytes are decoded per stream with an incremental decoder, so a UTF-8
-    character split across chunks still renders whole.
+    character split across chunks still renders whole. The RPC is opened here, when the response
+    starts, so a request abandoned before that leaves no stream or thread behind.
     """
     decoders = {1: codecs.getincrementaldecoder("utf-8")("replace"),
                 2: codecs.getincrementaldecoder("utf-8")("replace")}
+    stream = ThreadStream(open_call())
     try:
         async for batch in stream.batches():
             if not batch:
