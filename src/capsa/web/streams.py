@@ -14,7 +14,7 @@ import codecs
 import json
 import queue
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -173,11 +173,3 @@ async def poll_events(fetch: Callable[[], Awaitable[Any]], *, interval: float, e
             return
         await asyncio.sleep(interval)
         quiet += interval
-
-
-def iterate(call: Iterator[Any]) -> Iterator[Any]:
-    """For tests and the plain-text log download: iterate a call, typed errors out."""
-    try:
-        yield from call
-    except grpc.RpcError as exc:
-        raise from_rpc_error(exc) from None
