@@ -25,11 +25,38 @@
   // ---- logs --------------------------------------------------------------------------------
   // The view keeps the newest MAX_CHARS characters; older output stays downloadable ("download
   // all"), it is only not kept in the page, so a job writing 10 MB/s cannot freeze the tab.
-  var MAX_CHARS = 1 << 18, SPAN_CHARS = 1 << 14;
+  // Text goes into blocks of about BLOCK_CHARS, each closed at a line end: a new frame lays out only
+  // its new block, and blocks scrolled out of view are skipped (content-visibility: auto in
+  // app.css). One block for the whole log would be laid out again, in full, on every frame.
+  var MAX_CHARS = 1 << 19, BLOCK_CHARS = 1 << 13;
   var pre = document.getElementById("logs"), status = document.getElementById("log-status");
   var follow = document.getElementById("log-follow"), windowed = document.getElementById("log-windowed");
   var stats = { lastSeq: 0, chunks: 0, chars: 0, gaps: 0, dups: 0, dropped: 0, connects: 0 };
-  var spans = [], shown = 0, pending = [], scheduled = false, source = null, ended = false;
+  var blocks = [], shown = 0, pending = [], scheduled = false, source = null, ended = false;
+
+  function newBlock(parent) {
+    var block = { el: document.createElement("div"), len: 0, span: null, stream: 0, closed: false };
+    block.el.className = "block";
+    parent.appendChild(block.el);
+    blocks.push(block);
+    return block;
+  }
+
+  function put(block, stream, text) {
+    if (block.span && block.stream === stream) {
+      block.span.appendData(text);
+    } else {
+      var el = document.createElement("span");
+      el.className = stream === 2 ? "stderr" : "stdout";
+      block.span = document.createTextNode(text);
+      el.appendChild(block.span);
+      block.el.appendChild(el);
+      block.stream = stream;
+    }
+    block.len += text.length;
+    shown += text.length;
+    if (block.len >= BLOCK_CHARS && text.charAt(text.length - 1) === "\n") { block.closed = true; }
+  }
 
   function flush() {
     scheduled = false;
@@ -40,29 +67,29 @@
     if (i > 0) {
       pending.slice(0, i).forEach(function (c) { stats.dropped += c[2].length; });
       pending = pending.slice(i);
-      spans.forEach(function (sp) { stats.dropped += sp.len; });
-      spans = []; shown = 0; pre.textContent = "";
+      blocks.forEach(function (b) { stats.dropped += b.len; });
+      blocks = []; shown = 0; pre.textContent = "";
     }
-    var last = spans.length ? spans[spans.length - 1] : null;
     var frag = document.createDocumentFragment();
+    var block = blocks.length ? blocks[blocks.length - 1] : null;
     pending.forEach(function (c) {
-      if (last && last.stream === c[1] && last.len < SPAN_CHARS) {
-        last.el.firstChild.appendData(c[2]);
-      } else {
-        var el = document.createElement("span");
-        el.className = c[1] === 2 ? "stderr" : "stdout";
-        el.appendChild(document.createTextNode(c[2]));
-        frag.appendChild(el);
-        last = { el: el, stream: c[1], len: 0 };
-        spans.push(last);
+      var text = c[2];
+      while (text.length) {
+        if (!block || block.closed) { block = newBlock(frag); }
+        var room = BLOCK_CHARS - block.len, cut = text.length;
+        if (text.length > room) {   // close the block at the first line end past its size, if any
+          var nl = text.indexOf("\n", Math.max(0, room - 1));
+          cut = nl < 0 ? text.length : nl + 1;
+        }
+        put(block, c[1], text.slice(0, cut));
+        text = text.slice(cut);
+        if (text.length) { block.closed = true; }
       }
-      last.len += c[2].length;
-      shown += c[2].length;
     });
     pending = [];
     pre.appendChild(frag);
-    while (shown > MAX_CHARS && spans.length > 1) {
-      var first = spans.shift();
+    while (shown > MAX_CHARS && blocks.length > 1) {
+      var first = blocks.shift();
       first.el.remove();
       shown -= first.len;
       stats.dropped += first.len;
