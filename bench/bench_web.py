@@ -178,7 +178,7 @@ def write_doc(jobs: dict[str, Any], logs: dict[str, Any] | None, count: int, sta
              f"| jobs page, wall time at the client, median | {jobs['median_wall_ms']:.1f} ms |",
              f"| first jobs page view (list prefetched when capsa web starts), server-side / wall | "
              f"{jobs['cold_server_ms']:.1f} / {jobs['cold_wall_ms']:.1f} ms |",
-             f"| ListJobs(all) RPC of every job, at the client (paid once per second, in the background) | "
+             f"| ListJobs(all) RPC of every job, at the client (refreshed in the background, at most every max(1 s, 3 × this)) | "
              f"{jobs['rpc_ms']:.0f} ms |"]
     if logs:
         rate = logs["written"] / logs["seconds"] / 1e6
