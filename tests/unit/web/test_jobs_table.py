@@ -65,3 +65,15 @@ def test_five_thousand_jobs_filter_sort_and_page_in_milliseconds() -> None:
     for query in ({"sort": "name"}, {"state": "FAILED", "sort": "duration"}, {"name": "task-4", "page": "3"}):
         select(jobs, JobQuery.parse(query))
     assert time.perf_counter() - t0 < 0.5
+
+
+def test_the_label_filter_is_ready_for_when_jobs_have_labels(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from capsa.web import jobs_table
+
+    labels = {"a" * 32: {"team": "ml", "gpu": ""}, "b" * 32: {"team": "web"}}
+    monkeypatch.setattr(jobs_table, "job_labels", lambda job: labels.get(job.id, {}))
+    jobs = [pb.Job(id="a" * 32), pb.Job(id="b" * 32), pb.Job(id="c" * 32)]
+    match = jobs_table._label
+    assert [j.id[0] for j in jobs if match("team=ml")(j)] == ["a"]
+    assert [j.id[0] for j in jobs if match("team")(j)] == ["a", "b"]
+    assert [j.id[0] for j in jobs if match("team, gpu")(j)] == ["a"]
