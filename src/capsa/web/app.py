@@ -18,7 +18,7 @@ from starlette.templating import Jinja2Templates
 from capsa.errors import CapsaError, FailedPrecondition, NotFound, PermissionDenied, Unauthorized, Unavailable
 from capsa.pki import Role
 from capsa.web import views
-from capsa.web.auth import COOKIE, AuthMiddleware, Sessions
+from capsa.web.auth import AuthMiddleware, Sessions, cookie_name
 from capsa.web.hub import Hub, Node
 
 __all__ = ["WebApp", "build_app"]
@@ -85,7 +85,7 @@ def build_app(hub: Hub, sessions: Sessions, *, allowed_hosts: set[str], origin: 
         # link from another site would not be sent on the redirect, and the user would bounce to a 401.
         response = HTMLResponse('<!doctype html><meta http-equiv="refresh" content="0;url=/">'
                                 '<title>capsa</title><a href="/">Signed in: continue</a>')
-        response.set_cookie(COOKIE, session.id, httponly=True, samesite="strict", secure=secure, path="/")
+        response.set_cookie(cookie_name(origin), session.id, httponly=True, samesite="strict", secure=secure, path="/")
         response.headers["cache-control"] = "no-store"
         return response
 

@@ -25,9 +25,16 @@ from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from typing import Any
 
-__all__ = ["COOKIE", "CSRF_HEADER", "AuthMiddleware", "Session", "Sessions"]
+__all__ = ["COOKIE", "CSRF_HEADER", "AuthMiddleware", "Session", "Sessions", "cookie_name"]
 
 COOKIE = "capsa_session"
+
+
+def cookie_name(origin: str) -> str:
+    """``capsa_session_<port>``: browsers do not separate cookies by port, so two dashboards on one host
+    (say a reader's and a developer's) would otherwise sign each other out."""
+    port = origin.rsplit(":", 1)[-1]
+    return f"{COOKIE}_{port}" if port.isdigit() else COOKIE
 CSRF_HEADER = "x-csrf-token"
 SESSION_IDLE_S = 12 * 3600
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -112,6 +119,7 @@ class AuthMiddleware:
         self.allowed_hosts = allowed_hosts
         self.origin = origin
         self.public = public_prefixes
+        self.cookie = cookie_name(origin)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -126,7 +134,7 @@ class AuthMiddleware:
         if path.startswith(self.public):
             await self.app(scope, receive, send)
             return
-        session = self.sessions.get(_cookie(headers, COOKIE))
+        session = self.sessions.get(_cookie(headers, self.cookie))
         if session is None:
             await _plain(send, 401, "not signed in: open the one-time URL printed by `capsa web` "
                                     "(kill -USR1 its pid for a new one)")

@@ -142,5 +142,6 @@ def chromium(download_dir: Path | None = None, width: int = 1400, height: int = 
 def sign_in(driver: Any, web: WebProcess, path: str = "/") -> None:
     """Open a fresh one-time URL (sets the session cookie), then ``path``."""
     driver.get(web.new_login_url())
-    wait_for(lambda: driver.get_cookie("capsa_session"), timeout=10, what="the session cookie")
+    cookie = "capsa_session_" + web.base.rsplit(":", 1)[1]
+    wait_for(lambda: driver.get_cookie(cookie), timeout=10, what="the session cookie")
     driver.get(web.base + path)
