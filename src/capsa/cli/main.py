@@ -43,7 +43,8 @@ def cli(ctx: click.Context, config: Path | None, node: str | None) -> None:
 
 
 def _register() -> None:
-    from capsa.cli import admin, capsules, images, jobs, networks, run_features, runtimes, stats, web, workflows
+    import capsa.cli.web as web  # click only: the command imports the web stack (Starlette, uvicorn) when run
+    from capsa.cli import admin, capsules, images, jobs, networks, run_features, runtimes, stats, workflows
 
     for module in (jobs, run_features, images, runtimes, capsules, workflows, networks, stats, admin, web):
         for command in module.COMMANDS:
