@@ -33,3 +33,14 @@ def test_vendored_files_match_their_recorded_checksums_and_pages_load_only_them(
     for template in (WEB / "templates").glob("*.html"):
         for src in re.findall(r'(?:src|href)="(https?:[^"]*|//[^"]*)"', template.read_text()):
             raise AssertionError(f"{template.name} loads {src} from elsewhere")
+
+
+def test_the_cli_does_not_import_the_web_stack_until_capsa_web_runs() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, capsa.cli.main; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('starlette', 'uvicorn', 'jinja2') "
+            "or m.startswith('capsa.web')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
