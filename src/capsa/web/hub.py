@@ -46,6 +46,7 @@ class Node:
         self.role: Role = config.role
         self.client = client if client is not None else CapsaClient(config, timeout=30)
         self._jobs = _JobsCache()
+        self._cached: dict[str, tuple[float, Any]] = {}
 
     @property
     def can_change(self) -> bool:
@@ -113,6 +114,15 @@ class Node:
 
     async def jobs(self, *, max_age: float = JOBS_TTL) -> list[pb.Job]:
         return await run_in_threadpool(self.jobs_blocking, max_age=max_age)
+
+    def cached_blocking(self, key: str, ttl: float, fn: Callable[[], T]) -> T:
+        """``fn()``, reused for ``ttl`` seconds: for views that would otherwise repeat many RPCs per refresh."""
+        hit = self._cached.get(key)
+        if hit is not None and time.monotonic() - hit[0] < ttl:
+            return hit[1]  # type: ignore[no-any-return]
+        value = fn()
+        self._cached[key] = (time.monotonic(), value)
+        return value
 
     def invalidate_jobs(self) -> None:
         """After a change made from the dashboard: refresh now, in the background (live views follow)."""
