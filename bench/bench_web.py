@@ -40,7 +40,15 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e" / "web"))
 
 import httpx  # noqa: E402
 from common import command_line, machine_summary, running_daemon, scratch_dir  # noqa: E402
-from web_helpers import WebProcess, browser_missing, chromium, sign_in, wait_for, web_process  # noqa: E402
+from web_helpers import (  # noqa: E402
+    WebProcess,
+    browser_missing,
+    chromium,
+    diamond_yaml,
+    sign_in,
+    wait_for,
+    web_process,
+)
 
 DOC = ROOT / "docs" / "dashboard.md"
 STATES = ("COMPLETED", "COMPLETED", "COMPLETED", "FAILED", "STOPPED", "TIMEOUT")
@@ -146,9 +154,7 @@ def screenshots(daemon: Any, web: WebProcess, driver: Any, out: Path) -> list[Pa
             "time.sleep(60)")
     with daemon.client("developer") as client:
         job = client.run_job(["python3", "-c", grow], name="train-model", max_memory_mb=256)
-        diamond = (ROOT / "tests" / "e2e" / "web" / "test_web_browser.py").read_text()
-        yaml_text = diamond.split('DIAMOND = textwrap.dedent("""\\\n', 1)[1].split('""")', 1)[0]
-        workflow = client.submit_workflow(textwrap.dedent(yaml_text), source="diamond.yaml")
+        workflow = client.submit_workflow(diamond_yaml(), source="diamond.yaml")
         sign_in(driver, web, "/n/default/")
         time.sleep(2.5)
         pages = [("dashboard-overview.png", "/n/default/", 0), ("dashboard-jobs.png", "/n/default/jobs", 0),

@@ -17,7 +17,7 @@ from capsa.errors import InvalidArgument
 from capsa.web import views
 from capsa.web.app import WebApp
 from capsa.web.hub import Node
-from capsa.web.jobs_table import FILTERS, PAGE_SIZES, SORTS, STATES, JobQuery, select
+from capsa.web.jobs_table import FILTERS, PAGE_SIZES, SORTS, STATES, JobQuery, job_labels, select
 from capsa.web.streams import ThreadStream, log_events, poll_events, sse
 
 __all__ = ["routes"]
@@ -82,7 +82,7 @@ def routes(web: WebApp) -> list[Route]:
         template = "_jobs_table.html" if request.headers.get("hx-request") else "jobs.html"
         response = web.render(request, template, page=page, query=query, filters=FILTERS, states=STATES,
                               sorts=list(SORTS), page_sizes=PAGE_SIZES, now_ns=time.time_ns(),
-                              runtime=views.job_runtime)
+                              runtime=views.job_runtime, has_labels="label" in FILTERS, labels=job_labels)
         # Server timing for the bench and the browser's network panel.
         response.headers["server-timing"] = f"app;dur={(time.perf_counter() - t0) * 1000:.1f}"
         return response

@@ -4,37 +4,13 @@ workflow's DAG, and hostile names/commands/log lines rendered as text."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 from typing import Any
 
 from selenium.webdriver.common.by import By
-from web_helpers import WebProcess, sign_in, wait_for
+from web_helpers import WebProcess, diamond_yaml, sign_in, wait_for
 
 from tests.fixtures.daemon import RunningDaemon
-
-DIAMOND = textwrap.dedent("""\
-    name: diamond
-    jobs:
-      a:
-        command: /bin/sh
-        args: ["-c", "sleep 1"]
-      b:
-        command: /bin/sleep
-        args: ["1"]
-        requires:
-          - a: COMPLETED
-      c:
-        command: /bin/sleep
-        args: ["1"]
-        requires:
-          - a: COMPLETED
-      d:
-        command: /bin/sh
-        args: ["-c", "exit 0"]
-        requires: "b=COMPLETED AND c=COMPLETED"
-    """)
-
 
 # A job that ends promptly on SIGTERM (a bare `sleep` as PID 1 ignores it and waits for the stop grace's SIGKILL).
 SLEEPER = ("/bin/sh", "-c", "trap 'exit 143' TERM; while :; do sleep 0.1; done")
@@ -142,7 +118,7 @@ def test_a_reader_sees_no_buttons_and_is_refused_anyway(daemon: RunningDaemon, w
 def test_the_diamond_workflow_is_drawn_and_its_nodes_reach_their_final_colours(
         daemon: RunningDaemon, web_dev: WebProcess, browser: Any, tmp_path: Path) -> None:
     path = tmp_path / "diamond.yaml"
-    path.write_text(DIAMOND)
+    path.write_text(diamond_yaml())
     workflow_id = daemon.cli("workflow", "run", str(path), check=True).stdout.decode().strip()
     sign_in(browser, web_dev, f"/n/default/workflows/{workflow_id}")
     nodes = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#dag g.node"), what="the drawn DAG")

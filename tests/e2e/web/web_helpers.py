@@ -16,10 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+ROOT = Path(__file__).resolve().parents[3]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 _URL = re.compile(r"sign in at (\S+/login\?token=\S+)")
 T = TypeVar("T")
+
+
+def diamond_yaml() -> str:
+    """The diamond workflow shown in docs/dashboard.md (its only ``name: diamond`` YAML block)."""
+    text = (ROOT / "docs" / "dashboard.md").read_text()
+    match = re.search(r"```yaml\n(name: diamond\n.*?)```", text, re.S)
+    assert match, "docs/dashboard.md lost its diamond workflow"
+    return match.group(1)
 
 
 def browser_missing() -> str | None:
