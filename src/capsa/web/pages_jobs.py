@@ -25,6 +25,11 @@ __all__ = ["routes"]
 _SSE_HEADERS = {"cache-control": "no-store", "x-accel-buffering": "no"}
 
 
+def wants_fragment(request: Request) -> bool:
+    """htmx asking for a part of the page; on Back, htmx asks again with the history header and needs it all."""
+    return bool(request.headers.get("hx-request")) and not request.headers.get("hx-history-restore-request")
+
+
 def event_stream(body: AsyncIterator[bytes]) -> StreamingResponse:
     return StreamingResponse(body, media_type="text/event-stream", headers=_SSE_HEADERS)
 
@@ -62,7 +67,7 @@ def routes(web: WebApp) -> list[Route]:
     async def overview(request: Request) -> Response:
         node = web.node(request)
         data = await node.call(_overview_blocking, node)
-        template = "_overview.html" if request.headers.get("hx-request") else "overview.html"
+        template = "_overview.html" if wants_fragment(request) else "overview.html"
         return web.render(request, template, **data)
 
     async def overview_events(request: Request) -> Response:
@@ -79,7 +84,7 @@ def routes(web: WebApp) -> list[Route]:
         t0 = time.perf_counter()
         query = JobQuery.parse(request.query_params)
         page = select(await node.jobs(), query)
-        template = "_jobs_table.html" if request.headers.get("hx-request") else "jobs.html"
+        template = "_jobs_table.html" if wants_fragment(request) else "jobs.html"
         response = web.render(request, template, page=page, query=query, filters=FILTERS, states=STATES,
                               sorts=list(SORTS), page_sizes=PAGE_SIZES, now_ns=time.time_ns(),
                               runtime=views.job_runtime, has_labels="label" in FILTERS, labels=job_labels)

@@ -169,3 +169,12 @@ def test_several_nodes_each_with_its_own_client_and_role() -> None:
     assert "on-the-other-node" in lab.text and 'href="/n/default/"' in lab.text and 'id="role">reader<' in lab.text
     assert "<button" in http.get(f"/n/default/jobs/{dev_client.job.id}").text
     assert "<button" not in http.get(f"/n/lab/jobs/{reader_client.job.id}").text
+
+
+def test_htmx_gets_the_table_alone_but_a_history_restore_gets_the_whole_page() -> None:
+    http, sessions, _ = _app(Role.DEVELOPER)
+    _sign_in(http, sessions)
+    fragment = http.get("/n/default/jobs", headers={"HX-Request": "true"})
+    assert fragment.text.lstrip().startswith('<div id="jobs-table"') and "<html" not in fragment.text
+    restore = http.get("/n/default/jobs", headers={"HX-Request": "true", "HX-History-Restore-Request": "true"})
+    assert "<html" in restore.text and 'id="jobs-table"' in restore.text
