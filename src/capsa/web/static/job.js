@@ -18,8 +18,11 @@
     var cancel = document.getElementById("btn-cancel");
     if (cancel && s.state !== "SCHEDULED" && s.state !== "PENDING") { cancel.remove(); }
   }
+  var last = null;
   var states = new EventSource(root.dataset.events);
-  states.addEventListener("state", function (e) { applySummary(JSON.parse(e.data)); });
+  states.addEventListener("state", function (e) { last = JSON.parse(e.data); applySummary(last); });
+  // htmx re-enables a button when its request returns, possibly after the job ended: decide again.
+  document.addEventListener("htmx:afterRequest", function () { if (last) { applySummary(last); } });
   states.addEventListener("end", function () { states.close(); });
 
   // ---- logs --------------------------------------------------------------------------------
