@@ -18,6 +18,7 @@ from capsa.cli.capsules import tar_chunks
 from tests.fixtures.daemon import RunningDaemon
 from tests.fixtures.images import LayoutImages
 
+EVIL = "<script>alert(1)</script>"
 SLEEPER = ["/bin/sh", "-c", "trap 'exit 143' TERM; while :; do sleep 0.1; done"]
 
 
@@ -51,7 +52,8 @@ def test_capsules_show_versions_dependency_graph_and_attached_jobs(daemon: Runni
     with daemon.client() as admin:
         admin.create_capsule("webdata", "1.2.0", tar_chunks(tmp_path / "data"))
         admin.create_capsule("webdata", "2.0.0", tar_chunks(tmp_path / "data"))
-        admin.create_capsule("webmodel", "3.0.0", tar_chunks(tmp_path / "data"), dependencies=["webdata>=1.2,<2"])
+        admin.create_capsule("webmodel", "3.0.0", tar_chunks(tmp_path / "data"), dependencies=["webdata>=1.2,<2"],
+                             labels={"note": EVIL})
     res = daemon.cli("run", "-d", "--capsule", "webmodel@3.0.0", "--", *SLEEPER, check=True)
     job_id = res.stdout.decode().strip()
     http = _session(web_dev)
@@ -64,6 +66,7 @@ def test_capsules_show_versions_dependency_graph_and_attached_jobs(daemon: Runni
     assert edges == {("webmodel@3.0.0", "webdata@1.2.0", SpecifierSet(">=1.2,<2"))}, "2.0.0 does not satisfy <2"
     page = http.get("/n/default/capsules/webmodel")
     assert page.status_code == 200 and job_id[:12] in page.text and "&lt;2" in page.text
+    assert EVIL not in page.text and "note=&lt;script&gt;alert(1)&lt;/script&gt;" in page.text, "labels render as text"
     job_page = http.get(f"/n/default/jobs/{job_id}")
     assert "webmodel@3.0.0" in job_page.text and "webdata@1.2.0" in job_page.text
     with daemon.client() as admin:
