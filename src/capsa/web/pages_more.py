@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from capsa.web import views
 from capsa.web.app import WebApp
-from capsa.web.pages_jobs import event_stream
+from capsa.web.pages_jobs import event_stream, wants_fragment
 from capsa.web.streams import poll_events
 
 __all__ = ["routes"]
@@ -28,7 +28,9 @@ def routes(web: WebApp) -> list[Route]:
     async def workflows(request: Request) -> Response:
         node = web.node(request)
         items = await node.call(node.client.list_workflows, limit=500)
-        return web.render(request, "workflows.html", workflows=items)
+        # Workflow jobs are jobs: the jobs fingerprint stream tells this table when to refresh.
+        template = "_workflows_table.html" if wants_fragment(request) else "workflows.html"
+        return web.render(request, template, workflows=items)
 
     async def workflow(request: Request) -> Response:
         node = web.node(request)
