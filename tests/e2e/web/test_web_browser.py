@@ -156,3 +156,21 @@ def test_html_in_names_commands_and_logs_renders_as_text(daemon: RunningDaemon, 
     assert browser.find_element(By.ID, "logs").text.count(evil) == 2
     assert not browser.find_elements(By.CSS_SELECTOR, "main b, main img, #logs script")
     assert _js(browser, "return window.__xss;") is None
+
+
+def test_leaving_a_job_page_ends_its_streams(daemon: RunningDaemon, web_dev: WebProcess, browser: Any) -> None:
+    """Each open job page holds a log and a metrics stream (a thread and an RPC each in capsa web);
+    closing the page must end them, or a dashboard left open for days would pile them up."""
+    assert web_dev.proc is not None
+    tasks = Path(f"/proc/{web_dev.proc.pid}/task")
+    job_id = _run(daemon, *SLEEPER, name="streams-end")
+    sign_in(browser, web_dev, "/n/default/jobs")
+    baseline = len(list(tasks.iterdir()))
+    for _ in range(4):
+        browser.get(web_dev.base + f"/n/default/jobs/{job_id}")
+        wait_for(lambda: (_js(browser, "return window.capsaCharts && window.capsaCharts.points;") or 0) >= 1,
+                 what="the metrics stream")
+        assert len(list(tasks.iterdir())) > baseline, "the page's streams run in threads of their own"
+        browser.get("about:blank")
+    wait_for(lambda: len(list(tasks.iterdir())) <= baseline, timeout=20, what="the streams' threads to end")
+    daemon.cli("stop", job_id, check=True)
