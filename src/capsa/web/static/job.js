@@ -135,9 +135,10 @@
 
   // ---- charts ------------------------------------------------------------------------------
   var WINDOW = 900;   // points kept per chart (15 min at the daemon's 1 s sampling)
-  var data = { t: [], cpu: [], mem: [], limit: [], ior: [], iow: [], pids: [] };
+  var data = { t: [], cpu: [], mem: [], ior: [], iow: [], pids: [] };
   var limits = {}, prev = null, charts = {};
   window.capsaCharts = { points: 0, lastMem: null, memLimit: null };
+  var LIMIT = { label: "limit", stroke: "#c53030", dash: [6, 4], points: { show: false } };
 
   function make(id, series, yLabel) {
     var el = document.getElementById(id);
@@ -145,22 +146,29 @@
                  axes: [{}, { label: yLabel, size: 60 }], legend: { live: false } };
     return new uPlot(opts, [[]].concat(series.map(function () { return []; })), el);
   }
+  // A chart's series, with its limit drawn as a dashed line when the job has one.
+  function withLimit(series, limit) { return limit ? series.concat([LIMIT]) : series; }
   function ensureCharts() {
     if (charts.cpu || typeof uPlot === "undefined") { return; }
-    charts.cpu = make("chart-cpu", [{ label: "cpu %", stroke: "#2b6cb0", fill: "rgba(43,108,176,.1)" }], "%");
-    var memSeries = [{ label: "memory MiB", stroke: "#2f855a", fill: "rgba(47,133,90,.1)" }];
-    if (limits.memory_limit) { memSeries.push({ label: "limit", stroke: "#c53030", dash: [6, 4] }); }
-    charts.mem = make("chart-mem", memSeries, "MiB");
+    charts.cpu = make("chart-cpu", withLimit([{ label: "cpu %", stroke: "#2b6cb0", fill: "rgba(43,108,176,.1)" }],
+                                             limits.cpu_limit), "%");
+    charts.mem = make("chart-mem", withLimit([{ label: "memory MiB", stroke: "#2f855a", fill: "rgba(47,133,90,.1)" }],
+                                             limits.memory_limit), "MiB");
     charts.io = make("chart-io", [{ label: "read B/s", stroke: "#6b46c1" }, { label: "write B/s", stroke: "#dd6b20" }], "B/s");
-    charts.pids = make("chart-pids", [{ label: "pids", stroke: "#4a5568" }], "pids");
+    charts.pids = make("chart-pids", withLimit([{ label: "pids", stroke: "#4a5568" }], limits.pids_limit), "pids");
+  }
+  function plot(chart, values, limit) {
+    var rows = [data.t, values];
+    if (limit) { rows.push(data.t.map(function () { return limit; })); }
+    chart.setData(rows);
   }
   function redraw() {
     ensureCharts();
     if (!charts.cpu) { return; }
-    charts.cpu.setData([data.t, data.cpu]);
-    charts.mem.setData(limits.memory_limit ? [data.t, data.mem, data.limit] : [data.t, data.mem]);
+    plot(charts.cpu, data.cpu, limits.cpu_limit);
+    plot(charts.mem, data.mem, limits.memory_limit ? limits.memory_limit / 1048576 : null);
     charts.io.setData([data.t, data.ior, data.iow]);
-    charts.pids.setData([data.t, data.pids]);
+    plot(charts.pids, data.pids, limits.pids_limit);
   }
   function onSamples(e) {
     JSON.parse(e.data).forEach(function (s) {
@@ -168,7 +176,6 @@
       data.t.push(s.t);
       data.cpu.push(s.cpu);
       data.mem.push(s.mem === null ? null : s.mem / 1048576);
-      data.limit.push(limits.memory_limit ? limits.memory_limit / 1048576 : null);
       data.ior.push(prev && dt > 0 && s.io_r !== null && prev.io_r !== null ? (s.io_r - prev.io_r) / dt : null);
       data.iow.push(prev && dt > 0 && s.io_w !== null && prev.io_w !== null ? (s.io_w - prev.io_w) / dt : null);
       data.pids.push(s.pids);
