@@ -7,10 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from selenium.webdriver.common.by import By
+import pytest
 from web_helpers import WebProcess, diamond_yaml, sign_in, wait_for
 
 from tests.fixtures.daemon import RunningDaemon
+
+# Without selenium the whole module is skipped, with the reason (the _chromium fixture does the same
+# when Debian's chromium or chromium-driver is missing).
+By = pytest.importorskip("selenium.webdriver.common.by", reason="selenium is not installed: pip install -e '.[test]'").By
 
 # A job that ends promptly on SIGTERM (a bare `sleep` as PID 1 ignores it and waits for the stop grace's SIGKILL).
 SLEEPER = ("/bin/sh", "-c", "trap 'exit 143' TERM; while :; do sleep 0.1; done")
