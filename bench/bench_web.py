@@ -50,6 +50,8 @@ from web_helpers import (  # noqa: E402
     web_process,
 )
 
+from capsa.cli.capsules import tar_chunks  # noqa: E402
+
 DOC = ROOT / "docs" / "dashboard.md"
 STATES = ("COMPLETED", "COMPLETED", "COMPLETED", "FAILED", "STOPPED", "TIMEOUT")
 IMAGES = ("", "", "127.0.0.1:5000/team/app:1.4", "127.0.0.1:5000/ml/train:2", "busybox:1.36")
@@ -152,14 +154,24 @@ def screenshots(daemon: Any, web: WebProcess, driver: Any, out: Path) -> list[Pa
             "for i in range(60):\n    b.append(bytearray(3<<20)); print('allocated', 3*(i+1), 'MiB', flush=True)\n"
             "    print('warn: step', i, file=sys.stderr, flush=True) if i % 7 == 0 else None; time.sleep(0.2)\n"
             "time.sleep(60)")
+    files = out.parent / ".capsule-files"
+    files.mkdir(exist_ok=True)
+    (files / "README").write_text("example capsule for the dashboard screenshots\n")
+    with daemon.client() as admin:
+        for name, version, deps in (("dataset", "1.2.0", []), ("dataset", "2.0.0", []), ("tokenizer", "1.0.3", []),
+                                    ("model", "3.0.0", ["dataset>=1.2,<2", "tokenizer~=1.0"])):
+            admin.create_capsule(name, version, tar_chunks(files), dependencies=deps)
+    shutil.rmtree(files)
     with daemon.client("developer") as client:
-        job = client.run_job(["python3", "-c", grow], name="train-model", max_memory_mb=256)
+        job = client.run_job(["python3", "-c", grow], name="train-model", max_memory_mb=256, max_cpu=50,
+                             capsules=["model@3.0.0"])
         workflow = client.submit_workflow(diamond_yaml(), source="diamond.yaml")
         sign_in(driver, web, "/n/default/")
         time.sleep(2.5)
         pages = [("dashboard-overview.png", "/n/default/", 0), ("dashboard-jobs.png", "/n/default/jobs", 0),
                  ("dashboard-job.png", f"/n/default/jobs/{job.id}", 9),
-                 ("dashboard-workflow.png", f"/n/default/workflows/{workflow.id}", 3)]
+                 ("dashboard-workflow.png", f"/n/default/workflows/{workflow.id}", 3),
+                 ("dashboard-capsules.png", "/n/default/capsules", 0)]
         for name, path, settle in pages:
             driver.set_window_size(1400, 1750 if name == "dashboard-job.png" else 900)
             driver.get(web.base + path)
