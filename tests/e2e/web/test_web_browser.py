@@ -176,5 +176,5 @@ def test_leaving_a_job_page_ends_its_streams(daemon: RunningDaemon, web_dev: Web
                  what="the metrics stream")
         assert len(list(tasks.iterdir())) > baseline, "the page's streams run in threads of their own"
         browser.get("about:blank")
-    wait_for(lambda: len(list(tasks.iterdir())) <= baseline, timeout=20, what="the streams' threads to end")
+    wait_for(lambda: len(list(tasks.iterdir())) <= baseline, timeout=30, what="the streams' threads to end")
     daemon.cli("stop", job_id, check=True)

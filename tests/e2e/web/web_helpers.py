@@ -43,7 +43,7 @@ def browser_missing() -> str | None:
     return None
 
 
-def wait_for(predicate: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.1, what: str = "condition") -> T:
+def wait_for(predicate: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.1, what: str = "condition") -> T:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
