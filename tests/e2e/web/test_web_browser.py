@@ -167,14 +167,23 @@ def test_leaving_a_job_page_ends_its_streams(daemon: RunningDaemon, web_dev: Web
     closing the page must end them, or a dashboard left open for days would pile them up."""
     assert web_dev.proc is not None
     tasks = Path(f"/proc/{web_dev.proc.pid}/task")
+
+    def streams() -> int:   # threads capsa.web.streams names "capsa-web-strm"
+        count = 0
+        for task in tasks.iterdir():
+            try:
+                count += (task / "comm").read_text().strip() == "capsa-web-strm"
+            except OSError:   # the thread ended while we looked
+                pass
+        return count
+
     job_id = _run(daemon, *SLEEPER, name="streams-end")
     sign_in(browser, web_dev, "/n/default/jobs")
-    baseline = len(list(tasks.iterdir()))
-    for _ in range(4):
+    for _ in range(3):
         browser.get(web_dev.base + f"/n/default/jobs/{job_id}")
         wait_for(lambda: (_js(browser, "return window.capsaCharts && window.capsaCharts.points;") or 0) >= 1,
                  what="the metrics stream")
-        assert len(list(tasks.iterdir())) > baseline, "the page's streams run in threads of their own"
+        wait_for(lambda: streams() == 2, what="one thread for the log stream and one for the metrics stream")
         browser.get("about:blank")
-    wait_for(lambda: len(list(tasks.iterdir())) <= baseline, timeout=30, what="the streams' threads to end")
+        wait_for(lambda: streams() == 0, what="the streams' threads to end when the page closed")
     daemon.cli("stop", job_id, check=True)
