@@ -35,7 +35,7 @@
   var pre = document.getElementById("logs"), status = document.getElementById("log-status");
   var follow = document.getElementById("log-follow"), windowed = document.getElementById("log-windowed");
   var stats = { lastSeq: 0, chunks: 0, chars: 0, gaps: 0, dups: 0, dropped: 0, connects: 0 };
-  var blocks = [], shown = 0, pending = [], scheduled = false, source = null, ended = false;
+  var blocks = [], shown = 0, pending = [], scheduled = false, source = null, ended = false, retryMs = 500;
 
   function newBlock(parent) {
     var block = { el: document.createElement("div"), len: 0, span: null, stream: 0, closed: false };
@@ -125,9 +125,14 @@
     source.addEventListener("end", function () { ended = true; source.close(); status.textContent = "job ended: complete log shown"; });
     source.addEventListener("failure", function (e) { status.textContent = "error: " + JSON.parse(e.data).message; });
     // Our own reconnect (not EventSource's) so the resume point is always lastSeq + 1.
+    source.onopen = function () { retryMs = 500; };
     source.onerror = function () {
       source.close();
-      if (!ended) { status.textContent = "reconnecting"; setTimeout(connect, 1000); }
+      if (ended) { return; }
+      // Back off (up to 30 s) so a stopped dashboard or an expired session is not asked every second.
+      retryMs = Math.min(retryMs * 2, 30000);
+      status.textContent = "reconnecting";
+      setTimeout(connect, retryMs);
     };
   }
   window.capsaLogs = { stats: stats, reconnect: function () { if (source) { source.close(); } connect(); } };
