@@ -178,3 +178,18 @@ def test_htmx_gets_the_table_alone_but_a_history_restore_gets_the_whole_page() -
     assert fragment.text.lstrip().startswith('<div id="jobs-table"') and "<html" not in fragment.text
     restore = http.get("/n/default/jobs", headers={"HX-Request": "true", "HX-History-Restore-Request": "true"})
     assert "<html" in restore.text and 'id="jobs-table"' in restore.text
+
+
+def test_sort_links_toggle_and_the_pager_keeps_filters() -> None:
+    http, sessions, fake = _app(Role.DEVELOPER)
+    jobs = [pb.Job(id=f"{i:032x}", name=f"job-{i:02d}", state="COMPLETED", created_at_ns=i, ended=True)
+            for i in range(60)]
+    fake.list_jobs = lambda *, all=False: jobs  # type: ignore[method-assign]
+    _sign_in(http, sessions)
+    page = http.get("/n/default/jobs?sort=name&order=asc&state=COMPLETED&per_page=25").text
+    assert "60 of 60 jobs · page 1 of 3" in page
+    names = re.findall(r'<td class="name">([^<]*)</td>', page)
+    assert names[:2] == ["job-00", "job-01"] and len(names) == 25
+    assert re.search(r'href="\?state=COMPLETED&amp;sort=name&amp;order=desc&amp;page=1&amp;per_page=25"', page)
+    assert re.search(r'href="\?state=COMPLETED&amp;sort=name&amp;order=asc&amp;page=2&amp;per_page=25"[^>]*rel="next"',
+                     page)
