@@ -77,6 +77,8 @@ def build_app(hub: Hub, sessions: Sessions, *, allowed_hosts: set[str], origin: 
     web = WebApp(hub, sessions, secure=secure)
 
     async def login(request: Request) -> Response:
+        if "signed_out" in request.query_params:
+            return PlainTextResponse("signed out: open a new link from `capsa web` (kill -USR1 its pid) to sign in")
         session = sessions.redeem(request.query_params.get("token", ""))
         if session is None:
             return PlainTextResponse("this sign-in link is invalid or was already used: ask `capsa web` for a new "
@@ -87,6 +89,14 @@ def build_app(hub: Hub, sessions: Sessions, *, allowed_hosts: set[str], origin: 
                                 '<title>capsa</title><a href="/">Signed in: continue</a>')
         response.set_cookie(cookie_name(origin), session.id, httponly=True, samesite="strict", secure=secure, path="/")
         response.headers["cache-control"] = "no-store"
+        return response
+
+    async def logout(request: Request) -> Response:
+        """POST only, so the CSRF check applies: another site cannot sign the user out either."""
+        sessions.end(request.scope["state"]["session"].id)
+        response = PlainTextResponse("signed out: open a new link from `capsa web` (kill -USR1 its pid) to sign in")
+        response.delete_cookie(cookie_name(origin), path="/", secure=secure, httponly=True, samesite="strict")
+        response.headers["hx-redirect"] = "/login?signed_out=1"
         return response
 
     async def home(request: Request) -> Response:
@@ -110,6 +120,7 @@ def build_app(hub: Hub, sessions: Sessions, *, allowed_hosts: set[str], origin: 
 
     routes = [
         Route("/login", login),
+        Route("/logout", logout, methods=["POST"]),
         Route("/", home),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
         Mount("/n/{node}", routes=[*pages_jobs.routes(web), *pages_more.routes(web)]),

@@ -80,6 +80,10 @@ class Sessions:
             self._sessions[session.id] = session
             return session
 
+    def end(self, session_id: str) -> None:
+        with self._lock:
+            self._sessions.pop(session_id, None)
+
     def get(self, session_id: str | None) -> Session | None:
         if not session_id:
             return None

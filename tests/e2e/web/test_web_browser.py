@@ -106,7 +106,7 @@ def test_a_reader_sees_no_buttons_and_is_refused_anyway(daemon: RunningDaemon, w
     job_id = _run(daemon, *SLEEPER, name="reader-cannot-stop")
     sign_in(browser, web_reader, f"/n/default/jobs/{job_id}")
     assert browser.find_element(By.ID, "role").text == "reader"
-    assert not browser.find_elements(By.CSS_SELECTOR, "#job-actions, button")
+    assert not browser.find_elements(By.CSS_SELECTOR, "#job-actions, main button")
     # Forge the request the stop button would send, with this session's real CSRF token.
     status = browser.execute_async_script("""
         const done = arguments[arguments.length - 1];
@@ -116,6 +116,10 @@ def test_a_reader_sees_no_buttons_and_is_refused_anyway(daemon: RunningDaemon, w
     assert status[0] == 403 and "reader" in status[1], status
     with daemon.client("reader") as client:
         assert client.get_job(job_id).state == "RUNNING"
+    browser.find_element(By.ID, "sign-out").click()
+    wait_for(lambda: "signed_out" in browser.current_url, what="the signed-out page")
+    browser.get(web_reader.base + f"/n/default/jobs/{job_id}")
+    assert "not signed in" in browser.find_element(By.TAG_NAME, "body").text
     daemon.cli("stop", job_id, check=True)
 
 

@@ -74,6 +74,11 @@ def _sign_in(http: TestClient, sessions: Sessions) -> str:
     return json.loads(re.search(r"hx-headers='([^']*)'", page.text).group(1))["X-CSRF-Token"]  # type: ignore[union-attr]
 
 
+def _main(html: str) -> str:
+    """The page's own content (the header's Sign out button changes nothing on the daemon)."""
+    return html.split("<main>", 1)[1]
+
+
 def test_a_token_signs_in_once_and_sets_a_strict_httponly_cookie() -> None:
     http, sessions, _ = _app(Role.DEVELOPER)
     token = sessions.new_token()
@@ -114,7 +119,7 @@ def test_a_reader_gets_no_buttons_and_a_refusal_before_any_rpc() -> None:
     http, sessions, fake = _app(Role.READER)
     csrf = _sign_in(http, sessions)
     page = http.get(f"/n/default/jobs/{fake.job.id}")
-    assert page.status_code == 200 and "<button" not in page.text and 'id="role">reader<' in page.text
+    assert page.status_code == 200 and "<button" not in _main(page.text) and 'id="role">reader<' in page.text
     for action in ("stop", "remove", "cancel"):
         refused = http.post(f"/n/default/jobs/{fake.job.id}/{action}", headers={"X-CSRF-Token": csrf})
         assert refused.status_code == 403 and "reader" in refused.text
@@ -167,8 +172,8 @@ def test_several_nodes_each_with_its_own_client_and_role() -> None:
     assert http.get("/", follow_redirects=False).headers["location"] == "/n/default/"
     lab = http.get("/n/lab/jobs")
     assert "on-the-other-node" in lab.text and 'href="/n/default/"' in lab.text and 'id="role">reader<' in lab.text
-    assert "<button" in http.get(f"/n/default/jobs/{dev_client.job.id}").text
-    assert "<button" not in http.get(f"/n/lab/jobs/{reader_client.job.id}").text
+    assert "<button" in _main(http.get(f"/n/default/jobs/{dev_client.job.id}").text)
+    assert "<button" not in _main(http.get(f"/n/lab/jobs/{reader_client.job.id}").text)
 
 
 def test_htmx_gets_the_table_alone_but_a_history_restore_gets_the_whole_page() -> None:
@@ -193,3 +198,13 @@ def test_sort_links_toggle_and_the_pager_keeps_filters() -> None:
     assert re.search(r'href="\?state=COMPLETED&amp;sort=name&amp;order=desc&amp;page=1&amp;per_page=25"', page)
     assert re.search(r'href="\?state=COMPLETED&amp;sort=name&amp;order=asc&amp;page=2&amp;per_page=25"[^>]*rel="next"',
                      page)
+
+
+def test_sign_out_ends_the_session_and_needs_the_csrf_token() -> None:
+    http, sessions, _ = _app(Role.READER)
+    csrf = _sign_in(http, sessions)
+    assert http.post("/logout").status_code == 403
+    out = http.post("/logout", headers={"X-CSRF-Token": csrf})
+    assert out.status_code == 200 and out.headers["hx-redirect"] == "/login?signed_out=1"
+    assert http.get("/n/default/jobs").status_code == 401
+    assert "signed out" in http.get("/login?signed_out=1").text
