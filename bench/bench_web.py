@@ -205,7 +205,8 @@ def write_doc(jobs: dict[str, Any], logs: dict[str, Any] | None, count: int, sta
                   f"{logs['written']} / {logs['received_chars']} (gaps {logs['gaps']}, duplicates {logs['dups']}) |",
                   f"| log view: characters kept in the page (window) | {logs['shown_chars']} |",
                   f"| log view: page complete after the job ended | {logs['caught_up_s']:.2f} s |",
-                  f"| log view: longest gap between two frames while streaming | {logs['max_frame_gap_ms']:.0f} ms |"]
+                  f"| log view: frames drawn while streaming / longest gap between two | "
+                  f"{logs['frames']} / {logs['max_frame_gap_ms']:.0f} ms |"]
     body = "\n".join(lines)
     start, end = "<!-- bench:web -->", "<!-- /bench:web -->"
     text = DOC.read_text()
