@@ -11,12 +11,24 @@ fsyncs and writes it there, so a slow fsync never holds up other jobs' output.
 
 A failed write (ENOSPC, EIO) is cut back to the last whole record and retried
 with backoff while the job's output stays queued; ``JobLog.error`` shows it.
+
+Back-pressure and giving up (ADR-0004): a job whose backlog passes
+``job_backlog_bytes`` (or any job while the total passes ``total_backlog_bytes``)
+gets a wake fd from ``JobLog.pause_fd()``; the supervisor stops reading its pipes
+until that fd is readable (backlog under half the limit), so the job blocks in
+write(2) as it would on a slow pipe, and memory stays bounded. Queued output is
+given up on only when nothing can block any more: at the job's exit while
+writes are failing (``finish_at_exit``), ``give_up_after_exit_s`` after the exit
+if they start failing later, or ``give_up_at_close_s`` into ``close``. What is
+given up is counted and replaced by one notice record (``Stream.NOTICE``,
+``log incomplete: N bytes not written (...)``) written from the log's reserve.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 import weakref
@@ -25,7 +37,7 @@ from pathlib import Path
 
 from capsa.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Timeout
 
-from ._format import END, MAX_PAYLOAD
+from ._format import END, MAX_PAYLOAD, NOTICE, encode_notice, notice_last_seq
 from ._segments import Record, SegmentWriter
 from .model import Stream
 
@@ -61,7 +73,14 @@ class JobLog:
         self._retry_at = 0.0
         self._retry_delay = _RETRY_MIN_S
         self._error: OSError | None = None
+        self._failing_since = 0.0  # monotonic time of the first failure of the current run of failures
         self._end_handed = False  # the end record went to the finisher thread
+        # Guarded by the persister lock:
+        self._abandon = False  # finish_at_exit asked the writer to give up on the queued output now
+        self._lost_bytes = 0  # output bytes given up on (replaced by a notice record)
+        self._lost_reason = ""
+        self._wake_fd = -1  # eventfd handed out by pause_fd(), readable once the backlog has drained
+        self._paused = False
 
     def append(self, stream: Stream, data: bytes) -> int:
         """Queue ``data`` as the next chunk of ``stream``; return its seq. Never waits for the disk.
@@ -112,6 +131,69 @@ class JobLog:
             if p._writer_idle:
                 p._work.notify()
 
+    def finish_at_exit(self, wait_s: float = 2.0) -> str:
+        """``finish()`` for a job that has exited; returns ``""`` or ``log incomplete: N bytes not written (...)``.
+
+        If writes are failing right now, the output still queued is given up on at
+        once (the job is gone, nothing can wait for the disk any more; the writer
+        replaces it by a notice record) so the exit record can say what was lost.
+        Waits at most ``wait_s`` for the writer to do so.
+        """
+        self.finish()
+        p = self._p
+        with p._lock:
+            if self._error is not None and self._backlog > 0:
+                self._abandon = True
+                p._work.notify()
+                p._persisted.wait_for(lambda: not self._abandon or self._closed, wait_s)
+            return self._loss_note()
+
+    def _loss_note(self) -> str:
+        lost = self._lost_bytes + (self._backlog if self._abandon else 0)  # abandon pending: all of it goes
+        if not lost:
+            return ""
+        return f"log incomplete: {lost} bytes not written ({self._lost_reason or 'write failed'})"
+
+    @property
+    def incomplete_bytes(self) -> int:
+        """Output bytes given up on (never written; a notice record stands in their place)."""
+        return self._lost_bytes
+
+    def pause_fd(self) -> int | None:
+        """After ``append``: None, or an fd to wait on because this job is over its backlog limit.
+
+        The caller stops reading the job's pipes until the fd is readable, then
+        calls :meth:`resume` (also when the job exits: an exited job is never held).
+        """
+        p = self._p
+        if self._backlog < p.job_backlog_bytes and p._backlog < p.total_backlog_bytes:
+            return None  # the hot path: no lock
+        with p._lock:
+            if self._backlog < p.job_backlog_bytes and p._backlog < p.total_backlog_bytes:
+                return None
+            if self._wake_fd < 0:
+                self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            if not self._paused:
+                self._paused = True
+                p._paused.add(self)
+                p.pauses += 1
+            return self._wake_fd
+
+    def resume(self) -> int:
+        """Stop waiting for the drain; returns the fd ``pause_fd`` gave (-1 if none) for the caller to unregister."""
+        p = self._p
+        with p._lock:
+            if self._paused:
+                self._paused = False
+                p._paused.discard(self)
+            fd = self._wake_fd
+        if fd >= 0:
+            try:
+                os.eventfd_read(fd)
+            except (BlockingIOError, OSError):
+                pass  # not signalled (e.g. the job exited while paused): nothing to consume
+        return fd
+
     def wait_persisted(self, timeout: float | None = None) -> bool:
         """Wait until everything appended (and the end record, if finishing) is written; False on timeout."""
         p = self._p
@@ -158,11 +240,30 @@ class LogPersister:
     end records of finishing jobs, so a slow fsync never stalls other jobs.
     """
 
-    def __init__(self, *, segment_bytes: int = 64 << 20, fsync_on_close: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        segment_bytes: int = 64 << 20,
+        fsync_on_close: bool = True,
+        job_backlog_bytes: int = 8 << 20,
+        total_backlog_bytes: int = 64 << 20,
+        give_up_after_exit_s: float = 60.0,
+        give_up_at_close_s: float = 5.0,
+        reserve_bytes: int = 64 << 10,
+    ) -> None:
         if segment_bytes < _MIN_SEGMENT_BYTES:
             raise InvalidArgument(f"segment_bytes must be at least {_MIN_SEGMENT_BYTES}, got {segment_bytes}")
+        if job_backlog_bytes <= 0 or total_backlog_bytes <= 0:
+            raise InvalidArgument("backlog limits must be positive")
         self.segment_bytes = segment_bytes
         self.fsync_on_close = fsync_on_close
+        self.job_backlog_bytes = job_backlog_bytes
+        self.total_backlog_bytes = total_backlog_bytes
+        self.give_up_after_exit_s = give_up_after_exit_s
+        self.give_up_at_close_s = give_up_at_close_s
+        self.reserve_bytes = reserve_bytes
+        self.pauses = 0  # how often a job was held back (observable back-pressure)
+        self._paused: set[JobLog] = set()
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self._persisted = threading.Condition(self._lock)
@@ -201,6 +302,11 @@ class LogPersister:
         try:
             writer = SegmentWriter(log_dir, self.segment_bytes, self.fsync_on_close)
             next_seq = writer.open()
+            try:
+                writer.make_reserve(self.reserve_bytes)
+            except BaseException:
+                writer.release()
+                raise
         except BaseException:
             with self._lock:
                 self._dirs.discard(log_dir)
@@ -257,7 +363,7 @@ class LogPersister:
             with self._lock:
                 while not self._queue:
                     now = time.monotonic()
-                    if any(j._retry_at <= now for j in active):
+                    if any(j._retry_at <= now or j._abandon for j in active):
                         break
                     if not active and self._closing:
                         unfinished = [j for j in self._jobs.values() if not j._end_handed]
@@ -281,14 +387,20 @@ class LogPersister:
         progress: list[tuple[JobLog, int, int]] = []
         handoff: list[tuple[JobLog, Record]] = []
         for job in list(active):
-            if job._retry_at > now:
+            if job._retry_at > now and not job._abandon:
                 continue
+            if self._should_give_up(job, now):
+                self._give_up(job)
+                if not job._pending:
+                    del active[job]
+                    continue
             last_seq, nbytes, exc = job._writer.write_some(job._pending, _SLICE_BYTES)
             if exc is not None:
                 self._stall(job, exc)
             elif job._error is not None:
                 _log.info("log of job %s: writes succeed again", job.job_id)
                 job._error, job._retry_at, job._retry_delay = None, 0.0, _RETRY_MIN_S
+                job._failing_since = 0.0
             if exc is None and job._pending and job._pending[0][2] == END:
                 handoff.append((job, job._pending.popleft()))
             if not job._pending:
@@ -305,6 +417,58 @@ class LogPersister:
             if handoff:
                 self._to_finish.extend(handoff)
                 self._finish_work.notify()
+            self._wake_drained()
+            self._persisted.notify_all()
+
+    def _wake_drained(self) -> None:
+        """Signal held-back jobs whose backlog fell to half their limit (hysteresis: no pause/resume flapping)."""
+        if not self._paused or self._backlog > self.total_backlog_bytes // 2:
+            return
+        for job in list(self._paused):
+            if job._backlog <= self.job_backlog_bytes // 2:
+                self._paused.discard(job)
+                job._paused = False
+                os.eventfd_write(job._wake_fd, 1)
+
+    def _should_give_up(self, job: JobLog, now: float) -> bool:
+        """The policy of ADR-0004: only when no process can wait for the disk any more."""
+        if job._abandon:
+            return True
+        if not job._failing_since:
+            return False
+        if self._closing:
+            return now - job._failing_since >= self.give_up_at_close_s
+        return job._finishing and now - job._failing_since >= self.give_up_after_exit_s
+
+    def _give_up(self, job: JobLog) -> None:
+        """Replace the job's unwritten output by one notice record standing for its seqs (writer thread)."""
+        pending = job._pending
+        ends = [r for r in pending if r[2] == END]
+        lost = [r for r in pending if r[2] != END]
+        data_bytes = sum(len(r[4]) for r in lost if r[2] != NOTICE)
+        reason = job._error.strerror if job._error is not None and job._error.strerror else "write failed"
+        pending.clear()
+        if data_bytes:
+            first = lost[0][1]
+            last = max(notice_last_seq(r[4], r[1]) if r[2] == NOTICE else r[1] for r in lost)
+            # Appends are refused once a job finishes or the persister closes, and only then is output
+            # given up on, so `lost` holds no earlier notice here: this one is the only one for the gap.
+            text = f"log incomplete: {data_bytes} bytes not written ({reason})\n"
+            pending.append((job, first, NOTICE, time.time_ns(), encode_notice(last, text)))
+            _log.warning("log of job %s: gave up on %d bytes of output (%s); a notice marks the gap",
+                         job.job_id, data_bytes, reason)
+        elif lost:  # only a notice that cannot be written either, at close: the exit reason still tells
+            _log.warning("log of job %s: cannot write its 'log incomplete' notice (%s)", job.job_id, reason)
+        pending.extend(ends)
+        if job._writer.release_reserve():
+            job._retry_at = 0.0  # the reserve was kept for exactly this write: try it now
+        with self._lock:
+            job._backlog -= data_bytes
+            self._backlog -= data_bytes
+            job._lost_bytes += data_bytes
+            job._lost_reason = reason
+            job._abandon = False
+            self._wake_drained()
             self._persisted.notify_all()
 
     def _stall(self, job: JobLog, exc: Exception) -> None:
@@ -316,7 +480,11 @@ class LogPersister:
                 "log of job %s: write failed (%s); output stays queued and is retried", job.job_id, exc
             )
         job._error = exc
-        job._retry_at = time.monotonic() + job._retry_delay
+        now = time.monotonic()
+        job._failing_since = job._failing_since or now
+        job._retry_at = now + job._retry_delay
+        if self._closing:  # come back in time to give up (see _should_give_up)
+            job._retry_at = min(job._retry_at, job._failing_since + self.give_up_at_close_s)
         job._retry_delay = min(job._retry_delay * 2, _RETRY_MAX_S)
 
     def _release_unfinished(self, jobs: list[JobLog]) -> None:
@@ -338,6 +506,10 @@ class LogPersister:
     def _forget(self, job: JobLog) -> None:
         self._jobs.pop(job.job_id, None)
         self._dirs.discard(job.log_dir)
+        self._paused.discard(job)
+        if job._wake_fd >= 0:  # the supervisor unregisters it at the job's exit, before finish()
+            os.close(job._wake_fd)
+            job._wake_fd = -1
 
     # -- finisher thread ------------------------------------------------------------------------------
     # fsync can take long on a busy disk; doing it here keeps the writer streaming every other job.
@@ -364,6 +536,9 @@ class LogPersister:
                     job._writer.write_end(seq, rec[3])
                 except Exception as exc:  # keep the job open and try again; never lose the end
                     self._stall(job, exc)
+                    if self._closing and time.monotonic() - job._failing_since >= self.give_up_at_close_s:
+                        self._abandon_end(job, exc)  # shutting down: leave the log unfinished, not the process
+                        continue
                     retry.append((job, rec))
                     continue
                 with self._lock:
@@ -372,6 +547,14 @@ class LogPersister:
                     job._error = None
                     self._forget(job)
                     self._persisted.notify_all()
+
+    def _abandon_end(self, job: JobLog, exc: Exception) -> None:
+        _log.warning("log of job %s: end record not written at close (%s); the log stays unfinished", job.job_id, exc)
+        job._writer.release()
+        with self._lock:
+            job._closed = True
+            self._forget(job)
+            self._persisted.notify_all()
 
     def __repr__(self) -> str:
         return f"LogPersister(jobs={len(self._jobs)}, backlog_bytes={self._backlog})"

@@ -345,6 +345,9 @@ class Supervisor:
     def _on_pipe(self, fd: int) -> None:
         job_id, kind = self.by_fd[fd]
         job = self.jobs[job_id]
+        if kind == "resume":  # the persister drained this job's backlog
+            self._resume_output(job)
+            return
         try:
             data = os.read(fd, _READ_CHUNK)
         except BlockingIOError:
@@ -356,6 +359,9 @@ class Supervisor:
                 self._on_report(job, data)
             else:
                 job.log.append(Stream.STDOUT if kind == "out" else Stream.STDERR, data)
+                wake_fd = job.log.pause_fd()
+                if wake_fd is not None and job.wait_status is None:
+                    self._pause_output(job, wake_fd)
             return
         self.sel.unregister(fd)
         os.close(fd)
@@ -367,9 +373,28 @@ class Supervisor:
             job.out_fds.discard(fd)
             self._maybe_finish(job)
 
+    def _pause_output(self, job: _Job, wake_fd: int) -> None:
+        """Back-pressure (ADR-0004): stop reading the job's pipes, so it blocks in write(2), until wake_fd fires."""
+        for fd in job.out_fds:
+            with contextlib.suppress(KeyError):
+                self.sel.unregister(fd)
+        if wake_fd not in self.by_fd:
+            self.by_fd[wake_fd] = (job.record.job_id, "resume")
+            self.sel.register(wake_fd, selectors.EVENT_READ, ("pipe", None))
+
+    def _resume_output(self, job: _Job) -> None:
+        wake_fd = job.log.resume()
+        if self.by_fd.pop(wake_fd, None) is not None:
+            self.sel.unregister(wake_fd)
+        for fd in job.out_fds:
+            if fd not in self.sel.get_map():
+                self.sel.register(fd, selectors.EVENT_READ, ("pipe", None))
+
     # -- end of a job ------------------------------------------------------------------------------
     def _maybe_finish(self, job: _Job) -> None:
         rec = job.record
+        if job.wait_status is not None and rec.state != ProcState.EXITED:
+            self._resume_output(job)  # an exited job is never held back: drain its pipes to EOF
         if rec.state == ProcState.EXITED or job.wait_status is None or job.out_fds or job.report_fd != -1:
             return
         status = job.wait_status
@@ -397,7 +422,9 @@ class Supervisor:
         rec.ended_ns = time.time_ns()
         job.kill_at = None
         self.by_pid.pop(rec.pid, None)
-        job.log.finish()
+        lost = job.log.finish_at_exit()  # gives up on output a failing disk still holds, so the record can say so
+        if lost:
+            rec.reason = f"{rec.reason}; {lost}" if rec.reason else lost
         _write_status(Path(job.spec.job_dir), rec)
         event = {"event": "exit", "job": rec.to_dict()}
         for sub in list(self.subscribers):
