@@ -57,11 +57,14 @@ _ATTACHMENT_SELECT = (
 
 
 class CapsuleStore:
-    def __init__(self, root: Path, db: Database, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, root: Path, db: Database, *, clock: Callable[[], float] = time.time, limits: CapsuleLimits | None = None
+    ) -> None:
         self.layout = Layout(Path(root))
         self.layout.create()
         self.db = db
         self._clock = clock
+        self.limits = limits or CapsuleLimits()  # server.yaml capsules.limits; create() may override per call
         db.migrate("capsules", MIGRATIONS)
 
     # -- create ------------------------------------------------------------------------
@@ -87,7 +90,7 @@ class CapsuleStore:
             raise NotFound(f"capsule source {source} does not exist")
         with staging_dir(self.layout.ingest) as staging:
             tree = staging / "tree"
-            import_source(source, tree, limits)
+            import_source(source, tree, limits or self.limits)
             digest = tree_digest(tree)
             self._publish(name, str(parsed), requirements, clean_labels, tree, digest)
         return self.get(name, str(parsed))
