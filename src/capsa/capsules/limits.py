@@ -60,8 +60,7 @@ def check_expansion(limits: CapsuleLimits, entry: str, total_bytes: int, archive
         return
     if total_bytes > limits.max_expansion_ratio * max(archive_bytes, 1):
         raise LimitExceeded(
-            f"entry {entry!r}: the archive of {archive_bytes} bytes would expand to more than "
-            f"{total_bytes} bytes, above max_expansion_ratio={limits.max_expansion_ratio:g} "
-            "(a decompression bomb?)",
+            f"entry {entry!r}: the archive of {archive_bytes} bytes expands to at least {total_bytes} bytes, "
+            f"more than max_expansion_ratio={limits.max_expansion_ratio:g} times its size (a decompression bomb?)",
             detail={"limit": "max_expansion_ratio", "entry": entry},
         )
