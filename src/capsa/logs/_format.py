@@ -59,17 +59,17 @@ def decode_header(buf: bytes | memoryview, pos: int) -> tuple[int, int, int, int
     return seq, ts, length, pcrc, stream
 
 
-_NOTICE_PREFIX = struct.Struct("<Q")
+_NOTICE_PREFIX = struct.Struct("<QQ")
 
 
-def encode_notice(last_seq: int, text: str) -> bytes:
-    """Payload of a notice record: the last seq it stands for (u64 LE), then UTF-8 text.
+def encode_notice(last_seq: int, lost_bytes: int, text: str) -> bytes:
+    """Payload of a notice record: the last seq it stands for and the bytes lost (u64 LE each), then UTF-8 text.
 
     A notice written in place of output that could not be persisted carries the
     seq of the first lost chunk and stands for every seq up to ``last_seq``, so
     numbering stays gap-free: the record after it has seq ``last_seq + 1``.
     """
-    return _NOTICE_PREFIX.pack(last_seq) + text.encode()
+    return _NOTICE_PREFIX.pack(last_seq, lost_bytes) + text.encode()
 
 
 def notice_last_seq(payload: bytes | memoryview, seq: int) -> int:
@@ -77,6 +77,10 @@ def notice_last_seq(payload: bytes | memoryview, seq: int) -> int:
     if len(payload) < _NOTICE_PREFIX.size:
         return seq
     return max(seq, _NOTICE_PREFIX.unpack_from(payload)[0])
+
+
+def notice_lost_bytes(payload: bytes | memoryview) -> int:
+    return _NOTICE_PREFIX.unpack_from(payload)[1] if len(payload) >= _NOTICE_PREFIX.size else 0
 
 
 def notice_text(payload: bytes | memoryview) -> bytes:

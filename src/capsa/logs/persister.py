@@ -37,7 +37,7 @@ from pathlib import Path
 
 from capsa.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Timeout
 
-from ._format import END, MAX_PAYLOAD, NOTICE, encode_notice, notice_last_seq
+from ._format import END, MAX_PAYLOAD, NOTICE, encode_notice, notice_last_seq, notice_lost_bytes
 from ._segments import Record, SegmentWriter
 from .model import Stream
 
@@ -81,6 +81,7 @@ class JobLog:
         self._lost_reason = ""
         self._wake_fd = -1  # eventfd handed out by pause_fd(), readable once the backlog has drained
         self._paused = False
+        self._wake_on_stall = False  # paused with its main process gone: woken to re-decide on each failure
 
     def append(self, stream: Stream, data: bytes) -> int:
         """Queue ``data`` as the next chunk of ``stream``; return its seq. Never waits for the disk.
@@ -159,11 +160,15 @@ class JobLog:
         """Output bytes given up on (never written; a notice record stands in their place)."""
         return self._lost_bytes
 
-    def pause_fd(self) -> int | None:
+    def pause_fd(self, *, exited: bool = False) -> int | None:
         """After ``append``: None, or an fd to wait on because this job is over its backlog limit.
 
         The caller stops reading the job's pipes until the fd is readable, then
-        calls :meth:`resume` (also when the job exits: an exited job is never held).
+        calls :meth:`resume`. ``exited``: the job's main process is gone (what
+        still writes are leftovers holding its pipes). Such a job is not held
+        while writes fail: its queued output is given up on instead (counted, a
+        notice takes its place) and None is returned; while the disk merely lags
+        it is held like any job, and woken at each failed write to decide again.
         """
         p = self._p
         if self._backlog < p.job_backlog_bytes and p._backlog < p.total_backlog_bytes:
@@ -171,6 +176,12 @@ class JobLog:
         with p._lock:
             if self._backlog < p.job_backlog_bytes and p._backlog < p.total_backlog_bytes:
                 return None
+            if exited and self._error is not None and self._backlog > 0:
+                self._abandon = True
+                p._work.notify()
+                p._persisted.wait_for(lambda: not self._abandon or self._closed, 1.0)
+                return None
+            self._wake_on_stall = exited
             if self._wake_fd < 0:
                 self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             if not self._paused:
@@ -386,6 +397,7 @@ class LogPersister:
         now = time.monotonic()
         progress: list[tuple[JobLog, int, int]] = []
         handoff: list[tuple[JobLog, Record]] = []
+        stalled: list[JobLog] = []
         for job in list(active):
             if job._retry_at > now and not job._abandon:
                 continue
@@ -397,6 +409,7 @@ class LogPersister:
             last_seq, nbytes, exc = job._writer.write_some(job._pending, _SLICE_BYTES)
             if exc is not None:
                 self._stall(job, exc)
+                stalled.append(job)
             elif job._error is not None:
                 _log.info("log of job %s: writes succeed again", job.job_id)
                 job._error, job._retry_at, job._retry_delay = None, 0.0, _RETRY_MIN_S
@@ -418,7 +431,15 @@ class LogPersister:
                 self._to_finish.extend(handoff)
                 self._finish_work.notify()
             self._wake_drained()
+            for job in stalled:
+                if job._paused and job._wake_on_stall:
+                    self._wake(job)
             self._persisted.notify_all()
+
+    def _wake(self, job: JobLog) -> None:
+        self._paused.discard(job)
+        job._paused = False
+        os.eventfd_write(job._wake_fd, 1)
 
     def _wake_drained(self) -> None:
         """Signal held-back jobs whose backlog fell to half their limit (hysteresis: no pause/resume flapping)."""
@@ -426,9 +447,7 @@ class LogPersister:
             return
         for job in list(self._paused):
             if job._backlog <= self.job_backlog_bytes // 2:
-                self._paused.discard(job)
-                job._paused = False
-                os.eventfd_write(job._wake_fd, 1)
+                self._wake(job)
 
     def _should_give_up(self, job: JobLog, now: float) -> bool:
         """The policy of ADR-0004: only when no process can wait for the disk any more."""
@@ -449,12 +468,13 @@ class LogPersister:
         reason = job._error.strerror if job._error is not None and job._error.strerror else "write failed"
         pending.clear()
         if data_bytes:
+            # Everything pending is one contiguous run of seqs (an unwritten earlier notice first,
+            # when output is shed more than once): one notice stands for all of it.
             first = lost[0][1]
             last = max(notice_last_seq(r[4], r[1]) if r[2] == NOTICE else r[1] for r in lost)
-            # Appends are refused once a job finishes or the persister closes, and only then is output
-            # given up on, so `lost` holds no earlier notice here: this one is the only one for the gap.
-            text = f"log incomplete: {data_bytes} bytes not written ({reason})\n"
-            pending.append((job, first, NOTICE, time.time_ns(), encode_notice(last, text)))
+            gap = data_bytes + sum(notice_lost_bytes(r[4]) for r in lost if r[2] == NOTICE)
+            text = f"log incomplete: {gap} bytes not written ({reason})\n"
+            pending.append((job, first, NOTICE, time.time_ns(), encode_notice(last, gap, text)))
             _log.warning("log of job %s: gave up on %d bytes of output (%s); a notice marks the gap",
                          job.job_id, data_bytes, reason)
         elif lost:  # only a notice that cannot be written either, at close: the exit reason still tells

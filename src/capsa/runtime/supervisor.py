@@ -359,8 +359,8 @@ class Supervisor:
                 self._on_report(job, data)
             else:
                 job.log.append(Stream.STDOUT if kind == "out" else Stream.STDERR, data)
-                wake_fd = job.log.pause_fd()
-                if wake_fd is not None and job.wait_status is None:
+                wake_fd = job.log.pause_fd(exited=job.wait_status is not None)
+                if wake_fd is not None:
                     self._pause_output(job, wake_fd)
             return
         self.sel.unregister(fd)
