@@ -58,6 +58,7 @@ class SegmentWriter:
         self._seg_size = 0  # bytes of whole records in the current segment; everything past it is junk
         self._unsynced: list[Path] = []  # earlier segments written by this process, to fsync at finish
         self._trim = False  # a failed write may have left bytes past _seg_size
+        self._cautious = False  # after a failed write: one record per pwritev, to fill what space is left
         self._end_written = False
 
     # -- opening and recovery (caller's thread) -------------------------------------------------------
@@ -160,7 +161,9 @@ class SegmentWriter:
                     else:
                         written += len(data)
         except Exception as exc:  # the writer thread must survive anything and keep the bytes queued
+            self._cautious = True
             return last_seq, written, exc
+        self._cautious = False
         return last_seq, written, None
 
     def _write_run(self, records: Iterable[Record]) -> int:
@@ -171,7 +174,8 @@ class SegmentWriter:
         limit = self._segment_bytes
         for _, seq, stream, ts, data in records:
             n = len(data)
-            if stream == END or (iov and (size + HEADER_SIZE + n > limit or payload + n > _MAX_WRITE_BYTES)):
+            if stream == END or (iov and (self._cautious or size + HEADER_SIZE + n > limit
+                                          or payload + n > _MAX_WRITE_BYTES)):
                 break
             iov.append(encode_header(seq, ts, stream, n, crc32(data)))
             iov.append(data)

@@ -142,11 +142,18 @@ class JobLog:
         """
         self.finish()
         p = self._p
+        deadline = time.monotonic() + wait_s
         with p._lock:
+            if self._backlog > 0 and self._error is None and self._lost_bytes:
+                # Output was already lost and the last write happened to succeed (the notice, from the
+                # reserve): see whether the rest drains or fails before deciding what to report.
+                p._persisted.wait_for(lambda: not self._backlog or self._error is not None or self._closed,
+                                      wait_s / 2)
             if self._error is not None and self._backlog > 0:
                 self._abandon = True
                 p._work.notify()
-                p._persisted.wait_for(lambda: not self._abandon or self._closed, wait_s)
+                p._persisted.wait_for(lambda: not self._abandon or self._closed,
+                                      max(0.0, deadline - time.monotonic()))
             return self._loss_note()
 
     def _loss_note(self) -> str:
@@ -452,7 +459,12 @@ class LogPersister:
     def _should_give_up(self, job: JobLog, now: float) -> bool:
         """The policy of ADR-0004: only when no process can wait for the disk any more."""
         if job._abandon:
-            return True
+            if job._error is not None:
+                return True
+            with self._lock:  # writes succeeded since it was asked: nothing needs to be lost after all
+                job._abandon = False
+                self._persisted.notify_all()
+            return False
         if not job._failing_since:
             return False
         if self._closing:
@@ -465,7 +477,8 @@ class LogPersister:
         ends = [r for r in pending if r[2] == END]
         lost = [r for r in pending if r[2] != END]
         data_bytes = sum(len(r[4]) for r in lost if r[2] != NOTICE)
-        reason = job._error.strerror if job._error is not None and job._error.strerror else "write failed"
+        reason = job._error.strerror if job._error is not None and job._error.strerror else job._lost_reason
+        reason = reason or "write failed"
         pending.clear()
         if data_bytes:
             # Everything pending is one contiguous run of seqs (an unwritten earlier notice first,
