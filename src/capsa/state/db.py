@@ -46,6 +46,7 @@ _T = TypeVar("_T")
 _SQLITE_FULL = 13
 _SPARE_BYTES = 2 << 20  # room for the WAL frames of a few hundred page writes (one DELETE takes a handful)
 _SPARE_RECHECK_S = 10.0
+_FULL_QUIET_S = 30.0
 
 
 def is_database_full(exc: BaseException) -> bool:
@@ -81,6 +82,7 @@ class Database:
         self._spare_bytes = spare_bytes
         self._spare_checked = 0.0
         self._full = False  # a "database is full" condition is being reported (log once per condition)
+        self._full_at = 0.0  # monotonic time of the last SQLITE_FULL
         self._full_lock = threading.Lock()
         self._ensure_spare()
         self._local = threading.local()
@@ -148,6 +150,7 @@ class Database:
         released = spare and self._release_spare()
         with self._full_lock:
             first, self._full = not self._full, True
+            self._full_at = time.monotonic()
         if first:
             _log.warning("database %s is full (%s)%s; writes are retried", self.path, exc,
                          "; released its spare file" if released else "")
@@ -157,12 +160,14 @@ class Database:
         )
 
     def _after_write(self) -> None:
-        if self._full:
+        now = time.monotonic()
+        # One success between failures (another writer found a free page) does not end the condition:
+        # it ends after _FULL_QUIET_S without a failure, so a full disk is logged once, not per write.
+        if self._full and now - self._full_at >= _FULL_QUIET_S:
             with self._full_lock:
                 was, self._full = self._full, False
             if was:
                 _log.warning("database %s: writes succeed again", self.path)
-        now = time.monotonic()
         if now - self._spare_checked >= _SPARE_RECHECK_S:
             self._spare_checked = now
             self._ensure_spare()
