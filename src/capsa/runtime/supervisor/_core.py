@@ -341,6 +341,7 @@ class Supervisor(EventLoop):
         lost = job.log.finish_at_exit()  # gives up on output a failing disk still holds, so the record can say so
         if lost:
             rec.reason = f"{rec.reason}; {lost}" if rec.reason else lost
+            rec.log_incomplete_bytes = job.log.incomplete_bytes
         _write_status(Path(job.spec.job_dir), rec)
         self.publish(rec)
 
