@@ -47,6 +47,15 @@ _SQLITE_FULL = 13
 _SPARE_BYTES = 2 << 20  # room for the WAL frames of a few hundred page writes (one DELETE takes a handful)
 _SPARE_RECHECK_S = 10.0
 _FULL_QUIET_S = 30.0
+_OPEN_MIN_FREE = 1 << 20
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def is_database_full(exc: BaseException) -> bool:
@@ -104,8 +113,21 @@ class Database:
             check_same_thread=False,
         )
         conn.row_factory = sqlite3.Row
-        for pragma in _PRAGMAS:
-            conn.execute(pragma.replace("5000", str(self._busy_timeout_ms)))
+        try:
+            for pragma in _PRAGMAS:
+                conn.execute(pragma.replace("5000", str(self._busy_timeout_ms)))
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            # Opening in WAL mode creates the -wal and -shm files; on a full disk SQLite says only
+            # "disk I/O error". Say what it is when the filesystem is indeed (nearly) full.
+            free = _free_bytes(self.path.parent)
+            if is_database_full(exc) or (free is not None and free < _OPEN_MIN_FREE):
+                raise LimitExceeded(
+                    f"cannot open the database {self.path}: no space left on device ({free} bytes free on "
+                    "its filesystem); free space there and retry",
+                    detail={"path": str(self.path), "sqlite": "full"},
+                ) from exc
+            raise
         with self._all_lock:
             self._all.append(conn)
         return conn
