@@ -131,3 +131,21 @@ def test_close_on_a_full_disk_gives_up_in_bounded_time(tiny_tmpfs: Path) -> None
     assert time.monotonic() - t0 < 5
     assert job.incomplete_bytes == 300 << 10
     assert not is_finished(log_dir)
+
+
+def test_output_of_an_exited_job_is_given_up_on_after_the_exit_grace(tiny_tmpfs: Path) -> None:
+    """Writes that start failing only after the exit: retried for give_up_after_exit_s, then marked."""
+    log_dir = tiny_tmpfs / "job"
+    p = LogPersister(segment_bytes=64 << 10, give_up_after_exit_s=0.5)
+    try:
+        job = p.open("job", log_dir)
+        _fill(tiny_tmpfs / "ballast")
+        job.append(Stream.STDOUT, b"q" * (200 << 10))
+        job.finish()  # not finish_at_exit: nothing is given up on at once
+        assert not job.wait_persisted(timeout=0.3)
+        assert job.incomplete_bytes == 0
+        assert job.wait_persisted(timeout=10), "never gave up after the grace"
+        assert job.incomplete_bytes == 200 << 10 and job.finished
+    finally:
+        p.close(timeout=15)
+    assert [(c.seq, c.stream) for c in read_log(log_dir)] == [(1, Stream.NOTICE)]
