@@ -127,3 +127,17 @@ def test_cli_exit_codes_through_the_daemon(daemon: object, tmp_path: Path) -> No
     assert b"absolute path" in result.stderr
     assert ingest.is_dir() and os.listdir(ingest) == []
     assert b"bomb" not in daemon.cli("capsule", "ls").stdout  # type: ignore[attr-defined]
+
+
+def test_upload_path_refuses_the_bomb_and_cleans_its_staging(store: CapsuleStore, tmp_path: Path) -> None:
+    """The daemon's Create RPC path (CapsuleDistribution.create_from_upload) with the 2 MB / 2 GiB bomb."""
+    from capsa.capsules.distribution import CapsuleDistribution
+
+    bomb = tmp_path / "bomb.tar.gz"
+    write_gzip_bomb(bomb, [("zeros", 2 << 30)])
+    data = bomb.read_bytes()
+    chunks = (data[i : i + (1 << 20)] for i in range(0, len(data), 1 << 20))
+    before = _disk_used(store.layout.root)
+    with pytest.raises(LimitExceeded, match="per-file limit"):
+        CapsuleDistribution(store).create_from_upload("bomb", "1.0", chunks)
+    _assert_nothing_left(store, before)
