@@ -133,6 +133,9 @@ class Supervisor(EventLoop):
                     self._kill_cgroup(job)
             if job.start_deadline is not None and now >= job.start_deadline and job.report_fd != -1:
                 job.start_deadline = None
+                self._drain_report(job)   # an exec that happened just now is a start, not a timeout
+                if job.report_fd == -1:
+                    continue
                 self.log(f"job {job.record.job_id} did not exec within {START_TIMEOUT_S:g}s; killing it")
                 job.start_error = job.start_error or StageFailed(
                     "start", errno.ETIMEDOUT, f"the command was not exec'd within {START_TIMEOUT_S:g}s")
@@ -276,6 +279,22 @@ class Supervisor(EventLoop):
         else:
             job.out_fds.discard(fd)
             self._maybe_finish(job)
+
+    def _drain_report(self, job: _Job) -> None:
+        while job.report_fd != -1:
+            fd = job.report_fd
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if data:
+                self._on_report(job, data)
+                continue
+            self._close_fd(fd)
+            job.report_fd = -1
+            self._on_report_eof(job)
 
     def _close_fd(self, fd: int) -> None:
         with contextlib.suppress(KeyError, ValueError):
