@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from capsa.errors import AlreadyExists, FailedPrecondition, NotFound
+from capsa.errors import AlreadyExists, CapsaError, FailedPrecondition, NotFound
 from capsa.logs import JobLog, LogPersister, Stream
 from capsa.runtime import cgroups
 from capsa.runtime.devices import job_device_rules
@@ -211,13 +211,13 @@ class Supervisor(EventLoop):
     def _on_report(self, job: _Job, data: bytes) -> None:
         try:
             frames = job.report.feed(data)
-        except ValueError as exc:
+        except CapsaError as exc:
             job.start_error = job.start_error or StageFailed("report", 0, f"unreadable start report: {exc}")
             return
         for frame in frames:
             try:
                 _id, msg = decode(frame)
-            except ValueError as exc:
+            except CapsaError as exc:
                 msg = StageFailed("report", 0, f"unreadable start report: {exc}")
             if isinstance(msg, Forked) and msg.pid > 0:
                 job.record.pid = msg.pid
@@ -365,14 +365,14 @@ class Supervisor(EventLoop):
         except OSError:
             data = b""
         frames: list[dict[str, Any]] = []
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(CapsaError):
             frames = reader.feed(data)
         if frames or not data:
             self.sel.unregister(fd)
             os.close(fd)
             del self.mount_replies[fd]
             reply: Message = ErrorReply("internal", "the zygote gave no answer to a mount")
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(CapsaError):
                 if frames and isinstance(msg := decode(frames[0])[1], (OkReply, ErrorReply)):
                     reply = msg
             self.answer(caller, reply)
