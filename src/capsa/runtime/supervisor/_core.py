@@ -114,8 +114,10 @@ class Supervisor(EventLoop):
         (self.run_dir / "supervisor.pid").write_text(str(os.getpid()))
 
     def answer(self, caller: Caller, msg: Message) -> None:
-        caller.reply(msg)
-        self.update(caller.conn)
+        """A deferred reply (start at exec, mount when the zygote is done)."""
+        if not caller.conn.closed:
+            self._queue_reply(caller.conn, msg, caller.request_id)
+            self.update(caller.conn)
 
     # -- deadlines ------------------------------------------------------------------------------------
     def next_timeout(self) -> float | None:
