@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from capsa.errors import AlreadyExists, FailedPrecondition, NotFound
+from capsa.errors import AlreadyExists, CapsaError, FailedPrecondition, NotFound
 from capsa.logs import JobLog, LogPersister, Stream
 from capsa.runtime import cgroups
 from capsa.runtime.devices import job_device_rules
@@ -114,8 +114,10 @@ class Supervisor(EventLoop):
         (self.run_dir / "supervisor.pid").write_text(str(os.getpid()))
 
     def answer(self, caller: Caller, msg: Message) -> None:
-        caller.reply(msg)
-        self.update(caller.conn)
+        """A deferred reply (start at exec, mount when the zygote is done)."""
+        if not caller.conn.closed:
+            self._queue_reply(caller.conn, msg, caller.request_id)
+            self.update(caller.conn)
 
     # -- deadlines ------------------------------------------------------------------------------------
     def next_timeout(self) -> float | None:
@@ -133,6 +135,9 @@ class Supervisor(EventLoop):
                     self._kill_cgroup(job)
             if job.start_deadline is not None and now >= job.start_deadline and job.report_fd != -1:
                 job.start_deadline = None
+                self._drain_report(job)   # an exec that happened just now is a start, not a timeout
+                if job.report_fd == -1:
+                    continue
                 self.log(f"job {job.record.job_id} did not exec within {START_TIMEOUT_S:g}s; killing it")
                 job.start_error = job.start_error or StageFailed(
                     "start", errno.ETIMEDOUT, f"the command was not exec'd within {START_TIMEOUT_S:g}s")
@@ -208,13 +213,13 @@ class Supervisor(EventLoop):
     def _on_report(self, job: _Job, data: bytes) -> None:
         try:
             frames = job.report.feed(data)
-        except ValueError as exc:
+        except CapsaError as exc:
             job.start_error = job.start_error or StageFailed("report", 0, f"unreadable start report: {exc}")
             return
         for frame in frames:
             try:
                 _id, msg = decode(frame)
-            except ValueError as exc:
+            except CapsaError as exc:
                 msg = StageFailed("report", 0, f"unreadable start report: {exc}")
             if isinstance(msg, Forked) and msg.pid > 0:
                 job.record.pid = msg.pid
@@ -282,6 +287,22 @@ class Supervisor(EventLoop):
         else:
             job.out_fds.discard(fd)
             self._maybe_finish(job)
+
+    def _drain_report(self, job: _Job) -> None:
+        while job.report_fd != -1:
+            fd = job.report_fd
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if data:
+                self._on_report(job, data)
+                continue
+            self._close_fd(fd)
+            job.report_fd = -1
+            self._on_report_eof(job)
 
     def _close_fd(self, fd: int) -> None:
         with contextlib.suppress(KeyError, ValueError):
@@ -374,14 +395,14 @@ class Supervisor(EventLoop):
         except OSError:
             data = b""
         frames: list[dict[str, Any]] = []
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(CapsaError):
             frames = reader.feed(data)
         if frames or not data:
             self.sel.unregister(fd)
             os.close(fd)
             del self.mount_replies[fd]
             reply: Message = ErrorReply("internal", "the zygote gave no answer to a mount")
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(CapsaError):
                 if frames and isinstance(msg := decode(frames[0])[1], (OkReply, ErrorReply)):
                     reply = msg
             self.answer(caller, reply)

@@ -93,6 +93,13 @@ def test_a_start_that_never_execs_is_killed_and_answered_at_its_deadline(
     assert info.value.failure.step == "start" and not info.value.failure.exec_failed
 
 
+def test_an_unreadable_start_report_is_a_start_failure_not_a_hang(harness: Harness) -> None:
+    with pytest.raises(StartFailedError) as info:
+        harness.client.start(harness.spec("/garbage"))
+    assert info.value.failure.step == "report" and "unreadable" in info.value.failure.message
+    assert harness.client.alive()
+
+
 def test_a_failing_cgroup_driver_is_an_internal_error_and_the_loop_goes_on(harness: Harness) -> None:
     harness.driver.fail_create = RuntimeError("boom")
     with pytest.raises(CapsaError, match="RuntimeError: boom") as info:
