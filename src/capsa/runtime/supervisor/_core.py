@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from capsa.errors import AlreadyExists, CapsaError, FailedPrecondition, NotFound
+from capsa.errors import AlreadyExists, CapsaError, FailedPrecondition, NotFound, from_os_error
 from capsa.logs import JobLog, LogPersister, Stream
 from capsa.runtime import cgroups
 from capsa.runtime.devices import job_device_rules
@@ -173,8 +173,11 @@ class Supervisor(EventLoop):
         if spec.job_id in self.jobs:
             raise AlreadyExists(f"job {spec.job_id} already exists")
         job_dir = Path(spec.job_dir)
-        for sub in ("root", "work", "logs"):
-            (job_dir / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            for sub in ("root", "work", "logs"):
+                (job_dir / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:   # a full disk is the usual cause: say so, naming the path (exit 9)
+            raise from_os_error(exc, job_dir, what=f"job {spec.job_id}") from exc
         cg = self.driver.create(spec.job_id, _limits(spec))
         try:   # before any process joins: the job may open only its minimal /dev and what the spec adds
             cg.device_rules(job_device_rules(spec))
