@@ -55,7 +55,8 @@ class JobService:
     def __init__(self, db: Database, home: Path, supervisor: SupervisorClient, *,
                  resources: Sequence[JobResource] = (), store: JobStore | None = None, stop_grace_s: float = 10.0,
                  upload_limits: UploadLimits | None = None, secret_box: SecretBox | None = None,
-                 restart_supervisor: Callable[[], object] | None = None) -> None:
+                 restart_supervisor: Callable[[], object] | None = None,
+                 kill_lost: Callable[[str], None] | None = None) -> None:
         self.db = db
         self.home = home
         self.jobs_dir = home / "jobs"
@@ -67,6 +68,7 @@ class JobService:
         self.uploads = UploadStore(home / "tmp" / "uploads", upload_limits)
         self._secrets = secret_box or SecretBox(home)
         self._restart_supervisor = restart_supervisor or (lambda: ensure_supervisor(home))
+        self._kill_lost = kill_lost or _kill_cgroup   # what is left of a lost job's processes
         self._ended = threading.Condition()
         self.timers_changed = threading.Event()   # a schedule or timeout was added (the Scheduler waits on it)
         self.runtime_image: Callable[[str], str] | None = None   # NAME[@VERSION] -> image (capsa.runtimes)
@@ -98,7 +100,7 @@ class JobService:
     def reconcile(self) -> None:
         known = {rec.job_id: rec for rec in self.supervisor.list()}
         for job in self.store.active():
-            rec = known.get(job.id)
+            rec = known.pop(job.id, None)
             if rec is None:
                 self._fail_lost(job)
             elif rec.state == ProcState.EXITED:
@@ -117,10 +119,7 @@ class JobService:
     def _fail_lost(self, job: Job) -> None:
         reason = ("lost: the job's supervisor was gone when the daemon restarted or reconnected"
                   if job.state == JobState.RUNNING else "the daemon restarted before the job started")
-        with contextlib.suppress(Exception):
-            cg = cgroups.detect().open(job.id)
-            cg.kill_all()
-            cg.remove()
+        self._kill_lost(job.id)
         self.store.fail_lost(job.id, reason)
         self._release(job.id)
         self._notify()
@@ -199,14 +198,14 @@ class JobService:
         """Acquire what is left, hand the (launched) PENDING job to the supervisor: RUNNING or FAILED."""
         try:
             grant = grant.merged(acquire_all(to_acquire, job_id, request))
-        except CapsaError as exc:
-            self._fail_start(job_id, exc, grant)
+        except Exception as exc:   # acquire_all gave back its own share; the rest was acquired before
+            self._fail_start(job_id, exc, grant, release=[r for r in self.resources if r not in to_acquire])
             raise
         spec = build_spec(job_id, hostname, self.jobs_dir / job_id, request, grant)
         try:
             rec = self.supervisor.start(spec)
         except CapsaError as exc:
-            self._fail_start(job_id, exc, grant)
+            self._fail_start(job_id, exc, grant, release=self.resources)
             if _is_command_not_found(exc):
                 return self.get(job_id)
             raise
@@ -215,9 +214,11 @@ class JobService:
             self.timers_changed.set()
         return self.get(job_id)
 
-    def _fail_start(self, job_id: str, exc: CapsaError, grant: Grant | None = None) -> None:
+    def _fail_start(self, job_id: str, exc: Exception, grant: Grant | None = None, *,
+                    release: Sequence[JobResource]) -> None:
+        """FAILED with the reason (and what its resources said), then give back ``release``."""
         self.store.fail_start(job_id, str(exc), grant.recorded if grant else None)
-        self._release(job_id)
+        release_all(release, job_id)
         self._notify()
 
     def _release(self, job_id: str) -> None:
@@ -236,6 +237,7 @@ class JobService:
         """
         t0 = time.monotonic_ns()
         job = self.get(job_id)
+        grant: Grant | None = None
         try:
             taken = self.schedules.take(job_id)
             if taken is None:
@@ -247,8 +249,8 @@ class JobService:
             grant = acquire_all(ordered, job_id, request)
             if grant.image_config is not None:
                 request = apply_image_config(request, grant.image_config)
-        except CapsaError as exc:
-            self._fail_start(job_id, exc)
+        except CapsaError as exc:   # a failed acquire_all gave back its own share
+            self._fail_start(job_id, exc, release=self.resources if grant is not None else ())
             return self.get(job_id)
         if not self.store.claim_launch(job_id, request, grant.recorded):
             self._release(job_id)   # canceled while its resources were acquired: it never runs
@@ -374,6 +376,13 @@ class JobService:
             # The log's end marker can beat the exit event by a few ms; callers read the
             # exit code right after the stream ends, so let the database catch up first.
             self.wait_ended(job.id, timeout=10)
+
+
+def _kill_cgroup(job_id: str) -> None:
+    with contextlib.suppress(Exception):   # no cgroup left is the usual case
+        cg = cgroups.detect().open(job_id)
+        cg.kill_all()
+        cg.remove()
 
 
 def _caller_root(rootfs: JobRootfs) -> Grant:

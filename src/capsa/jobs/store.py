@@ -209,6 +209,15 @@ class JobStore:
 
     def page(self, *, all: bool = False, limit: int = 0, page_token: str = "") -> JobPage:
         """Jobs newest first (``limit`` 0: all of them), from after ``page_token``."""
+        sql, params = self.page_query(all=all, limit=limit, page_token=page_token)
+        rows = self.db.query(sql, params)
+        jobs = [Job.from_row(r) for r in (rows[:limit] if limit else rows)]
+        more = bool(limit) and len(rows) > limit
+        return JobPage(jobs=jobs, next_page_token=encode_page_token(jobs[-1]) if more else "")
+
+    @staticmethod
+    def page_query(*, all: bool, limit: int, page_token: str) -> tuple[str, tuple[Any, ...]]:
+        """The SELECT for one page (one row more than ``limit``, to know whether another page follows)."""
         if limit < 0:
             raise InvalidArgument(f"page size must be zero (everything) or positive, got {limit}")
         where: list[str] = []
@@ -217,14 +226,12 @@ class JobStore:
             where.append(f"state IN ({','.join('?' * len(LISTED_STATES))})")
             params.extend(LISTED_STATES)
         if page_token:
+            # A row value comparison: the (created_ns, id) index seeks straight to the page.
             where.append("(created_ns, id) < (?, ?)")
             params.extend(decode_page_token(page_token))
         sql = ("SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
                + " ORDER BY created_ns DESC, id DESC" + (" LIMIT ?" if limit else ""))
-        rows = self.db.query(sql, (*params, limit + 1) if limit else params)
-        jobs = [Job.from_row(r) for r in (rows[:limit] if limit else rows)]
-        more = bool(limit) and len(rows) > limit
-        return JobPage(jobs=jobs, next_page_token=encode_page_token(jobs[-1]) if more else "")
+        return sql, (*params, limit + 1) if limit else tuple(params)
 
     def count_by_state(self) -> dict[str, int]:
         rows = self.db.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
