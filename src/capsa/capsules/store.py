@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -168,7 +169,7 @@ class CapsuleStore:
             if not content.exists():
                 # Inside the transaction: gc's "is anything using this digest" check
                 # cannot run between the row insert and the publication.
-                os.rename(tree, content)
+                _move_read_only_dir(tree, content)
 
     # -- queries -------------------------------------------------------------------------
     def get(self, name: str, version: str) -> CapsuleVersion:
@@ -342,3 +343,15 @@ class CapsuleStore:
             raise ChecksumMismatch(
                 f"{found.ref}: stored content hashes to {actual.digest}, not {found.digest}"
             )
+
+
+def _move_read_only_dir(source: Path, dest: Path) -> None:
+    """rename(2) a read-only directory to another parent: the kernel rewrites its '..' entry, which
+    needs write permission on it unless the caller is root; it is read-only again once moved."""
+    mode = stat.S_IMODE(os.lstat(source).st_mode)
+    if os.geteuid() != 0 and not mode & stat.S_IWUSR:
+        os.chmod(source, mode | stat.S_IWUSR)
+        os.rename(source, dest)
+        os.chmod(dest, mode)
+        return
+    os.rename(source, dest)
