@@ -182,8 +182,9 @@ class Daemon:
 
         try:
             server = build_server(self, self.listen, cgroup_version=self.cgroup_version)
-        except OSError as exc:   # taken between check_bindable and now
-            raise Unavailable(f"cannot listen on {self.listen}: {exc}") from None
+        except (OSError, RuntimeError):   # taken between check_bindable and now (gRPC says RuntimeError)
+            raise Unavailable(f"cannot listen on {self.listen}: the address cannot be bound"
+                              " (in use, or not an address of this host)") from None
         server.start()
         self.server = server
         undo.callback(lambda: server.stop(grace=2).wait(5))
