@@ -201,9 +201,9 @@ class JobService:
         except Exception as exc:   # acquire_all gave back its own share; the rest was acquired before
             self._fail_start(job_id, exc, grant, release=[r for r in self.resources if r not in to_acquire])
             raise
-        spec = build_spec(job_id, hostname, self.jobs_dir / job_id, request, grant)
         try:
-            rec = self.supervisor.start(spec)
+            # The spec is built here, not earlier: an image's User may not be a numeric id (InvalidArgument).
+            rec = self.supervisor.start(build_spec(job_id, hostname, self.jobs_dir / job_id, request, grant))
         except CapsaError as exc:
             self._fail_start(job_id, exc, grant, release=self.resources)
             if _is_command_not_found(exc):

@@ -157,3 +157,15 @@ def test_a_request_a_resource_validates_badly_names_the_problem(make_service: Ma
     gpus = FakeResource(serves="gpus", fail_validate=InvalidArgument("--gpus -1 must be zero or positive"))
     with pytest.raises(InvalidArgument, match="--gpus -1"):
         make_service([gpus]).run(RunRequest(command=("/bin/true",), gpus=-1))
+
+
+def test_an_image_user_that_is_not_numeric_fails_the_job_and_gives_everything_back(
+        make_service: MakeService, supervisor: FakeSupervisor) -> None:
+    image = FakeResource(serves="image", before_record=True, grant=Grant(image_config={"Cmd": ["true"], "User": "nginx"}))
+    network = FakeResource()
+    service = make_service([image, network])
+    with pytest.raises(InvalidArgument, match="give a numeric UID"):
+        service.run(RunRequest(command=(), image="nginx", network="isolated"))
+    [job] = service.list(all=True)
+    assert job.state == JobState.FAILED and supervisor.specs == {}
+    assert sum(image.released.values()) == 1 and network.released == {job.id: 1}
