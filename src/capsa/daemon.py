@@ -126,7 +126,7 @@ class Daemon:
         self.supervisor, started_now = ensure_supervisor(home)
         # Runs after the engine parked its runs (workflows resume later) and before the database closes.
         undo.callback(self._end_jobs, started_now=started_now)
-        self.cgroup_version = int(self.supervisor.ping().get("cgroup_version", 0))
+        self.cgroup_version = self.supervisor.ping().cgroup_version
         self.snapshotter = open_snapshotter_from_config(config, self.db, home)
         undo.callback(self.snapshotter.close)
         fsm = config.fsm
