@@ -26,6 +26,7 @@ import grpc
 
 from capsa.capsules import CapsuleStore
 from capsa.capsules.distribution import CapsuleDistribution
+from capsa.capsules.limits import CapsuleLimits
 from capsa.capsules.manager import CapsuleManager
 from capsa.capsules.resource import CapsuleResource
 from capsa.config import HomeLayout, ServerConfig, ensure_home, load_server_config
@@ -141,7 +142,8 @@ class Daemon:
         self.volumes = VolumeManager(self.db, self.layout.volumes)
         # CAPSA_GPU_ROOT: where the driver's /proc and /dev live (default /; tests point it at a fake tree).
         self.gpus = GpuAllocator(self.db, root=Path(os.environ.get("CAPSA_GPU_ROOT") or "/"))
-        self.capsule_store = CapsuleStore(self.layout.capsules, self.db)
+        self.capsule_store = CapsuleStore(self.layout.capsules, self.db,
+                                          limits=CapsuleLimits.from_config(config.capsules.limits))
         self.capsule_distribution = CapsuleDistribution(self.capsule_store, registry=registry_config(config),
                                                         s3=s3_config(config))
         job_records = JobStore(self.db)
