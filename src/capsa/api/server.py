@@ -66,6 +66,7 @@ class ApiServer:
         self.limits = limits
         self.streams = StreamLimits(total=limits.max_streams, per_client=limits.max_streams_per_client)
         self.pool = futures.ThreadPoolExecutor(max_workers=limits.unary_threads, thread_name_prefix="rpc")
+        _prestart(self.pool, limits.unary_threads)
         self.blocking = BlockingStreams(limits.blocking_stream_threads)
         self.loop = asyncio.new_event_loop()
         self.loop.set_default_executor(self.pool)
@@ -144,6 +145,15 @@ class ApiServer:
         # The callback runs on the loop thread, which cannot join itself: finish from a helper thread.
         done.add_done_callback(lambda _f: threading.Thread(target=self._shutdown_loop, name="rpc-stop").start())
         return self._stopped
+
+
+def _prestart(pool: futures.ThreadPoolExecutor, threads: int) -> None:
+    """Start every thread of ``pool`` now: the daemon's thread count is then fixed, whatever the load
+    (an executor otherwise grows lazily and never shrinks, which hides leaks in a thread count)."""
+    barrier = threading.Barrier(threads + 1)
+    for _ in range(threads):
+        pool.submit(barrier.wait, 10)
+    barrier.wait(10)
 
 
 def build_server(daemon: Daemon, listen: str, *, cgroup_version: int) -> ApiServer:
