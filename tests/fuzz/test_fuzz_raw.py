@@ -7,6 +7,7 @@ import io
 import random
 import tarfile
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -37,7 +38,7 @@ def _bad_utf8(tag: int) -> bytes:
 
 
 def _rss_kib(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise KeyError("VmRSS")
