@@ -20,17 +20,18 @@ MAX_LIST_P99 = 0.250     # s
 
 def test_a_burst_of_2000_jobs_from_20_clients_is_accepted_run_and_logged_exactly(
         fresh_daemon: RunningDaemon) -> None:
-    result = run_burst(lambda: fresh_daemon.client("developer"), jobs=JOBS, clients=CLIENTS)
+    # At the target rate the submissions take 20 s; the budget keeps a slower node's failure under a minute.
+    result = run_burst(lambda: fresh_daemon.client("developer"), jobs=JOBS, clients=CLIENTS, budget_s=35)
     p99 = percentile(result.list_latencies, 99)
-    print(f"burst: {JOBS} jobs from {CLIENTS} clients; submitted at {result.submit_rate:.0f}/s,"
+    print(f"burst: {result.jobs} of {JOBS} jobs from {CLIENTS} clients; submitted at {result.submit_rate:.0f}/s,"
           f" started at {result.start_rate:.0f}/s; ListJobs p99 {p99 * 1e3:.0f} ms"
           f" over {len(result.list_latencies)} calls")
-    assert sorted(result.job_ids) == list(range(JOBS))
     with fresh_daemon.client("reader") as client:
-        for n, job_id in result.job_ids.items():
-            job = client.get_job(job_id)
-            assert job.state == "COMPLETED", (n, job.state, job.reason)
+        states = {j.id: (j.state, j.reason) for j in client.list_jobs(all=True)}
+        for n, job_id in result.job_ids.items():   # whatever was accepted ran once and logged exactly
+            assert states[job_id][0] == "COMPLETED", (n, states[job_id])
             out = b"".join(c.data for c in client.jobs.StreamLogs(pb.StreamLogsRequest(id=job_id), timeout=30))
             assert out == f"{n}\n".encode(), (n, out)
+    assert sorted(result.job_ids) == list(range(JOBS)), f"{len(result.job_ids)} of {JOBS} accepted in the budget"
     assert result.start_rate >= MIN_START_RATE, f"jobs started at {result.start_rate:.0f}/s"
     assert p99 <= MAX_LIST_P99, f"ListJobs p99 {p99 * 1e3:.0f} ms during the burst"
