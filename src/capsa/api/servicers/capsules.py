@@ -80,7 +80,8 @@ class CapsuleServicer(pb_grpc.CapsuleServiceServicer):
         def create() -> pb.Capsule:
             header, chunks = _upload(BlockingStreams.requests_in_thread(request_iterator, loop))
             created = self.distribution.create_from_upload(header.name, header.version, chunks,
-                                                           deps=list(header.dependencies), labels=dict(header.labels))
+                                                           deps=list(header.dependencies), labels=dict(header.labels),
+                                                           request_id=header.request_id)
             return self._one(created)
 
         return await self.blocking.call("capsule Create", create)

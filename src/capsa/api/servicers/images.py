@@ -51,7 +51,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
 
     def _pull(self, request: pb.PullImageRequest, stop: Any) -> Any:
         run_id = self.images.start_pull(request.ref, platform=request.platform, insecure=request.insecure,
-                                        expected_digest=request.expected_digest)
+                                        expected_digest=request.expected_digest, request_id=request.request_id)
         for update in self.images.watch_pull(run_id):
             msg = pb.PullProgress(
                 run_id=update.run_id, phase=update.phase, done=update.done,

@@ -55,7 +55,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
             seccomp=request.seccomp or "default", network=request.network or "host",
             volumes=tuple(request.volumes), capsules=tuple(request.capsules), gpus=request.gpus,
             secret_env=dict(request.secret_env), upload_session=request.upload_session,
-            schedule=request.schedule, timeout=request.timeout,
+            schedule=request.schedule, timeout=request.timeout, request_id=request.request_id,
             resources=Resources(max_cpu=r.max_cpu, cpu_cores=r.cpu_cores, max_memory_mb=r.max_memory_mb,
                                 max_iobps=r.max_iobps, max_pids=r.max_pids),
         ))
@@ -94,7 +94,8 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     @rpc
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
-        return pb.ListJobsResponse(jobs=[job_to_pb(j) for j in self.jobs.list(all=request.all)])
+        page = self.jobs.page(all=request.all, limit=request.limit, page_token=request.page_token)
+        return pb.ListJobsResponse(jobs=[job_to_pb(j) for j in page.jobs], next_page_token=page.next_page_token)
 
     @rpc
     def StopJob(self, request: pb.StopJobRequest, context: grpc.ServicerContext) -> pb.Job:
