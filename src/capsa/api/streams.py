@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from capsa.errors import LimitExceeded, NotFound
+from capsa.errors import Canceled, LimitExceeded, NotFound
 from capsa.logs import LogChunk, is_finished, log_size, read_log
 from capsa.metrics import JobSample, MetricsSampler
 
@@ -243,8 +243,16 @@ class BlockingStreams:
         """A blocking iterator, for a pool thread, over an aio request stream read on the loop."""
         source = requests.__aiter__()
         while True:
-            try:
-                item = asyncio.run_coroutine_threadsafe(source.__anext__(), loop).result()
-            except StopAsyncIteration:
-                return
+            pending = asyncio.run_coroutine_threadsafe(source.__anext__(), loop)
+            while True:
+                try:
+                    item = pending.result(timeout=1.0)
+                    break
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    # A slow client is fine; a stopped server is not: never outlive the loop.
+                    if loop.is_closed() or not loop.is_running():
+                        pending.cancel()
+                        raise Canceled("the daemon is stopping: upload abandoned") from None
             yield item
