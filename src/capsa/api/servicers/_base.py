@@ -16,7 +16,7 @@ import grpc
 import grpc.aio
 
 from capsa.api.errors import ERROR_CODE_KEY, status_for
-from capsa.errors import CapsaError
+from capsa.errors import CapsaError, from_os_error, is_disk_full
 
 __all__ = ["rpc"]
 
@@ -28,6 +28,9 @@ _PASS_THROUGH = (grpc.RpcError, grpc.aio.AbortError)
 
 
 def _status(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
+    if isinstance(exc, OSError) and is_disk_full(exc):
+        # A full disk anywhere below is the operator's to fix, not a bug: RESOURCE_EXHAUSTED naming the path.
+        exc = from_os_error(exc)
     if isinstance(exc, CapsaError):
         return status_for(exc), str(exc), exc.code
     if isinstance(exc, RecursionError):
