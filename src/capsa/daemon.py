@@ -157,7 +157,8 @@ class Daemon:
         self.jobs = JobService(self.db, home, self.supervisor, store=job_records, resources=self.job_resources,
                                stop_grace_s=config.jobs.stop_grace_s, secret_box=secret_box,
                                upload_limits=UploadLimits(**config.jobs.uploads.model_dump()))
-        self.scheduler = Scheduler(self.jobs, chores=((60.0, self.jobs.uploads.cleanup),))
+        self.scheduler = Scheduler(self.jobs, chores=((60.0, self.jobs.uploads.cleanup),
+                                                      (5.0, self.jobs.retry_pending_exits)))
         undo.callback(self.scheduler.close)
         self.metrics = open_metrics(config.metrics, self.db, home, self.jobs, network_stats=self._network_stats)
         undo.callback(self.metrics.close)

@@ -34,7 +34,7 @@ def job_to_pb(job: Job) -> pb.Job:
         pid=job.pid, ended=job.state.ended, env=job.env, workdir=job.workdir, hostname=job.hostname,
         cgroup=job.cgroup, start_latency_ns=job.start_latency_ns, image=job.image, image_digest=job.image_digest,
         seccomp=job.seccomp, network=job.network, ip=job.ip, volumes=job.volumes,
-        gpus=job.gpus, gpu_devices=job.gpu_devices,
+        gpus=job.gpus, gpu_devices=job.gpu_devices, log_incomplete_bytes=job.log_incomplete_bytes,
         workflow_id=job.workflow_id or "", workflow_job=job.workflow_job or "",
         scheduled_at_ns=job.scheduled_ns, timeout_seconds=job.timeout_ns / 1e9, secret_env_keys=job.secret_env_keys,
     )
