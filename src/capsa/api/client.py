@@ -211,6 +211,13 @@ class CapsaClient:
     def image_history(self, ref: str, *, limit: int = 20) -> list[ipb.FsmRun]:
         return list(self._call(self.images.ImageHistory, ipb.ImageHistoryRequest(ref=ref, limit=limit)).runs)
 
+    def verify_images(self, ref: str = "", *, all: bool = False, repair: bool = False) -> list[ipb.ImageVerifyReport]:
+        request = ipb.VerifyImagesRequest(ref=ref, all=all, repair=repair)
+        return list(self._call(self.images.VerifyImages, request, timeout=None).reports)
+
+    def backup_database(self, dest: str) -> ipb.BackupDatabaseResponse:
+        return self._call(self.images.BackupDatabase, ipb.BackupDatabaseRequest(dest=dest), timeout=None)
+
     # -- workflows ----------------------------------------------------------------------------
     def submit_workflow(self, yaml_text: str, *, base_dir: str = "", source: str = "") -> wpb.Workflow:
         request = wpb.SubmitWorkflowRequest(yaml=yaml_text, base_dir=base_dir, source=source)

@@ -31,6 +31,8 @@ RPC_ROLES: dict[str, Role] = {
     "/capsa.v1.ImageService/RemoveImage": Role.MAINTAINER,
     "/capsa.v1.ImageService/PruneImages": Role.ADMIN,
     "/capsa.v1.ImageService/ImageHistory": Role.READER,
+    "/capsa.v1.ImageService/VerifyImages": Role.MAINTAINER,
+    "/capsa.v1.ImageService/BackupDatabase": Role.ADMIN,
     # WorkflowService
     "/capsa.v1.WorkflowService/SubmitWorkflow": Role.DEVELOPER,
     "/capsa.v1.WorkflowService/ListWorkflows": Role.READER,

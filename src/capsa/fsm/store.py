@@ -25,7 +25,7 @@ ACTIVE_STATES = ("queued", "running", "retry_wait")
 TERMINAL_STATES = ("succeeded", "failed", "canceled", "handed_off")
 EVENT_KINDS = (
     "start", "transition_start", "transition_complete", "error", "retry",
-    "finish", "cancel", "handoff", "abort", "resume",
+    "finish", "cancel", "handoff", "abort", "resume", "repair",
 )
 
 _ACTIVE_SQL = "('queued', 'running', 'retry_wait')"

@@ -12,6 +12,7 @@ from capsa.images.service import ImageService
 from capsa.images.sources import Credentials, RegistryConfig, S3Config
 from capsa.images.store import ImageStore
 from capsa.images.unpack import UnpackLimits
+from capsa.images.validity import BlobPolicy
 from capsa.snapshots import BtrfsConfig, DevmapperConfig, Snapshotter, open_snapshotter
 from capsa.state import Database
 
@@ -27,13 +28,13 @@ def open_snapshotter_from_config(config: ServerConfig, db: Database, home: Path)
     if snaps.backend == "devmapper":
         dm = snaps.devmapper
         return open_snapshotter("devmapper", root, db, DevmapperConfig(
-            pool_name=dm.pool_name, base_image_size=int(dm.base_image_size),
+            pool_name=dm.pool_name, base_image_size=int(dm.base_image_size), max_device_size=int(dm.max_device_size),
             data_file=dm.data_device, metadata_file=dm.metadata_device))
     return open_snapshotter("overlay", root, db)
 
 
 def open_image_service(config: ServerConfig, db: Database, engine: Engine, home: Path,
-                       snapshotter: Snapshotter) -> ImageService:
+                       snapshotter: Snapshotter, observer: object = None) -> ImageService:
     images = config.images
     registry = RegistryConfig(
         credentials={host: Credentials(username=r.username, password=r.password, registry_token=r.token)
@@ -47,5 +48,7 @@ def open_image_service(config: ServerConfig, db: Database, engine: Engine, home:
                           max_total_bytes=int(images.unpack.max_total_bytes),
                           max_entries=images.unpack.max_entries, timeout_s=images.unpack.timeout_s)
     pc = PullContext(content=ContentStore(home / "content", db), images=ImageStore(db), snapshotter=snapshotter,
-                     registry=registry, s3=s3, limits=limits, download_timeout_s=images.download_timeout_s)
+                     registry=registry, s3=s3, limits=limits, download_timeout_s=images.download_timeout_s,
+                     download_deadline_s=images.download_deadline_s, verify_policy=BlobPolicy(images.verify_policy),
+                     pipeline=images.pipeline, observer=observer)
     return ImageService(engine, pc)
