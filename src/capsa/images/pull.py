@@ -387,8 +387,9 @@ def refused(pc: PullContext, req: UnpackRequest, exc: CapsaError) -> None:
             if entry and rule.startswith(prefix):
                 rule = rule[len(prefix):]
                 break
+    name = entry[1:-1] if len(entry) >= 2 and entry[0] == entry[-1] and entry[0] in "'\"" else entry  # repr'd
     log.warning("unpack refused: image=%s layer=%s entry=%s class=%s rule=%s",
-                json.dumps(req.ref), req.digest, json.dumps(entry), exc.code, json.dumps(rule))
+                json.dumps(req.ref), req.digest, json.dumps(name), exc.code, json.dumps(rule))
     pc.observe("unpack_refused", exc.code, str(exc.detail.get("limit") or ""))
 
 

@@ -1,11 +1,11 @@
 """Online backups of the state database (image ADR-001/002: "regular backups of both DB and WAL").
 
 :func:`backup_database` copies the live database with SQLite's backup API through a
-connection of its own: the copy is one consistent snapshot (everything committed before the
-copy's read transaction began, WAL content included), taken while the daemon keeps
-writing. Pages are copied in steps so writers are never blocked for long; SQLite restarts
-the copy if a writer of *another* connection changes a page mid-way, so the result is
-always a point-in-time image. The copy is written to a temporary file, checked with
+connection of its own, in one step: one read transaction, so the copy is the consistent
+snapshot of everything committed before it began (WAL content included). Under WAL a reader
+never blocks writers, so the daemon keeps writing meanwhile. (Copying in several steps would
+let writers in, and SQLite restarts a stepped copy whenever another connection writes: under
+a steady stream of writes it would never finish.) The copy is written to a temporary file, checked with
 ``PRAGMA integrity_check``, fsynced and renamed into place: a backup file that exists is
 complete. It is a single self-contained file in rollback-journal mode (no ``-wal`` to
 carry along).
@@ -37,7 +37,6 @@ log = logging.getLogger("capsa.state")
 
 _PREFIX = "capsa-"
 _SUFFIX = ".db"
-_PAGES_PER_STEP = 1024
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ def backup_database(source: Path | str, dest: Path | str, *, busy_timeout_ms: in
     try:
         out = sqlite3.connect(tmp)
         try:
-            src.backup(out, pages=_PAGES_PER_STEP, sleep=0.005)
+            src.backup(out, pages=-1)  # one step, one read snapshot (see the module docstring)
             out.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
             integrity = str(out.execute("PRAGMA integrity_check").fetchone()[0])
             pages = int(out.execute("PRAGMA page_count").fetchone()[0])
