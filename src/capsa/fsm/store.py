@@ -202,6 +202,11 @@ class RunStore:
         )
         return [(int(r["idx"]), str(r["transition"]), str(r["output"])) for r in rows]
 
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Runs per (machine, state), for monitoring."""
+        rows = self.db.query("SELECT machine, state, COUNT(*) AS n FROM fsm_runs GROUP BY machine, state")
+        return {(r["machine"], r["state"]): int(r["n"]) for r in rows}
+
     def unfinished(self) -> list[RunInfo]:
         rows = self.db.query(f"SELECT * FROM fsm_runs WHERE state IN {_ACTIVE_SQL} ORDER BY created_at, rowid")
         return [_info(r) for r in rows]

@@ -261,6 +261,7 @@ def download(pc: PullContext, ctx: Context, req: FetchRequest) -> FetchResult:
         raise
     except Timeout as exc:
         if exc.detail.get("clock") in ("stall", "deadline"):
+            pc.observe("limit_refused", f"download_{exc.detail['clock']}")
             raise Abort(exc) from None  # the seed's limits are final; the ingest stays for later
         raise
     finally:

@@ -201,7 +201,10 @@ def test_a_removed_snapshot_directory_is_rebuilt_before_a_job_starts_or_refused(
 def test_a_hostile_layer_is_refused_with_one_structured_warning(homes: list[Home], tmp_path: Path,
                                                                layout: dict[str, str],
                                                                caplog: pytest.LogCaptureFixture) -> None:
-    home = _home(tmp_path / "h")
+    from capsa.metrics.prometheus import PipelineStats
+
+    stats = PipelineStats()
+    home = _home(tmp_path / "h", observer=stats)
     homes.append(home)
     with caplog.at_level(logging.WARNING, logger="capsa.images"), pytest.raises(UnsafeArchive):
         home.service.pull(layout["hostile"])
@@ -210,3 +213,5 @@ def test_a_hostile_layer_is_refused_with_one_structured_warning(homes: list[Home
     assert f'image="{home.service.canonical(layout["hostile"])}"' in lines[0]
     assert "layer=sha256:" in lines[0] and 'entry="x/up"' in lines[0] and "class=unsafe_archive" in lines[0]
     assert "climbs above the root" in lines[0]
+    assert stats.refusals_by_class == {"unsafe_archive": 1}
+    assert stats.unpack.count == 1  # the good bottom layer was unpacked (and timed)
