@@ -86,7 +86,12 @@ def whoami(obj: Any, as_json: bool) -> None:
         click.echo(f"{who.common_name} ({who.role})")
 
 
-@click.command()
+@click.group()
+def admin() -> None:
+    """Node administration."""
+
+
+@admin.command()
 @click.argument("dest")
 @json_option
 @click.pass_obj
@@ -100,4 +105,4 @@ def backup(obj: Any, dest: str, as_json: bool) -> None:
         click.echo(f"{result.path} ({result.bytes} bytes, integrity {result.integrity}, {result.seconds:.2f}s)")
 
 
-COMMANDS = [init, daemon, version, whoami, backup]
+COMMANDS = [init, daemon, version, whoami, admin]
