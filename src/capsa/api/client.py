@@ -305,6 +305,10 @@ class CapsaClient:
     def pull_capsule(self, source: str, *, insecure: bool = False) -> cpb.Capsule:
         return self._call(self.capsules.Pull, cpb.PullCapsuleRequest(source=source, insecure=insecure), timeout=None)
 
+    def verify_capsules(self, ref: str = "", *, all: bool = False) -> list[cpb.CapsuleVerifyReport]:
+        request = cpb.VerifyCapsulesRequest(ref=ref, all=all)
+        return list(self._call(self.capsules.Verify, request, timeout=None).reports)
+
     def gc_capsules(self, *, unused: bool = False, older_than_seconds: float = 0.0,
                     dry_run: bool = False) -> cpb.GcCapsulesResponse:
         return self._call(self.capsules.Gc, cpb.GcCapsulesRequest(unused=unused, older_than_seconds=older_than_seconds,

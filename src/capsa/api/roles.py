@@ -58,6 +58,7 @@ RPC_ROLES: dict[str, Role] = {
     "/capsa.v1.CapsuleService/Push": Role.MAINTAINER,
     "/capsa.v1.CapsuleService/Pull": Role.MAINTAINER,
     "/capsa.v1.CapsuleService/Gc": Role.MAINTAINER,
+    "/capsa.v1.CapsuleService/Verify": Role.MAINTAINER,
     # RuntimeService: maintainers build and remove runtimes (node-wide), readers look
     "/capsa.v1.RuntimeService/BuildRuntime": Role.MAINTAINER,
     "/capsa.v1.RuntimeService/ListRuntimes": Role.READER,

@@ -34,6 +34,7 @@ import botocore.exceptions
 import urllib3.exceptions
 
 from capsa.capsules._fs import staging_dir
+from capsa.capsules.canonical import tree_digest
 from capsa.capsules.model import CapsuleVersion
 from capsa.capsules.store import CapsuleStore
 from capsa.capsules.versions import (
@@ -46,6 +47,7 @@ from capsa.capsules.versions import (
 from capsa.errors import (
     CapsaError,
     ChecksumMismatch,
+    FailedPrecondition,
     InvalidArgument,
     LimitExceeded,
     NotFound,
@@ -68,6 +70,7 @@ __all__ = [
     "LAYER_MEDIA_TYPE",
     "CapsuleDistribution",
     "CapsuleManifest",
+    "CapsuleReport",
     "PushResult",
 ]
 
@@ -238,7 +241,31 @@ class CapsuleDistribution:
                                       "or a registry reference")
             return self._import(manifest, archive, source)
 
+    # -- verify --------------------------------------------------------------------------------
+    def verify(self, ref: str = "", *, all_versions: bool = False) -> list[CapsuleReport]:
+        """Re-hash stored trees (``NAME@VERSION``, or every version) against their recorded digests."""
+        if all_versions:
+            versions = self.store.ls()
+        elif ref:
+            name, version = parse_reference(ref)
+            versions = [self.store.get(name, str(version))]
+        else:
+            raise InvalidArgument("name a capsule version (NAME@VERSION) to verify, or ask for all of them")
+        return [_verify_version(v) for v in versions]
+
     def _import(self, manifest: CapsuleManifest, archive: Path, source: str) -> CapsuleVersion:
+        try:
+            existing = self.store.get(manifest.name, manifest.version)
+        except NotFound:
+            existing = None
+        if existing is not None and existing.digest == manifest.digest:
+            # "already imported" is only true of an intact tree (image ADR-006): never hand out a
+            # version whose stored files were changed or removed behind capsa's back
+            report = _verify_version(existing)
+            if not report.ok:
+                raise FailedPrecondition(f"{existing.ref} is stored but damaged ({report.problem}); remove it "
+                                         f"(`capsa capsule rm {existing.ref}`) and pull it again")
+            return existing
         created = self.store.create(manifest.name, manifest.version, archive, deps=manifest.deps,
                                     labels=manifest.labels)
         if created.digest != manifest.digest:
@@ -328,6 +355,25 @@ class _Bytes:
         chunk = self._data[self._pos:end]
         self._pos += len(chunk)
         return chunk
+
+
+@dataclass(frozen=True)
+class CapsuleReport:
+    ref: str
+    digest: str
+    ok: bool
+    problem: str = ""
+    entries: int = 0
+
+
+def _verify_version(version: CapsuleVersion) -> CapsuleReport:
+    if not version.path.is_dir():
+        return CapsuleReport(version.ref, version.digest, False, f"its stored tree {version.path} is gone")
+    actual = tree_digest(version.path)
+    if actual.digest != version.digest:
+        return CapsuleReport(version.ref, version.digest, False,
+                             f"its stored tree hashes to {actual.digest}, not {version.digest}", actual.entries)
+    return CapsuleReport(version.ref, version.digest, True, "", actual.entries)
 
 
 def _receive(chunks: Iterable[bytes], path: Path, digest: str, size: int, what: str) -> None:

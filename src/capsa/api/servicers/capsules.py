@@ -129,3 +129,9 @@ class CapsuleServicer(pb_grpc.CapsuleServiceServicer):
         return pb.GcCapsulesResponse(removed_versions=list(report.removed_versions),
                                      removed_content=list(report.removed_content), bytes_freed=report.bytes_freed,
                                      dry_run=report.dry_run)
+
+    @rpc
+    def Verify(self, request: pb.VerifyCapsulesRequest, context: grpc.ServicerContext) -> pb.VerifyCapsulesResponse:
+        reports = self.distribution.verify(request.ref, all_versions=request.all)
+        return pb.VerifyCapsulesResponse(reports=[pb.CapsuleVerifyReport(
+            ref=r.ref, digest=r.digest, ok=r.ok, problem=r.problem, entries=r.entries) for r in reports])
