@@ -239,6 +239,21 @@ class BackupConfig(StrictModel):
         return self
 
 
+class CapsuleGcConfig(StrictModel):
+    """A GC policy run as a ``capsule.gc`` state machine; ``capsa capsule gc`` runs the same by hand."""
+
+    interval_s: Annotated[float, Field(ge=60)] | None = None
+    """Seconds between collections; None (default) collects only on request."""
+    older_than_s: PositiveSeconds | None = 7 * 86400.0
+    """Remove versions unused (not attached, not pinned) for longer than this; pins are always kept."""
+    unused: bool = True
+    """Also remove unused versions (False: only content no version refers to)."""
+
+
+class CapsulesConfig(StrictModel):
+    gc: CapsuleGcConfig = Field(default_factory=CapsuleGcConfig)
+
+
 class RuntimesConfig(StrictModel):
     cache_dir: Path | None = None
     """A runtime build cache shared across daemons (CI, test homes); None keeps it under home.
@@ -264,6 +279,7 @@ class ServerConfig(StrictModel):
     snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
+    capsules: CapsulesConfig = Field(default_factory=CapsulesConfig)
     runtimes: RuntimesConfig = Field(default_factory=RuntimesConfig)
 
     @field_validator("home")
