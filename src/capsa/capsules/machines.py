@@ -154,6 +154,10 @@ class CapsuleGcPolicy:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
+    def close(self) -> None:
+        """The daemon's shutdown verb for its background parts."""
+        self.stop()
+
     def run_once(self) -> GcReport:
         report = start_gc(self.engine, self.request)
         if report.removed_versions or report.removed_content:

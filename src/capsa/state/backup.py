@@ -119,6 +119,10 @@ class BackupSchedule:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
+    def close(self) -> None:
+        """The daemon's shutdown verb for its background parts."""
+        self.stop()
+
     def run_once(self) -> BackupResult:
         result = backup_database(self.source, self.directory)
         prune_backups(self.directory, self.keep)
