@@ -144,7 +144,7 @@ def _attach_and_commit(pc: PullContext, key: str, parent: str | None, result: Un
 def _check_image_totals(pc: PullContext, plan: PullPlan, entries: int, total: int) -> None:
     limits = pc.limits
     if entries > limits.max_entries or total > limits.max_total_bytes:
-        pc.observe("limit_refused", "max_entries" if entries > limits.max_entries else "max_total_bytes")
+        pc.seen.limit_refused("max_entries" if entries > limits.max_entries else "max_total_bytes")
     if entries > limits.max_entries:
         raise Abort(LimitExceeded(f"image {plan.ref}: {entries} entries exceed max_entries={limits.max_entries}",
                                   detail={"limit": "max_entries", "entry": ""}))

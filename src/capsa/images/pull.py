@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from capsa.errors import (
     CapsaError,
@@ -60,7 +60,7 @@ from capsa.images.unpack import UnpackBudget, UnpackLimits, apply_layer, verify_
 from capsa.images.validity import BlobPolicy, blob_problem, chain_problem, snapshot_problem
 from capsa.snapshots import ApplyStyle, Kind, Snapshotter
 
-__all__ = ["FETCH", "PULL", "UNPACK", "PullContext", "chain_key", "extract_key", "register_machines"]
+__all__ = ["FETCH", "PULL", "UNPACK", "PullContext", "PullObserver", "chain_key", "extract_key", "register_machines"]
 
 log = logging.getLogger("capsa.images")
 
@@ -93,8 +93,8 @@ class PullContext:
     """How a stored blob is checked before it is reused: size always; ``full`` re-hashes it."""
     pipeline: bool = True
     """Start a layer's unpack as soon as its blob is stored (False: all downloads first)."""
-    observer: Any = None
-    """Receives ``pull_seconds``/``unpack_seconds``/``unpack_refused`` (capsa.metrics), or None."""
+    observer: PullObserver | None = None
+    """Told about durations and refusals (``capsa.metrics.prometheus.PipelineStats``), or None."""
     _link_locks: dict[str, threading.Lock] = field(default_factory=dict, repr=False)
     _link_guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -103,10 +103,38 @@ class PullContext:
         with self._link_guard:
             return self._link_locks.setdefault(key, threading.Lock())
 
-    def observe(self, name: str, *args: Any) -> None:
-        fn = getattr(self.observer, name, None) if self.observer is not None else None
-        if fn is not None:
-            fn(*args)
+    @property
+    def seen(self) -> PullObserver:
+        return self.observer if self.observer is not None else _NO_OBSERVER
+
+
+class PullObserver(Protocol):
+    """What monitoring learns from the pipeline (image ADR-005/-008 "monitoring")."""
+
+    def pull_seconds(self, seconds: float) -> None: ...
+
+    def unpack_seconds(self, seconds: float) -> None: ...
+
+    def unpack_refused(self, error_class: str, limit: str) -> None: ...
+
+    def limit_refused(self, limit: str) -> None: ...
+
+
+class _NoObserver:
+    def pull_seconds(self, seconds: float) -> None:
+        return None
+
+    def unpack_seconds(self, seconds: float) -> None:
+        return None
+
+    def unpack_refused(self, error_class: str, limit: str) -> None:
+        return None
+
+    def limit_refused(self, limit: str) -> None:
+        return None
+
+
+_NO_OBSERVER = _NoObserver()
 
 
 def chain_key(parent: str | None, layer_digest: str) -> str:
@@ -229,7 +257,7 @@ def register(pc: PullContext, ctx: Context, plan: PullPlan) -> dict[str, Any]:
     pc.images.put(rec)
     started = ctx.recall("pull_started_at")
     if started:
-        pc.observe("pull_seconds", max(0.0, time.time() - float(started)))
+        pc.seen.pull_seconds(max(0.0, time.time() - float(started)))
     return rec.to_dict()
 
 
@@ -261,7 +289,7 @@ def download(pc: PullContext, ctx: Context, req: FetchRequest) -> FetchResult:
         raise
     except Timeout as exc:
         if exc.detail.get("clock") in ("stall", "deadline"):
-            pc.observe("limit_refused", f"download_{exc.detail['clock']}")
+            pc.seen.limit_refused(f"download_{exc.detail['clock']}")
             raise Abort(exc) from None  # the seed's limits are final; the ingest stays for later
         raise
     finally:
@@ -319,7 +347,7 @@ def apply(pc: PullContext, ctx: Context, req: UnpackRequest) -> UnpackResult:
         with contextlib.suppress(CapsaError):
             sn.remove(extract)  # the partial snapshot goes, whatever went wrong
         raise
-    pc.observe("unpack_seconds", result.unpack_s + result.verify_s)
+    pc.seen.unpack_seconds(result.unpack_s + result.verify_s)
     return result
 
 
@@ -391,7 +419,7 @@ def refused(pc: PullContext, req: UnpackRequest, exc: CapsaError) -> None:
     name = entry[1:-1] if len(entry) >= 2 and entry[0] == entry[-1] and entry[0] in "'\"" else entry  # repr'd
     log.warning("unpack refused: image=%s layer=%s entry=%s class=%s rule=%s",
                 json.dumps(req.ref), req.digest, json.dumps(name), exc.code, json.dumps(rule))
-    pc.observe("unpack_refused", exc.code, str(exc.detail.get("limit") or ""))
+    pc.seen.unpack_refused(exc.code, str(exc.detail.get("limit") or ""))
 
 
 def no_second_retry(exc: CapsaError) -> Exception:

@@ -7,7 +7,7 @@ from pathlib import Path
 from capsa.config import ServerConfig
 from capsa.fsm import Engine
 from capsa.images.content import ContentStore
-from capsa.images.pull import PullContext
+from capsa.images.pull import PullContext, PullObserver
 from capsa.images.service import ImageService
 from capsa.images.sources import Credentials, RegistryConfig, S3Config
 from capsa.images.store import ImageStore
@@ -34,7 +34,7 @@ def open_snapshotter_from_config(config: ServerConfig, db: Database, home: Path)
 
 
 def open_image_service(config: ServerConfig, db: Database, engine: Engine, home: Path,
-                       snapshotter: Snapshotter, observer: object = None) -> ImageService:
+                       snapshotter: Snapshotter, observer: PullObserver | None = None) -> ImageService:
     images = config.images
     registry = RegistryConfig(
         credentials={host: Credentials(username=r.username, password=r.password, registry_token=r.token)
