@@ -305,8 +305,9 @@ class CapsaClient:
     def pull_capsule(self, source: str, *, insecure: bool = False) -> cpb.Capsule:
         return self._call(self.capsules.Pull, cpb.PullCapsuleRequest(source=source, insecure=insecure), timeout=None)
 
-    def verify_capsules(self, ref: str = "", *, all: bool = False) -> list[cpb.CapsuleVerifyReport]:
-        request = cpb.VerifyCapsulesRequest(ref=ref, all=all)
+    def verify_capsules(self, ref: str = "", *, all: bool = False,
+                        repair: bool = False) -> list[cpb.CapsuleVerifyReport]:
+        request = cpb.VerifyCapsulesRequest(ref=ref, all=all, repair=repair)
         return list(self._call(self.capsules.Verify, request, timeout=None).reports)
 
     def gc_capsules(self, *, unused: bool = False, older_than_seconds: float = 0.0,

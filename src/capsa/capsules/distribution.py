@@ -36,9 +36,9 @@ import botocore.exceptions
 import urllib3.exceptions
 
 from capsa.capsules._fs import staging_dir
-from capsa.capsules.canonical import tree_digest
 from capsa.capsules.model import CapsuleVersion, GcReport
 from capsa.capsules.store import CapsuleStore
+from capsa.capsules.verify import SOURCE_MIGRATIONS, CapsuleReport, verify_version
 from capsa.capsules.versions import (
     check_labels,
     check_name,
@@ -151,6 +151,7 @@ class CapsuleDistribution:
         self.s3 = s3 or S3Config()
         self.max_upload_bytes = max_upload_bytes
         self.engine = engine
+        store.db.migrate("capsule_sources", SOURCE_MIGRATIONS)
         if engine is not None:  # push and pull become durable runs on the download queue
             from capsa.capsules.machines import register_capsule_machines
 
@@ -271,7 +272,12 @@ class CapsuleDistribution:
             else:
                 raise InvalidArgument(f"cannot pull capsules from {source!r}: use s3://bucket/prefix/NAME/VERSION/ "
                                       "or a registry reference")
-            return self._import(manifest, archive, source)
+            pulled = self._import(manifest, archive, source)
+        # where it came from, so `capsa capsule verify --repair` can fetch it again
+        self.store.db.execute(
+            "INSERT OR REPLACE INTO capsule_sources (name, version, source, insecure) VALUES (?, ?, ?, ?)",
+            (pulled.name, pulled.version, source, int(insecure)))
+        return pulled
 
     # -- gc ------------------------------------------------------------------------------------
     def gc(self, *, unused: bool = False, older_than: timedelta | None = None, dry_run: bool = False) -> GcReport:
@@ -285,8 +291,12 @@ class CapsuleDistribution:
                                                older_than_s=older_than.total_seconds() if older_than else None))
 
     # -- verify --------------------------------------------------------------------------------
-    def verify(self, ref: str = "", *, all_versions: bool = False) -> list[CapsuleReport]:
-        """Re-hash stored trees (``NAME@VERSION``, or every version) against their recorded digests."""
+    def verify(self, ref: str = "", *, all_versions: bool = False, repair: bool = False) -> list[CapsuleReport]:
+        """Re-hash stored trees (``NAME@VERSION``, or every version) against their recorded digests.
+
+        ``repair``: a damaged version that was pulled is removed and pulled again from its recorded
+        source (refused, and said so, when it is attached, pinned or needed by another version).
+        """
         if all_versions:
             versions = self.store.ls()
         elif ref:
@@ -294,7 +304,22 @@ class CapsuleDistribution:
             versions = [self.store.get(name, str(version))]
         else:
             raise InvalidArgument("name a capsule version (NAME@VERSION) to verify, or ask for all of them")
-        return [_verify_version(v) for v in versions]
+        reports = [verify_version(v) for v in versions]
+        return [self._repair(r) if repair and not r.ok else r for r in reports]
+
+    def _repair(self, report: CapsuleReport) -> CapsuleReport:
+        name, version = parse_reference(report.ref)
+        row = self.store.db.query_one("SELECT source, insecure FROM capsule_sources WHERE name = ? AND version = ?",
+                                      (name, str(version)))
+        if row is None:
+            return replace(report, repair_error="no recorded source (it was created here): remove it and create "
+                                                "it again")
+        try:
+            self.store.rm(name, str(version))
+            again = verify_version(self.pull(row["source"], insecure=bool(row["insecure"])))
+        except CapsaError as exc:
+            return replace(report, repair_error=exc.message)
+        return replace(report, repaired=again.ok, repair_error=again.problem)
 
     def _import(self, manifest: CapsuleManifest, archive: Path, source: str) -> CapsuleVersion:
         try:
@@ -304,7 +329,7 @@ class CapsuleDistribution:
         if existing is not None and existing.digest == manifest.digest:
             # "already imported" is only true of an intact tree (image ADR-006): never hand out a
             # version whose stored files were changed or removed behind capsa's back
-            report = _verify_version(existing)
+            report = verify_version(existing)
             if not report.ok:
                 raise FailedPrecondition(f"{existing.ref} is stored but damaged ({report.problem}); remove it "
                                          f"(`capsa capsule rm {existing.ref}`) and pull it again")
@@ -400,25 +425,6 @@ class _Bytes:
         chunk = self._data[self._pos:end]
         self._pos += len(chunk)
         return chunk
-
-
-@dataclass(frozen=True)
-class CapsuleReport:
-    ref: str
-    digest: str
-    ok: bool
-    problem: str = ""
-    entries: int = 0
-
-
-def _verify_version(version: CapsuleVersion) -> CapsuleReport:
-    if not version.path.is_dir():
-        return CapsuleReport(version.ref, version.digest, False, f"its stored tree {version.path} is gone")
-    actual = tree_digest(version.path)
-    if actual.digest != version.digest:
-        return CapsuleReport(version.ref, version.digest, False,
-                             f"its stored tree hashes to {actual.digest}, not {version.digest}", actual.entries)
-    return CapsuleReport(version.ref, version.digest, True, "", actual.entries)
 
 
 def _receive(chunks: Iterable[bytes], path: Path, digest: str, size: int, what: str,

@@ -60,6 +60,13 @@ def test_verify_reports_changed_and_removed_trees_and_pull_refuses_them(vdaemon:
     res = vdaemon.cli("capsule", "pull", pushed["location"])
     assert res.returncode != 0 and "damaged" in res.stderr.decode() and "capsule rm vdata@1.0.0" in res.stderr.decode()
 
+    res = vdaemon.cli("capsule", "verify", "vdata@1.0.0", "--repair", "--json")
+    assert res.returncode == 1 and "no recorded source" in json.loads(res.stdout)[0]["repair_error"]
     vdaemon.cli("capsule", "rm", "vdata@1.0.0", check=True)  # the documented way out
     vdaemon.cli("capsule", "pull", pushed["location"], check=True)
+    assert json.loads(vdaemon.cli("capsule", "verify", "vdata@1.0.0", "--json", check=True).stdout)[0]["ok"]
+
+    shutil.rmtree(tree)  # damaged again; this time it was pulled, so its source is known
+    repaired = json.loads(vdaemon.cli("capsule", "verify", "--all", "--repair", "--json", check=True).stdout)[0]
+    assert repaired["ok"] is False and repaired["repaired"] is True and tree.is_dir()
     assert json.loads(vdaemon.cli("capsule", "verify", "vdata@1.0.0", "--json", check=True).stdout)[0]["ok"]

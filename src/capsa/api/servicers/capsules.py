@@ -132,6 +132,7 @@ class CapsuleServicer(pb_grpc.CapsuleServiceServicer):
 
     @rpc
     def Verify(self, request: pb.VerifyCapsulesRequest, context: grpc.ServicerContext) -> pb.VerifyCapsulesResponse:
-        reports = self.distribution.verify(request.ref, all_versions=request.all)
+        reports = self.distribution.verify(request.ref, all_versions=request.all, repair=request.repair)
         return pb.VerifyCapsulesResponse(reports=[pb.CapsuleVerifyReport(
-            ref=r.ref, digest=r.digest, ok=r.ok, problem=r.problem, entries=r.entries) for r in reports])
+            ref=r.ref, digest=r.digest, ok=r.ok, problem=r.problem, entries=r.entries, repaired=r.repaired,
+            repair_error=r.repair_error) for r in reports])
