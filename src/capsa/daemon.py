@@ -21,8 +21,7 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-
-import grpc
+from typing import TYPE_CHECKING
 
 from capsa.capsules import CapsuleStore
 from capsa.capsules.distribution import CapsuleDistribution
@@ -55,6 +54,9 @@ from capsa.volumes import VolumeManager
 from capsa.volumes.resource import VolumeResource
 from capsa.workflows import QUEUE as WORKFLOW_QUEUE
 from capsa.workflows import Registries, WorkflowService
+
+if TYPE_CHECKING:
+    from capsa.api.server import ApiServer
 
 __all__ = ["Daemon", "DaemonOptions", "run_daemon"]
 
@@ -89,7 +91,7 @@ class Daemon:
     metrics: DaemonMetrics
     runtimes: RuntimeService
     workflows: WorkflowService
-    server: grpc.Server
+    server: ApiServer
 
     def __init__(self, options: DaemonOptions) -> None:
         self.options = options

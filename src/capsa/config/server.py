@@ -12,6 +12,7 @@ from capsa.config.fields import CaCertPem, CertPem, KeyPem, ListenAddress, Stric
 from capsa.config.paths import capsa_home
 
 __all__ = [
+    "ApiConfig",
     "BtrfsConfig",
     "DEFAULT_QUEUES",
     "DevmapperConfig",
@@ -294,6 +295,19 @@ class CapsulesConfig(StrictModel):
     gc: CapsuleGcConfig = Field(default_factory=CapsuleGcConfig)
 
 
+class ApiConfig(StrictModel):
+    """Bounds of the gRPC server (docs/adr/0011-api-streams-and-limits.md)."""
+
+    max_streams: Annotated[int, Field(ge=1, le=1_000_000)] = 2048
+    """Long-lived calls (log and metrics follows, uploads, pulls, builds) open at once, all clients together."""
+    max_streams_per_client: Annotated[int, Field(ge=1, le=1_000_000)] = 256
+    """The same, per client certificate common name."""
+    unary_threads: Annotated[int, Field(ge=2, le=1024)] = 64
+    """Threads running unary calls (and the short blocking steps of streams)."""
+    blocking_stream_threads: Annotated[int, Field(ge=1, le=1024)] = 32
+    """Threads for streams that must hold one while they work (uploads, image pulls, runtime builds)."""
+
+
 class ServerConfig(StrictModel):
     listen: ListenAddress = "127.0.0.1:7443"
     tls: ServerTLS
@@ -304,6 +318,7 @@ class ServerConfig(StrictModel):
     snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     capsules: CapsulesConfig = Field(default_factory=CapsulesConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
     runtimes: RuntimesConfig = Field(default_factory=RuntimesConfig)
 
