@@ -278,6 +278,13 @@ class CapsaClient:
     def image_history(self, ref: str, *, limit: int = 20) -> list[ipb.FsmRun]:
         return list(self._call(self.images.ImageHistory, ipb.ImageHistoryRequest(ref=ref, limit=limit)).runs)
 
+    def verify_images(self, ref: str = "", *, all: bool = False, repair: bool = False) -> list[ipb.ImageVerifyReport]:
+        request = ipb.VerifyImagesRequest(ref=ref, all=all, repair=repair)
+        return list(self._call(self.images.VerifyImages, request, timeout=None).reports)
+
+    def backup_database(self, dest: str) -> ipb.BackupDatabaseResponse:
+        return self._call(self.images.BackupDatabase, ipb.BackupDatabaseRequest(dest=dest), timeout=None)
+
     # -- workflows ----------------------------------------------------------------------------
     def submit_workflow(self, yaml_text: str, *, base_dir: str = "", source: str = "",
                         request_id: str = "") -> wpb.Workflow:
@@ -371,6 +378,11 @@ class CapsaClient:
 
     def pull_capsule(self, source: str, *, insecure: bool = False) -> cpb.Capsule:
         return self._call(self.capsules.Pull, cpb.PullCapsuleRequest(source=source, insecure=insecure), timeout=None)
+
+    def verify_capsules(self, ref: str = "", *, all: bool = False,
+                        repair: bool = False) -> list[cpb.CapsuleVerifyReport]:
+        request = cpb.VerifyCapsulesRequest(ref=ref, all=all, repair=repair)
+        return list(self._call(self.capsules.Verify, request, timeout=None).reports)
 
     def gc_capsules(self, *, unused: bool = False, older_than_seconds: float = 0.0,
                     dry_run: bool = False) -> cpb.GcCapsulesResponse:

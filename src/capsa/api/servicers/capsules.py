@@ -137,7 +137,14 @@ class CapsuleServicer(pb_grpc.CapsuleServiceServicer):
     @rpc
     def Gc(self, request: pb.GcCapsulesRequest, context: grpc.ServicerContext) -> pb.GcCapsulesResponse:
         older = timedelta(seconds=request.older_than_seconds) if request.older_than_seconds else None
-        report = self.store.gc(unused=request.unused, older_than=older, dry_run=request.dry_run)
+        report = self.distribution.gc(unused=request.unused, older_than=older, dry_run=request.dry_run)
         return pb.GcCapsulesResponse(removed_versions=list(report.removed_versions),
                                      removed_content=list(report.removed_content), bytes_freed=report.bytes_freed,
                                      dry_run=report.dry_run)
+
+    @rpc
+    def Verify(self, request: pb.VerifyCapsulesRequest, context: grpc.ServicerContext) -> pb.VerifyCapsulesResponse:
+        reports = self.distribution.verify(request.ref, all_versions=request.all, repair=request.repair)
+        return pb.VerifyCapsulesResponse(reports=[pb.CapsuleVerifyReport(
+            ref=r.ref, digest=r.digest, ok=r.ok, problem=r.problem, entries=r.entries, repaired=r.repaired,
+            repair_error=r.repair_error) for r in reports])

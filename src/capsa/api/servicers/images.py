@@ -85,3 +85,18 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     def ImageHistory(self, request: pb.ImageHistoryRequest, context: grpc.ServicerContext) -> pb.ImageHistoryResponse:
         runs = self.images.history(request.ref, limit=request.limit or 20)
         return pb.ImageHistoryResponse(runs=[_run_to_pb(r, self.images.engine.events(r.run_id)) for r in runs])
+
+    @rpc
+    def VerifyImages(self, request: pb.VerifyImagesRequest, context: grpc.ServicerContext) -> pb.VerifyImagesResponse:
+        reports = self.images.verify(request.ref, all_images=request.all, repair=request.repair)
+        return pb.VerifyImagesResponse(reports=[pb.ImageVerifyReport(
+            ref=r.ref, digest=r.digest, ok=r.ok, blobs_checked=r.blobs_checked, diff_ids_checked=r.diff_ids_checked,
+            snapshots_checked=r.snapshots_checked, problems=r.problems, repaired=r.repaired,
+            repair_error=r.repair_error) for r in reports])
+
+    @rpc
+    def BackupDatabase(self, request: pb.BackupDatabaseRequest,
+                       context: grpc.ServicerContext) -> pb.BackupDatabaseResponse:
+        result = self.images.backup_database(request.dest)
+        return pb.BackupDatabaseResponse(path=str(result.path), bytes=result.bytes, pages=result.pages,
+                                         seconds=result.seconds, integrity=result.integrity)
