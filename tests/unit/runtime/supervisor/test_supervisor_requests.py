@@ -311,3 +311,14 @@ def test_a_client_gone_before_its_start_is_answered_does_not_disturb_the_loop(ha
         sock.sendall(frame(body))
     wait_for(lambda: any(r.job_id == spec.job_id for r in harness.client.list()), "the start to be taken")
     assert harness.client.alive()
+
+
+def test_a_job_dir_that_cannot_be_made_is_an_error_naming_it(harness: Harness) -> None:
+    blocker = harness.home / "not-a-dir"
+    blocker.write_text("a file where the job's directory should go")
+    spec = harness.spec()
+    bad = type(spec)(**{**spec.__dict__, "job_dir": str(blocker / "job")})
+    with pytest.raises(CapsaError, match="not-a-dir"):
+        harness.client.start(bad)
+    assert harness.driver.cgroups == {}
+    assert harness.client.ping().pid > 0   # the loop survived
