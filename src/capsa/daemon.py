@@ -21,11 +21,11 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-
-import grpc
+from typing import TYPE_CHECKING
 
 from capsa.capsules import CapsuleStore
 from capsa.capsules.distribution import CapsuleDistribution
+from capsa.capsules.limits import CapsuleLimits
 from capsa.capsules.manager import CapsuleManager
 from capsa.capsules.resource import CapsuleResource
 from capsa.config import HomeLayout, ServerConfig, ensure_home, load_server_config
@@ -54,6 +54,9 @@ from capsa.volumes import VolumeManager
 from capsa.volumes.resource import VolumeResource
 from capsa.workflows import QUEUE as WORKFLOW_QUEUE
 from capsa.workflows import Registries, WorkflowService
+
+if TYPE_CHECKING:
+    from capsa.api.server import ApiServer
 
 __all__ = ["Daemon", "DaemonOptions", "run_daemon"]
 
@@ -88,7 +91,7 @@ class Daemon:
     metrics: DaemonMetrics
     runtimes: RuntimeService
     workflows: WorkflowService
-    server: grpc.Server
+    server: ApiServer
 
     def __init__(self, options: DaemonOptions) -> None:
         self.options = options
@@ -141,7 +144,8 @@ class Daemon:
         self.volumes = VolumeManager(self.db, self.layout.volumes)
         # CAPSA_GPU_ROOT: where the driver's /proc and /dev live (default /; tests point it at a fake tree).
         self.gpus = GpuAllocator(self.db, root=Path(os.environ.get("CAPSA_GPU_ROOT") or "/"))
-        self.capsule_store = CapsuleStore(self.layout.capsules, self.db)
+        self.capsule_store = CapsuleStore(self.layout.capsules, self.db,
+                                          limits=CapsuleLimits.from_config(config.capsules.limits))
         self.capsule_distribution = CapsuleDistribution(self.capsule_store, registry=registry_config(config),
                                                         s3=s3_config(config))
         job_records = JobStore(self.db)

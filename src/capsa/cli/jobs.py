@@ -108,14 +108,26 @@ def run(obj: Any, detach: bool, name: str, env: tuple[str, ...], workdir: str, m
     return final.exit_code
 
 
+PS_DEFAULT_LAST = 1000   # `ps -a` shows this many newest jobs unless --last says otherwise
+
+
 @click.command()
-@click.option("-a", "--all", "all_", is_flag=True, help="Show ended jobs too.")
+@click.option("-a", "--all", "all_", is_flag=True, help="Show ended jobs too (the newest 1,000 unless --last).")
+@click.option("-n", "--last", type=click.IntRange(min=0), default=None,
+              help="Show only the newest N jobs; 0 shows every job.")
 @click.option("-q", "--quiet", is_flag=True, help="Print job ids only.")
 @json_option
 @click.pass_obj
-def ps(obj: Any, all_: bool, quiet: bool, as_json: bool) -> None:
+def ps(obj: Any, all_: bool, last: int | None, quiet: bool, as_json: bool) -> None:
     """List jobs (running ones unless -a)."""
-    jobs = obj.client().list_jobs(all=all_)
+    client = obj.client()
+    if last is None and all_:
+        page = client.list_jobs_page(all=True, limit=PS_DEFAULT_LAST)
+        jobs = list(page.jobs)[:PS_DEFAULT_LAST]
+        if page.next_page_token:
+            click.echo(f"capsa: showing the newest {PS_DEFAULT_LAST} jobs; --last 0 shows every job", err=True)
+    else:
+        jobs = client.list_jobs(all=all_, limit=last or 0)
     if as_json:
         emit([job_dict(j) for j in jobs])
     elif quiet:

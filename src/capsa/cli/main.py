@@ -43,9 +43,10 @@ def cli(ctx: click.Context, config: Path | None, node: str | None) -> None:
 
 
 def _register() -> None:
+    import capsa.cli.web as web  # click only: the command imports the web stack (Starlette, uvicorn) when run
     from capsa.cli import admin, capsules, images, jobs, networks, run_features, runtimes, stats, workflows
 
-    for module in (jobs, run_features, images, runtimes, capsules, workflows, networks, stats, admin):
+    for module in (jobs, run_features, images, runtimes, capsules, workflows, networks, stats, admin, web):
         for command in module.COMMANDS:
             cli.add_command(command)
 

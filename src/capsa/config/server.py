@@ -12,6 +12,7 @@ from capsa.config.fields import CaCertPem, CertPem, KeyPem, ListenAddress, Stric
 from capsa.config.paths import capsa_home
 
 __all__ = [
+    "ApiConfig",
     "BtrfsConfig",
     "DEFAULT_QUEUES",
     "DevmapperConfig",
@@ -213,6 +214,47 @@ class MetricsConfig(StrictModel):
     """Samples kept in memory per running job (the last one is also kept in SQLite)."""
 
 
+class CapsuleLimitsConfig(StrictModel):
+    """Limits on one capsule import (create, upload, pull); defaults mirror images.unpack (docs/capsules.md)."""
+
+    max_file_bytes: PositiveBytes = ByteSize(1 * GiB)
+    max_total_bytes: PositiveBytes = ByteSize(10 * GiB)
+    max_entries: Annotated[int, Field(gt=0)] = 100_000
+    max_path_bytes: Annotated[int, Field(gt=0, le=65536)] = 4096
+    max_name_bytes: Annotated[int, Field(gt=0, le=4096)] = 255
+    max_depth: Annotated[int, Field(gt=0)] = 256
+    max_header_bytes: PositiveBytes = ByteSize(64 * KiB)
+    max_expansion_ratio: Annotated[float, Field(gt=0)] = 100.0
+    """Archives may expand to at most this many times their own size (decompression bombs) ..."""
+    expansion_grace_bytes: PositiveBytes = ByteSize(64 * MiB)
+    """... once their files add up to more than this."""
+
+    @model_validator(mode="after")
+    def _file_within_total(self) -> CapsuleLimitsConfig:
+        if self.max_file_bytes > self.max_total_bytes:
+            raise ValueError(
+                f"max_file_bytes ({self.max_file_bytes}) must not exceed max_total_bytes ({self.max_total_bytes})"
+            )
+        return self
+
+
+class CapsulesConfig(StrictModel):
+    limits: CapsuleLimitsConfig = Field(default_factory=CapsuleLimitsConfig)
+
+
+class ApiConfig(StrictModel):
+    """Bounds of the gRPC server (docs/adr/0011-api-streams-and-limits.md)."""
+
+    max_streams: Annotated[int, Field(ge=1, le=1_000_000)] = 2048
+    """Long-lived calls (log and metrics follows, uploads, pulls, builds) open at once, all clients together."""
+    max_streams_per_client: Annotated[int, Field(ge=1, le=1_000_000)] = 256
+    """The same, per client certificate common name."""
+    unary_threads: Annotated[int, Field(ge=2, le=1024)] = 64
+    """Threads running unary calls (and the short blocking steps of streams)."""
+    blocking_stream_threads: Annotated[int, Field(ge=1, le=1024)] = 32
+    """Threads for streams that must hold one while they work (uploads, image pulls, runtime builds)."""
+
+
 class ServerConfig(StrictModel):
     listen: ListenAddress = "127.0.0.1:7443"
     tls: ServerTLS
@@ -222,6 +264,8 @@ class ServerConfig(StrictModel):
     images: ImagesConfig = Field(default_factory=ImagesConfig)
     snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    capsules: CapsulesConfig = Field(default_factory=CapsulesConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
 
     @field_validator("home")
     @classmethod

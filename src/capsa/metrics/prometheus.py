@@ -8,12 +8,15 @@ sampler's latest samples, so a job's series disappear when it stops running.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
+import grpc.aio
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -75,7 +78,7 @@ class _Collector:
                 yield GaugeMetricFamily(name, help_text, value=value)
 
 
-def _code(context: grpc.ServicerContext) -> str | None:
+def _code(context: Any) -> str | None:
     try:
         code = context.code()
     except Exception:
@@ -83,8 +86,12 @@ def _code(context: grpc.ServicerContext) -> str | None:
     return code.name if isinstance(code, grpc.StatusCode) else None
 
 
-class RpcMetricsInterceptor(grpc.ServerInterceptor):
-    """Counts every RPC by method and status and times it (streams: until the last message)."""
+class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts every RPC by method and status and times it (streams: until the last message).
+
+    An interceptor of the daemon's grpc.aio server: a sync behaviour (run in the thread pool) gets a
+    sync wrapper, an async one an async wrapper, so each keeps the kind grpc dispatches on.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.calls = Counter("capsa_rpc_requests", "RPCs handled, by method and status code",
@@ -97,8 +104,8 @@ class RpcMetricsInterceptor(grpc.ServerInterceptor):
         self.calls.labels(method, code).inc()
         self.latency.labels(method).observe(time.perf_counter() - started)
 
-    def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
-        handler = continuation(details)
+    async def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
+        handler = await continuation(details)
         if handler is None:
             return None
         method = details.method.rsplit(".", 1)[-1]   # "JobService/RunJob"
@@ -110,12 +117,17 @@ class RpcMetricsInterceptor(grpc.ServerInterceptor):
         ):
             behaviour = getattr(handler, kind)
             if behaviour is not None:
-                wrapped = self._streaming(method, behaviour) if streaming else self._unary(method, behaviour)
+                if inspect.isasyncgenfunction(behaviour):
+                    wrapped = self._async_streaming(method, behaviour)
+                elif inspect.iscoroutinefunction(behaviour):
+                    wrapped = self._async_unary(method, behaviour)
+                else:
+                    wrapped = self._streaming(method, behaviour) if streaming else self._unary(method, behaviour)
                 return make(wrapped, handler.request_deserializer, handler.response_serializer)
         return handler
 
     def _unary(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(request: Any, context: grpc.ServicerContext) -> Any:
+        def timed(request: Any, context: Any) -> Any:
             started, failed = time.perf_counter(), False
             try:
                 return behaviour(request, context)
@@ -126,12 +138,40 @@ class RpcMetricsInterceptor(grpc.ServerInterceptor):
                 self._record(method, _code(context) or ("UNKNOWN" if failed else "OK"), started)
         return timed
 
+    def _async_unary(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        async def timed(request: Any, context: Any) -> Any:
+            started, failed = time.perf_counter(), False
+            try:
+                return await behaviour(request, context)
+            except BaseException:
+                failed = True
+                raise
+            finally:
+                self._record(method, _code(context) or ("UNKNOWN" if failed else "OK"), started)
+        return timed
+
     def _streaming(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        def timed(request: Any, context: Any) -> Iterator[Any]:
             started, outcome = time.perf_counter(), "OK"
             try:
                 yield from behaviour(request, context)
             except GeneratorExit:
+                outcome = "CANCELLED"
+                raise
+            except BaseException:
+                outcome = "UNKNOWN"
+                raise
+            finally:
+                self._record(method, _code(context) or outcome, started)
+        return timed
+
+    def _async_streaming(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        async def timed(request: Any, context: Any) -> AsyncIterator[Any]:
+            started, outcome = time.perf_counter(), "OK"
+            try:
+                async for item in behaviour(request, context):
+                    yield item
+            except (GeneratorExit, asyncio.CancelledError):
                 outcome = "CANCELLED"
                 raise
             except BaseException:

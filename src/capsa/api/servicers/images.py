@@ -10,6 +10,7 @@ import grpc
 from capsa.api.gen.capsa.v1 import images_pb2 as pb
 from capsa.api.gen.capsa.v1 import images_pb2_grpc as pb_grpc
 from capsa.api.servicers._base import rpc
+from capsa.api.streams import BlockingStreams
 from capsa.fsm import RunInfo
 from capsa.images.service import ImageService
 from capsa.images.store import ImageRecord
@@ -38,13 +39,19 @@ def _run_to_pb(run: RunInfo, events: list[Any]) -> pb.FsmRun:
 
 
 class ImageServicer(pb_grpc.ImageServiceServicer):
-    def __init__(self, images: ImageService) -> None:
+    def __init__(self, images: ImageService, blocking: BlockingStreams) -> None:
         self.images = images
+        self.blocking = blocking
 
     @rpc
-    def PullImage(self, request: pb.PullImageRequest, context: grpc.ServicerContext) -> Any:
+    async def PullImage(self, request: pb.PullImageRequest, context: Any) -> Any:
+        # Watching a pull blocks between progress polls: it runs on the bounded stream pool.
+        async for msg in self.blocking.iterate("PullImage", lambda stop: self._pull(request, stop)):
+            yield msg
+
+    def _pull(self, request: pb.PullImageRequest, stop: Any) -> Any:
         run_id = self.images.start_pull(request.ref, platform=request.platform, insecure=request.insecure,
-                                        expected_digest=request.expected_digest)
+                                        expected_digest=request.expected_digest, request_id=request.request_id)
         for update in self.images.watch_pull(run_id):
             msg = pb.PullProgress(
                 run_id=update.run_id, phase=update.phase, done=update.done,
@@ -54,6 +61,8 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
             if update.done:
                 msg.image.CopyFrom(image_to_pb(self.images.get(request.ref)))
             yield msg
+            if stop.is_set():   # the client went away; the pull goes on
+                return
 
     @rpc
     def ListImages(self, request: pb.ListImagesRequest, context: grpc.ServicerContext) -> pb.ListImagesResponse:

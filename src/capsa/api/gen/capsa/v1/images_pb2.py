@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63\x61psa/v1/images.proto\x12\x08\x63\x61psa.v1\"\\\n\x10PullImageRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x10\n\x08insecure\x18\x03 \x01(\x08\x12\x17\n\x0f\x65xpected_digest\x18\x04 \x01(\t\"L\n\rLayerProgress\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\r\n\x05state\x18\x04 \x01(\t\"\x95\x01\n\x0cPullProgress\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05phase\x18\x02 \x01(\t\x12\'\n\x06layers\x18\x03 \x03(\x0b\x32\x17.capsa.v1.LayerProgress\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x1e\n\x05image\x18\x05 \x01(\x0b\x32\x0f.capsa.v1.Image\x12\x0f\n\x07message\x18\x06 \x01(\t\"9\n\x05Layer\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x12\n\nmedia_type\x18\x03 \x01(\t\"\xb9\x01\n\x05Image\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x15\n\rcreated_at_ns\x18\x04 \x01(\x03\x12\x1f\n\x06layers\x18\x05 \x03(\x0b\x32\x0f.capsa.v1.Layer\x12\x13\n\x0b\x63onfig_json\x18\x06 \x01(\t\x12\x0e\n\x06source\x18\x07 \x01(\t\x12\x11\n\tin_use_by\x18\x08 \x03(\t\x12\x15\n\runpacked_size\x18\t \x01(\x03\"\x13\n\x11ListImagesRequest\"5\n\x12ListImagesResponse\x12\x1f\n\x06images\x18\x01 \x03(\x0b\x32\x0f.capsa.v1.Image\"\"\n\x13InspectImageRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\"0\n\x12RemoveImageRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"&\n\x13RemoveImageResponse\x12\x0f\n\x07removed\x18\x01 \x03(\t\"2\n\x12PruneImagesRequest\x12\x0b\n\x03\x61ll\x18\x01 \x01(\x08\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\";\n\x13PruneImagesResponse\x12\x0f\n\x07removed\x18\x01 \x03(\t\x12\x13\n\x0b\x62ytes_freed\x18\x02 \x01(\x03\"1\n\x13ImageHistoryRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"Y\n\x08\x46smEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x12\n\ntransition\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\r\n\x05\x61t_ns\x18\x05 \x01(\x03\"\x88\x02\n\x06\x46smRun\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07machine\x18\x02 \x01(\t\x12\x13\n\x0bresource_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x1a\n\x12\x63urrent_transition\x18\x06 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12\x12\n\nerror_code\x18\x08 \x01(\t\x12\x15\n\rerror_message\x18\t \x01(\t\x12\x15\n\rcreated_at_ns\x18\n \x01(\x03\x12\x16\n\x0e\x66inished_at_ns\x18\x0b \x01(\x03\x12\"\n\x06\x65vents\x18\x0c \x03(\x0b\x32\x12.capsa.v1.FsmEvent\"6\n\x14ImageHistoryResponse\x12\x1e\n\x04runs\x18\x01 \x03(\x0b\x32\x10.capsa.v1.FsmRun2\xc1\x03\n\x0cImageService\x12\x41\n\tPullImage\x12\x1a.capsa.v1.PullImageRequest\x1a\x16.capsa.v1.PullProgress0\x01\x12G\n\nListImages\x12\x1b.capsa.v1.ListImagesRequest\x1a\x1c.capsa.v1.ListImagesResponse\x12>\n\x0cInspectImage\x12\x1d.capsa.v1.InspectImageRequest\x1a\x0f.capsa.v1.Image\x12J\n\x0bRemoveImage\x12\x1c.capsa.v1.RemoveImageRequest\x1a\x1d.capsa.v1.RemoveImageResponse\x12J\n\x0bPruneImages\x12\x1c.capsa.v1.PruneImagesRequest\x1a\x1d.capsa.v1.PruneImagesResponse\x12M\n\x0cImageHistory\x12\x1d.capsa.v1.ImageHistoryRequest\x1a\x1e.capsa.v1.ImageHistoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63\x61psa/v1/images.proto\x12\x08\x63\x61psa.v1\"p\n\x10PullImageRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x10\n\x08insecure\x18\x03 \x01(\x08\x12\x17\n\x0f\x65xpected_digest\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"L\n\rLayerProgress\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\r\n\x05state\x18\x04 \x01(\t\"\x95\x01\n\x0cPullProgress\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05phase\x18\x02 \x01(\t\x12\'\n\x06layers\x18\x03 \x03(\x0b\x32\x17.capsa.v1.LayerProgress\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x1e\n\x05image\x18\x05 \x01(\x0b\x32\x0f.capsa.v1.Image\x12\x0f\n\x07message\x18\x06 \x01(\t\"9\n\x05Layer\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x12\n\nmedia_type\x18\x03 \x01(\t\"\xb9\x01\n\x05Image\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x15\n\rcreated_at_ns\x18\x04 \x01(\x03\x12\x1f\n\x06layers\x18\x05 \x03(\x0b\x32\x0f.capsa.v1.Layer\x12\x13\n\x0b\x63onfig_json\x18\x06 \x01(\t\x12\x0e\n\x06source\x18\x07 \x01(\t\x12\x11\n\tin_use_by\x18\x08 \x03(\t\x12\x15\n\runpacked_size\x18\t \x01(\x03\"\x13\n\x11ListImagesRequest\"5\n\x12ListImagesResponse\x12\x1f\n\x06images\x18\x01 \x03(\x0b\x32\x0f.capsa.v1.Image\"\"\n\x13InspectImageRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\"0\n\x12RemoveImageRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"&\n\x13RemoveImageResponse\x12\x0f\n\x07removed\x18\x01 \x03(\t\"2\n\x12PruneImagesRequest\x12\x0b\n\x03\x61ll\x18\x01 \x01(\x08\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\";\n\x13PruneImagesResponse\x12\x0f\n\x07removed\x18\x01 \x03(\t\x12\x13\n\x0b\x62ytes_freed\x18\x02 \x01(\x03\"1\n\x13ImageHistoryRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"Y\n\x08\x46smEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x12\n\ntransition\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\r\n\x05\x61t_ns\x18\x05 \x01(\x03\"\x88\x02\n\x06\x46smRun\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07machine\x18\x02 \x01(\t\x12\x13\n\x0bresource_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x1a\n\x12\x63urrent_transition\x18\x06 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12\x12\n\nerror_code\x18\x08 \x01(\t\x12\x15\n\rerror_message\x18\t \x01(\t\x12\x15\n\rcreated_at_ns\x18\n \x01(\x03\x12\x16\n\x0e\x66inished_at_ns\x18\x0b \x01(\x03\x12\"\n\x06\x65vents\x18\x0c \x03(\x0b\x32\x12.capsa.v1.FsmEvent\"6\n\x14ImageHistoryResponse\x12\x1e\n\x04runs\x18\x01 \x03(\x0b\x32\x10.capsa.v1.FsmRun2\xc1\x03\n\x0cImageService\x12\x41\n\tPullImage\x12\x1a.capsa.v1.PullImageRequest\x1a\x16.capsa.v1.PullProgress0\x01\x12G\n\nListImages\x12\x1b.capsa.v1.ListImagesRequest\x1a\x1c.capsa.v1.ListImagesResponse\x12>\n\x0cInspectImage\x12\x1d.capsa.v1.InspectImageRequest\x1a\x0f.capsa.v1.Image\x12J\n\x0bRemoveImage\x12\x1c.capsa.v1.RemoveImageRequest\x1a\x1d.capsa.v1.RemoveImageResponse\x12J\n\x0bPruneImages\x12\x1c.capsa.v1.PruneImagesRequest\x1a\x1d.capsa.v1.PruneImagesResponse\x12M\n\x0cImageHistory\x12\x1d.capsa.v1.ImageHistoryRequest\x1a\x1e.capsa.v1.ImageHistoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,37 +32,37 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'capsa.v1.images_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PULLIMAGEREQUEST']._serialized_start=35
-  _globals['_PULLIMAGEREQUEST']._serialized_end=127
-  _globals['_LAYERPROGRESS']._serialized_start=129
-  _globals['_LAYERPROGRESS']._serialized_end=205
-  _globals['_PULLPROGRESS']._serialized_start=208
-  _globals['_PULLPROGRESS']._serialized_end=357
-  _globals['_LAYER']._serialized_start=359
-  _globals['_LAYER']._serialized_end=416
-  _globals['_IMAGE']._serialized_start=419
-  _globals['_IMAGE']._serialized_end=604
-  _globals['_LISTIMAGESREQUEST']._serialized_start=606
-  _globals['_LISTIMAGESREQUEST']._serialized_end=625
-  _globals['_LISTIMAGESRESPONSE']._serialized_start=627
-  _globals['_LISTIMAGESRESPONSE']._serialized_end=680
-  _globals['_INSPECTIMAGEREQUEST']._serialized_start=682
-  _globals['_INSPECTIMAGEREQUEST']._serialized_end=716
-  _globals['_REMOVEIMAGEREQUEST']._serialized_start=718
-  _globals['_REMOVEIMAGEREQUEST']._serialized_end=766
-  _globals['_REMOVEIMAGERESPONSE']._serialized_start=768
-  _globals['_REMOVEIMAGERESPONSE']._serialized_end=806
-  _globals['_PRUNEIMAGESREQUEST']._serialized_start=808
-  _globals['_PRUNEIMAGESREQUEST']._serialized_end=858
-  _globals['_PRUNEIMAGESRESPONSE']._serialized_start=860
-  _globals['_PRUNEIMAGESRESPONSE']._serialized_end=919
-  _globals['_IMAGEHISTORYREQUEST']._serialized_start=921
-  _globals['_IMAGEHISTORYREQUEST']._serialized_end=970
-  _globals['_FSMEVENT']._serialized_start=972
-  _globals['_FSMEVENT']._serialized_end=1061
-  _globals['_FSMRUN']._serialized_start=1064
-  _globals['_FSMRUN']._serialized_end=1328
-  _globals['_IMAGEHISTORYRESPONSE']._serialized_start=1330
-  _globals['_IMAGEHISTORYRESPONSE']._serialized_end=1384
-  _globals['_IMAGESERVICE']._serialized_start=1387
-  _globals['_IMAGESERVICE']._serialized_end=1836
+  _globals['_PULLIMAGEREQUEST']._serialized_end=147
+  _globals['_LAYERPROGRESS']._serialized_start=149
+  _globals['_LAYERPROGRESS']._serialized_end=225
+  _globals['_PULLPROGRESS']._serialized_start=228
+  _globals['_PULLPROGRESS']._serialized_end=377
+  _globals['_LAYER']._serialized_start=379
+  _globals['_LAYER']._serialized_end=436
+  _globals['_IMAGE']._serialized_start=439
+  _globals['_IMAGE']._serialized_end=624
+  _globals['_LISTIMAGESREQUEST']._serialized_start=626
+  _globals['_LISTIMAGESREQUEST']._serialized_end=645
+  _globals['_LISTIMAGESRESPONSE']._serialized_start=647
+  _globals['_LISTIMAGESRESPONSE']._serialized_end=700
+  _globals['_INSPECTIMAGEREQUEST']._serialized_start=702
+  _globals['_INSPECTIMAGEREQUEST']._serialized_end=736
+  _globals['_REMOVEIMAGEREQUEST']._serialized_start=738
+  _globals['_REMOVEIMAGEREQUEST']._serialized_end=786
+  _globals['_REMOVEIMAGERESPONSE']._serialized_start=788
+  _globals['_REMOVEIMAGERESPONSE']._serialized_end=826
+  _globals['_PRUNEIMAGESREQUEST']._serialized_start=828
+  _globals['_PRUNEIMAGESREQUEST']._serialized_end=878
+  _globals['_PRUNEIMAGESRESPONSE']._serialized_start=880
+  _globals['_PRUNEIMAGESRESPONSE']._serialized_end=939
+  _globals['_IMAGEHISTORYREQUEST']._serialized_start=941
+  _globals['_IMAGEHISTORYREQUEST']._serialized_end=990
+  _globals['_FSMEVENT']._serialized_start=992
+  _globals['_FSMEVENT']._serialized_end=1081
+  _globals['_FSMRUN']._serialized_start=1084
+  _globals['_FSMRUN']._serialized_end=1348
+  _globals['_IMAGEHISTORYRESPONSE']._serialized_start=1350
+  _globals['_IMAGEHISTORYRESPONSE']._serialized_end=1404
+  _globals['_IMAGESERVICE']._serialized_start=1407
+  _globals['_IMAGESERVICE']._serialized_end=1856
 # @@protoc_insertion_point(module_scope)

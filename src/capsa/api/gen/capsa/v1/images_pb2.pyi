@@ -7,16 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PullImageRequest(_message.Message):
-    __slots__ = ("ref", "platform", "insecure", "expected_digest")
+    __slots__ = ("ref", "platform", "insecure", "expected_digest", "request_id")
     REF_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
     INSECURE_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ref: str
     platform: str
     insecure: bool
     expected_digest: str
-    def __init__(self, ref: _Optional[str] = ..., platform: _Optional[str] = ..., insecure: _Optional[bool] = ..., expected_digest: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, ref: _Optional[str] = ..., platform: _Optional[str] = ..., insecure: _Optional[bool] = ..., expected_digest: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class LayerProgress(_message.Message):
     __slots__ = ("digest", "bytes", "total", "state")
