@@ -51,8 +51,18 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+class _ReaderGone(Exception):
+    """stdout's reader closed the pipe. Not an OSError, so click's main does not turn it into exit 1."""
+
+
 class LazyGroup(click.Group):
     """A group whose subcommands live in :data:`COMMANDS` and are imported on first use."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            raise _ReaderGone from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*COMMANDS, *self.commands})
@@ -79,7 +89,8 @@ class LazyGroup(click.Group):
                     continue
                 rows.append((name, loaded.get_short_help_str(limit)))
             else:
-                rows.append((name, click.utils.make_default_short_help(COMMANDS[name][2], limit)))
+                # A bare Command shortens the text exactly as the real one would.
+                rows.append((name, click.Command(name, help=COMMANDS[name][2]).get_short_help_str(limit)))
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
@@ -133,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     _invoked = None
     try:
         result = cli.main(args=argv, prog_name="capsa", standalone_mode=False)
+        sys.stdout.flush()   # here, not at interpreter exit, so a closed pipe (`capsa ps | head`) is handled below
     except CapsaError as exc:
         error = _invoked.explain(exc) if _invoked is not None else exc
         click.echo(f"capsa: {error}", err=True)
@@ -147,7 +159,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
+    except (BrokenPipeError, _ReaderGone):
+        # The reader went away: like any Unix filter, stop quietly with 128+SIGPIPE. Python would try to
+        # flush stdout again at exit and fail once more, so point it at /dev/null first.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         return 141
     return result if isinstance(result, int) else 0
 
