@@ -1,11 +1,10 @@
 """Job cgroups on cgroup v2 (unified) and v1 (legacy/hybrid) hosts, chosen at start by :func:`detect`.
 
-Typical use by the launcher::
+Typical use by the supervisor (ADR-0003)::
 
-    driver = detect()                      # once, in the daemon
+    driver = detect()                      # once, when the supervisor starts
     cg = driver.create(job_id, Limits(memory_bytes=64 << 20, pids_max=64, cpu_percent=50))
-    # in the forked child, before exec:
-    cg.join_self()
+    cg.join_files()                        # sent to the zygote; stage one writes "0" into each
     ...
     cg.stats(); cg.oom_killed(); cg.kill_all(); cg.remove()
 """
