@@ -87,3 +87,17 @@ def test_systemd_analyze_catches_a_broken_unit(tmp_path: Path, installed_unit: P
     broken.write_text(installed_unit.read_text().replace("KillMode=process", "KillMode=proces"))
     result = subprocess.run([analyze, "verify", str(broken)], capture_output=True, text=True, timeout=120)
     assert "kill mode" in result.stderr.lower()
+
+
+@pytest.mark.slow
+def test_install_into_its_own_venv_does_not_depend_on_the_checkout(tmp_path: Path) -> None:
+    """The default mode (/opt/capsa/venv), into a temporary directory: a regular install, not editable."""
+    venv, unit_dir = tmp_path / "venv", tmp_path / "units"
+    result = subprocess.run([str(INSTALL), "--venv", str(venv), "--unit-dir", str(unit_dir), "--no-reload"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import capsa; print(capsa.__file__)"],
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path).stdout.strip()
+    assert where.startswith(str(venv)), where
+    assert subprocess.run([str(venv / "bin" / "capsa"), "--help"], capture_output=True, timeout=60).returncode == 0
+    assert _service_section(unit_dir / "capsa.service")["ExecStart"] == f"{venv}/bin/capsa daemon --live-restore"
