@@ -198,11 +198,19 @@ def run_daemon(options: DaemonOptions) -> int:
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     notifier.status("starting")
+    daemon = None
     try:
         daemon = Daemon(options)   # loads the config; on a fresh home, creates certificates and client.yaml
         daemon.start()
     except BaseException:
         notifier.stopping("start failed")
+        if daemon is not None and not options.live_restore:
+            # A start that failed half way (say, the port is taken) is stopped like a clean stop would
+            # be, so it leaves no supervisor or zygote behind; with --live-restore they keep the jobs.
+            try:
+                daemon.stop()
+            except Exception:
+                log.exception("cleaning up after the failed start")
         raise
     listen = options.listen or daemon.config.listen
     client_config = daemon.layout.client_config

@@ -168,7 +168,7 @@ class CapsaClient:
     def upload_paths(self, paths: list[str], *,
                      on_skip: Callable[[str, str], None] | None = None) -> pb.UploadResult:
         """Upload local files/directories (symlinks kept as symlinks) for a job's /work, in chunks."""
-        from capsa.jobs.uploads import check_local, walk_local
+        from capsa.upload_items import check_local, walk_local
 
         check_local(paths)
 

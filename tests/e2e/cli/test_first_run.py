@@ -191,3 +191,26 @@ def test_quickstart_refuses_a_port_its_home_was_not_set_up_for(tmp_path: Path) -
     result = subprocess.run([str(ROOT / "scripts" / "quickstart.sh")], env=env, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 2 and "use a fresh CAPSA_HOME or unset CAPSA_LISTEN" in result.stderr
+
+
+def test_a_daemon_that_cannot_listen_is_never_ready_and_leaves_nothing(
+    tmp_path: Path, notify_socket: tuple[socket.socket, str]
+) -> None:
+    home, ready = tmp_path / "home", tmp_path / "ready"
+    sock, notify_address = notify_socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = subprocess.run([*CAPSA, "daemon", "--listen", address, "--ready-file", str(ready)],
+                                env=_env(home, NOTIFY_SOCKET=notify_address), capture_output=True, text=True,
+                                timeout=120, start_new_session=True)
+    assert result.returncode != 0 and "Failed to bind" in result.stderr
+    assert not ready.exists()
+    messages = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            messages.append(_next_message(sock, 1))
+    assert not any("READY" in m for m in messages), messages
+    assert messages[-1] == {"STOPPING": "1", "STATUS": "start failed"}
+    assert not _supervisor_alive(home)

@@ -49,8 +49,13 @@ if argv[:1] != ["--help"]:
     def fake_logs(self, job_id, *, follow=False, from_seq=0):
         yield pb.LogChunk(seq=1, stream=1, data=b"hello\n")
 
+    def fake_upload(self, chunks, *, finish=True):
+        assert sum(len(c.data) for c in chunks) > 0   # the local walk really ran
+        return pb.UploadResult(session="0" * 32)
+
     api.CapsaClient._call = fake_call
     api.CapsaClient.stream_logs = fake_logs
+    api.CapsaClient.upload_files = fake_upload
 from capsa.cli.main import main
 code = main(argv)
 sys.stdout.flush()
@@ -67,9 +72,11 @@ def client_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("argv", [
     ["ps"], ["ps", "-a", "--json"], ["run", "-d", "--", "/bin/true"], ["run", "--", "/bin/true"],
+    ["run", "-d", "--upload", "@CONFIG@", "--", "/bin/true"],
     ["logs", "0123"], ["stop", "0123"], ["inspect", "0123"], ["version"], ["--help"], ["ps", "--help"],
 ], ids=lambda a: " ".join(a))
 def test_hot_commands_import_nothing_heavy(client_config: Path, argv: list[str]) -> None:
+    argv = [str(client_config) if a == "@CONFIG@" else a for a in argv]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAPSA_")}
     env["CAPSA_CONFIG"] = str(client_config)
     result = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(argv)], env=env, capture_output=True,
