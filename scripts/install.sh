@@ -61,4 +61,4 @@ if ((reload)) && command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/syst
 else
   echo "install: systemd not reloaded (--no-reload, or systemd is not running here)"
 fi
-echo "install: start it with: systemctl enable --now capsa   (then: CAPSA_HOME=/var/lib/capsa capsa ps)"
+echo "install: start it with: systemctl enable --now capsa   (then, as root: $capsa ps)"
