@@ -76,7 +76,7 @@ class Daemon:
     def start(self) -> None:
         self.db = Database(self.layout.db)
         self.supervisor, _ = ensure_supervisor(self.home)
-        cgroup_version = int(self.supervisor.ping().get("cgroup_version", 0))
+        cgroup_version = self.supervisor.ping().cgroup_version
         fsm = self.config.fsm
         # A workflow run holds its worker for the workflow's whole life: a queue of its own keeps
         # workflows from starving the shared pool, where the image pulls of their jobs run.

@@ -1,66 +1,202 @@
 """The daemon's side of the supervisor: spawn it if needed, talk to it.
 
-Every request uses its own short-lived Unix connection (a connect costs tens of
-microseconds), so gRPC threads never share a socket; exit events arrive on one
-long-lived subscription connection read by a dedicated thread.
+Requests from every thread share one persistent connection: each request frame carries an
+id, a reader thread hands each reply to the thread waiting for that id. No connection per
+call means no burst of connects to overflow the supervisor's accept queue, and a slow
+request (a start waits for the exec) never holds up the others. Exit events arrive on a
+second, dedicated connection read by the event thread, so a slow event consumer can
+never delay a reply — and the supervisor queues events without blocking (ADR-0010).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
-from capsa.errors import CapsaError, Unavailable, error_from_code
-from capsa.runtime.protocol import ExitEvent, JobRecord
+from capsa.errors import CapsaError, Unavailable
+from capsa.runtime.protocol import (
+    ErrorReply,
+    ExitEvent,
+    ForgetRequest,
+    JobRecord,
+    JobReply,
+    ListReply,
+    ListRequest,
+    Message,
+    MountRequest,
+    OkReply,
+    PingReply,
+    PingRequest,
+    ShutdownRequest,
+    SignalRequest,
+    StartFailed,
+    StartFailedError,
+    StartRequest,
+    StopRequest,
+    SubscribeRequest,
+    decode,
+    encode,
+)
 from capsa.runtime.spec import JobSpec
-from capsa.runtime.wire import recv_msg, send_msg
+from capsa.runtime.wire import FrameReader, encode_frame
 
 __all__ = ["SupervisorClient", "ensure_supervisor"]
+
+log = logging.getLogger("capsa.runtime")
+
+R = TypeVar("R", bound=Message)
+
+REQUEST_TIMEOUT_S = 60.0
+# The supervisor answers every start by its own deadline (START_TIMEOUT_S, 120 s): waiting
+# longer than that here means it is wedged, never that a start is merely slow.
+START_WAIT_S = 180.0
+_RECV = 1 << 18
+
+
+def _connect(path: Path, timeout: float) -> socket.socket:
+    """A blocking connection; a full accept queue makes connect wait (up to ``timeout``), not fail.
+
+    (Python's own connect timeout puts the socket in non-blocking mode, where an AF_UNIX
+    connect to a full queue fails at once with EAGAIN; SO_SNDTIMEO bounds the kernel's wait.)
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    timeval = struct.pack("ll", int(timeout), int((timeout % 1) * 1e6))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        sock.connect(str(path))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 0))
+    except OSError as exc:
+        sock.close()
+        raise Unavailable(f"supervisor not reachable at {path}: {exc.strerror or exc}") from exc
+    return sock
+
+
+class _Waiter:
+    __slots__ = ("done", "error", "reply")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.reply: Message | None = None
+        self.error = ""
+
+
+class _Channel:
+    """One connection multiplexed between threads by request id."""
+
+    def __init__(self, path: Path, connect_timeout: float) -> None:
+        self.sock = _connect(path, connect_timeout)
+        self._send_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._waiters: dict[int, _Waiter] = {}
+        self._ids = itertools.count(1)
+        self.dead = ""
+        self._reader = threading.Thread(target=self._read, name="supervisor-replies", daemon=True)
+        self._reader.start()
+
+    def call(self, request: Message, timeout: float | None) -> Message:
+        waiter = _Waiter()
+        with self._lock:
+            if self.dead:
+                raise Unavailable(self.dead)
+            request_id = next(self._ids)
+            self._waiters[request_id] = waiter
+        try:
+            frame = encode_frame(encode(request, request_id))
+            with self._send_lock:
+                self.sock.sendall(frame)
+        except OSError as exc:
+            self._fail(f"supervisor connection failed during {request.TYPE!r}: {exc}")
+        except BaseException:
+            with self._lock:
+                self._waiters.pop(request_id, None)
+            raise
+        if not waiter.done.wait(timeout):
+            with self._lock:
+                self._waiters.pop(request_id, None)
+            raise Unavailable(f"supervisor did not answer {request.TYPE!r} in {timeout}s")
+        if waiter.reply is None:
+            raise Unavailable(waiter.error)
+        return waiter.reply
+
+    def _read(self) -> None:
+        reader = FrameReader()
+        try:
+            while True:
+                data = self.sock.recv(_RECV)
+                if not data:
+                    break
+                for frame in reader.feed(data):
+                    request_id, reply = decode(frame)
+                    with self._lock:
+                        waiter = self._waiters.pop(request_id, None)
+                    if waiter is not None:   # None: its caller gave up waiting
+                        waiter.reply = reply
+                        waiter.done.set()
+        except (OSError, ValueError) as exc:
+            self._fail(f"supervisor connection failed: {exc}")
+            return
+        self._fail("supervisor closed the connection")
+
+    def _fail(self, reason: str) -> None:
+        with self._lock:
+            self.dead = self.dead or reason
+            waiters, self._waiters = self._waiters, {}
+        for waiter in waiters.values():
+            waiter.error = reason
+            waiter.done.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._fail("supervisor client closed")
+        self.sock.close()
 
 
 class SupervisorClient:
     def __init__(self, home: Path) -> None:
         self.home = home
         self.sock_path = home / "run" / "supervisor.sock"
+        self._channel: _Channel | None = None
+        self._channel_lock = threading.Lock()
         self._sub_thread: threading.Thread | None = None
         self._sub_sock: socket.socket | None = None
         self._closing = False
 
-    # -- requests ---------------------------------------------------------------------
-    def call(self, payload: dict[str, Any], *, timeout: float | None = 60.0) -> dict[str, Any]:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(timeout)
-            try:
-                sock.connect(str(self.sock_path))
-            except OSError as exc:
-                raise Unavailable(f"supervisor not reachable at {self.sock_path}: {exc.strerror}") from exc
-            send_msg(sock, payload)
-            reply, _ = recv_msg(sock)
-        except TimeoutError as exc:
-            raise Unavailable(f"supervisor did not answer {payload.get('op')!r} in {timeout}s") from exc
-        except OSError as exc:  # e.g. reset by a supervisor that is going away
-            raise Unavailable(f"supervisor connection failed during {payload.get('op')!r}: {exc}") from exc
-        finally:
-            sock.close()
-        if reply is None:
-            raise Unavailable("supervisor closed the connection")
-        if not reply.get("ok"):
-            err = reply.get("error", {})
-            raise error_from_code(err.get("code", "internal"), err.get("message", "supervisor error"))
-        return reply
+    # -- requests ---------------------------------------------------------------------------
+    def request(self, request: Message, expect: type[R], *, timeout: float | None = REQUEST_TIMEOUT_S) -> R:
+        """Send one typed request; its reply if it is an ``expect``, else the error it carries, raised."""
+        reply = self._channel_for(timeout).call(request, timeout)
+        if isinstance(reply, expect):
+            return reply
+        if isinstance(reply, ErrorReply):
+            raise reply.to_exception()
+        if isinstance(reply, StartFailed):
+            raise StartFailedError(reply)
+        raise CapsaError(f"supervisor answered {request.TYPE!r} with {reply.TYPE!r}")
 
-    def ping(self) -> dict[str, Any]:
-        return self.call({"op": "ping"}, timeout=5)
+    def _channel_for(self, timeout: float | None) -> _Channel:
+        with self._channel_lock:
+            if self._channel is None or self._channel.dead:
+                if self._channel is not None:   # a supervisor restarted under us: reconnect
+                    self._channel.close()
+                self._channel = None
+                self._channel = _Channel(self.sock_path, min(timeout or 10.0, 10.0))
+            return self._channel
+
+    def ping(self) -> PingReply:
+        return self.request(PingRequest(), PingReply, timeout=5)
 
     def alive(self) -> bool:
         try:
@@ -70,58 +206,86 @@ class SupervisorClient:
         return True
 
     def start(self, spec: JobSpec) -> JobRecord:
-        import json
-
-        return JobRecord.from_dict(self.call({"op": "start", "spec": json.loads(spec.to_json())})["job"])
+        """The job's record once its command was exec'd; ``StartFailedError`` if it never was."""
+        return self.request(StartRequest(spec), JobReply, timeout=START_WAIT_S).job
 
     def stop(self, job_id: str, grace_s: float) -> JobRecord:
-        return JobRecord.from_dict(self.call({"op": "stop", "job_id": job_id, "grace_s": grace_s})["job"])
+        return self.request(StopRequest(job_id, grace_s), JobReply).job
 
     def signal(self, job_id: str, signo: int) -> JobRecord:
-        return JobRecord.from_dict(self.call({"op": "signal", "job_id": job_id, "signal": signo})["job"])
+        return self.request(SignalRequest(job_id, signo), JobReply).job
 
     def list(self) -> list[JobRecord]:
-        return [JobRecord.from_dict(rec) for rec in self.call({"op": "list"})["jobs"]]
+        return list(self.request(ListRequest(), ListReply).jobs)
 
     def forget(self, job_id: str) -> None:
-        self.call({"op": "forget", "job_id": job_id})
+        self.request(ForgetRequest(job_id), OkReply)
 
     def mount(self, job_id: str, action: str, *, target: str, source: str = "", create_target: bool = True) -> None:
         """attach | swap | detach a read-only mount in a running job (done by the zygote, see mounts.py)."""
-        self.call({"op": "mount", "job_id": job_id, "action": action, "source": source, "target": target,
-                   "create_target": create_target})
+        self.request(MountRequest(job_id, action, target, source, create_target), OkReply)
 
     def shutdown(self) -> None:
         with contextlib.suppress(CapsaError):
-            self.call({"op": "shutdown"}, timeout=5)
+            self.request(ShutdownRequest(), OkReply, timeout=5)
 
-    # -- events ---------------------------------------------------------------------------
+    # -- events -------------------------------------------------------------------------------
     def subscribe(self, on_event: Callable[[ExitEvent], None],
                   on_lost: Callable[[], None] | None = None) -> None:
-        """Deliver exit events to ``on_event`` from a background thread."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(str(self.sock_path))
-        send_msg(sock, {"op": "subscribe"})
-        reply, _ = recv_msg(sock)
-        if not reply or not reply.get("ok"):
-            raise Unavailable("supervisor refused the event subscription")
+        """Deliver exit events to ``on_event`` from a background thread.
+
+        ``on_event`` may call this client (``forget`` and the like): replies come on the request
+        connection, read by another thread, and the supervisor never waits for this one.
+        """
+        sock = _connect(self.sock_path, 10.0)
+        reader = FrameReader()
+        try:
+            sock.sendall(encode_frame(encode(SubscribeRequest(), 1)))
+            sock.settimeout(10.0)
+            frames: list[dict[str, object]] = []
+            while not frames:
+                data = sock.recv(_RECV)
+                if not data:
+                    raise Unavailable("supervisor closed the event subscription")
+                frames = reader.feed(data)
+            sock.settimeout(None)
+            if not isinstance(decode(frames[0])[1], OkReply):
+                raise Unavailable("supervisor refused the event subscription")
+        except (OSError, ValueError) as exc:
+            sock.close()
+            raise Unavailable(f"event subscription failed: {exc}") from exc
+        except BaseException:
+            sock.close()
+            raise
         self._sub_sock = sock
+        backlog = frames[1:]
 
         def pump() -> None:
+            pending = backlog
             while True:
+                for frame in pending:
+                    self._deliver(frame, on_event)
                 try:
-                    msg, _ = recv_msg(sock)
-                except OSError:
-                    msg = None
-                if msg is None:
+                    data = sock.recv(_RECV)
+                    pending = reader.feed(data) if data else []
+                except (OSError, ValueError):
+                    data = b""
+                if not data:
                     if on_lost is not None and not self._closing:
                         on_lost()
                     return
-                if msg.get("event") == "exit":
-                    on_event(ExitEvent(JobRecord.from_dict(msg["job"])))
 
         self._sub_thread = threading.Thread(target=pump, name="supervisor-events", daemon=True)
         self._sub_thread.start()
+
+    @staticmethod
+    def _deliver(frame: dict[str, object], on_event: Callable[[ExitEvent], None]) -> None:
+        try:
+            _id, msg = decode(frame)
+            if isinstance(msg, ExitEvent):
+                on_event(msg)
+        except Exception:   # one bad event or handler bug must not end the subscription
+            log.exception("handling a supervisor event failed")
 
     def close(self) -> None:
         self._closing = True
@@ -130,6 +294,10 @@ class SupervisorClient:
                 self._sub_sock.shutdown(socket.SHUT_RDWR)
             self._sub_sock.close()
             self._sub_sock = None
+        with self._channel_lock:
+            if self._channel is not None:
+                self._channel.close()
+                self._channel = None
 
 
 def ensure_supervisor(home: Path, *, timeout: float = 15.0) -> tuple[SupervisorClient, bool]:
@@ -151,12 +319,12 @@ def ensure_supervisor(home: Path, *, timeout: float = 15.0) -> tuple[SupervisorC
             if _is_supervisor(pid):
                 os.kill(pid, signal.SIGKILL)
     env = dict(os.environ, CAPSA_ROLE="supervisor", CAPSA_HOME=str(home))
-    log = open(run_dir / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
+    log_file = open(run_dir / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
     try:
-        subprocess.Popen([sys.executable, "-m", "capsa"], env=env, stdin=subprocess.DEVNULL, stdout=log,
-                         stderr=log, start_new_session=True, close_fds=True)
+        subprocess.Popen([sys.executable, "-m", "capsa"], env=env, stdin=subprocess.DEVNULL, stdout=log_file,
+                         stderr=log_file, start_new_session=True, close_fds=True)
     finally:
-        log.close()
+        log_file.close()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if client.alive():
@@ -171,3 +339,4 @@ def _is_supervisor(pid: int) -> bool:
     except OSError:
         return False
     return b"CAPSA_ROLE=supervisor" in environ
+

@@ -1,17 +1,67 @@
-"""Typed messages between the daemon and the supervisor.
+"""Typed messages between the daemon, the supervisor and the zygote.
 
 The supervisor owns the processes; the daemon keeps the promises (the jobs table).
-What crosses between them is one of the dataclasses here, so neither side retypes
-the other's field names or state strings.
+Everything that crosses between them — requests, replies, exit events, the zygote's
+start and mount orders, stage one/two's report, the zygote's mount answer — is one
+frozen dataclass here, sent as one length-prefixed frame (:mod:`capsa.runtime.wire`)
+of the form ``{"type": TAG, "id": N, "body": {...}}``. ``id`` pairs a reply with its
+request on a multiplexed connection; events and zygote messages use 0.
+
+Adding an operation is one request dataclass (``@message("tag")``, fields typed with
+the few types :mod:`capsa.runtime._codec` knows, range checks in ``validate``) plus one
+handler registered in the supervisor for that class.
 """
 
 from __future__ import annotations
 
 import enum
+import math
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["ExitEvent", "JobRecord", "ProcState"]
+from capsa.errors import CapsaError, FailedPrecondition, InvalidArgument, NotFound
+from capsa.runtime._codec import Message, decode, encode, message, register_type
+from capsa.runtime.spec import JobSpec
+
+__all__ = [
+    "MAX_GRACE_S",
+    "MOUNT_ACTIONS",
+    "ErrorReply",
+    "ExitEvent",
+    "ForgetRequest",
+    "Forked",
+    "JobRecord",
+    "JobReply",
+    "ListReply",
+    "ListRequest",
+    "Message",
+    "MountRequest",
+    "OkReply",
+    "PingReply",
+    "PingRequest",
+    "ProcState",
+    "ShutdownRequest",
+    "SignalRequest",
+    "StageFailed",
+    "StartFailed",
+    "StartFailedError",
+    "StartRequest",
+    "StopRequest",
+    "SubscribeRequest",
+    "ZygoteMount",
+    "ZygoteStart",
+    "decode",
+    "encode",
+    "error_reply",
+    "validate_job_id",
+]
+
+MAX_GRACE_S = 24 * 3600.0
+MOUNT_ACTIONS = frozenset({"attach", "swap", "detach"})
+# The daemon's ids are 32 hex digits; tests prefix theirs with a word. What matters to the
+# supervisor is that an id is a safe single path component and cgroup name of bounded length.
+_JOB_ID = re.compile(r"^[0-9a-z]{1,64}$")
 
 
 class ProcState(enum.StrEnum):
@@ -52,8 +102,267 @@ class JobRecord:
         return cls(**values)
 
 
+def _record_from_wire(data: object) -> JobRecord:
+    if not isinstance(data, dict) or not isinstance(data.get("job_id"), str):
+        raise InvalidArgument("a job record is an object with a job_id")
+    try:
+        return JobRecord.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"bad job record: {exc}") from exc
+
+
+register_type(JobRecord, JobRecord.to_dict, _record_from_wire)
+
+
+def validate_job_id(job_id: str) -> None:
+    if not _JOB_ID.match(job_id):
+        raise InvalidArgument(f"job id {job_id[:80]!r} is not 1-64 lowercase letters and digits")
+
+
+def _check_grace(grace_s: float) -> None:
+    if not math.isfinite(grace_s) or not 0 <= grace_s <= MAX_GRACE_S:
+        raise InvalidArgument(f"grace period {grace_s!r} is not a finite number of seconds in 0..{MAX_GRACE_S:g}")
+
+
+# -- daemon -> supervisor ---------------------------------------------------------------------
+@message("start")
 @dataclass(frozen=True)
-class ExitEvent:
+class StartRequest(Message):
+    """Answered by ``JobReply`` once the command was exec'd, or ``StartFailed`` / ``ErrorReply``."""
+
+    spec: JobSpec
+
+    def validate(self) -> None:
+        _validate_spec(self.spec)
+
+
+@message("stop")
+@dataclass(frozen=True)
+class StopRequest(Message):
+    """SIGTERM to the job's cgroup, SIGKILL after ``grace_s`` (0: at once). Answered by ``JobReply``."""
+
+    job_id: str
+    grace_s: float = 10.0
+
+    def validate(self) -> None:
+        validate_job_id(self.job_id)
+        _check_grace(self.grace_s)
+
+
+@message("signal")
+@dataclass(frozen=True)
+class SignalRequest(Message):
+    job_id: str
+    signal: int
+
+    def validate(self) -> None:
+        validate_job_id(self.job_id)
+        if not 1 <= self.signal <= 64:
+            raise InvalidArgument(f"signal {self.signal} is not in 1..64")
+
+
+@message("list")
+@dataclass(frozen=True)
+class ListRequest(Message):
+    """Every job the supervisor holds, exited ones included until forgotten. Answered by ``ListReply``."""
+
+
+@message("forget")
+@dataclass(frozen=True)
+class ForgetRequest(Message):
+    """Drop an exited job's record (a running one: ``failed_precondition``). Answered by ``OkReply``."""
+
+    job_id: str
+
+    def validate(self) -> None:
+        validate_job_id(self.job_id)
+
+
+@message("mount")
+@dataclass(frozen=True)
+class MountRequest(Message):
+    """attach | swap | detach a read-only mount in a running job (done by the zygote). ``OkReply``."""
+
+    job_id: str
+    action: str
+    target: str
+    source: str = ""
+    create_target: bool = True
+
+    def validate(self) -> None:
+        validate_job_id(self.job_id)
+        if self.action not in MOUNT_ACTIONS:
+            raise InvalidArgument(f"mount action {self.action!r} is not one of {sorted(MOUNT_ACTIONS)}")
+        if not self.target.startswith("/") or "\0" in self.target:
+            raise InvalidArgument(f"mount target {self.target!r} is not an absolute path")
+        if self.action != "detach" and (not self.source.startswith("/") or "\0" in self.source):
+            raise InvalidArgument(f"mount source {self.source!r} is not an absolute path")
+
+
+@message("ping")
+@dataclass(frozen=True)
+class PingRequest(Message):
+    """Answered by ``PingReply``."""
+
+
+@message("shutdown")
+@dataclass(frozen=True)
+class ShutdownRequest(Message):
+    """Stop every job and exit. Answered by ``OkReply`` first."""
+
+
+@message("subscribe")
+@dataclass(frozen=True)
+class SubscribeRequest(Message):
+    """From now on, push an ``ExitEvent`` on this connection for every job that exits. ``OkReply``."""
+
+
+# -- supervisor -> daemon ---------------------------------------------------------------------
+@message("ok")
+@dataclass(frozen=True)
+class OkReply(Message):
+    pass
+
+
+@message("job")
+@dataclass(frozen=True)
+class JobReply(Message):
+    job: JobRecord
+
+
+@message("jobs")
+@dataclass(frozen=True)
+class ListReply(Message):
+    jobs: tuple[JobRecord, ...]
+
+
+@message("pong")
+@dataclass(frozen=True)
+class PingReply(Message):
+    pid: int
+    cgroup_version: int
+
+
+@message("error")
+@dataclass(frozen=True)
+class ErrorReply(Message):
+    """A failed request; ``code`` is one of ``capsa.errors``' codes."""
+
+    code: str
+    message: str
+    errno: int = 0
+
+    def to_exception(self) -> CapsaError:
+        from capsa.errors import error_from_code
+
+        exc = error_from_code(self.code, self.message)
+        if self.errno:
+            exc.detail["errno"] = self.errno
+        return exc
+
+
+@message("start_failed")
+@dataclass(frozen=True)
+class StartFailed(Message):
+    """The job's command was never exec'd: ``step`` names where it stopped (``exec /x``, ``pivot_root``…).
+
+    ``command_not_found``: the command does not exist (ENOENT at the exec step);
+    ``exec_failed``: the exec itself failed (not found, not executable, bad format) — the job's
+    own fault, conventionally exit code 127, as opposed to a failure of capsa's set-up.
+    """
+
+    step: str
+    errno: int
+    message: str
+    command_not_found: bool = False
+    exec_failed: bool = False
+
+
+class StartFailedError(FailedPrecondition):
+    """Raised by ``SupervisorClient.start`` for a ``StartFailed`` reply; ``failure`` holds its fields.
+
+    Its ``code`` is ``not_found`` for a command that does not exist, else ``failed_precondition``.
+    """
+
+    def __init__(self, failure: StartFailed) -> None:
+        super().__init__(failure.message, detail={"step": failure.step, "errno": failure.errno})
+        self.failure = failure
+        if failure.command_not_found:
+            self.code = NotFound.code
+            self.exit_code = NotFound.exit_code
+
+
+@message("exit")
+@dataclass(frozen=True)
+class ExitEvent(Message):
     """Sent to subscribers once a job's process has exited and its output is drained."""
 
     job: JobRecord
+
+
+# -- supervisor <-> zygote, stage one/two -> supervisor ---------------------------------------------
+@message("zygote_start")
+@dataclass(frozen=True)
+class ZygoteStart(Message):
+    """Fork stage one for ``spec``; carries the stdout, stderr and report pipe ends as SCM_RIGHTS."""
+
+    spec: JobSpec
+    cgroup_procs: tuple[str, ...]
+
+
+@message("zygote_mount")
+@dataclass(frozen=True)
+class ZygoteMount(Message):
+    """Carries the job's pidfd and the reply pipe's write end; answered there by ``OkReply``/``ErrorReply``."""
+
+    action: str
+    target: str
+    source: str = ""
+    create_target: bool = True
+
+
+@message("forked")
+@dataclass(frozen=True)
+class Forked(Message):
+    """Stage one forked the job's PID 1 (on the report pipe)."""
+
+    pid: int
+
+
+@message("stage_failed")
+@dataclass(frozen=True)
+class StageFailed(Message):
+    """Stage one or two failed at ``step`` (on the report pipe); the command was not exec'd."""
+
+    step: str
+    errno: int
+    message: str
+
+
+def error_reply(exc: BaseException) -> ErrorReply:
+    if isinstance(exc, CapsaError):
+        return ErrorReply(exc.code, exc.message, int(exc.detail.get("errno", 0) or 0))  # type: ignore[call-overload]
+    return ErrorReply("internal", f"{type(exc).__name__}: {exc}")
+
+
+_SECCOMP = frozenset({"default", "strict", "unconfined"})
+_MAX_ID = (1 << 32) - 2
+
+
+def _validate_spec(spec: JobSpec) -> None:
+    validate_job_id(spec.job_id)
+    if not spec.argv or not spec.argv[0]:
+        raise InvalidArgument("a job needs a command")
+    for name, path in (("job_dir", spec.job_dir), ("netns_path", spec.netns_path or "/")):
+        if not path.startswith("/") or "\0" in path:
+            raise InvalidArgument(f"{name} {path!r} is not an absolute path")
+    if spec.seccomp not in _SECCOMP:
+        raise InvalidArgument(f"seccomp profile {spec.seccomp!r} is not one of {sorted(_SECCOMP)}")
+    if not (0 <= spec.uid <= _MAX_ID and 0 <= spec.gid <= _MAX_ID):
+        raise InvalidArgument(f"uid/gid {spec.uid}/{spec.gid} out of range")
+    r = spec.resources
+    for name in ("cpu_percent", "memory_bytes", "io_bps", "pids_max"):
+        value = getattr(r, name)
+        if value is not None and (type(value) is not int or value < 0):
+            raise InvalidArgument(f"resources.{name} {value!r} is not a non-negative integer")
+

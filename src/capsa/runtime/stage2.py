@@ -7,13 +7,12 @@ old root, sets the hostname and execs the user's command, which keeps PID 1.
 
 Everything here is a short straight line of syscalls: no threads, no imports
 that allocate much, no logging. Any failure is reported to the supervisor as one
-JSON line on the CLOEXEC ``report_fd`` (so a successful exec is an EOF) and the
-process exits 127.
+``StageFailed`` frame on the CLOEXEC ``report_fd`` (so a successful exec is an EOF)
+and the process exits 127.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -24,7 +23,9 @@ from pathlib import Path
 from capsa import linux
 from capsa.runtime import devices, security
 from capsa.runtime.cgroups.jobview import mount_job_cgroups
+from capsa.runtime.protocol import StageFailed, encode
 from capsa.runtime.spec import HOST_ETC_ENTRIES, HOST_RO_DIRS, BindSpec, JobSpec, MountSpec
+from capsa.runtime.wire import write_frame
 from capsa.snapshots.base import Mount
 from capsa.snapshots.mount import mount_all
 
@@ -277,14 +278,14 @@ def run_stage2(spec: JobSpec, report_fd: int, bpf: bytes = b"", cgroup_dirs: Seq
         _step("pivot_root", lambda: _enter_root(spec))
         exec_job(spec, bpf)
     except StageError as exc:
-        _report(report_fd, {"error": str(exc), "step": exc.step, "errno": exc.errno})
+        _report(report_fd, StageFailed(exc.step, exc.errno, str(exc)))
     except BaseException as exc:  # anything else is a bug; still never return into the zygote's code
-        _report(report_fd, {"error": f"{type(exc).__name__}: {exc}", "step": "stage2", "errno": 0})
+        _report(report_fd, StageFailed("stage2", 0, f"{type(exc).__name__}: {exc}"))
     os._exit(127)
 
 
-def _report(fd: int, payload: dict[str, object]) -> None:
+def _report(fd: int, failure: StageFailed) -> None:
     try:
-        os.write(fd, ("E" + json.dumps(payload) + "\n").encode())
+        write_frame(fd, encode(failure))
     except OSError:
         pass

@@ -10,25 +10,34 @@ that PID to the report pipe and exits; the job is re-parented to the
 supervisor, which is a child subreaper and therefore gets its exit status.
 
 Paying a fork here instead of a fresh interpreter is what keeps job start at a
-few milliseconds (see docs/adr/0001-two-stage-launch.md).
+few milliseconds (see docs/adr/0001-supervisor-and-zygote.md).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from capsa import linux
-from capsa.errors import CapsaError, InvalidArgument
+from capsa.errors import InvalidArgument
 from capsa.runtime import mounts, security, stage2
 from capsa.runtime.cgroups.jobview import host_cgroup_mounts
-from capsa.runtime.spec import JobSpec
-from capsa.runtime.wire import recv_msg
+from capsa.runtime.protocol import (
+    Forked,
+    Message,
+    OkReply,
+    StageFailed,
+    ZygoteMount,
+    ZygoteStart,
+    decode,
+    encode,
+    error_reply,
+)
+from capsa.runtime.wire import recv_msg, write_frame
 
 __all__ = ["JOB_NAMESPACES", "zygote_main"]
 
@@ -47,36 +56,42 @@ def zygote_main(sock: socket.socket) -> NoReturn:
     host_cgroup_mounts()   # parsed once here; each job's stage two inherits it (jobview)
     while True:
         try:
-            msg, fds = recv_msg(sock)
+            frame, fds = recv_msg(sock)
         except (OSError, ValueError):
             os._exit(1)
-        if msg is None:
+        if frame is None:
             os._exit(0)
-        if msg.get("op") == "mount":   # a live capsule mount into a running job: fds = [pidfd, reply]
-            _mount(msg, fds)
-            for fd in fds:
-                os.close(fd)
-            continue
         try:
-            pid = os.fork()
-        except OSError as exc:
-            _report(fds[2], f"fork: {exc}")
-            pid = -1
-        if pid == 0:
-            sock.close()
-            _stage_one(msg, fds, filters)
+            _id, msg = decode(frame)
+        except InvalidArgument as exc:   # the supervisor sent something we cannot run: answer where we can
+            if len(fds) == 3:
+                _report(fds[2], f"bad start order: {exc}")
+            elif len(fds) == 2:
+                _write(fds[1], error_reply(exc))
+            msg = None
+        if isinstance(msg, ZygoteMount):   # a live capsule mount into a running job: fds = [pidfd, reply]
+            _mount(msg, fds)
+        elif isinstance(msg, ZygoteStart) and len(fds) == 3:
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                _report(fds[2], f"fork: {exc}")
+                pid = -1
+            if pid == 0:
+                sock.close()
+                _stage_one(msg, fds, filters)
         for fd in fds:
             os.close(fd)
 
 
-def _stage_one(msg: dict[str, object], fds: list[int], filters: dict[str, bytes]) -> NoReturn:
+def _stage_one(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes]) -> NoReturn:
     stdout_w, stderr_w, report_w = fds
     try:
         # Descriptors received over SCM_RIGHTS are not close-on-exec; the report
         # pipe must be, since its EOF is how the supervisor learns the exec happened.
         os.set_inheritable(report_w, False)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        spec = JobSpec.from_dict(msg["spec"])  # type: ignore[arg-type]
+        spec = msg.spec
         devnull = os.open("/dev/null", os.O_RDONLY)
         os.dup2(devnull, 0)
         os.dup2(stdout_w, 1)
@@ -84,7 +99,7 @@ def _stage_one(msg: dict[str, object], fds: list[int], filters: dict[str, bytes]
         for fd in (devnull, stdout_w, stderr_w):
             if fd > 2:
                 os.close(fd)
-        for procs in msg.get("cgroup_procs", ()):  # type: ignore[union-attr]
+        for procs in msg.cgroup_procs:
             fd = os.open(str(procs), os.O_WRONLY | os.O_CLOEXEC)
             try:
                 os.write(fd, b"0")
@@ -97,47 +112,48 @@ def _stage_one(msg: dict[str, object], fds: list[int], filters: dict[str, bytes]
         linux.unshare(JOB_NAMESPACES)
         pid = os.fork()
         if pid == 0:
-            cgroup_dirs = [os.path.dirname(str(p)) for p in msg.get("cgroup_procs", ())]  # type: ignore[union-attr]
+            cgroup_dirs = [os.path.dirname(p) for p in msg.cgroup_procs]
             stage2.run_stage2(spec, report_w, filters[spec.seccomp], cgroup_dirs)
-        os.write(report_w, f"P{pid}\n".encode())
+        write_frame(report_w, encode(Forked(pid)))
         os._exit(0)
     except BaseException as exc:
         _report(report_w, f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc))
         os._exit(127)
 
 
-def _mount(msg: dict[str, Any], fds: list[int]) -> None:
+def _mount(msg: ZygoteMount, fds: list[int]) -> None:
     """Run one attach/swap/detach (capsa.runtime.mounts forks its own helper) and answer on the reply fd.
 
     It runs here because this is the one single-threaded process: the helper's fork and
     setns must never happen in a threaded one. SIGCHLD is default while it runs so the
     helper's exit status can be waited for; stage-one exits in that window are reaped after.
     """
-    reply: dict[str, Any] = {"ok": True}
+    reply: Message = OkReply()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     try:
         if len(fds) != 2:
             raise InvalidArgument(f"a mount request carries a pidfd and a reply fd, got {len(fds)} fds")
-        pidfd, action, target = fds[0], msg.get("action"), str(msg.get("target", ""))
-        if action == "attach":
-            mounts.attach(pidfd, Path(str(msg["source"])), target, create_target=bool(msg.get("create_target", True)))
-        elif action == "swap":
-            mounts.swap(pidfd, Path(str(msg["source"])), target)
-        elif action == "detach":
-            mounts.detach(pidfd, target)
+        pidfd = fds[0]
+        if msg.action == "attach":
+            mounts.attach(pidfd, Path(msg.source), msg.target, create_target=msg.create_target)
+        elif msg.action == "swap":
+            mounts.swap(pidfd, Path(msg.source), msg.target)
+        elif msg.action == "detach":
+            mounts.detach(pidfd, msg.target)
         else:
-            raise InvalidArgument(f"unknown mount action {action!r}")
-    except CapsaError as exc:
-        reply = {"ok": False, "error": {"code": exc.code, "message": exc.message,
-                                        "errno": int(exc.detail.get("errno", 0) or 0)}}
+            raise InvalidArgument(f"unknown mount action {msg.action!r}")
     except Exception as exc:  # a bad request must never take the zygote down
-        reply = {"ok": False, "error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}", "errno": 0}}
+        reply = error_reply(exc)
     finally:
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)
         _reap_exited_children()
     if len(fds) == 2:
-        with contextlib.suppress(OSError):
-            os.write(fds[1], json.dumps(reply).encode())
+        _write(fds[1], reply)
+
+
+def _write(fd: int, msg: Message) -> None:
+    with contextlib.suppress(OSError):
+        write_frame(fd, encode(msg))
 
 
 def _reap_exited_children() -> None:
@@ -151,7 +167,4 @@ def _reap_exited_children() -> None:
 
 
 def _report(fd: int, message: str) -> None:
-    try:
-        os.write(fd, ("E" + json.dumps({"error": message, "step": "stage1", "errno": 0}) + "\n").encode())
-    except OSError:
-        pass
+    _write(fd, StageFailed("stage1", 0, message))

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from features_limits import UPLOAD_MAX_FILE
 
 from capsa.config import ensure_home, load_server_config
 from tests.fixtures.daemon import RunningDaemon, free_port
 
-UPLOAD_MAX_FILE = 1 << 20
 UPLOAD_MAX_TOTAL = 4 << 20
 
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import UPLOAD_MAX_FILE
 from features_helpers import files_containing, inspect, staged_sessions, wait_for
+from features_limits import UPLOAD_MAX_FILE
 
 from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
 from capsa.errors import Canceled, LimitExceeded, NotFound, UnsafeArchive

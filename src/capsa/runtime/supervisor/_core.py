@@ -1,0 +1,467 @@
+"""The supervisor's jobs: start through the zygote, read output, reap, stop, answer.
+
+Every request handler takes a validated request dataclass and returns its reply (or answers
+later through the ``Caller``); the loop, framing and error replies are :mod:`._loop`'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import json
+import os
+import selectors
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from capsa.errors import AlreadyExists, FailedPrecondition, NotFound
+from capsa.logs import JobLog, LogPersister, Stream
+from capsa.runtime import cgroups
+from capsa.runtime.devices import job_device_rules
+from capsa.runtime.protocol import (
+    ErrorReply,
+    ForgetRequest,
+    Forked,
+    JobRecord,
+    JobReply,
+    ListReply,
+    ListRequest,
+    Message,
+    MountRequest,
+    OkReply,
+    PingReply,
+    PingRequest,
+    ProcState,
+    ShutdownRequest,
+    SignalRequest,
+    StageFailed,
+    StartFailed,
+    StartRequest,
+    StopRequest,
+    SubscribeRequest,
+    ZygoteMount,
+    ZygoteStart,
+    decode,
+)
+from capsa.runtime.spec import JobSpec
+from capsa.runtime.supervisor._links import Caller, HostProcesses, Processes, Zygote, ZygoteLink
+from capsa.runtime.supervisor._loop import EventLoop, handles
+from capsa.runtime.wire import FrameReader
+
+__all__ = ["START_TIMEOUT_S", "Supervisor"]
+
+_F_SETPIPE_SZ = 1031
+_PIPE_BYTES = 1 << 20
+_READ_CHUNK = 1 << 20
+# A start not exec'd by then (a hung mount in stage two, a wedged zygote) is killed and answered
+# StartFailed, so the daemon's wait is bounded without the daemon ever guessing. Counted from the
+# request's arrival; a queue of thousands of starts drains in seconds.
+START_TIMEOUT_S = 120.0
+
+
+@dataclass
+class _Job:
+    record: JobRecord
+    spec: JobSpec
+    log: JobLog
+    cgroup: Any
+    report_fd: int
+    out_fds: set[int] = field(default_factory=set)
+    report: FrameReader = field(default_factory=FrameReader)
+    start_error: StageFailed | None = None
+    waiter: Caller | None = None
+    wait_status: int | None = None
+    kill_at: float | None = None
+    start_deadline: float | None = None
+    received_ns: int = 0             # monotonic: when the start request arrived
+
+
+class Supervisor(EventLoop):
+    def __init__(self, home: Path, *, driver: Any = None, zygote: Zygote | None = None,
+                 processes: Processes | None = None, persister: LogPersister | None = None) -> None:
+        self.home = home
+        self.run_dir = home / "run"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(self.run_dir / "supervisor.sock", zygote or ZygoteLink())
+        self.jobs: dict[str, _Job] = {}
+        self.by_pid: dict[int, str] = {}
+        self.by_fd: dict[int, tuple[str, str]] = {}   # fd -> (job_id, "out"|"err"|"report")
+        self.early_exits: dict[int, int] = {}
+        self.mount_replies: dict[int, tuple[Caller, FrameReader]] = {}   # zygote reply fd -> (asker, frames)
+        self.driver = driver
+        self.processes = processes or HostProcesses()
+        self.persister = persister
+
+    # -- set-up ----------------------------------------------------------------------------------
+    def start(self, *, signals: bool = True) -> None:
+        """Become a subreaper, start the zygote, listen. ``signals=False``: in-process (tests)."""
+        if signals:
+            from capsa.runtime.security._kernel import prctl
+
+            prctl(36, 1)   # PR_SET_CHILD_SUBREAPER: orphaned job processes are re-parented to us
+            self.install_signals()
+        self.zygote.spawn()
+        if self.driver is None:
+            self.driver = cgroups.detect()
+        if self.persister is None:
+            self.persister = LogPersister()
+        self.listen()
+        (self.run_dir / "supervisor.pid").write_text(str(os.getpid()))
+
+    def answer(self, caller: Caller, msg: Message) -> None:
+        caller.reply(msg)
+        self.update(caller.conn)
+
+    # -- deadlines ------------------------------------------------------------------------------------
+    def next_timeout(self) -> float | None:
+        deadlines = [d for j in self.jobs.values() for d in (j.kill_at, j.start_deadline) if d is not None]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def run_deadlines(self) -> None:
+        now = time.monotonic()
+        for job in list(self.jobs.values()):
+            if job.kill_at is not None and now >= job.kill_at:
+                job.kill_at = None
+                if job.record.state != ProcState.EXITED:
+                    self._kill_cgroup(job)
+            if job.start_deadline is not None and now >= job.start_deadline and job.report_fd != -1:
+                job.start_deadline = None
+                self.log(f"job {job.record.job_id} did not exec within {START_TIMEOUT_S:g}s; killing it")
+                job.start_error = job.start_error or StageFailed(
+                    "start", errno.ETIMEDOUT, f"the command was not exec'd within {START_TIMEOUT_S:g}s")
+                self._kill_cgroup(job)
+                self._close_fd(job.report_fd)
+                job.report_fd = -1
+                self._on_report_eof(job)
+
+    # -- reaping ---------------------------------------------------------------------------------
+    def on_children(self) -> None:
+        for pid, status in self.processes.reap():
+            if pid == self.zygote.pid:
+                # Running jobs do not depend on the zygote (they are our children now); only
+                # starts do. A start it was handling sees its report pipe close and fails.
+                self.log(f"zygote {pid} exited with status {status}; starting a new one")
+                if self.running:
+                    self.forget_zygote_fd()
+                    self.zygote.spawn()
+                continue
+            job_id = self.by_pid.get(pid)
+            if job_id is None:
+                self.early_exits[pid] = status
+                continue
+            job = self.jobs[job_id]
+            job.wait_status = status
+            self._maybe_finish(job)
+
+    # -- start -----------------------------------------------------------------------------------
+    @handles(StartRequest)
+    def _start(self, req: StartRequest, caller: Caller) -> Message | None:
+        received = time.monotonic_ns()
+        spec = req.spec
+        if spec.job_id in self.jobs:
+            raise AlreadyExists(f"job {spec.job_id} already exists")
+        job_dir = Path(spec.job_dir)
+        for sub in ("root", "work", "logs"):
+            (job_dir / sub).mkdir(parents=True, exist_ok=True)
+        cg = self.driver.create(spec.job_id, _limits(spec))
+        try:   # before any process joins: the job may open only its minimal /dev and what the spec adds
+            cg.device_rules(job_device_rules(spec))
+            assert self.persister is not None
+            log = self.persister.open(spec.job_id, Path(spec.log_dir))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                cg.remove()
+            raise
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        rep_r, rep_w = os.pipe2(os.O_CLOEXEC)
+        for fd in (out_r, err_r):
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
+        for fd in (out_r, err_r, rep_r):
+            os.set_blocking(fd, False)
+        record = JobRecord(job_id=spec.job_id, started_ns=time.time_ns(), cgroup=str(cg.name))
+        job = _Job(record=record, spec=spec, log=log, cgroup=cg, report_fd=rep_r, out_fds={out_r, err_r},
+                   waiter=caller, received_ns=received,
+                   start_deadline=time.monotonic() + START_TIMEOUT_S)
+        self.jobs[spec.job_id] = job
+        for fd, kind in ((out_r, "out"), (err_r, "err"), (rep_r, "report")):
+            self.by_fd[fd] = (spec.job_id, kind)
+            self.sel.register(fd, selectors.EVENT_READ, ("pipe", None))
+        # The zygote owns the write ends from here (it closes ours once they are sent).
+        try:
+            self.zygote.submit(ZygoteStart(spec, tuple(str(p) for p in cg.join_files())), [out_w, err_w, rep_w])
+        except Exception as exc:   # our write ends close with it: the report EOF answers the start
+            job.start_error = StageFailed("launch", 0, f"zygote unavailable: {exc}")
+            for fd in (out_w, err_w, rep_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        return None   # answered at exec (report pipe EOF) or failure
+
+    def _on_report(self, job: _Job, data: bytes) -> None:
+        try:
+            frames = job.report.feed(data)
+        except ValueError as exc:
+            job.start_error = job.start_error or StageFailed("report", 0, f"unreadable start report: {exc}")
+            return
+        for frame in frames:
+            try:
+                _id, msg = decode(frame)
+            except ValueError as exc:
+                msg = StageFailed("report", 0, f"unreadable start report: {exc}")
+            if isinstance(msg, Forked) and msg.pid > 0:
+                job.record.pid = msg.pid
+                self.by_pid[msg.pid] = job.record.job_id
+                if msg.pid in self.early_exits:
+                    job.wait_status = self.early_exits.pop(msg.pid)
+            elif isinstance(msg, StageFailed) and job.start_error is None:
+                job.start_error = msg
+
+    def _on_report_eof(self, job: _Job) -> None:
+        job.start_deadline = None
+        if job.start_error is None and job.record.pid:
+            job.record.state = ProcState.RUNNING
+            # Request received -> the CLOEXEC report pipe closed, i.e. the user's command was exec'd.
+            job.record.exec_latency_ns = time.monotonic_ns() - job.received_ns
+            if job.waiter is not None:
+                self.answer(job.waiter, JobReply(dataclasses.replace(job.record)))
+                job.waiter = None
+            self._maybe_finish(job)
+            return
+        err = job.start_error or StageFailed("launch", 0, "job process vanished before exec")
+        job.start_error = err
+        job.record.reason = f"start failed: {err.message}"
+        if job.waiter is not None:
+            exec_failed = err.step == "exec" or err.step.startswith("exec ")
+            self.answer(job.waiter, StartFailed(err.step, err.errno, err.message,
+                                                command_not_found=exec_failed and err.errno == errno.ENOENT,
+                                                exec_failed=exec_failed))
+            job.waiter = None
+        if not job.record.pid:
+            job.wait_status = job.wait_status if job.wait_status is not None else 127 << 8
+        self._maybe_finish(job)
+
+    # -- output, mount replies -------------------------------------------------------------------------
+    def on_fd(self, kind: str, fd: int) -> None:
+        if kind == "mount":
+            self._on_mount_reply(fd)
+            return
+        if fd not in self.by_fd:
+            return
+        job_id, stream = self.by_fd[fd]
+        job = self.jobs[job_id]
+        try:
+            data = os.read(fd, _READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            if stream == "report":
+                self._on_report(job, data)
+            else:
+                job.log.append(Stream.STDOUT if stream == "out" else Stream.STDERR, data)
+            return
+        self._close_fd(fd)
+        if stream == "report":
+            job.report_fd = -1
+            self._on_report_eof(job)
+        else:
+            job.out_fds.discard(fd)
+            self._maybe_finish(job)
+
+    def _close_fd(self, fd: int) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(fd)
+        self.by_fd.pop(fd, None)
+        os.close(fd)
+
+    # -- end of a job --------------------------------------------------------------------------------
+    def _maybe_finish(self, job: _Job) -> None:
+        rec = job.record
+        if rec.state == ProcState.EXITED or job.wait_status is None or job.out_fds or job.report_fd != -1:
+            return
+        status = job.wait_status
+        code = os.waitstatus_to_exitcode(status)
+        rec.signal = -code if code < 0 else 0
+        rec.exit_code = 128 + rec.signal if code < 0 else code
+        with contextlib.suppress(Exception):
+            rec.oom_killed = bool(job.cgroup.oom_killed())
+        with contextlib.suppress(Exception):
+            job.cgroup.kill_all()
+        with contextlib.suppress(Exception):
+            job.cgroup.remove()
+        if job.start_error is not None:
+            rec.reason = rec.reason or "start failed"
+        elif rec.oom_killed:
+            rec.reason = "OOM killed"
+        elif rec.stop_requested:
+            rec.reason = "stopped by user"
+        elif rec.signal:
+            rec.reason = f"killed by signal {signal.Signals(rec.signal).name}" if rec.signal in _SIGNALS \
+                else f"killed by signal {rec.signal}"
+        elif rec.exit_code:
+            rec.reason = f"exited with code {rec.exit_code}"
+        rec.state = ProcState.EXITED
+        rec.ended_ns = time.time_ns()
+        job.kill_at = None
+        self.by_pid.pop(rec.pid, None)
+        job.log.finish()
+        _write_status(Path(job.spec.job_dir), rec)
+        self.publish(rec)
+
+    # -- live mounts (capsules) -------------------------------------------------------------------------
+    @handles(MountRequest)
+    def _mount(self, req: MountRequest, caller: Caller) -> Message | None:
+        """Hand an attach/swap/detach to the zygote with the job's pidfd; its answer comes on a pipe."""
+        job = self.jobs.get(req.job_id)
+        if job is None or job.record.state == ProcState.EXITED or job.wait_status is not None:  # reaped: PID free
+            raise NotFound(f"job {req.job_id} is not running")
+        if job.record.state != ProcState.RUNNING or not job.record.pid:
+            raise FailedPrecondition(f"job {req.job_id} has not started yet")
+        try:
+            # Our own (re-parented) child, not yet reaped: the PID cannot have been reused.
+            pidfd = self.processes.pidfd(job.record.pid)
+        except ProcessLookupError as exc:
+            raise NotFound(f"job {req.job_id} has exited") from exc
+        reply_r, reply_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.mount_replies[reply_r] = (caller, FrameReader())
+        self.sel.register(reply_r, selectors.EVENT_READ, ("mount", None))
+        self.zygote.submit(ZygoteMount(req.action, req.target, req.source, req.create_target), [pidfd, reply_w])
+        return None
+
+    def _on_mount_reply(self, fd: int) -> None:
+        caller, reader = self.mount_replies[fd]
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        frames: list[dict[str, Any]] = []
+        with contextlib.suppress(ValueError):
+            frames = reader.feed(data)
+        if frames or not data:
+            self.sel.unregister(fd)
+            os.close(fd)
+            del self.mount_replies[fd]
+            reply: Message = ErrorReply("internal", "the zygote gave no answer to a mount")
+            with contextlib.suppress(ValueError):
+                if frames and isinstance(msg := decode(frames[0])[1], (OkReply, ErrorReply)):
+                    reply = msg
+            self.answer(caller, reply)
+
+    # -- stop / signal / forget / list / ping / subscribe / shutdown -----------------------------------------
+    def _job(self, job_id: str) -> _Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"unknown job {job_id}")
+        return job
+
+    @handles(StopRequest)
+    def _stop(self, req: StopRequest, caller: Caller) -> Message:
+        job = self._job(req.job_id)
+        if job.record.state != ProcState.EXITED:
+            job.record.stop_requested = True
+            with contextlib.suppress(Exception):
+                job.cgroup.signal_all(signal.SIGTERM)
+            if req.grace_s <= 0:
+                self._kill_cgroup(job)
+            else:
+                job.kill_at = time.monotonic() + req.grace_s
+        return JobReply(dataclasses.replace(job.record))
+
+    def _kill_cgroup(self, job: _Job) -> None:
+        try:
+            job.cgroup.kill_all()
+        except Exception as exc:
+            self.log(f"kill of job {job.record.job_id} failed: {exc}")
+
+    @handles(SignalRequest)
+    def _signal(self, req: SignalRequest, caller: Caller) -> Message:
+        job = self._job(req.job_id)
+        if job.record.state != ProcState.EXITED:
+            job.cgroup.signal_all(req.signal)
+        return JobReply(dataclasses.replace(job.record))
+
+    @handles(ForgetRequest)
+    def _forget(self, req: ForgetRequest, caller: Caller) -> Message:
+        job = self.jobs.get(req.job_id)
+        if job is not None:
+            if job.record.state != ProcState.EXITED:
+                raise FailedPrecondition(f"job {req.job_id} is still running")
+            del self.jobs[req.job_id]
+        return OkReply()
+
+    @handles(ListRequest)
+    def _list(self, req: ListRequest, caller: Caller) -> Message:
+        return ListReply(tuple(dataclasses.replace(j.record) for j in self.jobs.values()))
+
+    @handles(PingRequest)
+    def _ping(self, req: PingRequest, caller: Caller) -> Message:
+        return PingReply(os.getpid(), int(self.driver.version))
+
+    @handles(SubscribeRequest)
+    def _subscribe(self, req: SubscribeRequest, caller: Caller) -> Message:
+        caller.conn.subscriber = True
+        self.subscribers.add(caller.conn)
+        return OkReply()
+
+    @handles(ShutdownRequest)
+    def _shutdown(self, req: ShutdownRequest, caller: Caller) -> Message:
+        self.running = False
+        return OkReply()
+
+    def on_shutdown(self) -> None:
+        """On shutdown, stop every job: nobody would supervise them afterwards."""
+        self.flush_all()
+        for job in self.jobs.values():
+            if job.record.state != ProcState.EXITED:
+                job.record.stop_requested = True
+                with contextlib.suppress(Exception):
+                    job.cgroup.kill_all()
+        deadline = time.monotonic() + 10
+        while any(j.record.state != ProcState.EXITED for j in self.jobs.values()) and time.monotonic() < deadline:
+            for key, _ in self.sel.select(0.05):
+                if key.data[0] == "pipe":
+                    self.on_fd("pipe", key.fd)
+            self.on_children()
+        if self.persister is not None:
+            self.persister.close()
+        with contextlib.suppress(Exception):
+            self.driver.cleanup()  # the empty capsa/ base cgroups go too (kept while any job cgroup is in them)
+        self.zygote.stop()
+        with contextlib.suppress(FileNotFoundError):
+            self.sock_path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (self.run_dir / "supervisor.pid").unlink()
+
+
+_SIGNALS = {int(s) for s in signal.Signals}
+
+
+def _limits(spec: JobSpec) -> Any:
+    r = spec.resources
+    return cgroups.Limits(
+        cpu_percent=r.cpu_percent,
+        cpuset=r.cpuset,
+        memory_bytes=r.memory_bytes,
+        pids_max=r.pids_max,
+        io_bps=r.io_bps,
+        io_path=Path(spec.job_dir) if r.io_bps else None,
+    )
+
+
+def _write_status(job_dir: Path, rec: JobRecord) -> None:
+    tmp = job_dir / "status.json.tmp"
+    with contextlib.suppress(OSError):
+        tmp.write_text(json.dumps(rec.to_dict()))
+        os.replace(tmp, job_dir / "status.json")
+

@@ -1,0 +1,121 @@
+"""A real supervisor under a burst, with a deliberately slow event consumer, and bad requests.
+
+Issue 15: 2,000 starts from 20 clients got EAGAIN on connect and 60 s timeouts while the
+supervisor sat in a blocking send of exit events to a daemon busy calling it back. Here the
+same burst goes through ``SupervisorClient`` against a real supervisor (real zygote, cgroups,
+namespaces), and every start must succeed and every exit arrive exactly once.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from capsa.errors import InvalidArgument
+from capsa.runtime.client import SupervisorClient, ensure_supervisor
+from capsa.runtime.protocol import ExitEvent, ProcState
+from capsa.runtime.spec import JobSpec
+
+THREADS = 20
+STARTS_PER_THREAD = 100
+
+
+@pytest.fixture
+def supervisor(tmp_path: Path) -> Iterator[tuple[SupervisorClient, Path]]:
+    home = tmp_path / "home"
+    client, _ = ensure_supervisor(home)
+    try:
+        yield client, home
+    finally:
+        client.close()
+        client.shutdown()
+        pid_file = home / "run" / "supervisor.pid"
+        deadline = time.monotonic() + 20
+        while pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pid_file.exists(), "the supervisor did not shut down"
+
+
+def spec(home: Path, *argv: str) -> JobSpec:
+    job_id = secrets.token_hex(16)
+    return JobSpec(job_id=job_id, argv=argv, env={}, hostname=job_id[:12], job_dir=str(home / "jobs" / job_id))
+
+
+@pytest.mark.slow
+def test_a_burst_of_starts_from_many_threads_all_succeed_and_every_exit_arrives_once(
+        supervisor: tuple[SupervisorClient, Path]) -> None:
+    client, home = supervisor
+    events: collections.Counter[str] = collections.Counter()
+    codes: dict[str, int | None] = {}
+    received = threading.Condition()
+
+    def slow_consumer(event: ExitEvent) -> None:   # the daemon: a database write, then a call back
+        time.sleep(0.001)
+        client.forget(event.job.job_id)
+        with received:
+            events[event.job.job_id] += 1
+            codes[event.job.job_id] = event.job.exit_code
+            received.notify_all()
+
+    client.subscribe(slow_consumer)
+    started: list[str] = []
+    errors: list[BaseException] = []
+
+    def starter() -> None:
+        for _ in range(STARTS_PER_THREAD):
+            job = spec(home, "/bin/true")
+            try:
+                rec = client.start(job)
+            except BaseException as exc:
+                errors.append(exc)
+                continue
+            assert rec.state == ProcState.RUNNING and rec.pid > 0
+            started.append(job.job_id)
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=starter) for _ in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.monotonic() - t0
+    assert errors == [], f"{len(errors)} starts failed, first: {errors[:3]}"
+    total = THREADS * STARTS_PER_THREAD
+    assert len(started) == total
+    with received:
+        received.wait_for(lambda: len(events) >= total, timeout=60)
+    time.sleep(0.2)   # a duplicate would arrive now
+    assert set(events) == set(started)
+    assert set(events.values()) == {1}, "an exit event arrived more than once"
+    assert set(codes.values()) == {0}
+    assert client.list() == []   # every record forgotten by the consumer
+    print(f"{total} starts from {THREADS} threads in {took:.1f}s: {total / took:.0f} starts/s")
+
+
+@pytest.mark.parametrize("grace", [math.inf, math.nan, -1.0])
+def test_stop_with_a_bad_grace_is_invalid_and_the_supervisor_keeps_its_jobs(
+        supervisor: tuple[SupervisorClient, Path], grace: float) -> None:
+    client, home = supervisor
+    jobs = [spec(home, "/bin/sleep", "60") for _ in range(2)]
+    pid = client.ping().pid
+    for job in jobs:
+        client.start(job)
+    with pytest.raises(InvalidArgument, match="grace"):
+        client.stop(jobs[0].job_id, grace)
+    assert client.ping().pid == pid
+    assert {r.job_id: r.state for r in client.list()} == {j.job_id: ProcState.RUNNING for j in jobs}
+    for job in jobs:
+        client.stop(job.job_id, 0)
+    deadline = time.monotonic() + 10
+    while any(r.state != ProcState.EXITED for r in client.list()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for rec in client.list():
+        assert rec.state == ProcState.EXITED and rec.reason == "stopped by user"
+        client.forget(rec.job_id)

@@ -1,0 +1,35 @@
+"""The ``harness`` fixture: an in-process supervisor with fake kernel collaborators (see sup_fakes)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sup_fakes import FakeDriver, FakeProcesses, FakeZygote, Harness
+
+from capsa.logs import LogPersister
+from capsa.runtime.client import SupervisorClient
+from capsa.runtime.supervisor import Supervisor
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    processes = FakeProcesses()
+    driver = FakeDriver(processes)
+    zygote = FakeZygote(processes, driver)
+    sup = Supervisor(tmp_path, driver=driver, zygote=zygote, processes=processes,
+                     persister=LogPersister(fsync_on_close=False))
+    processes.supervisor = sup
+    sup.start(signals=False)
+    thread = threading.Thread(target=sup.serve, name="test-supervisor", daemon=True)
+    thread.start()
+    client = SupervisorClient(tmp_path)
+    try:
+        yield Harness(tmp_path, sup, zygote, driver, processes, client, thread)
+    finally:
+        client.shutdown()
+        client.close()
+        thread.join(10)
+        assert not thread.is_alive(), "the supervisor loop did not stop"

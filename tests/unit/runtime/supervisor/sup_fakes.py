@@ -1,0 +1,183 @@
+"""Fakes for an in-process supervisor with a fake zygote, cgroup driver and process table: no root needed.
+
+The supervisor's real loop, framing, validation, handlers and queues run on a background
+thread against a real Unix socket in ``tmp_path``; only the kernel-facing collaborators are
+fakes. The fake zygote answers a start the way stage one and two do — a ``Forked`` frame on
+the report pipe, then a ``StageFailed`` frame or the pipe's EOF — and a job's exit is
+``FakeProcesses.exit(pid, status)``, which the loop sees as if SIGCHLD had arrived.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import secrets
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from capsa.runtime.client import SupervisorClient
+from capsa.runtime.protocol import (
+    ErrorReply,
+    Forked,
+    Message,
+    OkReply,
+    StageFailed,
+    ZygoteMount,
+    ZygoteStart,
+    encode,
+)
+from capsa.runtime.spec import JobSpec
+from capsa.runtime.supervisor import Supervisor
+from capsa.runtime.wire import write_frame
+
+
+class FakeProcesses:
+    def __init__(self) -> None:
+        self.exits: deque[tuple[int, int]] = deque()
+        self.alive: set[int] = set()
+        self.supervisor: Supervisor | None = None
+
+    def exit(self, pid: int, status: int = 0) -> None:
+        """The job's PID 1 exits with wait ``status`` (e.g. ``3 << 8``, or ``9`` for SIGKILL)."""
+        if pid in self.alive:
+            self.alive.discard(pid)
+            self.exits.append((pid, status))
+            assert self.supervisor is not None
+            self.supervisor.wake()
+
+    def reap(self) -> list[tuple[int, int]]:
+        out = []
+        while self.exits:
+            out.append(self.exits.popleft())
+        return out
+
+    def pidfd(self, pid: int) -> int:
+        if pid not in self.alive:
+            raise ProcessLookupError(pid)
+        return os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+
+
+@dataclass
+class FakeCgroup:
+    name: str
+    processes: FakeProcesses
+    pid: int = 0
+    signals: list[int] = field(default_factory=list)
+    kills: int = 0
+    removed: bool = False
+    held_fds: list[int] = field(default_factory=list)   # a hung stage two's pipe ends die with it
+
+    def device_rules(self, rules: object) -> None:
+        pass
+
+    def join_files(self) -> list[Path]:
+        return []
+
+    def oom_killed(self) -> bool:
+        return False
+
+    def signal_all(self, signo: int) -> None:
+        self.signals.append(signo)
+
+    def kill_all(self) -> None:
+        self.kills += 1
+        self.processes.exit(self.pid, 9)
+        while self.held_fds:
+            os.close(self.held_fds.pop())
+
+    def remove(self) -> None:
+        self.removed = True
+
+
+class FakeDriver:
+    version = 2
+
+    def __init__(self, processes: FakeProcesses) -> None:
+        self.processes = processes
+        self.cgroups: dict[str, FakeCgroup] = {}
+        self.fail_create: Exception | None = None
+
+    def create(self, job_id: str, limits: object) -> FakeCgroup:
+        if self.fail_create is not None:
+            raise self.fail_create
+        cg = self.cgroups[job_id] = FakeCgroup(job_id, self.processes)
+        return cg
+
+    def cleanup(self) -> None:
+        pass
+
+
+class FakeZygote:
+    """Commands: ``/bin/true`` runs until ``exit``; ``/quick`` exits at once; ``/missing`` is not found;
+    ``/hang`` never execs (its report pipe stays open)."""
+
+    def __init__(self, processes: FakeProcesses, driver: FakeDriver) -> None:
+        self.pid = 1
+        self.processes = processes
+        self.driver = driver
+        self.orders: list[Message] = []
+        self._pids = itertools.count(100_000)
+
+    def spawn(self) -> None:
+        pass
+
+    def submit(self, msg: Message, fds: list[int]) -> None:
+        self.orders.append(msg)
+        keep = False
+        try:
+            if isinstance(msg, ZygoteStart):
+                keep = self._start(msg, fds)
+            elif isinstance(msg, ZygoteMount):
+                reply: Message = OkReply() if msg.target != "/fail" else ErrorReply("failed_precondition", "no")
+                write_frame(fds[1], encode(reply))
+        finally:
+            for fd in fds if not keep else ():
+                os.close(fd)
+
+    def _start(self, msg: ZygoteStart, fds: list[int]) -> bool:
+        """False: the fds can close now (exec'd or failed); True: the job holds them (hung)."""
+        command = msg.spec.argv[0]
+        if command == "/hang":
+            self.driver.cgroups[msg.spec.job_id].held_fds.extend(fds)
+            return True
+        pid = next(self._pids)
+        self.processes.alive.add(pid)
+        self.driver.cgroups[msg.spec.job_id].pid = pid
+        write_frame(fds[2], encode(Forked(pid)))
+        if command == "/missing":
+            write_frame(fds[2], encode(StageFailed(f"exec {command}", errno.ENOENT, f"exec {command}: not found")))
+            self.processes.exit(pid, 127 << 8)
+        elif command == "/quick":
+            self.processes.exit(pid, 0)
+        return False
+
+    def flush(self) -> None:
+        pass
+
+    def wants_write(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return -1
+
+    def stop(self) -> None:
+        pass
+
+
+@dataclass
+class Harness:
+    home: Path
+    supervisor: Supervisor
+    zygote: FakeZygote
+    driver: FakeDriver
+    processes: FakeProcesses
+    client: SupervisorClient
+    thread: threading.Thread
+
+    def spec(self, *argv: str, job_id: str | None = None, **fields: object) -> JobSpec:
+        job_id = secrets.token_hex(16) if job_id is None else job_id
+        return JobSpec(job_id=job_id, argv=argv or ("/bin/true",), env={}, hostname="h",
+                       job_dir=str(self.home / "jobs" / job_id), **fields)  # type: ignore[arg-type]
