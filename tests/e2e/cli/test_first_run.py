@@ -45,6 +45,22 @@ def _supervisor_alive(home: Path) -> bool:
     return _is_ours(pid, home)
 
 
+def _job_cgroups(job_id: str) -> list[Path]:
+    """Existing cgroup dirs of a job: ``<this process's cgroup>/capsa/<job id>`` in any hierarchy (the daemon
+    and its supervisor inherit the test's cgroups)."""
+    paths = {line.split(":", 2)[2].lstrip("/") for line in Path("/proc/self/cgroup").read_text().splitlines()}
+    roots = [Path("/sys/fs/cgroup"), *(p for p in Path("/sys/fs/cgroup").iterdir() if p.is_dir())]
+    return [root / path / "capsa" / job_id for root in roots for path in paths
+            if (root / path / "capsa" / job_id).is_dir()]
+
+
+def _runs_for(pid: int, home: Path) -> bool:
+    try:
+        return f"CAPSA_HOME={home}\0".encode() in Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+
+
 def _kill_leftovers(proc: subprocess.Popen[bytes], home: Path) -> None:
     """Only for a failed test: the daemon we started, then the supervisor it started for this home."""
     if proc.poll() is None:
@@ -133,12 +149,27 @@ def test_a_fresh_home_is_usable_the_moment_the_daemon_says_ready(
         job = json.loads(_capsa(home, "inspect", job_id).stdout)
         assert job["state"] == "COMPLETED" and job["exit_code"] == 0
 
+        # A job still running when the daemon stops: without --live-restore it goes, and its cgroup with it.
+        sleeper = _capsa(home, "run", "-d", "--max-memory", "64", "--", "/bin/sleep", "300")
+        assert sleeper.returncode == 0, sleeper.stderr
+        sleeper_id = sleeper.stdout.strip()
+        sleeper_pid = json.loads(_capsa(home, "inspect", sleeper_id).stdout)["pid"]
+        assert _job_cgroups(sleeper_id), "the running job's cgroup was not found (so its removal proves nothing)"
+        supervisor = int((home / "run" / "supervisor.pid").read_text())
+
         proc.send_signal(signal.SIGTERM)
         message = _next_message(sock, 10)
         assert message.get("STOPPING") == "1", message
         assert proc.wait(60) == 0
         assert not ready.exists(), "the ready file outlived the daemon"
         assert not _supervisor_alive(home), "the supervisor outlived a daemon stopped without --live-restore"
+        # Nothing of this home runs any more (the zygote and jobs are the supervisor's children).
+        assert not Path(f"/proc/{supervisor}").exists() or not _is_ours(supervisor, home)
+        leftovers = [e.name for e in Path("/proc").iterdir() if e.name.isdigit() and _runs_for(int(e.name), home)]
+        assert leftovers == [], f"processes of {home} still running: {leftovers}"
+        assert not Path(f"/proc/{sleeper_pid}/cmdline").exists() or \
+            b"sleep" not in Path(f"/proc/{sleeper_pid}/cmdline").read_bytes()
+        assert _job_cgroups(sleeper_id) == []
 
         gone = _capsa(home, "version")
         assert gone.returncode == 7, (gone.stdout, gone.stderr)
