@@ -122,6 +122,8 @@ def _literal(lines: list[str], pos: int, parent: int, *, strip: bool) -> tuple[s
         elif not line.strip():
             raise _Unsupported   # whitespace-only lines inside a block: leave them to PyYAML
         elif _indent(line) >= width:
+            if pos == len(lines) - 1:
+                raise _Unsupported   # the text ends inside the block without a line break: chomping differs
             content.append(line[width:])
         else:
             break

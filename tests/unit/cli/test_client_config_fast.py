@@ -47,7 +47,7 @@ REJECTED = [   # each is valid YAML the fast path leaves to PyYAML (or invalid Y
     "a: 1\n", "a: yes\n", "a: null\n", "a: 1:30\n", "a: 2026-01-01\n", "a: ~\n", "a: 'quoted'\n",
     "a: [1, 2]\n", "a:\n- x\n", "a: &x v\nb: *x\n", "a: !!str 1\n", "a: b # trailing comment\n",
     "a: x\na: y\n", "a: |+\n  keep\n\n", "a: |2\n   x\n", "a:\n\tb: c\n", "a: v\r\n", "---\na: b\n",
-    "  a: b\n c: d\n", "1: x\n", "a: b: c\n", "a: >\n  folded\n", "a: |\n  x\n   \n  y\n",
+    "  a: b\n c: d\n", "1: x\n", "a: b: c\n", "a: >\n  folded\n", "a: |\n  x\n   \n  y\n", "a: |\n  no final line break",
 ]
 
 
@@ -118,3 +118,37 @@ def test_expiry_without_cryptography_matches_cryptography(ca: IssuedCert) -> Non
     assert cert_expiry(ca.cert_pem) == crypto_expiry(ca.cert_pem)
     with pytest.raises(InvalidArgument):
         cert_expiry("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")  # cryptography's error
+
+
+def test_randomized_documents_the_fast_path_accepts_equal_pyyaml() -> None:
+    """Seeded fuzzing: capsa-style documents, then comments, blank lines and indentation shuffled in.
+    Whatever the fast path accepts must be valid YAML with PyYAML's value (it found a chomping bug once)."""
+    import random
+
+    from capsa.config.io import _Dumper
+
+    rnd = random.Random(20261206)
+    safe = ["a", "127.0.0.1:7443", "node7.example:7443", "x y", "a-b", "a#b", "line1\nline2", "l1\n\nl3\n",
+            "x\n  indented\n", "#notcomment\n", "a\n\n\n", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"]
+    tricky = ["yes", "1", "1:30", "null", "~", "-a", "a #b", "a: b", "'q'", "*a", "2026-01-01", "", " lead"]
+    keys = ["a", "b", "nodes", "default_node", "k.1", "k-2", "1", "true"]
+
+    def doc(depth: int = 0) -> dict[str, object]:
+        return {rnd.choice(keys): doc(depth + 1) if depth < 2 and rnd.random() < 0.3 else
+                rnd.choice(safe if rnd.random() < 0.8 else tricky) for _ in range(rnd.randint(0, 4))}
+
+    accepted = 0
+    for _ in range(2000):
+        lines = yaml.dump(doc(), Dumper=_Dumper, sort_keys=False, default_flow_style=False).split("\n")
+        for _ in range(rnd.randint(0, 3)):
+            i = rnd.randrange(len(lines))
+            lines.insert(i, rnd.choice(["# c", "", " " + lines[i], lines[i][1:], lines[i] + " # t"]))
+        if rnd.random() < 0.2:
+            lines[-1:] = []   # no final line break
+        text = "\n".join(lines)
+        fast = mini_yaml.parse(text)
+        if fast is mini_yaml.UNSUPPORTED:
+            continue
+        accepted += 1
+        assert fast == yaml.safe_load(text), text
+    assert accepted > 100   # the comparison ran on many documents, not a handful
