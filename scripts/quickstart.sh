@@ -5,8 +5,9 @@
 #
 # Environment:
 #   CAPSA_HOME           data dir (default /var/lib/capsa); a fresh one is bootstrapped
-#   CAPSA_LISTEN         host:port for the daemon (default 127.0.0.1:7443); on a fresh home the
-#                        generated client.yaml dials it, so the commands below find the daemon
+#   CAPSA_LISTEN         host:port for the daemon (default: server.yaml's, 127.0.0.1:7443 on a fresh
+#                        home); on a fresh home the generated client.yaml dials it, so the commands
+#                        below find the daemon
 #   QUICKSTART_TIMEOUT   seconds to wait for the daemon to be ready (default 60)
 #   QUICKSTART_SKIP_SETUP=1  skip scripts/setup.sh (the tests run the script this way)
 set -euo pipefail
@@ -15,7 +16,7 @@ cd "$here"
 [[ "${QUICKSTART_SKIP_SETUP:-}" == 1 ]] || "$here/scripts/setup.sh"
 export CAPSA_HOME="${CAPSA_HOME:-/var/lib/capsa}"
 unset CAPSA_CONFIG   # the commands below talk to this home's daemon, whatever the caller's shell says
-listen="${CAPSA_LISTEN:-127.0.0.1:7443}"
+listen="${CAPSA_LISTEN:-}"
 timeout_s="${QUICKSTART_TIMEOUT:-60}"
 capsa="$here/.venv/bin/capsa"
 
@@ -23,13 +24,15 @@ capsa="$here/.venv/bin/capsa"
 # would start a daemon its own clients cannot find.
 if [[ -f "$CAPSA_HOME/client.yaml" ]]; then
   dial="$(sed -n 's/^ *address: *//p' "$CAPSA_HOME/client.yaml" | head -1)"
-  if [[ -n "${CAPSA_LISTEN:-}" && "$dial" != "$listen" ]]; then
+  if [[ -n "$listen" && "$dial" != "$listen" ]]; then
     echo "quickstart: $CAPSA_HOME/client.yaml dials $dial, not CAPSA_LISTEN=$listen;" \
          "use a fresh CAPSA_HOME or unset CAPSA_LISTEN" >&2
     exit 2
   fi
-  [[ -n "$dial" && -z "${CAPSA_LISTEN:-}" ]] && listen="$dial"
 fi
+# Without CAPSA_LISTEN the daemon keeps what server.yaml says (a fresh home: 127.0.0.1:7443).
+listen_args=()
+[[ -z "$listen" ]] || listen_args=(--listen "$listen")
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/capsa-quickstart.XXXXXX")"
 log="$work/daemon.log"
@@ -56,7 +59,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$capsa" daemon --listen "$listen" --ready-file "$ready" >"$log" 2>&1 &
+"$capsa" daemon "${listen_args[@]}" --ready-file "$ready" >"$log" 2>&1 &
 daemon_pid=$!
 
 # The ready file appears once the API listens and client.yaml exists (on a fresh home the daemon

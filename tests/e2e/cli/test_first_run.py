@@ -212,6 +212,12 @@ def test_the_quickstart_script_on_a_fresh_home_and_port(tmp_path: Path) -> None:
     assert f"address: {address}" in (home / "client.yaml").read_text()
     assert not _supervisor_alive(home)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("capsa-quickstart.")] == []   # its temp dir
+    # Idempotent: again on the same home, now without CAPSA_LISTEN - server.yaml keeps the port.
+    env.pop("CAPSA_LISTEN")
+    again = subprocess.run([str(ROOT / "scripts" / "quickstart.sh")], env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, (again.stdout[-2000:], again.stderr[-3000:])
+    assert "quickstart: ok" in again.stdout and not _supervisor_alive(home)
 
 
 def test_quickstart_refuses_a_port_its_home_was_not_set_up_for(tmp_path: Path) -> None:
