@@ -8,9 +8,12 @@ import math
 import pytest
 from google.protobuf.json_format import MessageToDict
 
+from capsa.api.gen.capsa.v1 import capsules_pb2 as cpb
 from capsa.api.gen.capsa.v1 import images_pb2 as ipb
 from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
 from capsa.api.gen.capsa.v1 import metrics_pb2 as mpb
+from capsa.api.gen.capsa.v1 import networks_pb2 as npb
+from capsa.api.gen.capsa.v1 import runtimes_pb2 as rpb
 from capsa.api.gen.capsa.v1 import workflows_pb2 as wpb
 from capsa.cli.protojson import message_dict
 
@@ -39,7 +42,7 @@ def test_same_dict_in_the_same_order(message: object) -> None:
 
 
 def test_every_message_type_of_the_api_with_defaults_matches() -> None:
-    for module in (pb, ipb, mpb, wpb):
+    for module in (pb, ipb, mpb, wpb, cpb, npb, rpb):
         for name in module.DESCRIPTOR.message_types_by_name:
             message = getattr(module, name)()
             assert message_dict(message) == _reference(message), name
@@ -71,3 +74,47 @@ def test_enums_and_bool_map_keys_as_json_format_writes_them() -> None:
     cls = message_factory.GetMessageClass(pool.FindMessageTypeByName("capsatest.M"))
     for message in (cls(), cls(color=1, colors=[1, 0, 7], flags={True: "y", False: "n"})):
         assert json.dumps(message_dict(message)) == json.dumps(_reference(message))
+
+
+def _filled(cls: type, depth: int = 0) -> object:
+    """A message of ``cls`` with every field set to a non-default value (nested messages two levels deep)."""
+    message = cls()
+    for field in message.DESCRIPTOR.fields:
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            if value_field.message_type is None:
+                getattr(message, field.name)["k"] = _scalar(value_field)
+            elif depth < 2:
+                getattr(message, field.name)["k"].CopyFrom(_filled(type(getattr(message, field.name)["k"]), depth + 1))
+        elif field.message_type is not None:
+            if depth < 2:
+                if field.is_repeated:
+                    getattr(message, field.name).add().CopyFrom(
+                        _filled(type(getattr(message, field.name).add()), depth + 1))
+                else:
+                    getattr(message, field.name).CopyFrom(_filled(type(getattr(message, field.name)), depth + 1))
+        elif field.is_repeated:
+            getattr(message, field.name).extend([_scalar(field), _scalar(field)])
+        else:
+            setattr(message, field.name, _scalar(field))
+    return message
+
+
+def _scalar(field: object) -> object:
+    kind = field.cpp_type  # type: ignore[attr-defined]
+    if kind == field.CPPTYPE_STRING:  # type: ignore[attr-defined]
+        return b"\x00\xfe" if field.type == field.TYPE_BYTES else "x"  # type: ignore[attr-defined]
+    if kind == field.CPPTYPE_BOOL:  # type: ignore[attr-defined]
+        return True
+    if kind in (field.CPPTYPE_DOUBLE, field.CPPTYPE_FLOAT):  # type: ignore[attr-defined]
+        return 1.5
+    if kind == field.CPPTYPE_ENUM:  # type: ignore[attr-defined]
+        return 1
+    return 7 if kind in (field.CPPTYPE_INT32, field.CPPTYPE_UINT32) else (1 << 40)  # type: ignore[attr-defined]
+
+
+def test_every_message_type_of_the_api_filled_matches() -> None:
+    for module in (pb, ipb, mpb, wpb, cpb, npb, rpb):
+        for name in module.DESCRIPTOR.message_types_by_name:
+            message = _filled(getattr(module, name))
+            assert json.dumps(message_dict(message)) == json.dumps(_reference(message)), name
