@@ -14,6 +14,10 @@ runc: ``runc run`` of /bin/true on a busybox-static OCI bundle, ``--runc-jobs`` 
 after the other, then from ``--threads`` threads (unique container ids). Its figure is the wall
 time of the whole command, i.e. a start and the end of the container.
 
+daemon (issue 15's scenario end to end): ``--daemon-jobs`` RunJob calls of /bin/true from
+``--threads`` gRPC clients against a throwaway daemon; jobs/s, errors, and the final states
+(every job must end COMPLETED with exit 0 — none FAILED at start, none lost).
+
 Figures go to stdout (the lead copies them into docs/BENCHMARKS.md).
 """
 
@@ -33,7 +37,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import busybox_rootfs, command_line, fmt_ms, machine_summary, scratch_dir, summary  # noqa: E402
+from common import (  # noqa: E402
+    busybox_rootfs,
+    command_line,
+    fmt_ms,
+    machine_summary,
+    running_daemon,
+    scratch_dir,
+    summary,
+)
 
 from capsa.runtime.client import SupervisorClient, ensure_supervisor  # noqa: E402
 from capsa.runtime.protocol import ExitEvent  # noqa: E402
@@ -92,6 +104,40 @@ def _capsa_burst(client: SupervisorClient, home: Path, jobs: int, threads: int) 
             "duplicates": sum(1 for n in exits.values() if n > 1), "exits": len(exits)}
 
 
+def _daemon_burst(home: Path, jobs: int, threads: int) -> tuple[list[str], float, list[float], collections.Counter[str]]:
+    errors: list[str] = []
+    latencies: list[float] = []
+    ids: list[str] = []
+    with running_daemon(home) as daemon:
+        local = threading.local()
+
+        def one(_: int) -> None:
+            if not hasattr(local, "client"):
+                local.client = daemon.client()
+            try:
+                job = local.client.run_job(["/bin/true"])
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {str(exc)[:120]}")
+                return
+            ids.append(job.id)
+            latencies.append(job.start_latency_ns / 1e9)
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(one, range(jobs)))
+        took = time.perf_counter() - t0
+        states: collections.Counter[str] = collections.Counter()
+        with daemon.client() as client:
+            deadline = time.monotonic() + 120
+            while True:
+                final = [client.get_job(job_id) for job_id in ids]
+                if all(j.state not in ("PENDING", "RUNNING") for j in final) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            states.update(f"{j.state} exit {j.exit_code}" for j in final)
+    return errors, took, latencies, states
+
+
 def _oci_bundle(bundle: Path) -> Path:
     busybox_rootfs(bundle / "rootfs")
     subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True)
@@ -118,6 +164,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=20)
     parser.add_argument("--sequential", type=int, default=200, help="single starts, one after the other")
     parser.add_argument("--runc-jobs", type=int, default=100)
+    parser.add_argument("--daemon-jobs", type=int, default=500, help="RunJob burst through a daemon (0: skip)")
     args = parser.parse_args()
     print(f"command: {command_line()}")
     print(f"machine: {machine_summary()}", flush=True)
@@ -154,6 +201,13 @@ def main() -> int:
                      f"{burst['exits']} exit events in {burst['exited_s']:.2f}s, duplicates {burst['duplicates']}, "
                      f"failures {len(burst['failures'])} {burst['failures'][:3]}")  # type: ignore[index,arg-type]
         lines.append(f"capsa sequential: {len(sequential) / sum(sequential):.0f} starts/s")
+
+        if args.daemon_jobs:
+            errors, took, latencies, states = _daemon_burst(scratch / "daemon-home", args.daemon_jobs, args.threads)
+            rows.append(_row(f"daemon RunJob burst, {args.threads} clients (start_latency_ns)", latencies))
+            lines.append(f"daemon burst: {len(latencies)}/{args.daemon_jobs} RunJob ok from {args.threads} clients "
+                         f"in {took:.2f}s ({len(latencies) / took:.0f} jobs/s); errors {len(errors)} {errors[:3]}; "
+                         f"final states {dict(states)}")
 
         if shutil.which("runc"):
             bundle = _oci_bundle(scratch / "bundle")

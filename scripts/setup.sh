@@ -12,6 +12,7 @@ APT_PACKAGES=(
   libseccomp2 busybox-static
   docker-registry skopeo umoci
   runc bubblewrap debootstrap
+  chromium chromium-driver
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -13,6 +13,9 @@ traceback.
 
 from __future__ import annotations
 
+import errno
+import os
+
 __all__ = [
     "AlreadyExists",
     "CapsaError",
@@ -33,6 +36,8 @@ __all__ = [
     "Unsupported",
     "UnsafeArchive",
     "error_from_code",
+    "from_os_error",
+    "is_disk_full",
     "is_retryable",
 ]
 
@@ -188,3 +193,40 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, CapsaError):
         return exc.retryable
     return isinstance(exc, (ConnectionError, TimeoutError, InterruptedError))
+
+
+# errnos that mean "the filesystem has no room for this" (quota included): a limit, not a bug.
+_SPACE_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT))
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an ``OSError`` saying the filesystem (or the user's quota) is full."""
+    return isinstance(exc, OSError) and exc.errno in _SPACE_ERRNOS
+
+
+def from_os_error(exc: OSError, path: str | os.PathLike[str] | None = None, *, what: str = "") -> CapsaError:
+    """The typed error for an ``OSError`` met while working on ``path``, with a message naming it.
+
+    ENOSPC/EDQUOT become :class:`LimitExceeded` (gRPC RESOURCE_EXHAUSTED, exit 9),
+    so a full disk reads ``<what>: no space left on device writing /the/path``
+    instead of ``internal error: OSError: [Errno 28]``; ENOENT becomes
+    :class:`NotFound`, EROFS :class:`FailedPrecondition`, EIO :class:`Unavailable`
+    (the disk may come back); anything else stays an internal error, still
+    naming the path. ``detail`` carries ``path`` and ``errno`` for callers.
+    Use as ``raise from_os_error(exc, path, what="capsule create") from exc``.
+    """
+    where = path if path is not None else exc.filename
+    where_text = os.fsdecode(where) if where is not None else "(unknown path)"
+    reason = exc.strerror or str(exc)
+    prefix = f"{what}: " if what else ""
+    detail: dict[str, object] = {"path": where_text, "errno": exc.errno or 0}
+    if exc.errno in _SPACE_ERRNOS:
+        kind = "disk quota exceeded" if exc.errno == errno.EDQUOT else "no space left on device"
+        return LimitExceeded(f"{prefix}{kind} writing {where_text}; free space there and retry", detail=detail)
+    if exc.errno == errno.ENOENT:
+        return NotFound(f"{prefix}{where_text}: {reason}", detail=detail)
+    if exc.errno == errno.EROFS:
+        return FailedPrecondition(f"{prefix}{where_text} is on a read-only filesystem", detail=detail)
+    if exc.errno == errno.EIO:
+        return Unavailable(f"{prefix}I/O error on {where_text}", detail=detail)
+    return CapsaError(f"{prefix}{where_text}: {reason}", detail=detail)

@@ -8,7 +8,7 @@ the two together, the API and the CLI live elsewhere.
 """
 
 from capsa.capsules.canonical import TreeDigest, tree_digest, write_canonical_tar
-from capsa.capsules.importer import CapsuleLimits
+from capsa.capsules.limits import CapsuleLimits
 from capsa.capsules.model import Attachment, CapsuleVersion, GcReport
 from capsa.capsules.store import CapsuleStore
 from capsa.capsules.versions import parse_reference, parse_requirement, parse_version, satisfies

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from capsa.errors import from_os_error, is_disk_full
+
 __all__ = ["is_stale", "remove_tree", "staging_dir", "tree_bytes"]
 
 
@@ -53,13 +55,23 @@ def staging_dir(parent: Path) -> Iterator[Path]:
     """A private directory under ``parent``, flock'ed while in use and removed afterwards.
 
     The lock is what tells gc a leftover staging dir (from a crash) from one in use.
+    A full disk met while staging (here or in the caller's block) is raised as
+    ``LimitExceeded`` naming the path, after everything staged is removed.
     """
     path = parent / f"{os.getpid()}-{secrets.token_hex(8)}"
-    path.mkdir(mode=0o700)
+    try:
+        path.mkdir(mode=0o700)
+    except OSError as exc:
+        raise from_os_error(exc, path, what="capsule staging") from exc
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield path
+        try:
+            yield path
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            raise from_os_error(exc, exc.filename or path, what="capsule staging") from exc
     finally:
         try:
             remove_tree(path)

@@ -25,29 +25,24 @@ before it is ever published).
 
 from __future__ import annotations
 
+import lzma
 import os
 import shutil
 import stat
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from capsa.capsules.limits import CapsuleLimits, check_expansion
 from capsa.errors import InvalidArgument, LimitExceeded, UnsafeArchive
 
 __all__ = ["CapsuleLimits", "ImportStats", "import_source"]
 
 _COPY_CHUNK = 1 << 20
-_MAX_EXTENDED_HEADER = 1 << 16  # pax records / GNU long names: paths are at most 4 KiB anyway
-
-
-@dataclass(frozen=True)
-class CapsuleLimits:
-    max_entries: int = 1_000_000
-    max_total_bytes: int = 1 << 40
-    max_file_bytes: int = 1 << 38
-    max_path_bytes: int = 4096
-    max_depth: int = 256
-    max_symlink_hops: int = 40
+# What a damaged compressed stream raises from inside tarfile (gzip.BadGzipFile and bz2's
+# "Invalid data stream" are OSErrors without an errno; a real I/O error has one).
+_CORRUPT_STREAM = (EOFError, zlib.error, lzma.LZMAError)
 
 
 @dataclass
@@ -65,6 +60,7 @@ class _Tree:
     """What has been admitted so far: kind per relative path, symlink targets."""
 
     limits: CapsuleLimits
+    archive_bytes: int | None = None  # size of the source archive (None for a directory)
     kinds: dict[str, str] = field(default_factory=dict)
     links: dict[str, str] = field(default_factory=dict)
     stats: ImportStats = field(default_factory=ImportStats)
@@ -99,6 +95,7 @@ class _Tree:
                 raise LimitExceeded(
                     f"entry {rel!r} takes the capsule above its size limit of {self.limits.max_total_bytes} bytes"
                 )
+            check_expansion(self.limits, rel, self.stats.total_bytes + size, self.archive_bytes)
             self.stats.total_bytes += size
         self._count(rel)
         self.kinds[rel] = kind
@@ -174,8 +171,8 @@ def clean_name(raw: str, limits: CapsuleLimits) -> str:
         raise LimitExceeded(f"entry {rel[:80]!r}... is longer than {limits.max_path_bytes} bytes")
     if len(parts) > limits.max_depth:
         raise LimitExceeded(f"entry {rel[:80]!r}... is nested deeper than {limits.max_depth} levels")
-    if any(len(part.encode()) > 255 for part in parts):
-        raise LimitExceeded(f"entry {rel[:80]!r} has a component longer than 255 bytes")
+    if any(len(part.encode()) > limits.max_name_bytes for part in parts):
+        raise LimitExceeded(f"entry {rel[:80]!r} has a component longer than {limits.max_name_bytes} bytes")
     return rel
 
 
@@ -190,6 +187,7 @@ def import_source(source: Path, dest: Path, limits: CapsuleLimits | None = None)
     if source.is_dir():
         _copy_directory(source, dest, tree)
     elif source.is_file():
+        tree.archive_bytes = source.stat().st_size
         _extract_tar(source, dest, tree)
     else:
         raise InvalidArgument(f"capsule source {source} is neither a directory nor a tar file")
@@ -300,27 +298,40 @@ class _BoundedTarInfo(tarfile.TarInfo):
         tarfile.GNUTYPE_LONGNAME,
         tarfile.GNUTYPE_LONGLINK,
     )
+    max_header_bytes = CapsuleLimits.max_header_bytes  # set per import by _extract_tar
 
     def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.type in self._EXTENDED and self.size > _MAX_EXTENDED_HEADER:
+        if self.type in self._EXTENDED and self.size > self.max_header_bytes:
             raise LimitExceeded(
-                f"tar extended header of {self.size} bytes exceeds {_MAX_EXTENDED_HEADER} (near {self.name!r})"
+                f"tar extended header of {self.size} bytes exceeds max_header_bytes={self.max_header_bytes} "
+                f"(near {self.name!r})"
             )
         return super()._proc_member(tarfile_)  # type: ignore[misc]
 
 
+def _is_corrupt_stream(exc: BaseException) -> bool:
+    return isinstance(exc, (tarfile.TarError, *_CORRUPT_STREAM)) or (isinstance(exc, OSError) and exc.errno is None)
+
+
 def _extract_tar(source: Path, dest: Path, tree: _Tree) -> None:
+    tarinfo = type("_TarInfo", (_BoundedTarInfo,), {"max_header_bytes": tree.limits.max_header_bytes})
     try:
         archive = tarfile.open(  # noqa: SIM115 - closed by the with-block below
-            source, "r:*", encoding="utf-8", errors="surrogateescape", tarinfo=_BoundedTarInfo
+            source, "r:*", encoding="utf-8", errors="surrogateescape", tarinfo=tarinfo
         )
     except tarfile.TarError as exc:
         raise InvalidArgument(f"capsule source {source} is not a readable tar archive: {exc}") from None
+    except (*_CORRUPT_STREAM, OSError) as exc:
+        if not _is_corrupt_stream(exc):
+            raise
+        raise UnsafeArchive(f"capsule archive {source} is corrupt: {exc}") from None
     with archive:
         try:
             for member in archive:
                 _extract_member(archive, member, dest, tree)
-        except tarfile.TarError as exc:
+        except (tarfile.TarError, *_CORRUPT_STREAM, OSError) as exc:
+            if not _is_corrupt_stream(exc):
+                raise  # a real I/O error (ENOSPC is mapped by the staging directory)
             raise UnsafeArchive(f"capsule archive {source} is corrupt: {exc}") from None
 
 

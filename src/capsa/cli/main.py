@@ -46,6 +46,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "top": ("stats", "top", "Show the node's CPU, memory and disk use and the running jobs by CPU."),
     "version": ("admin", "version", "Show client and daemon versions."),
     "volume": ("networks", "volume", "Manage volumes that jobs mount with --volume NAME[:/path][:ro]."),
+    "web": ("web", "web", "Serve the web dashboard; prints a one-time sign-in URL (kill -USR1 PID prints another)."),
     "whoami": ("admin", "whoami", "Show the identity and role the daemon sees for this client."),
     "workflow": ("workflows", "workflow", "Run workflows of jobs (YAML: jobs with `requires` between them)."),
 }

@@ -213,6 +213,34 @@ class MetricsConfig(StrictModel):
     """Samples kept in memory per running job (the last one is also kept in SQLite)."""
 
 
+class CapsuleLimitsConfig(StrictModel):
+    """Limits on one capsule import (create, upload, pull); defaults mirror images.unpack (docs/capsules.md)."""
+
+    max_file_bytes: PositiveBytes = ByteSize(1 * GiB)
+    max_total_bytes: PositiveBytes = ByteSize(10 * GiB)
+    max_entries: Annotated[int, Field(gt=0)] = 100_000
+    max_path_bytes: Annotated[int, Field(gt=0, le=65536)] = 4096
+    max_name_bytes: Annotated[int, Field(gt=0, le=4096)] = 255
+    max_depth: Annotated[int, Field(gt=0)] = 256
+    max_header_bytes: PositiveBytes = ByteSize(64 * KiB)
+    max_expansion_ratio: Annotated[float, Field(gt=0)] = 100.0
+    """Archives may expand to at most this many times their own size (decompression bombs) ..."""
+    expansion_grace_bytes: PositiveBytes = ByteSize(64 * MiB)
+    """... once their files add up to more than this."""
+
+    @model_validator(mode="after")
+    def _file_within_total(self) -> CapsuleLimitsConfig:
+        if self.max_file_bytes > self.max_total_bytes:
+            raise ValueError(
+                f"max_file_bytes ({self.max_file_bytes}) must not exceed max_total_bytes ({self.max_total_bytes})"
+            )
+        return self
+
+
+class CapsulesConfig(StrictModel):
+    limits: CapsuleLimitsConfig = Field(default_factory=CapsuleLimitsConfig)
+
+
 class ServerConfig(StrictModel):
     listen: ListenAddress = "127.0.0.1:7443"
     tls: ServerTLS
@@ -222,6 +250,7 @@ class ServerConfig(StrictModel):
     images: ImagesConfig = Field(default_factory=ImagesConfig)
     snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    capsules: CapsulesConfig = Field(default_factory=CapsulesConfig)
 
     @field_validator("home")
     @classmethod

@@ -6,9 +6,12 @@ Who does what
   jobs, plus one thread for the fsyncs at job end) and one :class:`JobLog`
   per running job. Its selector thread calls
   ``job_log.append(Stream.STDOUT, os.read(fd, 1 << 20))``: that numbers the
-  chunk and queues it, and never waits for the disk. The queue is unbounded
-  (no byte is ever dropped); ``backlog_bytes`` shows how far the disk is behind.
-  When the job has exited and its pipes hit EOF: ``job_log.finish()``.
+  chunk and queues it, and never waits for the disk; ``backlog_bytes`` shows
+  how far the disk is behind. Then ``job_log.pause_fd()``: past the backlog
+  limits it returns an eventfd and the supervisor stops reading that job's
+  pipes until it fires (back-pressure). When the job has exited and its pipes
+  hit EOF: ``job_log.finish_at_exit()``, which returns ``"log incomplete: ..."``
+  when output had to be given up on (policy: docs/adr/0004-log-segments.md).
 * Any process (the API daemon) reads with :func:`read_log`: history from a seq,
   and with ``follow=True`` live chunks after it, with no gap and no duplicate,
   ending at the end-of-log record. Readers share nothing with the writer but
@@ -40,10 +43,14 @@ payload::
         16    8  timestamp   i64 ns since the epoch, taken at append()
         24    4  length      u32 payload bytes
         28    4  data_crc    CRC-32 (zlib) of the payload
-        32    1  stream      1 = stdout, 2 = stderr, 0 = end of log
+        32    1  stream      1 = stdout, 2 = stderr, 0 = end of log, 4 = notice
         33    1  version     1
         34    2  reserved    0
         36    *  payload     exactly the bytes given to one append()
+
+A notice record (stream 4) stands where output was given up on: its payload is
+the last seq it stands for and the bytes lost (u64 LE each) and a UTF-8 line;
+its own seq is the first lost one, so the next record has seq ``last + 1``.
 
 The end-of-log record (stream 0, length 0) carries the seq after the last
 chunk and is always the first record of a segment of its own: the writer

@@ -20,17 +20,19 @@ except ImportError:  # pragma: no cover - keep working where only the stdlib is 
 MAGIC = b"CLOG"
 VERSION = 1
 END = 0  # stream value of the end-of-log record
+NOTICE = 4  # stream value of a capsa notice (e.g. "log incomplete"); see encode_notice
 
 # magic, header_crc | seq, timestamp_ns, length, payload_crc, stream, version, reserved
 _BODY = struct.Struct("<QqIIBBH")
 HEADER_SIZE = 8 + _BODY.size  # 36
 MAX_PAYLOAD = 0xFFFFFFFF
-_VALID_STREAMS = frozenset((END, 1, 2))
+_VALID_STREAMS = frozenset((END, 1, 2, NOTICE))
 _ZERO_HEADER = bytes(HEADER_SIZE)
 
 SEGMENT_SUFFIX = ".seg"
 _SEGMENT_RE = re.compile(r"^(\d{20})\.seg$")
 LOCK_NAME = ".writer.lock"
+RESERVE_NAME = ".reserve"  # disk set aside for a notice and the end record when the disk fills
 
 _crc32 = crc32
 _pack_body = _BODY.pack
@@ -55,6 +57,34 @@ def decode_header(buf: bytes | memoryview, pos: int) -> tuple[int, int, int, int
     if version != VERSION or stream not in _VALID_STREAMS or (stream == END and length):
         return None
     return seq, ts, length, pcrc, stream
+
+
+_NOTICE_PREFIX = struct.Struct("<QQ")
+
+
+def encode_notice(last_seq: int, lost_bytes: int, text: str) -> bytes:
+    """Payload of a notice record: the last seq it stands for and the bytes lost (u64 LE each), then UTF-8 text.
+
+    A notice written in place of output that could not be persisted carries the
+    seq of the first lost chunk and stands for every seq up to ``last_seq``, so
+    numbering stays gap-free: the record after it has seq ``last_seq + 1``.
+    """
+    return _NOTICE_PREFIX.pack(last_seq, lost_bytes) + text.encode()
+
+
+def notice_last_seq(payload: bytes | memoryview, seq: int) -> int:
+    """The last seq a notice stands for (``seq`` itself when the payload is too short to say)."""
+    if len(payload) < _NOTICE_PREFIX.size:
+        return seq
+    return max(seq, _NOTICE_PREFIX.unpack_from(payload)[0])
+
+
+def notice_lost_bytes(payload: bytes | memoryview) -> int:
+    return _NOTICE_PREFIX.unpack_from(payload)[1] if len(payload) >= _NOTICE_PREFIX.size else 0
+
+
+def notice_text(payload: bytes | memoryview) -> bytes:
+    return bytes(payload[_NOTICE_PREFIX.size :])
 
 
 def is_unwritten(buf: bytes | memoryview, pos: int) -> bool:
@@ -118,7 +148,7 @@ def scan_valid_prefix(fd: int, first_seq: int, block: int = 4 << 20) -> tuple[in
                     return off + pos, seq_expected, False
             if _crc32(payload) != pcrc:
                 return off + pos, seq_expected, False
-            seq_expected += 1
+            seq_expected = (notice_last_seq(payload, seq_expected) if stream == NOTICE else seq_expected) + 1
             pos = end
             if end > n:
                 break

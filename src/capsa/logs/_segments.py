@@ -6,6 +6,7 @@ from then on is touched only by the persister's writer thread.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -16,15 +17,18 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from capsa.errors import Conflict, FailedPrecondition
+from capsa.errors import Conflict, FailedPrecondition, from_os_error
 
 from ._format import (
     END,
     HEADER_SIZE,
     LOCK_NAME,
+    NOTICE,
+    RESERVE_NAME,
     crc32,
     encode_header,
     list_segments,
+    notice_last_seq,
     scan_valid_prefix,
     segment_path,
 )
@@ -54,6 +58,7 @@ class SegmentWriter:
         self._seg_size = 0  # bytes of whole records in the current segment; everything past it is junk
         self._unsynced: list[Path] = []  # earlier segments written by this process, to fsync at finish
         self._trim = False  # a failed write may have left bytes past _seg_size
+        self._cautious = False  # after a failed write: one record per pwritev, to fill what space is left
         self._end_written = False
 
     # -- opening and recovery (caller's thread) -------------------------------------------------------
@@ -75,6 +80,34 @@ class SegmentWriter:
             raise
         self._lock_fd = lock_fd
         return next_seq
+
+    def make_reserve(self, size: int) -> None:
+        """Set aside ``size`` bytes of disk in ``.reserve`` for the notice and end record of a full disk.
+
+        Raises ``LimitExceeded`` naming the file when even that does not fit: a job
+        whose log could not say it is incomplete is refused at start instead.
+        """
+        if size <= 0:
+            return
+        path = self.log_dir / RESERVE_NAME
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise from_os_error(exc, path, what="job log") from exc
+
+    def release_reserve(self) -> bool:
+        """Give the reserved space back to the filesystem; True if there was any."""
+        try:
+            os.unlink(self.log_dir / RESERVE_NAME)
+        except FileNotFoundError:
+            return False
+        return True
 
     def _recover(self) -> int:
         firsts = list_segments(self.log_dir)
@@ -120,15 +153,20 @@ class SegmentWriter:
                 head = pending[0]
                 if self._seg_size and self._seg_size + HEADER_SIZE + len(head[4]) > self._segment_bytes:
                     self._rotate(head[1])
-                count, payload = self._write_run(islice(pending, 0, None))
+                count = self._write_run(islice(pending, 0, None))
                 for _ in range(count):
-                    last_seq = pending.popleft()[1]
-                written += payload
+                    _, last_seq, stream, _, data = pending.popleft()
+                    if stream == NOTICE:  # stands for lost chunks: not backlog, and it covers their seqs
+                        last_seq = notice_last_seq(data, last_seq)
+                    else:
+                        written += len(data)
         except Exception as exc:  # the writer thread must survive anything and keep the bytes queued
+            self._cautious = True
             return last_seq, written, exc
+        self._cautious = False
         return last_seq, written, None
 
-    def _write_run(self, records: Iterable[Record]) -> tuple[int, int]:
+    def _write_run(self, records: Iterable[Record]) -> int:
         """One pwritev of consecutive data records that fit the current segment (at least one)."""
         iov: list[bytes] = []
         size = self._seg_size
@@ -136,7 +174,8 @@ class SegmentWriter:
         limit = self._segment_bytes
         for _, seq, stream, ts, data in records:
             n = len(data)
-            if stream == END or (iov and (size + HEADER_SIZE + n > limit or payload + n > _MAX_WRITE_BYTES)):
+            if stream == END or (iov and (self._cautious or size + HEADER_SIZE + n > limit
+                                          or payload + n > _MAX_WRITE_BYTES)):
                 break
             iov.append(encode_header(seq, ts, stream, n, crc32(data)))
             iov.append(data)
@@ -146,7 +185,7 @@ class SegmentWriter:
                 break
         self._pwritev_all(iov, size - self._seg_size)
         self._seg_size = size
-        return len(iov) // 2, payload
+        return len(iov) // 2
 
     def _pwritev_all(self, iov: list[bytes], total: int) -> None:
         fd, off = self._fd, self._seg_size
@@ -209,6 +248,7 @@ class SegmentWriter:
         if self._fsync:
             os.fsync(self._fd)
             self._fsync_dir()
+        self.release_reserve()  # a finished log takes no more records
         self.release()
 
     def sync(self) -> None:

@@ -13,6 +13,9 @@ class Stream(IntEnum):
 
     STDOUT = 1
     STDERR = 2
+    NOTICE = 4
+    """Not job output: a line from capsa itself, e.g. ``log incomplete: N bytes not written (...)``
+    written where output was lost; its seq stands for the lost chunks' seqs (see ``capsa.logs``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,144 +11,43 @@ fsyncs and writes it there, so a slow fsync never holds up other jobs' output.
 
 A failed write (ENOSPC, EIO) is cut back to the last whole record and retried
 with backoff while the job's output stays queued; ``JobLog.error`` shows it.
+
+Back-pressure and giving up (ADR-0004): a job whose backlog passes
+``job_backlog_bytes`` (or any job while the total passes ``total_backlog_bytes``)
+gets a wake fd from ``JobLog.pause_fd()``; the supervisor stops reading its pipes
+until that fd is readable (backlog under half the limit), so the job blocks in
+write(2) as it would on a slow pipe, and memory stays bounded. Queued output is
+given up on only when nothing can block any more: at the job's exit while
+writes are failing (``finish_at_exit``), ``give_up_after_exit_s`` after the exit
+if they start failing later, or ``give_up_at_close_s`` into ``close``. What is
+given up is counted and replaced by one notice record (``Stream.NOTICE``,
+``log incomplete: N bytes not written (...)``) written from the log's reserve.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 import weakref
-from collections import deque
 from pathlib import Path
 
-from capsa.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Timeout
+from capsa.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Timeout, from_os_error
 
-from ._format import END, MAX_PAYLOAD
+from ._format import END, NOTICE, encode_notice, notice_last_seq, notice_lost_bytes
+from ._joblog import RETRY_MIN_S as _RETRY_MIN_S
+from ._joblog import JobLog
 from ._segments import Record, SegmentWriter
-from .model import Stream
 
 __all__ = ["JobLog", "LogPersister"]
 
 _log = logging.getLogger("capsa.logs")
 
 _SLICE_BYTES = 32 << 20  # per job per round: bounds how long other jobs wait behind a big backlog
-_RETRY_MIN_S = 0.05
 _RETRY_MAX_S = 5.0
 _MIN_SEGMENT_BYTES = 1024
-
-
-class JobLog:
-    """Append handle for one job's log; create it with ``LogPersister.open``. Thread-safe."""
-
-    def __init__(self, persister: LogPersister, job_id: str, writer: SegmentWriter, next_seq: int) -> None:
-        self.job_id = job_id
-        self.log_dir = writer.log_dir
-        self._p = persister
-        self._writer = writer
-        self._next_seq = next_seq  # guarded by the persister lock, like every field below
-        self._last_assigned = next_seq - 1  # includes the end record once finish() queued it
-        self._written = next_seq - 1  # highest seq on disk, end record included
-        self._persisted_seq = next_seq - 1
-        self._backlog = 0
-        self._finishing = False
-        self._finished = False
-        self._closed = False
-        self.first_seq = next_seq  # the first seq this handle assigns (> 1 after a supervisor restart)
-        # Owned by the writer thread:
-        self._pending: deque[Record] = deque()
-        self._retry_at = 0.0
-        self._retry_delay = _RETRY_MIN_S
-        self._error: OSError | None = None
-        self._end_handed = False  # the end record went to the finisher thread
-
-    def append(self, stream: Stream, data: bytes) -> int:
-        """Queue ``data`` as the next chunk of ``stream``; return its seq. Never waits for the disk.
-
-        ``data`` is kept by reference when it is ``bytes``; other buffers are copied.
-        """
-        if stream != 1 and stream != 2:  # cheapest check on the hot path
-            raise InvalidArgument(f"stream must be Stream.STDOUT or Stream.STDERR, not {stream!r}")
-        if type(data) is not bytes:
-            data = bytes(data)
-        n = len(data)
-        if n > MAX_PAYLOAD:
-            raise InvalidArgument(f"a log chunk holds at most {MAX_PAYLOAD} bytes, got {n}")
-        ts = time.time_ns()
-        p = self._p
-        with p._lock:
-            if self._finishing or self._closed or p._closing:
-                raise FailedPrecondition(
-                    f"log of job {self.job_id} is {self._state()}; it takes no more output"
-                )
-            seq = self._next_seq
-            self._next_seq = seq + 1
-            self._last_assigned = seq
-            p._queue.append((self, seq, int(stream), ts, data))
-            self._backlog += n
-            p._backlog += n
-            if p._writer_idle:
-                p._work.notify()
-        return seq
-
-    def finish(self) -> None:
-        """Queue the end-of-log record after everything appended so far. Idempotent.
-
-        Once all data is written, the finisher thread fsyncs it (``fsync_on_close``)
-        and writes the end record; then followers stop, ``is_finished`` is true,
-        the files are closed and the writer lock is released.
-        """
-        p = self._p
-        with p._lock:
-            if self._finishing:
-                return
-            if self._closed or p._closing:
-                raise FailedPrecondition(f"log of job {self.job_id} is closed")
-            self._finishing = True
-            seq = self._next_seq
-            self._last_assigned = seq
-            p._queue.append((self, seq, END, time.time_ns(), b""))
-            if p._writer_idle:
-                p._work.notify()
-
-    def wait_persisted(self, timeout: float | None = None) -> bool:
-        """Wait until everything appended (and the end record, if finishing) is written; False on timeout."""
-        p = self._p
-        with p._lock:
-            target = self._last_assigned
-            return p._persisted.wait_for(lambda: self._written >= target or self._closed, timeout)
-
-    @property
-    def persisted_seq(self) -> int:
-        """Seq of the last chunk written to the page cache (readers can see everything up to it)."""
-        return self._persisted_seq
-
-    @property
-    def last_seq(self) -> int:
-        """Seq of the last chunk appended (0 when none yet)."""
-        return self._next_seq - 1
-
-    @property
-    def backlog_bytes(self) -> int:
-        """Payload bytes appended but not yet written."""
-        return self._backlog
-
-    @property
-    def finished(self) -> bool:
-        """True once the end record is on disk."""
-        return self._finished
-
-    @property
-    def error(self) -> OSError | None:
-        """The last write error while it is being retried; None once writes succeed again."""
-        return self._error
-
-    def _state(self) -> str:
-        return "finished" if self._finishing else "closed"
-
-    def __repr__(self) -> str:
-        return f"JobLog(job_id={self.job_id!r}, log_dir={str(self.log_dir)!r}, last_seq={self.last_seq})"
 
 
 class LogPersister:
@@ -158,11 +57,30 @@ class LogPersister:
     end records of finishing jobs, so a slow fsync never stalls other jobs.
     """
 
-    def __init__(self, *, segment_bytes: int = 64 << 20, fsync_on_close: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        segment_bytes: int = 64 << 20,
+        fsync_on_close: bool = True,
+        job_backlog_bytes: int = 8 << 20,
+        total_backlog_bytes: int = 64 << 20,
+        give_up_after_exit_s: float = 60.0,
+        give_up_at_close_s: float = 5.0,
+        reserve_bytes: int = 64 << 10,
+    ) -> None:
         if segment_bytes < _MIN_SEGMENT_BYTES:
             raise InvalidArgument(f"segment_bytes must be at least {_MIN_SEGMENT_BYTES}, got {segment_bytes}")
+        if job_backlog_bytes <= 0 or total_backlog_bytes <= 0:
+            raise InvalidArgument("backlog limits must be positive")
         self.segment_bytes = segment_bytes
         self.fsync_on_close = fsync_on_close
+        self.job_backlog_bytes = job_backlog_bytes
+        self.total_backlog_bytes = total_backlog_bytes
+        self.give_up_after_exit_s = give_up_after_exit_s
+        self.give_up_at_close_s = give_up_at_close_s
+        self.reserve_bytes = reserve_bytes
+        self.pauses = 0  # how often a job was held back (observable back-pressure)
+        self._paused: set[JobLog] = set()
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self._persisted = threading.Condition(self._lock)
@@ -200,7 +118,15 @@ class LogPersister:
             self._dirs.add(log_dir)  # reserve, so recovery below runs outside the lock
         try:
             writer = SegmentWriter(log_dir, self.segment_bytes, self.fsync_on_close)
-            next_seq = writer.open()
+            try:
+                next_seq = writer.open()
+            except OSError as exc:  # e.g. ENOSPC creating the first segment: say which log, as LimitExceeded
+                raise from_os_error(exc, exc.filename or log_dir, what=f"log of job {job_id}") from exc
+            try:
+                writer.make_reserve(self.reserve_bytes)
+            except BaseException:
+                writer.release()
+                raise
         except BaseException:
             with self._lock:
                 self._dirs.discard(log_dir)
@@ -257,7 +183,7 @@ class LogPersister:
             with self._lock:
                 while not self._queue:
                     now = time.monotonic()
-                    if any(j._retry_at <= now for j in active):
+                    if any(j._retry_at <= now or j._abandon for j in active):
                         break
                     if not active and self._closing:
                         unfinished = [j for j in self._jobs.values() if not j._end_handed]
@@ -280,15 +206,23 @@ class LogPersister:
         now = time.monotonic()
         progress: list[tuple[JobLog, int, int]] = []
         handoff: list[tuple[JobLog, Record]] = []
+        stalled: list[JobLog] = []
         for job in list(active):
-            if job._retry_at > now:
+            if job._retry_at > now and not job._abandon:
                 continue
+            if self._should_give_up(job, now):
+                self._give_up(job)
+                if not job._pending:
+                    del active[job]
+                    continue
             last_seq, nbytes, exc = job._writer.write_some(job._pending, _SLICE_BYTES)
             if exc is not None:
                 self._stall(job, exc)
+                stalled.append(job)
             elif job._error is not None:
                 _log.info("log of job %s: writes succeed again", job.job_id)
                 job._error, job._retry_at, job._retry_delay = None, 0.0, _RETRY_MIN_S
+                job._failing_since = 0.0
             if exc is None and job._pending and job._pending[0][2] == END:
                 handoff.append((job, job._pending.popleft()))
             if not job._pending:
@@ -305,6 +239,71 @@ class LogPersister:
             if handoff:
                 self._to_finish.extend(handoff)
                 self._finish_work.notify()
+            self._wake_drained()
+            for job in stalled:
+                if job._paused and job._wake_on_stall:
+                    self._wake(job)
+            self._persisted.notify_all()
+
+    def _wake(self, job: JobLog) -> None:
+        self._paused.discard(job)
+        job._paused = False
+        os.eventfd_write(job._wake_fd, 1)
+
+    def _wake_drained(self) -> None:
+        """Signal held-back jobs whose backlog fell to half their limit (hysteresis: no pause/resume flapping)."""
+        if not self._paused or self._backlog > self.total_backlog_bytes // 2:
+            return
+        for job in list(self._paused):
+            if job._backlog <= self.job_backlog_bytes // 2:
+                self._wake(job)
+
+    def _should_give_up(self, job: JobLog, now: float) -> bool:
+        """The policy of ADR-0004: only when no process can wait for the disk any more."""
+        if job._abandon:
+            if job._error is not None:
+                return True
+            with self._lock:  # writes succeeded since it was asked: nothing needs to be lost after all
+                job._abandon = False
+                self._persisted.notify_all()
+            return False
+        if not job._failing_since:
+            return False
+        if self._closing:
+            return now - job._failing_since >= self.give_up_at_close_s
+        return job._finishing and now - job._failing_since >= self.give_up_after_exit_s
+
+    def _give_up(self, job: JobLog) -> None:
+        """Replace the job's unwritten output by one notice record standing for its seqs (writer thread)."""
+        pending = job._pending
+        ends = [r for r in pending if r[2] == END]
+        lost = [r for r in pending if r[2] != END]
+        data_bytes = sum(len(r[4]) for r in lost if r[2] != NOTICE)
+        reason = job._error.strerror if job._error is not None and job._error.strerror else job._lost_reason
+        reason = reason or "write failed"
+        pending.clear()
+        if data_bytes:
+            # Everything pending is one contiguous run of seqs (an unwritten earlier notice first,
+            # when output is shed more than once): one notice stands for all of it.
+            first = lost[0][1]
+            last = max(notice_last_seq(r[4], r[1]) if r[2] == NOTICE else r[1] for r in lost)
+            gap = data_bytes + sum(notice_lost_bytes(r[4]) for r in lost if r[2] == NOTICE)
+            text = f"log incomplete: {gap} bytes not written ({reason})\n"
+            pending.append((job, first, NOTICE, time.time_ns(), encode_notice(last, gap, text)))
+            _log.warning("log of job %s: gave up on %d bytes of output (%s); a notice marks the gap",
+                         job.job_id, data_bytes, reason)
+        elif lost:  # only a notice that cannot be written either, at close: the exit reason still tells
+            _log.warning("log of job %s: cannot write its 'log incomplete' notice (%s)", job.job_id, reason)
+        pending.extend(ends)
+        if job._writer.release_reserve():
+            job._retry_at = 0.0  # the reserve was kept for exactly this write: try it now
+        with self._lock:
+            job._backlog -= data_bytes
+            self._backlog -= data_bytes
+            job._lost_bytes += data_bytes
+            job._lost_reason = reason
+            job._abandon = False
+            self._wake_drained()
             self._persisted.notify_all()
 
     def _stall(self, job: JobLog, exc: Exception) -> None:
@@ -316,7 +315,11 @@ class LogPersister:
                 "log of job %s: write failed (%s); output stays queued and is retried", job.job_id, exc
             )
         job._error = exc
-        job._retry_at = time.monotonic() + job._retry_delay
+        now = time.monotonic()
+        job._failing_since = job._failing_since or now
+        job._retry_at = now + job._retry_delay
+        if self._closing:  # come back in time to give up (see _should_give_up)
+            job._retry_at = min(job._retry_at, job._failing_since + self.give_up_at_close_s)
         job._retry_delay = min(job._retry_delay * 2, _RETRY_MAX_S)
 
     def _release_unfinished(self, jobs: list[JobLog]) -> None:
@@ -338,6 +341,10 @@ class LogPersister:
     def _forget(self, job: JobLog) -> None:
         self._jobs.pop(job.job_id, None)
         self._dirs.discard(job.log_dir)
+        self._paused.discard(job)
+        if job._wake_fd >= 0:  # the supervisor unregisters it at the job's exit, before finish()
+            os.close(job._wake_fd)
+            job._wake_fd = -1
 
     # -- finisher thread ------------------------------------------------------------------------------
     # fsync can take long on a busy disk; doing it here keeps the writer streaming every other job.
@@ -364,6 +371,9 @@ class LogPersister:
                     job._writer.write_end(seq, rec[3])
                 except Exception as exc:  # keep the job open and try again; never lose the end
                     self._stall(job, exc)
+                    if self._closing and time.monotonic() - job._failing_since >= self.give_up_at_close_s:
+                        self._abandon_end(job, exc)  # shutting down: leave the log unfinished, not the process
+                        continue
                     retry.append((job, rec))
                     continue
                 with self._lock:
@@ -372,6 +382,14 @@ class LogPersister:
                     job._error = None
                     self._forget(job)
                     self._persisted.notify_all()
+
+    def _abandon_end(self, job: JobLog, exc: Exception) -> None:
+        _log.warning("log of job %s: end record not written at close (%s); the log stays unfinished", job.job_id, exc)
+        job._writer.release()
+        with self._lock:
+            job._closed = True
+            self._forget(job)
+            self._persisted.notify_all()
 
     def __repr__(self) -> str:
         return f"LogPersister(jobs={len(self._jobs)}, backlog_bytes={self._backlog})"

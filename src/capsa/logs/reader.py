@@ -19,10 +19,13 @@ from capsa.errors import ChecksumMismatch, InvalidArgument
 from ._format import (
     END,
     HEADER_SIZE,
+    NOTICE,
     crc32,
     decode_header,
     is_unwritten,
     list_segments,
+    notice_last_seq,
+    notice_text,
     segment_path,
 )
 from .model import LogChunk, Stream
@@ -30,7 +33,7 @@ from .model import LogChunk, Stream
 __all__ = ["is_finished", "log_size", "read_log"]
 
 _BLOCK = 4 << 20
-_STREAMS = (None, Stream.STDOUT, Stream.STDERR)
+_STREAMS = (None, Stream.STDOUT, Stream.STDERR, None, Stream.NOTICE)
 
 
 def read_log(
@@ -109,6 +112,19 @@ def _read(
                     return
                 body = pos + HEADER_SIZE
                 end = body + length
+                if stream == NOTICE:
+                    got = _notice(fd, buf, off, body, end, length, pcrc, from_seq)
+                    if got is None:
+                        bad = end <= n or os.fstat(fd).st_size >= off + end
+                        break
+                    last, chunk = got
+                    if chunk is not None:
+                        yield LogChunk(last, Stream.NOTICE, ts, chunk)
+                    pos = end
+                    expected = last + 1
+                    if end > n:
+                        break
+                    continue
                 if end <= n:
                     if seq >= from_seq and (wanted is None or stream in wanted):
                         data = buf[body:end]
@@ -167,6 +183,22 @@ def _read(
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+def _notice(
+    fd: int, buf: bytes, off: int, body: int, end: int, length: int, pcrc: int, from_seq: int
+) -> tuple[int, bytes | None] | None:
+    """A notice record's last seq and its text (None when all it stands for is before ``from_seq``).
+
+    Returns None when the payload is not (yet) whole or fails its CRC. A notice is
+    yielded whatever ``streams`` asks for: it tells about the output itself. It is
+    yielded with its *last* seq, so resuming at ``seq + 1`` never repeats it.
+    """
+    payload = buf[body:end] if end <= len(buf) else os.pread(fd, length, off + body)
+    if len(payload) < length or crc32(payload) != pcrc:
+        return None
+    last = notice_last_seq(payload, 0)
+    return last, (notice_text(payload) if last >= from_seq else None)
 
 
 def is_finished(log_dir: Path) -> bool:

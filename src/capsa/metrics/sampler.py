@@ -99,12 +99,21 @@ class MetricsSampler:
             self._cond.notify_all()
 
     def _loop(self) -> None:
+        failing = ""  # the condition being reported: logged when it starts and when it ends, not every tick
         while not self._stop.is_set():
             started = time.monotonic()
             try:
                 self.sample_once()
-            except Exception:  # a transient read or database error must not end sampling
-                log.exception("metrics sample failed")
+            except Exception as exc:  # a transient read or database error must not end sampling
+                condition = f"{type(exc).__name__}: {exc}"
+                if condition != failing:
+                    log.warning("metrics sample failed (%s); retrying every %gs, logged again when it changes",
+                                condition, self.interval_s, exc_info=not isinstance(exc, CapsaError))
+                    failing = condition
+            else:
+                if failing:
+                    log.info("metrics sampling works again (was: %s)", failing)
+                    failing = ""
             self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
 
     # -- sampling ----------------------------------------------------------------------------
@@ -173,7 +182,7 @@ class MetricsSampler:
     def _persist(self, samples: list[JobSample]) -> None:
         if self.db is None or not samples:
             return
-        with self.db.tx() as conn:
+        with self.db.tx(spare=False) as conn:  # the database's spare space is for state changes, not samples
             for s in samples:
                 with contextlib.suppress(sqlite3.IntegrityError):   # the job was deleted meanwhile
                     conn.execute(

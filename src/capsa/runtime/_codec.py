@@ -18,7 +18,7 @@ from typing import Any, ClassVar, TypeVar
 from capsa.errors import InvalidArgument
 from capsa.runtime.spec import JobSpec
 
-__all__ = ["Message", "decode", "encode", "message", "register_type"]
+__all__ = ["Message", "decode", "encode", "frame_id", "message", "register_type"]
 
 M = TypeVar("M", bound="type[Message]")
 

@@ -144,7 +144,7 @@ class _Channel:
                     if waiter is not None:   # None: its caller gave up waiting
                         waiter.reply = reply
                         waiter.done.set()
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, CapsaError) as exc:   # a frame we cannot read ends the channel
             self._fail(f"supervisor connection failed: {exc}")
             return
         self._fail("supervisor closed the connection")
@@ -251,7 +251,7 @@ class SupervisorClient:
             sock.settimeout(None)
             if not isinstance(decode(frames[0])[1], OkReply):
                 raise Unavailable("supervisor refused the event subscription")
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, CapsaError) as exc:
             sock.close()
             raise Unavailable(f"event subscription failed: {exc}") from exc
         except BaseException:
@@ -268,7 +268,7 @@ class SupervisorClient:
                 try:
                     data = sock.recv(_RECV)
                     pending = reader.feed(data) if data else []
-                except (OSError, ValueError):
+                except (OSError, ValueError, CapsaError):
                     data = b""
                 if not data:
                     if on_lost is not None and not self._closing:

@@ -88,6 +88,7 @@ class JobRecord:
     exec_latency_ns: int = 0
     ended_ns: int = 0
     cgroup: str = ""
+    log_incomplete_bytes: int = 0   # output the disk could not take (ADR-0004); also said in ``reason``
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -21,7 +21,7 @@ from capsa.errors import InvalidArgument
 
 __all__ = ["MAX_MESSAGE", "FrameError", "FrameReader", "encode_frame", "recv_msg", "send_msg", "write_frame"]
 
-MAX_MESSAGE = 16 << 20
+MAX_MESSAGE = 64 << 20   # a list of every job the supervisor holds must fit
 _HEADER = struct.Struct(">I")
 
 

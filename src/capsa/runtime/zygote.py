@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from capsa import linux
-from capsa.errors import InvalidArgument
+from capsa.errors import CapsaError, InvalidArgument
 from capsa.runtime import mounts, security, stage2
 from capsa.runtime.cgroups.jobview import host_cgroup_mounts
 from capsa.runtime.protocol import (
@@ -57,7 +57,7 @@ def zygote_main(sock: socket.socket) -> NoReturn:
     while True:
         try:
             frame, fds = recv_msg(sock)
-        except (OSError, ValueError):
+        except (OSError, CapsaError):   # the supervisor is gone or garbled the stream: a new zygote starts
             os._exit(1)
         if frame is None:
             os._exit(0)

@@ -13,19 +13,59 @@ code that uses it.
 Connections are per thread (sqlite3 objects must not cross threads); writes go
 through :meth:`Database.tx`, which takes the write lock up front
 (``BEGIN IMMEDIATE``) so two writers never deadlock on a lock upgrade.
+
+A full disk (SQLITE_FULL, "database or disk is full") is an expected condition,
+not a crash: ``tx`` rolls back and raises :class:`~capsa.errors.LimitExceeded`
+naming the database, after releasing a spare file (``<db>.spare``, created at
+open) whose few MiB let the next attempt commit — deleting rows in WAL mode needs
+free pages too, so without it ``capsa rm`` could not free space on a full disk.
+:meth:`Database.execute` and :meth:`Database.write` retry such a failure with
+bounded backoff (``full_retry_s``), logging the condition once and its end once;
+the spare is re-created when space has returned.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
-from capsa.errors import FailedPrecondition
+from capsa.errors import FailedPrecondition, LimitExceeded
 
-__all__ = ["Database"]
+__all__ = ["Database", "is_database_full"]
+
+_log = logging.getLogger("capsa.state")
+_T = TypeVar("_T")
+_SQLITE_FULL = 13
+_SPARE_BYTES = 2 << 20  # room for the WAL frames of a few hundred page writes (one DELETE takes a handful)
+_SPARE_RECHECK_S = 10.0
+_FULL_QUIET_S = 30.0
+_OPEN_MIN_FREE = 1 << 20
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def is_database_full(exc: BaseException) -> bool:
+    """SQLITE_FULL: "database or disk is full" (ENOSPC while growing the database or its WAL)."""
+    if isinstance(exc, LimitExceeded):
+        return exc.detail.get("sqlite") == "full"
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (code is not None and code & 0xFF == _SQLITE_FULL) or "database or disk is full" in str(exc)
 
 _PRAGMAS = (
     "PRAGMA journal_mode = WAL",
@@ -39,10 +79,21 @@ _PRAGMAS = (
 class Database:
     """A SQLite file opened with capsa's pragmas; safe to share between threads."""
 
-    def __init__(self, path: Path | str, *, busy_timeout_ms: int = 5000) -> None:
+    def __init__(
+        self, path: Path | str, *, busy_timeout_ms: int = 5000, full_retry_s: float = 30.0,
+        spare_bytes: int = _SPARE_BYTES,
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._busy_timeout_ms = busy_timeout_ms
+        self.full_retry_s = full_retry_s
+        self.spare_path = self.path.with_name(self.path.name + ".spare")
+        self._spare_bytes = spare_bytes
+        self._spare_checked = 0.0
+        self._full = False  # a "database is full" condition is being reported (log once per condition)
+        self._full_at = 0.0  # monotonic time of the last SQLITE_FULL
+        self._full_lock = threading.Lock()
+        self._ensure_spare()
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
@@ -62,8 +113,21 @@ class Database:
             check_same_thread=False,
         )
         conn.row_factory = sqlite3.Row
-        for pragma in _PRAGMAS:
-            conn.execute(pragma.replace("5000", str(self._busy_timeout_ms)))
+        try:
+            for pragma in _PRAGMAS:
+                conn.execute(pragma.replace("5000", str(self._busy_timeout_ms)))
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            # Opening in WAL mode creates the -wal and -shm files; on a full disk SQLite says only
+            # "disk I/O error". Say what it is when the filesystem is indeed (nearly) full.
+            free = _free_bytes(self.path.parent)
+            if is_database_full(exc) or (free is not None and free < _OPEN_MIN_FREE):
+                raise LimitExceeded(
+                    f"cannot open the database {self.path}: no space left on device ({free} bytes free on "
+                    "its filesystem); free space there and retry",
+                    detail={"path": str(self.path), "sqlite": "full"},
+                ) from exc
+            raise
         with self._all_lock:
             self._all.append(conn)
         return conn
@@ -77,10 +141,13 @@ class Database:
         return conn
 
     @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
+    def tx(self, *, spare: bool = True) -> Iterator[sqlite3.Connection]:
         """A write transaction: committed on success, rolled back on any exception.
 
-        Nested use on one thread joins the outer transaction.
+        Nested use on one thread joins the outer transaction. A full disk raises
+        ``LimitExceeded`` naming the database; unless ``spare=False`` (writes that
+        can simply be skipped, like metrics samples) the spare file is released
+        first so that a retry can commit.
         """
         conn = self.connection()
         if conn.in_transaction:
@@ -89,11 +156,95 @@ class Database:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            # After SQLITE_FULL SQLite may have rolled back already, and a failed COMMIT leaves the
+            # transaction open: without this ROLLBACK the next tx() on this thread would "join" it.
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            if is_database_full(exc) and not isinstance(exc, LimitExceeded):
+                raise self._full_error(exc, spare) from exc
             raise
         else:
-            conn.execute("COMMIT")
+            self._after_write()
+
+    def _full_error(self, exc: BaseException, spare: bool) -> LimitExceeded:
+        released = spare and self._release_spare()
+        with self._full_lock:
+            first, self._full = not self._full, True
+            self._full_at = time.monotonic()
+        if first:
+            _log.warning("database %s is full (%s)%s; writes are retried", self.path, exc,
+                         "; released its spare file" if released else "")
+        return LimitExceeded(
+            f"no space left on device writing the database {self.path}; free space there and retry",
+            detail={"path": str(self.path), "sqlite": "full"},
+        )
+
+    def _after_write(self) -> None:
+        now = time.monotonic()
+        # One success between failures (another writer found a free page) does not end the condition:
+        # it ends after _FULL_QUIET_S without a failure, so a full disk is logged once, not per write.
+        if self._full and now - self._full_at >= _FULL_QUIET_S:
+            with self._full_lock:
+                was, self._full = self._full, False
+            if was:
+                _log.warning("database %s: writes succeed again", self.path)
+        if now - self._spare_checked >= _SPARE_RECHECK_S:
+            self._spare_checked = now
+            self._ensure_spare()
+
+    def _ensure_spare(self) -> None:
+        """(Re)create the spare file; quietly not while the disk is still too full for it."""
+        if self._spare_bytes <= 0:
+            return
+        try:
+            if os.stat(self.spare_path).st_blocks * 512 >= self._spare_bytes:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        try:
+            fd = os.open(self.spare_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self._spare_bytes)
+            finally:
+                os.close(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(self.spare_path)
+
+    def _release_spare(self) -> bool:
+        try:
+            os.unlink(self.spare_path)
+        except OSError:
+            return False
+        self._spare_checked = time.monotonic()  # do not take the space straight back
+        return True
+
+    def write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``fn(conn)`` in a write transaction, retrying it whole while the disk is full.
+
+        Retries with backoff (0.05 s doubling to 2 s) for up to ``full_retry_s``,
+        then raises ``LimitExceeded`` naming the database. ``fn`` must be safe to
+        run again (it is: each failed attempt was rolled back). Inside an outer
+        transaction it runs once: the outer one has been rolled back.
+        """
+        if self.connection().in_transaction:
+            with self.tx() as conn:
+                return fn(conn)
+        deadline = time.monotonic() + self.full_retry_s
+        delay = 0.05
+        while True:
+            try:
+                with self.tx() as conn:
+                    return fn(conn)
+            except LimitExceeded as exc:
+                if not is_database_full(exc) or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     def query(self, sql: str, params: Sequence[object] | dict[str, object] = ()) -> list[sqlite3.Row]:
         return self.connection().execute(sql, params).fetchall()
@@ -102,9 +253,8 @@ class Database:
         return self.connection().execute(sql, params).fetchone()
 
     def execute(self, sql: str, params: Sequence[object] | dict[str, object] = ()) -> sqlite3.Cursor:
-        """Run one statement in its own write transaction."""
-        with self.tx() as conn:
-            return conn.execute(sql, params)
+        """Run one statement in its own write transaction (retried while the disk is full, see ``write``)."""
+        return self.write(lambda conn: conn.execute(sql, params))
 
     # -- schema ----------------------------------------------------------------------
     def migrate(self, component: str, migrations: Sequence[str]) -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from capsa.errors import AlreadyExists, FailedPrecondition, NotFound
+from capsa.errors import AlreadyExists, CapsaError, FailedPrecondition, NotFound, from_os_error
 from capsa.logs import JobLog, LogPersister, Stream
 from capsa.runtime import cgroups
 from capsa.runtime.devices import job_device_rules
@@ -114,8 +114,10 @@ class Supervisor(EventLoop):
         (self.run_dir / "supervisor.pid").write_text(str(os.getpid()))
 
     def answer(self, caller: Caller, msg: Message) -> None:
-        caller.reply(msg)
-        self.update(caller.conn)
+        """A deferred reply (start at exec, mount when the zygote is done)."""
+        if not caller.conn.closed:
+            self._queue_reply(caller.conn, msg, caller.request_id)
+            self.update(caller.conn)
 
     # -- deadlines ------------------------------------------------------------------------------------
     def next_timeout(self) -> float | None:
@@ -133,6 +135,9 @@ class Supervisor(EventLoop):
                     self._kill_cgroup(job)
             if job.start_deadline is not None and now >= job.start_deadline and job.report_fd != -1:
                 job.start_deadline = None
+                self._drain_report(job)   # an exec that happened just now is a start, not a timeout
+                if job.report_fd == -1:
+                    continue
                 self.log(f"job {job.record.job_id} did not exec within {START_TIMEOUT_S:g}s; killing it")
                 job.start_error = job.start_error or StageFailed(
                     "start", errno.ETIMEDOUT, f"the command was not exec'd within {START_TIMEOUT_S:g}s")
@@ -168,8 +173,11 @@ class Supervisor(EventLoop):
         if spec.job_id in self.jobs:
             raise AlreadyExists(f"job {spec.job_id} already exists")
         job_dir = Path(spec.job_dir)
-        for sub in ("root", "work", "logs"):
-            (job_dir / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            for sub in ("root", "work", "logs"):
+                (job_dir / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:   # a full disk is the usual cause: say so, naming the path (exit 9)
+            raise from_os_error(exc, job_dir, what=f"job {spec.job_id}") from exc
         cg = self.driver.create(spec.job_id, _limits(spec))
         try:   # before any process joins: the job may open only its minimal /dev and what the spec adds
             cg.device_rules(job_device_rules(spec))
@@ -208,13 +216,13 @@ class Supervisor(EventLoop):
     def _on_report(self, job: _Job, data: bytes) -> None:
         try:
             frames = job.report.feed(data)
-        except ValueError as exc:
+        except CapsaError as exc:
             job.start_error = job.start_error or StageFailed("report", 0, f"unreadable start report: {exc}")
             return
         for frame in frames:
             try:
                 _id, msg = decode(frame)
-            except ValueError as exc:
+            except CapsaError as exc:
                 msg = StageFailed("report", 0, f"unreadable start report: {exc}")
             if isinstance(msg, Forked) and msg.pid > 0:
                 job.record.pid = msg.pid
@@ -257,6 +265,9 @@ class Supervisor(EventLoop):
             return
         job_id, stream = self.by_fd[fd]
         job = self.jobs[job_id]
+        if stream == "resume":  # the persister drained this job's backlog
+            self._resume_output(job)
+            return
         try:
             data = os.read(fd, _READ_CHUNK)
         except BlockingIOError:
@@ -268,6 +279,9 @@ class Supervisor(EventLoop):
                 self._on_report(job, data)
             else:
                 job.log.append(Stream.STDOUT if stream == "out" else Stream.STDERR, data)
+                wake_fd = job.log.pause_fd(exited=job.wait_status is not None)
+                if wake_fd is not None:
+                    self._pause_output(job, wake_fd)
             return
         self._close_fd(fd)
         if stream == "report":
@@ -277,15 +291,50 @@ class Supervisor(EventLoop):
             job.out_fds.discard(fd)
             self._maybe_finish(job)
 
+    def _drain_report(self, job: _Job) -> None:
+        while job.report_fd != -1:
+            fd = job.report_fd
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if data:
+                self._on_report(job, data)
+                continue
+            self._close_fd(fd)
+            job.report_fd = -1
+            self._on_report_eof(job)
+
     def _close_fd(self, fd: int) -> None:
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(fd)
         self.by_fd.pop(fd, None)
         os.close(fd)
 
+    def _pause_output(self, job: _Job, wake_fd: int) -> None:
+        """Back-pressure (ADR-0004): stop reading the job's pipes, so it blocks in write(2), until wake_fd fires."""
+        for fd in job.out_fds:
+            with contextlib.suppress(KeyError):
+                self.sel.unregister(fd)
+        if wake_fd not in self.by_fd:
+            self.by_fd[wake_fd] = (job.record.job_id, "resume")
+            self.sel.register(wake_fd, selectors.EVENT_READ, ("pipe", None))
+
+    def _resume_output(self, job: _Job) -> None:
+        wake_fd = job.log.resume()
+        if self.by_fd.pop(wake_fd, None) is not None:
+            self.sel.unregister(wake_fd)
+        for fd in job.out_fds:
+            if fd not in self.sel.get_map():
+                self.sel.register(fd, selectors.EVENT_READ, ("pipe", None))
+
     # -- end of a job --------------------------------------------------------------------------------
     def _maybe_finish(self, job: _Job) -> None:
         rec = job.record
+        if job.wait_status is not None and rec.state != ProcState.EXITED:
+            self._resume_output(job)  # an exited job is never held back: drain its pipes (ADR-0004)
         if rec.state == ProcState.EXITED or job.wait_status is None or job.out_fds or job.report_fd != -1:
             return
         status = job.wait_status
@@ -313,7 +362,10 @@ class Supervisor(EventLoop):
         rec.ended_ns = time.time_ns()
         job.kill_at = None
         self.by_pid.pop(rec.pid, None)
-        job.log.finish()
+        lost = job.log.finish_at_exit()  # gives up on output a failing disk still holds, so the record can say so
+        if lost:
+            rec.reason = f"{rec.reason}; {lost}" if rec.reason else lost
+            rec.log_incomplete_bytes = job.log.incomplete_bytes
         _write_status(Path(job.spec.job_dir), rec)
         self.publish(rec)
 
@@ -346,14 +398,14 @@ class Supervisor(EventLoop):
         except OSError:
             data = b""
         frames: list[dict[str, Any]] = []
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(CapsaError):
             frames = reader.feed(data)
         if frames or not data:
             self.sel.unregister(fd)
             os.close(fd)
             del self.mount_replies[fd]
             reply: Message = ErrorReply("internal", "the zygote gave no answer to a mount")
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(CapsaError):
                 if frames and isinstance(msg := decode(frames[0])[1], (OkReply, ErrorReply)):
                     reply = msg
             self.answer(caller, reply)

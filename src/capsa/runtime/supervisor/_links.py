@@ -95,14 +95,10 @@ class Connection:
 
 @dataclasses.dataclass(frozen=True)
 class Caller:
-    """Where a request came from, to answer it now or later (a start is answered at exec)."""
+    """Where a request came from, to answer it later (a start is answered at exec): see ``Supervisor.answer``."""
 
     conn: Connection
     request_id: int
-
-    def reply(self, msg: Message) -> None:
-        if not self.conn.closed:
-            self.conn.queue(msg, self.request_id)
 
 
 class Zygote(Protocol):

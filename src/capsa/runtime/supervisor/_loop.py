@@ -197,7 +197,14 @@ class EventLoop:
                     self.log(f"request {frame.get('type')!r} failed: {type(exc).__name__}: {exc}")
                 reply = error_reply(exc)
             if reply is not None:
-                conn.queue(reply, request_id)
+                self._queue_reply(conn, reply, request_id)
+
+    def _queue_reply(self, conn: Connection, reply: Message, request_id: int) -> None:
+        try:
+            conn.queue(reply, request_id)
+        except CapsaError as exc:   # e.g. a reply larger than a frame may be
+            self.log(f"reply {reply.TYPE!r} could not be framed: {exc}")
+            conn.queue(ErrorReply("internal", f"the reply could not be sent: {exc}"), request_id)
 
     def update(self, conn: Connection) -> None:
         """Send what can be sent now, then listen for what this connection needs next."""

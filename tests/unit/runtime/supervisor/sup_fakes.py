@@ -112,7 +112,7 @@ class FakeDriver:
 
 class FakeZygote:
     """Commands: ``/bin/true`` runs until ``exit``; ``/quick`` exits at once; ``/missing`` is not found;
-    ``/hang`` never execs (its report pipe stays open)."""
+    ``/hang`` never execs (its report pipe stays open); ``/garbage`` reports bytes that are no frame."""
 
     def __init__(self, processes: FakeProcesses, driver: FakeDriver) -> None:
         self.pid = 1
@@ -143,6 +143,9 @@ class FakeZygote:
         if command == "/hang":
             self.driver.cgroups[msg.spec.job_id].held_fds.extend(fds)
             return True
+        if command == "/garbage":   # a report pipe carrying something that is not a frame
+            os.write(fds[2], b"\x00\x00\x00\x05nope!")
+            return False
         pid = next(self._pids)
         self.processes.alive.add(pid)
         self.driver.cgroups[msg.spec.job_id].pid = pid

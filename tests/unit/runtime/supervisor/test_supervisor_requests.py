@@ -93,6 +93,13 @@ def test_a_start_that_never_execs_is_killed_and_answered_at_its_deadline(
     assert info.value.failure.step == "start" and not info.value.failure.exec_failed
 
 
+def test_an_unreadable_start_report_is_a_start_failure_not_a_hang(harness: Harness) -> None:
+    with pytest.raises(StartFailedError) as info:
+        harness.client.start(harness.spec("/garbage"))
+    assert info.value.failure.step == "report" and "unreadable" in info.value.failure.message
+    assert harness.client.alive()
+
+
 def test_a_failing_cgroup_driver_is_an_internal_error_and_the_loop_goes_on(harness: Harness) -> None:
     harness.driver.fail_create = RuntimeError("boom")
     with pytest.raises(CapsaError, match="RuntimeError: boom") as info:
@@ -304,3 +311,14 @@ def test_a_client_gone_before_its_start_is_answered_does_not_disturb_the_loop(ha
         sock.sendall(frame(body))
     wait_for(lambda: any(r.job_id == spec.job_id for r in harness.client.list()), "the start to be taken")
     assert harness.client.alive()
+
+
+def test_a_job_dir_that_cannot_be_made_is_an_error_naming_it(harness: Harness) -> None:
+    blocker = harness.home / "not-a-dir"
+    blocker.write_text("a file where the job's directory should go")
+    spec = harness.spec()
+    bad = type(spec)(**{**spec.__dict__, "job_dir": str(blocker / "job")})
+    with pytest.raises(CapsaError, match="not-a-dir"):
+        harness.client.start(bad)
+    assert harness.driver.cgroups == {}
+    assert harness.client.ping().pid > 0   # the loop survived
