@@ -72,6 +72,7 @@ class DaemonOptions:
     config_path: Path | None = None
     listen: str | None = None
     live_restore: bool = False   # keep jobs running when the daemon stops cleanly
+    ready_file: Path | None = None   # written once the API listens and the client config exists
 
 
 class Daemon:
@@ -290,13 +291,46 @@ def _load_config(options: DaemonOptions) -> ServerConfig:
 
 
 def run_daemon(options: DaemonOptions) -> int:
+    """Run until SIGTERM/SIGINT. Readiness is announced only when a client can use the daemon: the
+    API listens and (for a home the daemon bootstraps) client.yaml exists, so whoever waits for the
+    ready file or systemd's READY=1 can run ``capsa`` commands at once."""
+    from capsa.readiness import Notifier, remove_ready_file, write_ready_file
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    daemon = Daemon(options)
+    notifier = Notifier.from_environment()   # before any child is started: they must not inherit it
+    # A ready file left by an earlier daemon would tell a waiter "ready" before this one is.
+    remove_ready_file(options.ready_file)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    daemon.start()
-    print(f"capsa daemon ready on {options.listen or daemon.config.listen}", flush=True)
+    notifier.status("starting")
+    daemon = None
+    try:
+        daemon = Daemon(options)   # loads the config; on a fresh home, creates certificates and client.yaml
+        daemon.start()
+    except BaseException:
+        notifier.stopping("start failed")
+        if daemon is not None and not options.live_restore:
+            # A start that failed half way (say, the port is taken) is stopped like a clean stop would
+            # be, so it leaves no supervisor or zygote behind; with --live-restore they keep the jobs.
+            try:
+                daemon.stop()
+            except Exception:
+                log.exception("cleaning up after the failed start")
+        raise
+    listen = options.listen or daemon.config.listen
+    client_config = daemon.layout.client_config
+    if options.config_path is None and not client_config.is_file():
+        # ensure_home created it before start(); someone removed it since. No ready file then: a waiter
+        # would only run into "no client configuration found".
+        log.error("%s is missing: no ready file written, clients of this home cannot connect", client_config)
+    elif options.ready_file is not None:
+        write_ready_file(options.ready_file, f"listen={listen}\npid={os.getpid()}\nhome={daemon.home}\n"
+                                             f"client_config={client_config}\n")
+    notifier.ready(f"listening on {listen}")
+    print(f"capsa daemon ready on {listen}", flush=True)
     done.wait()
+    notifier.stopping()
+    remove_ready_file(options.ready_file)
     daemon.stop()
     return 0
