@@ -304,7 +304,7 @@ class CapsuleDistribution:
         source (refused, and said so, when it is attached, pinned or needed by another version).
         """
         if all_versions:
-            versions = self.store.ls()
+            versions = self.store.list()
         elif ref:
             name, version = parse_reference(ref)
             versions = [self.store.get(name, str(version))]
@@ -321,7 +321,7 @@ class CapsuleDistribution:
             return replace(report, repair_error="no recorded source (it was created here): remove it and create "
                                                 "it again")
         try:
-            self.store.rm(name, str(version))
+            self.store.remove(name, str(version))
             again = verify_version(self.pull(row["source"], insecure=bool(row["insecure"])))
         except CapsaError as exc:
             return replace(report, repair_error=exc.message)
@@ -346,7 +346,7 @@ class CapsuleDistribution:
             # The bytes matched the description, but they were not a canonical tar: the tree is not
             # the one the publisher described. Refuse it rather than keep a version under a lie.
             with contextlib.suppress(CapsaError):
-                self.store.rm(created.name, created.version)
+                self.store.remove(created.name, created.version)
             raise ChecksumMismatch(f"{source}: the capsule's files hash to {created.digest}, "
                                    f"its description says {manifest.digest}")
         return created

@@ -318,7 +318,7 @@ class JobService:
         self.supervisor.stop(job.id, grace)
         return self.wait_ended(job.id, timeout=grace + 15)
 
-    def delete(self, id_or_prefix: str, *, force: bool = False) -> str:
+    def remove(self, id_or_prefix: str, *, force: bool = False) -> str:
         job = self.get(id_or_prefix)
         if force and job.state == JobState.SCHEDULED:
             job = self.cancel(job.id)
