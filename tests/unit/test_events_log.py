@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from capsa.events import EventLog
+
 from capsa.state import Database
 
 
