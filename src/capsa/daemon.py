@@ -70,6 +70,7 @@ class Daemon:
         self.snapshotter: Any = None
         self.images: Any = None
         self.server: grpc.Server | None = None
+        self.cluster: Any = None   # capsa.cluster.ClusterComponent when server.yaml has a cluster section
         self.stopped = threading.Event()
 
     def start(self) -> None:
@@ -118,6 +119,12 @@ class Daemon:
         from capsa.api.server import build_server
 
         listen = self.options.listen or self.config.listen
+        if self.config.cluster is not None:   # after jobs (it runs pool jobs through them), before serving
+            from capsa.cluster import ClusterComponent
+
+            self.cluster = ClusterComponent(self.config, jobs=self.jobs, images=self.images,
+                                            capsule_store=self.capsule_store, gpus=self.gpus, listen=listen)
+            self.cluster.start()
         server = build_server(self, listen, cgroup_version=cgroup_version)
         server.start()
         self.server = server
@@ -157,6 +164,8 @@ class Daemon:
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop(grace=2).wait(5)
+        if self.cluster is not None:   # leave the pool before the jobs it runs go away
+            self.cluster.close()
         for part in (self.scheduler, self.metrics):
             if part is not None:
                 part.close()

@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 from capsa.api.errors import ERROR_CODE_KEY
 from capsa.api.roles import required_role
 from capsa.errors import Unauthorized
-from capsa.pki import Role, role_from_cert_pem
+from capsa.pki import Principal, role_from_cert_pem
 
 __all__ = ["AuthInterceptor", "Identity", "identity_of"]
 
@@ -27,7 +27,7 @@ __all__ = ["AuthInterceptor", "Identity", "identity_of"]
 @dataclass(frozen=True)
 class Identity:
     common_name: str
-    role: Role
+    role: Principal
 
 
 def identity_of(context: grpc.ServicerContext) -> Identity:

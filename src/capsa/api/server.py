@@ -13,6 +13,7 @@ import grpc
 from capsa.api.auth import AuthInterceptor
 from capsa.api.gen.capsa.v1 import (
     capsules_pb2_grpc,
+    cluster_pb2_grpc,
     images_pb2_grpc,
     jobs_pb2_grpc,
     metrics_pb2_grpc,
@@ -21,6 +22,7 @@ from capsa.api.gen.capsa.v1 import (
     workflows_pb2_grpc,
 )
 from capsa.api.servicers.capsules import CapsuleServicer
+from capsa.api.servicers.cluster import ClusterServicer
 from capsa.api.servicers.images import ImageServicer
 from capsa.api.servicers.jobs import JobServicer, NodeServicer
 from capsa.api.servicers.metrics import MetricsServicer
@@ -57,6 +59,7 @@ def build_server(daemon: Daemon, listen: str, *, cgroup_version: int) -> grpc.Se
         CapsuleDistribution(daemon.capsule_store, registry=daemon.images.pc.registry, s3=daemon.images.pc.s3)), server)
     jobs_pb2_grpc.add_NodeServiceServicer_to_server(
         NodeServicer(cgroup_version=cgroup_version, snapshotter=daemon.config.snapshots.backend), server)
+    cluster_pb2_grpc.add_ClusterServiceServicer_to_server(ClusterServicer(getattr(daemon, "cluster", None)), server)
     tls = daemon.config.tls
     creds = grpc.ssl_server_credentials(
         [(tls.key_pem.encode(), tls.cert_pem.encode())],

@@ -43,9 +43,20 @@ def cli(ctx: click.Context, config: Path | None, node: str | None) -> None:
 
 
 def _register() -> None:
-    from capsa.cli import admin, capsules, images, jobs, networks, run_features, runtimes, stats, workflows
+    from capsa.cli import (
+        admin,
+        capsules,
+        cluster,
+        images,
+        jobs,
+        networks,
+        run_features,
+        runtimes,
+        stats,
+        workflows,
+    )
 
-    for module in (jobs, run_features, images, runtimes, capsules, workflows, networks, stats, admin):
+    for module in (jobs, run_features, images, runtimes, capsules, workflows, networks, stats, admin, cluster):
         for command in module.COMMANDS:
             cli.add_command(command)
 
