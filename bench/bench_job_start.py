@@ -117,7 +117,7 @@ def main() -> int:
                     series.setdefault("capsa RunJob round trip (client)", []).append(t1 - t0)
                     series.setdefault("capsa RunJob + wait for end (client)", []).append(t2 - t0)
 
-            cli = daemon.cli("run", "--", "/bin/true")
+            cli = daemon.cli_argv("run", "--", "/bin/true")
 
             def cli_once() -> float:
                 t0 = time.perf_counter()

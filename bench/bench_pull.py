@@ -256,7 +256,7 @@ def capsa_run(work: Path, ref: str, manifest: str, profile: bool) -> tuple[Timin
     log.unlink(missing_ok=True)
     try:
         with running_daemon(home) as daemon:
-            timing, out = timed(daemon.cli("image", "pull", ref), also_pid=daemon.proc.pid, env=daemon.env)
+            timing, out = timed(daemon.cli_argv("image", "pull", ref), also_pid=daemon.proc.pid, env=daemon.env)
             if manifest not in out:
                 raise RuntimeError(f"capsa pulled something else: {out}")
             details = fsm_profile(home / "capsa.db") if profile else None

@@ -14,19 +14,19 @@ import os
 import platform
 import shlex
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from capsa.api.client import CapsaClient
-from capsa.config import load_client_config
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the repository root: tests.fixtures
+
+from tests.fixtures.daemon import CAPSA, RunningDaemon  # noqa: E402
+from tests.fixtures.daemon import free_port as free_port  # noqa: E402  (for bench_pull)
+from tests.fixtures.daemon import running_daemon as _running_daemon  # noqa: E402
 
 __all__ = [
     "BENCH_DOC",
@@ -49,7 +49,6 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DOC = ROOT / "docs" / "BENCHMARKS.md"
-CAPSA = [sys.executable, "-m", "capsa"]
 _DOC_HEADER = """# capsa benchmarks
 
 Figures written by the scripts in `bench/` (each rewrites only its own section). Every section gives
@@ -183,40 +182,21 @@ def section_header(title: str, started: dt.datetime) -> str:
 # --------------------------------------------------------------------------- a daemon
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
-class BenchDaemon:
-    home: Path
-    port: int
-    proc: subprocess.Popen[bytes]
+class BenchDaemon(RunningDaemon):
+    """The tests' RunningDaemon, plus what benchmarks measure: the long-lived capsa processes."""
 
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+    client_timeout: float = 120.0
 
-    @property
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ, CAPSA_HOME=str(self.home))
-        env.pop("CAPSA_CONFIG", None)
-        return env
-
-    def client(self, role: str = "admin") -> CapsaClient:
-        return CapsaClient(load_client_config(self.home / f"client-{role}.yaml").select(None), timeout=120)
-
-    def cli(self, *args: str) -> list[str]:
+    def cli_argv(self, *args: str) -> list[str]:
+        """The argv of a ``capsa`` command against this daemon (for benchmarks that time it themselves)."""
         return [*CAPSA, "--config", str(self.home / "client-admin.yaml"), *args]
-
-    def supervisor_pid(self) -> int:
-        return int((self.home / "run" / "supervisor.pid").read_text())
 
     def capsa_pids(self) -> dict[str, int]:
         """daemon, supervisor and zygote: every long-lived capsa process (jobs' own processes excluded)."""
+        assert self.proc is not None
         sup = self.supervisor_pid()
+        assert sup is not None, "the daemon has no supervisor"
         exe = os.path.realpath(f"/proc/{sup}/exe")
         pids = {"daemon": self.proc.pid, "supervisor": sup}
         helpers = [c for c in children(sup) if _safe_realpath(f"/proc/{c}/exe") == exe]
@@ -234,49 +214,14 @@ def _safe_realpath(path: str) -> str:
 
 @contextlib.contextmanager
 def running_daemon(home: Path | None = None) -> Iterator[BenchDaemon]:
-    """A capsa daemon with its own CAPSA_HOME on a free loopback port; stopped and removed afterwards."""
+    """A capsa daemon with its own CAPSA_HOME on a free loopback port (tests.fixtures.daemon.running_daemon);
+    stopped afterwards, and its home removed when this made it."""
     own_home = home is None
     home = home or scratch_dir("capsa-bench-") / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = dict(os.environ, CAPSA_HOME=str(home))
-    env.pop("CAPSA_CONFIG", None)
-    log = open(home.parent / "daemon.log", "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen([*CAPSA, "daemon", "--listen", f"127.0.0.1:{port}"], env=env, stdout=log, stderr=log,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    log.close()
-    daemon = BenchDaemon(home=home, port=port, proc=proc)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"daemon exited: {(home.parent / 'daemon.log').read_text()[-2000:]}")
-            if (home / "client-admin.yaml").exists():
-                try:
-                    with daemon.client() as c:
-                        c.version()
-                    break
-                except Exception:
-                    if time.monotonic() > deadline:
-                        raise
-            time.sleep(0.05)
-        yield daemon
+        with _running_daemon(home, daemon_type=BenchDaemon, start_timeout=60.0) as daemon:
+            yield daemon
     finally:
-        sup = None
-        with contextlib.suppress(OSError, ValueError):
-            sup = daemon.supervisor_pid()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if sup is not None:
-            with contextlib.suppress(OSError):
-                environ = Path(f"/proc/{sup}/environ").read_bytes()
-                if f"CAPSA_HOME={home}".encode() in environ:
-                    os.kill(sup, signal.SIGKILL)
         if own_home:
             shutil.rmtree(home.parent, ignore_errors=True)
 

@@ -12,6 +12,7 @@ APT_PACKAGES=(
   libseccomp2 busybox-static
   docker-registry skopeo umoci
   runc bubblewrap debootstrap
+  chromium chromium-driver
   etcd-server
 )
 missing=()

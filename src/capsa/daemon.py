@@ -1,10 +1,14 @@
 """The daemon's composition root: builds every component from ``ServerConfig`` and owns start-up,
 reconciliation and shutdown order. The gRPC surface lives in ``capsa.api.server``.
 
-Start-up order matters: the supervisor (which forks job processes) is a
-separate process started before the gRPC server creates its threads, so this
-process never forks user code or changes namespaces (ARCHITECTURE.md, fork
-safety).
+:meth:`Daemon.start` reads top to bottom as the order things come up in; each component that
+must be closed pushes its closer on one stack as it starts, so :meth:`Daemon.stop` undoes
+exactly what was started, in reverse, and a start-up that fails part-way (the listen address
+is taken) leaves nothing behind: no supervisor, no zygote, no open database.
+
+Start-up order matters: the supervisor (which forks job processes) is a separate process
+started before the gRPC server creates its threads, so this process never forks user code
+or changes namespaces (ARCHITECTURE.md, fork safety).
 """
 
 from __future__ import annotations
@@ -13,33 +17,48 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import grpc
 
 from capsa.capsules import CapsuleStore
+from capsa.capsules.distribution import CapsuleDistribution
+from capsa.capsules.limits import CapsuleLimits
 from capsa.capsules.manager import CapsuleManager
+from capsa.capsules.resource import CapsuleResource
 from capsa.config import HomeLayout, ServerConfig, ensure_home, load_server_config
-from capsa.errors import CapsaError
+from capsa.errors import CapsaError, Unavailable
 from capsa.fsm import Engine, RetryPolicy
-from capsa.images.setup import open_image_service, open_snapshotter_from_config
-from capsa.jobs.attachments import JobAttachments
+from capsa.gpus import GpuAllocator
+from capsa.gpus.resource import GpuResource
+from capsa.images.resource import ImageRootResource
+from capsa.images.service import ImageService
+from capsa.images.setup import open_image_service, open_snapshotter_from_config, registry_config, s3_config
+from capsa.jobs.resources import JobResource
 from capsa.jobs.schedule import Scheduler
+from capsa.jobs.secrets import SecretBox
 from capsa.jobs.service import JobService
+from capsa.jobs.store import JobStore
 from capsa.jobs.uploads import UploadLimits
 from capsa.metrics import DaemonMetrics, open_metrics
-from capsa.networks import NetworkManager
+from capsa.networks import NetStats, NetworkManager
+from capsa.networks.resource import NetworkResource
 from capsa.runtime.client import SupervisorClient, ensure_supervisor
-from capsa.runtime.gpu import GpuAllocator
 from capsa.runtimes import QUEUE as RUNTIME_QUEUE
 from capsa.runtimes import RuntimeService
+from capsa.snapshots import Snapshotter
 from capsa.state import Database
 from capsa.volumes import VolumeManager
+from capsa.volumes.resource import VolumeResource
 from capsa.workflows import QUEUE as WORKFLOW_QUEUE
 from capsa.workflows import Registries, WorkflowService
+
+if TYPE_CHECKING:
+    from capsa.cluster import ClusterComponent
 
 __all__ = ["Daemon", "DaemonOptions", "run_daemon"]
 
@@ -55,99 +74,170 @@ class DaemonOptions:
 
 
 class Daemon:
+    """Every component of one daemon. The component attributes exist once :meth:`start` returned."""
+
+    db: Database
+    supervisor: SupervisorClient
+    cgroup_version: int
+    snapshotter: Snapshotter
+    engine: Engine
+    images: ImageService
+    networks: NetworkManager
+    volumes: VolumeManager
+    gpus: GpuAllocator
+    capsule_store: CapsuleStore
+    capsules: CapsuleManager
+    capsule_distribution: CapsuleDistribution
+    jobs: JobService
+    scheduler: Scheduler
+    metrics: DaemonMetrics
+    runtimes: RuntimeService
+    workflows: WorkflowService
+    server: grpc.Server
+    cluster: ClusterComponent | None   # with a cluster section in server.yaml (capsa.cluster)
+
     def __init__(self, options: DaemonOptions) -> None:
         self.options = options
-        self.config = _load_config(options)
+        self.config: ServerConfig = _load_config(options)
         self.home = Path(self.config.home)
         self.layout = HomeLayout(self.home)
-        self.db: Database | None = None
-        self.supervisor: SupervisorClient | None = None
-        self.jobs: JobService | None = None
-        self.engine: Engine | None = None
-        self.workflows: WorkflowService | None = None
-        self.scheduler: Scheduler | None = None
-        self.metrics: DaemonMetrics | None = None
-        self.snapshotter: Any = None
-        self.images: Any = None
-        self.server: grpc.Server | None = None
-        self.cluster: Any = None   # capsa.cluster.ClusterComponent when server.yaml has a cluster section
+        self.listen = options.listen or self.config.listen
         self.stopped = threading.Event()
+        self.job_resources: tuple[JobResource, ...] = ()   # what jobs borrow from the node, once built
+        self._serving = False
+        self._running = contextlib.ExitStack()
 
     def start(self) -> None:
+        """Build, reconcile and serve; on any failure, undo what was started and raise."""
+        check_bindable(self.listen)   # before anything starts: a taken port must leave nothing running
+        with contextlib.ExitStack() as undo:
+            undo.callback(self.stopped.set)
+            undo.callback(self._remove_pid_file)
+            self._build(undo)
+            self._reconcile()
+            self._join_pool(undo)
+            self._serve(undo)
+            self._serving = True
+            self._running = undo.pop_all()
+        log.info("capsa daemon listening on %s (home %s)", self.listen, self.home)
+
+    def stop(self) -> None:
+        """Stop serving, then close every component in the reverse order of start-up."""
+        self._running.close()
+
+    # -- start-up, in order ------------------------------------------------------------------------
+    def _build(self, undo: contextlib.ExitStack) -> None:
+        config, home = self.config, self.home
         self.db = Database(self.layout.db)
-        self.supervisor, _ = ensure_supervisor(self.home)
-        cgroup_version = self.supervisor.ping().cgroup_version
-        fsm = self.config.fsm
+        undo.callback(self.db.close, checkpoint=True)
+        self.supervisor, started_now = ensure_supervisor(home)
+        # Runs after the engine parked its runs (workflows resume later) and before the database closes.
+        undo.callback(self._end_jobs, started_now=started_now)
+        self.cgroup_version = self.supervisor.ping().cgroup_version
+        self.snapshotter = open_snapshotter_from_config(config, self.db, home)
+        undo.callback(self.snapshotter.close)
+        fsm = config.fsm
         # A workflow run holds its worker for the workflow's whole life: a queue of its own keeps
         # workflows from starving the shared pool, where the image pulls of their jobs run.
         # Runtime builds hold theirs while their build jobs run: a small queue of their own, too.
         self.engine = Engine(self.db, queues={WORKFLOW_QUEUE: 16, RUNTIME_QUEUE: 2, **fsm.queues}, retry=RetryPolicy(
             base_s=fsm.retry_base_s, cap_s=fsm.retry_cap_s, max_attempts=fsm.max_attempts))
-        self.snapshotter = open_snapshotter_from_config(self.config, self.db, self.home)
-        self.images = open_image_service(self.config, self.db, self.engine, self.home, self.snapshotter)
+        undo.callback(self.engine.shutdown, wait=True, timeout=10)   # after the server and timers stopped
+        self.images = open_image_service(config, self.db, self.engine, home, self.snapshotter)
         self.networks = NetworkManager(self.db)
         self.volumes = VolumeManager(self.db, self.layout.volumes)
         # CAPSA_GPU_ROOT: where the driver's /proc and /dev live (default /; tests point it at a fake tree).
         self.gpus = GpuAllocator(self.db, root=Path(os.environ.get("CAPSA_GPU_ROOT") or "/"))
-        self.jobs = JobService(self.db, self.home, self.supervisor, stop_grace_s=self.config.jobs.stop_grace_s,
-                               images=self.images, upload_limits=UploadLimits(**self.config.jobs.uploads.model_dump()),
-                               attachments=JobAttachments(self.networks, self.volumes, self.gpus))
-        self.capsule_store = CapsuleStore(self.layout.capsules, self.db)
-        self.capsules = CapsuleManager(self.capsule_store, self.supervisor, self.jobs)
-        self.jobs.capsules = self.capsules
-        self.jobs.attach_supervisor()
-        self.capsules.reconcile()   # after the jobs' reconciliation: verify, re-mount or release attachments
-        running = [j.id for j in self.jobs.list() if j.state.value == "RUNNING"]
-        self.networks.reconcile(running)   # leftovers of jobs that ended while the daemon was down go
-        self.volumes.reconcile(running)
-        self.gpus.reconcile(running)
-        self.jobs.uploads.cleanup()   # sessions a previous daemon left unfinished
+        self.capsule_store = CapsuleStore(self.layout.capsules, self.db,
+                                          limits=CapsuleLimits.from_config(config.capsules.limits))
+        self.capsule_distribution = CapsuleDistribution(self.capsule_store, registry=registry_config(config),
+                                                        s3=s3_config(config))
+        job_records = JobStore(self.db)
+        self.capsules = CapsuleManager(self.capsule_store, self.supervisor, job_records)
+        # The image root first: it is acquired before the job is recorded (a failed pull leaves no job).
+        self.job_resources = (ImageRootResource(self.images), NetworkResource(self.networks),
+                              VolumeResource(self.volumes), GpuResource(self.gpus), CapsuleResource(self.capsules))
+        secret_box = SecretBox(home)
+        self.jobs = JobService(self.db, home, self.supervisor, store=job_records, resources=self.job_resources,
+                               stop_grace_s=config.jobs.stop_grace_s, secret_box=secret_box,
+                               upload_limits=UploadLimits(**config.jobs.uploads.model_dump()))
         self.scheduler = Scheduler(self.jobs, chores=((60.0, self.jobs.uploads.cleanup),))
-        self.scheduler.start()
-        self.metrics = open_metrics(self.config.metrics, self.db, self.home, self.jobs,
-                                    network_stats=self._network_stats)
+        undo.callback(self.scheduler.close)
+        self.metrics = open_metrics(config.metrics, self.db, home, self.jobs, network_stats=self._network_stats)
+        undo.callback(self.metrics.close)
         # A build cache shared across homes (CI, test daemons) until server.yaml grows runtimes.cache_dir.
         cache = os.environ.get("CAPSA_RUNTIME_CACHE", "").strip()
-        self.runtimes = RuntimeService(self.engine, self.images, self.jobs, self.home, queue=RUNTIME_QUEUE,
+        self.runtimes = RuntimeService(self.engine, self.images, self.jobs, home, queue=RUNTIME_QUEUE,
                                        cache_dir=Path(cache) if cache else None)
         self.jobs.use_runtimes(self.runtimes.resolve)
-        self.workflows = WorkflowService(self.db, self.engine, self.jobs, queue=WORKFLOW_QUEUE, registries=Registries(
-            runtime_image=self.runtimes.image_for,
-            volume_exists=self._volume_exists,
-            network_exists=lambda name: any(n.name == name for n in self.networks.ls())))
+        self.workflows = WorkflowService(
+            self.db, self.engine, self.jobs, secret_box=secret_box, queue=WORKFLOW_QUEUE, registries=Registries(
+                runtime_image=self.runtimes.image_for, volume_exists=self._volume_exists,
+                network_exists=lambda name: any(n.name == name for n in self.networks.ls())))
+
+    def _reconcile(self) -> None:
+        """Jobs first (adopt survivors, fail the lost), then what every job borrowed, from what is live."""
+        self.jobs.attach_supervisor()
+        live = self.jobs.live_job_ids()
+        for resource in self.job_resources:
+            resource.reconcile(live)
+        self.jobs.uploads.cleanup()   # sessions a previous daemon left unfinished
+        self.scheduler.start()
         self.engine.resume()  # after every machine is registered
+
+    def _join_pool(self, undo: contextlib.ExitStack) -> None:
+        """Register in the pool and run its assignments: after jobs (it runs pool jobs through them),
+        before serving; closed after the server stopped and before jobs end (it leaves the pool first)."""
+        self.cluster = None
+        if self.config.cluster is None:
+            return
+        from capsa.cluster import ClusterComponent
+
+        self.cluster = ClusterComponent(self.config, jobs=self.jobs, images=self.images,
+                                        capsule_store=self.capsule_store, gpus=self.gpus, listen=self.listen)
+        self.cluster.start()
+        undo.callback(self.cluster.close)
+
+    def _serve(self, undo: contextlib.ExitStack) -> None:
         from capsa.api.server import build_server
 
-        listen = self.options.listen or self.config.listen
-        if self.config.cluster is not None:   # after jobs (it runs pool jobs through them), before serving
-            from capsa.cluster import ClusterComponent
-
-            self.cluster = ClusterComponent(self.config, jobs=self.jobs, images=self.images,
-                                            capsule_store=self.capsule_store, gpus=self.gpus, listen=listen)
-            self.cluster.start()
-        server = build_server(self, listen, cgroup_version=cgroup_version)
+        try:
+            server = build_server(self, self.listen, cgroup_version=self.cgroup_version)
+        except (OSError, RuntimeError):   # taken between check_bindable and now (gRPC says RuntimeError)
+            raise Unavailable(f"cannot listen on {self.listen}: the address cannot be bound"
+                              " (in use, or not an address of this host)") from None
         server.start()
         self.server = server
+        undo.callback(lambda: server.stop(grace=2).wait(5))
         self.metrics.start()
         self.layout.run.mkdir(parents=True, exist_ok=True)
         self.layout.pid_file.write_text(str(os.getpid()))
-        log.info("capsa daemon listening on %s (home %s)", listen, self.home)
 
-    def _release_node_resources(self) -> None:
-        """Jobs are gone after a shutdown: free their networks and volumes, remove capsa's bridges and rules."""
-        if getattr(self, "networks", None) is not None:
-            for att in self.networks.attachments():
-                with contextlib.suppress(CapsaError):
-                    self.networks.detach(att.job_id)
-            with contextlib.suppress(CapsaError):
-                self.networks.teardown()
-        if getattr(self, "volumes", None) is not None:
-            with contextlib.suppress(CapsaError):
-                self.volumes.reconcile([])
-        if getattr(self, "gpus", None) is not None:
-            self.gpus.reconcile([])
+    # -- shutdown ---------------------------------------------------------------------------------------
+    def _end_jobs(self, *, started_now: bool) -> None:
+        """Stop listening to the supervisor; unless jobs are to survive, stop it and give back what they held.
 
-    def _network_stats(self, job_id: str) -> Any:
+        A start-up that fails stops only a supervisor it started itself, never one already running jobs.
+        """
+        self.supervisor.close()
+        if self.options.live_restore or not (self._serving or started_now):
+            return
+        self.supervisor.shutdown()
+        for resource in self.job_resources:
+            try:
+                resource.reconcile(())   # no job is live any more
+            except Exception:   # shutdown goes on; the next start reconciles again
+                log.exception("giving back what jobs held (%s) at shutdown failed", type(resource).__name__)
+        if self.job_resources:
+            with contextlib.suppress(CapsaError):
+                self.networks.teardown()   # capsa's bridges and rules, now that no job is attached
+
+    def _remove_pid_file(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.layout.pid_file.unlink()
+
+    # -- callbacks for components ---------------------------------------------------------------------
+    def _network_stats(self, job_id: str) -> NetStats | None:
         """Counters of a job's own network namespace; None in host mode."""
         try:
             return self.networks.network_stats(job_id)
@@ -161,28 +251,23 @@ class Daemon:
             return False
         return True
 
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop(grace=2).wait(5)
-        if self.cluster is not None:   # leave the pool before the jobs it runs go away
-            self.cluster.close()
-        for part in (self.scheduler, self.metrics):
-            if part is not None:
-                part.close()
-        if getattr(self, "engine", None) is not None:
-            self.engine.shutdown(wait=True, timeout=10)
-        if getattr(self, "snapshotter", None) is not None:
-            self.snapshotter.close()
-        if self.supervisor is not None:
-            self.supervisor.close()
-            if not self.options.live_restore:
-                self.supervisor.shutdown()
-                self._release_node_resources()
-        if self.db is not None:
-            self.db.close(checkpoint=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.layout.pid_file.unlink()
-        self.stopped.set()
+
+def check_bindable(listen: str) -> None:
+    """Fail with one line if ``listen`` (HOST:PORT) cannot be bound; ``unix:`` addresses are left to gRPC."""
+    if listen.startswith("unix:"):
+        return
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise Unavailable(f"cannot listen on {listen}: expected HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as gRPC does: TIME_WAIT is no conflict
+            probe.bind(address)
+    except OSError as exc:
+        raise Unavailable(f"cannot listen on {listen}: {exc.strerror or exc}") from None
 
 
 def _load_config(options: DaemonOptions) -> ServerConfig:

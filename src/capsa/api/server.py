@@ -59,7 +59,7 @@ def build_server(daemon: Daemon, listen: str, *, cgroup_version: int) -> grpc.Se
         CapsuleDistribution(daemon.capsule_store, registry=daemon.images.pc.registry, s3=daemon.images.pc.s3)), server)
     jobs_pb2_grpc.add_NodeServiceServicer_to_server(
         NodeServicer(cgroup_version=cgroup_version, snapshotter=daemon.config.snapshots.backend), server)
-    cluster_pb2_grpc.add_ClusterServiceServicer_to_server(ClusterServicer(getattr(daemon, "cluster", None)), server)
+    cluster_pb2_grpc.add_ClusterServiceServicer_to_server(ClusterServicer(daemon.cluster), server)
     tls = daemon.config.tls
     creds = grpc.ssl_server_credentials(
         [(tls.key_pem.encode(), tls.cert_pem.encode())],

@@ -146,8 +146,15 @@ class CapsuleDistribution:
 
     # -- uploads -------------------------------------------------------------------------------
     def create_from_upload(self, name: str, version: str, chunks: Iterable[bytes], *,
-                           deps: Iterable[str] = (), labels: dict[str, str] | None = None) -> CapsuleVersion:
-        """Stage an uploaded tar (plain or compressed) and import it as ``name@version``."""
+                           deps: Iterable[str] = (), labels: dict[str, str] | None = None,
+                           request_id: str = "") -> CapsuleVersion:
+        """Stage an uploaded tar (plain or compressed) and import it as ``name@version``.
+
+        With a ``request_id`` already used, the version created then is returned and the upload is not read.
+        """
+        earlier = self.store.created_for_request(request_id)
+        if earlier is not None:
+            return earlier
         check_name(name)
         parse_version(version)
         with staging_dir(self.store.layout.ingest) as staging:
@@ -161,7 +168,7 @@ class CapsuleDistribution:
                     out.write(chunk)
             if not received:
                 raise InvalidArgument(f"the upload of {name}@{version} is empty; send a tar of the capsule's files")
-            return self.store.create(name, version, archive, deps=list(deps), labels=labels)
+            return self.store.create(name, version, archive, deps=list(deps), labels=labels, request_id=request_id)
 
     # -- push ----------------------------------------------------------------------------------
     def push(self, ref: str, destination: str, *, insecure: bool = False) -> PushResult:

@@ -28,10 +28,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from capsa.capsules.model import Attachment, CapsuleVersion
 from capsa.capsules.resolver import resolve
@@ -44,12 +44,13 @@ from capsa.runtime.protocol import ProcState
 from capsa.runtime.spec import BindSpec
 
 if TYPE_CHECKING:
-    from capsa.jobs.service import JobService
+    from capsa.jobs.model import Job
 
 __all__ = [
     "CAPSULES_DIR",
     "CapsuleManager",
     "CapsuleRequest",
+    "JobLookup",
     "MountChange",
     "ReconcileReport",
     "parse_capsule_request",
@@ -130,8 +131,14 @@ def default_target(name: str) -> str:
     return f"{CAPSULES_DIR}/{name}"
 
 
+class JobLookup(Protocol):
+    """All the manager needs of the jobs: one job by id or unambiguous prefix (NotFound otherwise)."""
+
+    def get(self, id_or_prefix: str) -> Job: ...
+
+
 class CapsuleManager:
-    def __init__(self, store: CapsuleStore, supervisor: SupervisorClient, jobs: JobService) -> None:
+    def __init__(self, store: CapsuleStore, supervisor: SupervisorClient, jobs: JobLookup) -> None:
         self.store = store
         self.supervisor = supervisor
         self.jobs = jobs
@@ -387,10 +394,19 @@ class CapsuleManager:
         if ended:
             self.release_job(job_id)
 
-    def reconcile(self) -> ReconcileReport:
-        """After a daemon restart: release what ended, verify and re-establish what runs."""
+    def reconcile(self, live_job_ids: Collection[str] | None = None) -> ReconcileReport:
+        """After a daemon restart: release what ended, verify and re-establish what runs.
+
+        ``live_job_ids``: the jobs the daemon still counts as live; the attachments of any other
+        job are released without asking the supervisor (which is gone at shutdown).
+        """
         report = ReconcileReport()
         records = self.store.attachments()
+        if live_job_ids is not None:
+            live = set(live_job_ids)
+            for job_id in sorted({a.job_id for a in records} - live):
+                report.released += self.release_job(job_id)
+            records = [a for a in records if a.job_id in live]
         if not records:
             return report
         jobs = {rec.job_id: rec for rec in self.supervisor.list()}

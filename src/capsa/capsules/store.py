@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -46,8 +47,22 @@ from capsa.errors import (
     NotFound,
 )
 from capsa.state.db import Database
+from capsa.state.keys import check_request_id
 
 __all__ = ["CapsuleStore"]
+
+# Which version a create with a client request id made, so a retried create returns it instead of
+# importing again (recorded in the version's own transaction).
+_REQUEST_MIGRATIONS = [
+    """
+    CREATE TABLE capsule_create_requests (
+        request_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
+]
 
 _ATTACHMENT_SELECT = (
     "SELECT a.job_id, a.target, a.name, v.version, a.digest, a.attached_at "
@@ -66,6 +81,7 @@ class CapsuleStore:
         self._clock = clock
         self.limits = limits or CapsuleLimits()  # server.yaml capsules.limits; create() may override per call
         db.migrate("capsules", MIGRATIONS)
+        db.migrate("capsule_create_requests", _REQUEST_MIGRATIONS)
 
     # -- create ------------------------------------------------------------------------
     def create(
@@ -77,8 +93,15 @@ class CapsuleStore:
         deps: Sequence[str] = (),
         labels: dict[str, str] | None = None,
         limits: CapsuleLimits | None = None,
+        request_id: str = "",
     ) -> CapsuleVersion:
-        """Import ``source`` (a directory or a tar) as ``name@version``."""
+        """Import ``source`` (a directory or a tar) as ``name@version``.
+
+        With a ``request_id`` already used, the version created then is returned and nothing is imported.
+        """
+        earlier = self.created_for_request(request_id)
+        if earlier is not None:
+            return earlier
         check_name(name)
         parsed = parse_version(version)
         requirements = sorted({str(parse_requirement(dep)) for dep in deps})
@@ -92,21 +115,33 @@ class CapsuleStore:
             tree = staging / "tree"
             import_source(source, tree, limits or self.limits)
             digest = tree_digest(tree)
-            self._publish(name, str(parsed), requirements, clean_labels, tree, digest)
-        return self.get(name, str(parsed))
+            self._publish(name, str(parsed), requirements, clean_labels, tree, digest, request_id)
+        return self.created_for_request(request_id) or self.get(name, str(parsed))
+
+    def created_for_request(self, request_id: str) -> CapsuleVersion | None:
+        """The version a create with ``request_id`` made (None for an empty or unseen id)."""
+        if not check_request_id(request_id):
+            return None
+        row = self.db.query_one("SELECT name, version FROM capsule_create_requests WHERE request_id = ?",
+                                (request_id,))
+        return None if row is None else self.get(row["name"], row["version"])
 
     def _publish(
-        self, name: str, version: str, deps: list[str], labels: dict[str, str], tree: Path, digest: TreeDigest
+        self, name: str, version: str, deps: list[str], labels: dict[str, str], tree: Path, digest: TreeDigest,
+        request_id: str = "",
     ) -> None:
         key = version_key(version)
         # db.write: retried whole while the disk is full (a retry after a failed commit finds the
         # content already renamed into place and only inserts the row).
-        self.db.write(lambda conn: self._publish_tx(conn, name, version, key, deps, labels, tree, digest))
+        self.db.write(lambda conn: self._publish_tx(conn, name, version, key, deps, labels, tree, digest, request_id))
 
     def _publish_tx(
         self, conn: sqlite3.Connection, name: str, version: str, key: str, deps: list[str],
-        labels: dict[str, str], tree: Path, digest: TreeDigest,
+        labels: dict[str, str], tree: Path, digest: TreeDigest, request_id: str = "",
     ) -> None:
+        if request_id:   # with the version, in its transaction: a retry finds exactly what this made
+            conn.execute("INSERT OR IGNORE INTO capsule_create_requests(request_id, name, version, created_at)"
+                         " VALUES(?,?,?,?)", (request_id, name, version, self._clock()))
         row = conn.execute(
             "SELECT * FROM capsule_versions WHERE name = ? AND version_key = ?", (name, key)
         ).fetchone()
@@ -144,7 +179,7 @@ class CapsuleStore:
         if not content.exists():
             # Inside the transaction: gc's "is anything using this digest" check
             # cannot run between the row insert and the publication.
-            os.rename(tree, content)
+            _move_read_only_dir(tree, content)
 
     # -- queries -------------------------------------------------------------------------
     def get(self, name: str, version: str) -> CapsuleVersion:
@@ -325,3 +360,15 @@ class CapsuleStore:
             raise ChecksumMismatch(
                 f"{found.ref}: stored content hashes to {actual.digest}, not {found.digest}"
             )
+
+
+def _move_read_only_dir(source: Path, dest: Path) -> None:
+    """rename(2) a read-only directory to another parent: the kernel rewrites its '..' entry, which
+    needs write permission on it unless the caller is root; it is read-only again once moved."""
+    mode = stat.S_IMODE(os.lstat(source).st_mode)
+    if os.geteuid() != 0 and not mode & stat.S_IWUSR:
+        os.chmod(source, mode | stat.S_IWUSR)
+        os.rename(source, dest)
+        os.chmod(dest, mode)
+        return
+    os.rename(source, dest)

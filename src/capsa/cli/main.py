@@ -43,20 +43,11 @@ def cli(ctx: click.Context, config: Path | None, node: str | None) -> None:
 
 
 def _register() -> None:
-    from capsa.cli import (
-        admin,
-        capsules,
-        cluster,
-        images,
-        jobs,
-        networks,
-        run_features,
-        runtimes,
-        stats,
-        workflows,
-    )
+    import capsa.cli.cluster as cluster  # click only: pool commands import the cluster package when run
+    import capsa.cli.web as web  # click only: the command imports the web stack (Starlette, uvicorn) when run
+    from capsa.cli import admin, capsules, images, jobs, networks, run_features, runtimes, stats, workflows
 
-    for module in (jobs, run_features, images, runtimes, capsules, workflows, networks, stats, admin, cluster):
+    for module in (jobs, run_features, images, runtimes, capsules, workflows, networks, stats, admin, web, cluster):
         for command in module.COMMANDS:
             cli.add_command(command)
 

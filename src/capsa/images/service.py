@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,10 +13,24 @@ from capsa.images.pull import FETCH, PULL, PullContext, chain_key, register_mach
 from capsa.images.reference import parse_reference
 from capsa.images.store import ImageRecord
 from capsa.snapshots import Mount
+from capsa.state.keys import check_request_id
 
 __all__ = ["ImageService", "JobRootfs", "PullUpdate"]
 
 PULL_POLICIES = ("missing", "always", "never")
+
+# A pull's request id names the run it started, so a retried request waits for (or returns the
+# outcome of) that run instead of pulling again; the primary key decides between two at once.
+MIGRATIONS = [
+    """
+    CREATE TABLE image_pull_requests (
+        request_id TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        ref TEXT NOT NULL,
+        created_ns INTEGER NOT NULL
+    );
+    """,
+]
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,8 @@ class ImageService:
     def __init__(self, engine: Engine, pc: PullContext) -> None:
         self.engine = engine
         self.pc = pc
+        self.db = pc.images.db
+        self.db.migrate("image_pull_requests", MIGRATIONS)
         register_machines(engine, pc)
 
     # -- pull -----------------------------------------------------------------------------------
@@ -48,18 +64,36 @@ class ImageService:
         return parse_reference(ref).canonical
 
     def start_pull(self, ref: str, *, platform: str = "", insecure: bool = False, expected_digest: str = "",
-                   always: bool = False) -> str:
+                   always: bool = False, request_id: str = "") -> str:
+        """The run id of the pull of ``ref``; with a ``request_id`` seen before, the run it started then."""
+        if check_request_id(request_id):
+            earlier = self._run_for_request(request_id)
+            if earlier is not None:
+                return earlier
         canonical = self.canonical(ref)
         handle = self.engine.start(PULL, canonical, "pull", {
             "ref": canonical, "platform": platform, "insecure": insecure,
             "expected_digest": expected_digest or None, "always": always,
         })
-        return handle.run_id
+        if not request_id:
+            return handle.run_id
+        # Two requests with one id at the same moment both reach here; the engine joined them to one
+        # run unless the first had already ended, and the first mapping recorded is the answer.
+        with self.db.tx() as conn:
+            conn.execute("INSERT OR IGNORE INTO image_pull_requests(request_id, run_id, ref, created_ns)"
+                         " VALUES(?,?,?,?)", (request_id, handle.run_id, canonical, time.time_ns()))
+        return self._run_for_request(request_id) or handle.run_id
 
-    def pull(self, ref: str, **kwargs: Any) -> ImageRecord:
-        run_id = self.start_pull(ref, **kwargs)
-        self.engine.handle(run_id).wait()
-        return self.pc.images.get(self.canonical(ref))
+    def _run_for_request(self, request_id: str) -> str | None:
+        row = self.db.query_one("SELECT run_id FROM image_pull_requests WHERE request_id = ?", (request_id,))
+        return None if row is None else str(row["run_id"])
+
+    def pull(self, ref: str, *, request_id: str = "", **kwargs: Any) -> ImageRecord:
+        """Pull ``ref`` and wait; a ``request_id`` seen before returns that pull's outcome, pulling nothing."""
+        run_id = self.start_pull(ref, request_id=request_id, **kwargs)
+        final = self.engine.handle(run_id).wait()
+        pulled = final.request.get("ref") if isinstance(final.request, dict) else None
+        return self.pc.images.get(str(pulled) if pulled else self.canonical(ref))
 
     def watch_pull(self, run_id: str, *, interval: float = 0.2) -> Iterator[PullUpdate]:
         """Progress of a pull until it ends; raises the pull's typed error if it failed."""
@@ -135,6 +169,13 @@ class ImageService:
 
     def job_ended(self, job_id: str) -> None:
         self.pc.images.mark_stopped(job_id)
+
+    def reconcile_job_roots(self, live_job_ids: Collection[str]) -> None:
+        """After a restart: the roots of jobs that ended while the daemon was down are unused now."""
+        live = set(live_job_ids)
+        for user in self.pc.images.all_users():
+            if user["running"] and user["job_id"] not in live:
+                self.pc.images.mark_stopped(user["job_id"])
 
     def job_removed(self, job_id: str) -> None:
         key = self.pc.images.remove_user(job_id)

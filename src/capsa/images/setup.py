@@ -15,7 +15,7 @@ from capsa.images.unpack import UnpackLimits
 from capsa.snapshots import BtrfsConfig, DevmapperConfig, Snapshotter, open_snapshotter
 from capsa.state import Database
 
-__all__ = ["open_image_service", "open_snapshotter_from_config"]
+__all__ = ["open_image_service", "open_snapshotter_from_config", "registry_config", "s3_config"]
 
 
 def open_snapshotter_from_config(config: ServerConfig, db: Database, home: Path) -> Snapshotter:
@@ -32,20 +32,31 @@ def open_snapshotter_from_config(config: ServerConfig, db: Database, home: Path)
     return open_snapshotter("overlay", root, db)
 
 
-def open_image_service(config: ServerConfig, db: Database, engine: Engine, home: Path,
-                       snapshotter: Snapshotter) -> ImageService:
+def registry_config(config: ServerConfig) -> RegistryConfig:
+    """Credentials and insecure hosts for OCI registries (image pulls, capsule pushes and pulls)."""
     images = config.images
-    registry = RegistryConfig(
+    return RegistryConfig(
         credentials={host: Credentials(username=r.username, password=r.password, registry_token=r.token)
                      for host, r in images.registries.items() if r.username or r.token},
         auth_file=images.auth_file,
         insecure=frozenset(host for host, r in images.registries.items() if r.insecure),
     )
-    s3 = S3Config(endpoint_url=images.s3.endpoint_url, region=images.s3.region,
-                  access_key_id=images.s3.access_key_id, secret_access_key=images.s3.secret_access_key).with_env()
+
+
+def s3_config(config: ServerConfig) -> S3Config:
+    """The S3 endpoint and credentials (server.yaml, then the AWS_* environment)."""
+    s3 = config.images.s3
+    return S3Config(endpoint_url=s3.endpoint_url, region=s3.region, access_key_id=s3.access_key_id,
+                    secret_access_key=s3.secret_access_key).with_env()
+
+
+def open_image_service(config: ServerConfig, db: Database, engine: Engine, home: Path,
+                       snapshotter: Snapshotter) -> ImageService:
+    images = config.images
     limits = UnpackLimits(max_file_bytes=int(images.unpack.max_file_bytes),
                           max_total_bytes=int(images.unpack.max_total_bytes),
                           max_entries=images.unpack.max_entries, timeout_s=images.unpack.timeout_s)
     pc = PullContext(content=ContentStore(home / "content", db), images=ImageStore(db), snapshotter=snapshotter,
-                     registry=registry, s3=s3, limits=limits, download_timeout_s=images.download_timeout_s)
+                     registry=registry_config(config), s3=s3_config(config), limits=limits,
+                     download_timeout_s=images.download_timeout_s)
     return ImageService(engine, pc)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["LISTED_STATES", "MIGRATIONS", "Job", "JobState", "Resources", "RunRequest"]
+__all__ = ["ACTIVE_STATES", "LISTED_STATES", "MIGRATIONS", "Job", "JobPage", "JobState", "Resources", "RunRequest"]
 
 
 class JobState(StrEnum):
@@ -67,7 +67,10 @@ class RunRequest:
     volumes: tuple[str, ...] = () # NAME[:/path][:ro]
     runtime: str = ""             # NAME[@VERSION]: the job's root is that runtime's image only (capsa.runtimes)
     capsules: tuple[str, ...] = ()  # NAME@SPEC[:PATH], with dependencies (capsa.capsules.manager)
-    gpus: int = 0                 # whole GPUs, exclusively (capsa.runtime.gpu)
+    gpus: int = 0                 # whole GPUs, exclusively (capsa.gpus)
+    # Client-generated idempotency key (capsa.state.keys): a second run with the same key returns
+    # the first job instead of running again.
+    request_id: str = ""
 
 
 @dataclass
@@ -109,6 +112,11 @@ class Job:
     def short_id(self) -> str:
         return self.id[:12]
 
+    @property
+    def live(self) -> bool:
+        """Handed to (or being handed to) the supervisor and not ended: it holds what it borrowed."""
+        return self.state.value in ACTIVE_STATES
+
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
         return cls(
@@ -145,6 +153,14 @@ class Job:
             gpus=row["gpus"],
             gpu_devices=json.loads(row["gpu_devices"]),
         )
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of jobs, newest first; ``next_page_token`` is empty on the last page."""
+
+    jobs: list[Job]
+    next_page_token: str = ""
 
 
 MIGRATIONS = [
@@ -196,5 +212,16 @@ MIGRATIONS = [
     """
     ALTER TABLE jobs ADD COLUMN gpus INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN gpu_devices TEXT NOT NULL DEFAULT '[]';
+    """,
+    # request_id: idempotent submission (one job per key, decided by the unique index).
+    # launched: handed to the supervisor (or about to be); a cancel can no longer stop it from running.
+    # jobs_created_id: newest-first pages with a (created_ns, id) keyset; it also serves plain listing.
+    """
+    ALTER TABLE jobs ADD COLUMN request_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN launched INTEGER NOT NULL DEFAULT 0;
+    UPDATE jobs SET launched = 1 WHERE state != 'SCHEDULED';
+    CREATE UNIQUE INDEX jobs_request_id ON jobs(request_id) WHERE request_id != '';
+    CREATE INDEX jobs_created_id ON jobs(created_ns, id);
+    DROP INDEX jobs_created;
     """,
 ]

@@ -4,7 +4,7 @@ A workflow is a YAML document of named jobs with ``requires`` between them::
 
     from capsa.workflows import WorkflowService, validate_workflow
     wf = validate_workflow(text)                 # InvalidArgument lists every problem, with lines
-    service = WorkflowService(db, engine, jobs)  # before engine.resume(): registers "workflow.run"
+    service = WorkflowService(db, engine, jobs, secret_box=SecretBox(home))  # before engine.resume()
     workflow = service.submit(text, base_dir="/home/me/pipeline")
     service.get(workflow.id).jobs                # per-job states, job ids, reasons
     service.cancel(workflow.id)

@@ -27,6 +27,7 @@ from capsa.workflows.schema import JobSpec, WorkflowSpec
 from capsa.workflows.validation import ValidatedWorkflow, compile_spec
 
 if TYPE_CHECKING:
+    from capsa.jobs.secrets import SecretBox
     from capsa.jobs.service import JobService
     from capsa.state import Database
 
@@ -39,10 +40,11 @@ log = logging.getLogger("capsa.workflows")
 class WorkflowRunner:
     """Executes workflows for the service; holds no per-workflow state between passes."""
 
-    def __init__(self, db: Database, jobs: JobService, *, max_parallel: int, poll_interval_s: float,
-                 runtime_image: Callable[[str], str | None] | None) -> None:
+    def __init__(self, db: Database, jobs: JobService, *, secret_box: SecretBox, max_parallel: int,
+                 poll_interval_s: float, runtime_image: Callable[[str], str | None] | None) -> None:
         self.db = db
         self.jobs = jobs
+        self.secret_box = secret_box
         self.max_parallel = max_parallel
         self.poll_interval_s = poll_interval_s
         self.runtime_image = runtime_image
@@ -84,7 +86,7 @@ class WorkflowRunner:
     def _secrets(self, sealed: bytes | None) -> dict[str, dict[str, str]]:
         if not sealed:
             return {}
-        return {name: json.loads(text) for name, text in self.jobs.secret_box.open(sealed).items()}
+        return {name: json.loads(text) for name, text in self.secret_box.open(sealed).items()}
 
     def _steps(self, workflow_id: str) -> dict[str, WorkflowJob]:
         rows = self.db.query("SELECT * FROM workflow_jobs WHERE workflow_id = ? ORDER BY position", (workflow_id,))

@@ -9,19 +9,21 @@ are ordinary jobs (``capsa ps`` lists them, named ``WORKFLOW/JOB`` and linked ba
 from __future__ import annotations
 
 import json
-import re
 import secrets
+import sqlite3
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from capsa.errors import CapsaError, InvalidArgument, NotFound, Timeout
 from capsa.fsm import Engine, Machine
+from capsa.state.keys import check_request_id, resolve_id_prefix
 from capsa.workflows._runner import WorkflowRunner
 from capsa.workflows.model import MIGRATIONS, Workflow, WorkflowJob, WorkflowJobState, WorkflowState
 from capsa.workflows.validation import Registries, ValidatedWorkflow, validate_workflow
 
 if TYPE_CHECKING:
+    from capsa.jobs.secrets import SecretBox
     from capsa.jobs.service import JobService
     from capsa.state import Database
 
@@ -30,7 +32,17 @@ __all__ = ["DEFAULT_MAX_PARALLEL", "MACHINE", "QUEUE", "WorkflowService"]
 MACHINE = "workflow.run"
 QUEUE = "workflows"           # the engine queue the daemon gives workflow runs (see capsa/daemon.py)
 DEFAULT_MAX_PARALLEL = 8
-_ID_PREFIX = re.compile(r"^[0-9a-f]{1,32}$")
+
+# Which workflow a submission with a client request id recorded (in the workflow's own transaction,
+# the primary key deciding between two at once), so a retried submit returns it instead of running again.
+_REQUEST_MIGRATIONS = [
+    """
+    CREATE TABLE workflow_requests (
+        request_id TEXT PRIMARY KEY,
+        workflow_id TEXT NOT NULL REFERENCES workflows(id) ON DELETE CASCADE
+    );
+    """,
+]
 
 
 class WorkflowService:
@@ -39,9 +51,11 @@ class WorkflowService:
     ``max_parallel`` bounds the jobs of one workflow running at a time (a workflow's own
     ``max_parallel`` may lower or raise it); ``queue`` is the engine queue for workflow runs
     (None: the engine's shared pool). Job timeouts are the job service's (state TIMEOUT).
+    ``secret_box`` seals the jobs' secret environment until they start (the node's, as for jobs).
     """
 
-    def __init__(self, db: Database, engine: Engine, jobs: JobService, *, registries: Registries | None = None,
+    def __init__(self, db: Database, engine: Engine, jobs: JobService, *, secret_box: SecretBox,
+                 registries: Registries | None = None,
                  max_parallel: int = DEFAULT_MAX_PARALLEL, poll_interval_s: float = 0.2,
                  queue: str | None = None, cancel_timeout_s: float | None = None) -> None:
         if max_parallel < 1:
@@ -52,8 +66,10 @@ class WorkflowService:
         self.registries = registries or Registries()
         self.max_parallel = max_parallel
         self.cancel_timeout_s = cancel_timeout_s if cancel_timeout_s is not None else jobs.stop_grace_s + 30
+        self.secret_box = secret_box
         db.migrate("workflows", MIGRATIONS)
-        self.runner = WorkflowRunner(db, jobs, max_parallel=max_parallel, poll_interval_s=poll_interval_s,
+        db.migrate("workflow_requests", _REQUEST_MIGRATIONS)
+        self.runner = WorkflowRunner(db, jobs, secret_box=secret_box, max_parallel=max_parallel, poll_interval_s=poll_interval_s,
                                      runtime_image=self.registries.runtime_image)
         engine.register(Machine.define(MACHINE, queue=queue).start("run", self.runner.run).end(self.runner.finalize))
         self._start_orphans()
@@ -66,31 +82,50 @@ class WorkflowService:
             raise InvalidArgument(f"base directory {base_dir!r} must be an absolute path")
         return validate_workflow(yaml_text, registries=self.registries, base_dir=base, source=source)
 
-    def submit(self, yaml_text: str, *, base_dir: str = "", source: str = "workflow") -> Workflow:
+    def submit(self, yaml_text: str, *, base_dir: str = "", source: str = "workflow",
+               request_id: str = "") -> Workflow:
+        """Validate, record and start a workflow; a ``request_id`` seen before returns that workflow."""
+        if check_request_id(request_id):
+            earlier = self._submitted_as(request_id)
+            if earlier is not None:
+                return self.get(earlier)
         workflow = self.validate(yaml_text, base_dir=base_dir, source=source)
         spec = workflow.spec
         workflow_id = secrets.token_hex(16)
         max_parallel = spec.max_parallel or self.max_parallel
         # Secret values never reach the database in plain text (as for `capsa run --secret-env`).
         hidden = {name: json.dumps(job.secret_env) for name, job in spec.jobs.items() if job.secret_env}
-        sealed = self.jobs.secret_box.seal(hidden) if hidden else None
+        sealed = self.secret_box.seal(hidden) if hidden else None
         public = spec.model_copy(update={"jobs": {name: job.model_copy(update={"secret_env": {}})
                                                   for name, job in spec.jobs.items()}})
-        with self.db.tx() as conn:
-            conn.execute(
-                "INSERT INTO workflows(id, name, description, state, spec, sealed_secrets, max_parallel, created_ns)"
-                " VALUES(?,?,?,?,?,?,?,?)",
-                (workflow_id, spec.name, spec.description, WorkflowState.PENDING.value, public.model_dump_json(),
-                 sealed, max_parallel, time.time_ns()),
-            )
-            conn.executemany(
-                "INSERT INTO workflow_jobs(workflow_id, name, position, state, requires, depends_on)"
-                " VALUES(?,?,?,?,?,?)",
-                [(workflow_id, name, i, WorkflowJobState.WAITING.value, str(workflow.conditions[name]),
-                  ",".join(workflow.deps[name])) for i, name in enumerate(workflow.order)],
-            )
+        try:
+            with self.db.tx() as conn:
+                conn.execute(
+                    "INSERT INTO workflows(id, name, description, state, spec, sealed_secrets, max_parallel,"
+                    " created_ns) VALUES(?,?,?,?,?,?,?,?)",
+                    (workflow_id, spec.name, spec.description, WorkflowState.PENDING.value,
+                     public.model_dump_json(), sealed, max_parallel, time.time_ns()),
+                )
+                conn.executemany(
+                    "INSERT INTO workflow_jobs(workflow_id, name, position, state, requires, depends_on)"
+                    " VALUES(?,?,?,?,?,?)",
+                    [(workflow_id, name, i, WorkflowJobState.WAITING.value, str(workflow.conditions[name]),
+                      ",".join(workflow.deps[name])) for i, name in enumerate(workflow.order)],
+                )
+                if request_id:
+                    conn.execute("INSERT INTO workflow_requests(request_id, workflow_id) VALUES(?,?)",
+                                 (request_id, workflow_id))
+        except sqlite3.IntegrityError:
+            earlier = self._submitted_as(request_id) if request_id else None
+            if earlier is None:
+                raise
+            return self.get(earlier)   # a concurrent submit with the same id recorded its workflow first
         self._start_run(workflow_id)
         return self.get(workflow_id)
+
+    def _submitted_as(self, request_id: str) -> str | None:
+        row = self.db.query_one("SELECT workflow_id FROM workflow_requests WHERE request_id = ?", (request_id,))
+        return None if row is None else str(row["workflow_id"])
 
     def _start_run(self, workflow_id: str) -> None:
         handle = self.engine.start(MACHINE, workflow_id, "run", {"workflow_id": workflow_id})
@@ -104,15 +139,7 @@ class WorkflowService:
 
     # -- queries --------------------------------------------------------------------------------
     def resolve_id(self, id_or_prefix: str) -> str:
-        key = id_or_prefix.strip().lower()
-        if not _ID_PREFIX.match(key):
-            raise InvalidArgument(f"invalid workflow id {id_or_prefix!r}: expected hexadecimal characters")
-        rows = self.db.query("SELECT id FROM workflows WHERE id LIKE ? LIMIT 2", (key + "%",))
-        if not rows:
-            raise NotFound(f"no such workflow: {id_or_prefix}")
-        if len(rows) > 1:
-            raise InvalidArgument(f"workflow id prefix {id_or_prefix!r} is ambiguous: it matches several workflows")
-        return str(rows[0]["id"])
+        return resolve_id_prefix(self.db, "workflows", id_or_prefix, noun="workflow")
 
     def get(self, id_or_prefix: str) -> Workflow:
         workflow_id = self.resolve_id(id_or_prefix)

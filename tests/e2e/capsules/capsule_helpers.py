@@ -9,17 +9,14 @@ directory), prints one JSON line per observation, and the test reads its log.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from capsa.api.client import CapsaClient
 from capsa.cli.capsules import tar_chunks
 from capsa.runtime import mounts
 from tests.fixtures.daemon import RunningDaemon
-
-T = TypeVar("T")
+from tests.fixtures.waiting import wait_for
 
 # The in-job probe: wait("name") blocks until /work/name exists; say(...) prints a JSON line.
 PROBE_PRELUDE = r"""
@@ -41,17 +38,6 @@ def libc_call(fn, *args):
         return errno.errorcode.get(ctypes.get_errno(), "?")
     return "ok"
 """
-
-
-def wait_for(predicate: Callable[[], T], *, timeout: float = 10.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def make_tree(root: Path, files: dict[str, str]) -> Path:

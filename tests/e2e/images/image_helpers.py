@@ -28,7 +28,7 @@ from typing import Any
 
 from capsa.config import ensure_home
 from capsa.images.oci import OCI_INDEX, OCI_MANIFEST, ImageConfig
-from tests.fixtures.daemon import RunningDaemon, free_port
+from tests.fixtures.daemon import RunningDaemon, running_daemon
 from tests.fixtures.images import Layer, TarBuilder, TestImage, write_oci_layout
 from tests.fixtures.servers import RegistryServer
 
@@ -73,22 +73,15 @@ class ImageDaemon(RunningDaemon):
 @contextlib.contextmanager
 def image_daemon(home: Path, *, env: Mapping[str, str] | None = None, server_yaml: str = "") -> Iterator[ImageDaemon]:
     """A real daemon on a free port; ``server_yaml`` is appended to its generated server.yaml before start."""
-    home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    if server_yaml:
+    def append_server_yaml(home: Path, port: int) -> None:
         address = f"127.0.0.1:{port}"
         ensure_home(home, address=address, listen=address)  # the bundle the daemon would write at first start
         with open(home / "server.yaml", "a", encoding="utf-8") as f:
             f.write("\n" + server_yaml)
-    daemon = ImageDaemon(home=home, port=port, log_path=home.parent / f"{home.name}-daemon.log",
-                         extra_env=dict(env or {}))
-    daemon.start()
-    try:
+
+    with running_daemon(home, prepare=append_server_yaml if server_yaml else None, daemon_type=ImageDaemon,
+                        extra_env=dict(env or {})) as daemon:
         yield daemon
-    finally:
-        if daemon.proc is not None:
-            daemon.stop()
-        daemon.kill_supervisor()
 
 
 FAST_RETRY_YAML = "fsm:\n  retry_base_s: 0.05\n  retry_cap_s: 0.4\n  max_attempts: 4\n"
@@ -149,17 +142,6 @@ def active_runs(home: Path) -> list[sqlite3.Row]:
 
 def runs(home: Path, machine: str) -> list[sqlite3.Row]:
     return query(home, "SELECT * FROM fsm_runs WHERE machine = ? ORDER BY created_at", (machine,))
-
-
-def wait_until(predicate: Callable[[], Any], *, timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def layer_dir(home: Path, chain_key: str) -> Path:

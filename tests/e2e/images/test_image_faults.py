@@ -34,11 +34,11 @@ from image_helpers import (
     registry_blob_file,
     runs,
     snapshot_keys,
-    wait_until,
 )
 
 from tests.fixtures.images import Layer, TestImage, busybox_layer
 from tests.fixtures.servers import RegistryServer
+from tests.fixtures.waiting import wait_for
 
 MAX_ATTEMPTS = 4  # FAST_RETRY_YAML
 
@@ -226,7 +226,7 @@ def test_concurrent_pulls_of_one_image_do_the_work_once(
     since = time.time()
     pullers = [d.popen_cli("image", "pull", ref) for _ in range(3)]
     try:
-        wait_until(lambda: len(fresh_proxy.requests("GET", f"/blobs/{config}")) > 0, what="the pull to resolve")
+        wait_for(lambda: len(fresh_proxy.requests("GET", f"/blobs/{config}")) > 0, 30.0, what="the pull to resolve")
         time.sleep(3)  # the other two CLIs start (about 0.5 s each here) and join the run
     finally:
         release.set()
@@ -289,7 +289,7 @@ def test_prune_during_a_pull_does_not_break_it(
     fresh_proxy.fault = hold_last_layer  # type: ignore[assignment]
     puller = d.popen_cli("image", "pull", ref)
     try:
-        wait_until(lambda: first.digest.hex in blob_hexes(d.home), what="the first layer to be stored")
+        wait_for(lambda: first.digest.hex in blob_hexes(d.home), 30.0, what="the first layer to be stored")
         d.cli_ok("image", "prune", "-f")  # the first layer is referenced by no image yet, but a pull needs it
     finally:
         release.set()

@@ -29,7 +29,6 @@ from image_helpers import (
     snapshot_dirs,
     snapshot_keys,
     snapshot_rows,
-    wait_until,
 )
 
 from tests.fixtures.images import (
@@ -41,6 +40,7 @@ from tests.fixtures.images import (
     write_oci_layout,
 )
 from tests.fixtures.servers import RegistryServer
+from tests.fixtures.waiting import wait_for
 
 CONFIG_CMD = 'echo "$GREETING" from $(pwd) as $(id -u):$(id -g)'
 
@@ -177,7 +177,7 @@ def test_image_rm_refuses_while_a_job_runs_and_works_once_it_is_removed(d: Image
     image = ref(layout, "in-use")
     job_id = d.cli_ok("run", "-d", "--image", image, "--", "sleep", "600").strip()
     with d.client() as client:
-        wait_until(lambda: client.get_job(job_id).state == "RUNNING", what="the job to run")
+        wait_for(lambda: client.get_job(job_id).state == "RUNNING", 30.0, what="the job to run")
         for flags in ((), ("-f",)):
             res = d.cli("image", "rm", *flags, image)
             assert res.returncode == 4, res.stderr.decode()

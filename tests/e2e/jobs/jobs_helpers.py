@@ -10,30 +10,13 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from capsa.api.client import CapsaClient
 from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
-
-T = TypeVar("T")
+from tests.fixtures.waiting import wait_for
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def wait_for(
-    predicate: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
-) -> T:
-    """Poll ``predicate`` until it returns something truthy; that value, or AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def wait_ended(client: CapsaClient, job_id: str, timeout: float = 30.0) -> pb.Job:

@@ -23,7 +23,7 @@ from capsa.api.gen.capsa.v1 import jobs_pb2_grpc as pb_grpc
 from capsa.config import ClientConfig, NodeConfig, ServerConfig, ServerTLS, dump_yaml
 from capsa.errors import Unauthorized, Unavailable
 from capsa.pki import IssuedCert, Role, create_ca, issue_client_cert, issue_server_cert
-from tests.fixtures.daemon import RunningDaemon, free_port
+from tests.fixtures.daemon import RunningDaemon, free_port, running_daemon
 
 
 def _client_yaml(address: str, ca_pem: str, cert: IssuedCert) -> str:
@@ -50,13 +50,8 @@ def tls_daemon(tmp_path_factory: pytest.TempPathFactory, ca: IssuedCert) -> Iter
         text = _client_yaml(address, ca.cert_pem, issue_client_cert(ca, name=f"e2e-{role.value}", role=role))
         (home / f"client-{role.value}.yaml").write_text(text)
     (home / "client.yaml").write_text((home / "client-admin.yaml").read_text())
-    daemon = RunningDaemon(home=home, port=port, log_path=home.parent / "daemon.log")
-    daemon.start()
-    try:
+    with running_daemon(home, port=port) as daemon:
         yield daemon
-    finally:
-        daemon.stop()
-        daemon.kill_supervisor()
 
 
 def _raw_whoami(address: str, creds: grpc.ChannelCredentials | None) -> grpc.StatusCode | str:

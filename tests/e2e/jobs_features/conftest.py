@@ -13,7 +13,7 @@ import yaml
 from features_limits import UPLOAD_MAX_FILE
 
 from capsa.config import ensure_home, load_server_config
-from tests.fixtures.daemon import RunningDaemon, free_port
+from tests.fixtures.daemon import RunningDaemon, free_port, running_daemon
 
 UPLOAD_MAX_TOTAL = 4 << 20
 
@@ -36,16 +36,12 @@ def configure_home(home: Path, *, port: int, prometheus_port: int) -> None:
 
 @contextlib.contextmanager
 def configured_daemon(home: Path) -> Iterator[RunningDaemon]:
-    """Like tests.fixtures.daemon.running_daemon, with the home configured before the first start."""
-    daemon = RunningDaemon(home=home, port=free_port(), log_path=home.parent / f"{home.name}-daemon.log")
-    daemon.prometheus_port = free_port()  # type: ignore[attr-defined]
-    configure_home(home, port=daemon.port, prometheus_port=daemon.prometheus_port)  # type: ignore[attr-defined]
-    daemon.start()
-    try:
+    """tests.fixtures.daemon.running_daemon, with the home configured before the first start."""
+    prometheus_port = free_port()
+    with running_daemon(home, prepare=lambda h, port: configure_home(h, port=port, prometheus_port=prometheus_port)
+                        ) as daemon:
+        daemon.prometheus_port = prometheus_port  # type: ignore[attr-defined]
         yield daemon
-    finally:
-        daemon.stop()
-        daemon.kill_supervisor()
 
 
 @pytest.fixture(scope="module")

@@ -4,26 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tests.fixtures.daemon import RunningDaemon
-
-T = TypeVar("T")
-
-
-def wait_for(predicate: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.05,
-             what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+from tests.fixtures.waiting import wait_for
 
 
 def inspect(daemon: RunningDaemon, job_id: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.daemon import RunningDaemon, free_port
+from tests.fixtures.daemon import RunningDaemon, running_daemon
 
 NODES = {"nvidia0": (10, 229), "nvidia1": (10, 200), "nvidiactl": (10, 237)}
 UUIDS = {0: "GPU-00000000-fake-0000-0000-000000000000", 1: "GPU-11111111-fake-1111-1111-111111111111"}
@@ -62,14 +62,8 @@ class GpuDaemon(RunningDaemon):
 
 @contextlib.contextmanager
 def gpu_daemon(home: Path, gpu_root: Path) -> Iterator[GpuDaemon]:
-    home.mkdir(parents=True, exist_ok=True)
-    daemon = GpuDaemon(home=home, port=free_port(), log_path=home.parent / "daemon.log", gpu_root=gpu_root)
-    daemon.start()
-    try:
+    with running_daemon(home, daemon_type=GpuDaemon, gpu_root=gpu_root) as daemon:
         yield daemon
-    finally:
-        daemon.stop()
-        daemon.kill_supervisor()
 
 
 @pytest.fixture(scope="module")

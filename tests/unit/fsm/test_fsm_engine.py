@@ -25,15 +25,9 @@ from capsa.errors import (
     UnsafeArchive,
 )
 from capsa.fsm import Abort, Context, Engine, Handoff, Machine, RetryPolicy, RunInfo
+from tests.fixtures.waiting import wait_for
 
 MakeEngine = Callable[..., Engine]
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
 
 
 def _hold(ctx: Context, gate: threading.Event) -> bool:
@@ -160,7 +154,7 @@ def test_queued_runs_start_in_fifo_order(make_engine: MakeEngine) -> None:
 
     engine.register(Machine.define("unpack", queue="unpack").start("unpack", step).end())
     handles = [engine.start("unpack", f"layer-{i}", "unpack", i) for i in range(5)]
-    _wait_for(lambda: order == [0])
+    wait_for(lambda: order == [0])
     assert [h.info().state for h in handles] == ["running"] + ["queued"] * 4
     gate.set()
     for h in handles:
@@ -179,7 +173,7 @@ def test_machines_share_the_engine_and_unqueued_runs_do_not_wait_for_a_busy_queu
     engine.register(Machine.define("activate").start("mount", lambda ctx, r: f"mounted {r}").end())
 
     blocked = [engine.start("pull", f"img-{i}", "pull") for i in range(2)]
-    _wait_for(lambda: blocked[0].info().state == "running")
+    wait_for(lambda: blocked[0].info().state == "running")
     assert engine.start("activate", "img-0", "activate", "img-0").wait(5).output == "mounted img-0"
     assert [h.info().state for h in blocked] == ["running", "queued"]
     gate.set()
@@ -201,7 +195,7 @@ def test_a_retryable_error_is_retried_with_backoff_then_succeeds(make_engine: Ma
     engine.register(Machine.define("pull").start("fetch", flaky).end())
     handle = engine.start("pull", "alpine", "pull")
     assert first_failure.wait(5)
-    _wait_for(lambda: handle.info().state == "retry_wait")
+    wait_for(lambda: handle.info().state == "retry_wait")
 
     assert handle.wait(5).output == "fetched"
     assert attempts == [1, 2, 3]
@@ -343,7 +337,7 @@ def test_handoff_defer_to_makes_waiters_wait_for_the_other_run(make_engine: Make
     owner = engine.start("pull", "sha256:ab", "fetch")
     follower = engine.start("import", "capsule-x", "import", owner.run_id)
 
-    _wait_for(lambda: follower.info().state == "handed_off")
+    wait_for(lambda: follower.info().state == "handed_off")
     assert follower.info().defer_to == owner.run_id
     assert not follower.done()
     gate.set()

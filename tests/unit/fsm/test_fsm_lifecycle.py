@@ -11,15 +11,9 @@ import pytest
 
 from capsa.errors import Canceled, FailedPrecondition, Unavailable
 from capsa.fsm import Context, Engine, Machine, RetryPolicy, RunInfo
+from tests.fixtures.waiting import wait_for
 
 MakeEngine = Callable[..., Engine]
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
 
 
 def _hold(ctx: Context, gate: threading.Event) -> bool:
@@ -100,7 +94,7 @@ def test_cancel_of_a_queued_run_does_not_wait_for_a_slot(make_engine: MakeEngine
     )
     busy = engine.start("pull", "a", "pull", "a")
     queued = engine.start("pull", "b", "pull", "b")
-    _wait_for(lambda: ran == ["a"])
+    wait_for(lambda: ran == ["a"])
     engine.cancel(queued.run_id)
 
     with pytest.raises(Canceled):
@@ -118,7 +112,7 @@ def test_cancel_during_a_retry_wait_ends_the_run_now(make_engine: MakeEngine) ->
     engine = make_engine(retry=RetryPolicy(base_s=30, cap_s=30, max_attempts=5))
     engine.register(Machine.define("pull").start("fetch", unavailable).end())
     handle = engine.start("pull", "alpine", "pull")
-    _wait_for(lambda: handle.info().state == "retry_wait")
+    wait_for(lambda: handle.info().state == "retry_wait")
     started = time.monotonic()
     engine.cancel(handle.run_id)
     with pytest.raises(Canceled):
@@ -139,7 +133,7 @@ def test_a_retry_wait_survives_a_restart(make_engine: MakeEngine) -> None:
     first = make_engine(retry=RetryPolicy(base_s=1.0, cap_s=1.0, max_attempts=3))
     first.register(machine)
     handle = first.start("pull", "alpine", "pull")
-    _wait_for(lambda: handle.info().state == "retry_wait")
+    wait_for(lambda: handle.info().state == "retry_wait")
     first.shutdown()
     waiting = first.get(handle.run_id)
     assert waiting.state == "retry_wait" and waiting.retry_at is not None and waiting.retry_at > time.time()
@@ -246,7 +240,7 @@ def test_resume_twice_does_not_run_anything_twice(make_engine: MakeEngine) -> No
     second.register(machine)
     assert [h.run_id for h in second.resume()] == [run_id]
     assert [h.run_id for h in second.resume()] == [run_id]
-    _wait_for(lambda: len(calls) == 1)
+    wait_for(lambda: len(calls) == 1)
     gate.set()
     second.handle(run_id).wait(5)
     assert calls == [run_id]

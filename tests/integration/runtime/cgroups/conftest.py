@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 
 from capsa.runtime.cgroups import CgroupDriver, JobCgroup, detect
+from tests.fixtures.waiting import wait_for
 
 Spawn = Callable[..., subprocess.Popen[bytes]]
 
@@ -61,16 +61,6 @@ def alive(pid: int) -> bool:
 @pytest.fixture
 def is_alive() -> Callable[[int], bool]:
     return alive
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll until ``predicate`` holds; generous because other suites may load the host's two CPUs."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from capsa.errors import FailedPrecondition
-from capsa.runtime.gpu import (
+from capsa.gpus import (
     Gpu,
     device_nodes,
     discover,

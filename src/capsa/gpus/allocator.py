@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from capsa.errors import FailedPrecondition, InvalidArgument, LimitExceeded
-from capsa.runtime.gpu.discovery import Gpu, device_nodes, discover, driver_libraries
+from capsa.gpus.discovery import Gpu, device_nodes, discover, driver_libraries
 from capsa.runtime.spec import DeviceSpec
 from capsa.state import Database
 

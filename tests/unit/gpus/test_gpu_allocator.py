@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from capsa.errors import FailedPrecondition, InvalidArgument, LimitExceeded
-from capsa.runtime.gpu import GpuAllocator, visible_devices
-from capsa.runtime.gpu.discovery import Gpu
+from capsa.gpus import GpuAllocator, visible_devices
+from capsa.gpus.discovery import Gpu
 from capsa.state import Database
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the fake driver tree needs character device nodes (root)")

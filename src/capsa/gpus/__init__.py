@@ -10,8 +10,8 @@ Typical use by the daemon (docs/gpu.md)::
     gpus.release(job_id)                      # when it ends, fails to start, or is removed
 """
 
-from capsa.runtime.gpu.allocator import MIGRATIONS, GpuAllocator, GpuGrant, visible_devices
-from capsa.runtime.gpu.discovery import (
+from capsa.gpus.allocator import MIGRATIONS, GpuAllocator, GpuGrant, visible_devices
+from capsa.gpus.discovery import (
     CONTROL_NODES,
     Gpu,
     device_nodes,

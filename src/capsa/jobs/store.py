@@ -1,0 +1,254 @@
+"""The ``jobs`` table: every statement the job service runs, each a guarded single step.
+
+Every state change is a guarded UPDATE (``WHERE state IN (...)``) so an exit event
+racing a start reply, or a restart replaying events, can never move a job backwards.
+Decisions two callers may race on (a cancel against a scheduled start, two submissions
+with one request id) are taken inside one transaction or by a unique index.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import sqlite3
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from capsa.errors import InvalidArgument, NotFound
+from capsa.jobs.model import ACTIVE_STATES, LISTED_STATES, MIGRATIONS, Job, JobPage, JobState, RunRequest
+from capsa.jobs.resources import RECORDED_COLUMNS
+from capsa.runtime.protocol import JobRecord
+from capsa.state import Database
+from capsa.state.keys import resolve_id_prefix
+
+__all__ = ["JobStore", "NewJob", "decode_page_token", "encode_page_token"]
+
+_IN_ACTIVE = f"({','.join(repr(s) for s in ACTIVE_STATES)})"
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What a job's row starts with."""
+
+    id: str
+    hostname: str
+    request: RunRequest
+    state: JobState
+    scheduled_ns: int = 0
+    timeout_ns: int = 0
+    launched: bool = False
+    recorded: Mapping[str, Any] | None = None   # what resources acquired before the row said (image, digest)
+
+
+def _column_values(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = set(recorded) - RECORDED_COLUMNS
+    if unknown:
+        raise ValueError(f"not a recorded job column: {sorted(unknown)}")
+    return {k: json.dumps(list(v)) if isinstance(v, (list, tuple)) else v for k, v in recorded.items()}
+
+
+class JobStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        db.migrate("jobs", MIGRATIONS)
+
+    # -- submit ---------------------------------------------------------------------------------
+    def insert(self, new: NewJob) -> str | None:
+        """Record a job; returns None, or the id of the job already recorded under its request id."""
+        r = new.request
+        columns = {
+            "id": new.id, "name": r.name, "command": json.dumps(list(r.command)), "state": new.state.value,
+            "env": json.dumps(r.env), "workdir": r.workdir or "/work", "resources": json.dumps(r.resources.to_dict()),
+            "created_ns": time.time_ns(), "hostname": new.hostname, "image": r.image,
+            "workflow_id": r.workflow_id, "workflow_job": r.workflow_job, "scheduled_ns": new.scheduled_ns,
+            "timeout_ns": new.timeout_ns, "secret_env_keys": json.dumps(sorted(r.secret_env)),
+            "seccomp": r.seccomp, "network": r.network, "volumes": json.dumps(list(r.volumes)), "gpus": r.gpus,
+            "request_id": r.request_id, "launched": int(new.launched),
+            **_column_values(new.recorded or {}),
+        }
+        names = ", ".join(columns)
+        try:
+            self.db.execute(f"INSERT INTO jobs({names}) VALUES({', '.join('?' * len(columns))})",
+                            tuple(columns.values()))
+        except sqlite3.IntegrityError:
+            existing = self.find_request(r.request_id) if r.request_id else None
+            if existing is None:
+                raise
+            return existing
+        return None
+
+    def find_request(self, request_id: str) -> str | None:
+        row = self.db.query_one("SELECT id FROM jobs WHERE request_id = ?", (request_id,))
+        return None if row is None else str(row["id"])
+
+    # -- start ------------------------------------------------------------------------------------
+    def claim_due(self, job_ids: list[str]) -> list[str]:
+        """Move due SCHEDULED jobs to PENDING; each is claimed by exactly one caller."""
+        return [job_id for job_id in job_ids if self.db.execute(
+            "UPDATE jobs SET state = 'PENDING' WHERE id = ? AND state = 'SCHEDULED'", (job_id,)).rowcount]
+
+    def claim_launch(self, job_id: str, request: RunRequest, recorded: Mapping[str, Any]) -> bool:
+        """A claimed scheduled job is about to be handed to the supervisor: from now on a cancel cannot
+        stop it from running. False when it was canceled first (then it must never run)."""
+        values = {"command": json.dumps(list(request.command)), "env": json.dumps(request.env),
+                  "workdir": request.workdir or "/work", **_column_values(recorded)}
+        sets = ", ".join(f"{name} = ?" for name in values)
+        return bool(self.db.execute(
+            f"UPDATE jobs SET launched = 1, {sets} WHERE id = ? AND state = 'PENDING' AND launched = 0",
+            (*values.values(), job_id)).rowcount)
+
+    def mark_running(self, job_id: str, rec: JobRecord, latency_ns: int, recorded: Mapping[str, Any]) -> None:
+        """The supervisor started it. Its exit may already be recorded (a fast job): then only the start
+        latency and what its resources said are added, the state stays."""
+        values = _column_values(recorded)
+        extra = "".join(f", {name} = ?" for name in values)
+        self.db.execute(
+            "UPDATE jobs SET start_latency_ns = ?, cgroup = ?,"
+            " pid = CASE WHEN state = 'PENDING' THEN ? ELSE pid END,"
+            " started_ns = CASE WHEN state = 'PENDING' THEN ? ELSE started_ns END,"
+            f" state = CASE WHEN state = 'PENDING' THEN 'RUNNING' ELSE state END{extra}"
+            " WHERE id = ?",
+            (latency_ns, rec.cgroup, rec.pid, rec.started_ns, *values.values(), job_id))
+
+    def fail_start(self, job_id: str, reason: str, recorded: Mapping[str, Any] | None = None) -> None:
+        values = _column_values(recorded or {})
+        extra = "".join(f", {name} = ?" for name in values)
+        self.db.execute(
+            "UPDATE jobs SET state = 'FAILED', reason = ?, ended_ns = ?, exit_code = COALESCE(exit_code, 127)"
+            f"{extra} WHERE id = ? AND state = 'PENDING'",
+            (f"start failed: {reason}", time.time_ns(), *values.values(), job_id))
+
+    def fail_lost(self, job_id: str, reason: str) -> None:
+        self.db.execute(
+            "UPDATE jobs SET state = 'FAILED', reason = ?, ended_ns = ?, exit_code = COALESCE(exit_code, -1)"
+            f" WHERE id = ? AND state IN {_IN_ACTIVE}", (reason, time.time_ns(), job_id))
+
+    def adopt_running(self, job_id: str, pid: int) -> None:
+        self.db.execute(f"UPDATE jobs SET state = 'RUNNING', pid = ? WHERE id = ? AND state IN {_IN_ACTIVE}",
+                        (pid, job_id))
+
+    # -- cancel, stop, timeouts ---------------------------------------------------------------------
+    def cancel(self, job_id: str) -> bool:
+        """SCHEDULED, or claimed but not yet launched -> CANCELED, with its schedule, in one transaction."""
+        with self.db.tx() as conn:
+            done = conn.execute(
+                "UPDATE jobs SET state = 'CANCELED', reason = 'canceled by user', ended_ns = ?"
+                " WHERE id = ? AND (state = 'SCHEDULED' OR (state = 'PENDING' AND launched = 0))",
+                (time.time_ns(), job_id)).rowcount
+            if done:
+                conn.execute("DELETE FROM job_schedules WHERE job_id = ?", (job_id,))
+        return bool(done)
+
+    def request_stop(self, job_id: str) -> None:
+        self.db.execute("UPDATE jobs SET stop_requested = 1 WHERE id = ?", (job_id,))
+
+    def mark_timed_out(self, job_id: str) -> bool:
+        return bool(self.db.execute(
+            "UPDATE jobs SET timed_out = 1 WHERE id = ? AND state = 'RUNNING' AND timed_out = 0", (job_id,)).rowcount)
+
+    def expired_timeouts(self, now_ns: int) -> list[str]:
+        rows = self.db.query("SELECT id FROM jobs WHERE state = 'RUNNING' AND timeout_ns > 0 AND timed_out = 0"
+                             " AND started_ns > 0 AND started_ns + timeout_ns <= ?", (now_ns,))
+        return [str(r["id"]) for r in rows]
+
+    def next_timeout_ns(self) -> int | None:
+        row = self.db.query_one("SELECT MIN(started_ns + timeout_ns) AS due FROM jobs WHERE state = 'RUNNING'"
+                                " AND timeout_ns > 0 AND timed_out = 0 AND started_ns > 0")
+        return None if row is None or row["due"] is None else int(row["due"])
+
+    # -- exits ----------------------------------------------------------------------------------------
+    def record_exit(self, rec: JobRecord) -> None:
+        row = self.db.query_one("SELECT stop_requested, timed_out, timeout_ns FROM jobs WHERE id = ?",
+                                (rec.job_id,))
+        if row is None:
+            return
+        reason = rec.reason
+        if reason.startswith("start failed") or rec.oom_killed:
+            state = JobState.FAILED
+        elif row["timed_out"]:
+            state = JobState.TIMEOUT
+            reason = f"timed out after {row['timeout_ns'] / 1e9:g}s"
+        elif rec.stop_requested or row["stop_requested"]:
+            state = JobState.STOPPED
+            reason = reason or "stopped by user"
+        elif rec.exit_code == 0:
+            state = JobState.COMPLETED
+        else:
+            state = JobState.FAILED
+        self.db.execute(
+            "UPDATE jobs SET state = ?, exit_code = ?, signal = ?, reason = ?, ended_ns = ?,"
+            " pid = CASE WHEN pid = 0 THEN ? ELSE pid END,"
+            " started_ns = CASE WHEN started_ns = 0 THEN ? ELSE started_ns END"
+            f" WHERE id = ? AND state IN {_IN_ACTIVE}",
+            (state.value, rec.exit_code, rec.signal, reason, rec.ended_ns or time.time_ns(),
+             rec.pid, rec.started_ns, rec.job_id),
+        )
+
+    def delete(self, job_id: str) -> None:
+        self.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    # -- queries --------------------------------------------------------------------------------------
+    def resolve_id(self, id_or_prefix: str) -> str:
+        return resolve_id_prefix(self.db, "jobs", id_or_prefix, noun="job")
+
+    def get(self, id_or_prefix: str) -> Job:
+        job_id = self.resolve_id(id_or_prefix)
+        row = self.db.query_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if row is None:
+            raise NotFound(f"no such job: {id_or_prefix}")
+        return Job.from_row(row)
+
+    def active(self) -> list[Job]:
+        return [Job.from_row(r) for r in self.db.query(f"SELECT * FROM jobs WHERE state IN {_IN_ACTIVE}")]
+
+    def list(self, *, all: bool = False) -> list[Job]:
+        return self.page(all=all).jobs
+
+    def page(self, *, all: bool = False, limit: int = 0, page_token: str = "") -> JobPage:
+        """Jobs newest first (``limit`` 0: all of them), from after ``page_token``."""
+        sql, params = self.page_query(all=all, limit=limit, page_token=page_token)
+        rows = self.db.query(sql, params)
+        jobs = [Job.from_row(r) for r in (rows[:limit] if limit else rows)]
+        more = bool(limit) and len(rows) > limit
+        return JobPage(jobs=jobs, next_page_token=encode_page_token(jobs[-1]) if more else "")
+
+    @staticmethod
+    def page_query(*, all: bool, limit: int, page_token: str) -> tuple[str, tuple[Any, ...]]:
+        """The SELECT for one page (one row more than ``limit``, to know whether another page follows)."""
+        if limit < 0:
+            raise InvalidArgument(f"page size must be zero (everything) or positive, got {limit}")
+        where: list[str] = []
+        params: list[Any] = []
+        if not all:
+            where.append(f"state IN ({','.join('?' * len(LISTED_STATES))})")
+            params.extend(LISTED_STATES)
+        if page_token:
+            # A row value comparison: the (created_ns, id) index seeks straight to the page.
+            where.append("(created_ns, id) < (?, ?)")
+            params.extend(decode_page_token(page_token))
+        sql = ("SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY created_ns DESC, id DESC" + (" LIMIT ?" if limit else ""))
+        return sql, (*params, limit + 1) if limit else tuple(params)
+
+    def count_by_state(self) -> dict[str, int]:
+        rows = self.db.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+        return {str(r["state"]): int(r["n"]) for r in rows}
+
+
+def encode_page_token(last: Job) -> str:
+    """Opaque to clients: the (created_ns, id) of the last job of a page."""
+    return base64.urlsafe_b64encode(f"{last.created_ns}:{last.id}".encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        created, _, job_id = raw.partition(":")
+        if not job_id or len(job_id) > 64:
+            raise ValueError(raw)
+        return int(created), job_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidArgument(f"page token {token[:40]!r} is not one this daemon handed out") from None
