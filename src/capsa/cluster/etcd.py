@@ -235,9 +235,9 @@ class EtcdClient:
     def grant(self, ttl: int) -> int:
         return int(self._post("/v3/lease/grant", {"TTL": str(ttl)})["ID"])
 
-    def keepalive(self, lease: int) -> int:
+    def keepalive(self, lease: int, *, timeout: float | None = None) -> int:
         """Renew ``lease`` once; its remaining TTL, 0 when it has already expired."""
-        data = self._post("/v3/lease/keepalive", {"ID": str(lease)})
+        data = self._post("/v3/lease/keepalive", {"ID": str(lease)}, timeout=timeout)
         return int((data.get("result") or {}).get("TTL", 0))
 
     def revoke(self, lease: int) -> None:

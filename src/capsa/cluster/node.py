@@ -78,12 +78,14 @@ class PoolNode:
         self._last_record = b""
         self._threads: list[threading.Thread] = []
         self._watch_stop = threading.Event()
+        self._last_ok = time.monotonic()   # when the last successful renewal (or the grant) was sent
 
     # -- life ---------------------------------------------------------------------------------
     def start(self) -> None:
         self.etcd.txn([Compare.missing(keys.META_VERSION)], [Op.put(keys.META_VERSION, str(SCHEMA_VERSION))])
         self._register()
-        for target, label in ((self._keepalive_loop, "keepalive"), (self._mirror_loop, "mirror")):
+        for target, label in ((self._keepalive_loop, "keepalive"), (self._watchdog_loop, "watchdog"),
+                              (self._mirror_loop, "mirror")):
             t = threading.Thread(target=target, name=f"cluster-{label}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -107,7 +109,9 @@ class PoolNode:
                           max_jobs=self.max_jobs or 4 * max(1, inv.cpus))
 
     def _register(self) -> None:
+        sent = time.monotonic()
         self.lease = self.etcd.grant(self.ttl)
+        self._last_ok = sent
         record = self._record()
         self.etcd.put(keys.node(self.name), record.dump(), lease=self.lease)
         self._last_record = dataclasses.replace(record, registered_ns=0).dump()
@@ -115,19 +119,17 @@ class PoolNode:
         log.info("joined the pool as %s (lease %x, ttl %ss)", self.name, self.lease, self.ttl)
 
     def _keepalive_loop(self) -> None:
-        last_ok = time.monotonic()
-        margin = min(1.0, self.ttl / 4)
         refresh_at = time.monotonic() + 10
         while not self._stop.wait(self.ttl / 3):
             sent = time.monotonic()
             try:
                 if self.fenced.is_set():
                     self._register()
+                    self._last_ok = sent
                     self._restart_watch()
-                    last_ok = sent
                     continue
-                if self.etcd.keepalive(self.lease) > 0:
-                    last_ok = sent
+                if self.etcd.keepalive(self.lease, timeout=self.ttl / 3) > 0:
+                    self._last_ok = sent
                 else:   # etcd already expired it: we were cut off longer than the TTL
                     self._fence("the lease expired")
                     continue
@@ -136,8 +138,17 @@ class PoolNode:
                     self._refresh_record()
             except CapsaError as exc:
                 log.warning("cannot renew the cluster lease: %s", exc)
-            if not self.fenced.is_set() and time.monotonic() - last_ok > self.ttl - margin:
-                self._fence(f"no lease renewal for {time.monotonic() - last_ok:.1f}s")
+
+    def _watchdog_loop(self) -> None:
+        """Fence at ``last renewal sent + ttl - margin``, however long a renewal call blocks.
+
+        Separate from the renewing thread on purpose: a call to an unreachable etcd can block for
+        seconds (connect timeouts per endpoint), longer than the margin.
+        """
+        margin = min(1.0, self.ttl / 4)
+        while not self._stop.wait(0.05):
+            if not self.fenced.is_set() and time.monotonic() > self._last_ok + self.ttl - margin:
+                self._fence(f"no lease renewal for {time.monotonic() - self._last_ok:.1f}s")
 
     def _refresh_record(self) -> None:
         record = self._record()
@@ -204,8 +215,13 @@ class PoolNode:
             self._finish(a.job_id, a.attempt, PoolJobState.FAILED, f"start failed on {self.name}: {exc}", 127)
             return
         with self._lock:
-            if a.job_id in self._running:
+            kept = a.job_id in self._running
+            if kept:
                 self._running[a.job_id] = (local.id, a.attempt)
+        if not kept:   # fenced while it was starting: it must not run on
+            with contextlib.suppress(CapsaError):
+                self.jobs.supervisor.stop(local.id, 0)
+            return
         self._update(a.job_id, a.attempt, lambda j: dataclasses.replace(
             j, state=PoolJobState.RUNNING.value, local_id=local.id, started_ns=local.started_ns or time.time_ns()))
 
