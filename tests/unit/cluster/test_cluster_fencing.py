@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
-from types import SimpleNamespace
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 from capsa.cluster.node import Inventory, PoolNode
