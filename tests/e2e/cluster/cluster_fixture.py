@@ -61,10 +61,14 @@ class EtcdProc:
 @dataclass
 class PoolDaemon(RunningDaemon):
     name: str = ""
+    cgroup2: Path | None = None   # start the daemon (and so its supervisor) in this cgroup v2 (partition tests)
 
     def start(self, timeout: float = 30.0) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([*CAPSA, "daemon"], env=self.env, stdout=log, stderr=log,
+        command = [*CAPSA, "daemon"]
+        if self.cgroup2 is not None:   # join first, then exec: every socket it opens belongs to the cgroup
+            command = ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(self.cgroup2), *command]
+        self.proc = subprocess.Popen(command, env=self.env, stdout=log, stderr=log,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
@@ -161,7 +165,8 @@ def wait_etcd_ready(pool: Pool, timeout: float = 20) -> None:
 
 @contextlib.contextmanager
 def running_pool(root: Path, *, nodes: int = 3, members: int = 3, lease_ttl: int = 2,
-                 labels: dict[int, dict[str, str]] | None = None) -> Iterator[Pool]:
+                 labels: dict[int, dict[str, str]] | None = None,
+                 cgroups: dict[str, Path] | None = None) -> Iterator[Pool]:
     etcd_members = [EtcdMember(f"e{i}", "127.0.0.1", free_port(), free_port()) for i in range(members)]
     specs = [PoolNodeSpec(f"n{i}", f"127.0.0.1:{free_port()}", (labels or {}).get(i, {}),
                           home=root / f"n{i}" / "home") for i in range(nodes)]
@@ -185,7 +190,8 @@ def running_pool(root: Path, *, nodes: int = 3, members: int = 3, lease_ttl: int
                 target = spec.home.parent / f"client-{role}.yaml"
                 target.write_bytes((bundle / f"client-{role}.yaml").read_bytes())
             daemon = PoolDaemon(home=spec.home, port=int(spec.address.rsplit(":", 1)[1]),
-                                log_path=root / f"{spec.name}-daemon.log", name=spec.name)
+                                log_path=root / f"{spec.name}-daemon.log", name=spec.name,
+                                cgroup2=(cgroups or {}).get(spec.name))
             pool.nodes.append(daemon)
         wait_etcd_ready(pool)
         for daemon in pool.nodes:
