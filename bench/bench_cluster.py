@@ -51,6 +51,9 @@ def submit_to_running(pool: Pool, runs: int) -> dict[str, list[float]]:
     s = cpb_grpc.ClusterServiceStub(pool.nodes[0].client().channel)
     direct = pool.nodes[0].client()
     out: dict[str, list[float]] = {"pool": [], "direct": []}
+    _until(lambda: pool.store().leader(ELECTION) is not None)   # steady state: a leader, and one job placed
+    warm = s.SubmitPoolJob(cpb.SubmitPoolJobRequest(job=pb.RunJobRequest(command=["/bin/true"])), timeout=30)
+    _until(lambda: s.GetPoolJob(cpb.GetPoolJobRequest(id=warm.id), timeout=30).started_at_ns > 0)
     for _ in range(runs):
         t0 = time.time_ns()
         job = s.SubmitPoolJob(cpb.SubmitPoolJobRequest(job=pb.RunJobRequest(command=["/bin/true"])), timeout=30)
