@@ -82,8 +82,12 @@ class PoolNode:
 
     # -- life ---------------------------------------------------------------------------------
     def start(self) -> None:
-        self.etcd.txn([Compare.missing(keys.META_VERSION)], [Op.put(keys.META_VERSION, str(SCHEMA_VERSION))])
-        self._register()
+        """Join the pool; if etcd cannot be reached the daemon still starts and joins when it can."""
+        try:
+            self._register()
+        except CapsaError as exc:
+            log.error("cannot join the pool yet: %s (retrying)", exc)
+            self.fenced.set()   # not a member: take no assignments until registered
         for target, label in ((self._keepalive_loop, "keepalive"), (self._watchdog_loop, "watchdog"),
                               (self._mirror_loop, "mirror")):
             t = threading.Thread(target=target, name=f"cluster-{label}", daemon=True)
@@ -92,11 +96,15 @@ class PoolNode:
         self._start_watch()
 
     def stop(self) -> None:
-        """Leave the pool: revoke the lease (the scheduler marks what still runs here LOST at once)."""
+        """Leave the pool: end the pool jobs here, then revoke the lease (the scheduler marks them LOST at
+        once and places restart-policy jobs elsewhere). Ending them first means they never overlap with
+        their next attempt, even with --live-restore."""
         self._stop.set()
         self._watch_stop.set()
         for t in self._threads:
             t.join(5)
+        if not self.fenced.is_set():
+            self._fence("leaving the pool")
         with contextlib.suppress(CapsaError):
             self.etcd.revoke(self.lease)
 
@@ -110,6 +118,7 @@ class PoolNode:
 
     def _register(self) -> None:
         sent = time.monotonic()
+        self.etcd.txn([Compare.missing(keys.META_VERSION)], [Op.put(keys.META_VERSION, str(SCHEMA_VERSION))])
         self.lease = self.etcd.grant(self.ttl)
         self._last_ok = sent
         record = self._record()
@@ -159,7 +168,7 @@ class PoolNode:
 
     def _fence(self, why: str) -> None:
         """Stop every pool job here: the pool may already have given them to another node."""
-        log.error("fenced (%s): stopping %d pool jobs", why, len(self._running))
+        log.warning("fenced (%s): stopping %d pool jobs", why, len(self._running))
         self.fenced.set()
         self._watch_stop.set()
         with self._lock:

@@ -129,3 +129,28 @@ def test_a_lease_etcd_already_expired_fences_at_once_and_the_node_rejoins_under_
         assert node.lease != first
     finally:
         node.stop()
+
+
+def test_a_node_that_cannot_reach_etcd_at_start_starts_anyway_and_joins_when_etcd_answers() -> None:
+    etcd, jobs = FakeEtcd(), FakeJobs()
+    etcd.up = False
+    node = _node(etcd, jobs, ttl=2)
+    node.start()
+    try:
+        assert node.fenced.is_set() and node.lease == 0
+        etcd.up = True
+        assert _wait(lambda: not node.fenced.is_set(), 5)
+        assert node.lease == 1
+    finally:
+        node.stop()
+
+
+def test_leaving_the_pool_ends_its_jobs_before_the_lease_is_revoked() -> None:
+    etcd, jobs = FakeEtcd(), FakeJobs()
+    revoked: list[float] = []
+    etcd.revoke = lambda lease: revoked.append(time.monotonic())  # type: ignore[method-assign]
+    node = _node(etcd, jobs, ttl=2)
+    node.start()
+    node._running["pool-1"] = ("local-1", 1)
+    node.stop()
+    assert jobs.supervisor.killed[0][0] == "local-1" and jobs.supervisor.killed[0][2] <= revoked[0]
