@@ -3,7 +3,7 @@
 
     sudo .venv/bin/python bench/bench_pull.py [--runs 3] [--no-doc]
 
-Builds once (cached under ``/var/tmp/capsa-bench/pull``) a four-layer gzip image of
+Builds once (cached under ``/var/tmp/capsa-bench/pull5``) a five-layer gzip image of
 about 1 GB / 60k entries from the host's Python, shared files and toolchain
 headers (the sources of ``bench_unpack.py``), then starts Debian's
 ``docker-registry`` on 127.0.0.1, pushes the image with skopeo, and alternates:
@@ -15,8 +15,13 @@ headers (the sources of ``bench_unpack.py``), then starts Debian's
 * peer: ``skopeo copy docker://… oci:DIR:big`` then ``umoci unpack --image DIR:big
   BUNDLE`` (a ready rootfs in BUNDLE/rootfs), timed together.
 
-Medians of ``--runs`` runs each (page cache warm, outputs deleted between runs,
-outside the clock). Then it profiles one capsa pull: per-phase wall times from the
+Medians of ``--runs`` runs each (page cache warm, outputs deleted between runs and
+``sync`` run before each, outside the clock, on both sides alike: the previous run's
+removal and write-back must not land in the next one's time). What is timed is what a
+user waits for: until the command returns with a rootfs ready to run (capsa: the image
+registered, every layer committed; the pipeline overlaps downloads and unpacks). With
+``--writeback`` each side also waits, inside its clock, for ``syncfs`` of its output
+filesystem (nothing of the rootfs left only in the page cache). Then it profiles one capsa pull: per-phase wall times from the
 pull's own durable FSM events, and each component measured alone on the same
 blobs (HTTP download only, sha256 only, gunzip only, capsa's unpacker alone).
 Writes the section "Image pull" of docs/BENCHMARKS.md unless ``--no-doc``.
@@ -56,11 +61,12 @@ from common import command_line, free_port, running_daemon, scratch_dir, section
 from capsa.images.content import digest_file  # noqa: E402
 from capsa.images.unpack import UnpackLimits, apply_layer  # noqa: E402
 
-CACHE = Path("/var/tmp/capsa-bench/pull")
+CACHE = Path("/var/tmp/capsa-bench/pull5")
 REPO, TAG = "bench/big", "1"
 # (name, tar arguments relative to /): one layer per group, the way an image build stacks them
 LAYERS = [
-    ("python", ["usr/lib/python3", "usr/lib/python3.11"]),
+    ("python3", ["usr/lib/python3"]),
+    ("python3.11", ["usr/lib/python3.11"]),
     ("share-docs", ["usr/share/locale", "usr/share/doc", "usr/share/man"]),
     ("share-rest", ["--exclude=usr/share/locale", "--exclude=usr/share/doc", "--exclude=usr/share/man", "usr/share"]),
     ("toolchain", ["usr/include", "usr/lib/gcc"]),
@@ -101,7 +107,7 @@ def _build_layer(name: str, args: list[str], work: Path) -> dict[str, Any]:
 
 
 def build_image(cache: Path) -> tuple[Path, list[LayerBlob], str]:
-    """The OCI layout (cached): four gzip layers; returns (layout, layers, manifest digest)."""
+    """The OCI layout (cached): one gzip layer per LAYERS entry; returns (layout, layers, manifest digest)."""
     layout, meta = cache / "layout", cache / "layers.json"
     if not meta.exists():
         shutil.rmtree(cache, ignore_errors=True)
@@ -250,13 +256,23 @@ def count_entries(root: Path) -> int:
     return sum(len(dirs) + len(files) for _, dirs, files in os.walk(root))
 
 
-def capsa_run(work: Path, ref: str, manifest: str, profile: bool) -> tuple[Timing, dict[str, Any] | None]:
+def with_writeback(timing: Timing, out: Path, writeback: bool) -> Timing:
+    """``timing`` plus, when asked, the ``syncfs`` of the output filesystem (a user waiting for durability)."""
+    if not writeback:
+        return timing
+    synced, _ = timed(["sync", "-f", str(out)])
+    return Timing(timing.wall + synced.wall, timing.cpu + synced.cpu)
+
+
+def capsa_run(work: Path, ref: str, manifest: str, profile: bool,
+              writeback: bool = False) -> tuple[Timing, dict[str, Any] | None]:
     home = work / "capsa" / "home"
     log = work / "capsa" / "daemon.log"
     log.unlink(missing_ok=True)
     try:
         with running_daemon(home) as daemon:
             timing, out = timed(daemon.cli_argv("image", "pull", ref), also_pid=daemon.proc.pid, env=daemon.env)
+            timing = with_writeback(timing, home, writeback)
             if manifest not in out:
                 raise RuntimeError(f"capsa pulled something else: {out}")
             details = fsm_profile(home / "capsa.db") if profile else None
@@ -266,11 +282,12 @@ def capsa_run(work: Path, ref: str, manifest: str, profile: bool) -> tuple[Timin
     return timing, details  # the whole output filesystem goes after the run
 
 
-def peer_run(work: Path, ref: str) -> tuple[Timing, Timing, int]:
+def peer_run(work: Path, ref: str, writeback: bool = False) -> tuple[Timing, Timing, int]:
     layout, bundle = work / "oci", work / "bundle"
     copy, _ = timed(["skopeo", "--insecure-policy", "copy", "--quiet", "--src-tls-verify=false",
                      f"docker://{ref}", f"oci:{layout}:big"])
     unpack, _ = timed(["umoci", "unpack", "--image", f"{layout}:big", str(bundle)])
+    unpack = with_writeback(unpack, bundle, writeback)
     entries = count_entries(bundle / "rootfs")
     return copy, unpack, entries
 
@@ -345,7 +362,7 @@ def components(layers: list[LayerBlob], registry_host: str,
             dest = Path(tmp) / str(i)
             dest.mkdir()
             subprocess.run(["tar", "-xzf", str(layer.path), "-C", str(dest)], check=True)
-        out["for scale: GNU `tar -xzf` of the 4 layers, one after another"] = time.perf_counter() - start
+        out[f"for scale: GNU `tar -xzf` of the {len(layers)} layers, one after another"] = time.perf_counter() - start
     profiler = cProfile.Profile()
     with new_fs() as tmp:
         start = time.perf_counter()
@@ -356,7 +373,7 @@ def components(layers: list[LayerBlob], registry_host: str,
             apply_layer(layer.path, dest, media_type=GZIP_LAYER, limits=LIMITS, whiteout_mode="overlay")
         profiler.disable()
         total = time.perf_counter() - start
-    out["capsa apply_layer of the 4 gzip layers, one after another (cProfile on)"] = total
+    out[f"capsa apply_layer of the {len(layers)} gzip layers, one after another (cProfile on)"] = total
     # Where the unpacker's own thread spends it (decompression runs on a producer thread, not seen here).
     by_call: dict[str, float] = {}
     for (_, _, func), (_, _, own, _, _) in pstats.Stats(profiler).stats.items():  # type: ignore[attr-defined]
@@ -407,8 +424,8 @@ def report(started: dt.datetime, layers: list[LayerBlob], capsa: list[Timing], c
     lines.append(_row("… of which `skopeo copy docker://… oci:…`", copy))
     lines.append(_row("… of which `umoci unpack`", unpack))
     lines.append("")
-    verdict = "met" if ratio <= 0.7 else "NOT met"
-    lines.append(f"capsa / (skopeo + umoci) wall = **{ratio:.2f}×** (target ≤ 0.7×: {verdict}); "
+    verdict = "met" if ratio <= 0.4 else "NOT met"
+    lines.append(f"capsa / (skopeo + umoci) wall = **{ratio:.2f}×** (target ≤ 0.4×: {verdict}); "
                  f"CPU time {cpu_ratio:.2f}×.")
     lines.append("")
     lines.append("Commands of one run (PORT: the registry started by the script; WORK: its scratch dir):")
@@ -428,12 +445,18 @@ def report(started: dt.datetime, layers: list[LayerBlob], capsa: list[Timing], c
     lines.append("| phase | wall s |")
     lines.append("|---|---:|")
     lines.append(f"| resolve (manifest + config) | {phases['resolve']:.2f} |")
-    lines.append(f"| fetch: {len(fetches)} blob.fetch runs in parallel, download + sha256 in one pass, fsync, "
-                 f"rename (longest {max(b - a for a, b in fetches):.2f} s) | {phases['fetch']:.2f} |")
-    per_layer = ", ".join(f"{b - a:.2f}" for a, b in unpacks)
-    lines.append(f"| unpack: {len(unpacks)} layer.unpack runs one after another ({per_layer} s): "
-                 f"gunzip, checks, writes, commit | {phases['unpack']:.2f} |")
+    start = profile["start"]
+    fetch_end = max(b for _, b in fetches) - start
+    unpack_start = min(a for a, _ in unpacks) - start
+    per_layer = ", ".join(f"{a - start:.2f}–{b - start:.2f}" for a, b in unpacks)
+    lines.append(f"| fetch: start {len(fetches)} blob.fetch runs (download + sha256 in one pass, fsync, rename; "
+                 f"the last blob is stored at {fetch_end:.2f} s) | {phases['fetch']:.2f} |")
+    lines.append(f"| unpack: {len(unpacks)} layer.unpack runs, each as soon as its blob is stored, at most two at "
+                 f"a time, into separate overlay snapshots (s from the pull's start: {per_layer}), then attach + "
+                 f"commit bottom-up | {phases['unpack']:.2f} |")
     lines.append(f"| register | {phases['register']:.3f} |")
+    lines.append(f"| overlap: unpacking started at {unpack_start:.2f} s, before the last blob was stored | "
+                 f"{max(0.0, fetch_end - unpack_start):.2f} |")
     lines.append("")
     lines.append("The same pieces alone, on the same blobs, right after (each writer on a fresh filesystem of "
                  "the same kind):")
@@ -450,18 +473,14 @@ def report(started: dt.datetime, layers: list[LayerBlob], capsa: list[Timing], c
     python_s = parts.get("… everything else (Python: headers, names, checks)", 0.0)
     apply_s = next(v for k, v in parts.items() if k.startswith("capsa apply_layer"))
     lines.append(
-        f"Reading: of this pull's {pull_s:.1f} s, fetching (download and sha256 in the same pass, four blobs in "
-        f"parallel) is {100 * phases['fetch'] / pull_s:.0f}% and unpacking {100 * phases['unpack'] / pull_s:.0f}%. "
-        f"Decompression alone takes {gunzip_s:.1f} s and runs on its own thread, overlapped with the writes. "
-        f"Of the unpacker's own thread ({apply_s:.1f} s here), {100 * open_s / apply_s:.0f}% is open(2) creating "
-        f"files, {100 * write_s / apply_s:.0f}% writing their data and {100 * python_s / apply_s:.0f}% Python's "
-        "per-entry work (headers, names, checks). Two structural "
-        "costs are visible in the FSM events: no unpack starts before every blob is stored, and the layers are "
-        "unpacked strictly one after another although overlay layers are independent directories (the `unpack` "
-        "queue allows 2); unpacking each layer as soon as its blob is committed, two at a time, would overlap "
-        "the single-threaded gunzip of one layer with another. umoci spends most of its time in `unpack`, "
-        "which besides extracting walks the whole rootfs and sha256-hashes every file into an mtree manifest "
-        "(kept for `umoci repack`); skopeo only copies and verifies the compressed blobs.")
+        f"Reading: this pull took {pull_s:.1f} s from its first event to its image record. Decompression alone "
+        f"takes {gunzip_s:.1f} s on one core and runs on the unpacker's helper thread; with the pipeline, layers "
+        f"unpack two at a time while later blobs still download. Of the unpacker's own thread ({apply_s:.1f} s "
+        f"here, one layer after another), {100 * open_s / apply_s:.0f}% is open(2) creating files, "
+        f"{100 * write_s / apply_s:.0f}% writing their data and {100 * python_s / apply_s:.0f}% Python's per-entry "
+        "work (headers, names, checks). umoci spends most of its time in `unpack`, which besides extracting walks "
+        "the whole rootfs and sha256-hashes every file into an mtree manifest (kept for `umoci repack`); skopeo "
+        "only copies and verifies the compressed blobs.")
     lines.append("")
     return "\n".join(lines)
 
@@ -472,6 +491,8 @@ def main() -> int:
     parser.add_argument("--no-doc", action="store_true", help="Print only; do not rewrite docs/BENCHMARKS.md.")
     parser.add_argument("--fs", choices=("loop", "disk"), default="loop",
                         help="Write each run's output to a fresh loop ext4 (default) or to /var/tmp itself.")
+    parser.add_argument("--writeback", action="store_true",
+                        help="Include syncfs of the output filesystem in both contenders' time.")
     args = parser.parse_args()
     for tool in ("skopeo", "umoci", "gzip", "tar"):
         if shutil.which(tool) is None:
@@ -496,13 +517,13 @@ def main() -> int:
                     subprocess.run(["sync"], check=True)
                     if who == "capsa":
                         with fresh_fs(args.fs, work) as out:
-                            timing, details = capsa_run(out, ref, manifest, profile is None)
+                            timing, details = capsa_run(out, ref, manifest, profile is None, args.writeback)
                         profile = profile or details
                         capsa.append(timing)
                         print(f"run {i + 1}: capsa {timing.wall:.2f} s (CPU {timing.cpu:.2f} s)", flush=True)
                     else:
                         with fresh_fs(args.fs, work) as out:
-                            c, u, entries = peer_run(out, ref)
+                            c, u, entries = peer_run(out, ref, args.writeback)
                         copy.append(c)
                         unpack.append(u)
                         print(f"run {i + 1}: skopeo {c.wall:.2f} s + umoci {u.wall:.2f} s = {c.wall + u.wall:.2f} s"

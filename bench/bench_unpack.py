@@ -98,10 +98,17 @@ def run_tar(layer: Path, dest: Path, kind: str) -> tuple[float, float]:
     return time.perf_counter() - start, cpu(resource.RUSAGE_CHILDREN) - before
 
 
-def run_apply(layer: Path, dest: Path) -> tuple[float, float]:
+def run_apply(layer: Path, dest: Path) -> tuple[tuple[float, float], tuple[float, float]]:
+    """apply_layer, then verify_layout on the result, as every pull does: (apply, verify) (wall, CPU)."""
     before, start = cpu(resource.RUSAGE_SELF), time.perf_counter()
     apply_layer(layer, dest, limits=LIMITS)
-    return time.perf_counter() - start, cpu(resource.RUSAGE_SELF) - before
+    mid_cpu, mid = cpu(resource.RUSAGE_SELF), time.perf_counter()
+    verify_layout(dest)
+    end_cpu, end = cpu(resource.RUSAGE_SELF), time.perf_counter()
+    return (mid - start, mid_cpu - before), (end - mid, end_cpu - mid_cpu)
+
+
+APPLY, VERIFY, BOTH = "apply_layer", "… verify_layout after it", "apply_layer + verify_layout (a pull's unpack)"
 
 
 def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
@@ -130,7 +137,7 @@ def compare(a: Path, b: Path, members: set[str]) -> str:
 def bench(layer: Path, work: Path, kind: str, runs: int, dests: list[Path], members: set[str], *,
           keep: bool) -> dict[str, list[tuple[float, float]]]:
     """Alternate the tools; ``keep`` leaves outputs in place (deleted by the caller)."""
-    results: dict[str, list[tuple[float, float]]] = {"GNU tar": [], "apply_layer": []}
+    results: dict[str, list[tuple[float, float]]] = {"GNU tar": [], APPLY: [], VERIFY: [], BOTH: []}
     for i in range(runs):
         pair = []
         # alternate who goes first, and start each run with no dirty pages from the previous one
@@ -142,14 +149,16 @@ def bench(layer: Path, work: Path, kind: str, runs: int, dests: list[Path], memb
             dests.append(dest)
             pair.append(dest)
             subprocess.run(["sync"], check=True)
-            results[tool].append(run_tar(layer, dest, kind) if tool == "GNU tar" else run_apply(layer, dest))
+            if tool == "GNU tar":
+                results[tool].append(run_tar(layer, dest, kind))
+            else:
+                applied, verified = run_apply(layer, dest)
+                results[APPLY].append(applied)
+                results[VERIFY].append(verified)
+                results[BOTH].append((applied[0] + verified[0], applied[1] + verified[1]))
         pair.sort()  # [apply's tree, tar's tree], by name
         if i == 0:
             print(f"\n{kind}: result trees {compare(pair[0], pair[1], members)}")
-            if kind == "none":
-                start = time.perf_counter()
-                verify_layout(pair[0])
-                print(f"verify_layout on the unpacked tree: {time.perf_counter() - start:.2f} s")
         if not keep:
             for dest in pair:
                 shutil.rmtree(dest)

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import grpc
-
 from capsa.capsules import CapsuleStore
 from capsa.capsules.distribution import CapsuleDistribution
 from capsa.capsules.limits import CapsuleLimits
@@ -58,6 +56,7 @@ from capsa.workflows import QUEUE as WORKFLOW_QUEUE
 from capsa.workflows import Registries, WorkflowService
 
 if TYPE_CHECKING:
+    from capsa.api.server import ApiServer
     from capsa.cluster import ClusterComponent
 
 __all__ = ["Daemon", "DaemonOptions", "run_daemon"]
@@ -93,7 +92,7 @@ class Daemon:
     metrics: DaemonMetrics
     runtimes: RuntimeService
     workflows: WorkflowService
-    server: grpc.Server
+    server: ApiServer
     cluster: ClusterComponent | None   # with a cluster section in server.yaml (capsa.cluster)
 
     def __init__(self, options: DaemonOptions) -> None:
@@ -161,7 +160,8 @@ class Daemon:
         self.jobs = JobService(self.db, home, self.supervisor, store=job_records, resources=self.job_resources,
                                stop_grace_s=config.jobs.stop_grace_s, secret_box=secret_box,
                                upload_limits=UploadLimits(**config.jobs.uploads.model_dump()))
-        self.scheduler = Scheduler(self.jobs, chores=((60.0, self.jobs.uploads.cleanup),))
+        self.scheduler = Scheduler(self.jobs, chores=((60.0, self.jobs.uploads.cleanup),
+                                                      (5.0, self.jobs.retry_pending_exits)))
         undo.callback(self.scheduler.close)
         self.metrics = open_metrics(config.metrics, self.db, home, self.jobs, network_stats=self._network_stats)
         undo.callback(self.metrics.close)

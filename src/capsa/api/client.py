@@ -57,6 +57,11 @@ class CapsaClient:
         self.channel = grpc.secure_channel(node.address, creds, options=[
             ("grpc.max_receive_message_length", 64 << 20),
             ("grpc.enable_retries", 0),
+            # A restarted daemon is found again within a second or two, not after gRPC's default
+            # reconnect backoff (up to two minutes): submissions retry across a restart.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
         ])
         self.jobs = pb_grpc.JobServiceStub(self.channel)
         self.node = pb_grpc.NodeServiceStub(self.channel)
@@ -88,14 +93,48 @@ class CapsaClient:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, address=self.address) from None
 
+    # A submission carries a request id, so sending it again cannot make a second job: when the
+    # daemon is unreachable (restarting, briefly overloaded) it is resent with the same id.
+    SUBMIT_TRIES = 10
+    SUBMIT_RETRY_S = 30.0
+
+    def _submit(self, send: Callable[[], Any]) -> Any:
+        """``send()`` (one RPC whose request has a request id), retried on UNAVAILABLE with backoff:
+        at most SUBMIT_TRIES tries within SUBMIT_RETRY_S seconds."""
+        import random
+        import time
+
+        deadline = time.monotonic() + self.SUBMIT_RETRY_S
+        delay = 0.1
+        for attempt in range(1, self.SUBMIT_TRIES + 1):
+            try:
+                return send()
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                left = deadline - time.monotonic()
+                if code != grpc.StatusCode.UNAVAILABLE or attempt == self.SUBMIT_TRIES or left <= 0:
+                    raise from_rpc_error(exc, address=self.address) from None
+                time.sleep(min(left, delay * (0.5 + random.random())))   # jitter: a burst does not resync
+                delay = min(delay * 2, 3.0)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def new_request_id() -> str:
+        import uuid
+
+        return uuid.uuid4().hex
+
     # -- jobs -----------------------------------------------------------------------------
     def run_job(self, command: list[str], *, env: dict[str, str] | None = None, workdir: str = "",
                 name: str = "", max_cpu: int = 0, cpu_cores: str = "", max_memory_mb: int = 0,
                 max_iobps: int = 0, max_pids: int = 0, image: str = "", pull: str = "", user: str = "",
                 seccomp: str = "", network: str = "", volumes: list[str] | None = None,
                 secret_env: dict[str, str] | None = None, upload_session: str = "", schedule: str = "",
-                timeout: str = "", capsules: list[str] | None = None, runtime: str = "", gpus: int = 0) -> pb.Job:
+                timeout: str = "", capsules: list[str] | None = None, runtime: str = "", gpus: int = 0,
+                request_id: str = "") -> pb.Job:
+        """Start a job; ``request_id`` (default: a fresh uuid4) makes retries safe, see :meth:`_submit`."""
         request = pb.RunJobRequest(
+            request_id=request_id or self.new_request_id(),
             command=command, env=env or {}, workdir=workdir, name=name, image=image, pull=pull, user=user,
             gpus=gpus,
             seccomp=seccomp, network=network, volumes=volumes or [], capsules=capsules or [], runtime=runtime,
@@ -103,7 +142,7 @@ class CapsaClient:
             resources=pb.Resources(max_cpu=max_cpu, cpu_cores=cpu_cores, max_memory_mb=max_memory_mb,
                                    max_iobps=max_iobps, max_pids=max_pids),
         )
-        return self._call(self.jobs.RunJob, request)
+        return self._submit(lambda: self.jobs.RunJob(request, timeout=self.timeout))
 
     def upload_files(self, chunks: Iterable[pb.UploadChunk], *, finish: bool = True) -> pb.UploadResult:
         """Stream raw upload chunks (see :meth:`upload_paths` for local files); returns the staged session.
@@ -166,8 +205,25 @@ class CapsaClient:
     def get_job(self, job_id: str) -> pb.Job:
         return self._call(self.jobs.GetJob, pb.GetJobRequest(id=job_id))
 
-    def list_jobs(self, *, all: bool = False) -> list[pb.Job]:
-        return list(self._call(self.jobs.ListJobs, pb.ListJobsRequest(all=all)).jobs)
+    def list_jobs(self, *, all: bool = False, limit: int = 0) -> list[pb.Job]:
+        """Jobs newest first: every matching one (``limit`` 0), or the newest ``limit``.
+
+        Fetched in pages of at most PAGE_SIZE, so no single response is large.
+        """
+        jobs: list[pb.Job] = []
+        token = ""
+        while True:
+            want = self.PAGE_SIZE if not limit else min(self.PAGE_SIZE, limit - len(jobs))
+            page = self.list_jobs_page(all=all, limit=want, page_token=token)
+            jobs.extend(page.jobs)
+            token = page.next_page_token
+            if not token or (limit and len(jobs) >= limit):
+                return jobs[:limit] if limit else jobs
+
+    PAGE_SIZE = 1000
+
+    def list_jobs_page(self, *, all: bool = False, limit: int = 0, page_token: str = "") -> pb.ListJobsResponse:
+        return self._call(self.jobs.ListJobs, pb.ListJobsRequest(all=all, limit=limit, page_token=page_token))
 
     def stop_job(self, job_id: str, *, grace_seconds: float = 0) -> pb.Job:
         return self._call(self.jobs.StopJob, pb.StopJobRequest(id=job_id, grace_seconds=grace_seconds),
@@ -188,11 +244,22 @@ class CapsaClient:
 
     # -- images ----------------------------------------------------------------------------
     def pull_image(self, ref: str, *, platform: str = "", insecure: bool = False,
-                   expected_digest: str = "") -> Iterator[ipb.PullProgress]:
-        stream = self.images.PullImage(ipb.PullImageRequest(ref=ref, platform=platform, insecure=insecure,
-                                                            expected_digest=expected_digest), timeout=None)
+                   expected_digest: str = "", request_id: str = "") -> Iterator[ipb.PullProgress]:
+        """Progress of a pull; an UNAVAILABLE daemon before the first progress message is retried with
+        the same request id (the daemon joins the pull it already started)."""
+        request = ipb.PullImageRequest(ref=ref, platform=platform, insecure=insecure,
+                                       expected_digest=expected_digest,
+                                       request_id=request_id or self.new_request_id())
+
+        def first() -> tuple[Any, Any]:
+            stream = self.images.PullImage(request, timeout=None)
+            return stream, next(stream, None)
+
+        stream, head = self._submit(first)
         try:
-            yield from stream
+            if head is not None:
+                yield head
+                yield from stream
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, address=self.address) from None
 
@@ -211,10 +278,19 @@ class CapsaClient:
     def image_history(self, ref: str, *, limit: int = 20) -> list[ipb.FsmRun]:
         return list(self._call(self.images.ImageHistory, ipb.ImageHistoryRequest(ref=ref, limit=limit)).runs)
 
+    def verify_images(self, ref: str = "", *, all: bool = False, repair: bool = False) -> list[ipb.ImageVerifyReport]:
+        request = ipb.VerifyImagesRequest(ref=ref, all=all, repair=repair)
+        return list(self._call(self.images.VerifyImages, request, timeout=None).reports)
+
+    def backup_database(self, dest: str) -> ipb.BackupDatabaseResponse:
+        return self._call(self.images.BackupDatabase, ipb.BackupDatabaseRequest(dest=dest), timeout=None)
+
     # -- workflows ----------------------------------------------------------------------------
-    def submit_workflow(self, yaml_text: str, *, base_dir: str = "", source: str = "") -> wpb.Workflow:
-        request = wpb.SubmitWorkflowRequest(yaml=yaml_text, base_dir=base_dir, source=source)
-        return self._call(self.workflows.SubmitWorkflow, request)
+    def submit_workflow(self, yaml_text: str, *, base_dir: str = "", source: str = "",
+                        request_id: str = "") -> wpb.Workflow:
+        request = wpb.SubmitWorkflowRequest(yaml=yaml_text, base_dir=base_dir, source=source,
+                                            request_id=request_id or self.new_request_id())
+        return self._submit(lambda: self.workflows.SubmitWorkflow(request, timeout=self.timeout))
 
     def list_workflows(self, *, limit: int = 0) -> list[wpb.Workflow]:
         return list(self._call(self.workflows.ListWorkflows, wpb.ListWorkflowsRequest(limit=limit)).workflows)
@@ -253,9 +329,14 @@ class CapsaClient:
 
     # -- capsules ------------------------------------------------------------------------------
     def create_capsule(self, name: str, version: str, chunks: Iterable[bytes], *,
-                       dependencies: Iterable[str] = (), labels: dict[str, str] | None = None) -> cpb.Capsule:
-        """Upload the bytes of a tar (plain or compressed) of the capsule's files as ``name@version``."""
-        header = cpb.CapsuleHeader(name=name, version=version, dependencies=list(dependencies), labels=labels or {})
+                       dependencies: Iterable[str] = (), labels: dict[str, str] | None = None,
+                       request_id: str = "") -> cpb.Capsule:
+        """Upload the bytes of a tar (plain or compressed) of the capsule's files as ``name@version``.
+
+        Not retried (the chunks are consumed once); ``request_id`` lets a caller that kept the bytes
+        resend safely."""
+        header = cpb.CapsuleHeader(name=name, version=version, dependencies=list(dependencies), labels=labels or {},
+                                   request_id=request_id or self.new_request_id())
 
         def messages() -> Iterator[cpb.CreateCapsuleRequest]:
             yield cpb.CreateCapsuleRequest(header=header)
@@ -297,6 +378,11 @@ class CapsaClient:
 
     def pull_capsule(self, source: str, *, insecure: bool = False) -> cpb.Capsule:
         return self._call(self.capsules.Pull, cpb.PullCapsuleRequest(source=source, insecure=insecure), timeout=None)
+
+    def verify_capsules(self, ref: str = "", *, all: bool = False,
+                        repair: bool = False) -> list[cpb.CapsuleVerifyReport]:
+        request = cpb.VerifyCapsulesRequest(ref=ref, all=all, repair=repair)
+        return list(self._call(self.capsules.Verify, request, timeout=None).reports)
 
     def gc_capsules(self, *, unused: bool = False, older_than_seconds: float = 0.0,
                     dry_run: bool = False) -> cpb.GcCapsulesResponse:

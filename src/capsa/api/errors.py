@@ -23,6 +23,13 @@ _STATUS = {
     "canceled": grpc.StatusCode.CANCELLED,
     "unimplemented": grpc.StatusCode.UNIMPLEMENTED,
     "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    # Refusals with a class of their own: a status that says what kind of refusal it is (the
+    # capsa-error-code trailer still carries the exact class to the client).
+    "unsafe_archive": grpc.StatusCode.INVALID_ARGUMENT,
+    "checksum_mismatch": grpc.StatusCode.DATA_LOSS,
+    "pool_full": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "device_exists": grpc.StatusCode.ALREADY_EXISTS,
+    "device_not_found": grpc.StatusCode.NOT_FOUND,
 }
 
 _FALLBACK = {

@@ -32,6 +32,8 @@ RPC_ROLES: dict[str, Principal] = {
     "/capsa.v1.ImageService/RemoveImage": Role.MAINTAINER,
     "/capsa.v1.ImageService/PruneImages": Role.ADMIN,
     "/capsa.v1.ImageService/ImageHistory": Role.READER,
+    "/capsa.v1.ImageService/VerifyImages": Role.MAINTAINER,
+    "/capsa.v1.ImageService/BackupDatabase": Role.ADMIN,
     # WorkflowService
     "/capsa.v1.WorkflowService/SubmitWorkflow": Role.DEVELOPER,
     "/capsa.v1.WorkflowService/ListWorkflows": Role.READER,
@@ -57,6 +59,7 @@ RPC_ROLES: dict[str, Principal] = {
     "/capsa.v1.CapsuleService/Push": Role.MAINTAINER,
     "/capsa.v1.CapsuleService/Pull": Role.MAINTAINER,
     "/capsa.v1.CapsuleService/Gc": Role.MAINTAINER,
+    "/capsa.v1.CapsuleService/Verify": Role.MAINTAINER,
     # RuntimeService: maintainers build and remove runtimes (node-wide), readers look
     "/capsa.v1.RuntimeService/BuildRuntime": Role.MAINTAINER,
     "/capsa.v1.RuntimeService/ListRuntimes": Role.READER,

@@ -26,16 +26,19 @@ import contextlib
 import hashlib
 import json
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 
 import botocore.exceptions
 import urllib3.exceptions
 
 from capsa.capsules._fs import staging_dir
-from capsa.capsules.model import CapsuleVersion
+from capsa.capsules.model import CapsuleVersion, GcReport
 from capsa.capsules.store import CapsuleStore
+from capsa.capsules.verify import SOURCE_MIGRATIONS, CapsuleReport, verify_version
 from capsa.capsules.versions import (
     check_labels,
     check_name,
@@ -44,8 +47,10 @@ from capsa.capsules.versions import (
     parse_version,
 )
 from capsa.errors import (
+    Canceled,
     CapsaError,
     ChecksumMismatch,
+    FailedPrecondition,
     InvalidArgument,
     LimitExceeded,
     NotFound,
@@ -53,6 +58,7 @@ from capsa.errors import (
     Unavailable,
     Unsupported,
 )
+from capsa.fsm import Engine
 from capsa.images.oci import OCI_MANIFEST, Digest, load_json_object, sha256_digest
 from capsa.images.reference import Reference, RefKind
 from capsa.images.reference import parse_reference as parse_location
@@ -68,6 +74,7 @@ __all__ = [
     "LAYER_MEDIA_TYPE",
     "CapsuleDistribution",
     "CapsuleManifest",
+    "CapsuleReport",
     "PushResult",
 ]
 
@@ -138,11 +145,17 @@ class CapsuleDistribution:
     """Uploads, pushes and pulls for one :class:`CapsuleStore`; safe to share between threads."""
 
     def __init__(self, store: CapsuleStore, *, registry: RegistryConfig | None = None, s3: S3Config | None = None,
-                 max_upload_bytes: int = 1 << 40) -> None:
+                 max_upload_bytes: int = 1 << 40, engine: Engine | None = None) -> None:
         self.store = store
         self.registry = registry or RegistryConfig()
         self.s3 = s3 or S3Config()
         self.max_upload_bytes = max_upload_bytes
+        self.engine = engine
+        store.db.migrate("capsule_sources", SOURCE_MIGRATIONS)
+        if engine is not None:  # push and pull become durable runs on the download queue
+            from capsa.capsules.machines import register_capsule_machines
+
+            register_capsule_machines(engine, self)
 
     # -- uploads -------------------------------------------------------------------------------
     def create_from_upload(self, name: str, version: str, chunks: Iterable[bytes], *,
@@ -172,7 +185,19 @@ class CapsuleDistribution:
 
     # -- push ----------------------------------------------------------------------------------
     def push(self, ref: str, destination: str, *, insecure: bool = False) -> PushResult:
-        """Send ``NAME@VERSION`` to ``s3://bucket/prefix/`` or to a registry repository ``host/repo[:tag]``."""
+        """Send ``NAME@VERSION`` to ``s3://bucket/prefix/`` or to a registry repository ``host/repo[:tag]``.
+
+        With an engine, as a durable ``capsule.push`` run (deduplicated, resumed after a crash,
+        cancellable, in the run history); the caller waits for it.
+        """
+        if self.engine is not None:
+            from capsa.capsules.machines import start_push
+
+            return start_push(self.engine, ref, destination, insecure=insecure)
+        return self.push_now(ref, destination, insecure=insecure)
+
+    def push_now(self, ref: str, destination: str, *, insecure: bool = False) -> PushResult:
+        """The push itself, in the calling thread."""
         name, version = parse_reference(ref)
         found = self.store.get(name, str(version))
         if not destination:
@@ -230,22 +255,92 @@ class CapsuleDistribution:
 
     # -- pull ----------------------------------------------------------------------------------
     def pull(self, source: str, *, insecure: bool = False) -> CapsuleVersion:
-        """Fetch a pushed capsule, verify its digest, and import it (a no-op if it is already here)."""
+        """Fetch a pushed capsule, verify its digest, and import it (a no-op if it is already here).
+
+        With an engine, as a durable ``capsule.pull`` run on the download queue; the caller waits.
+        """
+        if self.engine is not None:
+            from capsa.capsules.machines import start_pull
+
+            return start_pull(self.engine, self.store, source, insecure=insecure)
+        return self.pull_now(source, insecure=insecure)
+
+    def pull_now(self, source: str, *, insecure: bool = False, cancel: threading.Event | None = None) -> CapsuleVersion:
+        """The pull itself, in the calling thread; ``cancel`` stops the download between chunks."""
         if not source:
             raise InvalidArgument("no source given: s3://bucket/prefix/NAME/VERSION/ or host/repository:tag")
         location = parse_location(source)
         with staging_dir(self.store.layout.ingest) as staging:
             archive = staging / _S3_TAR
             if location.kind is RefKind.S3:
-                manifest = self._pull_s3(location, archive)
+                manifest = self._pull_s3(location, archive, cancel)
             elif location.kind is RefKind.REGISTRY:
-                manifest = self._pull_registry(location, archive, insecure)
+                manifest = self._pull_registry(location, archive, insecure, cancel)
             else:
                 raise InvalidArgument(f"cannot pull capsules from {source!r}: use s3://bucket/prefix/NAME/VERSION/ "
                                       "or a registry reference")
-            return self._import(manifest, archive, source)
+            pulled = self._import(manifest, archive, source)
+        # where it came from, so `capsa capsule verify --repair` can fetch it again
+        self.store.db.execute(
+            "INSERT OR REPLACE INTO capsule_sources (name, version, source, insecure) VALUES (?, ?, ?, ?)",
+            (pulled.name, pulled.version, source, int(insecure)))
+        return pulled
+
+    # -- gc ------------------------------------------------------------------------------------
+    def gc(self, *, unused: bool = False, older_than: timedelta | None = None, dry_run: bool = False) -> GcReport:
+        """Collect unreferenced content (and, with ``unused``, unused versions); a ``capsule.gc`` run
+        when there is an engine (one at a time, in the run history)."""
+        if self.engine is None:
+            return self.store.gc(unused=unused, older_than=older_than, dry_run=dry_run)
+        from capsa.capsules.machines import GcRequest, start_gc
+
+        return start_gc(self.engine, GcRequest(unused=unused, dry_run=dry_run,
+                                               older_than_s=older_than.total_seconds() if older_than else None))
+
+    # -- verify --------------------------------------------------------------------------------
+    def verify(self, ref: str = "", *, all_versions: bool = False, repair: bool = False) -> list[CapsuleReport]:
+        """Re-hash stored trees (``NAME@VERSION``, or every version) against their recorded digests.
+
+        ``repair``: a damaged version that was pulled is removed and pulled again from its recorded
+        source (refused, and said so, when it is attached, pinned or needed by another version).
+        """
+        if all_versions:
+            versions = self.store.ls()
+        elif ref:
+            name, version = parse_reference(ref)
+            versions = [self.store.get(name, str(version))]
+        else:
+            raise InvalidArgument("name a capsule version (NAME@VERSION) to verify, or ask for all of them")
+        reports = [verify_version(v) for v in versions]
+        return [self._repair(r) if repair and not r.ok else r for r in reports]
+
+    def _repair(self, report: CapsuleReport) -> CapsuleReport:
+        name, version = parse_reference(report.ref)
+        row = self.store.db.query_one("SELECT source, insecure FROM capsule_sources WHERE name = ? AND version = ?",
+                                      (name, str(version)))
+        if row is None:
+            return replace(report, repair_error="no recorded source (it was created here): remove it and create "
+                                                "it again")
+        try:
+            self.store.rm(name, str(version))
+            again = verify_version(self.pull(row["source"], insecure=bool(row["insecure"])))
+        except CapsaError as exc:
+            return replace(report, repair_error=exc.message)
+        return replace(report, repaired=again.ok, repair_error=again.problem)
 
     def _import(self, manifest: CapsuleManifest, archive: Path, source: str) -> CapsuleVersion:
+        try:
+            existing = self.store.get(manifest.name, manifest.version)
+        except NotFound:
+            existing = None
+        if existing is not None and existing.digest == manifest.digest:
+            # "already imported" is only true of an intact tree (image ADR-006): never hand out a
+            # version whose stored files were changed or removed behind capsa's back
+            report = verify_version(existing)
+            if not report.ok:
+                raise FailedPrecondition(f"{existing.ref} is stored but damaged ({report.problem}); remove it "
+                                         f"(`capsa capsule rm {existing.ref}`) and pull it again")
+            return existing
         created = self.store.create(manifest.name, manifest.version, archive, deps=manifest.deps,
                                     labels=manifest.labels)
         if created.digest != manifest.digest:
@@ -257,7 +352,7 @@ class CapsuleDistribution:
                                    f"its description says {manifest.digest}")
         return created
 
-    def _pull_s3(self, location: Reference, archive: Path) -> CapsuleManifest:
+    def _pull_s3(self, location: Reference, archive: Path, cancel: threading.Event | None) -> CapsuleManifest:
         assert location.bucket is not None and location.key is not None
         key = location.key
         if key.endswith("/" + _S3_MANIFEST) or key == _S3_MANIFEST:
@@ -276,12 +371,13 @@ class CapsuleDistribution:
         with _s3_errors(what):
             obj = client.get_object(Bucket=location.bucket, Key=key + _S3_TAR)
             try:
-                _receive(obj["Body"].iter_chunks(_CHUNK), archive, manifest.digest, manifest.size, what)
+                _receive(obj["Body"].iter_chunks(_CHUNK), archive, manifest.digest, manifest.size, what, cancel)
             finally:
                 obj["Body"].close()
         return manifest
 
-    def _pull_registry(self, location: Reference, archive: Path, insecure: bool) -> CapsuleManifest:
+    def _pull_registry(self, location: Reference, archive: Path, insecure: bool,
+                       cancel: threading.Event | None) -> CapsuleManifest:
         assert location.repository is not None and location.manifest_reference is not None
         client = self._registry_client(location, insecure)
         repo = location.repository
@@ -310,7 +406,8 @@ class CapsuleDistribution:
         try:
             if start:
                 raise Unavailable(f"{what}: the registry answered from byte {start}, asked for 0")
-            _receive(resp.stream(_CHUNK, decode_content=False), archive, manifest.digest, manifest.size, what)
+            _receive(resp.stream(_CHUNK, decode_content=False), archive, manifest.digest, manifest.size, what,
+                     cancel)
         finally:
             discard_response(resp)
         return manifest
@@ -337,13 +434,16 @@ class _Bytes:
         return chunk
 
 
-def _receive(chunks: Iterable[bytes], path: Path, digest: str, size: int, what: str) -> None:
+def _receive(chunks: Iterable[bytes], path: Path, digest: str, size: int, what: str,
+             cancel: threading.Event | None = None) -> None:
     """Write a download to ``path`` while hashing it; ChecksumMismatch unless it is exactly ``digest``."""
     hasher = hashlib.sha256()
     received = 0
     try:
         with open(path, "wb") as out:
             for chunk in chunks:
+                if cancel is not None and cancel.is_set():
+                    raise Canceled(f"{what}: canceled at byte {received}")
                 received += len(chunk)
                 if received > size:
                     raise ChecksumMismatch(f"{what}: more than the {size} bytes its description declares")

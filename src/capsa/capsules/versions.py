@@ -44,7 +44,7 @@ _LABEL_VALUE_MAX = 256
 
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid capsule name, else raise ``InvalidArgument``."""
-    if not isinstance(name, str) or len(name) > _NAME_MAX or not _NAME.match(name):
+    if not isinstance(name, str) or len(name) > _NAME_MAX or not _NAME.fullmatch(name):
         hint = ""
         if isinstance(name, str) and name and canonicalize_name(name) != name:
             hint = f" (did you mean {canonicalize_name(name)!r}?)"
@@ -105,7 +105,7 @@ def check_labels(labels: dict[str, str] | None) -> dict[str, str]:
     """Validate user labels (``team=ml``); returns a plain sorted copy."""
     result: dict[str, str] = {}
     for key, value in sorted((labels or {}).items()):
-        if not isinstance(key, str) or not _LABEL_KEY.match(key):
+        if not isinstance(key, str) or not _LABEL_KEY.fullmatch(key):
             raise InvalidArgument(f"invalid label key {key!r}: 1-63 of letters, digits, '.', '_', '/', '-'")
         if not isinstance(value, str) or len(value) > _LABEL_VALUE_MAX or "\0" in value:
             raise InvalidArgument(f"label {key!r} must be a string of at most {_LABEL_VALUE_MAX} characters")

@@ -86,4 +86,23 @@ def whoami(obj: Any, as_json: bool) -> None:
         click.echo(f"{who.common_name} ({who.role})")
 
 
-COMMANDS = [init, daemon, version, whoami]
+@click.group()
+def admin() -> None:
+    """Node administration."""
+
+
+@admin.command()
+@click.argument("dest")
+@json_option
+@click.pass_obj
+def backup(obj: Any, dest: str, as_json: bool) -> None:
+    """Take an online, consistent copy of the daemon's state database to DEST (a path on the node)."""
+    result = obj.client().backup_database(dest)
+    if as_json:
+        emit({"path": result.path, "bytes": result.bytes, "pages": result.pages, "seconds": result.seconds,
+              "integrity": result.integrity})
+    else:
+        click.echo(f"{result.path} ({result.bytes} bytes, integrity {result.integrity}, {result.seconds:.2f}s)")
+
+
+COMMANDS = [init, daemon, version, whoami, admin]

@@ -264,4 +264,25 @@ def gc(obj: Any, unused: bool, older_than: str, dry_run: bool, as_json: bool) ->
     click.echo(f"{'would free' if report.dry_run else 'freed'} {_size(report.bytes_freed)}")
 
 
+@capsule.command()
+@click.argument("ref", required=False, default="")
+@click.option("--all", "all_versions", is_flag=True, help="Verify every stored version.")
+@click.option("--repair", is_flag=True, help="Pull damaged versions again from the source they were pulled from.")
+@json_option
+@click.pass_obj
+def verify(obj: Any, ref: str, all_versions: bool, repair: bool, as_json: bool) -> None:
+    """Re-hash a stored capsule version (NAME@VERSION, or --all) against its recorded digest."""
+    if bool(ref) == all_versions:
+        raise click.UsageError("give NAME@VERSION or --all (not both)")
+    reports = obj.client().verify_capsules(ref, all=all_versions, repair=repair)
+    if as_json:
+        emit([_as_dict(r) for r in reports])
+    else:
+        print_table(["CAPSULE", "STATUS", "ENTRIES", "PROBLEM"],
+                    [(r.ref, "ok" if r.ok else ("repaired" if r.repaired else "DAMAGED"), r.entries,
+                      "; ".join(p for p in (r.problem, r.repair_error) if p)) for r in reports])
+    if any(not r.ok and not r.repaired for r in reports):
+        raise SystemExit(1)
+
+
 COMMANDS = [capsule]

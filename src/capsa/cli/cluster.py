@@ -135,12 +135,23 @@ def cluster_init(directory: Path, nodes: tuple[str, ...], members: tuple[str, ..
 
 
 # -- the pool halves of the job commands ------------------------------------------------------------
-def run_on_pool(client: Any, request: Any, *, constraints: dict[str, str], restart: str, detach: bool,
-                as_json: bool) -> int:
+def run_on_pool(client: Any, fields: dict[str, Any], features: dict[str, Any], *, constraints: tuple[str, ...],
+                restart: str, detach: bool, as_json: bool) -> int:
+    """`capsa run --pool`: submit through the client's node, then (attached) stream the output from
+    whichever node runs it and exit with the job's code."""
     from capsa.api.gen.capsa.v1 import cluster_pb2 as cpb
+    from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
+    from capsa.cluster.model import parse_constraints
+    from capsa.errors import InvalidArgument
 
-    job = pool_call(client, "SubmitPoolJob", cpb.SubmitPoolJobRequest(job=request, constraints=constraints,
-                                                                      restart=restart))
+    if features["uploads"] or features["secret_env"]:
+        raise InvalidArgument("--upload and --secret-env are not supported with --pool")
+    resources = pb.Resources(**{k: fields.pop(k) for k in ("max_cpu", "cpu_cores", "max_memory_mb", "max_iobps",
+                                                         "max_pids")})
+    request = pb.RunJobRequest(**fields, resources=resources, timeout=features["timeout"],
+                               schedule=features["schedule"])
+    job = pool_call(client, "SubmitPoolJob", cpb.SubmitPoolJobRequest(
+        job=request, constraints=parse_constraints(constraints), restart=restart))
     if detach:
         if as_json:
             emit(pool_job_dict(job))
@@ -196,10 +207,16 @@ def logs_pool(client: Any, job_id: str, *, follow: bool, from_seq: int) -> None:
         target.flush()
 
 
-def stop_pool(client: Any, job_id: str, grace: float) -> Any:
+def stop_pool(client: Any, job_ids: tuple[str, ...], grace: float, *, as_json: bool) -> None:
     from capsa.api.gen.capsa.v1 import cluster_pb2 as cpb
 
-    return pool_call(client, "StopPoolJob", cpb.StopPoolJobRequest(id=job_id, grace_seconds=grace), timeout=None)
+    stopped = [pool_call(client, "StopPoolJob", cpb.StopPoolJobRequest(id=j, grace_seconds=grace), timeout=None)
+               for j in job_ids]
+    if as_json:
+        emit([pool_job_dict(j) for j in stopped])
+    else:
+        for job in stopped:
+            click.echo(job.id[:12])
 
 
 def run_workflow_on_pool(client: Any, text: str, *, base_dir: str, constraints: tuple[str, ...], wait: bool,

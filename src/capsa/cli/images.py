@@ -174,4 +174,26 @@ def history(obj: Any, ref: str, limit: int, events: bool, as_json: bool) -> None
                 click.echo(f"  {ev.seq:>3} {ev.kind:<20} {ev.transition:<10} {ev.message}")
 
 
+@image.command()
+@click.argument("ref", required=False, default="")
+@click.option("--all", "all_images", is_flag=True, help="Verify every image.")
+@click.option("--repair", is_flag=True, help="Pull damaged images again from their recorded reference.")
+@json_option
+@click.pass_obj
+def verify(obj: Any, ref: str, all_images: bool, repair: bool, as_json: bool) -> None:
+    """Re-hash an image (or --all) against its recorded digests and diff_ids; check its snapshots."""
+    if bool(ref) == all_images:
+        raise click.UsageError("give an image reference or --all (not both)")
+    reports = obj.client().verify_images(ref, all=all_images, repair=repair)
+    if as_json:
+        emit([MessageToDict(r, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+              for r in reports])
+    else:
+        print_table(["IMAGE", "STATUS", "BLOBS", "DIFF_IDS", "SNAPSHOTS", "PROBLEMS"],
+                    [(r.ref, "ok" if r.ok else ("repaired" if r.repaired else "DAMAGED"), r.blobs_checked,
+                      r.diff_ids_checked, r.snapshots_checked, "; ".join(r.problems)[:80]) for r in reports])
+    if any(not r.ok and not r.repaired for r in reports):
+        raise SystemExit(1)
+
+
 COMMANDS = [image]

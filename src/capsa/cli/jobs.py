@@ -79,20 +79,14 @@ def run(obj: Any, detach: bool, name: str, env: tuple[str, ...], workdir: str, m
         raise InvalidArgument("no command given: use `capsa run [flags] -- COMMAND [ARGS...]`")
     client = obj.client()
     if pool:
-        from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
         from capsa.cli.cluster import run_on_pool
-        from capsa.cluster.model import parse_constraints
 
-        request = pb.RunJobRequest(
-            command=list(command), env=_parse_env(env), workdir=workdir, name=name, image=image, pull=pull,
-            runtime=runtime, user=user, seccomp=seccomp, network=network, volumes=list(volumes),
-            capsules=list(capsules), gpus=gpus, timeout=features["timeout"], schedule=features["schedule"],
-            resources=pb.Resources(max_cpu=max_cpu, cpu_cores=cpu_cores, max_memory_mb=max_memory,
-                                   max_iobps=max_iobps, max_pids=max_pids))
-        if features["uploads"] or features["secret_env"]:
-            raise InvalidArgument("--upload and --secret-env are not supported with --pool")
-        return run_on_pool(client, request, constraints=parse_constraints(constraints), restart=restart,
-                           detach=detach, as_json=as_json)
+        return run_on_pool(client, dict(command=list(command), env=_parse_env(env), workdir=workdir, name=name,
+                                        image=image, pull=pull, runtime=runtime, user=user, seccomp=seccomp,
+                                        network=network, volumes=list(volumes), capsules=list(capsules), gpus=gpus,
+                                        max_cpu=max_cpu, cpu_cores=cpu_cores, max_memory_mb=max_memory,
+                                        max_iobps=max_iobps, max_pids=max_pids),
+                           features, constraints=constraints, restart=restart, detach=detach, as_json=as_json)
     extra = feature_request(client, features)
     job = client.run_job(list(command), env=_parse_env(env), workdir=workdir, name=name, max_cpu=max_cpu,
                          cpu_cores=cpu_cores, max_memory_mb=max_memory, max_iobps=max_iobps, max_pids=max_pids,
@@ -129,19 +123,31 @@ def run(obj: Any, detach: bool, name: str, env: tuple[str, ...], workdir: str, m
     return final.exit_code
 
 
+PS_DEFAULT_LAST = 1000   # `ps -a` shows this many newest jobs unless --last says otherwise
+
+
 @click.command()
-@click.option("-a", "--all", "all_", is_flag=True, help="Show ended jobs too.")
+@click.option("-a", "--all", "all_", is_flag=True, help="Show ended jobs too (the newest 1,000 unless --last).")
+@click.option("-n", "--last", type=click.IntRange(min=0), default=None,
+              help="Show only the newest N jobs; 0 shows every job.")
 @click.option("-q", "--quiet", is_flag=True, help="Print job ids only.")
 @click.option("--pool", is_flag=True, help="List the pool's jobs, on every node.")
 @json_option
 @click.pass_obj
-def ps(obj: Any, all_: bool, quiet: bool, pool: bool, as_json: bool) -> None:
+def ps(obj: Any, all_: bool, last: int | None, quiet: bool, pool: bool, as_json: bool) -> None:
     """List jobs (running ones unless -a)."""
     if pool:
         from capsa.cli.cluster import ps_pool
 
         return ps_pool(obj.client(), all_=all_, quiet=quiet, as_json=as_json)
-    jobs = obj.client().list_jobs(all=all_)
+    client = obj.client()
+    if last is None and all_:
+        page = client.list_jobs_page(all=True, limit=PS_DEFAULT_LAST)
+        jobs = list(page.jobs)[:PS_DEFAULT_LAST]
+        if page.next_page_token:
+            click.echo(f"capsa: showing the newest {PS_DEFAULT_LAST} jobs; --last 0 shows every job", err=True)
+    else:
+        jobs = client.list_jobs(all=all_, limit=last or 0)
     if as_json:
         emit([job_dict(j) for j in jobs])
     elif quiet:
@@ -207,15 +213,9 @@ def logs(obj: Any, follow: bool, from_seq: int, pool: bool, as_json: bool, job_i
 def stop(obj: Any, grace: float, pool: bool, as_json: bool, job_ids: tuple[str, ...]) -> None:
     """Stop jobs: SIGTERM, then SIGKILL after the grace period."""
     if pool:
-        from capsa.cli.cluster import pool_job_dict, stop_pool
+        from capsa.cli.cluster import stop_pool
 
-        stopped = [stop_pool(obj.client(), j, grace) for j in job_ids]
-        if as_json:
-            emit([pool_job_dict(j) for j in stopped])
-        else:
-            for job in stopped:
-                click.echo(job.id[:12])
-        return
+        return stop_pool(obj.client(), job_ids, grace, as_json=as_json)
     results = [obj.client().stop_job(j, grace_seconds=grace) for j in job_ids]
     if as_json:
         emit([job_dict(j) for j in results])

@@ -8,9 +8,7 @@ this node's ``node`` certificate (:mod:`capsa.cluster.proxy`).
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from capsa.cluster.etcd import Compare, EtcdClient, Op
@@ -27,7 +25,6 @@ from capsa.cluster.node import PoolNode
 from capsa.cluster.proxy import NodeDialer
 from capsa.cluster.workflows import new_job_id, new_workflow, submit_ops
 from capsa.errors import Conflict, InvalidArgument, NotFound
-from capsa.logs import LogChunk
 
 __all__ = ["Pool", "PoolNodeView"]
 
@@ -117,7 +114,7 @@ class Pool:
             if job.node == self.node.name:
                 self.node.stop_local(job.local_id, grace_s)
             else:
-                self.dialer.stop(self._address(job.node), job.local_id, grace_s)
+                self.dialer.stop(self.address_of(job.node), job.local_id, grace_s)
             return self._wait_ended(job.id, timeout=grace_s + 15)
         raise Conflict(f"pool job {id_or_prefix} kept changing while being stopped; try again")
 
@@ -129,23 +126,11 @@ class Pool:
                 return job
             time.sleep(0.1)
 
-    def _address(self, node: str) -> str:
+    def address_of(self, node: str) -> str:
         kv = self.etcd.get(keys.node(node))
         if kv is None:
             raise NotFound(f"node {node} is not in the pool (lost?)")
         return NodeRecord.load(kv.value).address
-
-    def logs(self, id_or_prefix: str, *, follow: bool, from_seq: int, stop: threading.Event) -> Iterator[LogChunk]:
-        job = self.get(id_or_prefix)
-        while follow and not job.local_id and not job.status.ended and not stop.is_set():
-            time.sleep(0.1)   # not started yet: its output will be on the node that starts it
-            job = self.get(job.id)
-        if not job.local_id:
-            return
-        if job.node == self.node.name:
-            yield from self.node.jobs.logs(job.local_id, follow=follow, from_seq=from_seq, stop=stop)
-        else:
-            yield from self.dialer.logs(self._address(job.node), job.local_id, follow=follow, from_seq=from_seq)
 
     # -- workflows ------------------------------------------------------------------------------------
     def submit_workflow(self, text: str, *, base_dir: str, constraints: dict[str, str]) -> PoolWorkflow:

@@ -25,6 +25,7 @@ from capsa.config.io import (
 from capsa.config.paths import DEFAULT_HOME, HomeLayout, capsa_home
 from capsa.config.server import (
     DEFAULT_QUEUES,
+    ApiConfig,
     BtrfsConfig,
     DevmapperConfig,
     FsmConfig,
@@ -44,6 +45,7 @@ __all__ = [
     "DEFAULT_HOME",
     "DEFAULT_NODE_NAME",
     "DEFAULT_QUEUES",
+    "ApiConfig",
     "BtrfsConfig",
     "ClientConfig",
     "DevmapperConfig",

@@ -12,6 +12,7 @@ from capsa.config.fields import CaCertPem, CertPem, KeyPem, ListenAddress, Stric
 from capsa.config.paths import capsa_home
 
 __all__ = [
+    "ApiConfig",
     "BtrfsConfig",
     "ClusterConfig",
     "ClusterTLS",
@@ -110,6 +111,9 @@ class UnpackLimits(StrictModel):
     max_total_bytes: PositiveBytes = ByteSize(10 * GiB)
     max_entries: Annotated[int, Field(gt=0)] = 100_000
     timeout_s: PositiveSeconds = 1800.0
+    """Extraction limit per image, across all its layers (image ADR-005: 30 minutes): one clock
+    starts when the image's first layer starts to unpack and keeps running through its other
+    layers, retries and daemon restarts; passing it refuses the image."""
 
     @model_validator(mode="after")
     def _file_within_total(self) -> UnpackLimits:
@@ -163,7 +167,18 @@ class S3Config(StrictModel):
 class ImagesConfig(StrictModel):
     unpack: UnpackLimits = Field(default_factory=UnpackLimits)
     download_timeout_s: PositiveSeconds = 300.0
-    """Longest a single blob download may stall before it is retried."""
+    """A blob download fails after this long without a byte (a stall; image ADR-005: 5 minutes).
+    The clock is not restarted by retries of the same download; a download that makes progress
+    is never cut by it."""
+    download_deadline_s: PositiveSeconds = 3600.0
+    """Separate total deadline per image: every blob of one pull must be stored within this long
+    of the pull's start, however steadily bytes arrive."""
+    verify_policy: Literal["size", "full"] = "size"
+    """How a stored blob is checked before a pull reuses it: ``size`` (present with its committed
+    size) or ``full`` (also re-hashed, as ``capsa image verify`` does). Snapshots are always
+    checked to be committed with their storage present."""
+    pipeline: bool = True
+    """Unpack a layer as soon as its blob is stored, while later layers still download."""
     registries: dict[str, RegistryConfig] = Field(default_factory=dict)
     auth_file: Path | None = None
     """A docker/podman style auth.json consulted for registries not configured above."""
@@ -192,6 +207,8 @@ class DevmapperConfig(StrictModel):
     """Block device for pool data; None expects the pool to exist already."""
     metadata_device: Path | None = None
     base_image_size: PositiveBytes = ByteSize(10 * GiB)
+    max_device_size: PositiveBytes = ByteSize(100 * GiB)
+    """Largest thin device capsa creates (image ADR-005: 100 GB per device)."""
 
     @model_validator(mode="after")
     def _devices_together(self) -> DevmapperConfig:
@@ -204,6 +221,42 @@ class SnapshotsConfig(StrictModel):
     backend: Literal["overlay", "btrfs", "devmapper"] = "overlay"
     btrfs: BtrfsConfig = Field(default_factory=BtrfsConfig)
     devmapper: DevmapperConfig = Field(default_factory=DevmapperConfig)
+
+
+class BackupConfig(StrictModel):
+    """Online copies of the state database (image ADR-001/002), also taken by ``capsa admin backup``."""
+
+    dir: Path | None = None
+    """Where scheduled backups go; None (default) takes none (manual backups need no setting)."""
+    interval_s: Annotated[float, Field(ge=60)] | None = None
+    """Seconds between scheduled backups (needs ``dir``); None takes none."""
+    keep: Annotated[int, Field(ge=1)] = 7
+    """Scheduled backups kept in ``dir``; older ones are deleted after each new one."""
+
+    @model_validator(mode="after")
+    def _schedule_needs_dir(self) -> BackupConfig:
+        if self.interval_s is not None and self.dir is None:
+            raise ValueError("backup.interval_s needs backup.dir")
+        if self.dir is not None and not self.dir.is_absolute():
+            raise ValueError(f"backup.dir must be an absolute path, got {str(self.dir)!r}")
+        return self
+
+
+class CapsuleGcConfig(StrictModel):
+    """A GC policy run as a ``capsule.gc`` state machine; ``capsa capsule gc`` runs the same by hand."""
+
+    interval_s: Annotated[float, Field(ge=60)] | None = None
+    """Seconds between collections; None (default) collects only on request."""
+    older_than_s: PositiveSeconds | None = 7 * 86400.0
+    """Remove versions unused (not attached, not pinned) for longer than this; pins are always kept."""
+    unused: bool = True
+    """Also remove unused versions (False: only content no version refers to)."""
+
+
+class RuntimesConfig(StrictModel):
+    cache_dir: Path | None = None
+    """A runtime build cache shared across daemons (CI, test homes); None keeps it under home.
+    Replaces the CAPSA_RUNTIME_CACHE environment variable, which still wins when set."""
 
 
 class MetricsConfig(StrictModel):
@@ -241,6 +294,20 @@ class CapsuleLimitsConfig(StrictModel):
 
 class CapsulesConfig(StrictModel):
     limits: CapsuleLimitsConfig = Field(default_factory=CapsuleLimitsConfig)
+    gc: CapsuleGcConfig = Field(default_factory=CapsuleGcConfig)
+
+
+class ApiConfig(StrictModel):
+    """Bounds of the gRPC server (docs/adr/0011-api-streams-and-limits.md)."""
+
+    max_streams: Annotated[int, Field(ge=1, le=1_000_000)] = 2048
+    """Long-lived calls (log and metrics follows, uploads, pulls, builds) open at once, all clients together."""
+    max_streams_per_client: Annotated[int, Field(ge=1, le=1_000_000)] = 256
+    """The same, per client certificate common name."""
+    unary_threads: Annotated[int, Field(ge=2, le=1024)] = 64
+    """Threads running unary calls (and the short blocking steps of streams)."""
+    blocking_stream_threads: Annotated[int, Field(ge=1, le=1024)] = 32
+    """Threads for streams that must hold one while they work (uploads, image pulls, runtime builds)."""
 
 
 class ClusterTLS(StrictModel):
@@ -293,6 +360,9 @@ class ServerConfig(StrictModel):
     snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     capsules: CapsulesConfig = Field(default_factory=CapsulesConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    backup: BackupConfig = Field(default_factory=BackupConfig)
+    runtimes: RuntimesConfig = Field(default_factory=RuntimesConfig)
     cluster: ClusterConfig | None = None
     """Join a pool of nodes through etcd; None = a standalone node."""
 

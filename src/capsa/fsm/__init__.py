@@ -61,7 +61,8 @@ Persistence (component ``fsm`` of the shared :class:`~capsa.state.db.Database`):
 (one row per run: state, request, current transition and attempt, latest output, progress,
 error, retry deadline, cancel flag), ``fsm_outputs`` (one row per completed transition) and
 ``fsm_events`` (per-run sequence: start, transition_start, transition_complete, error, retry,
-cancel, handoff, abort, resume, and exactly one finish whose message is the final state).
+cancel, handoff, abort, resume, repair (``ctx.repair``: a reused resource was found broken and is
+being redone), and exactly one finish whose message is the final state).
 Run states: queued, running, retry_wait, succeeded, failed, canceled, handed_off.
 
 One engine per database: two processes executing the same runs is not supported (starting
@@ -80,6 +81,7 @@ from capsa.fsm.machine import (
     Transition,
 )
 from capsa.fsm.store import ACTIVE_STATES, EVENT_KINDS, TERMINAL_STATES, Event, RunInfo
+from capsa.fsm.typed import decode
 
 __all__ = [
     "ACTIVE_STATES",
@@ -99,4 +101,5 @@ __all__ = [
     "RunHandle",
     "RunInfo",
     "Transition",
+    "decode",
 ]

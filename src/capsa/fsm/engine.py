@@ -26,7 +26,7 @@ from capsa.errors import (
     is_retryable,
 )
 from capsa.fsm.machine import Abort, Context, Handoff, Machine, RetryPolicy, dump_json
-from capsa.fsm.queues import RetryTimer, WorkerPool
+from capsa.fsm.queues import QueueStats, RetryTimer, WorkerPool
 from capsa.fsm.store import Event, EventSpec, RunInfo, RunStore
 from capsa.state.db import Database
 
@@ -246,6 +246,18 @@ class Engine:
     def events(self, run_id: str) -> list[Event]:
         self._store.get(run_id)
         return self._store.events(run_id)
+
+    def queue_stats(self) -> list[QueueStats]:
+        """Every configured queue (and the unqueued pool) now: depth, in flight, waits."""
+        for name in self._queues:
+            self._pool(name)  # a queue no run used yet still reports its limit and zeros
+        with self._lock:
+            pools = list(self._pools.values())
+        return sorted((pool.stats() for pool in pools), key=lambda s: s.name)
+
+    def run_counts(self) -> dict[tuple[str, str], int]:
+        """Runs recorded per (machine, state)."""
+        return self._store.counts()
 
     def prune(self, *, finished_before: float) -> int:
         """Delete finished runs (with outputs and events) that finished before a Unix time."""

@@ -77,6 +77,20 @@ class Context:
             self._dirty = False
         self.engine._store.set_progress(self.run_id, payload)
 
+    def recall(self, name: str, default: Any = None) -> Any:
+        """A progress field as last recorded, also by an attempt before a retry or restart.
+
+        Lets a clock that must not restart with each attempt (a download's stall timer, an
+        image's extraction deadline) keep its start in the run's persisted progress.
+        """
+        with self._progress_lock:
+            return self._progress.get(name, default)
+
+    def repair(self, message: str) -> None:
+        """Record (as a ``repair`` event of this run, at once) that the transition found a
+        resource it would have reused broken and is redoing it, and why (image ADR-006)."""
+        self.engine._store.add_events([(self.run_id, [("repair", self.transition or None, message)])])
+
     def check_cancel(self) -> None:
         """Raise :class:`Canceled` if the run was canceled (or the engine is stopping)."""
         if self.cancel.is_set():
@@ -194,17 +208,25 @@ class MachineBuilder:
     def start(self, name: str, fn: Transition) -> MachineBuilder:
         if self._transitions:
             raise InvalidArgument(f"machine {self._name!r}: start() must come first, and once")
-        self._transitions.append((name, fn))
+        self._transitions.append((name, _typed_if_annotated(fn)))
         return self
 
     def then(self, name: str, fn: Transition) -> MachineBuilder:
         if not self._transitions:
             raise InvalidArgument(f"machine {self._name!r}: then() before start()")
-        self._transitions.append((name, fn))
+        self._transitions.append((name, _typed_if_annotated(fn)))
         return self
 
     def end(self, *finalizers: Finalizer) -> Machine:
         return Machine(self._name, tuple(self._transitions), self._queue, tuple(finalizers))
+
+
+def _typed_if_annotated(fn: Transition) -> Transition:
+    """A transition annotated ``(ctx, req: SomeDataclass)`` receives that dataclass (see ``typed``)."""
+    from capsa.fsm.typed import request_type, typed
+
+    cls = request_type(fn) if callable(fn) else None
+    return typed(fn, cls) if cls is not None else fn
 
 
 def _encode_default(value: object) -> object:

@@ -14,10 +14,29 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
-__all__ = ["RetryTimer", "WorkerPool"]
+__all__ = ["WAIT_BUCKETS", "QueueStats", "RetryTimer", "WorkerPool"]
 
 log = logging.getLogger("capsa.fsm")
+
+
+#: upper bounds (seconds) of the queue-wait histogram buckets
+WAIT_BUCKETS: tuple[float, ...] = (0.01, 0.1, 0.5, 1, 5, 30, 60, 300, 1800)
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """One queue right now, for monitoring (image ADR-008 "monitoring to detect if limits are too
+    restrictive"): runs waiting, runs holding a worker, the limit, and how long runs waited."""
+
+    name: str
+    limit: int
+    depth: int
+    in_flight: int
+    waited_count: int
+    waited_sum_s: float
+    waited_buckets: tuple[int, ...]  # cumulative counts per WAIT_BUCKETS bound (then +Inf = count)
 
 
 class WorkerPool:
@@ -32,9 +51,25 @@ class WorkerPool:
         self._threads: list[threading.Thread] = []
         self._idle = 0
         self._stopping = False
+        self._busy = 0
+        self._since: dict[str, float] = {}  # run id -> when it was queued
+        self._waited: list[int] = [0] * len(WAIT_BUCKETS)
+        self._waited_count = 0
+        self._waited_sum = 0.0
+
+    def stats(self) -> QueueStats:
+        with self._cond:
+            cumulative: list[int] = []
+            total = 0
+            for n in self._waited:
+                total += n
+                cumulative.append(total)
+            return QueueStats(self.name, self.limit, len(self._items), self._busy, self._waited_count,
+                              self._waited_sum, tuple(cumulative))
 
     def submit(self, run_id: str) -> None:
         with self._cond:
+            self._since.setdefault(run_id, time.monotonic())
             self._items.append(run_id)
             # more waiting items than idle workers: grow, up to the limit
             if not self._stopping and len(self._items) > self._idle and len(self._threads) < self.limit:
@@ -52,6 +87,7 @@ class WorkerPool:
                 self._items.remove(run_id)
             except ValueError:
                 return False
+            self._since.pop(run_id, None)
             return True
 
     def pending(self) -> int:
@@ -83,10 +119,24 @@ class WorkerPool:
                 if self._stopping:
                     return
                 run_id = self._items.popleft()
+                self._record_wait(time.monotonic() - self._since.pop(run_id, time.monotonic()))
+                self._busy += 1
             try:
                 self._handler(run_id)
             except Exception:  # the handler reports its own errors; the worker must survive
                 log.exception("fsm queue %s: run %s escaped its handler", self.name, run_id)
+            finally:
+                with self._cond:
+                    self._busy -= 1
+
+    def _record_wait(self, waited: float) -> None:
+        """Called with the lock held."""
+        self._waited_count += 1
+        self._waited_sum += waited
+        for i, bound in enumerate(WAIT_BUCKETS):
+            if waited <= bound:
+                self._waited[i] += 1
+                break
 
 
 class RetryTimer:

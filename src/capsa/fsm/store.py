@@ -25,7 +25,7 @@ ACTIVE_STATES = ("queued", "running", "retry_wait")
 TERMINAL_STATES = ("succeeded", "failed", "canceled", "handed_off")
 EVENT_KINDS = (
     "start", "transition_start", "transition_complete", "error", "retry",
-    "finish", "cancel", "handoff", "abort", "resume",
+    "finish", "cancel", "handoff", "abort", "resume", "repair",
 )
 
 _ACTIVE_SQL = "('queued', 'running', 'retry_wait')"
@@ -201,6 +201,11 @@ class RunStore:
             "SELECT idx, transition, output FROM fsm_outputs WHERE run_id = ? ORDER BY idx", (run_id,)
         )
         return [(int(r["idx"]), str(r["transition"]), str(r["output"])) for r in rows]
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Runs per (machine, state), for monitoring."""
+        rows = self.db.query("SELECT machine, state, COUNT(*) AS n FROM fsm_runs GROUP BY machine, state")
+        return {(r["machine"], r["state"]): int(r["n"]) for r in rows}
 
     def unfinished(self) -> list[RunInfo]:
         rows = self.db.query(f"SELECT * FROM fsm_runs WHERE state IN {_ACTIVE_SQL} ORDER BY created_at, rowid")

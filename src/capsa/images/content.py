@@ -143,8 +143,10 @@ class ContentStore:
             self.db.execute("DELETE FROM content_blobs WHERE digest = ?", (digest,))
             raise NotFound(f"blob {digest} is not in the content store") from None
         row = self.db.query_one("SELECT size, media_type, created FROM content_blobs WHERE digest = ?", (digest,))
-        if row is None or row["size"] != st.st_size:
+        if row is None:  # a crash between the blob's rename and its record
             return self._record(digest, st.st_size, None, st.st_mtime)
+        # The recorded size is the committed one: a file of another size is damaged, not the
+        # record stale (one digest, one content), so callers comparing the two see it.
         return BlobInfo(digest, int(row["size"]), row["media_type"], float(row["created"]))
 
     def open(self, digest: Digest | str) -> BinaryIO:
@@ -190,7 +192,7 @@ class ContentStore:
                 continue  # not ours (or deleted meanwhile)
             seen.add(digest)
             row = rows.get(digest)
-            if row is None or row["size"] != st.st_size:
+            if row is None:
                 yield self._record(digest, st.st_size, None, st.st_mtime)
             else:
                 yield BlobInfo(digest, int(row["size"]), row["media_type"], float(row["created"]))
@@ -315,9 +317,10 @@ class ContentStore:
 
     def _publish(self, ingest_data: Path, digest: Digest, size: int, media_type: str | None) -> BlobInfo:
         target = self.path(digest)
-        if not target.exists():
-            os.rename(ingest_data, target)  # atomic: readers see all of the blob or none
-            _fsync_dir(self._blobs)
+        # Always rename, also over an existing file: that one may be the damaged copy being
+        # repaired (an intact one holds the same bytes). Atomic: readers see one or the other.
+        os.rename(ingest_data, target)
+        _fsync_dir(self._blobs)
         return self._record(digest, size, media_type, time.time())
 
 
@@ -490,6 +493,22 @@ class Writer:
             os.close(fd)
 
 
+@dataclass(frozen=True)
+class DownloadClocks:
+    """The clocks of one blob download that outlive an attempt (image ADR-005, config images.download).
+
+    ``stall_s``: fail when no byte arrived for this long, counted from ``last_byte_at``
+    (recorded by an earlier attempt, so retries do not restart it) or from the call.
+    ``deadline_at``: the whole image's download deadline. Times are ``clock()`` values
+    (Unix time by default, because they are persisted across restarts).
+    """
+
+    stall_s: float | None = None
+    last_byte_at: float | None = None
+    deadline_at: float | None = None
+    clock: Callable[[], float] = time.time
+
+
 def copy_to_store(
     src: Iterable[bytes | memoryview],
     writer: Writer,
@@ -498,17 +517,23 @@ def copy_to_store(
     timeout_s: float | None = None,
     *,
     total: int | None = None,
+    clocks: DownloadClocks | None = None,
 ) -> int:
-    """Stream ``src`` chunks into ``writer`` under a deadline; returns bytes copied.
+    """Stream ``src`` chunks into ``writer`` under its clocks; returns bytes copied.
 
-    ``progress(offset, total)`` follows every chunk (``total`` defaults to the
-    writer's expected size). Cancellation raises Canceled, the deadline Timeout;
-    either way the ingest is kept so the next attempt resumes where this one stopped.
-    A source blocked inside one read is bounded by its own socket timeout.
+    ``timeout_s`` bounds this call; ``clocks`` adds the stall limit and the image's
+    deadline. ``progress(offset, total)`` follows every chunk (``total`` defaults to the
+    writer's expected size). Cancellation raises Canceled, a clock Timeout
+    (``detail["clock"]``: "call", "stall" or "deadline"); either way the ingest is kept so the
+    next attempt resumes where this one stopped. A source blocked inside one read is bounded
+    by its own socket timeout, kept below the stall limit.
     """
     if total is None:
         total = writer.expected_size
-    deadline = time.monotonic() + timeout_s if timeout_s is not None else None
+    call_deadline = time.monotonic() + timeout_s if timeout_s is not None else None
+    clocks = clocks or DownloadClocks()
+    last = clocks.last_byte_at if clocks.last_byte_at is not None else clocks.clock()
+    _check_clocks(writer, clocks, last, total)  # earlier attempts may have used them up already
     copied = 0
     for chunk in src:
         if cancel is not None and cancel.is_set():
@@ -516,16 +541,32 @@ def copy_to_store(
         if chunk:
             writer.write(chunk)
             copied += len(chunk)
+            last = clocks.clock()
             if progress is not None:
                 progress(writer.offset, total)
-        if deadline is not None and time.monotonic() > deadline:
+        _check_clocks(writer, clocks, last, total)
+        if call_deadline is not None and time.monotonic() > call_deadline:
             raise Timeout(
                 f"download of {writer.expected or writer.ref} exceeded its {timeout_s:g} s timeout "
-                f"at {writer.offset} of {total if total is not None else '?'} bytes (it resumes from there)"
+                f"at {writer.offset} of {total if total is not None else '?'} bytes (it resumes from there)",
+                detail={"clock": "call", "offset": writer.offset},
             )
     if cancel is not None and cancel.is_set():
         raise Canceled(f"download of {writer.expected or writer.ref} canceled at {writer.offset} bytes")
     return copied
+
+
+def _check_clocks(writer: Writer, clocks: DownloadClocks, last: float, total: int | None) -> None:
+    now = clocks.clock()
+    where = f"at {writer.offset} of {total if total is not None else '?'} bytes"
+    if clocks.stall_s is not None and now - last > clocks.stall_s:
+        raise Timeout(f"download of {writer.expected or writer.ref} stalled: no byte for {now - last:.0f} s"
+                      f" (images.download.stall_s = {clocks.stall_s:g}) {where}",
+                      detail={"clock": "stall", "offset": writer.offset})
+    if clocks.deadline_at is not None and now > clocks.deadline_at:
+        raise Timeout(f"download of {writer.expected or writer.ref} passed the image's download deadline"
+                      f" (images.download.image_deadline_s) {where}",
+                      detail={"clock": "deadline", "offset": writer.offset})
 
 
 def digest_file(path: Path | str) -> tuple[Digest, int]:

@@ -7,11 +7,13 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from capsa.errors import CapsaError, Conflict, InvalidArgument, NotFound
+from capsa.errors import CapsaError, Conflict, FailedPrecondition, InvalidArgument, NotFound
 from capsa.fsm import ACTIVE_STATES, Engine, RunInfo
 from capsa.images.pull import FETCH, PULL, PullContext, chain_key, register_machines
 from capsa.images.reference import parse_reference
 from capsa.images.store import ImageRecord
+from capsa.images.validity import chain_problem
+from capsa.images.verify import ImageReport
 from capsa.snapshots import Mount
 from capsa.state.keys import check_request_id
 
@@ -147,6 +149,32 @@ class ImageService:
         canonical = self.canonical(ref) if not ref.startswith("sha256:") else ref
         return self.engine.history(resource_id=canonical, limit=limit)
 
+    # -- verify ------------------------------------------------------------------------------------
+    def verify(self, ref: str = "", *, all_images: bool = False, repair: bool = False) -> list[ImageReport]:
+        """Re-hash images against their recorded digests and diff_ids; ``repair`` pulls damaged ones again."""
+        from capsa.images.verify import verify_image
+
+        if not all_images and not ref:
+            raise InvalidArgument("name an image to verify, or ask for all of them")
+        reports: list[ImageReport] = []
+        for rec in self.list() if all_images else [self.get(ref)]:
+            report = verify_image(self.pc, rec)
+            if not report.ok and repair:
+                try:
+                    again = verify_image(self.pc, self.pull(rec.ref))
+                    report.repaired = again.ok
+                    report.repair_error = "; ".join(again.problems)
+                except CapsaError as exc:
+                    report.repair_error = exc.message
+            reports.append(report)
+        return reports
+
+    def backup_database(self, dest: str) -> Any:
+        """An online copy of the state database (the one the image store lives in)."""
+        from capsa.state.backup import backup_database
+
+        return backup_database(self.pc.images.db.path, dest)
+
     # -- jobs ---------------------------------------------------------------------------------------
     def rootfs_for_job(self, ref: str, job_id: str, *, pull: str = "missing") -> JobRootfs:
         if pull not in PULL_POLICIES:
@@ -156,6 +184,14 @@ class ImageService:
             rec = self.pull(ref, always=pull == "always")
         if rec is None:
             raise NotFound(f"image {ref} is not present and --pull=never was given")
+        # Never start a job on a damaged root (image ADR-006): repair it by pulling again, or refuse.
+        problem = chain_problem(self.pc.snapshotter, rec.chain)
+        if problem is not None and pull != "never":
+            rec = self.pull(rec.ref)  # the pull sees the damage, records why and rebuilds what is broken
+            problem = chain_problem(self.pc.snapshotter, rec.chain)
+        if problem is not None:
+            raise FailedPrecondition(f"image {rec.ref} is damaged ({problem}); no job is started on it."
+                                     f" Repair it with `capsa image verify {rec.ref} --repair` or pull it again")
         key = f"job-{job_id}"
         mounts = self.pc.snapshotter.prepare(key, rec.top_snapshot, labels={"capsa/job": job_id})
         self.pc.images.add_user(job_id, rec.ref, rec.digest, key)

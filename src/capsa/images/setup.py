@@ -7,11 +7,12 @@ from pathlib import Path
 from capsa.config import ServerConfig
 from capsa.fsm import Engine
 from capsa.images.content import ContentStore
-from capsa.images.pull import PullContext
+from capsa.images.pull import PullContext, PullObserver
 from capsa.images.service import ImageService
 from capsa.images.sources import Credentials, RegistryConfig, S3Config
 from capsa.images.store import ImageStore
 from capsa.images.unpack import UnpackLimits
+from capsa.images.validity import BlobPolicy
 from capsa.snapshots import BtrfsConfig, DevmapperConfig, Snapshotter, open_snapshotter
 from capsa.state import Database
 
@@ -27,7 +28,7 @@ def open_snapshotter_from_config(config: ServerConfig, db: Database, home: Path)
     if snaps.backend == "devmapper":
         dm = snaps.devmapper
         return open_snapshotter("devmapper", root, db, DevmapperConfig(
-            pool_name=dm.pool_name, base_image_size=int(dm.base_image_size),
+            pool_name=dm.pool_name, base_image_size=int(dm.base_image_size), max_device_size=int(dm.max_device_size),
             data_file=dm.data_device, metadata_file=dm.metadata_device))
     return open_snapshotter("overlay", root, db)
 
@@ -51,12 +52,13 @@ def s3_config(config: ServerConfig) -> S3Config:
 
 
 def open_image_service(config: ServerConfig, db: Database, engine: Engine, home: Path,
-                       snapshotter: Snapshotter) -> ImageService:
+                       snapshotter: Snapshotter, observer: PullObserver | None = None) -> ImageService:
     images = config.images
     limits = UnpackLimits(max_file_bytes=int(images.unpack.max_file_bytes),
                           max_total_bytes=int(images.unpack.max_total_bytes),
                           max_entries=images.unpack.max_entries, timeout_s=images.unpack.timeout_s)
     pc = PullContext(content=ContentStore(home / "content", db), images=ImageStore(db), snapshotter=snapshotter,
                      registry=registry_config(config), s3=s3_config(config), limits=limits,
-                     download_timeout_s=images.download_timeout_s)
+                     download_timeout_s=images.download_timeout_s, download_deadline_s=images.download_deadline_s,
+                     verify_policy=BlobPolicy(images.verify_policy), pipeline=images.pipeline, observer=observer)
     return ImageService(engine, pc)

@@ -107,6 +107,7 @@ class Job:
     volumes: list[str] = field(default_factory=list)
     gpus: int = 0
     gpu_devices: list[str] = field(default_factory=list)   # the GPUs it holds (held once ended): UUID or nvidia<minor>
+    log_incomplete_bytes: int = 0   # output its log could not keep (disk full, ADR-0004); 0 = complete
 
     @property
     def short_id(self) -> str:
@@ -152,6 +153,7 @@ class Job:
             volumes=json.loads(row["volumes"]),
             gpus=row["gpus"],
             gpu_devices=json.loads(row["gpu_devices"]),
+            log_incomplete_bytes=row["log_incomplete_bytes"],
         )
 
 
@@ -224,4 +226,5 @@ MIGRATIONS = [
     CREATE INDEX jobs_created_id ON jobs(created_ns, id);
     DROP INDEX jobs_created;
     """,
+    "ALTER TABLE jobs ADD COLUMN log_incomplete_bytes INTEGER NOT NULL DEFAULT 0;",
 ]

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import secrets
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,7 +32,7 @@ from capsa.jobs.uploads import UploadLimits, UploadStore
 from capsa.logs import LogChunk, read_log
 from capsa.runtime import cgroups
 from capsa.runtime.client import SupervisorClient, ensure_supervisor
-from capsa.runtime.protocol import ExitEvent, JobRecord, ProcState
+from capsa.runtime.protocol import ExitEvent, JobRecord, ProcState, StartFailedError
 from capsa.state import Database
 from capsa.state.keys import check_request_id
 
@@ -44,11 +45,8 @@ log = logging.getLogger("capsa.jobs")
 
 
 def _is_command_not_found(exc: CapsaError) -> bool:
-    """The command itself could not be exec'd: the job failed (exit 127) rather than the request.
-
-    Read from the message until the supervisor reports start failures with a structured field.
-    """
-    return exc.code in ("not_found", "failed_precondition") and "exec" in str(exc)
+    """The command itself could not be exec'd: the job failed (exit 127) rather than the request."""
+    return isinstance(exc, StartFailedError) and exc.failure.exec_failed
 
 
 class JobService:
@@ -70,6 +68,8 @@ class JobService:
         self._restart_supervisor = restart_supervisor or (lambda: ensure_supervisor(home))
         self._kill_lost = kill_lost or _kill_cgroup   # what is left of a lost job's processes
         self._ended = threading.Condition()
+        self._pending_lock = threading.Lock()
+        self._pending_exits: dict[str, JobRecord] = {}   # exits the database refused (disk full), by job id
         self.timers_changed = threading.Event()   # a schedule or timeout was added (the Scheduler waits on it)
         self.runtime_image: Callable[[str], str] | None = None   # NAME[@VERSION] -> image (capsa.runtimes)
 
@@ -338,11 +338,35 @@ class JobService:
         self._record_exit(event.job)
 
     def _record_exit(self, rec: JobRecord) -> None:
-        self.store.record_exit(rec)
+        try:
+            self.store.record_exit(rec)
+        except (sqlite3.Error, CapsaError) as exc:
+            # The database refused even after its own retries (a full disk): keep the event and
+            # retry it from the scheduler's chore, so the job never stays RUNNING for good. The
+            # supervisor keeps the record too until it is forgotten, which happens only below.
+            with self._pending_lock:
+                first = not self._pending_exits
+                self._pending_exits[rec.job_id] = rec
+            if first:
+                log.error("recording the exit of job %s failed (%s); retrying until the database accepts it",
+                          rec.job_id, exc)
+            return
         self._release(rec.job_id)
         with contextlib.suppress(CapsaError):
             self.supervisor.forget(rec.job_id)
         self._notify()
+
+    def retry_pending_exits(self) -> int:
+        """Record exits the database refused earlier; returns how many are still pending."""
+        with self._pending_lock:
+            pending, self._pending_exits = self._pending_exits, {}
+        for rec in pending.values():
+            self._record_exit(rec)
+        with self._pending_lock:
+            left = len(self._pending_exits)
+        if pending and not left:
+            log.info("recorded %d delayed job exit(s)", len(pending))
+        return left
 
     def _notify(self) -> None:
         with self._ended:

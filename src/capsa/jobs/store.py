@@ -181,10 +181,10 @@ class JobStore:
         self.db.execute(
             "UPDATE jobs SET state = ?, exit_code = ?, signal = ?, reason = ?, ended_ns = ?,"
             " pid = CASE WHEN pid = 0 THEN ? ELSE pid END,"
-            " started_ns = CASE WHEN started_ns = 0 THEN ? ELSE started_ns END"
+            " started_ns = CASE WHEN started_ns = 0 THEN ? ELSE started_ns END, log_incomplete_bytes = ?"
             f" WHERE id = ? AND state IN {_IN_ACTIVE}",
             (state.value, rec.exit_code, rec.signal, reason, rec.ended_ns or time.time_ns(),
-             rec.pid, rec.started_ns, rec.job_id),
+             rec.pid, rec.started_ns, rec.log_incomplete_bytes, rec.job_id),
         )
 
     def delete(self, job_id: str) -> None:

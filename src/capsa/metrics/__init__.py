@@ -3,7 +3,7 @@
 Typical use by the daemon::
 
     metrics = open_metrics(config.metrics, db, home, jobs)   # sampler running
-    server = grpc.server(..., interceptors=[*metrics.interceptors, AuthInterceptor()])
+    server = grpc.aio.server(..., interceptors=[*metrics.interceptors, AuthInterceptor()])
     metrics.start()                                           # Prometheus, if configured
     for sample in metrics.sampler.stream(job_id, follow=True, ended=...): ...
 """

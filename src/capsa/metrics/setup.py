@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import grpc
+import grpc.aio
 
 from capsa.config import MetricsConfig
 from capsa.metrics.host import HostReader
@@ -35,7 +35,7 @@ class DaemonMetrics:
     prometheus: PrometheusEndpoint | None
 
     @property
-    def interceptors(self) -> list[grpc.ServerInterceptor]:
+    def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         return [self.prometheus.interceptor] if self.prometheus is not None else []
 
     def start(self) -> None:

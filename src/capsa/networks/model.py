@@ -33,7 +33,7 @@ _CHAIN_PREFIX_RE = re.compile(r"^[A-Z][A-Z0-9_-]{0,15}$")
 
 
 def validate_network_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise InvalidArgument(
             f"invalid network name {name!r}: use 1-32 of a-z 0-9 _ . - starting with a letter or digit"
         )
@@ -43,7 +43,7 @@ def validate_network_name(name: str) -> str:
 
 
 def validate_job_id(job_id: str) -> str:
-    if not isinstance(job_id, str) or not _JOB_ID_RE.match(job_id):
+    if not isinstance(job_id, str) or not _JOB_ID_RE.fullmatch(job_id):
         raise InvalidArgument(f"invalid job id {job_id!r}")
     return job_id
 
@@ -87,11 +87,11 @@ class NetworkConfig:
             raise InvalidArgument(f"bridge_cidr {bridge} leaves no room for a gateway and a job")
         if pool.overlaps(bridge):
             raise InvalidArgument(f"isolated_pool {pool} overlaps bridge_cidr {bridge}")
-        if not _IFNAME_RE.match(self.bridge_name):
+        if not _IFNAME_RE.fullmatch(self.bridge_name):
             raise InvalidArgument(f"bridge_name {self.bridge_name!r} is not a valid interface name")
         if self.mtu is not None and not 576 <= self.mtu <= 65535:
             raise InvalidArgument(f"mtu {self.mtu} is out of range 576-65535")
-        if not _CHAIN_PREFIX_RE.match(self.chain_prefix):
+        if not _CHAIN_PREFIX_RE.fullmatch(self.chain_prefix):
             raise InvalidArgument(f"chain_prefix {self.chain_prefix!r}: use 1-16 of A-Z 0-9 _ -")
 
 

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from capsa.errors import AlreadyExists, CapsaError, FailedPrecondition, NotFound
+from capsa.errors import AlreadyExists, CapsaError, FailedPrecondition, NotFound, Unsupported
 from capsa.snapshots._store import Row, SnapshotStore, check_labels
 from capsa.snapshots.base import ApplyStyle, Info, Kind, Mount, Usage, WalkFn
 from capsa.state.db import Database
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 class MetadataSnapshotter(ABC):
     name: str = ""
     apply_style: ApplyStyle = ApplyStyle.FULL_TREE
+    opaque_xattr: str = "trusted.overlay.opaque"
+    detached_layers: bool = False
 
     def __init__(self, root: Path, db: Database) -> None:
         self.root = Path(os.path.abspath(root))
@@ -89,6 +91,13 @@ class MetadataSnapshotter(ABC):
             except NotFound:
                 pass
         raise AlreadyExists(f"snapshot {key!r} keeps changing under concurrent callers")
+
+    def present(self, key: str) -> bool:
+        return self._storage_ok(self._store.require(key))
+
+    def attach(self, key: str, parent: str, *, inherit_root: bool = True) -> None:
+        raise Unsupported(f"the {self.name} snapshotter unpacks a layer onto its parent's tree;"
+                          " prepare it on the parent instead of attaching it later")
 
     def _require_active(self, key: str) -> Row:
         row = self._store.require(key)

@@ -220,6 +220,15 @@ class SnapshotStore:
             (name, json.dumps(new_labels), time.time(), usage.size, usage.inodes, row.id),
         )
 
+    def set_parent(self, conn: sqlite3.Connection, row: Row, parent: Row) -> None:
+        """Give an active snapshot without a parent its (committed) parent."""
+        if row.kind is not Kind.ACTIVE or row.parent_id is not None:
+            raise FailedPrecondition(f"snapshot {row.key!r} is not an active snapshot without a parent")
+        if parent.kind is not Kind.COMMITTED:
+            raise FailedPrecondition(f"parent snapshot {parent.key!r} is {parent.kind.value}, not committed")
+        conn.execute("UPDATE snapshots SET parent_id = ?, updated = ? WHERE id = ? AND kind = 'active'",
+                     (parent.id, time.time(), row.id))
+
     def set_labels(self, conn: sqlite3.Connection, row: Row, labels: Mapping[str, str]) -> None:
         conn.execute(
             "UPDATE snapshots SET labels = ?, updated = ? WHERE id = ?",

@@ -102,6 +102,13 @@ class Snapshotter(Protocol):
     #: backend name: "overlay", "btrfs" or "devmapper"
     name: str
     apply_style: ApplyStyle
+    #: the xattr a layer unpacker sets to ``y`` to make a directory opaque (OVERLAY_UPPER)
+    opaque_xattr: str
+    #: True when a layer can be unpacked into an active snapshot prepared *without* its
+    #: parent and joined to the parent afterwards with :meth:`attach` (the overlay upper
+    #: directory holds only the layer's own changes). Layers of one image can then unpack
+    #: in parallel; otherwise each layer needs its parent committed first.
+    detached_layers: bool
 
     def stat(self, key: str) -> Info: ...
 
@@ -142,6 +149,20 @@ class Snapshotter(Protocol):
         ...
 
     def walk(self, fn: WalkFn | None = None) -> list[Info]: ...
+
+    def present(self, key: str) -> bool:
+        """Whether ``key``'s own storage is there (its metadata alone proves nothing:
+        a directory or device removed behind capsa's back leaves the row)."""
+        ...
+
+    def attach(self, key: str, parent: str, *, inherit_root: bool = True) -> None:
+        """Make committed ``parent`` the parent of active ``key`` prepared without one.
+
+        Only for backends with :attr:`detached_layers`. ``inherit_root`` gives the
+        snapshot's root directory the parent's owner and mode, as :meth:`prepare` on the
+        parent would have (pass False when the layer set its root's metadata itself).
+        """
+        ...
 
     def upper_dir(self, key: str) -> Path | None:
         """The directory to unpack into for an active snapshot, when it exists

@@ -105,6 +105,7 @@ def max_overlay_depth(root: Path, *, index_off: bool, userxattr: bool, id_digits
 class OverlaySnapshotter(DirSnapshotter):
     name = "overlay"
     apply_style = ApplyStyle.OVERLAY_UPPER
+    detached_layers = True  # an upper dir holds one layer's own changes, whatever lies below
 
     def __init__(self, root: Path, db: Database, config: OverlayConfig | None = None) -> None:
         if any(c in str(root) for c in ":,\\"):
@@ -145,6 +146,19 @@ class OverlaySnapshotter(DirSnapshotter):
             st = os.stat(self._fs(parent.id))
             os.chown(fs, st.st_uid, st.st_gid)
             os.chmod(fs, st.st_mode & 0o7777)
+
+    def attach(self, key: str, parent: str, *, inherit_root: bool = True) -> None:
+        with self._db.tx() as conn:
+            row = self._store.require(key, conn)
+            prow = self._store.require(parent, conn)
+            parents = [prow] + self._store.ancestors(prow, conn)
+            self._check_depth(row.id, Kind.ACTIVE, parents)
+            self._store.set_parent(conn, row, prow)
+            if inherit_root:  # what _make does for a snapshot prepared on its parent
+                st = os.stat(self._fs(prow.id))
+                fs = self._fs(row.id)
+                os.chown(fs, st.st_uid, st.st_gid)
+                os.chmod(fs, st.st_mode & 0o7777)
 
     def _check_depth(self, snap_id: int, kind: Kind, parents: list[Row]) -> None:
         if len(parents) > OVERLAY_MAX_STACK:

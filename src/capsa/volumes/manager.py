@@ -263,7 +263,7 @@ class VolumeManager:
 
 
 def _check_job_id(job_id: str) -> None:
-    if not isinstance(job_id, str) or not _JOB_ID_RE.match(job_id):
+    if not isinstance(job_id, str) or not _JOB_ID_RE.fullmatch(job_id):
         raise InvalidArgument(f"invalid job id {job_id!r}")
 
 

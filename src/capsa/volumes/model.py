@@ -27,7 +27,7 @@ for _i, _letter in enumerate("kmgt", start=1):
 
 
 def validate_volume_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise InvalidArgument(
             f"invalid volume name {name!r}: use 1-64 of A-Z a-z 0-9 _ . - starting with a letter or digit"
         )

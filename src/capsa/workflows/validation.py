@@ -28,6 +28,7 @@ from capsa.workflows.schema import JobSpec, ResourcesSpec, WorkflowHeader, Workf
 __all__ = ["Issue", "Registries", "ValidatedWorkflow", "check_workflow", "compile_spec", "validate_workflow"]
 
 MAX_DOCUMENT_BYTES = 1 << 20
+MAX_DOCUMENT_DEPTH = 64   # a workflow nests about five deep; PyYAML composes recursively, so bound it first
 MAX_JOBS = 1000
 MAX_NODES = 200_000   # after alias expansion: a "billion laughs" document stops here
 MAX_ISSUES = 200
@@ -247,11 +248,31 @@ class _Checker:
             self.add(path, f"upload {upload!r} does not exist ({target})")
 
 
+def _deeper_than(text: str, limit: int) -> int | None:
+    """The line where ``text`` first nests deeper than ``limit`` collections, else None.
+
+    Reads parser events (a loop, not recursion), so a hostile 100,000-deep document costs one pass.
+    """
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > limit:
+                return event.start_mark.line + 1 if event.start_mark else None
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+    return None
+
+
 def _load(text: str) -> tuple[Any, yaml.Node | None, list[Issue], bool]:
     """(data, node tree, issues, usable): ``usable`` is False when nothing more can be checked."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_DOCUMENT_BYTES:
         return None, None, [Issue("", f"the workflow document is larger than {MAX_DOCUMENT_BYTES} bytes")], False
     try:
+        too_deep = _deeper_than(text, MAX_DOCUMENT_DEPTH)
+        if too_deep is not None:
+            return None, None, [Issue("", f"the workflow document nests deeper than {MAX_DOCUMENT_DEPTH} levels",
+                                      too_deep)], False
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

@@ -62,3 +62,22 @@ def test_a_status_without_capsa_code_still_maps() -> None:
     assert isinstance(err, errors.PermissionDenied)
     err = from_rpc_error(FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, ""), address="a:1")
     assert isinstance(err, errors.Timeout) and "a:1" in str(err)
+
+
+def test_a_full_disk_met_by_a_servicer_is_resource_exhausted_naming_the_path() -> None:
+    import errno
+
+    from capsa.api.servicers._base import _status
+
+    code, message, wire = _status(OSError(errno.ENOSPC, "No space left on device", "/var/lib/capsa/jobs/x"))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and wire == "resource_exhausted"
+    assert "/var/lib/capsa/jobs/x" in message and "no space left" in message
+
+
+def test_another_os_error_stays_internal() -> None:
+    import errno
+
+    from capsa.api.servicers._base import _status
+
+    code, _message, wire = _status(OSError(errno.EBADF, "Bad file descriptor"))
+    assert code == grpc.StatusCode.INTERNAL and wire == "internal"

@@ -11,7 +11,7 @@ from capsa.errors import Conflict, InvalidArgument, NotFound, Unavailable
 from capsa.jobs.model import JobState, RunRequest
 from capsa.jobs.resources import Grant
 from capsa.jobs.service import JobService
-from capsa.runtime.protocol import JobRecord, ProcState
+from capsa.runtime.protocol import JobRecord, ProcState, StartFailed, StartFailedError
 from capsa.runtime.spec import BindSpec
 from tests.fixtures.fakes import FakeResource, FakeSupervisor
 
@@ -73,10 +73,23 @@ def test_an_exit_that_beats_the_start_reply_keeps_its_final_state(service: JobSe
 
 def test_a_command_that_cannot_be_executed_is_a_failed_job_not_an_error(service: JobService,
                                                                         supervisor: FakeSupervisor) -> None:
-    supervisor.fail_start = NotFound("exec /no/such: No such file or directory")
+    supervisor.fail_start = StartFailedError(StartFailed(
+        step="exec /no/such", errno=2, message="exec /no/such: No such file or directory",
+        command_not_found=True, exec_failed=True))
     job = service.run(RunRequest(command=("/no/such",)))
     assert job.state == JobState.FAILED and job.exit_code == 127
     assert job.reason == "start failed: exec /no/such: No such file or directory"
+
+
+def test_a_set_up_failure_that_merely_mentions_exec_is_raised(service: JobService,
+                                                             supervisor: FakeSupervisor) -> None:
+    # Classified by the structured reply, never by words in the message.
+    supervisor.fail_start = StartFailedError(StartFailed(
+        step="pivot_root", errno=22, message="pivot_root before exec: Invalid argument"))
+    with pytest.raises(StartFailedError):
+        service.run(RunRequest(command=("/bin/true",)))
+    [job] = service.list(all=True)
+    assert job.state == JobState.FAILED and job.reason.startswith("start failed: pivot_root")
 
 
 def test_any_other_start_failure_is_raised_and_recorded(service: JobService, supervisor: FakeSupervisor) -> None:
@@ -196,3 +209,26 @@ def test_a_scheduled_job_keeps_its_secrets_sealed_until_it_starts(service: JobSe
     assert service.start_claimed(job_id).state == JobState.RUNNING
     assert supervisor.specs[job_id].env["TOKEN"] == "s3cr3t"
     assert "s3cr3t" not in json.dumps([dict(r) for r in service.db.query("SELECT * FROM jobs")])
+
+
+def test_an_exit_the_database_refuses_is_kept_and_recorded_by_the_retry(
+        service: JobService, supervisor: FakeSupervisor, network: FakeResource,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    job = service.run(RunRequest(command=("/bin/true",)))
+    real = service.store.record_exit
+
+    def disk_full(rec: JobRecord) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(service.store, "record_exit", disk_full)
+    supervisor.exit(job.id, 0)
+    assert service.get(job.id).state == JobState.RUNNING      # not lost: pending, not released, not forgotten
+    assert not network.released and job.id in supervisor.records
+    assert service.retry_pending_exits() == 1                # still full
+    monkeypatch.setattr(service.store, "record_exit", real)
+    assert service.retry_pending_exits() == 0
+    ended = service.get(job.id)
+    assert ended.state == JobState.COMPLETED and ended.exit_code == 0
+    assert network.released[job.id] == 1 and job.id not in supervisor.records

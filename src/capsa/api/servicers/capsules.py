@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -11,6 +12,7 @@ import grpc
 from capsa.api.gen.capsa.v1 import capsules_pb2 as pb
 from capsa.api.gen.capsa.v1 import capsules_pb2_grpc as pb_grpc
 from capsa.api.servicers._base import rpc
+from capsa.api.streams import BlockingStreams
 from capsa.capsules import Attachment, CapsuleStore, CapsuleVersion
 from capsa.capsules.distribution import CapsuleDistribution
 from capsa.capsules.manager import CapsuleManager, MountChange
@@ -59,20 +61,30 @@ def _upload(requests: Iterator[pb.CreateCapsuleRequest]) -> tuple[pb.CapsuleHead
 
 
 class CapsuleServicer(pb_grpc.CapsuleServiceServicer):
-    def __init__(self, store: CapsuleStore, manager: CapsuleManager, distribution: CapsuleDistribution) -> None:
+    def __init__(self, store: CapsuleStore, manager: CapsuleManager, distribution: CapsuleDistribution,
+                 blocking: BlockingStreams) -> None:
         self.store = store
         self.manager = manager
         self.distribution = distribution
+        self.blocking = blocking
 
     def _one(self, version: CapsuleVersion) -> pb.Capsule:
         return capsule_to_pb(version, self.store.attachments())
 
     @rpc
-    def Create(self, request_iterator: Any, context: grpc.ServicerContext) -> pb.Capsule:
-        header, chunks = _upload(iter(request_iterator))
-        created = self.distribution.create_from_upload(header.name, header.version, chunks,
-                                                       deps=list(header.dependencies), labels=dict(header.labels))
-        return self._one(created)
+    async def Create(self, request_iterator: Any, context: Any) -> pb.Capsule:
+        # Unpacking blocks: the upload runs on a thread of the bounded stream pool, reading the
+        # request stream from the event loop.
+        loop = asyncio.get_running_loop()
+
+        def create() -> pb.Capsule:
+            header, chunks = _upload(BlockingStreams.requests_in_thread(request_iterator, loop))
+            created = self.distribution.create_from_upload(header.name, header.version, chunks,
+                                                           deps=list(header.dependencies), labels=dict(header.labels),
+                                                           request_id=header.request_id)
+            return self._one(created)
+
+        return await self.blocking.call("capsule Create", create)
 
     @rpc
     def List(self, request: pb.ListCapsulesRequest, context: grpc.ServicerContext) -> pb.ListCapsulesResponse:
@@ -125,7 +137,14 @@ class CapsuleServicer(pb_grpc.CapsuleServiceServicer):
     @rpc
     def Gc(self, request: pb.GcCapsulesRequest, context: grpc.ServicerContext) -> pb.GcCapsulesResponse:
         older = timedelta(seconds=request.older_than_seconds) if request.older_than_seconds else None
-        report = self.store.gc(unused=request.unused, older_than=older, dry_run=request.dry_run)
+        report = self.distribution.gc(unused=request.unused, older_than=older, dry_run=request.dry_run)
         return pb.GcCapsulesResponse(removed_versions=list(report.removed_versions),
                                      removed_content=list(report.removed_content), bytes_freed=report.bytes_freed,
                                      dry_run=report.dry_run)
+
+    @rpc
+    def Verify(self, request: pb.VerifyCapsulesRequest, context: grpc.ServicerContext) -> pb.VerifyCapsulesResponse:
+        reports = self.distribution.verify(request.ref, all_versions=request.all, repair=request.repair)
+        return pb.VerifyCapsulesResponse(reports=[pb.CapsuleVerifyReport(
+            ref=r.ref, digest=r.digest, ok=r.ok, problem=r.problem, entries=r.entries, repaired=r.repaired,
+            repair_error=r.repair_error) for r in reports])

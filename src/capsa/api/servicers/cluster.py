@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import threading
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -11,7 +12,9 @@ from capsa.api.gen.capsa.v1 import cluster_pb2 as cpb
 from capsa.api.gen.capsa.v1 import cluster_pb2_grpc as cpb_grpc
 from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
 from capsa.api.servicers._base import rpc
+from capsa.api.streams import follow_log
 from capsa.errors import FailedPrecondition
+from capsa.logs import is_finished
 
 __all__ = ["ClusterServicer"]
 
@@ -65,11 +68,27 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
         return pool_job_to_pb(self._pool().stop(request.id, request.grace_seconds))
 
     @rpc
-    def PoolLogs(self, request: cpb.PoolLogsRequest, context: grpc.ServicerContext) -> Any:
-        stop = threading.Event()
-        context.add_callback(stop.set)
-        for c in self._pool().logs(request.id, follow=request.follow, from_seq=request.from_seq or 1, stop=stop):
-            yield pb.LogChunk(seq=c.seq, stream=int(c.stream), timestamp_ns=c.timestamp_ns, data=c.data)
+    async def PoolLogs(self, request: cpb.PoolLogsRequest, context: Any) -> Any:
+        """The job's output from the node that runs it: read here, or relayed from the owner over mTLS.
+
+        Async, like StreamLogs: a follow holds no thread while it waits (ADR 0011).
+        """
+        loop = asyncio.get_running_loop()
+        pool = self._pool()
+        job = await loop.run_in_executor(None, pool.get, request.id)
+        while request.follow and not job.local_id and not job.status.ended:
+            await asyncio.sleep(0.1)   # not started yet: its output will be on the node that starts it
+            job = await loop.run_in_executor(None, pool.get, job.id)
+        if not job.local_id:
+            return
+        if job.node == self.cluster.node.name:
+            chunks = self._local_logs(job.local_id, request.follow, request.from_seq)
+        else:
+            address = await loop.run_in_executor(None, pool.address_of, job.node)
+            chunks = self.cluster.dialer.logs(address, job.local_id, follow=request.follow,
+                                              from_seq=request.from_seq)
+        async for chunk in chunks:
+            yield chunk
 
     @rpc
     def SubmitPoolWorkflow(self, request: cpb.SubmitPoolWorkflowRequest,
@@ -100,10 +119,16 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
         return cpb.NodeStopJobResponse(state=self.cluster.node.stop_local(request.id, request.grace_seconds))
 
     @rpc
-    def NodeLogs(self, request: cpb.NodeLogsRequest, context: grpc.ServicerContext) -> Any:
+    async def NodeLogs(self, request: cpb.NodeLogsRequest, context: Any) -> Any:
         self._pool()
-        stop = threading.Event()
-        context.add_callback(stop.set)
-        for c in self.cluster.node.jobs.logs(request.id, follow=request.follow, from_seq=request.from_seq or 1,
-                                             stop=stop):
+        async for chunk in self._local_logs(request.id, request.follow, request.from_seq):
+            yield chunk
+
+    async def _local_logs(self, local_id: str, follow: bool, from_seq: int) -> AsyncIterator[pb.LogChunk]:
+        jobs = self.cluster.node.jobs
+        job = await asyncio.get_running_loop().run_in_executor(None, jobs.get, local_id)
+        log_dir = jobs.jobs_dir / job.id / "logs"
+        # As StreamLogs: a job that ended without an end marker has nothing more coming.
+        live = follow and not (job.state.ended and not is_finished(log_dir))
+        async for c in follow_log(log_dir, from_seq=max(1, from_seq), live=live):
             yield pb.LogChunk(seq=c.seq, stream=int(c.stream), timestamp_ns=c.timestamp_ns, data=c.data)

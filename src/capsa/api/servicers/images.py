@@ -10,6 +10,7 @@ import grpc
 from capsa.api.gen.capsa.v1 import images_pb2 as pb
 from capsa.api.gen.capsa.v1 import images_pb2_grpc as pb_grpc
 from capsa.api.servicers._base import rpc
+from capsa.api.streams import BlockingStreams
 from capsa.fsm import RunInfo
 from capsa.images.service import ImageService
 from capsa.images.store import ImageRecord
@@ -38,13 +39,19 @@ def _run_to_pb(run: RunInfo, events: list[Any]) -> pb.FsmRun:
 
 
 class ImageServicer(pb_grpc.ImageServiceServicer):
-    def __init__(self, images: ImageService) -> None:
+    def __init__(self, images: ImageService, blocking: BlockingStreams) -> None:
         self.images = images
+        self.blocking = blocking
 
     @rpc
-    def PullImage(self, request: pb.PullImageRequest, context: grpc.ServicerContext) -> Any:
+    async def PullImage(self, request: pb.PullImageRequest, context: Any) -> Any:
+        # Watching a pull blocks between progress polls: it runs on the bounded stream pool.
+        async for msg in self.blocking.iterate("PullImage", lambda stop: self._pull(request, stop)):
+            yield msg
+
+    def _pull(self, request: pb.PullImageRequest, stop: Any) -> Any:
         run_id = self.images.start_pull(request.ref, platform=request.platform, insecure=request.insecure,
-                                        expected_digest=request.expected_digest)
+                                        expected_digest=request.expected_digest, request_id=request.request_id)
         for update in self.images.watch_pull(run_id):
             msg = pb.PullProgress(
                 run_id=update.run_id, phase=update.phase, done=update.done,
@@ -54,6 +61,8 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
             if update.done:
                 msg.image.CopyFrom(image_to_pb(self.images.get(request.ref)))
             yield msg
+            if stop.is_set():   # the client went away; the pull goes on
+                return
 
     @rpc
     def ListImages(self, request: pb.ListImagesRequest, context: grpc.ServicerContext) -> pb.ListImagesResponse:
@@ -76,3 +85,18 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     def ImageHistory(self, request: pb.ImageHistoryRequest, context: grpc.ServicerContext) -> pb.ImageHistoryResponse:
         runs = self.images.history(request.ref, limit=request.limit or 20)
         return pb.ImageHistoryResponse(runs=[_run_to_pb(r, self.images.engine.events(r.run_id)) for r in runs])
+
+    @rpc
+    def VerifyImages(self, request: pb.VerifyImagesRequest, context: grpc.ServicerContext) -> pb.VerifyImagesResponse:
+        reports = self.images.verify(request.ref, all_images=request.all, repair=request.repair)
+        return pb.VerifyImagesResponse(reports=[pb.ImageVerifyReport(
+            ref=r.ref, digest=r.digest, ok=r.ok, blobs_checked=r.blobs_checked, diff_ids_checked=r.diff_ids_checked,
+            snapshots_checked=r.snapshots_checked, problems=r.problems, repaired=r.repaired,
+            repair_error=r.repair_error) for r in reports])
+
+    @rpc
+    def BackupDatabase(self, request: pb.BackupDatabaseRequest,
+                       context: grpc.ServicerContext) -> pb.BackupDatabaseResponse:
+        result = self.images.backup_database(request.dest)
+        return pb.BackupDatabaseResponse(path=str(result.path), bytes=result.bytes, pages=result.pages,
+                                         seconds=result.seconds, integrity=result.integrity)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-import threading
 from typing import Any
 
 import grpc
@@ -13,10 +13,12 @@ from capsa.api.auth import identity_of
 from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
 from capsa.api.gen.capsa.v1 import jobs_pb2_grpc as pb_grpc
 from capsa.api.servicers._base import rpc
+from capsa.api.streams import BlockingStreams, follow_log
 from capsa.errors import InvalidArgument
 from capsa.jobs.model import Job, Resources, RunRequest
 from capsa.jobs.service import JobService
 from capsa.jobs.uploads import UploadEntry
+from capsa.logs import is_finished
 
 __all__ = ["JobServicer", "NodeServicer", "job_to_pb"]
 
@@ -32,15 +34,16 @@ def job_to_pb(job: Job) -> pb.Job:
         pid=job.pid, ended=job.state.ended, env=job.env, workdir=job.workdir, hostname=job.hostname,
         cgroup=job.cgroup, start_latency_ns=job.start_latency_ns, image=job.image, image_digest=job.image_digest,
         seccomp=job.seccomp, network=job.network, ip=job.ip, volumes=job.volumes,
-        gpus=job.gpus, gpu_devices=job.gpu_devices,
+        gpus=job.gpus, gpu_devices=job.gpu_devices, log_incomplete_bytes=job.log_incomplete_bytes,
         workflow_id=job.workflow_id or "", workflow_job=job.workflow_job or "",
         scheduled_at_ns=job.scheduled_ns, timeout_seconds=job.timeout_ns / 1e9, secret_env_keys=job.secret_env_keys,
     )
 
 
 class JobServicer(pb_grpc.JobServiceServicer):
-    def __init__(self, jobs: JobService) -> None:
+    def __init__(self, jobs: JobService, blocking: BlockingStreams) -> None:
         self.jobs = jobs
+        self.blocking = blocking
 
     @rpc
     def RunJob(self, request: pb.RunJobRequest, context: grpc.ServicerContext) -> pb.Job:
@@ -52,18 +55,21 @@ class JobServicer(pb_grpc.JobServiceServicer):
             seccomp=request.seccomp or "default", network=request.network or "host",
             volumes=tuple(request.volumes), capsules=tuple(request.capsules), gpus=request.gpus,
             secret_env=dict(request.secret_env), upload_session=request.upload_session,
-            schedule=request.schedule, timeout=request.timeout,
+            schedule=request.schedule, timeout=request.timeout, request_id=request.request_id,
             resources=Resources(max_cpu=r.max_cpu, cpu_cores=r.cpu_cores, max_memory_mb=r.max_memory_mb,
                                 max_iobps=r.max_iobps, max_pids=r.max_pids),
         ))
         return job_to_pb(job)
 
     @rpc
-    def UploadFiles(self, request_iterator: Any, context: grpc.ServicerContext) -> pb.UploadResult:
+    async def UploadFiles(self, request_iterator: Any, context: Any) -> pb.UploadResult:
+        # Writing files blocks: the upload runs on a thread of the bounded stream pool, reading the
+        # request stream from the event loop.
+        loop = asyncio.get_running_loop()
         ended: list[bool] = []
 
         def items() -> Any:
-            for c in request_iterator:
+            for c in BlockingStreams.requests_in_thread(request_iterator, loop):
                 if ended:
                     raise InvalidArgument("upload data after the message marked done")
                 yield (UploadEntry(c.entry.path, c.entry.type, c.entry.mode, c.entry.size, c.entry.link_target)
@@ -71,7 +77,10 @@ class JobServicer(pb_grpc.JobServiceServicer):
                 if c.done:
                     ended.append(True)
 
-        done = self.jobs.uploads.receive(items(), complete=lambda: bool(ended) and context.is_active())
+        def complete() -> bool:
+            return bool(ended) and not context.cancelled()
+
+        done = await self.blocking.call("UploadFiles", lambda: self.jobs.uploads.receive(items(), complete=complete))
         return pb.UploadResult(session=done.session, files=done.files, dirs=done.dirs, symlinks=done.symlinks,
                                bytes=done.bytes)
 
@@ -85,7 +94,8 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     @rpc
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
-        return pb.ListJobsResponse(jobs=[job_to_pb(j) for j in self.jobs.list(all=request.all)])
+        page = self.jobs.page(all=request.all, limit=request.limit, page_token=request.page_token)
+        return pb.ListJobsResponse(jobs=[job_to_pb(j) for j in page.jobs], next_page_token=page.next_page_token)
 
     @rpc
     def StopJob(self, request: pb.StopJobRequest, context: grpc.ServicerContext) -> pb.Job:
@@ -96,12 +106,20 @@ class JobServicer(pb_grpc.JobServiceServicer):
         return pb.DeleteJobResponse(id=self.jobs.delete(request.id, force=request.force))
 
     @rpc
-    def StreamLogs(self, request: pb.StreamLogsRequest, context: grpc.ServicerContext) -> Any:
-        stop = threading.Event()
-        context.add_callback(stop.set)  # the client went away: stop following
-        for chunk in self.jobs.logs(request.id, follow=request.follow, from_seq=request.from_seq or 1, stop=stop):
+    async def StreamLogs(self, request: pb.StreamLogsRequest, context: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        job = await loop.run_in_executor(None, self.jobs.get, request.id)
+        log_dir = self.jobs.jobs_dir / job.id / "logs"
+        # A job that ended without an end marker (lost while the supervisor was down) has
+        # nothing more coming: following it would wait forever.
+        live = request.follow and not (job.state.ended and not is_finished(log_dir))
+        async for chunk in follow_log(log_dir, from_seq=max(1, request.from_seq), live=live):
             yield pb.LogChunk(seq=chunk.seq, stream=int(chunk.stream), timestamp_ns=chunk.timestamp_ns,
                               data=chunk.data)
+        if request.follow:
+            # The log's end marker can beat the exit event by a few ms; callers read the
+            # exit code right after the stream ends, so let the database catch up first.
+            await loop.run_in_executor(None, lambda: self.jobs.wait_ended(job.id, timeout=10))
 
 
 class NodeServicer(pb_grpc.NodeServiceServicer):

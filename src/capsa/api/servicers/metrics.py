@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import asyncio
 from typing import Any
 
 import grpc
@@ -10,6 +10,7 @@ import grpc
 from capsa.api.gen.capsa.v1 import metrics_pb2 as pb
 from capsa.api.gen.capsa.v1 import metrics_pb2_grpc as pb_grpc
 from capsa.api.servicers._base import rpc
+from capsa.api.streams import follow_metrics
 from capsa.errors import Unavailable
 from capsa.jobs.service import JobService
 from capsa.metrics import JobSample, MetricsSampler
@@ -35,12 +36,11 @@ class MetricsServicer(pb_grpc.MetricsServiceServicer):
         self.jobs = jobs
 
     @rpc
-    def MetricsStream(self, request: pb.MetricsStreamRequest, context: grpc.ServicerContext) -> Any:
-        job_id = self.jobs.get(request.id).id
-        stop = threading.Event()
-        context.add_callback(stop.set)  # the client went away: stop following
-        for sample in self.sampler.stream(job_id, follow=request.follow, history=request.history, stop=stop,
-                                          ended=lambda: self.jobs.get(job_id).state.ended):
+    async def MetricsStream(self, request: pb.MetricsStreamRequest, context: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        job_id = (await loop.run_in_executor(None, self.jobs.get, request.id)).id
+        async for sample in follow_metrics(self.sampler, job_id, follow=request.follow, history=request.history,
+                                           ended=lambda: self.jobs.get(job_id).state.ended):
             yield sample_to_pb(sample)
 
     @rpc

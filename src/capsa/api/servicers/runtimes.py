@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any
 
 import grpc
@@ -11,6 +10,7 @@ import grpc
 from capsa.api.gen.capsa.v1 import runtimes_pb2 as pb
 from capsa.api.gen.capsa.v1 import runtimes_pb2_grpc as pb_grpc
 from capsa.api.servicers._base import rpc
+from capsa.api.streams import BlockingStreams
 from capsa.runtimes import Runtime, RuntimeService
 
 __all__ = ["RuntimeServicer", "runtime_to_pb"]
@@ -30,15 +30,19 @@ def runtime_to_pb(rt: Runtime, builds: list[Any] | None = None) -> pb.Runtime:
 
 
 class RuntimeServicer(pb_grpc.RuntimeServiceServicer):
-    def __init__(self, runtimes: RuntimeService) -> None:
+    def __init__(self, runtimes: RuntimeService, blocking: BlockingStreams) -> None:
         self.runtimes = runtimes
+        self.blocking = blocking
 
     @rpc
-    def BuildRuntime(self, request: pb.BuildRuntimeRequest, context: grpc.ServicerContext) -> Any:
+    async def BuildRuntime(self, request: pb.BuildRuntimeRequest, context: Any) -> Any:
+        # Watching a build blocks between polls of its log: it runs on the bounded stream pool.
+        async for msg in self.blocking.iterate("BuildRuntime", lambda stop: self._build(request, stop)):
+            yield msg
+
+    def _build(self, request: pb.BuildRuntimeRequest, gone: Any) -> Any:
         handle = self.runtimes.start_build(request.spec_yaml, force=request.force, source=request.source or "spec")
-        gone = threading.Event()
-        context.add_callback(gone.set)  # the client went away: stop streaming (the build goes on)
-        for event in self.runtimes.watch(handle.run_id, stop=gone):
+        for event in self.runtimes.watch(handle.run_id, stop=gone):   # gone: stop streaming (the build goes on)
             msg = pb.BuildProgress(run_id=event.run_id, phase=event.phase, step=event.step, steps=event.steps,
                                    log=event.log, done=event.done, up_to_date=event.up_to_date)
             if event.runtime is not None:

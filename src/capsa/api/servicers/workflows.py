@@ -33,7 +33,8 @@ class WorkflowServicer(pb_grpc.WorkflowServiceServicer):
     @rpc
     def SubmitWorkflow(self, request: pb.SubmitWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:
         return workflow_to_pb(self.workflows.submit(request.yaml, base_dir=request.base_dir,
-                                                    source=request.source or "workflow"))
+                                                    source=request.source or "workflow",
+                                                    request_id=request.request_id))
 
     @rpc
     def ListWorkflows(self, request: pb.ListWorkflowsRequest, context: grpc.ServicerContext) -> pb.ListWorkflowsResponse:

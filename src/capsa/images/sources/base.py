@@ -9,7 +9,7 @@ content store, in two verbs (containerd's "resolver + fetcher", in one object):
     written to the content store; the raw manifest and config bytes are returned
     so the caller can store them (:meth:`ContentStore.put_bytes`).
 
-``fetch_blob(desc, writer, *, offset, progress, cancel, timeout_s) -> None``
+``fetch_blob(desc, writer, *, offset, progress, cancel, timeout_s, clocks) -> None``
     Stream one layer into a content :class:`~capsa.images.content.Writer`,
     starting at ``offset`` (default: the writer's current offset, so a reopened
     ingest resumes: HTTP ``Range`` for registries and S3, ``seek`` for local
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from capsa.errors import ChecksumMismatch, InvalidArgument
-from capsa.images.content import ProgressFn, Writer
+from capsa.images.content import DownloadClocks, ProgressFn, Writer
 from capsa.images.oci import Compression, Digest, ImageConfig, Platform
 from capsa.images.reference import Reference
 
@@ -94,6 +94,7 @@ class Source(Protocol):
         progress: ProgressFn | None = None,
         cancel: threading.Event | None = None,
         timeout_s: float | None = None,
+        clocks: DownloadClocks | None = None,
     ) -> None: ...
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from capsa.errors import ChecksumMismatch, InvalidArgument, LimitExceeded, NotFound, Unsupported
-from capsa.images.content import ProgressFn, Writer, copy_to_store
+from capsa.images.content import DownloadClocks, ProgressFn, Writer, copy_to_store
 from capsa.images.oci import (
     ANNOTATION_REF_NAME,
     CONFIG_MEDIA_TYPES,
@@ -89,6 +89,7 @@ class LocalSource:
     def fetch_blob(
         self, desc: BlobDescriptor, writer: Writer, *, offset: int | None = None, progress: ProgressFn | None = None,
         cancel: threading.Event | None = None, timeout_s: float | None = None,
+        clocks: DownloadClocks | None = None,
     ) -> None:
         path, base, nofollow = _parse_locator(desc.locator)
         start = start_offset(writer, offset, desc)
@@ -105,7 +106,8 @@ class LocalSource:
             if os.fstat(fd).st_size < base + desc.size:
                 raise ChecksumMismatch(f"{path} is shorter than the {desc.size}-byte blob it should hold")
             chunks = _pread_chunks(fd, base + start, base + desc.size)
-            copy_to_store(bounded(chunks, desc, start), writer, progress, cancel, timeout_s, total=desc.size)
+            copy_to_store(bounded(chunks, desc, start), writer, progress, cancel, timeout_s, total=desc.size,
+                          clocks=clocks)
         finally:
             os.close(fd)
 

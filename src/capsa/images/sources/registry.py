@@ -23,7 +23,7 @@ import threading
 from urllib3.exceptions import HTTPError as _Urllib3Error
 
 from capsa.errors import ChecksumMismatch, InvalidArgument, Unavailable, Unsupported
-from capsa.images.content import ProgressFn, Writer, copy_to_store
+from capsa.images.content import DownloadClocks, ProgressFn, Writer, copy_to_store
 from capsa.images.oci import (
     CONFIG_MEDIA_TYPES,
     MAX_CONFIG_BYTES,
@@ -114,6 +114,7 @@ class RegistrySource:
     def fetch_blob(
         self, desc: BlobDescriptor, writer: Writer, *, offset: int | None = None, progress: ProgressFn | None = None,
         cancel: threading.Event | None = None, timeout_s: float | None = None,
+        clocks: DownloadClocks | None = None,
     ) -> None:
         host, _, rest = desc.locator.partition("/")
         repo, _, digest_text = rest.rpartition("@")
@@ -129,7 +130,8 @@ class RegistrySource:
             raise Unavailable(f"blob {desc.digest}: registry resumed at byte {body_start}, asked for {start}")
         try:
             chunks = skip_bytes(resp.stream(_CHUNK, decode_content=False), start - body_start)
-            copy_to_store(bounded(chunks, desc, start), writer, progress, cancel, timeout_s, total=desc.size)
+            copy_to_store(bounded(chunks, desc, start), writer, progress, cancel, timeout_s, total=desc.size,
+                          clocks=clocks)
         except (_Urllib3Error, OSError) as exc:
             raise Unavailable(f"blob {desc.digest} from {host}: connection failed at byte {writer.offset}: {exc}") from None
         finally:

@@ -50,7 +50,7 @@ from capsa.errors import (
     Unauthorized,
     Unavailable,
 )
-from capsa.images.content import ProgressFn, Writer, copy_to_store
+from capsa.images.content import DownloadClocks, ProgressFn, Writer, copy_to_store
 from capsa.images.oci import (
     OCI_LAYER_GZIP,
     OCI_LAYER_TAR,
@@ -189,6 +189,7 @@ class S3Source:
     def fetch_blob(
         self, desc: BlobDescriptor, writer: Writer, *, offset: int | None = None, progress: ProgressFn | None = None,
         cancel: threading.Event | None = None, timeout_s: float | None = None,
+        clocks: DownloadClocks | None = None,
     ) -> None:
         bucket, key = _split_locator(desc.locator)
         start = start_offset(writer, offset, desc)
@@ -214,7 +215,7 @@ class S3Source:
         try:
             with _s3_errors(what):
                 copy_to_store(bounded(body.iter_chunks(_CHUNK), desc, start), writer, progress, cancel, timeout_s,
-                              total=desc.size)
+                              total=desc.size, clocks=clocks)
         finally:
             body.close()
         if writer.offset < desc.size:

@@ -44,7 +44,7 @@ Policies worth knowing:
   chown happens only when running as root.
 """
 
-from ._layer import OPAQUE_XATTRS, WhiteoutMode, apply_layer
+from ._layer import OPAQUE_XATTRS, WhiteoutMode, apply_layer, layer_diff_id
 from ._limits import LayerStats, UnpackBudget, UnpackLimits
 from ._source import sniff_compression
 from ._verify import verify_layout
@@ -56,6 +56,7 @@ __all__ = [
     "UnpackLimits",
     "WhiteoutMode",
     "apply_layer",
+    "layer_diff_id",
     "sniff_compression",
     "verify_layout",
 ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -16,7 +15,7 @@ from ._source import open_input
 from ._tarheader import TarReader
 from ._tree import Tree
 
-__all__ = ["OPAQUE_XATTRS", "WhiteoutMode", "apply_layer"]
+__all__ = ["OPAQUE_XATTRS", "WhiteoutMode", "apply_layer", "layer_diff_id"]
 
 WhiteoutMode = Literal["apply", "overlay"]
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
@@ -74,7 +73,7 @@ def apply_layer(
     budget = budget if budget is not None else UnpackBudget()
     guard = Guard(limits, budget)
     guard.check_time("before the first entry")  # the image's clock may have run out on earlier layers
-    started = time.monotonic()
+    started = budget.clock()
     hasher = hashlib.sha256() if expected_diff_id is not None else None
     tree = Tree(Path(root), opaque_xattr=opaque_xattr if overlay else None)
     try:
@@ -93,6 +92,7 @@ def apply_layer(
             guard.charge_data("data after the end-of-archive marker", trailing, is_file=False)
         finally:
             inp.close()
+        root_meta = "" in applier._dirs  # the layer set its root's metadata itself
         applier.finish()
     finally:
         tree.close()
@@ -101,4 +101,17 @@ def apply_layer(
         raise ChecksumMismatch(f"layer diff ID is {diff_id}, expected {expected_diff_id}",
                                detail={"expected": expected_diff_id, "actual": diff_id})
     return LayerStats(entries=applier.entries, bytes=applier.bytes, whiteouts=applier.whiteouts,
-                      duration_s=time.monotonic() - started, diff_id=diff_id)
+                      duration_s=budget.clock() - started, diff_id=diff_id, root_meta=root_meta)
+
+
+def layer_diff_id(source: Path | str) -> str:
+    """The OCI diff ID of a stored layer: sha256 of its uncompressed tar, streamed (for verify)."""
+    hasher = hashlib.sha256()
+    unbounded = UnpackLimits(max_file_bytes=1 << 62, max_total_bytes=1 << 62, max_entries=1 << 62, timeout_s=1e12)
+    inp = open_input(source, None, Guard(unbounded, UnpackBudget()), hasher)
+    try:
+        while inp.read(1 << 20):
+            pass
+    finally:
+        inp.close()
+    return f"sha256:{hasher.hexdigest()}"

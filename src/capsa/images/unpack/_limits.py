@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from capsa.errors import LimitExceeded
@@ -45,12 +46,21 @@ class UnpackBudget:
 
     ``bytes`` counts every byte of entry data the unpacker consumed (file contents,
     skipped payloads of whiteouts, trailing data after the end-of-archive marker);
-    ``started`` is a :func:`time.monotonic` timestamp that the timeout runs from.
+    ``started`` is a ``clock()`` timestamp that the timeout runs from: one clock for all
+    the layers of an image (:meth:`since` starts it where an earlier process left it).
     """
 
     entries: int = 0
     bytes: int = 0
     started: float = field(default_factory=time.monotonic)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+
+    @classmethod
+    def since(cls, started_wall: float, *, entries: int = 0, bytes: int = 0,
+              clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> UnpackBudget:
+        """A budget whose clock started at Unix time ``started_wall`` (persisted by the pull),
+        so an image's extraction time keeps counting across layers, retries and restarts."""
+        return cls(entries=entries, bytes=bytes, started=clock() - max(0.0, wall() - started_wall), clock=clock)
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,8 @@ class LayerStats:
     duration_s: float
     diff_id: str | None = None
     """``sha256:<hex>`` of the uncompressed tar, when the caller asked for it to be verified."""
+    root_meta: bool = False
+    """The layer carried an entry for its root directory (``./``) and set its metadata."""
 
 
 class Guard:
@@ -76,7 +88,7 @@ class Guard:
         self.deadline = budget.started + limits.timeout_s
 
     def check_time(self, what: str) -> None:
-        if time.monotonic() > self.deadline:
+        if self.budget.clock() > self.deadline:
             raise LimitExceeded(
                 f"{what}: unpack took longer than timeout_s={self.limits.timeout_s:g}s",
                 detail={"limit": "timeout_s", "entry": what},

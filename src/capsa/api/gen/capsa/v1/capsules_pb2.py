@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x61psa/v1/capsules.proto\x12\x08\x63\x61psa.v1\"\xa8\x01\n\rCapsuleHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65pendencies\x18\x03 \x03(\t\x12\x33\n\x06labels\x18\x04 \x03(\x0b\x32#.capsa.v1.CapsuleHeader.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"M\n\x14\x43reateCapsuleRequest\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.capsa.v1.CapsuleHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"z\n\x11\x43\x61psuleAttachment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x16\n\x0e\x61ttached_at_ns\x18\x06 \x01(\x03\"\xbd\x02\n\x07\x43\x61psule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x0f\n\x07\x65ntries\x18\x05 \x01(\x03\x12\x14\n\x0c\x64\x65pendencies\x18\x06 \x03(\t\x12-\n\x06labels\x18\x07 \x03(\x0b\x32\x1d.capsa.v1.Capsule.LabelsEntry\x12\x0e\n\x06pinned\x18\x08 \x01(\x08\x12\x15\n\rcreated_at_ns\x18\t \x01(\x03\x12\x17\n\x0flast_used_at_ns\x18\n \x01(\x03\x12\x30\n\x0b\x61ttachments\x18\x0b \x03(\x0b\x32\x1b.capsa.v1.CapsuleAttachment\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"+\n\nCapsuleRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"#\n\x13ListCapsulesRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x14ListCapsulesResponse\x12#\n\x08\x63\x61psules\x18\x01 \x03(\x0b\x32\x11.capsa.v1.Capsule\"(\n\x15RemoveCapsuleResponse\x12\x0f\n\x07removed\x18\x01 \x01(\t\"G\n\x14\x41ttachCapsuleRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61psule\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\"5\n\x12SwapCapsuleRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61psule\x18\x02 \x01(\t\"4\n\x14\x44\x65tachCapsuleRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\xb6\x01\n\x0bMountChange\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12*\n\x05\x61\x64\x64\x65\x64\x18\x02 \x03(\x0b\x32\x1b.capsa.v1.CapsuleAttachment\x12,\n\x07removed\x18\x03 \x03(\x0b\x32\x1b.capsa.v1.CapsuleAttachment\x12)\n\x04kept\x18\x04 \x03(\x0b\x32\x1b.capsa.v1.CapsuleAttachment\x12\x12\n\nlatency_ns\x18\x05 \x01(\x03\"L\n\x12PushCapsuleRequest\x12\x0f\n\x07\x63\x61psule\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\x12\x10\n\x08insecure\x18\x03 \x01(\x08\"^\n\x13PushCapsuleResponse\x12\x10\n\x08location\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x17\n\x0fmanifest_digest\x18\x04 \x01(\t\"6\n\x12PullCapsuleRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08insecure\x18\x02 \x01(\x08\"P\n\x11GcCapsulesRequest\x12\x0e\n\x06unused\x18\x01 \x01(\x08\x12\x1a\n\x12older_than_seconds\x18\x02 \x01(\x01\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"m\n\x12GcCapsulesResponse\x12\x18\n\x10removed_versions\x18\x01 \x03(\t\x12\x17\n\x0fremoved_content\x18\x02 \x03(\t\x12\x13\n\x0b\x62ytes_freed\x18\x03 \x01(\x03\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\x32\xeb\x05\n\x0e\x43\x61psuleService\x12=\n\x06\x43reate\x12\x1e.capsa.v1.CreateCapsuleRequest\x1a\x11.capsa.v1.Capsule(\x01\x12\x45\n\x04List\x12\x1d.capsa.v1.ListCapsulesRequest\x1a\x1e.capsa.v1.ListCapsulesResponse\x12\x32\n\x07Inspect\x12\x14.capsa.v1.CapsuleRef\x1a\x11.capsa.v1.Capsule\x12?\n\x06Remove\x12\x14.capsa.v1.CapsuleRef\x1a\x1f.capsa.v1.RemoveCapsuleResponse\x12.\n\x03Pin\x12\x14.capsa.v1.CapsuleRef\x1a\x11.capsa.v1.Capsule\x12\x30\n\x05Unpin\x12\x14.capsa.v1.CapsuleRef\x1a\x11.capsa.v1.Capsule\x12?\n\x06\x41ttach\x12\x1e.capsa.v1.AttachCapsuleRequest\x1a\x15.capsa.v1.MountChange\x12;\n\x04Swap\x12\x1c.capsa.v1.SwapCapsuleRequest\x1a\x15.capsa.v1.MountChange\x12?\n\x06\x44\x65tach\x12\x1e.capsa.v1.DetachCapsuleRequest\x1a\x15.capsa.v1.MountChange\x12\x43\n\x04Push\x12\x1c.capsa.v1.PushCapsuleRequest\x1a\x1d.capsa.v1.PushCapsuleResponse\x12\x37\n\x04Pull\x12\x1c.capsa.v1.PullCapsuleRequest\x1a\x11.capsa.v1.Capsule\x12?\n\x02Gc\x12\x1b.capsa.v1.GcCapsulesRequest\x1a\x1c.capsa.v1.GcCapsulesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x61psa/v1/capsules.proto\x12\x08\x63\x61psa.v1\"\xbc\x01\n\rCapsuleHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65pendencies\x18\x03 \x03(\t\x12\x33\n\x06labels\x18\x04 \x03(\x0b\x32#.capsa.v1.CapsuleHeader.LabelsEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"M\n\x14\x43reateCapsuleRequest\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.capsa.v1.CapsuleHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"z\n\x11\x43\x61psuleAttachment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x16\n\x0e\x61ttached_at_ns\x18\x06 \x01(\x03\"\xbd\x02\n\x07\x43\x61psule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x0f\n\x07\x65ntries\x18\x05 \x01(\x03\x12\x14\n\x0c\x64\x65pendencies\x18\x06 \x03(\t\x12-\n\x06labels\x18\x07 \x03(\x0b\x32\x1d.capsa.v1.Capsule.LabelsEntry\x12\x0e\n\x06pinned\x18\x08 \x01(\x08\x12\x15\n\rcreated_at_ns\x18\t \x01(\x03\x12\x17\n\x0flast_used_at_ns\x18\n \x01(\x03\x12\x30\n\x0b\x61ttachments\x18\x0b \x03(\x0b\x32\x1b.capsa.v1.CapsuleAttachment\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"+\n\nCapsuleRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"#\n\x13ListCapsulesRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x14ListCapsulesResponse\x12#\n\x08\x63\x61psules\x18\x01 \x03(\x0b\x32\x11.capsa.v1.Capsule\"(\n\x15RemoveCapsuleResponse\x12\x0f\n\x07removed\x18\x01 \x01(\t\"G\n\x14\x41ttachCapsuleRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61psule\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\"5\n\x12SwapCapsuleRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61psule\x18\x02 \x01(\t\"4\n\x14\x44\x65tachCapsuleRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\xb6\x01\n\x0bMountChange\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12*\n\x05\x61\x64\x64\x65\x64\x18\x02 \x03(\x0b\x32\x1b.capsa.v1.CapsuleAttachment\x12,\n\x07removed\x18\x03 \x03(\x0b\x32\x1b.capsa.v1.CapsuleAttachment\x12)\n\x04kept\x18\x04 \x03(\x0b\x32\x1b.capsa.v1.CapsuleAttachment\x12\x12\n\nlatency_ns\x18\x05 \x01(\x03\"L\n\x12PushCapsuleRequest\x12\x0f\n\x07\x63\x61psule\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\x12\x10\n\x08insecure\x18\x03 \x01(\x08\"^\n\x13PushCapsuleResponse\x12\x10\n\x08location\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x17\n\x0fmanifest_digest\x18\x04 \x01(\t\"6\n\x12PullCapsuleRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08insecure\x18\x02 \x01(\x08\"P\n\x11GcCapsulesRequest\x12\x0e\n\x06unused\x18\x01 \x01(\x08\x12\x1a\n\x12older_than_seconds\x18\x02 \x01(\x01\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"m\n\x12GcCapsulesResponse\x12\x18\n\x10removed_versions\x18\x01 \x03(\t\x12\x17\n\x0fremoved_content\x18\x02 \x03(\t\x12\x13\n\x0b\x62ytes_freed\x18\x03 \x01(\x03\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\"A\n\x15VerifyCapsulesRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\x12\x0e\n\x06repair\x18\x03 \x01(\x08\"\x88\x01\n\x13\x43\x61psuleVerifyReport\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x0f\n\x07problem\x18\x04 \x01(\t\x12\x0f\n\x07\x65ntries\x18\x05 \x01(\x03\x12\x10\n\x08repaired\x18\x06 \x01(\x08\x12\x14\n\x0crepair_error\x18\x07 \x01(\t\"H\n\x16VerifyCapsulesResponse\x12.\n\x07reports\x18\x01 \x03(\x0b\x32\x1d.capsa.v1.CapsuleVerifyReport2\xb8\x06\n\x0e\x43\x61psuleService\x12=\n\x06\x43reate\x12\x1e.capsa.v1.CreateCapsuleRequest\x1a\x11.capsa.v1.Capsule(\x01\x12\x45\n\x04List\x12\x1d.capsa.v1.ListCapsulesRequest\x1a\x1e.capsa.v1.ListCapsulesResponse\x12\x32\n\x07Inspect\x12\x14.capsa.v1.CapsuleRef\x1a\x11.capsa.v1.Capsule\x12?\n\x06Remove\x12\x14.capsa.v1.CapsuleRef\x1a\x1f.capsa.v1.RemoveCapsuleResponse\x12.\n\x03Pin\x12\x14.capsa.v1.CapsuleRef\x1a\x11.capsa.v1.Capsule\x12\x30\n\x05Unpin\x12\x14.capsa.v1.CapsuleRef\x1a\x11.capsa.v1.Capsule\x12?\n\x06\x41ttach\x12\x1e.capsa.v1.AttachCapsuleRequest\x1a\x15.capsa.v1.MountChange\x12;\n\x04Swap\x12\x1c.capsa.v1.SwapCapsuleRequest\x1a\x15.capsa.v1.MountChange\x12?\n\x06\x44\x65tach\x12\x1e.capsa.v1.DetachCapsuleRequest\x1a\x15.capsa.v1.MountChange\x12\x43\n\x04Push\x12\x1c.capsa.v1.PushCapsuleRequest\x1a\x1d.capsa.v1.PushCapsuleResponse\x12\x37\n\x04Pull\x12\x1c.capsa.v1.PullCapsuleRequest\x1a\x11.capsa.v1.Capsule\x12?\n\x02Gc\x12\x1b.capsa.v1.GcCapsulesRequest\x1a\x1c.capsa.v1.GcCapsulesResponse\x12K\n\x06Verify\x12\x1f.capsa.v1.VerifyCapsulesRequest\x1a .capsa.v1.VerifyCapsulesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,43 +36,49 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CAPSULE_LABELSENTRY']._loaded_options = None
   _globals['_CAPSULE_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_CAPSULEHEADER']._serialized_start=38
-  _globals['_CAPSULEHEADER']._serialized_end=206
-  _globals['_CAPSULEHEADER_LABELSENTRY']._serialized_start=161
-  _globals['_CAPSULEHEADER_LABELSENTRY']._serialized_end=206
-  _globals['_CREATECAPSULEREQUEST']._serialized_start=208
-  _globals['_CREATECAPSULEREQUEST']._serialized_end=285
-  _globals['_CAPSULEATTACHMENT']._serialized_start=287
-  _globals['_CAPSULEATTACHMENT']._serialized_end=409
-  _globals['_CAPSULE']._serialized_start=412
-  _globals['_CAPSULE']._serialized_end=729
-  _globals['_CAPSULE_LABELSENTRY']._serialized_start=161
-  _globals['_CAPSULE_LABELSENTRY']._serialized_end=206
-  _globals['_CAPSULEREF']._serialized_start=731
-  _globals['_CAPSULEREF']._serialized_end=774
-  _globals['_LISTCAPSULESREQUEST']._serialized_start=776
-  _globals['_LISTCAPSULESREQUEST']._serialized_end=811
-  _globals['_LISTCAPSULESRESPONSE']._serialized_start=813
-  _globals['_LISTCAPSULESRESPONSE']._serialized_end=872
-  _globals['_REMOVECAPSULERESPONSE']._serialized_start=874
-  _globals['_REMOVECAPSULERESPONSE']._serialized_end=914
-  _globals['_ATTACHCAPSULEREQUEST']._serialized_start=916
-  _globals['_ATTACHCAPSULEREQUEST']._serialized_end=987
-  _globals['_SWAPCAPSULEREQUEST']._serialized_start=989
-  _globals['_SWAPCAPSULEREQUEST']._serialized_end=1042
-  _globals['_DETACHCAPSULEREQUEST']._serialized_start=1044
-  _globals['_DETACHCAPSULEREQUEST']._serialized_end=1096
-  _globals['_MOUNTCHANGE']._serialized_start=1099
-  _globals['_MOUNTCHANGE']._serialized_end=1281
-  _globals['_PUSHCAPSULEREQUEST']._serialized_start=1283
-  _globals['_PUSHCAPSULEREQUEST']._serialized_end=1359
-  _globals['_PUSHCAPSULERESPONSE']._serialized_start=1361
-  _globals['_PUSHCAPSULERESPONSE']._serialized_end=1455
-  _globals['_PULLCAPSULEREQUEST']._serialized_start=1457
-  _globals['_PULLCAPSULEREQUEST']._serialized_end=1511
-  _globals['_GCCAPSULESREQUEST']._serialized_start=1513
-  _globals['_GCCAPSULESREQUEST']._serialized_end=1593
-  _globals['_GCCAPSULESRESPONSE']._serialized_start=1595
-  _globals['_GCCAPSULESRESPONSE']._serialized_end=1704
-  _globals['_CAPSULESERVICE']._serialized_start=1707
-  _globals['_CAPSULESERVICE']._serialized_end=2454
+  _globals['_CAPSULEHEADER']._serialized_end=226
+  _globals['_CAPSULEHEADER_LABELSENTRY']._serialized_start=181
+  _globals['_CAPSULEHEADER_LABELSENTRY']._serialized_end=226
+  _globals['_CREATECAPSULEREQUEST']._serialized_start=228
+  _globals['_CREATECAPSULEREQUEST']._serialized_end=305
+  _globals['_CAPSULEATTACHMENT']._serialized_start=307
+  _globals['_CAPSULEATTACHMENT']._serialized_end=429
+  _globals['_CAPSULE']._serialized_start=432
+  _globals['_CAPSULE']._serialized_end=749
+  _globals['_CAPSULE_LABELSENTRY']._serialized_start=181
+  _globals['_CAPSULE_LABELSENTRY']._serialized_end=226
+  _globals['_CAPSULEREF']._serialized_start=751
+  _globals['_CAPSULEREF']._serialized_end=794
+  _globals['_LISTCAPSULESREQUEST']._serialized_start=796
+  _globals['_LISTCAPSULESREQUEST']._serialized_end=831
+  _globals['_LISTCAPSULESRESPONSE']._serialized_start=833
+  _globals['_LISTCAPSULESRESPONSE']._serialized_end=892
+  _globals['_REMOVECAPSULERESPONSE']._serialized_start=894
+  _globals['_REMOVECAPSULERESPONSE']._serialized_end=934
+  _globals['_ATTACHCAPSULEREQUEST']._serialized_start=936
+  _globals['_ATTACHCAPSULEREQUEST']._serialized_end=1007
+  _globals['_SWAPCAPSULEREQUEST']._serialized_start=1009
+  _globals['_SWAPCAPSULEREQUEST']._serialized_end=1062
+  _globals['_DETACHCAPSULEREQUEST']._serialized_start=1064
+  _globals['_DETACHCAPSULEREQUEST']._serialized_end=1116
+  _globals['_MOUNTCHANGE']._serialized_start=1119
+  _globals['_MOUNTCHANGE']._serialized_end=1301
+  _globals['_PUSHCAPSULEREQUEST']._serialized_start=1303
+  _globals['_PUSHCAPSULEREQUEST']._serialized_end=1379
+  _globals['_PUSHCAPSULERESPONSE']._serialized_start=1381
+  _globals['_PUSHCAPSULERESPONSE']._serialized_end=1475
+  _globals['_PULLCAPSULEREQUEST']._serialized_start=1477
+  _globals['_PULLCAPSULEREQUEST']._serialized_end=1531
+  _globals['_GCCAPSULESREQUEST']._serialized_start=1533
+  _globals['_GCCAPSULESREQUEST']._serialized_end=1613
+  _globals['_GCCAPSULESRESPONSE']._serialized_start=1615
+  _globals['_GCCAPSULESRESPONSE']._serialized_end=1724
+  _globals['_VERIFYCAPSULESREQUEST']._serialized_start=1726
+  _globals['_VERIFYCAPSULESREQUEST']._serialized_end=1791
+  _globals['_CAPSULEVERIFYREPORT']._serialized_start=1794
+  _globals['_CAPSULEVERIFYREPORT']._serialized_end=1930
+  _globals['_VERIFYCAPSULESRESPONSE']._serialized_start=1932
+  _globals['_VERIFYCAPSULESRESPONSE']._serialized_end=2004
+  _globals['_CAPSULESERVICE']._serialized_start=2007
+  _globals['_CAPSULESERVICE']._serialized_end=2831
 # @@protoc_insertion_point(module_scope)

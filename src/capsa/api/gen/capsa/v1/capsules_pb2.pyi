@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CapsuleHeader(_message.Message):
-    __slots__ = ("name", "version", "dependencies", "labels")
+    __slots__ = ("name", "version", "dependencies", "labels", "request_id")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -19,11 +19,13 @@ class CapsuleHeader(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     dependencies: _containers.RepeatedScalarFieldContainer[str]
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., dependencies: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., dependencies: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class CreateCapsuleRequest(_message.Message):
     __slots__ = ("header", "data")
@@ -199,3 +201,37 @@ class GcCapsulesResponse(_message.Message):
     bytes_freed: int
     dry_run: bool
     def __init__(self, removed_versions: _Optional[_Iterable[str]] = ..., removed_content: _Optional[_Iterable[str]] = ..., bytes_freed: _Optional[int] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class VerifyCapsulesRequest(_message.Message):
+    __slots__ = ("ref", "all", "repair")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    REPAIR_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    all: bool
+    repair: bool
+    def __init__(self, ref: _Optional[str] = ..., all: _Optional[bool] = ..., repair: _Optional[bool] = ...) -> None: ...
+
+class CapsuleVerifyReport(_message.Message):
+    __slots__ = ("ref", "digest", "ok", "problem", "entries", "repaired", "repair_error")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    REPAIRED_FIELD_NUMBER: _ClassVar[int]
+    REPAIR_ERROR_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    digest: str
+    ok: bool
+    problem: str
+    entries: int
+    repaired: bool
+    repair_error: str
+    def __init__(self, ref: _Optional[str] = ..., digest: _Optional[str] = ..., ok: _Optional[bool] = ..., problem: _Optional[str] = ..., entries: _Optional[int] = ..., repaired: _Optional[bool] = ..., repair_error: _Optional[str] = ...) -> None: ...
+
+class VerifyCapsulesResponse(_message.Message):
+    __slots__ = ("reports",)
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    reports: _containers.RepeatedCompositeFieldContainer[CapsuleVerifyReport]
+    def __init__(self, reports: _Optional[_Iterable[_Union[CapsuleVerifyReport, _Mapping]]] = ...) -> None: ...

@@ -96,6 +96,11 @@ class CapsuleServiceStub:
                 request_serializer=capsa_dot_v1_dot_capsules__pb2.GcCapsulesRequest.SerializeToString,
                 response_deserializer=capsa_dot_v1_dot_capsules__pb2.GcCapsulesResponse.FromString,
                 _registered_method=True)
+        self.Verify = channel.unary_unary(
+                '/capsa.v1.CapsuleService/Verify',
+                request_serializer=capsa_dot_v1_dot_capsules__pb2.VerifyCapsulesRequest.SerializeToString,
+                response_deserializer=capsa_dot_v1_dot_capsules__pb2.VerifyCapsulesResponse.FromString,
+                _registered_method=True)
 
 
 class CapsuleServiceServicer:
@@ -178,6 +183,13 @@ class CapsuleServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Verify(self, request, context):
+        """Re-hashes stored capsule trees against their recorded digests.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CapsuleServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -240,6 +252,11 @@ def add_CapsuleServiceServicer_to_server(servicer, server):
                     servicer.Gc,
                     request_deserializer=capsa_dot_v1_dot_capsules__pb2.GcCapsulesRequest.FromString,
                     response_serializer=capsa_dot_v1_dot_capsules__pb2.GcCapsulesResponse.SerializeToString,
+            ),
+            'Verify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Verify,
+                    request_deserializer=capsa_dot_v1_dot_capsules__pb2.VerifyCapsulesRequest.FromString,
+                    response_serializer=capsa_dot_v1_dot_capsules__pb2.VerifyCapsulesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -568,6 +585,33 @@ class CapsuleService:
             '/capsa.v1.CapsuleService/Gc',
             capsa_dot_v1_dot_capsules__pb2.GcCapsulesRequest.SerializeToString,
             capsa_dot_v1_dot_capsules__pb2.GcCapsulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Verify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capsa.v1.CapsuleService/Verify',
+            capsa_dot_v1_dot_capsules__pb2.VerifyCapsulesRequest.SerializeToString,
+            capsa_dot_v1_dot_capsules__pb2.VerifyCapsulesResponse.FromString,
             options,
             channel_credentials,
             insecure,

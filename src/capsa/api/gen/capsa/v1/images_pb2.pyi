@@ -6,17 +6,77 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class VerifyImagesRequest(_message.Message):
+    __slots__ = ("ref", "all", "repair")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    REPAIR_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    all: bool
+    repair: bool
+    def __init__(self, ref: _Optional[str] = ..., all: _Optional[bool] = ..., repair: _Optional[bool] = ...) -> None: ...
+
+class ImageVerifyReport(_message.Message):
+    __slots__ = ("ref", "digest", "ok", "blobs_checked", "diff_ids_checked", "snapshots_checked", "problems", "repaired", "repair_error")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    DIFF_IDS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOTS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    REPAIRED_FIELD_NUMBER: _ClassVar[int]
+    REPAIR_ERROR_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    digest: str
+    ok: bool
+    blobs_checked: int
+    diff_ids_checked: int
+    snapshots_checked: int
+    problems: _containers.RepeatedScalarFieldContainer[str]
+    repaired: bool
+    repair_error: str
+    def __init__(self, ref: _Optional[str] = ..., digest: _Optional[str] = ..., ok: _Optional[bool] = ..., blobs_checked: _Optional[int] = ..., diff_ids_checked: _Optional[int] = ..., snapshots_checked: _Optional[int] = ..., problems: _Optional[_Iterable[str]] = ..., repaired: _Optional[bool] = ..., repair_error: _Optional[str] = ...) -> None: ...
+
+class VerifyImagesResponse(_message.Message):
+    __slots__ = ("reports",)
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    reports: _containers.RepeatedCompositeFieldContainer[ImageVerifyReport]
+    def __init__(self, reports: _Optional[_Iterable[_Union[ImageVerifyReport, _Mapping]]] = ...) -> None: ...
+
+class BackupDatabaseRequest(_message.Message):
+    __slots__ = ("dest",)
+    DEST_FIELD_NUMBER: _ClassVar[int]
+    dest: str
+    def __init__(self, dest: _Optional[str] = ...) -> None: ...
+
+class BackupDatabaseResponse(_message.Message):
+    __slots__ = ("path", "bytes", "pages", "seconds", "integrity")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    PAGES_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    INTEGRITY_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    bytes: int
+    pages: int
+    seconds: float
+    integrity: str
+    def __init__(self, path: _Optional[str] = ..., bytes: _Optional[int] = ..., pages: _Optional[int] = ..., seconds: _Optional[float] = ..., integrity: _Optional[str] = ...) -> None: ...
+
 class PullImageRequest(_message.Message):
-    __slots__ = ("ref", "platform", "insecure", "expected_digest")
+    __slots__ = ("ref", "platform", "insecure", "expected_digest", "request_id")
     REF_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
     INSECURE_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ref: str
     platform: str
     insecure: bool
     expected_digest: str
-    def __init__(self, ref: _Optional[str] = ..., platform: _Optional[str] = ..., insecure: _Optional[bool] = ..., expected_digest: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, ref: _Optional[str] = ..., platform: _Optional[str] = ..., insecure: _Optional[bool] = ..., expected_digest: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class LayerProgress(_message.Message):
     __slots__ = ("digest", "bytes", "total", "state")

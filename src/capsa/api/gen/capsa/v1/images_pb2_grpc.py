@@ -65,6 +65,16 @@ class ImageServiceStub:
                 request_serializer=capsa_dot_v1_dot_images__pb2.ImageHistoryRequest.SerializeToString,
                 response_deserializer=capsa_dot_v1_dot_images__pb2.ImageHistoryResponse.FromString,
                 _registered_method=True)
+        self.VerifyImages = channel.unary_unary(
+                '/capsa.v1.ImageService/VerifyImages',
+                request_serializer=capsa_dot_v1_dot_images__pb2.VerifyImagesRequest.SerializeToString,
+                response_deserializer=capsa_dot_v1_dot_images__pb2.VerifyImagesResponse.FromString,
+                _registered_method=True)
+        self.BackupDatabase = channel.unary_unary(
+                '/capsa.v1.ImageService/BackupDatabase',
+                request_serializer=capsa_dot_v1_dot_images__pb2.BackupDatabaseRequest.SerializeToString,
+                response_deserializer=capsa_dot_v1_dot_images__pb2.BackupDatabaseResponse.FromString,
+                _registered_method=True)
 
 
 class ImageServiceServicer:
@@ -108,6 +118,20 @@ class ImageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyImages(self, request, context):
+        """Re-hashes images against their recorded digests and diff_ids; repair pulls damaged ones again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BackupDatabase(self, request, context):
+        """An online, consistent copy of the daemon's state database (SQLite backup API), written on the node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +164,16 @@ def add_ImageServiceServicer_to_server(servicer, server):
                     servicer.ImageHistory,
                     request_deserializer=capsa_dot_v1_dot_images__pb2.ImageHistoryRequest.FromString,
                     response_serializer=capsa_dot_v1_dot_images__pb2.ImageHistoryResponse.SerializeToString,
+            ),
+            'VerifyImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyImages,
+                    request_deserializer=capsa_dot_v1_dot_images__pb2.VerifyImagesRequest.FromString,
+                    response_serializer=capsa_dot_v1_dot_images__pb2.VerifyImagesResponse.SerializeToString,
+            ),
+            'BackupDatabase': grpc.unary_unary_rpc_method_handler(
+                    servicer.BackupDatabase,
+                    request_deserializer=capsa_dot_v1_dot_images__pb2.BackupDatabaseRequest.FromString,
+                    response_serializer=capsa_dot_v1_dot_images__pb2.BackupDatabaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -305,6 +339,60 @@ class ImageService:
             '/capsa.v1.ImageService/ImageHistory',
             capsa_dot_v1_dot_images__pb2.ImageHistoryRequest.SerializeToString,
             capsa_dot_v1_dot_images__pb2.ImageHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capsa.v1.ImageService/VerifyImages',
+            capsa_dot_v1_dot_images__pb2.VerifyImagesRequest.SerializeToString,
+            capsa_dot_v1_dot_images__pb2.VerifyImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BackupDatabase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capsa.v1.ImageService/BackupDatabase',
+            capsa_dot_v1_dot_images__pb2.BackupDatabaseRequest.SerializeToString,
+            capsa_dot_v1_dot_images__pb2.BackupDatabaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,14 +7,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SubmitWorkflowRequest(_message.Message):
-    __slots__ = ("yaml", "base_dir", "source")
+    __slots__ = ("yaml", "base_dir", "source", "request_id")
     YAML_FIELD_NUMBER: _ClassVar[int]
     BASE_DIR_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     yaml: str
     base_dir: str
     source: str
-    def __init__(self, yaml: _Optional[str] = ..., base_dir: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, yaml: _Optional[str] = ..., base_dir: _Optional[str] = ..., source: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class WorkflowJob(_message.Message):
     __slots__ = ("name", "state", "job_id", "reason", "requires", "depends_on", "exit_code", "has_exit_code", "started_at_ns", "ended_at_ns")

@@ -1,0 +1,115 @@
+"""API burst throughput: N short jobs from C concurrent clients through the daemon's gRPC API, with
+ListJobs probed throughout, beside a loop of `runc run` in the same run.
+
+Run (as root):  .venv/bin/python bench/bench_load.py [--jobs 2000] [--clients 20] [--no-doc]
+
+capsa: a throwaway daemon; ``--clients`` threads, each with its own mTLS client, submit
+``sh -c 'echo N'`` jobs until ``--jobs`` are in; one more client lists the newest 1,000 jobs
+(what ``capsa ps -a`` fetches) every 50 ms. Figures: submissions/s (first RunJob sent → last
+answered), starts/s (first → last ``started_at``, daemon clock), ListJobs p50/p99 during the burst.
+
+runc: while the burst runs, one thread loops ``runc run`` of /bin/true on a busybox-static OCI
+bundle (unique ids); its figure is whole-command wall time and commands/s under the same load.
+Issue 15's targets: >= 100 jobs/s and ListJobs p99 <= 250 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "load"))
+
+from burst import run_burst  # noqa: E402
+from common import (  # noqa: E402
+    busybox_rootfs,
+    command_line,
+    fmt_ms,
+    running_daemon,
+    scratch_dir,
+    section_header,
+    summary,
+    update_section,
+)
+
+
+def _runc_bundle(bundle: Path) -> Path:
+    busybox_rootfs(bundle / "rootfs")
+    subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True)
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"]["terminal"] = False
+    config["process"]["args"] = ["/bin/true"]
+    (bundle / "config.json").write_text(json.dumps(config))
+    return bundle
+
+
+def _runc_loop(bundle: Path, stop: threading.Event, out: list[float]) -> None:
+    i = 0
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        res = subprocess.run(["runc", "run", "--bundle", str(bundle), f"cb-load-{i}"], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if res.returncode == 0:
+            out.append(time.perf_counter() - t0)
+        i += 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--no-doc", action="store_true", help="print only; do not rewrite docs/BENCHMARKS.md")
+    args = parser.parse_args()
+    print(f"command: {command_line()}", flush=True)
+    started = dt.datetime.now(dt.UTC)
+    scratch = scratch_dir("capsa-bench-load-")
+    runc: list[float] = []
+    notes: list[str] = []
+    try:
+        bundle = _runc_bundle(scratch / "bundle") if shutil.which("runc") else None
+        if bundle is None:
+            notes.append("runc not installed (apt-get install runc): no peer figure")
+        with running_daemon(scratch / "home") as daemon:
+            stop = threading.Event()
+            peer = threading.Thread(target=_runc_loop, args=(bundle, stop, runc)) if bundle else None
+            if peer:
+                peer.start()
+            t0 = time.perf_counter()
+            try:
+                result = run_burst(lambda: daemon.client("developer"), jobs=args.jobs, clients=args.clients)
+            finally:
+                stop.set()
+                if peer:
+                    peer.join()
+            wall = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    lst = summary(result.list_latencies)
+    rows = ["| what | figure |", "|---|---:|",
+            f"| capsa jobs accepted | {result.jobs} from {args.clients} clients |",
+            f"| capsa submissions/s | {result.submit_rate:.1f} |",
+            f"| capsa starts/s | {result.start_rate:.1f} (target ≥ 100) |",
+            f"| ListJobs newest 1,000, p50 / p99 | {fmt_ms(lst['p50'])} / {fmt_ms(lst['p99'])} ms "
+            f"(target p99 ≤ 250 ms; {int(lst['n'])} calls) |"]
+    if runc:
+        r = summary(runc)
+        rows.append(f"| runc run /bin/true beside the burst, p50 / p99 | {fmt_ms(r['p50'])} / {fmt_ms(r['p99'])} ms |")
+        rows.append(f"| runc run commands/s beside the burst | {len(runc) / wall:.1f} |")
+    body = "\n".join([section_header("API burst load", started), *rows, "", *notes])
+    print(body)
+    if not args.no_doc:
+        update_section("api-load", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
