@@ -137,6 +137,14 @@ def _kv(raw: dict[str, Any]) -> KeyValue:
                     version=int(raw.get("version", 0)), lease=int(raw.get("lease", 0)))
 
 
+def _shutdown_on(stop: threading.Event, done: threading.Event, response: Any) -> None:
+    """Unblock ``response``'s pending read as soon as ``stop`` is set (until the watch is ``done``)."""
+    while not done.wait(0.1):
+        if stop.is_set():
+            response.shutdown()
+            return
+
+
 def _ssl_context(tls: EtcdTLS) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cadata=tls.ca_pem)
     # load_cert_chain only reads files: write them privately, load, and remove them at once.
@@ -248,28 +256,30 @@ class EtcdClient:
 
     # -- watch ----------------------------------------------------------------------------------
     def watch(self, prefix: str, *, start_revision: int, stop: threading.Event,
-              read_timeout: float = 1.0) -> Iterator[list[WatchEvent]]:
+              idle_s: float = 30.0) -> Iterator[list[WatchEvent]]:
         """Batches of events under ``prefix`` from ``start_revision``, until ``stop`` is set.
 
-        Reconnects (to any endpoint) from the last revision seen, so no event is lost or repeated.
+        One streamed request per connection; a member silent for ``idle_s`` (a half-open connection)
+        is left for another. Reconnects from the last revision seen, so no event is lost or repeated.
+        ``stop`` ends a blocked read at once (the response is shut down from a helper thread).
         Raises FailedPrecondition when etcd has compacted the revision away: the caller re-reads.
         """
         next_rev = start_revision
         while not stop.is_set():
             body = {"create_request": {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
-                                       "start_revision": str(next_rev), "progress_notify": True}}
+                                       "start_revision": str(next_rev)}}
             try:
-                response = self._post("/v3/watch", body, timeout=read_timeout, stream=True)
+                response = self._post("/v3/watch", body, timeout=idle_s, stream=True)
             except Unavailable:
                 stop.wait(0.2)
                 continue
+            done = threading.Event()
+            threading.Thread(target=_shutdown_on, args=(stop, done, response), daemon=True,
+                             name="etcd-watch-stop").start()
             decoder, buffer = json.JSONDecoder(), ""
             try:
                 while not stop.is_set():
-                    try:
-                        chunk = response.read1(65536) if hasattr(response, "read1") else response.read(65536)
-                    except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
-                        continue   # quiet: check stop and read on
+                    chunk = response.read1(65536)
                     if not chunk:
                         break
                     buffer += chunk.decode()
@@ -289,9 +299,10 @@ class EtcdClient:
                         if events:
                             next_rev = events[-1].kv.mod_revision + 1
                             yield events
-            except (urllib3.exceptions.HTTPError, OSError):
-                pass   # the member went away: reconnect from next_rev
+            except (urllib3.exceptions.HTTPError, OSError, ValueError):
+                pass   # the member went away, went quiet, or we were stopped: reconnect from next_rev
             finally:
+                done.set()
                 response.release_conn()
                 response.close()
 
