@@ -24,7 +24,7 @@ from capsa.cluster.model import (
 from capsa.cluster.node import PoolNode
 from capsa.cluster.proxy import NodeDialer
 from capsa.cluster.workflows import new_job_id, new_workflow, submit_ops
-from capsa.errors import Conflict, InvalidArgument, NotFound
+from capsa.errors import Conflict, InvalidArgument, NotFound, PermissionDenied
 
 __all__ = ["Pool", "PoolNodeView"]
 
@@ -114,7 +114,7 @@ class Pool:
             if job.node == self.node.name:
                 self.node.stop_local(job.local_id, grace_s)
             else:
-                self.dialer.stop(self.address_of(job.node), job.local_id, grace_s)
+                self.dialer.stop(self.address_of(job.node), job.id, job.local_id, grace_s)
             return self._wait_ended(job.id, timeout=grace_s + 15)
         raise Conflict(f"pool job {id_or_prefix} kept changing while being stopped; try again")
 
@@ -125,6 +125,15 @@ class Pool:
             if job.status.ended or time.monotonic() > deadline:
                 return job
             time.sleep(0.1)
+
+    def check_owned(self, pool_job_id: str, local_id: str) -> None:
+        """PermissionDenied unless ``local_id`` runs (or ran) pool job ``pool_job_id`` on this node: a node
+        certificate reaches pool jobs only, never a user's local jobs."""
+        kv = self.etcd.get(keys.job(pool_job_id)) if pool_job_id else None
+        job = PoolJob.load(kv.value) if kv else None
+        if job is None or job.node != self.node.name or not local_id or job.local_id != local_id:
+            raise PermissionDenied(f"job {local_id[:12] or '-'} is not pool job {pool_job_id[:12] or '-'} on"
+                                   f" node {self.node.name}")
 
     def address_of(self, node: str) -> str:
         kv = self.etcd.get(keys.node(node))

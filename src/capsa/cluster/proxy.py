@@ -31,25 +31,28 @@ class NodeDialer:
         self._aio: dict[tuple[str, int], grpc.aio.Channel] = {}
         self._lock = threading.Lock()
 
-    def stop(self, address: str, local_id: str, grace_s: float) -> str:
+    def stop(self, address: str, pool_job_id: str, local_id: str, grace_s: float) -> str:
         with self._lock:
             channel = self._channels.get(address)
             if channel is None:
                 channel = self._channels[address] = grpc.secure_channel(address, self._creds)
         try:
             return str(cpb_grpc.ClusterServiceStub(channel).NodeStopJob(
-                cpb.NodeStopJobRequest(id=local_id, grace_seconds=grace_s), timeout=grace_s + 30).state)
+                cpb.NodeStopJobRequest(id=local_id, grace_seconds=grace_s, pool_job_id=pool_job_id),
+                timeout=grace_s + 30).state)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, address=address) from None
 
-    async def logs(self, address: str, local_id: str, *, follow: bool, from_seq: int) -> AsyncIterator[pb.LogChunk]:
+    async def logs(self, address: str, pool_job_id: str, local_id: str, *, follow: bool,
+                   from_seq: int) -> AsyncIterator[pb.LogChunk]:
         key = (address, id(asyncio.get_running_loop()))
         with self._lock:
             channel = self._aio.get(key)
             if channel is None:
                 channel = self._aio[key] = grpc.aio.secure_channel(address, self._creds)
         call = cpb_grpc.ClusterServiceStub(channel).NodeLogs(
-            cpb.NodeLogsRequest(id=local_id, follow=follow, from_seq=from_seq), timeout=None if follow else self.timeout)
+            cpb.NodeLogsRequest(id=local_id, follow=follow, from_seq=from_seq, pool_job_id=pool_job_id),
+            timeout=None if follow else self.timeout)
         try:
             async for chunk in call:
                 yield chunk

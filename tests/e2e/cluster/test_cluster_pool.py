@@ -121,6 +121,34 @@ def test_roles_apply_to_pool_calls_and_node_calls_need_a_node_certificate(pool: 
     assert node_only.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
+def _node_channel(pool: Pool, caller: int, target: int) -> grpc.Channel:
+    """A channel to node ``target`` with node ``caller``'s node certificate (role ``node``)."""
+    from capsa.config import load_server_config
+
+    config = load_server_config(pool.nodes[caller].home / "server.yaml")
+    assert config.cluster is not None and config.cluster.node_tls is not None
+    creds = grpc.ssl_channel_credentials(root_certificates=config.tls.ca_pem.encode(),
+                                         private_key=config.cluster.node_tls.key_pem.encode(),
+                                         certificate_chain=config.cluster.node_tls.cert_pem.encode())
+    return grpc.secure_channel(pool.nodes[target].address, creds)
+
+
+def test_a_node_certificate_reaches_only_pool_jobs_and_no_user_rpc(pool: Pool) -> None:
+    with pool.nodes[1].client() as client:
+        local = client.run_job(["/bin/sleep", "30"])
+    with _node_channel(pool, 0, 1) as channel:
+        as_node = cpb_grpc.ClusterServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as foreign:   # a user's local job, not a pool job
+            as_node.NodeStopJob(cpb.NodeStopJobRequest(id=local.id, pool_job_id="0" * 32), timeout=30)
+        assert foreign.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as user_rpc:
+            as_node.ListPoolJobs(cpb.ListPoolJobsRequest(), timeout=30)
+        assert user_rpc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pool.nodes[1].client() as client:
+        assert client.get_job(local.id).state == "RUNNING"
+        client.stop_job(local.id, grace_seconds=1)
+
+
 def test_etcd_refuses_a_client_certificate_from_another_ca(pool: Pool) -> None:
     config_endpoints = pool.store().endpoints
     intruder = EtcdClient(config_endpoints, tls=foreign_etcd_cert())

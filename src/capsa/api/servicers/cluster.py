@@ -85,7 +85,7 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
             chunks = self._local_logs(job.local_id, request.follow, request.from_seq)
         else:
             address = await loop.run_in_executor(None, pool.address_of, job.node)
-            chunks = self.cluster.dialer.logs(address, job.local_id, follow=request.follow,
+            chunks = self.cluster.dialer.logs(address, job.id, job.local_id, follow=request.follow,
                                               from_seq=request.from_seq)
         async for chunk in chunks:
             yield chunk
@@ -115,12 +115,13 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
 
     @rpc
     def NodeStopJob(self, request: cpb.NodeStopJobRequest, context: grpc.ServicerContext) -> cpb.NodeStopJobResponse:
-        self._pool()
+        self._pool().check_owned(request.pool_job_id, request.id)
         return cpb.NodeStopJobResponse(state=self.cluster.node.stop_local(request.id, request.grace_seconds))
 
     @rpc
     async def NodeLogs(self, request: cpb.NodeLogsRequest, context: Any) -> Any:
-        self._pool()
+        await asyncio.get_running_loop().run_in_executor(
+            None, self._pool().check_owned, request.pool_job_id, request.id)
         async for chunk in self._local_logs(request.id, request.follow, request.from_seq):
             yield chunk
 

@@ -214,12 +214,14 @@ class GetPoolWorkflowRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class NodeStopJobRequest(_message.Message):
-    __slots__ = ("id", "grace_seconds")
+    __slots__ = ("id", "grace_seconds", "pool_job_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    POOL_JOB_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     grace_seconds: float
-    def __init__(self, id: _Optional[str] = ..., grace_seconds: _Optional[float] = ...) -> None: ...
+    pool_job_id: str
+    def __init__(self, id: _Optional[str] = ..., grace_seconds: _Optional[float] = ..., pool_job_id: _Optional[str] = ...) -> None: ...
 
 class NodeStopJobResponse(_message.Message):
     __slots__ = ("state",)
@@ -228,11 +230,13 @@ class NodeStopJobResponse(_message.Message):
     def __init__(self, state: _Optional[str] = ...) -> None: ...
 
 class NodeLogsRequest(_message.Message):
-    __slots__ = ("id", "follow", "from_seq")
+    __slots__ = ("id", "follow", "from_seq", "pool_job_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    POOL_JOB_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     follow: bool
     from_seq: int
-    def __init__(self, id: _Optional[str] = ..., follow: _Optional[bool] = ..., from_seq: _Optional[int] = ...) -> None: ...
+    pool_job_id: str
+    def __init__(self, id: _Optional[str] = ..., follow: _Optional[bool] = ..., from_seq: _Optional[int] = ..., pool_job_id: _Optional[str] = ...) -> None: ...
