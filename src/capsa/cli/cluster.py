@@ -1,4 +1,4 @@
-"""Pool commands: `capsa node ls`, `capsa scheduler`, `capsa cluster init`; and the pool halves of
+"""Pool commands: `capsa node ls`, `capsa scheduler`, `capsa init --pool-node/--etcd`; and the pool halves of
 `run --pool`, `ps --pool`, `inspect/logs/stop --pool` (called from cli/jobs.py).
 
 Users reach the pool through any node's API; only `capsa scheduler` (an operator's process on a
@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from capsa.cli.output import ago, emit, json_option, print_table
+from capsa.cli.output import ago, emit, json_option, key_values, print_table
 
 __all__ = ["COMMANDS", "pool_call", "pool_job_dict"]
 
@@ -94,44 +94,28 @@ def scheduler(server_config: Path | None, name: str, strategy: str, lease_ttl: i
     return 0
 
 
-@click.group()
-def cluster() -> None:
-    """Set up a pool of nodes."""
-
-
-@cluster.command("init")
-@click.option("--dir", "directory", type=click.Path(path_type=Path), required=True)
-@click.option("--node", "nodes", multiple=True, required=True, metavar="NAME=HOST:PORT[,LABEL=VALUE...]",
-              help="A pool node and its labels (repeatable).")
-@click.option("--etcd", "members", multiple=True, required=True, metavar="NAME=HOST:CLIENT_PORT:PEER_PORT",
-              help="An etcd member (repeatable).")
-@click.option("--lease-ttl", type=click.IntRange(2, 300), default=5, show_default=True)
-@json_option
-def cluster_init(directory: Path, nodes: tuple[str, ...], members: tuple[str, ...], lease_ttl: int,
-                 as_json: bool) -> None:
-    """Create a CA and every certificate and config of a pool: nodes, etcd members, clients."""
+def init_pool(directory: Path, nodes: tuple[str, ...], members: tuple[str, ...], *, force: bool) -> list[Path]:
+    """`capsa init --pool-node ... --etcd ...`: a CA and every certificate and config of a pool."""
     from capsa.cluster.bundle import EtcdMember, PoolNodeSpec, write_cluster_bundle
     from capsa.errors import InvalidArgument
 
+    if not nodes or not members:
+        raise InvalidArgument("a pool needs at least one --pool-node and one --etcd")
     specs = []
     for item in nodes:
         name, _, rest = item.partition("=")
         address, *labels = rest.split(",")
-        pairs = dict(label.split("=", 1) for label in labels if "=" in label)
-        specs.append(PoolNodeSpec(name=name, address=address, labels=pairs))
+        if not name or not address:
+            raise InvalidArgument(f"--pool-node {item!r}: expected NAME=HOST:PORT[,LABEL=VALUE...]")
+        specs.append(PoolNodeSpec(name=name, address=address, labels=key_values(labels, "--pool-node label")))
     etcd = []
     for item in members:
         name, _, rest = item.partition("=")
         parts = rest.rsplit(":", 2)
-        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        if not name or len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
             raise InvalidArgument(f"--etcd {item!r}: expected NAME=HOST:CLIENT_PORT:PEER_PORT")
         etcd.append(EtcdMember(name=name, host=parts[0], client_port=int(parts[1]), peer_port=int(parts[2])))
-    paths = write_cluster_bundle(directory, nodes=specs, etcd=etcd, lease_ttl_s=lease_ttl)
-    if as_json:
-        emit({"files": [str(p) for p in paths]})
-    else:
-        for path in paths:
-            click.echo(str(path))
+    return write_cluster_bundle(directory, nodes=specs, etcd=etcd, overwrite=force)
 
 
 # -- the pool halves of the job commands ------------------------------------------------------------
@@ -243,4 +227,4 @@ def run_workflow_on_pool(client: Any, text: str, *, base_dir: str, constraints: 
     return 0 if not wait or wf.state == "COMPLETED" else 1
 
 
-COMMANDS = [node, scheduler, cluster]
+COMMANDS = [node, scheduler]

@@ -1,4 +1,4 @@
-"""Certificates and configs for a whole pool from one fresh CA (``capsa cluster init``).
+"""Certificates and configs for a whole pool from one fresh CA (``capsa init --pool-node ... --etcd ...``).
 
 Like the single-node bundle, the CA's key is used once and discarded: every node, every etcd member
 and every user certificate of the pool is issued here, and nobody can mint more later.
@@ -22,7 +22,7 @@ from capsa.config.client import ClientConfig, NodeConfig
 from capsa.config.fields import parse_address
 from capsa.config.io import dump_yaml, write_private_file
 from capsa.config.server import ClusterConfig, ClusterTLS, ServerConfig, ServerTLS
-from capsa.errors import InvalidArgument
+from capsa.errors import AlreadyExists, InvalidArgument
 from capsa.pki import (
     create_ca,
     issue_client_cert,
@@ -60,9 +60,12 @@ class EtcdMember:
 
 
 def write_cluster_bundle(directory: Path, *, nodes: list[PoolNodeSpec], etcd: list[EtcdMember],
-                         lease_ttl_s: int = 5) -> list[Path]:
+                         lease_ttl_s: int = 5, overwrite: bool = False) -> list[Path]:
+    """Write the pool's files into ``directory``; AlreadyExists if it holds a bundle, unless ``overwrite``."""
     if not nodes or not etcd:
         raise InvalidArgument("a cluster needs at least one node and one etcd member")
+    if not overwrite and (directory / "ca.pem").exists():
+        raise AlreadyExists(f"{directory} already holds a pool bundle (ca.pem); pass --force to replace it")
     ca = create_ca(f"capsa CA {secrets.token_hex(4)}")
     written: list[Path] = []
 

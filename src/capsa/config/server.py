@@ -311,7 +311,7 @@ class ApiConfig(StrictModel):
 
 
 class ClusterTLS(StrictModel):
-    """A client certificate issued by capsa's CA: ``capsa cluster init`` writes one for etcd and one
+    """A client certificate issued by capsa's CA: ``capsa init --pool-node`` writes one for etcd and one
     with the ``node`` role for node-to-node calls (docs/cluster.md)."""
 
     cert_pem: CertPem

@@ -171,7 +171,7 @@ def running_pool(root: Path, *, nodes: int = 3, members: int = 3, lease_ttl: int
     specs = [PoolNodeSpec(f"n{i}", f"127.0.0.1:{free_port()}", (labels or {}).get(i, {}),
                           home=root / f"n{i}" / "home") for i in range(nodes)]
     bundle = root / "bundle"
-    write_cluster_bundle(bundle, nodes=specs, etcd=etcd_members, lease_ttl_s=lease_ttl)
+    write_cluster_bundle(bundle, nodes=specs, etcd=etcd_members, lease_ttl_s=lease_ttl)   # = capsa init --pool-node
     pool = Pool(root)
     try:
         cluster = ",".join(f"{m.name}={m.peer_url}" for m in etcd_members)
