@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from capsa.capsules import CapsuleStore
 from capsa.capsules.distribution import CapsuleDistribution
 from capsa.capsules.limits import CapsuleLimits
+from capsa.capsules.machines import CapsuleGcPolicy
 from capsa.capsules.manager import CapsuleManager
 from capsa.capsules.resource import CapsuleResource
 from capsa.config import HomeLayout, ServerConfig, ensure_home, load_server_config
@@ -43,6 +44,7 @@ from capsa.jobs.service import JobService
 from capsa.jobs.store import JobStore
 from capsa.jobs.uploads import UploadLimits
 from capsa.metrics import DaemonMetrics, open_metrics
+from capsa.metrics.prometheus import PipelineCollector, PipelineStats
 from capsa.networks import NetStats, NetworkManager
 from capsa.networks.resource import NetworkResource
 from capsa.runtime.client import SupervisorClient, ensure_supervisor
@@ -50,6 +52,7 @@ from capsa.runtimes import QUEUE as RUNTIME_QUEUE
 from capsa.runtimes import RuntimeService
 from capsa.snapshots import Snapshotter
 from capsa.state import Database
+from capsa.state.backup import BackupSchedule
 from capsa.volumes import VolumeManager
 from capsa.volumes.resource import VolumeResource
 from capsa.workflows import QUEUE as WORKFLOW_QUEUE
@@ -70,6 +73,7 @@ class DaemonOptions:
     config_path: Path | None = None
     listen: str | None = None
     live_restore: bool = False   # keep jobs running when the daemon stops cleanly
+    ready_file: Path | None = None   # written once the API listens and the client config exists
 
 
 class Daemon:
@@ -105,6 +109,7 @@ class Daemon:
         self.job_resources: tuple[JobResource, ...] = ()   # what jobs borrow from the node, once built
         self._serving = False
         self._running = contextlib.ExitStack()
+        self._policies: list[BackupSchedule | CapsuleGcPolicy] = []
 
     def start(self) -> None:
         """Build, reconcile and serve; on any failure, undo what was started and raise."""
@@ -142,15 +147,20 @@ class Daemon:
         self.engine = Engine(self.db, queues={WORKFLOW_QUEUE: 16, RUNTIME_QUEUE: 2, **fsm.queues}, retry=RetryPolicy(
             base_s=fsm.retry_base_s, cap_s=fsm.retry_cap_s, max_attempts=fsm.max_attempts))
         undo.callback(self.engine.shutdown, wait=True, timeout=10)   # after the server and timers stopped
-        self.images = open_image_service(config, self.db, self.engine, home, self.snapshotter)
+        undo.callback(self._close_policies)                            # before the engine shuts down
+        # Counters the image pipeline reports to and Prometheus reads (queues, refusals, durations).
+        self.pipeline_stats = PipelineStats()
+        self.images = open_image_service(config, self.db, self.engine, home, self.snapshotter,
+                                         observer=self.pipeline_stats)
         self.networks = NetworkManager(self.db)
         self.volumes = VolumeManager(self.db, self.layout.volumes)
         # CAPSA_GPU_ROOT: where the driver's /proc and /dev live (default /; tests point it at a fake tree).
         self.gpus = GpuAllocator(self.db, root=Path(os.environ.get("CAPSA_GPU_ROOT") or "/"))
         self.capsule_store = CapsuleStore(self.layout.capsules, self.db,
                                           limits=CapsuleLimits.from_config(config.capsules.limits))
+        # On the engine: capsule push and pull are durable runs on the download queue.
         self.capsule_distribution = CapsuleDistribution(self.capsule_store, registry=registry_config(config),
-                                                        s3=s3_config(config))
+                                                        s3=s3_config(config), engine=self.engine)
         job_records = JobStore(self.db)
         self.capsules = CapsuleManager(self.capsule_store, self.supervisor, job_records)
         # The image root first: it is acquired before the job is recorded (a failed pull leaves no job).
@@ -163,10 +173,11 @@ class Daemon:
         self.scheduler = Scheduler(self.jobs, chores=((60.0, self.jobs.uploads.cleanup),
                                                       (5.0, self.jobs.retry_pending_exits)))
         undo.callback(self.scheduler.close)
-        self.metrics = open_metrics(config.metrics, self.db, home, self.jobs, network_stats=self._network_stats)
+        self.metrics = open_metrics(config.metrics, self.db, home, self.jobs, network_stats=self._network_stats,
+                                    pipeline=PipelineCollector(self.engine, self.pipeline_stats))
         undo.callback(self.metrics.close)
-        # A build cache shared across homes (CI, test daemons) until server.yaml grows runtimes.cache_dir.
-        cache = os.environ.get("CAPSA_RUNTIME_CACHE", "").strip()
+        # A build cache shared across homes (CI, test daemons): CAPSA_RUNTIME_CACHE wins over runtimes.cache_dir.
+        cache = os.environ.get("CAPSA_RUNTIME_CACHE", "").strip() or str(config.runtimes.cache_dir or "")
         self.runtimes = RuntimeService(self.engine, self.images, self.jobs, home, queue=RUNTIME_QUEUE,
                                        cache_dir=Path(cache) if cache else None)
         self.jobs.use_runtimes(self.runtimes.resolve)
@@ -184,6 +195,24 @@ class Daemon:
         self.jobs.uploads.cleanup()   # sessions a previous daemon left unfinished
         self.scheduler.start()
         self.engine.resume()  # after every machine is registered
+        self._start_policies()
+
+    def _start_policies(self) -> None:
+        """Periodic work server.yaml asks for: database backups and capsule GC (closed before the engine)."""
+        backup, gc = self.config.backup, self.config.capsules.gc
+        if backup.interval_s is not None and backup.dir is not None:
+            schedule = BackupSchedule(self.db.path, backup.dir, interval_s=backup.interval_s, keep=backup.keep)
+            schedule.start()
+            self._policies.append(schedule)
+        if gc.interval_s is not None:
+            policy = CapsuleGcPolicy(self.engine, interval_s=gc.interval_s, older_than_s=gc.older_than_s,
+                                     unused=gc.unused)
+            policy.start()
+            self._policies.append(policy)
+
+    def _close_policies(self) -> None:
+        while self._policies:
+            self._policies.pop().close()
 
     def _join_pool(self, undo: contextlib.ExitStack) -> None:
         """Register in the pool and run its assignments: after jobs (it runs pool jobs through them),
@@ -278,13 +307,46 @@ def _load_config(options: DaemonOptions) -> ServerConfig:
 
 
 def run_daemon(options: DaemonOptions) -> int:
+    """Run until SIGTERM/SIGINT. Readiness is announced only when a client can use the daemon: the
+    API listens and (for a home the daemon bootstraps) client.yaml exists, so whoever waits for the
+    ready file or systemd's READY=1 can run ``capsa`` commands at once."""
+    from capsa.readiness import Notifier, remove_ready_file, write_ready_file
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    daemon = Daemon(options)
+    notifier = Notifier.from_environment()   # before any child is started: they must not inherit it
+    # A ready file left by an earlier daemon would tell a waiter "ready" before this one is.
+    remove_ready_file(options.ready_file)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    daemon.start()
-    print(f"capsa daemon ready on {options.listen or daemon.config.listen}", flush=True)
+    notifier.status("starting")
+    daemon = None
+    try:
+        daemon = Daemon(options)   # loads the config; on a fresh home, creates certificates and client.yaml
+        daemon.start()
+    except BaseException:
+        notifier.stopping("start failed")
+        if daemon is not None and not options.live_restore:
+            # A start that failed half way (say, the port is taken) is stopped like a clean stop would
+            # be, so it leaves no supervisor or zygote behind; with --live-restore they keep the jobs.
+            try:
+                daemon.stop()
+            except Exception:
+                log.exception("cleaning up after the failed start")
+        raise
+    listen = options.listen or daemon.config.listen
+    client_config = daemon.layout.client_config
+    if options.config_path is None and not client_config.is_file():
+        # ensure_home created it before start(); someone removed it since. No ready file then: a waiter
+        # would only run into "no client configuration found".
+        log.error("%s is missing: no ready file written, clients of this home cannot connect", client_config)
+    elif options.ready_file is not None:
+        write_ready_file(options.ready_file, f"listen={listen}\npid={os.getpid()}\nhome={daemon.home}\n"
+                                             f"client_config={client_config}\n")
+    notifier.ready(f"listening on {listen}")
+    print(f"capsa daemon ready on {listen}", flush=True)
     done.wait()
+    notifier.stopping()
+    remove_ready_file(options.ready_file)
     daemon.stop()
     return 0

@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,29 +20,73 @@ from typing import Any
 import grpc
 
 from capsa.api.errors import from_rpc_error
-from capsa.api.gen.capsa.v1 import capsules_pb2 as cpb
-from capsa.api.gen.capsa.v1 import capsules_pb2_grpc as cpb_grpc
-from capsa.api.gen.capsa.v1 import common_pb2
-from capsa.api.gen.capsa.v1 import images_pb2 as ipb
-from capsa.api.gen.capsa.v1 import images_pb2_grpc as ipb_grpc
-from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
-from capsa.api.gen.capsa.v1 import jobs_pb2_grpc as pb_grpc
-from capsa.api.gen.capsa.v1 import metrics_pb2 as mpb
-from capsa.api.gen.capsa.v1 import metrics_pb2_grpc as mpb_grpc
-from capsa.api.gen.capsa.v1 import networks_pb2 as npb
-from capsa.api.gen.capsa.v1 import networks_pb2_grpc as npb_grpc
-from capsa.api.gen.capsa.v1 import runtimes_pb2 as rpb
-from capsa.api.gen.capsa.v1 import runtimes_pb2_grpc as rpb_grpc
-from capsa.api.gen.capsa.v1 import workflows_pb2 as wpb
-from capsa.api.gen.capsa.v1 import workflows_pb2_grpc as wpb_grpc
-from capsa.config import NodeConfig, find_client_config, load_client_config
-from capsa.errors import Unauthorized
-from capsa.pki import cert_expiry
+from capsa.config.client import NodeConfig, find_client_config, load_client_config
+from capsa.config.pem import cert_expiry
+from capsa.errors import Unauthorized, Unavailable
+
+_GEN = "capsa.api.gen.capsa.v1"
+
+
+class _LazyModule:
+    """A generated protobuf module, imported at its first use.
+
+    A CLI command uses one or two of the nine services; importing all their
+    message modules up front costs more than the command's RPC.
+    """
+
+    __slots__ = ("_module", "_name")
+
+    def __init__(self, name: str) -> None:
+        self._name = f"{_GEN}.{name}"
+        self._module: Any = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if self._module is None:
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attr)
+
+
+class _Stub:
+    """A service stub created on first access and then cached on the instance (non-data descriptor)."""
+
+    def __init__(self, module: str, stub: str) -> None:
+        self.module, self.stub = module, stub
+        self.attr = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attr = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        stub = getattr(importlib.import_module(f"{_GEN}.{self.module}"), self.stub)(obj.channel)
+        obj.__dict__[self.attr] = stub
+        return stub
+
+
+cpb = _LazyModule("capsules_pb2")
+common_pb2 = _LazyModule("common_pb2")
+ipb = _LazyModule("images_pb2")
+pb = _LazyModule("jobs_pb2")
+mpb = _LazyModule("metrics_pb2")
+npb = _LazyModule("networks_pb2")
+rpb = _LazyModule("runtimes_pb2")
+wpb = _LazyModule("workflows_pb2")
 
 __all__ = ["CapsaClient"]
 
 
 class CapsaClient:
+    jobs = _Stub("jobs_pb2_grpc", "JobServiceStub")
+    node = _Stub("jobs_pb2_grpc", "NodeServiceStub")
+    images = _Stub("images_pb2_grpc", "ImageServiceStub")
+    networks = _Stub("networks_pb2_grpc", "NetworkServiceStub")
+    volumes = _Stub("networks_pb2_grpc", "VolumeServiceStub")
+    metrics = _Stub("metrics_pb2_grpc", "MetricsServiceStub")
+    workflows = _Stub("workflows_pb2_grpc", "WorkflowServiceStub")
+    capsules = _Stub("capsules_pb2_grpc", "CapsuleServiceStub")
+    runtimes = _Stub("runtimes_pb2_grpc", "RuntimeServiceStub")
+
     def __init__(self, node: NodeConfig, *, timeout: float = 60.0) -> None:
         expiry = cert_expiry(node.cert_pem)
         if expiry < dt.datetime.now(dt.UTC):
@@ -63,15 +108,7 @@ class CapsaClient:
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
         ])
-        self.jobs = pb_grpc.JobServiceStub(self.channel)
-        self.node = pb_grpc.NodeServiceStub(self.channel)
-        self.images = ipb_grpc.ImageServiceStub(self.channel)
-        self.networks = npb_grpc.NetworkServiceStub(self.channel)
-        self.volumes = npb_grpc.VolumeServiceStub(self.channel)
-        self.metrics = mpb_grpc.MetricsServiceStub(self.channel)
-        self.workflows = wpb_grpc.WorkflowServiceStub(self.channel)
-        self.capsules = cpb_grpc.CapsuleServiceStub(self.channel)
-        self.runtimes = rpb_grpc.RuntimeServiceStub(self.channel)
+        # Service stubs are the class-level _Stub attributes: each is built on first use.
 
     @classmethod
     def from_config(cls, path: Path | None = None, *, node: str | None = None, timeout: float = 60.0) -> CapsaClient:
@@ -109,11 +146,12 @@ class CapsaClient:
         for attempt in range(1, self.SUBMIT_TRIES + 1):
             try:
                 return send()
-            except grpc.RpcError as exc:
-                code = exc.code() if hasattr(exc, "code") else None
+            except (grpc.RpcError, Unavailable) as exc:
+                # send() may go through _call (errors already typed) or hold a raw stream (gRPC's).
+                error = exc if isinstance(exc, Unavailable) else from_rpc_error(exc, address=self.address)
                 left = deadline - time.monotonic()
-                if code != grpc.StatusCode.UNAVAILABLE or attempt == self.SUBMIT_TRIES or left <= 0:
-                    raise from_rpc_error(exc, address=self.address) from None
+                if not isinstance(error, Unavailable) or attempt == self.SUBMIT_TRIES or left <= 0:
+                    raise error from None
                 time.sleep(min(left, delay * (0.5 + random.random())))   # jitter: a burst does not resync
                 delay = min(delay * 2, 3.0)
         raise AssertionError("unreachable")
@@ -142,7 +180,7 @@ class CapsaClient:
             resources=pb.Resources(max_cpu=max_cpu, cpu_cores=cpu_cores, max_memory_mb=max_memory_mb,
                                    max_iobps=max_iobps, max_pids=max_pids),
         )
-        return self._submit(lambda: self.jobs.RunJob(request, timeout=self.timeout))
+        return self._submit(lambda: self._call(self.jobs.RunJob, request))
 
     def upload_files(self, chunks: Iterable[pb.UploadChunk], *, finish: bool = True) -> pb.UploadResult:
         """Stream raw upload chunks (see :meth:`upload_paths` for local files); returns the staged session.
@@ -170,7 +208,7 @@ class CapsaClient:
     def upload_paths(self, paths: list[str], *,
                      on_skip: Callable[[str, str], None] | None = None) -> pb.UploadResult:
         """Upload local files/directories (symlinks kept as symlinks) for a job's /work, in chunks."""
-        from capsa.jobs.uploads import check_local, walk_local
+        from capsa.upload_items import check_local, walk_local
 
         check_local(paths)
 
@@ -290,7 +328,7 @@ class CapsaClient:
                         request_id: str = "") -> wpb.Workflow:
         request = wpb.SubmitWorkflowRequest(yaml=yaml_text, base_dir=base_dir, source=source,
                                             request_id=request_id or self.new_request_id())
-        return self._submit(lambda: self.workflows.SubmitWorkflow(request, timeout=self.timeout))
+        return self._submit(lambda: self._call(self.workflows.SubmitWorkflow, request))
 
     def list_workflows(self, *, limit: int = 0) -> list[wpb.Workflow]:
         return list(self._call(self.workflows.ListWorkflows, wpb.ListWorkflowsRequest(limit=limit)).workflows)

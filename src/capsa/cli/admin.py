@@ -51,30 +51,40 @@ def init(directory: Path, address: str, hosts: tuple[str, ...], force: bool, poo
 @click.option("--home", type=click.Path(path_type=Path), default=None, help="Data dir (default $CAPSA_HOME).")
 @click.option("--listen", default=None, help="host:port to listen on (default from config, 127.0.0.1:7443).")
 @click.option("--live-restore", is_flag=True, help="Keep jobs running when the daemon stops.")
-def daemon(config_path: Path | None, home: Path | None, listen: str | None, live_restore: bool) -> int:
+@click.option("--ready-file", type=click.Path(path_type=Path), default=None,
+              help="Write this file (atomically) once the API listens and the client config exists;"
+                   " removed at shutdown. Under systemd (Type=notify) READY=1 is sent as well.")
+def daemon(config_path: Path | None, home: Path | None, listen: str | None, live_restore: bool,
+           ready_file: Path | None) -> int:
     """Run the capsa daemon (as root)."""
-    from capsa.config import capsa_home
+    from capsa.config.paths import capsa_home
     from capsa.daemon import DaemonOptions, run_daemon
 
     return run_daemon(DaemonOptions(home=(home or capsa_home()).absolute(), config_path=config_path,
-                                    listen=listen, live_restore=live_restore))
+                                    listen=listen, live_restore=live_restore,
+                                    ready_file=ready_file.absolute() if ready_file else None))
 
 
 @click.command()
 @json_option
 @click.pass_obj
-def version(obj: Any, as_json: bool) -> None:
+def version(obj: Any, as_json: bool) -> int:
     """Show client and daemon versions."""
     info: dict[str, Any] = {"client": __version__}
+    failure: CapsaError | None = None
     try:
         server = obj.client().version()
         info["daemon"] = {"version": server.version, "cgroup": server.cgroup_version, "kernel": server.kernel,
                           "snapshotter": server.snapshotter}
     except CapsaError as exc:
-        info["daemon_error"] = str(exc)
+        failure = obj.explain(exc)
+        info["daemon_error"] = str(failure)
+    # The client's version is printed either way, but the exit status says whether the daemon answered
+    # (7 when it is unreachable), so `until capsa version; do sleep 1; done` waits for a usable daemon.
+    status = failure.exit_code if failure is not None else 0
     if as_json:
         emit(info)
-        return
+        return status
     click.echo(f"client: capsa {info['client']}")
     if "daemon" in info:
         d = info["daemon"]
@@ -82,6 +92,7 @@ def version(obj: Any, as_json: bool) -> None:
                    f"snapshotter {d['snapshotter']})")
     else:
         click.echo(f"daemon: unreachable ({info['daemon_error']})")
+    return status
 
 
 @click.command()

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from google.protobuf.json_format import MessageToDict
 
 from capsa.cli.output import ago, emit, json_option, key_values, print_table
+from capsa.cli.protojson import message_dict
 from capsa.errors import InvalidArgument, NotFound
 
 __all__ = ["COMMANDS", "tar_chunks"]
@@ -67,7 +67,7 @@ def _size(n: int) -> str:
 
 
 def _as_dict(message: Any) -> dict[str, Any]:
-    data = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    data = message_dict(message)
     for key in ("size", "entries", "created_at_ns", "last_used_at_ns", "latency_ns", "bytes_freed"):
         if key in data:
             data[key] = int(data[key])

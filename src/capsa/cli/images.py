@@ -8,17 +8,15 @@ import time
 from typing import Any
 
 import click
-from google.protobuf.json_format import MessageToDict
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from capsa.cli.output import ago, emit, json_option, print_table
+from capsa.cli.protojson import message_dict
 
 __all__ = ["COMMANDS"]
 
 
 def _image_dict(image: Any) -> dict[str, Any]:
-    data = MessageToDict(image, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    data = message_dict(image)
     data["config"] = json.loads(image.config_json) if image.config_json else {}
     data.pop("config_json", None)
     for key in ("size", "created_at_ns", "unpacked_size"):
@@ -54,6 +52,10 @@ def pull(obj: Any, ref: str, platform: str, insecure: bool, expected_digest: str
     final = None
     started = time.monotonic()
     if sys.stderr.isatty() and not quiet and not as_json:
+        # rich only for the live progress on a terminal: importing it costs more than most commands take.
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
         console = Console(stderr=True)
         columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                    TextColumn("{task.fields[state]}"))
@@ -162,6 +164,10 @@ def history(obj: Any, ref: str, limit: int, events: bool, as_json: bool) -> None
     """Show the durable pull runs of an image (state machine history)."""
     runs = obj.client().image_history(ref, limit=limit)
     if as_json:
+        from google.protobuf.json_format import (
+            MessageToDict,  # unset fields omitted: not message_dict's mapping
+        )
+
         emit([MessageToDict(r, preserving_proto_field_name=True) for r in runs])
         return
     print_table(["RUN", "MACHINE", "STATE", "STEP", "ATTEMPT", "CREATED", "ERROR"],
@@ -186,8 +192,7 @@ def verify(obj: Any, ref: str, all_images: bool, repair: bool, as_json: bool) ->
         raise click.UsageError("give an image reference or --all (not both)")
     reports = obj.client().verify_images(ref, all=all_images, repair=repair)
     if as_json:
-        emit([MessageToDict(r, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-              for r in reports])
+        emit([message_dict(r) for r in reports])
     else:
         print_table(["IMAGE", "STATUS", "BLOBS", "DIFF_IDS", "SNAPSHOTS", "PROBLEMS"],
                     [(r.ref, "ok" if r.ok else ("repaired" if r.repaired else "DAMAGED"), r.blobs_checked,

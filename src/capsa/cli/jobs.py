@@ -8,9 +8,9 @@ import sys
 from typing import Any
 
 import click
-from google.protobuf.json_format import MessageToDict
 
 from capsa.cli.output import ago, emit, json_option, key_values, print_table
+from capsa.cli.protojson import message_dict
 from capsa.cli.run_features import announce_scheduled, feature_options, feature_request, timeout_exit
 from capsa.errors import InvalidArgument
 
@@ -18,7 +18,7 @@ __all__ = ["COMMANDS"]
 
 
 def job_dict(job: Any) -> dict[str, Any]:
-    data = MessageToDict(job, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    data = message_dict(job)
     data["exit_code"] = job.exit_code if job.ended else None
     for key in ("created_at_ns", "started_at_ns", "ended_at_ns", "start_latency_ns", "scheduled_at_ns"):
         data[key] = int(data.get(key, 0))

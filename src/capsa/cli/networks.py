@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from google.protobuf.json_format import MessageToDict
 
 from capsa.cli.output import ago, emit, json_option, print_table
+from capsa.cli.protojson import message_dict
 
 __all__ = ["COMMANDS"]
 
 
 def _dict(msg: Any) -> dict[str, Any]:
-    data = MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    data = message_dict(msg)
     for key in ("created_at_ns", "size_bytes", "used_bytes"):
         if key in data:
             data[key] = int(data[key])

@@ -1,20 +1,22 @@
-"""One place that prints results: tables for people, JSON for scripts (``--json``)."""
+"""One place that prints results: tables for people, JSON for scripts (``--json``).
+
+Tables are laid out here rather than by rich: importing rich's console and table
+costs more than a whole ``capsa ps`` round trip. The layout is the one rich drew
+(columns padded to their widest cell, two spaces apart, bold header on a terminal).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 __all__ = ["ago", "emit", "json_option", "key_values", "print_table"]
-
-_console = Console(highlight=False, soft_wrap=True)
 
 
 def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -26,13 +28,28 @@ def emit(data: Any) -> None:
     sys.stdout.write("\n")
 
 
+def _width(text: str) -> int:
+    """Terminal cells of ``text``: East Asian wide and fullwidth characters take two."""
+    if text.isascii():
+        return len(text)
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
 def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for col in columns:
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*[str(c) for c in row])
-    _console.print(table)
+    cells = [[str(c) for c in columns], *[[str(c) for c in row] for row in rows]]
+    widths = [max(_width(row[i]) for row in cells) for i in range(len(columns))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(cell + " " * (width - _width(cell)) for cell, width in zip(row, widths, strict=True))
+
+    header = line(cells[0])
+    if sys.stdout.isatty() and "NO_COLOR" not in os.environ:
+        header = f"\x1b[1m{header}\x1b[0m"
+    out = [header, *(line(row) for row in cells[1:])]
+    sys.stdout.write("\n".join(out) + "\n")
+    sys.stdout.flush()
 
 
 def ago(ns: int) -> str:

@@ -9,16 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import click
-from google.protobuf.json_format import MessageToDict
 
 from capsa.cli.output import ago, emit, json_option, print_table
+from capsa.cli.protojson import message_dict
 from capsa.errors import InvalidArgument
 
 __all__ = ["COMMANDS"]
 
 
 def _runtime_dict(rt: Any) -> dict[str, Any]:
-    data = MessageToDict(rt, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    data = message_dict(rt)
     data["spec"] = json.loads(rt.spec_json) if rt.spec_json else {}
     data.pop("spec_json", None)
     for key in ("size", "created_at_ns"):

@@ -9,9 +9,9 @@ import time
 from typing import Any
 
 import click
-from google.protobuf.json_format import MessageToDict
 
 from capsa.cli.output import emit, json_option, print_table
+from capsa.cli.protojson import message_dict
 
 __all__ = ["COMMANDS", "human_bytes", "metrics_dict"]
 
@@ -81,7 +81,7 @@ def stats(obj: Any, follow: bool, history: bool, as_json: bool, job_id: str) -> 
 
 
 def _node_dict(node: Any) -> dict[str, Any]:
-    data = MessageToDict(node, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    data = message_dict(node)
     data["jobs"] = [metrics_dict(j) for j in node.jobs]
     for key in ("timestamp_ns", "memory_total_bytes", "memory_available_bytes", "disk_total_bytes",
                 "disk_free_bytes"):

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from google.protobuf.json_format import MessageToDict
 
 from capsa.cli.output import ago, emit, json_option, print_table
+from capsa.cli.protojson import message_dict
 from capsa.errors import InvalidArgument
 
 __all__ = ["COMMANDS"]
@@ -19,7 +19,7 @@ _INT_FIELDS = ("created_at_ns", "started_at_ns", "ended_at_ns")
 
 
 def workflow_dict(workflow: Any) -> dict[str, Any]:
-    data = MessageToDict(workflow, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    data = message_dict(workflow)
     for key in _INT_FIELDS:
         data[key] = int(data.get(key, 0))
     for job in data.get("jobs", []):

@@ -14,9 +14,10 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from capsa.config.client import ClientConfig
+from capsa.config.client import ClientConfig, load_client_config, read_config_text
 from capsa.config.server import ServerConfig
-from capsa.errors import AlreadyExists, InvalidArgument, NotFound
+from capsa.config.yaml_strict import load_yaml
+from capsa.errors import AlreadyExists, InvalidArgument
 
 __all__ = [
     "dump_yaml",
@@ -34,27 +35,6 @@ M = TypeVar("M", bound=BaseModel)
 # --------------------------------------------------------------------------- YAML
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys (PyYAML keeps the last one silently)."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: dict[Any, yaml.Mark] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first at line {seen[key].line + 1})", key_node.start_mark
-            )
-        with contextlib.suppress(TypeError):  # unhashable keys are reported by the base constructor
-            seen[key] = key_node.start_mark
-    return loader.construct_mapping(node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 class _Dumper(yaml.SafeDumper):
     pass
 
@@ -69,13 +49,13 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _represent_str)
 
 
-def dump_yaml(model: BaseModel, *, only_set: bool = False) -> str:
+def dump_yaml(model: BaseModel | ClientConfig, *, only_set: bool = False) -> str:
     """YAML text for ``model`` (PEM fields as block scalars), fields in declaration order.
 
     ``only_set`` writes only the fields given explicitly, so unlisted sections
     keep following capsa's defaults when those change.
     """
-    data = model.model_dump(mode="json", exclude_unset=only_set)
+    data = model.to_dict() if isinstance(model, ClientConfig) else model.model_dump(mode="json", exclude_unset=only_set)
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
@@ -172,13 +152,9 @@ def _format_errors(model: type[BaseModel], exc: ValidationError, source: str) ->
 
 def parse_config(model: type[M], text: str, *, source: str = "<string>") -> M:
     """Validate YAML ``text`` as ``model``; InvalidArgument naming ``source`` and each bad field."""
-    try:
-        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise InvalidArgument(f"{source}:{where}: invalid YAML: {problem}", detail={"path": source}) from None
+    if model is ClientConfig:   # a dataclass with its own validation (no pydantic on the CLI's path)
+        return ClientConfig.parse_text(text, source=source)  # type: ignore[return-value]
+    data = load_yaml(text, source=source)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -192,25 +168,8 @@ def parse_config(model: type[M], text: str, *, source: str = "<string>") -> M:
         raise _format_errors(model, exc, source) from None
 
 
-def _load(model: type[M], path: Path) -> M:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise NotFound(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise InvalidArgument(f"config file {path} is a directory") from None
-    except UnicodeDecodeError as exc:
-        raise InvalidArgument(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    return parse_config(model, text, source=str(path))
-
-
 def load_server_config(path: Path) -> ServerConfig:
-    return _load(ServerConfig, path)
-
-
-def load_client_config(path: Path) -> ClientConfig:
-    return _load(ClientConfig, path)
+    return parse_config(ServerConfig, read_config_text(Path(path)), source=str(path))
 
 
 # --------------------------------------------------------------------------- writing
@@ -265,6 +224,6 @@ def write_private_file(path: Path, text: str, *, overwrite: bool = False, mode: 
     return path
 
 
-def save_config(path: Path, model: BaseModel, *, overwrite: bool = False, only_set: bool = False) -> Path:
+def save_config(path: Path, model: BaseModel | ClientConfig, *, overwrite: bool = False, only_set: bool = False) -> Path:
     """Write ``model`` as YAML to ``path`` (mode 0600, atomic); see :func:`dump_yaml`."""
     return write_private_file(path, dump_yaml(model, only_set=only_set), overwrite=overwrite)

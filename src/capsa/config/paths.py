@@ -6,9 +6,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from capsa.errors import InvalidArgument
-from capsa.pki.roles import Role
+
+if TYPE_CHECKING:
+    from capsa.pki.roles import Role
 
 __all__ = ["DEFAULT_HOME", "HomeLayout", "capsa_home"]
 
@@ -48,6 +51,9 @@ class HomeLayout:
 
     def client_config_for(self, role: Role | str) -> Path:
         """client-<role>.yaml, written at bootstrap for each role."""
+        # Imported here: capsa.pki pulls in cryptography, which the CLI's path must not load.
+        from capsa.pki.roles import Role
+
         return self.home / f"client-{Role.parse(str(role)).value}.yaml"
 
     @property

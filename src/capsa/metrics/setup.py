@@ -12,7 +12,7 @@ import grpc.aio
 
 from capsa.config import MetricsConfig
 from capsa.metrics.host import HostReader
-from capsa.metrics.prometheus import PrometheusEndpoint
+from capsa.metrics.prometheus import PipelineCollector, PrometheusEndpoint
 from capsa.metrics.sampler import MetricsSampler, NetworkStats
 from capsa.state import Database
 
@@ -51,7 +51,8 @@ class DaemonMetrics:
 
 
 def open_metrics(config: MetricsConfig, db: Database, home: Path, jobs: JobSource,
-                 network_stats: NetworkStats | None = None) -> DaemonMetrics:
+                 network_stats: NetworkStats | None = None, pipeline: PipelineCollector | None = None
+                 ) -> DaemonMetrics:
     """Create and start the sampler; create (not yet start) the Prometheus endpoint if configured."""
     def running() -> list[tuple[str, str]]:
         return [(j.id, j.name) for j in jobs.list() if str(j.state) == "RUNNING"]
@@ -61,5 +62,5 @@ def open_metrics(config: MetricsConfig, db: Database, home: Path, jobs: JobSourc
     sampler.start()
     prometheus = None
     if config.prometheus_listen:
-        prometheus = PrometheusEndpoint(config.prometheus_listen, sampler, jobs.count_by_state)
+        prometheus = PrometheusEndpoint(config.prometheus_listen, sampler, jobs.count_by_state, pipeline=pipeline)
     return DaemonMetrics(sampler, prometheus)

@@ -12,9 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from capsa.daemon import Daemon, DaemonOptions
-from capsa.errors import Unavailable
-
 
 @pytest.fixture
 def taken_port() -> Iterator[int]:
@@ -55,15 +52,34 @@ def test_capsa_daemon_on_a_taken_port_exits_with_one_line_and_starts_nothing(tmp
     assert capsa_processes(home) == []
 
 
-def test_a_bind_that_fails_after_start_up_stops_the_supervisor_it_started(tmp_path: Path, taken_port: int,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+# In a process of its own: a daemon started in pytest's process would leave gRPC's threads and fork
+# handlers behind, and later tests that fork would inherit them.
+_START_WITH_THE_CHECK_SKIPPED = """
+import sys
+from pathlib import Path
+import capsa.daemon
+from capsa.errors import Unavailable
+capsa.daemon.check_bindable = lambda listen: None   # the port is taken between the check and the bind
+daemon = capsa.daemon.Daemon(capsa.daemon.DaemonOptions(home=Path(sys.argv[1]), listen=sys.argv[2]))
+try:
+    daemon.start()
+except Unavailable as exc:
+    print(f"refused: {exc}")
+    print(f"stopped: {daemon.stopped.is_set()}")
+"""
+
+
+def test_a_bind_that_fails_after_start_up_stops_the_supervisor_it_started(tmp_path: Path, taken_port: int) -> None:
     home = tmp_path / "home"
-    monkeypatch.setattr("capsa.daemon.check_bindable", lambda listen: None)   # taken between check and bind
-    daemon = Daemon(DaemonOptions(home=home, listen=f"127.0.0.1:{taken_port}"))
-    with pytest.raises(Unavailable, match=f"cannot listen on 127.0.0.1:{taken_port}"):
-        daemon.start()
+    address = f"127.0.0.1:{taken_port}"
+    env = dict(os.environ, CAPSA_HOME=str(home))
+    env.pop("CAPSA_CONFIG", None)
+    done = subprocess.run([sys.executable, "-c", _START_WITH_THE_CHECK_SKIPPED, str(home), address], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert f"refused: cannot listen on {address}" in done.stdout and "stopped: True" in done.stdout, done.stderr
     deadline = time.monotonic() + 10
     while capsa_processes(home) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert capsa_processes(home) == []
-    assert daemon.stopped.is_set() and not (home / "run" / "capsa.pid").exists()
+    assert (home / "run" / "supervisor.log").exists()   # a supervisor was started, and is gone
+    assert not (home / "run" / "capsa.pid").exists()

@@ -98,3 +98,12 @@ def test_prometheus_serves_job_and_daemon_metrics(features_daemon: RunningDaemon
     assert 'capsa_rpc_requests_total{code="OK",method="JobService/RunJob"}' in text
     assert 'capsa_rpc_duration_seconds_count{method="JobService/RunJob"}' in text
     assert "capsa_host_cpu_percent" in text
+
+
+def test_prometheus_serves_the_queues_and_state_machine_runs_of_the_daemon(features_daemon: RunningDaemon) -> None:
+    # Wired in the composition root: the engine's queues and the image pipeline's counters.
+    url = f"http://127.0.0.1:{features_daemon.prometheus_port}/metrics"  # type: ignore[attr-defined]
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    assert 'capsa_queue_limit{queue="download"}' in text and 'capsa_queue_limit{queue="unpack"}' in text
+    assert 'capsa_queue_depth{queue="workflows"}' in text
+    assert "capsa_queue_wait_seconds_bucket" in text

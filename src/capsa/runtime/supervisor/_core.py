@@ -62,6 +62,11 @@ _READ_CHUNK = 1 << 20
 # StartFailed, so the daemon's wait is bounded without the daemon ever guessing. Counted from the
 # request's arrival; a queue of thousands of starts drains in seconds.
 START_TIMEOUT_S = 120.0
+# An exit event waits until the job's log is finished (end record on disk), so a daemon that
+# reads the log of a job it saw exit reads all of it. Checked this often while any is waiting;
+# a log that cannot be finished (disk failing) holds its event no longer than the limit.
+_LOG_FINISH_POLL_S = 0.005
+_LOG_FINISH_LIMIT_S = 10.0
 
 
 @dataclass
@@ -93,6 +98,7 @@ class Supervisor(EventLoop):
         self.by_fd: dict[int, tuple[str, str]] = {}   # fd -> (job_id, "out"|"err"|"report")
         self.early_exits: dict[int, int] = {}
         self.mount_replies: dict[int, tuple[Caller, FrameReader]] = {}   # zygote reply fd -> (asker, frames)
+        self.unpublished: dict[str, float] = {}   # exited job -> monotonic limit for its log to finish
         self.driver = driver
         self.processes = processes or HostProcesses()
         self.persister = persister
@@ -122,12 +128,16 @@ class Supervisor(EventLoop):
     # -- deadlines ------------------------------------------------------------------------------------
     def next_timeout(self) -> float | None:
         deadlines = [d for j in self.jobs.values() for d in (j.kill_at, j.start_deadline) if d is not None]
+        if self.unpublished:
+            deadlines.append(time.monotonic() + _LOG_FINISH_POLL_S)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
 
     def run_deadlines(self) -> None:
         now = time.monotonic()
+        if self.unpublished:
+            self._publish_finished(now)
         for job in list(self.jobs.values()):
             if job.kill_at is not None and now >= job.kill_at:
                 job.kill_at = None
@@ -367,7 +377,22 @@ class Supervisor(EventLoop):
             rec.reason = f"{rec.reason}; {lost}" if rec.reason else lost
             rec.log_incomplete_bytes = job.log.incomplete_bytes
         _write_status(Path(job.spec.job_dir), rec)
-        self.publish(rec)
+        if job.log.finished:
+            self.publish(rec)
+        else:
+            self.unpublished[rec.job_id] = time.monotonic() + _LOG_FINISH_LIMIT_S
+
+    def _publish_finished(self, now: float) -> None:
+        for job_id, limit in list(self.unpublished.items()):
+            job = self.jobs.get(job_id)
+            if job is None:   # forgotten meanwhile (by a list() reader): nobody waits for its event
+                del self.unpublished[job_id]
+            elif job.log.finished or now >= limit:
+                if not job.log.finished:
+                    self.log(f"log of job {job_id} not finished {_LOG_FINISH_LIMIT_S:g}s after its exit; "
+                             "sending its exit event anyway")
+                del self.unpublished[job_id]
+                self.publish(job.record)
 
     # -- live mounts (capsules) -------------------------------------------------------------------------
     @handles(MountRequest)

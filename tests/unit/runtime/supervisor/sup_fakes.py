@@ -112,7 +112,8 @@ class FakeDriver:
 
 class FakeZygote:
     """Commands: ``/bin/true`` runs until ``exit``; ``/quick`` exits at once; ``/missing`` is not found;
-    ``/hang`` never execs (its report pipe stays open); ``/garbage`` reports bytes that are no frame."""
+    ``/hang`` never execs (its report pipe stays open); ``/garbage`` reports bytes that are no frame;
+    ``/echo ARGS`` writes its arguments to stdout and exits."""
 
     def __init__(self, processes: FakeProcesses, driver: FakeDriver) -> None:
         self.pid = 1
@@ -153,7 +154,9 @@ class FakeZygote:
         if command == "/missing":
             write_frame(fds[2], encode(StageFailed(f"exec {command}", errno.ENOENT, f"exec {command}: not found")))
             self.processes.exit(pid, 127 << 8)
-        elif command == "/quick":
+        elif command in ("/quick", "/echo"):
+            if command == "/echo":
+                os.write(fds[0], " ".join(msg.spec.argv[1:]).encode() + b"\n")
             self.processes.exit(pid, 0)
         return False
 

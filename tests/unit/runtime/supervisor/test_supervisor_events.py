@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 from sup_fakes import Harness
 
+from capsa.logs import LogPersister, Stream, is_finished, read_log
 from capsa.runtime.protocol import ExitEvent, OkReply, ProcState, decode
 from capsa.runtime.supervisor import Connection
 from capsa.runtime.wire import FrameReader
@@ -48,15 +52,17 @@ def test_a_subscriber_that_does_not_read_queues_events_without_stalling_the_loop
     specs = [harness.spec("/quick") for _ in range(200)]
     for spec in specs:   # every start is answered while the subscriber reads nothing
         harness.client.start(spec)
-    deadline = time.monotonic() + 3
-    while sum(r.state == ProcState.EXITED for r in harness.client.list()) < 200 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 5
+    while (sum(r.state == ProcState.EXITED for r in harness.client.list()) < 200
+           or harness.supervisor.unpublished) and time.monotonic() < deadline:   # every event handed over
         time.sleep(0.01)
     assert len(conn.events) > 100, "events should be waiting in the queue, not in a blocked send"
     t0 = time.monotonic()
-    harness.client.ping()
-    assert time.monotonic() - t0 < 0.5
+    harness.client.ping()   # a loop stuck in a send would never answer (the client gives up after 5 s)
+    assert time.monotonic() - t0 < 2
     events = read_events(sock, 200)
-    assert [e.job.job_id for e in events] == [s.job_id for s in specs]   # each once, in exit order
+    got = [e.job.job_id for e in events]
+    assert len(got) == 200 and set(got) == {s.job_id for s in specs}   # each exactly once
     sock.close()
 
 
@@ -68,7 +74,7 @@ def test_a_subscriber_too_far_behind_is_cut_off_and_the_exits_stay_listed(
     specs = [harness.spec("/quick") for _ in range(100)]
     for spec in specs:
         harness.client.start(spec)
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 5
     while not conn.closed and time.monotonic() < deadline:
         time.sleep(0.01)
     assert conn.closed
@@ -96,3 +102,44 @@ def test_the_event_consumer_may_call_the_supervisor_back(harness: Harness) -> No
         time.sleep(0.01)
     assert sorted(forgotten) == sorted(s.job_id for s in specs)
     assert harness.client.list() == []
+
+
+class SlowFinish:
+    """A persister whose logs take ``delay`` seconds to write their end record (a slow fsync)."""
+
+    def __init__(self, real: LogPersister, delay: float) -> None:
+        self.real, self.delay = real, delay
+
+    def open(self, job_id: str, log_dir: Path) -> Any:
+        log = self.real.open(job_id, log_dir)
+        finish = log.finish
+
+        def slow_finish() -> None:
+            threading.Timer(self.delay, finish).start()
+
+        log.finish = slow_finish   # type: ignore[method-assign]
+        return log
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def test_an_exit_event_waits_until_the_jobs_log_is_finished(harness: Harness) -> None:
+    assert harness.supervisor.persister is not None
+    harness.supervisor.persister = SlowFinish(harness.supervisor.persister, 0.3)  # type: ignore[assignment]
+    seen: list[tuple[bool, bytes]] = []
+    done = threading.Event()
+
+    def on_event(event: ExitEvent) -> None:   # what the daemon does next: read the job's whole output
+        log_dir = Path(spec.log_dir)
+        out = b"".join(c.data for c in read_log(log_dir) if c.stream == Stream.STDOUT)
+        seen.append((is_finished(log_dir), out))
+        done.set()
+
+    harness.client.subscribe(on_event)
+    spec = harness.spec("/echo", "every", "byte")
+    t0 = time.monotonic()
+    harness.client.start(spec)
+    assert done.wait(5)
+    assert time.monotonic() - t0 >= 0.3
+    assert seen == [(True, b"every byte\n")]

@@ -25,7 +25,7 @@ from capsa.runtime.protocol import (
 from capsa.runtime.wire import FrameReader
 
 
-def wait_for(predicate, what: str, timeout: float = 3.0):  # type: ignore[no-untyped-def]
+def wait_for(predicate, what: str, timeout: float = 5.0):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
