@@ -5,6 +5,7 @@ a record changes incompatibly):
 
     /capsa/v1/meta/version          "1", written once by whoever starts first
     /capsa/v1/nodes/<node>          NodeRecord, under the node's lease (gone when the lease expires)
+    /capsa/v1/members/<node>        the last NodeRecord, without a lease: a member whose record is gone is LOST
     /capsa/v1/jobs/<job id>         PoolJob, the job's whole story (spec, state, owner, attempts)
     /capsa/v1/pending/<job id>      a placement request (the job's spec); deleted by the binding txn
     /capsa/v1/assign/<node>/<job>   Assignment, under the node's lease; the node runs what is here
@@ -26,7 +27,7 @@ from capsa.errors import InvalidArgument
 
 __all__ = [
     "ACTIVE", "ELECTION", "PREFIX", "SCHEMA_VERSION", "Assignment", "NodeRecord", "NodeState", "PoolJob",
-    "PoolJobState", "PoolWorkflow", "Restart", "after_attempt", "keys", "parse_constraints",
+    "PoolJobState", "PoolWorkflow", "Restart", "after_attempt", "keys", "parse_constraints", "requeue",
 ]
 
 SCHEMA_VERSION = 1
@@ -38,6 +39,7 @@ _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")
 class keys:  # noqa: N801 - a namespace of key builders, read as keys.job(id)
     META_VERSION = PREFIX + "meta/version"
     NODES = PREFIX + "nodes/"
+    MEMBERS = PREFIX + "members/"
     JOBS = PREFIX + "jobs/"
     PENDING = PREFIX + "pending/"
     ASSIGN = PREFIX + "assign/"
@@ -46,6 +48,10 @@ class keys:  # noqa: N801 - a namespace of key builders, read as keys.job(id)
     @staticmethod
     def node(name: str) -> str:
         return keys.NODES + name
+
+    @staticmethod
+    def member(name: str) -> str:
+        return keys.MEMBERS + name
 
     @staticmethod
     def job(job_id: str) -> str:
@@ -235,9 +241,3 @@ def parse_constraints(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
         out[key] = value
     return out
 
-
-def check_labels(labels: dict[str, str]) -> dict[str, str]:
-    for key in labels:
-        if not _LABEL.match(key):
-            raise InvalidArgument(f"node label {key!r}: letters, digits, '_', '.', '-', '/' (at most 63)")
-    return labels

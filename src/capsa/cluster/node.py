@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from capsa.cluster.spec import run_request
 from capsa.errors import CapsaError
 from capsa.jobs.service import JobService
 
-__all__ = ["Inventory", "PoolNode"]
+__all__ = ["Inventory", "PoolNode", "memory_mb"]
 
 log = logging.getLogger("capsa.cluster.node")
 
@@ -122,7 +121,9 @@ class PoolNode:
         self.lease = self.etcd.grant(self.ttl)
         self._last_ok = sent
         record = self._record()
-        self.etcd.put(keys.node(self.name), record.dump(), lease=self.lease)
+        # The live record under the lease, and the member record without one (what `node ls` shows LOST).
+        self.etcd.txn([], [Op.put(keys.node(self.name), record.dump(), lease=self.lease),
+                           Op.put(keys.member(self.name), record.dump())])
         self._last_record = dataclasses.replace(record, registered_ns=0).dump()
         self.fenced.clear()
         log.info("joined the pool as %s (lease %x, ttl %ss)", self.name, self.lease, self.ttl)
@@ -300,6 +301,3 @@ class PoolNode:
                              lambda j: dataclasses.replace(j, stop_requested=True))
         return self.jobs.stop(local_id, grace_s or None).state.value
 
-
-def host_cpus() -> int:
-    return len(os.sched_getaffinity(0))

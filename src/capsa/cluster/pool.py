@@ -13,7 +13,6 @@ from typing import Any
 
 from capsa.cluster.etcd import Compare, EtcdClient, Op
 from capsa.cluster.model import (
-    ACTIVE,
     NodeRecord,
     PoolJob,
     PoolJobState,
@@ -44,20 +43,15 @@ class Pool:
 
     # -- nodes ------------------------------------------------------------------------------------
     def nodes(self) -> list[PoolNodeView]:
-        """Registered nodes READY; nodes named by active jobs but without a record LOST."""
+        """Members with a live record (lease) READY; members whose lease expired LOST, with their last record."""
         live = {n.name: n for n in (NodeRecord.load(kv.value) for kv in self.etcd.range(keys.NODES)[0])}
+        members = {n.name: n for n in (NodeRecord.load(kv.value) for kv in self.etcd.range(keys.MEMBERS)[0])}
         counts: dict[str, int] = {}
         for kv in self.etcd.range(keys.ASSIGN, keys_only=True)[0]:
             name = kv.key[len(keys.ASSIGN):].split("/", 1)[0]
             counts[name] = counts.get(name, 0) + 1
-        views = [PoolNodeView(n, "READY", counts.get(name, 0)) for name, n in sorted(live.items())]
-        lost: dict[str, PoolJob] = {}
-        for job in self._jobs():
-            if job.node and job.node not in live and (job.status in ACTIVE or job.status == PoolJobState.LOST):
-                lost.setdefault(job.node, job)
-        for name in sorted(lost):
-            views.append(PoolNodeView(NodeRecord(name=name, address="", lease=0, cpus=0, memory_mb=0), "LOST", 0))
-        return views
+        return [PoolNodeView(live[name], "READY", counts.get(name, 0)) if name in live else
+                PoolNodeView(members[name], "LOST", 0) for name in sorted({*live, *members})]
 
     # -- jobs ---------------------------------------------------------------------------------------
     def submit(self, spec: dict[str, Any], *, constraints: dict[str, str], restart: str,
