@@ -50,7 +50,7 @@ class ClusterComponent:
             return Inventory(cpus=len(os.sched_getaffinity(0)), memory_mb=memory_mb(),
                              gpus=len(gpus.inventory()) if gpus is not None else 0,
                              images=[i.ref for i in images.list()] if images is not None else [],
-                             capsules=[f"{c.name}@{c.version}" for c in capsule_store.ls()]
+                             capsules=[f"{c.name}@{c.version}" for c in capsule_store.list()]
                              if capsule_store is not None else [])
 
         self.node = PoolNode(self.etcd, jobs, name=cluster.node_name, address=cluster.advertise or listen,

@@ -148,6 +148,8 @@ class PoolNode:
                     self._refresh_record()
             except CapsaError as exc:
                 log.warning("cannot renew the cluster lease: %s", exc)
+            except Exception:   # a bug in an inventory source must not stop the renewals (and fence us)
+                log.exception("cluster keepalive")
 
     def _watchdog_loop(self) -> None:
         """Fence at ``last renewal sent + ttl - margin``, however long a renewal call blocks.
