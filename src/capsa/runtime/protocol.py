@@ -288,6 +288,7 @@ class ExecReply(Message):
     stderr_b64: str
     oom_killed: bool = False
     truncated: bool = False
+    exec_latency_ns: int = 0   # request received -> command exec'd, as the supervisor saw it
 
 
 @message("error")

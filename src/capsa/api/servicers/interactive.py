@@ -36,4 +36,5 @@ class InteractiveServicer(pb_grpc.InteractiveServiceServicer):
             workdir=request.workdir))
         return pb.ExecResult(exit_code=reply.exit_code, signal=reply.signal,
                              stdout=base64.b64decode(reply.stdout_b64), stderr=base64.b64decode(reply.stderr_b64),
-                             oom_killed=reply.oom_killed, truncated=reply.truncated)
+                             oom_killed=reply.oom_killed, truncated=reply.truncated,
+                             start_latency_ns=reply.exec_latency_ns)

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import selectors
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,8 @@ class _Exec:
     truncated: bool = False
     stdout: bytearray = field(default_factory=bytearray)
     stderr: bytearray = field(default_factory=bytearray)
+    received_ns: int = 0        # monotonic: when the request arrived
+    exec_latency_ns: int = 0    # request -> the CLOEXEC report pipe closed, i.e. the command was exec'd
 
 
 class ExecMixin:
@@ -83,7 +86,7 @@ class ExecMixin:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         rep_r, rep_w = os.pipe2(os.O_CLOEXEC)
-        ex = _Exec(caller=caller, job_id=req.job_id, report_fd=rep_r)
+        ex = _Exec(caller=caller, job_id=req.job_id, report_fd=rep_r, received_ns=time.monotonic_ns())
         ex.out_fds = {out_r: ex.stdout, err_r: ex.stderr}
         for fd in (out_r, err_r, rep_r):
             os.set_blocking(fd, False)
@@ -125,6 +128,7 @@ class ExecMixin:
         del self.execs_by_fd[fd]
         if fd == ex.report_fd:
             ex.report_fd = -1
+            ex.exec_latency_ns = time.monotonic_ns() - ex.received_ns
             if ex.pid == 0 and ex.failure is None:
                 ex.failure = StageFailed("launch", 0, "the exec'd process vanished before exec")
         else:
@@ -181,7 +185,7 @@ class ExecMixin:
                     oom = bool(job.cgroup.oom_killed())
             reply = ExecReply(ex.pid, 128 + sig if sig else code, sig,
                               base64.b64encode(bytes(ex.stdout)).decode(),
-                              base64.b64encode(bytes(ex.stderr)).decode(), oom, ex.truncated)
+                              base64.b64encode(bytes(ex.stderr)).decode(), oom, ex.truncated, ex.exec_latency_ns)
         self.answer(ex.caller, reply)  # type: ignore[attr-defined]
 
     def _exec_shutdown(self) -> None:

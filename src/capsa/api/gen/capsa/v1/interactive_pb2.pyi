@@ -28,17 +28,19 @@ class ExecRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., user: _Optional[str] = ..., workdir: _Optional[str] = ...) -> None: ...
 
 class ExecResult(_message.Message):
-    __slots__ = ("exit_code", "signal", "stdout", "stderr", "oom_killed", "truncated")
+    __slots__ = ("exit_code", "signal", "stdout", "stderr", "oom_killed", "truncated", "start_latency_ns")
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_FIELD_NUMBER: _ClassVar[int]
     STDOUT_FIELD_NUMBER: _ClassVar[int]
     STDERR_FIELD_NUMBER: _ClassVar[int]
     OOM_KILLED_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    START_LATENCY_NS_FIELD_NUMBER: _ClassVar[int]
     exit_code: int
     signal: int
     stdout: bytes
     stderr: bytes
     oom_killed: bool
     truncated: bool
-    def __init__(self, exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., oom_killed: _Optional[bool] = ..., truncated: _Optional[bool] = ...) -> None: ...
+    start_latency_ns: int
+    def __init__(self, exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., oom_killed: _Optional[bool] = ..., truncated: _Optional[bool] = ..., start_latency_ns: _Optional[int] = ...) -> None: ...
