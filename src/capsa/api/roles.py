@@ -22,6 +22,8 @@ RPC_ROLES: dict[str, Principal] = {
     "/capsa.v1.JobService/StreamLogs": Role.READER,
     "/capsa.v1.JobService/UploadFiles": Role.DEVELOPER,
     "/capsa.v1.JobService/CancelJob": Role.DEVELOPER,
+    # InteractiveService: a process inside a running job is the job owner's to run (ADR-0013)
+    "/capsa.v1.InteractiveService/Exec": Role.DEVELOPER,
     # MetricsService
     "/capsa.v1.MetricsService/MetricsStream": Role.READER,
     "/capsa.v1.MetricsService/GetNodeStats": Role.READER,

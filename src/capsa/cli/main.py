@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "capsule": ("capsules", "capsule",
                 "Manage resource capsules: versioned, read-only bundles attached to running jobs."),
     "daemon": ("admin", "daemon", "Run the capsa daemon (as root)."),
+    "exec": ("interactive", "exec_", "Run a command inside a running job: capsa exec [flags] JOB -- CMD ARGS."),
     "image": ("images", "image", "Manage images."),
     "init": ("admin", "init",
              "Create a CA, a server config and one client config per role (certificates embedded)."),
