@@ -21,6 +21,10 @@ RPC_ROLES: dict[str, Role] = {
     "/capsa.v1.JobService/StreamLogs": Role.READER,
     "/capsa.v1.JobService/UploadFiles": Role.DEVELOPER,
     "/capsa.v1.JobService/CancelJob": Role.DEVELOPER,
+    # FileService (capsa cp): reading a job's files is as sensitive as writing them (secrets land in
+    # /work), so readers get neither direction, like exec/attach.
+    "/capsa.v1.FileService/CopyOut": Role.DEVELOPER,
+    "/capsa.v1.FileService/CopyIn": Role.DEVELOPER,
     # MetricsService
     "/capsa.v1.MetricsService/MetricsStream": Role.READER,
     "/capsa.v1.MetricsService/GetNodeStats": Role.READER,

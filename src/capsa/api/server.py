@@ -23,6 +23,7 @@ import grpc.aio
 from capsa.api.auth import AuthInterceptor
 from capsa.api.gen.capsa.v1 import (
     capsules_pb2_grpc,
+    files_pb2_grpc,
     images_pb2_grpc,
     jobs_pb2_grpc,
     metrics_pb2_grpc,
@@ -32,6 +33,7 @@ from capsa.api.gen.capsa.v1 import (
 )
 from capsa.api.limits import StreamLimits
 from capsa.api.servicers.capsules import CapsuleServicer
+from capsa.api.servicers.files import FileServicer
 from capsa.api.servicers.images import ImageServicer
 from capsa.api.servicers.jobs import JobServicer, NodeServicer
 from capsa.api.servicers.metrics import MetricsServicer
@@ -40,6 +42,7 @@ from capsa.api.servicers.runtimes import RuntimeServicer
 from capsa.api.servicers.workflows import WorkflowServicer
 from capsa.api.streams import BlockingStreams
 from capsa.config import ApiConfig
+from capsa.jobs.copying import JobFiles
 
 if TYPE_CHECKING:
     from capsa.daemon import Daemon
@@ -103,6 +106,7 @@ class ApiServer:
         )
         blocking = self.blocking
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(daemon.jobs, blocking), server)
+        files_pb2_grpc.add_FileServiceServicer_to_server(FileServicer(JobFiles(daemon.jobs), blocking), server)
         images_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(daemon.images, blocking), server)
         workflows_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(daemon.workflows), server)
         metrics_pb2_grpc.add_MetricsServiceServicer_to_server(
