@@ -105,7 +105,8 @@ class ApiServer:
             options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES), ("grpc.so_reuseport", 0)],
         )
         blocking = self.blocking
-        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(daemon.jobs, blocking), server)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(daemon.jobs, blocking, daemon.networks.published),
+                                                      server)
         files_pb2_grpc.add_FileServiceServicer_to_server(FileServicer(JobFiles(daemon.jobs), blocking), server)
         images_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(daemon.images, blocking), server)
         workflows_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(daemon.workflows), server)
