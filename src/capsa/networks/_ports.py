@@ -132,6 +132,10 @@ def port_rules(ports: list[PortSpec], job_ip: str, device: str) -> RuleSet:
     rules = RuleSet()
     for p in ports:
         dest = [] if p.host_ip == "0.0.0.0" else ["-d", f"{p.host_ip}/32"]
+        if p.host_ip != "0.0.0.0" and ipaddress.IPv4Address(p.host_ip).is_loopback:
+            # Only this host's own connections: a LAN peer that routes a crafted packet for 127.0.0.1 to
+            # us must not reach the job (moby/moby#41872, where Docker's loopback DNAT matched any interface).
+            dest += ["-m", "addrtype", "--src-type", "LOCAL"]
         rules.dnat.append([*dest, "-p", p.proto, "-m", p.proto, "--dport", str(p.host_port),
                            "-j", "DNAT", "--to-destination", f"{job_ip}:{p.job_port}"])
         flow = ["-d", f"{job_ip}/32", "-o", device, "-p", p.proto, "-m", p.proto, "--dport", str(p.job_port)]
