@@ -46,8 +46,8 @@ def cp(obj: Any, src: str, dest: str) -> None:
 
 def _copy_out(obj: Any, job: str, path: str, dest: str) -> None:
     from capsa import tarstream
+    from capsa.copy_tree import place, split_job_path
     from capsa.errors import InvalidArgument, NotFound
-    from capsa.jobs.copying import place, split_job_path
 
     split_job_path(path)   # refuse '..' and paths outside /work before contacting the daemon
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -70,8 +70,8 @@ def _copy_out(obj: Any, job: str, path: str, dest: str) -> None:
 
 def _copy_in(obj: Any, src: str, job: str, path: str) -> None:
     from capsa import tarstream
+    from capsa.copy_tree import split_job_path
     from capsa.errors import NotFound
-    from capsa.jobs.copying import split_job_path
     from capsa.upload_items import walk_local
 
     split_job_path(path)

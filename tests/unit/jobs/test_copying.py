@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from capsa import tarstream
+from capsa.copy_tree import place, split_job_path
 from capsa.errors import UnsafeArchive
-from capsa.jobs.copying import place, split_job_path
 from capsa.upload_items import walk_local
 
 
@@ -103,3 +103,25 @@ def test_job_paths_are_checked() -> None:
     assert split_job_path("a/b") == ["a", "b"]
     with pytest.raises(UnsafeArchive):
         split_job_path("/work/../etc")
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "pax", "ustar"])
+def test_tars_written_by_gnu_tar_are_read(tmp_path: Path, fmt: str) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("tar") is None:
+        pytest.skip("needs GNU tar")
+    src = tmp_path / "top"
+    deep = src / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    (deep / "f.bin").write_bytes(os.urandom(70_000))
+    os.symlink("e" * 60 + "/f.bin", src / ("d" * 60) / "ln")
+    data = subprocess.run(["tar", "-C", str(tmp_path), f"--format={fmt}", "-cf", "-", "top"],
+                          check=True, capture_output=True).stdout
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    assert _place(data, dest) == "top"
+    out = dest / "top" / ("d" * 60)
+    assert (out / ("e" * 60) / "f.bin").read_bytes() == (deep / "f.bin").read_bytes()
+    assert os.readlink(out / "ln") == "e" * 60 + "/f.bin"
