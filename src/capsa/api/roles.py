@@ -24,6 +24,10 @@ RPC_ROLES: dict[str, Principal] = {
     "/capsa.v1.JobService/CancelJob": Role.DEVELOPER,
     # InteractiveService: a process inside a running job is the job owner's to run (ADR-0013)
     "/capsa.v1.InteractiveService/Exec": Role.DEVELOPER,
+    # FileService (capsa cp): reading a job's files is as sensitive as writing them (secrets land in
+    # /work), so readers get neither direction, like exec/attach.
+    "/capsa.v1.FileService/CopyOut": Role.DEVELOPER,
+    "/capsa.v1.FileService/CopyIn": Role.DEVELOPER,
     # MetricsService
     "/capsa.v1.MetricsService/MetricsStream": Role.READER,
     "/capsa.v1.MetricsService/GetNodeStats": Role.READER,

@@ -24,6 +24,7 @@ from capsa.api.auth import AuthInterceptor
 from capsa.api.gen.capsa.v1 import (
     capsules_pb2_grpc,
     cluster_pb2_grpc,
+    files_pb2_grpc,
     images_pb2_grpc,
     interactive_pb2_grpc,
     jobs_pb2_grpc,
@@ -35,6 +36,7 @@ from capsa.api.gen.capsa.v1 import (
 from capsa.api.limits import StreamLimits
 from capsa.api.servicers.capsules import CapsuleServicer
 from capsa.api.servicers.cluster import ClusterServicer
+from capsa.api.servicers.files import FileServicer
 from capsa.api.servicers.images import ImageServicer
 from capsa.api.servicers.interactive import InteractiveServicer
 from capsa.api.servicers.jobs import JobServicer, NodeServicer
@@ -44,6 +46,7 @@ from capsa.api.servicers.runtimes import RuntimeServicer
 from capsa.api.servicers.workflows import WorkflowServicer
 from capsa.api.streams import BlockingStreams
 from capsa.config import ApiConfig
+from capsa.jobs.copying import JobFiles
 from capsa.jobs.execs import JobExecs
 
 if TYPE_CHECKING:
@@ -108,8 +111,10 @@ class ApiServer:
         )
         blocking = self.blocking
         execs = JobExecs(daemon.jobs)
-        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(daemon.jobs, blocking, execs), server)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(
+            JobServicer(daemon.jobs, blocking, execs, published=daemon.networks.published), server)
         interactive_pb2_grpc.add_InteractiveServiceServicer_to_server(InteractiveServicer(execs, blocking), server)
+        files_pb2_grpc.add_FileServiceServicer_to_server(FileServicer(JobFiles(daemon.jobs), blocking), server)
         images_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(daemon.images, blocking), server)
         workflows_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(daemon.workflows), server)
         metrics_pb2_grpc.add_MetricsServiceServicer_to_server(

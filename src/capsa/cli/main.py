@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "cancel": ("run_features", "cancel", "Cancel SCHEDULED (or still PENDING) jobs before they start."),
     "capsule": ("capsules", "capsule",
                 "Manage resource capsules: versioned, read-only bundles attached to running jobs."),
+    "cp": ("files", "cp", "Copy between a job's /work and the local disk: cp JOB:/work/PATH DEST, or cp SRC JOB:/work/PATH."),
     "daemon": ("admin", "daemon", "Run the capsa daemon (as root)."),
     "exec": ("interactive", "exec_", "Run a command inside a running job: capsa exec [flags] JOB -- CMD ARGS."),
     "image": ("images", "image", "Manage images."),

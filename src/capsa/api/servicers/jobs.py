@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -25,7 +26,7 @@ from capsa.logs import is_finished
 __all__ = ["JobServicer", "NodeServicer", "job_to_pb"]
 
 
-def job_to_pb(job: Job) -> pb.Job:
+def job_to_pb(job: Job, ports: Sequence[str] = ()) -> pb.Job:
     r = job.resources
     return pb.Job(
         id=job.id, name=job.name, command=job.command, state=job.state.value,
@@ -39,14 +40,22 @@ def job_to_pb(job: Job) -> pb.Job:
         gpus=job.gpus, gpu_devices=job.gpu_devices, log_incomplete_bytes=job.log_incomplete_bytes,
         workflow_id=job.workflow_id or "", workflow_job=job.workflow_job or "",
         scheduled_at_ns=job.scheduled_ns, timeout_seconds=job.timeout_ns / 1e9, secret_env_keys=job.secret_env_keys,
+        ports=list(ports),
     )
 
 
 class JobServicer(pb_grpc.JobServiceServicer):
-    def __init__(self, jobs: JobService, blocking: BlockingStreams, execs: JobExecs | None = None) -> None:
+    def __init__(self, jobs: JobService, blocking: BlockingStreams, execs: JobExecs | None = None, *,
+                 published: Callable[[str | None], Mapping[str, Sequence[object]]] | None = None) -> None:
         self.jobs = jobs
         self.blocking = blocking
         self.execs = execs
+        # job id (None: every job) -> its published ports (capsa.networks), shown by ps and inspect
+        self.published = published
+
+    def _pb(self, job: Job) -> pb.Job:
+        ports = self.published(job.id).get(job.id, ()) if self.published and not job.state.ended else ()
+        return job_to_pb(job, [str(p) for p in ports])
 
     @rpc
     def RunJob(self, request: pb.RunJobRequest, context: grpc.ServicerContext) -> pb.Job:
@@ -56,13 +65,13 @@ class JobServicer(pb_grpc.JobServiceServicer):
             name=request.name, image=request.image, pull=request.pull or "missing", user=request.user,
             runtime=request.runtime,
             seccomp=request.seccomp or "default", network=request.network or "host",
-            volumes=tuple(request.volumes), capsules=tuple(request.capsules), gpus=request.gpus,
+            volumes=tuple(request.volumes), ports=tuple(request.ports), capsules=tuple(request.capsules), gpus=request.gpus,
             secret_env=dict(request.secret_env), upload_session=request.upload_session,
             schedule=request.schedule, timeout=request.timeout, request_id=request.request_id,
             resources=Resources(max_cpu=r.max_cpu, cpu_cores=r.cpu_cores, max_memory_mb=r.max_memory_mb,
                                 max_iobps=r.max_iobps, max_pids=r.max_pids),
         ))
-        return job_to_pb(job)
+        return self._pb(job)
 
     @rpc
     async def UploadFiles(self, request_iterator: Any, context: Any) -> pb.UploadResult:
@@ -93,7 +102,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     @rpc
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
-        job = job_to_pb(self.jobs.get(request.id))
+        job = self._pb(self.jobs.get(request.id))
         if self.execs is not None:   # the audit trail of `capsa exec` (capsa.jobs.execs)
             job.exec_events.extend(exec_events_pb(self.execs.events(job.id)))
         return job
@@ -101,7 +110,10 @@ class JobServicer(pb_grpc.JobServiceServicer):
     @rpc
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
         page = self.jobs.page(all=request.all, limit=request.limit, page_token=request.page_token)
-        return pb.ListJobsResponse(jobs=[job_to_pb(j) for j in page.jobs], next_page_token=page.next_page_token)
+        published = self.published(None) if self.published else {}
+        jobs = [job_to_pb(j, [str(p) for p in published.get(j.id, ())] if not j.state.ended else [])
+                for j in page.jobs]
+        return pb.ListJobsResponse(jobs=jobs, next_page_token=page.next_page_token)
 
     @rpc
     def StopJob(self, request: pb.StopJobRequest, context: grpc.ServicerContext) -> pb.Job:
