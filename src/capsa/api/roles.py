@@ -67,6 +67,7 @@ RPC_ROLES: dict[str, Role] = {
     # NodeService
     "/capsa.v1.NodeService/GetVersion": Role.READER,
     "/capsa.v1.NodeService/WhoAmI": Role.READER,
+    "/capsa.v1.NodeService/GetPipeline": Role.READER,
 }
 
 
