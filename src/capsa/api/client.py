@@ -393,6 +393,10 @@ class CapsaClient:
     def whoami(self) -> pb.Identity:
         return self._call(self.node.WhoAmI, common_pb2.Empty())
 
+    def pipeline(self) -> pb.Pipeline:
+        """The daemon's FSM queues and the image pulls in flight now."""
+        return self._call(self.node.GetPipeline, common_pb2.Empty())
+
     # -- networks and volumes -------------------------------------------------------------------
     def create_network(self, name: str, cidr: str) -> npb.Network:
         return self._call(self.networks.CreateNetwork, npb.CreateNetworkRequest(name=name, cidr=cidr))

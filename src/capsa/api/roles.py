@@ -74,6 +74,7 @@ RPC_ROLES: dict[str, Principal] = {
     # NodeService
     "/capsa.v1.NodeService/GetVersion": Role.READER,
     "/capsa.v1.NodeService/WhoAmI": Role.READER,
+    "/capsa.v1.NodeService/GetPipeline": Role.READER,
     # ClusterService: the pool as users see it, through any node (roles as for local jobs)
     "/capsa.v1.ClusterService/ListNodes": Role.READER,
     "/capsa.v1.ClusterService/SubmitPoolJob": Role.DEVELOPER,

@@ -125,7 +125,8 @@ class ApiServer:
         capsules_pb2_grpc.add_CapsuleServiceServicer_to_server(CapsuleServicer(
             daemon.capsule_store, daemon.capsules, daemon.capsule_distribution, blocking), server)
         jobs_pb2_grpc.add_NodeServiceServicer_to_server(
-            NodeServicer(cgroup_version=self.cgroup_version, snapshotter=daemon.config.snapshots.backend), server)
+            NodeServicer(cgroup_version=self.cgroup_version, snapshotter=daemon.config.snapshots.backend,
+                         engine=daemon.engine, images=daemon.images), server)
         cluster_pb2_grpc.add_ClusterServiceServicer_to_server(ClusterServicer(daemon.cluster), server)
         tls = daemon.config.tls
         creds = grpc.ssl_server_credentials(

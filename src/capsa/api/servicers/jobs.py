@@ -17,13 +17,16 @@ from capsa.api.servicers._base import rpc
 from capsa.api.servicers.interactive import exec_events_pb
 from capsa.api.streams import BlockingStreams, follow_log
 from capsa.errors import InvalidArgument
+from capsa.fsm import Engine
+from capsa.fsm.queues import WAIT_BUCKETS, QueueStats
+from capsa.images.service import ImageService, PullProgress
 from capsa.jobs.execs import JobExecs
 from capsa.jobs.model import Job, Resources, RunRequest
 from capsa.jobs.service import JobService
 from capsa.jobs.uploads import UploadEntry
 from capsa.logs import is_finished
 
-__all__ = ["JobServicer", "NodeServicer", "job_to_pb"]
+__all__ = ["JobServicer", "NodeServicer", "job_to_pb", "pipeline_to_pb", "wait_quantile"]
 
 
 def job_to_pb(job: Job, ports: Sequence[str] = ()) -> pb.Job:
@@ -140,10 +143,41 @@ class JobServicer(pb_grpc.JobServiceServicer):
             await loop.run_in_executor(None, lambda: self.jobs.wait_ended(job.id, timeout=10))
 
 
+def wait_quantile(q: QueueStats, quantile: float) -> float:
+    """The upper bound of the wait bucket holding ``quantile`` of the runs (0 when none waited).
+
+    Buckets, not samples, are all the engine keeps; past the last bound the last bound is reported.
+    """
+    if q.waited_count == 0:
+        return 0.0
+    rank = quantile * q.waited_count
+    for bound, cumulative in zip(WAIT_BUCKETS, q.waited_buckets, strict=True):
+        if cumulative >= rank:
+            return float(bound)
+    return float(WAIT_BUCKETS[-1])
+
+
+def pipeline_to_pb(queues: list[QueueStats], pulls: list[PullProgress]) -> pb.Pipeline:
+    return pb.Pipeline(
+        queues=[pb.QueueInfo(name=q.name, depth=q.depth, in_flight=q.in_flight, limit=q.limit,
+                             waited_count=q.waited_count, waited_sum_seconds=q.waited_sum_s,
+                             wait_p50_seconds=wait_quantile(q, 0.5), wait_p99_seconds=wait_quantile(q, 0.99))
+                for q in queues],
+        pulls=[pb.PullInFlight(ref=p.ref, run_id=p.run_id, state=p.state, phase=p.phase,
+                               layers_done=p.layers_done, layers_total=p.layers_total, bytes_done=p.bytes_done,
+                               bytes_total=p.bytes_total, started_at_ns=p.started_at_ns) for p in pulls])
+
+
 class NodeServicer(pb_grpc.NodeServiceServicer):
-    def __init__(self, *, cgroup_version: int, snapshotter: str) -> None:
+    def __init__(self, *, cgroup_version: int, snapshotter: str, engine: Engine, images: ImageService) -> None:
         self.cgroup_version = cgroup_version
         self.snapshotter = snapshotter
+        self.engine = engine
+        self.images = images
+
+    @rpc
+    def GetPipeline(self, request: Any, context: grpc.ServicerContext) -> pb.Pipeline:
+        return pipeline_to_pb(self.engine.queue_stats(), self.images.pulls_in_flight())
 
     @rpc
     def GetVersion(self, request: Any, context: grpc.ServicerContext) -> pb.VersionInfo:

@@ -311,3 +311,53 @@ class Identity(_message.Message):
     common_name: str
     role: str
     def __init__(self, common_name: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
+
+class QueueInfo(_message.Message):
+    __slots__ = ("name", "depth", "in_flight", "limit", "waited_count", "waited_sum_seconds", "wait_p50_seconds", "wait_p99_seconds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    WAITED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    WAITED_SUM_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_P50_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_P99_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    depth: int
+    in_flight: int
+    limit: int
+    waited_count: int
+    waited_sum_seconds: float
+    wait_p50_seconds: float
+    wait_p99_seconds: float
+    def __init__(self, name: _Optional[str] = ..., depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., limit: _Optional[int] = ..., waited_count: _Optional[int] = ..., waited_sum_seconds: _Optional[float] = ..., wait_p50_seconds: _Optional[float] = ..., wait_p99_seconds: _Optional[float] = ...) -> None: ...
+
+class PullInFlight(_message.Message):
+    __slots__ = ("ref", "run_id", "state", "phase", "layers_done", "layers_total", "bytes_done", "bytes_total", "started_at_ns")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_DONE_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_NS_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    run_id: str
+    state: str
+    phase: str
+    layers_done: int
+    layers_total: int
+    bytes_done: int
+    bytes_total: int
+    started_at_ns: int
+    def __init__(self, ref: _Optional[str] = ..., run_id: _Optional[str] = ..., state: _Optional[str] = ..., phase: _Optional[str] = ..., layers_done: _Optional[int] = ..., layers_total: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., started_at_ns: _Optional[int] = ...) -> None: ...
+
+class Pipeline(_message.Message):
+    __slots__ = ("queues", "pulls")
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    PULLS_FIELD_NUMBER: _ClassVar[int]
+    queues: _containers.RepeatedCompositeFieldContainer[QueueInfo]
+    pulls: _containers.RepeatedCompositeFieldContainer[PullInFlight]
+    def __init__(self, queues: _Optional[_Iterable[_Union[QueueInfo, _Mapping]]] = ..., pulls: _Optional[_Iterable[_Union[PullInFlight, _Mapping]]] = ...) -> None: ...
