@@ -23,7 +23,8 @@ def _tar(members: list[tuple[str, bytes | str | None]]) -> bytes:
         for name, value in members:
             info = tarfile.TarInfo(name)
             if value is None:
-                info.type = tarfile.DIRTYPE
+                # TarInfo's default 0o644 would leave a directory nobody but root may enter.
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
                 tar.addfile(info)
             elif isinstance(value, str):
                 info.type, info.linkname = tarfile.SYMTYPE, value
