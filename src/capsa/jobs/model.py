@@ -71,6 +71,7 @@ class RunRequest:
     # Client-generated idempotency key (capsa.state.keys): a second run with the same key returns
     # the first job instead of running again.
     request_id: str = ""
+    restart: str = ""             # no | on-failure[:N] | always (capsa.jobs.restart)
 
 
 @dataclass
@@ -108,6 +109,10 @@ class Job:
     gpus: int = 0
     gpu_devices: list[str] = field(default_factory=list)   # the GPUs it holds (held once ended): UUID or nvidia<minor>
     log_incomplete_bytes: int = 0   # output its log could not keep (disk full, ADR-0004); 0 = complete
+    # Its restart policy (capsa.jobs.restart), filled by JobService from its own table, not from this row.
+    restart_policy: str = ""
+    restart_count: int = 0
+    next_restart_ns: int = 0      # wall clock of the restart that is due; 0 = none
 
     @property
     def short_id(self) -> str:
