@@ -71,6 +71,7 @@ pb = _LazyModule("jobs_pb2")
 mpb = _LazyModule("metrics_pb2")
 npb = _LazyModule("networks_pb2")
 rpb = _LazyModule("runtimes_pb2")
+hpb = _LazyModule("housekeeping_pb2")
 wpb = _LazyModule("workflows_pb2")
 
 __all__ = ["CapsaClient"]
@@ -86,6 +87,7 @@ class CapsaClient:
     workflows = _Stub("workflows_pb2_grpc", "WorkflowServiceStub")
     capsules = _Stub("capsules_pb2_grpc", "CapsuleServiceStub")
     runtimes = _Stub("runtimes_pb2_grpc", "RuntimeServiceStub")
+    housekeeping = _Stub("housekeeping_pb2_grpc", "HousekeepingServiceStub")
 
     def __init__(self, node: NodeConfig, *, timeout: float = 60.0) -> None:
         expiry = cert_expiry(node.cert_pem)
@@ -448,6 +450,12 @@ class CapsaClient:
 
     def remove_runtime(self, name: str, *, force: bool = False) -> str:
         return str(self._call(self.runtimes.RemoveRuntime, rpb.RemoveRuntimeRequest(name=name, force=force)).removed)
+
+    # -- housekeeping ------------------------------------------------------------------------
+    def prune(self, *, older_than: str = "", states: list[str] | None = None,
+              dry_run: bool = False) -> hpb.PruneResponse:
+        request = hpb.PruneRequest(older_than=older_than, states=states or [], dry_run=dry_run)
+        return self._call(self.housekeeping.Prune, request, timeout=None)
 
 
 def _capsule_ref(ref: str) -> cpb.CapsuleRef:

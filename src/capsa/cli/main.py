@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "inspect": ("jobs", "inspect", "Show everything known about a job (JSON)."),
     "logs": ("jobs", "logs", "Print a job's output (stdout to stdout, stderr to stderr)."),
     "network": ("networks", "network", "Manage job networks (built-in modes: host, none, isolated, bridge)."),
+    "prune": ("housekeeping", "prune", "Remove ended jobs (rows, logs, /work) and finished state-machine history."),
     "ps": ("jobs", "ps", "List jobs (running ones unless -a)."),
     "rm": ("jobs", "rm", "Remove ended jobs, their logs and files."),
     "run": ("jobs", "run", "Run COMMAND as an isolated job (attached unless -d): capsa run [flags] -- CMD ARGS."),

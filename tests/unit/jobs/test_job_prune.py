@@ -69,3 +69,19 @@ def test_the_retention_policy_prunes_old_jobs(service: JobService, supervisor: F
                              fsm_runs_older_than_s=None)
     assert policy.run_once().jobs == [old]
     assert service.get(recent).state == JobState.FAILED
+
+
+def test_the_retention_thread_prunes_on_its_own_and_closes(service: JobService, supervisor: FakeSupervisor) -> None:
+    old = _ended(service, supervisor, 0, ended_ago_s=100)
+    policy = RetentionPolicy(Housekeeper(service, None), interval_s=0.05, jobs_older_than_s=50,
+                             fsm_runs_older_than_s=None)
+    policy.start()
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and Housekeeper(service, None).select_jobs(older_than_s=50):
+            time.sleep(0.02)
+    finally:
+        policy.close()
+    with pytest.raises(NotFound):
+        service.get(old)
+    assert not policy._thread.is_alive()
