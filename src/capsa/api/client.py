@@ -171,12 +171,12 @@ class CapsaClient:
                 seccomp: str = "", network: str = "", volumes: list[str] | None = None,
                 secret_env: dict[str, str] | None = None, upload_session: str = "", schedule: str = "",
                 timeout: str = "", capsules: list[str] | None = None, runtime: str = "", gpus: int = 0,
-                request_id: str = "", restart: str = "") -> pb.Job:
+                request_id: str = "", restart: str = "", log_max_size: str = "") -> pb.Job:
         """Start a job; ``request_id`` (default: a fresh uuid4) makes retries safe, see :meth:`_submit`."""
         request = pb.RunJobRequest(
             request_id=request_id or self.new_request_id(),
             command=command, env=env or {}, workdir=workdir, name=name, image=image, pull=pull, user=user,
-            gpus=gpus, restart=restart,
+            gpus=gpus, restart=restart, log_max_size=log_max_size,
             seccomp=seccomp, network=network, volumes=volumes or [], capsules=capsules or [], runtime=runtime,
             secret_env=secret_env or {}, upload_session=upload_session, schedule=schedule, timeout=timeout,
             resources=pb.Resources(max_cpu=max_cpu, cpu_cores=cpu_cores, max_memory_mb=max_memory_mb,

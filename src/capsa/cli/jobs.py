@@ -21,7 +21,7 @@ def job_dict(job: Any) -> dict[str, Any]:
     data = message_dict(job)
     data["exit_code"] = job.exit_code if job.ended else None
     for key in ("created_at_ns", "started_at_ns", "ended_at_ns", "start_latency_ns", "scheduled_at_ns",
-                "next_restart_at_ns"):
+                "next_restart_at_ns", "log_dropped_bytes"):
         data[key] = int(data.get(key, 0))
     # protobuf's JSON mapping writes 64-bit integers as strings; scripts expect numbers
     resources = data.get("resources") or {}
@@ -63,6 +63,8 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
               help="Whole NVIDIA GPUs for the job, exclusively (docs/gpu.md); fails if not enough are free.")
 @click.option("--restart", default="no", metavar="no|on-failure[:N]|always",
               help="Restart the job when it ends (backoff 0.1s doubling to 30s); `capsa stop` ends the policy.")
+@click.option("--log-max-size", default="", metavar="SIZE",
+              help="Keep at most about SIZE (10M, 512KiB) of the newest output; `inspect` shows what was dropped.")
 @feature_options
 @json_option
 @click.argument("command", nargs=-1, required=False)
@@ -70,7 +72,7 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 def run(obj: Any, detach: bool, name: str, env: tuple[str, ...], workdir: str, max_cpu: int, cpu_cores: str,
         max_memory: int, max_iobps: int, max_pids: int, image: str, pull: str, runtime: str, user: str,
         seccomp: str, network: str, volumes: tuple[str, ...], capsules: tuple[str, ...], gpus: int,
-        restart: str, as_json: bool, command: tuple[str, ...], **features: Any) -> int:
+        restart: str, log_max_size: str, as_json: bool, command: tuple[str, ...], **features: Any) -> int:
     """Run COMMAND as an isolated job (attached unless -d): capsa run [flags] -- CMD ARGS."""
     if not command and not image and not runtime:
         raise InvalidArgument("no command given: use `capsa run [flags] -- COMMAND [ARGS...]`")
@@ -80,7 +82,7 @@ def run(obj: Any, detach: bool, name: str, env: tuple[str, ...], workdir: str, m
                          cpu_cores=cpu_cores, max_memory_mb=max_memory, max_iobps=max_iobps, max_pids=max_pids,
                          image=image, pull=pull, runtime=runtime, user=user, seccomp=seccomp, network=network,
                          volumes=list(volumes), capsules=list(capsules), gpus=gpus,
-                         restart="" if restart == "no" else restart, **extra)
+                         restart="" if restart == "no" else restart, log_max_size=log_max_size, **extra)
     if job.ended and job.reason.startswith("start failed"):
         click.echo(f"capsa: job {job.id[:12]}: {job.reason}", err=True)
         return job.exit_code or 127

@@ -41,6 +41,10 @@ MIGRATIONS = [
 ]
 
 
+# Not about restarts, but a column of the same age: kept here so capsa.jobs' own MIGRATIONS stay untouched.
+LOG_LIMIT_MIGRATIONS = ["ALTER TABLE jobs ADD COLUMN log_dropped_bytes INTEGER NOT NULL DEFAULT 0;"]
+
+
 @dataclass(frozen=True)
 class RestartPolicy:
     mode: str = "no"          # no | on-failure | always

@@ -25,7 +25,7 @@ from capsa.errors import CapsaError, Conflict, FailedPrecondition, InvalidArgume
 from capsa.jobs.model import Job, JobPage, JobState, RunRequest
 from capsa.jobs.requests import SERVED_FIELDS, apply_image_config, asks_for, build_spec, validate_request
 from capsa.jobs.resources import Grant, JobResource, acquire_all, release_all
-from capsa.jobs.restart import RestartStore, parse_restart
+from capsa.jobs.restart import LOG_LIMIT_MIGRATIONS, RestartStore, parse_restart
 from capsa.jobs.schedule import (
     ScheduleStore,
     parse_duration,
@@ -71,6 +71,7 @@ class JobService:
         self.store = store or JobStore(db)
         self.schedules = ScheduleStore(db)
         self.restarts = RestartStore(db)
+        db.migrate("job_log_limit", LOG_LIMIT_MIGRATIONS)   # after the jobs table (JobStore) exists
         self.uploads = UploadStore(home / "tmp" / "uploads", upload_limits)
         self._secrets = secret_box or SecretBox(home)
         self._restart_supervisor = restart_supervisor or (lambda: ensure_supervisor(home))
@@ -310,7 +311,12 @@ class JobService:
         return self.store.resolve_id(id_or_prefix)
 
     def get(self, id_or_prefix: str) -> Job:
-        return self._with_restarts([self.store.get(id_or_prefix)])[0]
+        job = self._with_restarts([self.store.get(id_or_prefix)])[0]
+        if job.live:   # recorded at exit; while it runs the log directory's count is the news
+            from capsa.logs._format import read_dropped
+
+            job.log_dropped_bytes = max(job.log_dropped_bytes, read_dropped(self.jobs_dir / job.id / "logs"))
+        return job
 
     def list(self, *, all: bool = False) -> list[Job]:
         return self.page(all=all).jobs
@@ -447,6 +453,13 @@ class JobService:
                 log.error("recording the exit of job %s failed (%s); retrying until the database accepts it",
                           rec.job_id, exc)
             return
+        from capsa.logs._format import read_dropped
+
+        # The log directory's count is final once the log is (exit events wait for that); the record's may not be.
+        dropped = max(rec.log_dropped_bytes, read_dropped(self.jobs_dir / rec.job_id / "logs"))
+        if dropped:
+            with contextlib.suppress(sqlite3.Error, CapsaError):   # a count, not a state: never blocks the exit
+                self.db.execute("UPDATE jobs SET log_dropped_bytes = ? WHERE id = ?", (dropped, rec.job_id))
         self._release(rec.job_id)
         with contextlib.suppress(CapsaError):
             self.supervisor.forget(rec.job_id)

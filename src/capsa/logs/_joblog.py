@@ -137,6 +137,11 @@ class JobLog:
         return f"log incomplete: {lost} bytes not written ({self._lost_reason or 'write failed'})"
 
     @property
+    def dropped_bytes(self) -> int:
+        """Bytes of oldest segments dropped to keep within the job's --log-max-size."""
+        return self._writer.dropped_bytes
+
+    @property
     def incomplete_bytes(self) -> int:
         """Output bytes given up on (never written; a notice record stands in their place)."""
         return self._lost_bytes

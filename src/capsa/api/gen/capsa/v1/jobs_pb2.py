@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from capsa.api.gen.capsa.v1 import common_pb2 as capsa_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63\x61psa/v1/jobs.proto\x12\x08\x63\x61psa.v1\x1a\x15\x63\x61psa/v1/common.proto\"k\n\tResources\x12\x0f\n\x07max_cpu\x18\x01 \x01(\x05\x12\x11\n\tcpu_cores\x18\x02 \x01(\t\x12\x15\n\rmax_memory_mb\x18\x03 \x01(\x03\x12\x11\n\tmax_iobps\x18\x04 \x01(\x03\x12\x10\n\x08max_pids\x18\x05 \x01(\x05\"\xb8\x04\n\rRunJobRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x03(\t\x12-\n\x03\x65nv\x18\x02 \x03(\x0b\x32 .capsa.v1.RunJobRequest.EnvEntry\x12&\n\tresources\x18\x03 \x01(\x0b\x32\x13.capsa.v1.Resources\x12\x0f\n\x07workdir\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\r\n\x05image\x18\x06 \x01(\t\x12\x0c\n\x04pull\x18\x07 \x01(\t\x12\x16\n\x0e\x65ntrypoint_set\x18\x08 \x01(\x08\x12\x0c\n\x04user\x18\t \x01(\t\x12\x0f\n\x07seccomp\x18< \x01(\t\x12\x0f\n\x07network\x18= \x01(\t\x12\x0f\n\x07volumes\x18> \x03(\t\x12\x16\n\x0eupload_session\x18( \x01(\t\x12:\n\nsecret_env\x18) \x03(\x0b\x32&.capsa.v1.RunJobRequest.SecretEnvEntry\x12\x10\n\x08schedule\x18* \x01(\t\x12\x0f\n\x07timeout\x18+ \x01(\t\x12\x10\n\x08\x63\x61psules\x18P \x03(\t\x12\x0f\n\x07runtime\x18Z \x01(\t\x12\x0c\n\x04gpus\x18\x64 \x01(\x05\x12\x12\n\nrequest_id\x18n \x01(\t\x12\x10\n\x07restart\x18\xaa\x01 \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0eSecretEnvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x80\x06\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x03 \x03(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x11\n\texit_code\x18\x05 \x01(\x05\x12\x0e\n\x06signal\x18\x06 \x01(\x05\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x15\n\rcreated_at_ns\x18\x08 \x01(\x03\x12\x15\n\rstarted_at_ns\x18\t \x01(\x03\x12\x13\n\x0b\x65nded_at_ns\x18\n \x01(\x03\x12&\n\tresources\x18\x0b \x01(\x0b\x32\x13.capsa.v1.Resources\x12\x0b\n\x03pid\x18\x0c \x01(\x05\x12\r\n\x05\x65nded\x18\r \x01(\x08\x12#\n\x03\x65nv\x18\x0e \x03(\x0b\x32\x16.capsa.v1.Job.EnvEntry\x12\x0f\n\x07workdir\x18\x0f \x01(\t\x12\x10\n\x08hostname\x18\x10 \x01(\t\x12\x0e\n\x06\x63group\x18\x11 \x01(\t\x12\x18\n\x10start_latency_ns\x18\x12 \x01(\x03\x12\r\n\x05image\x18\x13 \x01(\t\x12\x14\n\x0cimage_digest\x18\x14 \x01(\t\x12\x17\n\x0fscheduled_at_ns\x18( \x01(\x03\x12\x17\n\x0ftimeout_seconds\x18) \x01(\x01\x12\x17\n\x0fsecret_env_keys\x18* \x03(\t\x12\x13\n\x0bworkflow_id\x18\x15 \x01(\t\x12\x14\n\x0cworkflow_job\x18\x16 \x01(\t\x12\x0f\n\x07seccomp\x18< \x01(\t\x12\x0f\n\x07network\x18= \x01(\t\x12\n\n\x02ip\x18> \x01(\t\x12\x0f\n\x07volumes\x18? \x03(\t\x12\x0c\n\x04gpus\x18\x64 \x01(\x05\x12\x13\n\x0bgpu_devices\x18\x65 \x03(\t\x12\x1c\n\x14log_incomplete_bytes\x18x \x01(\x03\x12\x17\n\x0erestart_policy\x18\xaa\x01 \x01(\t\x12\x16\n\rrestart_count\x18\xab\x01 \x01(\x05\x12\x1b\n\x12next_restart_at_ns\x18\xac\x01 \x01(\x03\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"A\n\x0fListJobsRequest\x12\x0b\n\x03\x61ll\x18\x01 \x01(\x08\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"H\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.capsa.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"3\n\x0eStopJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rgrace_seconds\x18\x02 \x01(\x01\"-\n\x10\x44\x65leteJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x1f\n\x11\x44\x65leteJobResponse\x12\n\n\x02id\x18\x01 \x01(\t\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"O\n\x0bUploadChunk\x12$\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x15.capsa.v1.UploadEntry\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\"Z\n\x0bUploadEntry\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\r\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x13\n\x0blink_target\x18\x05 \x01(\t\"]\n\x0cUploadResult\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\r\n\x05\x66iles\x18\x02 \x01(\x03\x12\x0c\n\x04\x64irs\x18\x03 \x01(\x03\x12\x10\n\x08symlinks\x18\x04 \x01(\x03\x12\r\n\x05\x62ytes\x18\x05 \x01(\x03\"A\n\x11StreamLogsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x10\n\x08\x66rom_seq\x18\x03 \x01(\x03\"K\n\x08LogChunk\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0e\n\x06stream\x18\x02 \x01(\x05\x12\x14\n\x0ctimestamp_ns\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"[\n\x0bVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x16\n\x0e\x63group_version\x18\x02 \x01(\t\x12\x0e\n\x06kernel\x18\x03 \x01(\t\x12\x13\n\x0bsnapshotter\x18\x04 \x01(\t\"-\n\x08Identity\x12\x13\n\x0b\x63ommon_name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t2\xe6\x03\n\nJobService\x12\x30\n\x06RunJob\x12\x17.capsa.v1.RunJobRequest\x1a\r.capsa.v1.Job\x12\x30\n\x06GetJob\x12\x17.capsa.v1.GetJobRequest\x1a\r.capsa.v1.Job\x12\x41\n\x08ListJobs\x12\x19.capsa.v1.ListJobsRequest\x1a\x1a.capsa.v1.ListJobsResponse\x12\x32\n\x07StopJob\x12\x18.capsa.v1.StopJobRequest\x1a\r.capsa.v1.Job\x12\x44\n\tDeleteJob\x12\x1a.capsa.v1.DeleteJobRequest\x1a\x1b.capsa.v1.DeleteJobResponse\x12?\n\nStreamLogs\x12\x1b.capsa.v1.StreamLogsRequest\x1a\x12.capsa.v1.LogChunk0\x01\x12>\n\x0bUploadFiles\x12\x15.capsa.v1.UploadChunk\x1a\x16.capsa.v1.UploadResult(\x01\x12\x36\n\tCancelJob\x12\x1a.capsa.v1.CancelJobRequest\x1a\r.capsa.v1.Job2r\n\x0bNodeService\x12\x34\n\nGetVersion\x12\x0f.capsa.v1.Empty\x1a\x15.capsa.v1.VersionInfo\x12-\n\x06WhoAmI\x12\x0f.capsa.v1.Empty\x1a\x12.capsa.v1.Identityb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63\x61psa/v1/jobs.proto\x12\x08\x63\x61psa.v1\x1a\x15\x63\x61psa/v1/common.proto\"k\n\tResources\x12\x0f\n\x07max_cpu\x18\x01 \x01(\x05\x12\x11\n\tcpu_cores\x18\x02 \x01(\t\x12\x15\n\rmax_memory_mb\x18\x03 \x01(\x03\x12\x11\n\tmax_iobps\x18\x04 \x01(\x03\x12\x10\n\x08max_pids\x18\x05 \x01(\x05\"\xcf\x04\n\rRunJobRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x03(\t\x12-\n\x03\x65nv\x18\x02 \x03(\x0b\x32 .capsa.v1.RunJobRequest.EnvEntry\x12&\n\tresources\x18\x03 \x01(\x0b\x32\x13.capsa.v1.Resources\x12\x0f\n\x07workdir\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\r\n\x05image\x18\x06 \x01(\t\x12\x0c\n\x04pull\x18\x07 \x01(\t\x12\x16\n\x0e\x65ntrypoint_set\x18\x08 \x01(\x08\x12\x0c\n\x04user\x18\t \x01(\t\x12\x0f\n\x07seccomp\x18< \x01(\t\x12\x0f\n\x07network\x18= \x01(\t\x12\x0f\n\x07volumes\x18> \x03(\t\x12\x16\n\x0eupload_session\x18( \x01(\t\x12:\n\nsecret_env\x18) \x03(\x0b\x32&.capsa.v1.RunJobRequest.SecretEnvEntry\x12\x10\n\x08schedule\x18* \x01(\t\x12\x0f\n\x07timeout\x18+ \x01(\t\x12\x10\n\x08\x63\x61psules\x18P \x03(\t\x12\x0f\n\x07runtime\x18Z \x01(\t\x12\x0c\n\x04gpus\x18\x64 \x01(\x05\x12\x12\n\nrequest_id\x18n \x01(\t\x12\x10\n\x07restart\x18\xaa\x01 \x01(\t\x12\x15\n\x0clog_max_size\x18\xab\x01 \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0eSecretEnvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9c\x06\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x03 \x03(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x11\n\texit_code\x18\x05 \x01(\x05\x12\x0e\n\x06signal\x18\x06 \x01(\x05\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x15\n\rcreated_at_ns\x18\x08 \x01(\x03\x12\x15\n\rstarted_at_ns\x18\t \x01(\x03\x12\x13\n\x0b\x65nded_at_ns\x18\n \x01(\x03\x12&\n\tresources\x18\x0b \x01(\x0b\x32\x13.capsa.v1.Resources\x12\x0b\n\x03pid\x18\x0c \x01(\x05\x12\r\n\x05\x65nded\x18\r \x01(\x08\x12#\n\x03\x65nv\x18\x0e \x03(\x0b\x32\x16.capsa.v1.Job.EnvEntry\x12\x0f\n\x07workdir\x18\x0f \x01(\t\x12\x10\n\x08hostname\x18\x10 \x01(\t\x12\x0e\n\x06\x63group\x18\x11 \x01(\t\x12\x18\n\x10start_latency_ns\x18\x12 \x01(\x03\x12\r\n\x05image\x18\x13 \x01(\t\x12\x14\n\x0cimage_digest\x18\x14 \x01(\t\x12\x17\n\x0fscheduled_at_ns\x18( \x01(\x03\x12\x17\n\x0ftimeout_seconds\x18) \x01(\x01\x12\x17\n\x0fsecret_env_keys\x18* \x03(\t\x12\x13\n\x0bworkflow_id\x18\x15 \x01(\t\x12\x14\n\x0cworkflow_job\x18\x16 \x01(\t\x12\x0f\n\x07seccomp\x18< \x01(\t\x12\x0f\n\x07network\x18= \x01(\t\x12\n\n\x02ip\x18> \x01(\t\x12\x0f\n\x07volumes\x18? \x03(\t\x12\x0c\n\x04gpus\x18\x64 \x01(\x05\x12\x13\n\x0bgpu_devices\x18\x65 \x03(\t\x12\x1c\n\x14log_incomplete_bytes\x18x \x01(\x03\x12\x17\n\x0erestart_policy\x18\xaa\x01 \x01(\t\x12\x16\n\rrestart_count\x18\xab\x01 \x01(\x05\x12\x1b\n\x12next_restart_at_ns\x18\xac\x01 \x01(\x03\x12\x1a\n\x11log_dropped_bytes\x18\xad\x01 \x01(\x03\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"A\n\x0fListJobsRequest\x12\x0b\n\x03\x61ll\x18\x01 \x01(\x08\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"H\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.capsa.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"3\n\x0eStopJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rgrace_seconds\x18\x02 \x01(\x01\"-\n\x10\x44\x65leteJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x1f\n\x11\x44\x65leteJobResponse\x12\n\n\x02id\x18\x01 \x01(\t\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"O\n\x0bUploadChunk\x12$\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x15.capsa.v1.UploadEntry\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\"Z\n\x0bUploadEntry\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\r\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x13\n\x0blink_target\x18\x05 \x01(\t\"]\n\x0cUploadResult\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\r\n\x05\x66iles\x18\x02 \x01(\x03\x12\x0c\n\x04\x64irs\x18\x03 \x01(\x03\x12\x10\n\x08symlinks\x18\x04 \x01(\x03\x12\r\n\x05\x62ytes\x18\x05 \x01(\x03\"A\n\x11StreamLogsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x10\n\x08\x66rom_seq\x18\x03 \x01(\x03\"K\n\x08LogChunk\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0e\n\x06stream\x18\x02 \x01(\x05\x12\x14\n\x0ctimestamp_ns\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"[\n\x0bVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x16\n\x0e\x63group_version\x18\x02 \x01(\t\x12\x0e\n\x06kernel\x18\x03 \x01(\t\x12\x13\n\x0bsnapshotter\x18\x04 \x01(\t\"-\n\x08Identity\x12\x13\n\x0b\x63ommon_name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t2\xe6\x03\n\nJobService\x12\x30\n\x06RunJob\x12\x17.capsa.v1.RunJobRequest\x1a\r.capsa.v1.Job\x12\x30\n\x06GetJob\x12\x17.capsa.v1.GetJobRequest\x1a\r.capsa.v1.Job\x12\x41\n\x08ListJobs\x12\x19.capsa.v1.ListJobsRequest\x1a\x1a.capsa.v1.ListJobsResponse\x12\x32\n\x07StopJob\x12\x18.capsa.v1.StopJobRequest\x1a\r.capsa.v1.Job\x12\x44\n\tDeleteJob\x12\x1a.capsa.v1.DeleteJobRequest\x1a\x1b.capsa.v1.DeleteJobResponse\x12?\n\nStreamLogs\x12\x1b.capsa.v1.StreamLogsRequest\x1a\x12.capsa.v1.LogChunk0\x01\x12>\n\x0bUploadFiles\x12\x15.capsa.v1.UploadChunk\x1a\x16.capsa.v1.UploadResult(\x01\x12\x36\n\tCancelJob\x12\x1a.capsa.v1.CancelJobRequest\x1a\r.capsa.v1.Job2r\n\x0bNodeService\x12\x34\n\nGetVersion\x12\x0f.capsa.v1.Empty\x1a\x15.capsa.v1.VersionInfo\x12-\n\x06WhoAmI\x12\x0f.capsa.v1.Empty\x1a\x12.capsa.v1.Identityb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,45 +41,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESOURCES']._serialized_start=56
   _globals['_RESOURCES']._serialized_end=163
   _globals['_RUNJOBREQUEST']._serialized_start=166
-  _globals['_RUNJOBREQUEST']._serialized_end=734
-  _globals['_RUNJOBREQUEST_ENVENTRY']._serialized_start=642
-  _globals['_RUNJOBREQUEST_ENVENTRY']._serialized_end=684
-  _globals['_RUNJOBREQUEST_SECRETENVENTRY']._serialized_start=686
-  _globals['_RUNJOBREQUEST_SECRETENVENTRY']._serialized_end=734
-  _globals['_JOB']._serialized_start=737
-  _globals['_JOB']._serialized_end=1505
-  _globals['_JOB_ENVENTRY']._serialized_start=642
-  _globals['_JOB_ENVENTRY']._serialized_end=684
-  _globals['_GETJOBREQUEST']._serialized_start=1507
-  _globals['_GETJOBREQUEST']._serialized_end=1534
-  _globals['_LISTJOBSREQUEST']._serialized_start=1536
-  _globals['_LISTJOBSREQUEST']._serialized_end=1601
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1603
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1675
-  _globals['_STOPJOBREQUEST']._serialized_start=1677
-  _globals['_STOPJOBREQUEST']._serialized_end=1728
-  _globals['_DELETEJOBREQUEST']._serialized_start=1730
-  _globals['_DELETEJOBREQUEST']._serialized_end=1775
-  _globals['_DELETEJOBRESPONSE']._serialized_start=1777
-  _globals['_DELETEJOBRESPONSE']._serialized_end=1808
-  _globals['_CANCELJOBREQUEST']._serialized_start=1810
-  _globals['_CANCELJOBREQUEST']._serialized_end=1840
-  _globals['_UPLOADCHUNK']._serialized_start=1842
-  _globals['_UPLOADCHUNK']._serialized_end=1921
-  _globals['_UPLOADENTRY']._serialized_start=1923
-  _globals['_UPLOADENTRY']._serialized_end=2013
-  _globals['_UPLOADRESULT']._serialized_start=2015
-  _globals['_UPLOADRESULT']._serialized_end=2108
-  _globals['_STREAMLOGSREQUEST']._serialized_start=2110
-  _globals['_STREAMLOGSREQUEST']._serialized_end=2175
-  _globals['_LOGCHUNK']._serialized_start=2177
-  _globals['_LOGCHUNK']._serialized_end=2252
-  _globals['_VERSIONINFO']._serialized_start=2254
-  _globals['_VERSIONINFO']._serialized_end=2345
-  _globals['_IDENTITY']._serialized_start=2347
-  _globals['_IDENTITY']._serialized_end=2392
-  _globals['_JOBSERVICE']._serialized_start=2395
-  _globals['_JOBSERVICE']._serialized_end=2881
-  _globals['_NODESERVICE']._serialized_start=2883
-  _globals['_NODESERVICE']._serialized_end=2997
+  _globals['_RUNJOBREQUEST']._serialized_end=757
+  _globals['_RUNJOBREQUEST_ENVENTRY']._serialized_start=665
+  _globals['_RUNJOBREQUEST_ENVENTRY']._serialized_end=707
+  _globals['_RUNJOBREQUEST_SECRETENVENTRY']._serialized_start=709
+  _globals['_RUNJOBREQUEST_SECRETENVENTRY']._serialized_end=757
+  _globals['_JOB']._serialized_start=760
+  _globals['_JOB']._serialized_end=1556
+  _globals['_JOB_ENVENTRY']._serialized_start=665
+  _globals['_JOB_ENVENTRY']._serialized_end=707
+  _globals['_GETJOBREQUEST']._serialized_start=1558
+  _globals['_GETJOBREQUEST']._serialized_end=1585
+  _globals['_LISTJOBSREQUEST']._serialized_start=1587
+  _globals['_LISTJOBSREQUEST']._serialized_end=1652
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1654
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1726
+  _globals['_STOPJOBREQUEST']._serialized_start=1728
+  _globals['_STOPJOBREQUEST']._serialized_end=1779
+  _globals['_DELETEJOBREQUEST']._serialized_start=1781
+  _globals['_DELETEJOBREQUEST']._serialized_end=1826
+  _globals['_DELETEJOBRESPONSE']._serialized_start=1828
+  _globals['_DELETEJOBRESPONSE']._serialized_end=1859
+  _globals['_CANCELJOBREQUEST']._serialized_start=1861
+  _globals['_CANCELJOBREQUEST']._serialized_end=1891
+  _globals['_UPLOADCHUNK']._serialized_start=1893
+  _globals['_UPLOADCHUNK']._serialized_end=1972
+  _globals['_UPLOADENTRY']._serialized_start=1974
+  _globals['_UPLOADENTRY']._serialized_end=2064
+  _globals['_UPLOADRESULT']._serialized_start=2066
+  _globals['_UPLOADRESULT']._serialized_end=2159
+  _globals['_STREAMLOGSREQUEST']._serialized_start=2161
+  _globals['_STREAMLOGSREQUEST']._serialized_end=2226
+  _globals['_LOGCHUNK']._serialized_start=2228
+  _globals['_LOGCHUNK']._serialized_end=2303
+  _globals['_VERSIONINFO']._serialized_start=2305
+  _globals['_VERSIONINFO']._serialized_end=2396
+  _globals['_IDENTITY']._serialized_start=2398
+  _globals['_IDENTITY']._serialized_end=2443
+  _globals['_JOBSERVICE']._serialized_start=2446
+  _globals['_JOBSERVICE']._serialized_end=2932
+  _globals['_NODESERVICE']._serialized_start=2934
+  _globals['_NODESERVICE']._serialized_end=3048
 # @@protoc_insertion_point(module_scope)
