@@ -67,6 +67,14 @@ class SegmentWriter:
         self._cautious = False  # after a failed write: one record per pwritev, to fill what space is left
         self._end_written = False
 
+    @property
+    def segment_bytes(self) -> int:
+        return self._segment_bytes
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
+
     # -- opening and recovery (caller's thread) -------------------------------------------------------
 
     def open(self) -> int:

@@ -38,3 +38,15 @@ def test_an_unlimited_log_drops_nothing(tmp_path: Path) -> None:
         assert job.wait_persisted(10)
         assert job.dropped_bytes == 0
     assert sum(len(c.data) for c in read_log(tmp_path)) == 50_000 and read_dropped(tmp_path) == 0
+
+
+def test_a_chunk_larger_than_a_segment_is_split_so_its_tail_is_kept(tmp_path: Path) -> None:
+    limit = 64 * 1024
+    data = b"".join(f"{i:07d}\n".encode() for i in range(40_000))   # 320 KB in one read of the pipe
+    with LogPersister(segment_bytes=1 << 20, fsync_on_close=False) as p:
+        job = p.open("j", tmp_path, max_bytes=limit)
+        job.append(Stream.STDOUT, data)
+        job.finish()
+        assert job.wait_persisted(10)
+    kept = b"".join(c.data for c in read_log(tmp_path) if c.stream == Stream.STDOUT)
+    assert limit * 3 // 4 - 4096 <= len(kept) <= limit and data.endswith(kept)
