@@ -34,6 +34,7 @@ from capsa.errors import CapsaError, Unavailable
 from capsa.fsm import Engine, RetryPolicy
 from capsa.gpus import GpuAllocator
 from capsa.gpus.resource import GpuResource
+from capsa.housekeeping import Housekeeper, RetentionPolicy
 from capsa.images.resource import ImageRootResource
 from capsa.images.service import ImageService
 from capsa.images.setup import open_image_service, open_snapshotter_from_config, registry_config, s3_config
@@ -96,6 +97,7 @@ class Daemon:
     metrics: DaemonMetrics
     runtimes: RuntimeService
     workflows: WorkflowService
+    housekeeper: Housekeeper
     server: ApiServer
     cluster: ClusterComponent | None   # with a cluster section in server.yaml (capsa.cluster)
 
@@ -109,7 +111,7 @@ class Daemon:
         self.job_resources: tuple[JobResource, ...] = ()   # what jobs borrow from the node, once built
         self._serving = False
         self._running = contextlib.ExitStack()
-        self._policies: list[BackupSchedule | CapsuleGcPolicy] = []
+        self._policies: list[BackupSchedule | CapsuleGcPolicy | RetentionPolicy] = []
 
     def start(self) -> None:
         """Build, reconcile and serve; on any failure, undo what was started and raise."""
@@ -185,6 +187,11 @@ class Daemon:
             self.db, self.engine, self.jobs, secret_box=secret_box, queue=WORKFLOW_QUEUE, registries=Registries(
                 runtime_image=self.runtimes.image_for, volume_exists=self._volume_exists,
                 network_exists=lambda name: any(n.name == name for n in self.networks.list())))
+        # Runs other tables name by id outlive retention: a retried pull request returns its run's
+        # outcome, a workflow record shows its run.
+        self.engine.keep_runs_referenced_by("SELECT run_id FROM image_pull_requests")
+        self.engine.keep_runs_referenced_by("SELECT run_id FROM workflows WHERE run_id != ''")
+        self.housekeeper = Housekeeper(self.jobs, self.engine)
 
     def _reconcile(self) -> None:
         """Jobs first (adopt survivors, fail the lost), then what every job borrowed, from what is live."""
@@ -198,8 +205,14 @@ class Daemon:
         self._start_policies()
 
     def _start_policies(self) -> None:
-        """Periodic work server.yaml asks for: database backups and capsule GC (closed before the engine)."""
-        backup, gc = self.config.backup, self.config.capsules.gc
+        """Periodic work server.yaml asks for: database backups, capsule GC and retention (closed before the engine)."""
+        backup, gc, retention = self.config.backup, self.config.capsules.gc, self.config.retention
+        if retention.jobs_older_than_s is not None or retention.fsm_runs_older_than_s is not None:
+            keeper = RetentionPolicy(self.housekeeper, interval_s=retention.interval_s,
+                                     jobs_older_than_s=retention.jobs_older_than_s,
+                                     fsm_runs_older_than_s=retention.fsm_runs_older_than_s)
+            keeper.start()
+            self._policies.append(keeper)
         if backup.interval_s is not None and backup.dir is not None:
             schedule = BackupSchedule(self.db.path, backup.dir, interval_s=backup.interval_s, keep=backup.keep)
             schedule.start()

@@ -72,6 +72,7 @@ pb = _LazyModule("jobs_pb2")
 mpb = _LazyModule("metrics_pb2")
 npb = _LazyModule("networks_pb2")
 rpb = _LazyModule("runtimes_pb2")
+hpb = _LazyModule("housekeeping_pb2")
 wpb = _LazyModule("workflows_pb2")
 
 __all__ = ["CapsaClient"]
@@ -89,6 +90,7 @@ class CapsaClient:
     runtimes = _Stub("runtimes_pb2_grpc", "RuntimeServiceStub")
     interactive = _Stub("interactive_pb2_grpc", "InteractiveServiceStub")
     files = _Stub("files_pb2_grpc", "FileServiceStub")
+    housekeeping = _Stub("housekeeping_pb2_grpc", "HousekeepingServiceStub")
 
     def __init__(self, node: NodeConfig, *, timeout: float = 60.0) -> None:
         expiry = cert_expiry(node.cert_pem)
@@ -172,12 +174,13 @@ class CapsaClient:
                 seccomp: str = "", network: str = "", volumes: list[str] | None = None,
                 secret_env: dict[str, str] | None = None, upload_session: str = "", schedule: str = "",
                 timeout: str = "", capsules: list[str] | None = None, runtime: str = "", gpus: int = 0,
-                request_id: str = "", ports: list[str] | None = None) -> pb.Job:
+                request_id: str = "", ports: list[str] | None = None, restart: str = "",
+                log_max_size: str = "") -> pb.Job:
         """Start a job; ``request_id`` (default: a fresh uuid4) makes retries safe, see :meth:`_submit`."""
         request = pb.RunJobRequest(
             request_id=request_id or self.new_request_id(),
             command=command, env=env or {}, workdir=workdir, name=name, image=image, pull=pull, user=user,
-            gpus=gpus,
+            gpus=gpus, restart=restart, log_max_size=log_max_size,
             seccomp=seccomp, network=network, volumes=volumes or [], capsules=capsules or [], runtime=runtime,
             secret_env=secret_env or {}, upload_session=upload_session, schedule=schedule, timeout=timeout,
             ports=ports or [],
@@ -499,6 +502,12 @@ class CapsaClient:
 
     def remove_runtime(self, name: str, *, force: bool = False) -> str:
         return str(self._call(self.runtimes.RemoveRuntime, rpb.RemoveRuntimeRequest(name=name, force=force)).removed)
+
+    # -- housekeeping ------------------------------------------------------------------------
+    def prune(self, *, older_than: str = "", states: list[str] | None = None,
+              dry_run: bool = False) -> hpb.PruneResponse:
+        request = hpb.PruneRequest(older_than=older_than, states=states or [], dry_run=dry_run)
+        return self._call(self.housekeeping.Prune, request, timeout=None)
 
 
 def _capsule_ref(ref: str) -> cpb.CapsuleRef:

@@ -71,6 +71,8 @@ RPC_ROLES: dict[str, Principal] = {
     "/capsa.v1.RuntimeService/ListRuntimes": Role.READER,
     "/capsa.v1.RuntimeService/InspectRuntime": Role.READER,
     "/capsa.v1.RuntimeService/RemoveRuntime": Role.MAINTAINER,
+    # HousekeepingService: prune removes other users' ended jobs and node-wide history
+    "/capsa.v1.HousekeepingService/Prune": Role.MAINTAINER,
     # NodeService
     "/capsa.v1.NodeService/GetVersion": Role.READER,
     "/capsa.v1.NodeService/WhoAmI": Role.READER,

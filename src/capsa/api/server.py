@@ -25,6 +25,7 @@ from capsa.api.gen.capsa.v1 import (
     capsules_pb2_grpc,
     cluster_pb2_grpc,
     files_pb2_grpc,
+    housekeeping_pb2_grpc,
     images_pb2_grpc,
     interactive_pb2_grpc,
     jobs_pb2_grpc,
@@ -37,6 +38,7 @@ from capsa.api.limits import StreamLimits
 from capsa.api.servicers.capsules import CapsuleServicer
 from capsa.api.servicers.cluster import ClusterServicer
 from capsa.api.servicers.files import FileServicer
+from capsa.api.servicers.housekeeping import HousekeepingServicer
 from capsa.api.servicers.images import ImageServicer
 from capsa.api.servicers.interactive import InteractiveServicer
 from capsa.api.servicers.jobs import JobServicer, NodeServicer
@@ -124,6 +126,8 @@ class ApiServer:
         networks_pb2_grpc.add_VolumeServiceServicer_to_server(VolumeServicer(daemon.volumes), server)
         capsules_pb2_grpc.add_CapsuleServiceServicer_to_server(CapsuleServicer(
             daemon.capsule_store, daemon.capsules, daemon.capsule_distribution, blocking), server)
+        housekeeping_pb2_grpc.add_HousekeepingServiceServicer_to_server(
+            HousekeepingServicer(daemon.housekeeper), server)
         jobs_pb2_grpc.add_NodeServiceServicer_to_server(
             NodeServicer(cgroup_version=self.cgroup_version, snapshotter=daemon.config.snapshots.backend,
                          engine=daemon.engine, images=daemon.images), server)

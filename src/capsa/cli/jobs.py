@@ -20,7 +20,8 @@ __all__ = ["COMMANDS"]
 def job_dict(job: Any) -> dict[str, Any]:
     data = message_dict(job)
     data["exit_code"] = job.exit_code if job.ended else None
-    for key in ("created_at_ns", "started_at_ns", "ended_at_ns", "start_latency_ns", "scheduled_at_ns"):
+    for key in ("created_at_ns", "started_at_ns", "ended_at_ns", "start_latency_ns", "scheduled_at_ns",
+                "next_restart_at_ns", "log_dropped_bytes"):
         data[key] = int(data.get(key, 0))
     # protobuf's JSON mapping writes 64-bit integers as strings; scripts expect numbers
     resources = data.get("resources") or {}
@@ -63,19 +64,22 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
               help="Mount a capsule read-only (default /capsules/NAME) with its dependencies; repeatable.")
 @click.option("--gpus", type=click.IntRange(min=0), default=0,
               help="Whole NVIDIA GPUs for the job, exclusively (docs/gpu.md); fails if not enough are free.")
+@click.option("--restart", default="no", metavar="no|on-failure[:N]|always",
+              help="Restart the job when it ends (backoff 0.1s doubling to 30s); `capsa stop` ends the policy."
+                   " With --pool (no|on-failure|always): place the job again when it fails or its node is lost.")
+@click.option("--log-max-size", default="", metavar="SIZE",
+              help="Keep at most about SIZE (10M, 512KiB) of the newest output; `inspect` shows what was dropped.")
 @feature_options
 @click.option("--pool", is_flag=True, help="Run on whichever node of the pool the scheduler picks (docs/cluster.md).")
 @click.option("--constraint", "constraints", multiple=True, metavar="LABEL=VALUE",
               help="With --pool: only on nodes with this label (repeatable).")
-@click.option("--restart", type=click.Choice(["no", "on-failure", "always"]), default="no", show_default=True,
-              help="With --pool: place the job again when it fails or its node is lost.")
 @json_option
 @click.argument("command", nargs=-1, required=False)
 @click.pass_obj
 def run(obj: Any, detach: bool, name: str, env: tuple[str, ...], workdir: str, max_cpu: int, cpu_cores: str,
         max_memory: int, max_iobps: int, max_pids: int, image: str, pull: str, runtime: str, user: str,
         seccomp: str, network: str, volumes: tuple[str, ...], ports: tuple[str, ...], capsules: tuple[str, ...],
-        gpus: int, pool: bool, constraints: tuple[str, ...], restart: str,
+        gpus: int, restart: str, log_max_size: str, pool: bool, constraints: tuple[str, ...],
         as_json: bool, command: tuple[str, ...], **features: Any) -> int:
     """Run COMMAND as an isolated job (attached unless -d): capsa run [flags] -- CMD ARGS."""
     if not command and not image and not runtime:
@@ -86,6 +90,8 @@ def run(obj: Any, detach: bool, name: str, env: tuple[str, ...], workdir: str, m
             raise InvalidArgument("-p cannot be used with --pool: ports are published on the node that runs the job")
         from capsa.cli.cluster import run_on_pool
 
+        if restart not in ("no", "on-failure", "always"):
+            raise click.UsageError("with --pool, --restart is one of no, on-failure, always")
         return run_on_pool(client, dict(command=list(command), env=_parse_env(env), workdir=workdir, name=name,
                                         image=image, pull=pull, runtime=runtime, user=user, seccomp=seccomp,
                                         network=network, volumes=list(volumes), capsules=list(capsules), gpus=gpus,
@@ -96,7 +102,8 @@ def run(obj: Any, detach: bool, name: str, env: tuple[str, ...], workdir: str, m
     job = client.run_job(list(command), env=_parse_env(env), workdir=workdir, name=name, max_cpu=max_cpu,
                          cpu_cores=cpu_cores, max_memory_mb=max_memory, max_iobps=max_iobps, max_pids=max_pids,
                          image=image, pull=pull, runtime=runtime, user=user, seccomp=seccomp, network=network,
-                         volumes=list(volumes), capsules=list(capsules), gpus=gpus, ports=list(ports), **extra)
+                         volumes=list(volumes), capsules=list(capsules), gpus=gpus, ports=list(ports),
+                         restart="" if restart == "no" else restart, log_max_size=log_max_size, **extra)
     if job.ended and job.reason.startswith("start failed"):
         click.echo(f"capsa: job {job.id[:12]}: {job.reason}", err=True)
         return job.exit_code or 127
@@ -160,8 +167,8 @@ def ps(obj: Any, all_: bool, last: int | None, quiet: bool, pool: bool, as_json:
             click.echo(job.id[:12])
     else:
         print_table(
-            ["JOB ID", "STATE", "EXIT", "CREATED", "COMMAND", "NAME", "WORKFLOW", "PORTS"],
-            [(j.id[:12], j.state, j.exit_code if j.ended else "-", ago(j.created_at_ns),
+            ["JOB ID", "STATE", "EXIT", "RESTARTS", "CREATED", "COMMAND", "NAME", "WORKFLOW", "PORTS"],
+            [(j.id[:12], j.state, j.exit_code if j.ended else "-", j.restart_count, ago(j.created_at_ns),
               " ".join(j.command)[:60], j.name, f"{j.workflow_id[:12]}/{j.workflow_job}" if j.workflow_id else "-",
               ", ".join(j.ports) or "-")
              for j in jobs],

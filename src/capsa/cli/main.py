@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "logs": ("jobs", "logs", "Print a job's output (stdout to stdout, stderr to stderr)."),
     "network": ("networks", "network", "Manage job networks (built-in modes: host, none, isolated, bridge)."),
     "node": ("cluster", "node", "The nodes of the pool."),
+    "prune": ("housekeeping", "prune", "Remove ended jobs (rows, logs, /work) and finished state-machine history."),
     "ps": ("jobs", "ps", "List jobs (running ones unless -a)."),
     "rm": ("jobs", "rm", "Remove ended jobs, their logs and files."),
     "run": ("jobs", "run", "Run COMMAND as an isolated job (attached unless -d): capsa run [flags] -- CMD ARGS."),

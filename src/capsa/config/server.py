@@ -350,6 +350,17 @@ class ClusterConfig(StrictModel):
         return value
 
 
+class RetentionConfig(StrictModel):
+    """Automatic ``capsa prune`` (docs/adr/0015): None (default) keeps that kind of record forever."""
+
+    jobs_older_than_s: Annotated[float, Field(ge=0)] | None = None
+    """Ended jobs (row, log, /work) are removed this long after they ended."""
+    fsm_runs_older_than_s: Annotated[float, Field(ge=0)] | None = None
+    """Finished state-machine runs are deleted this long after they finished (the newest per resource stays)."""
+    interval_s: Annotated[float, Field(ge=1)] = 3600.0
+    """Seconds between two rounds."""
+
+
 class ServerConfig(StrictModel):
     listen: ListenAddress = "127.0.0.1:7443"
     tls: ServerTLS
@@ -362,6 +373,7 @@ class ServerConfig(StrictModel):
     capsules: CapsulesConfig = Field(default_factory=CapsulesConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     runtimes: RuntimesConfig = Field(default_factory=RuntimesConfig)
     cluster: ClusterConfig | None = None
     """Join a pool of nodes through etcd; None = a standalone node."""

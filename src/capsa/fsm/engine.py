@@ -124,6 +124,7 @@ class Engine:
         rng: random.Random | None = None,
     ) -> None:
         self._store = RunStore(db)
+        self._run_references: list[str] = []   # SELECTs of run ids other components keep (prune_history)
         self._queues = dict(DEFAULT_QUEUES if queues is None else queues)
         for name, limit in self._queues.items():
             if not name or limit < 1:
@@ -262,6 +263,15 @@ class Engine:
     def prune(self, *, finished_before: float) -> int:
         """Delete finished runs (with outputs and events) that finished before a Unix time."""
         return self._store.prune(finished_before)
+
+    def keep_runs_referenced_by(self, select_sql: str) -> None:
+        """A component's table names runs by id (``SELECT run_id FROM ...``): :meth:`prune_history` keeps them."""
+        self._run_references.append(select_sql)
+
+    def prune_history(self, *, finished_before: float) -> int:
+        """Retention: delete finished runs that finished before a Unix time, keeping the newest run per
+        resource, hand-off targets and runs other components still reference; returns how many went."""
+        return self._store.prune_history(finished_before, keep_sql=tuple(self._run_references))
 
     def shutdown(self, wait: bool = True, timeout: float = 10) -> None:
         """Stop taking work. Running transitions see ``ctx.cancel`` and are parked, not canceled:

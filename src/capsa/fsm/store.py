@@ -331,3 +331,20 @@ class RunStore:
                 f"DELETE FROM fsm_runs WHERE state NOT IN {_ACTIVE_SQL} AND finished_at < ?", (finished_before,)
             )
             return cursor.rowcount
+
+    def prune_history(self, finished_before: float, *, keep_sql: Sequence[str] = ()) -> int:
+        """Delete finished runs older than ``finished_before`` except those still worth keeping:
+
+        the newest run of each (machine, resource) (``capsa image history`` shows the last pull),
+        runs another run handed off to (``defer_to``), and runs the ``keep_sql`` SELECTs name
+        (e.g. ``image_pull_requests``: a retried pull request returns its run's outcome).
+        """
+        keep = "".join(f" AND run_id NOT IN ({sql})" for sql in keep_sql)
+        with self.db.tx() as conn:
+            return conn.execute(
+                f"DELETE FROM fsm_runs WHERE state NOT IN {_ACTIVE_SQL} AND finished_at < ?"
+                " AND run_id NOT IN (SELECT defer_to FROM fsm_runs WHERE defer_to IS NOT NULL)"
+                " AND EXISTS (SELECT 1 FROM fsm_runs n WHERE n.machine = fsm_runs.machine"
+                " AND n.resource_id = fsm_runs.resource_id AND (n.created_at > fsm_runs.created_at"
+                f" OR (n.created_at = fsm_runs.created_at AND n.rowid > fsm_runs.rowid))){keep}",
+                (finished_before,)).rowcount

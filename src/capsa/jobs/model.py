@@ -72,6 +72,8 @@ class RunRequest:
     # Client-generated idempotency key (capsa.state.keys): a second run with the same key returns
     # the first job instead of running again.
     request_id: str = ""
+    restart: str = ""             # no | on-failure[:N] | always (capsa.jobs.restart)
+    log_max_size: str = ""        # e.g. 10M: keep the newest bytes of the log, drop whole oldest segments
 
 
 @dataclass
@@ -109,6 +111,11 @@ class Job:
     gpus: int = 0
     gpu_devices: list[str] = field(default_factory=list)   # the GPUs it holds (held once ended): UUID or nvidia<minor>
     log_incomplete_bytes: int = 0   # output its log could not keep (disk full, ADR-0004); 0 = complete
+    # Its restart policy (capsa.jobs.restart), filled by JobService from its own table, not from this row.
+    restart_policy: str = ""
+    restart_count: int = 0
+    next_restart_ns: int = 0      # wall clock of the restart that is due; 0 = none
+    log_dropped_bytes: int = 0    # oldest log bytes dropped by --log-max-size (column of migration job_log_limit)
 
     @property
     def short_id(self) -> str:
@@ -155,6 +162,8 @@ class Job:
             gpus=row["gpus"],
             gpu_devices=json.loads(row["gpu_devices"]),
             log_incomplete_bytes=row["log_incomplete_bytes"],
+            # `in row` would search a Row's values: its keys say whether the job_log_limit column exists.
+            log_dropped_bytes=row["log_dropped_bytes"] if "log_dropped_bytes" in row.keys() else 0,  # noqa: SIM118
         )
 
 

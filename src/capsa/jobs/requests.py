@@ -19,8 +19,24 @@ __all__ = ["apply_image_config", "build_spec", "parse_user", "validate_request"]
 SERVED_FIELDS = {"network": "network", "volumes": "volume", "gpus": "GPU", "capsules": "capsule", "image": "image"}
 
 
+LOG_MAX_MIN = 64 * 1024   # below this the kept tail would be a handful of segments of a few KiB
+
+
+def log_max_bytes(request: RunRequest) -> int:
+    """``--log-max-size`` in bytes (0: no limit); one size syntax with volumes (1G, 512MiB, 10M)."""
+    if not request.log_max_size:
+        return 0
+    from capsa.volumes.model import parse_size
+
+    size = parse_size(request.log_max_size)
+    if size < LOG_MAX_MIN:
+        raise InvalidArgument(f"--log-max-size {request.log_max_size!r} is below the minimum of 64KiB")
+    return size
+
+
 def validate_request(request: RunRequest) -> None:
     """What needs no resource to check: limits, working directory, user, seccomp profile."""
+    log_max_bytes(request)
     r = request.resources
     for name, value in (("--max-cpu", r.max_cpu), ("--max-memory", r.max_memory_mb), ("--max-iobps", r.max_iobps),
                         ("--max-pids", r.max_pids)):
@@ -82,6 +98,7 @@ def build_spec(job_id: str, hostname: str, job_dir: Path, request: RunRequest, g
         binds=grant.binds,
         devices=grant.devices,
         device_allow=grant.device_allow,
+        log_max_bytes=log_max_bytes(request),
         resources=ResourceSpec(
             cpu_percent=r.max_cpu or None,
             cpuset=r.cpu_cores or None,

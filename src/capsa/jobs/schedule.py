@@ -211,6 +211,8 @@ class Scheduler:
         now = time.time_ns()
         for job_id in self.jobs.claim_due(now):
             self._pool.submit(self._start, job_id)
+        for job_id in self.jobs.claim_due_restarts(now):
+            self._pool.submit(self._restart, job_id)
         for job_id in self.jobs.expired_timeouts(now):
             self.jobs.time_out(job_id)
         mono = time.monotonic()
@@ -226,8 +228,15 @@ class Scheduler:
         except Exception:
             log.exception("starting scheduled job %s failed", job_id)
 
+    def _restart(self, job_id: str) -> None:
+        try:
+            self.jobs.restart_claimed(job_id)
+        except Exception:
+            log.exception("restarting job %s failed", job_id)
+
     def _sleep_s(self) -> float:
-        deadlines = [d for d in (self.jobs.schedules.next_due_ns(), self.jobs.next_timeout_ns()) if d is not None]
+        deadlines = [d for d in (self.jobs.schedules.next_due_ns(), self.jobs.next_timeout_ns(),
+                                 self.jobs.next_restart_ns()) if d is not None]
         if not deadlines:
             return self.max_sleep_s
         return max(0.0, min(self.max_sleep_s, (min(deadlines) - time.time_ns()) / 1e9))

@@ -25,7 +25,14 @@ from capsa.errors import CapsaError, Conflict, FailedPrecondition, InvalidArgume
 from capsa.jobs.model import Job, JobPage, JobState, RunRequest
 from capsa.jobs.requests import SERVED_FIELDS, apply_image_config, asks_for, build_spec, validate_request
 from capsa.jobs.resources import Grant, JobResource, acquire_all, release_all
-from capsa.jobs.schedule import ScheduleStore, parse_duration, parse_start_time
+from capsa.jobs.restart import LOG_LIMIT_MIGRATIONS, RestartStore, parse_restart
+from capsa.jobs.schedule import (
+    ScheduleStore,
+    parse_duration,
+    parse_start_time,
+    request_from_json,
+    request_to_json,
+)
 from capsa.jobs.secrets import SecretBox, validate_env_names
 from capsa.jobs.store import JobStore, NewJob
 from capsa.jobs.uploads import UploadLimits, UploadStore
@@ -63,6 +70,8 @@ class JobService:
         self.stop_grace_s = stop_grace_s
         self.store = store or JobStore(db)
         self.schedules = ScheduleStore(db)
+        self.restarts = RestartStore(db)
+        db.migrate("job_log_limit", LOG_LIMIT_MIGRATIONS)   # after the jobs table (JobStore) exists
         self.uploads = UploadStore(home / "tmp" / "uploads", upload_limits)
         self._secrets = secret_box or SecretBox(home)
         self._restart_supervisor = restart_supervisor or (lambda: ensure_supervisor(home))
@@ -124,6 +133,7 @@ class JobService:
         # the daemon and keeps every record until the daemon forgets it): it never ran.
         self.store.fail_lost(job.id, reason, never_started=job.state == JobState.PENDING)
         self._release(job.id)
+        self._after_run(job.id)
         self._notify()
 
     # -- run -------------------------------------------------------------------------------
@@ -138,6 +148,10 @@ class JobService:
             if existing is not None:
                 return self.get(existing)
         request = self._check(request, rootfs)
+        policy = parse_restart(request.restart)
+        if policy.mode != "no" and rootfs is not None:
+            raise InvalidArgument("a job on a prepared root cannot have a restart policy")
+        submitted = request   # what a restart starts again from (before the image's config is applied)
         timeout_ns = int(parse_duration(request.timeout, what="--timeout") * 1e9) if request.timeout else 0
         start_ns = parse_start_time(request.schedule) if request.schedule else 0
         job_id = secrets.token_hex(16)
@@ -159,6 +173,9 @@ class JobService:
                     recorded=grant.recorded))
                 if start_ns and earlier is None:
                     self.schedules.add(conn, job_id, start_ns, request, sealed)
+                if policy.mode != "no" and earlier is None:
+                    self.restarts.add(conn, job_id, policy, request_to_json(submitted), sealed if sealed is not None
+                                      else self._secrets.seal(submitted.secret_env) if submitted.secret_env else None)
         except BaseException:
             release_all(early, job_id, discard=True)
             shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
@@ -294,14 +311,27 @@ class JobService:
         return self.store.resolve_id(id_or_prefix)
 
     def get(self, id_or_prefix: str) -> Job:
-        return self.store.get(id_or_prefix)
+        job = self._with_restarts([self.store.get(id_or_prefix)])[0]
+        if job.live:   # recorded at exit; while it runs the log directory's count is the news
+            from capsa.logs._format import read_dropped
+
+            job.log_dropped_bytes = max(job.log_dropped_bytes, read_dropped(self.jobs_dir / job.id / "logs"))
+        return job
 
     def list(self, *, all: bool = False) -> list[Job]:
-        return self.store.list(all=all)
+        return self.page(all=all).jobs
 
     def page(self, *, all: bool = False, limit: int = 0, page_token: str = "") -> JobPage:
         """Jobs newest first, ``limit`` at a time (0: all); pass ``next_page_token`` back for the next page."""
-        return self.store.page(all=all, limit=limit, page_token=page_token)
+        page = self.store.page(all=all, limit=limit, page_token=page_token)
+        return dataclasses.replace(page, jobs=self._with_restarts(page.jobs))
+
+    def _with_restarts(self, jobs: list[Job]) -> list[Job]:
+        info = self.restarts.info([job.id for job in jobs])
+        for job in jobs:
+            if job.id in info:
+                job.restart_policy, job.restart_count, job.next_restart_ns = info[job.id]
+        return jobs
 
     def count_by_state(self) -> dict[str, int]:
         return self.store.count_by_state()
@@ -309,6 +339,9 @@ class JobService:
     # -- stop / delete -----------------------------------------------------------------------------
     def stop(self, id_or_prefix: str, grace_s: float | None = None) -> Job:
         job = self.get(id_or_prefix)
+        # A stopped job is never restarted, including one that ended and waits for its restart.
+        if self.restarts.end(job.id):
+            job = self.get(job.id)
         if job.state.ended:
             return job
         if job.state == JobState.SCHEDULED:
@@ -320,6 +353,7 @@ class JobService:
 
     def remove(self, id_or_prefix: str, *, force: bool = False) -> str:
         job = self.get(id_or_prefix)
+        self.restarts.end(job.id)
         if force and job.state == JobState.SCHEDULED:
             job = self.cancel(job.id)
         if not job.state.ended:
@@ -333,7 +367,73 @@ class JobService:
         release_all(self.resources, job.id, discard=True)
         shutil.rmtree(self.jobs_dir / job.id, ignore_errors=True)
         self.store.delete(job.id)
+        self.restarts.delete(job.id)
         return job.id
+
+    # -- restarts (policy and backoff: capsa.jobs.restart; timing: the Scheduler) ---------------------
+    def _after_run(self, job_id: str) -> None:
+        """A run ended: schedule the next one when the job's restart policy asks for it."""
+        try:
+            job = self.store.get(job_id)
+            if not job.state.ended:
+                return
+            ran_s = max(0, job.ended_ns - job.started_ns) / 1e9 if job.started_ns else 0.0
+            if self.restarts.decide(job_id, job.state, ran_s) is not None:
+                self.timers_changed.set()
+        except (sqlite3.Error, CapsaError):   # the row was deleted meanwhile, or the disk is full
+            log.exception("deciding on a restart of job %s failed", job_id)
+
+    def claim_due_restarts(self, now_ns: int) -> list[str]:
+        return self.restarts.due(now_ns)
+
+    def next_restart_ns(self) -> int | None:
+        return self.restarts.next_due_ns()
+
+    def restart_claimed(self, job_id: str) -> Job | None:
+        """Start the next run of a job whose restart is due: same id, row and log, every resource re-acquired.
+
+        The claim (one transaction: the restart row and the job back to PENDING) is taken by exactly
+        one caller, and never after `capsa stop` ended the policy. None when it was not due any more.
+        """
+        t0 = time.monotonic_ns()
+        before = self.store.get(job_id)
+        with self.db.tx() as conn:
+            count = self.restarts.claim(conn, job_id)
+            if count is None:
+                return None
+            moved = conn.execute(
+                "UPDATE jobs SET state = 'PENDING', exit_code = NULL, signal = 0, reason = '', ended_ns = 0,"
+                " pid = 0, started_ns = 0, stop_requested = 0, timed_out = 0, launched = 1, log_incomplete_bytes = 0"
+                " WHERE id = ? AND state IN ('COMPLETED', 'FAILED')", (job_id,)).rowcount
+            if not moved:
+                raise Conflict(f"job {before.short_id} is {before.state.value}: not restarted")
+        row = self.restarts.get(job_id)
+        assert row is not None   # claimed above; only delete() removes it, after ending the policy
+        request = request_from_json(row["request"])
+        if row["sealed_secrets"]:
+            request = dataclasses.replace(request, secret_env=self._secrets.open(row["sealed_secrets"]))
+        code = "" if before.exit_code is None else f", exit code {before.exit_code}"
+        with contextlib.suppress(CapsaError, OSError):   # a missing marker must not keep the job down
+            from capsa.logs.reopen import mark_restart
+
+            mark_restart(self.jobs_dir / job_id / "logs",
+                         f"capsa: restart {count} (policy {row['mode']}): the previous run ended"
+                         f" {before.state.value}{code}")
+        log.info("restarting job %s (restart %d)", job_id, count)
+        grant: Grant | None = None
+        try:
+            grant = acquire_all(sorted(self.resources, key=lambda r: not r.before_record), job_id, request)
+            if grant.image_config is not None:
+                request = apply_image_config(request, grant.image_config)
+        except CapsaError as exc:   # a failed acquire_all gave back its own share
+            self._fail_start(job_id, exc, release=self.resources if grant is not None else ())
+            self._after_run(job_id)
+            return self.get(job_id)
+        try:
+            return self._launch(job_id, before.hostname, request, grant, (), t0)
+        except CapsaError:   # the job is FAILED with the reason; its policy decides on the next run
+            self._after_run(job_id)
+            return self.get(job_id)
 
     # -- exits ------------------------------------------------------------------------------------
     def on_supervisor_event(self, event: ExitEvent) -> None:
@@ -353,9 +453,17 @@ class JobService:
                 log.error("recording the exit of job %s failed (%s); retrying until the database accepts it",
                           rec.job_id, exc)
             return
+        from capsa.logs._format import read_dropped
+
+        # The log directory's count is final once the log is (exit events wait for that); the record's may not be.
+        dropped = max(rec.log_dropped_bytes, read_dropped(self.jobs_dir / rec.job_id / "logs"))
+        if dropped:
+            with contextlib.suppress(sqlite3.Error, CapsaError):   # a count, not a state: never blocks the exit
+                self.db.execute("UPDATE jobs SET log_dropped_bytes = ? WHERE id = ?", (dropped, rec.job_id))
         self._release(rec.job_id)
         with contextlib.suppress(CapsaError):
             self.supervisor.forget(rec.job_id)
+        self._after_run(rec.job_id)
         self._notify()
 
     def retry_pending_exits(self) -> int:

@@ -32,6 +32,7 @@ _ZERO_HEADER = bytes(HEADER_SIZE)
 SEGMENT_SUFFIX = ".seg"
 _SEGMENT_RE = re.compile(r"^(\d{20})\.seg$")
 LOCK_NAME = ".writer.lock"
+DROPPED_NAME = ".dropped"  # bytes of whole oldest segments dropped by a size limit (decimal text)
 RESERVE_NAME = ".reserve"  # disk set aside for a notice and the end record when the disk fills
 
 _crc32 = crc32
@@ -155,3 +156,17 @@ def scan_valid_prefix(fd: int, first_seq: int, block: int = 4 << 20) -> tuple[in
         if pos == 0:
             return off, seq_expected, False
         off += pos
+
+
+def read_dropped(log_dir: Path) -> int:
+    """Bytes of oldest segments a size limit dropped from this log (0: none)."""
+    try:
+        return int((log_dir / DROPPED_NAME).read_text().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def write_dropped(log_dir: Path, total: int) -> None:
+    tmp = log_dir / (DROPPED_NAME + ".tmp")
+    tmp.write_text(f"{total}\n")
+    os.replace(tmp, log_dir / DROPPED_NAME)   # readers see the old or the new count, never half of one

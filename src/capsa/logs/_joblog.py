@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from capsa.errors import FailedPrecondition, InvalidArgument
 
-from ._format import END, MAX_PAYLOAD
+from ._format import END, HEADER_SIZE, MAX_PAYLOAD
 from ._segments import Record, SegmentWriter
 from .model import Stream
 
@@ -33,6 +33,9 @@ class JobLog:
         self.log_dir = writer.log_dir
         self._p = persister
         self._writer = writer
+        # A size-limited log drops whole segments: a chunk larger than a segment would get one of its own
+        # and could be dropped at once, so such chunks are split to fit (0: never split).
+        self._split_at = writer.segment_bytes - HEADER_SIZE if writer.max_bytes else 0
         self._next_seq = next_seq  # guarded by the persister lock, like every field below
         self._last_assigned = next_seq - 1  # includes the end record once finish() queued it
         self._written = next_seq - 1  # highest seq on disk, end record included
@@ -67,6 +70,11 @@ class JobLog:
         if type(data) is not bytes:
             data = bytes(data)
         n = len(data)
+        if self._split_at and n > self._split_at:
+            step = self._split_at
+            for i in range(0, n - step, step):
+                self.append(stream, data[i:i + step])
+            return self.append(stream, data[(n - 1) // step * step:])
         if n > MAX_PAYLOAD:
             raise InvalidArgument(f"a log chunk holds at most {MAX_PAYLOAD} bytes, got {n}")
         ts = time.time_ns()
@@ -135,6 +143,11 @@ class JobLog:
         if not lost:
             return ""
         return f"log incomplete: {lost} bytes not written ({self._lost_reason or 'write failed'})"
+
+    @property
+    def dropped_bytes(self) -> int:
+        """Bytes of oldest segments dropped to keep within the job's --log-max-size."""
+        return self._writer.dropped_bytes
 
     @property
     def incomplete_bytes(self) -> int:

@@ -29,8 +29,10 @@ from ._format import (
     encode_header,
     list_segments,
     notice_last_seq,
+    read_dropped,
     scan_valid_prefix,
     segment_path,
+    write_dropped,
 )
 
 _log = logging.getLogger("capsa.logs")
@@ -48,9 +50,13 @@ _DIR_MODE = 0o750
 class SegmentWriter:
     """Appends records to ``log_dir``'s segment files; knows the committed end of the current segment."""
 
-    def __init__(self, log_dir: Path, segment_bytes: int, fsync_on_close: bool) -> None:
+    def __init__(self, log_dir: Path, segment_bytes: int, fsync_on_close: bool, max_bytes: int = 0) -> None:
         self.log_dir = log_dir
         self._segment_bytes = segment_bytes
+        # --log-max-size: closed segments are dropped, oldest first, to keep the log within this (0: no limit).
+        self._max_bytes = max_bytes
+        self._closed_sizes: dict[int, int] = {}  # first seq -> bytes of the segments before the current one
+        self.dropped_bytes = read_dropped(log_dir)  # bytes of whole segments dropped so far (all runs)
         self._fsync = fsync_on_close
         self._lock_fd = -1
         self._fd = -1
@@ -60,6 +66,14 @@ class SegmentWriter:
         self._trim = False  # a failed write may have left bytes past _seg_size
         self._cautious = False  # after a failed write: one record per pwritev, to fill what space is left
         self._end_written = False
+
+    @property
+    def segment_bytes(self) -> int:
+        return self._segment_bytes
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
 
     # -- opening and recovery (caller's thread) -------------------------------------------------------
 
@@ -115,6 +129,10 @@ class SegmentWriter:
             self._create_segment(1)
             return 1
         first = firsts[-1]
+        if self._max_bytes:
+            for earlier in firsts[:-1]:
+                with contextlib.suppress(FileNotFoundError):
+                    self._closed_sizes[earlier] = os.stat(segment_path(self.log_dir, earlier)).st_size
         fd = os.open(segment_path(self.log_dir, first), os.O_RDWR | os.O_CLOEXEC)
         self._fd, self._seg_first = fd, first
         valid, next_seq, ended = scan_valid_prefix(fd, first)
@@ -218,10 +236,35 @@ class SegmentWriter:
 
     def _rotate(self, first_seq: int) -> None:
         old_fd, old_path = self._fd, segment_path(self.log_dir, self._seg_first)
+        old_first, old_size = self._seg_first, self._seg_size
         self._create_segment(first_seq)  # first, so a failure (ENOSPC) leaves the old state for a retry
         os.close(old_fd)
         if self._fsync:
             self._unsynced.append(old_path)
+        if self._max_bytes:
+            self._closed_sizes[old_first] = old_size
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        """Keep the closed segments within the limit less one segment (room for the current one to fill).
+
+        Whole segments only: a reader inside one keeps its open file; a reader starting before the first
+        segment left is told by a notice (``capsa.logs.reader``) how much is gone, read from ``.dropped``.
+        """
+        budget = max(0, self._max_bytes - self._segment_bytes)
+        total = sum(self._closed_sizes.values())
+        while self._closed_sizes and total > budget:
+            first = min(self._closed_sizes)
+            size = self._closed_sizes.pop(first)
+            path = segment_path(self.log_dir, first)
+            # The count first: a crash between the two under-counts nothing that is still on disk.
+            write_dropped(self.log_dir, self.dropped_bytes + size)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            if path in self._unsynced:
+                self._unsynced.remove(path)
+            self.dropped_bytes += size
+            total -= size
 
     def _create_segment(self, first_seq: int) -> None:
         path = segment_path(self.log_dir, first_seq)

@@ -99,7 +99,7 @@ class LogPersister:
         self._finisher.start()
         _LIVE.add(self)
 
-    def open(self, job_id: str, log_dir: Path) -> JobLog:
+    def open(self, job_id: str, log_dir: Path, *, max_bytes: int = 0) -> JobLog:
         """Open (creating) ``log_dir`` for appending.
 
         If it already holds a log (supervisor restart), a torn trailing record is
@@ -117,7 +117,9 @@ class LogPersister:
                 raise AlreadyExists(f"log of job {job_id} ({log_dir}) is already open")
             self._dirs.add(log_dir)  # reserve, so recovery below runs outside the lock
         try:
-            writer = SegmentWriter(log_dir, self.segment_bytes, self.fsync_on_close)
+            # A size limit needs segments well under it: whole oldest segments are what gets dropped.
+            segment_bytes = min(self.segment_bytes, max(4096, max_bytes // 8)) if max_bytes else self.segment_bytes
+            writer = SegmentWriter(log_dir, segment_bytes, self.fsync_on_close, max_bytes=max_bytes)
             try:
                 next_seq = writer.open()
             except OSError as exc:  # e.g. ENOSPC creating the first segment: say which log, as LimitExceeded

@@ -26,6 +26,7 @@ from ._format import (
     list_segments,
     notice_last_seq,
     notice_text,
+    read_dropped,
     segment_path,
 )
 from .model import LogChunk, Stream
@@ -86,9 +87,20 @@ def _read(
             break
         if not follow or not pause():
             return
-    starts = [f for f in firsts if f <= from_seq]
-    first = starts[-1] if starts else firsts[0]
-    fd = os.open(segment_path(log_dir, first), os.O_RDONLY | os.O_CLOEXEC)
+    while True:
+        starts = [f for f in firsts if f <= from_seq]
+        first = starts[-1] if starts else firsts[0]
+        try:
+            fd = os.open(segment_path(log_dir, first), os.O_RDONLY | os.O_CLOEXEC)
+            break
+        except FileNotFoundError:   # dropped by a size limit (--log-max-size) just now: look again
+            firsts = list_segments(log_dir)
+            if not firsts:
+                return
+    if first > from_seq and (dropped := read_dropped(log_dir)):
+        # The oldest segments were dropped to keep the log within its size limit: say so where they stood.
+        text = f"log truncated: {dropped} bytes of older output dropped (--log-max-size)\n".encode()
+        yield LogChunk(first - 1, Stream.NOTICE, time.time_ns(), text)
     try:
         off = 0
         expected = first

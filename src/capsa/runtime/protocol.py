@@ -92,6 +92,7 @@ class JobRecord:
     ended_ns: int = 0
     cgroup: str = ""
     log_incomplete_bytes: int = 0   # output the disk could not take (ADR-0004); also said in ``reason``
+    log_dropped_bytes: int = 0      # oldest log segments dropped by --log-max-size (all runs of the job)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

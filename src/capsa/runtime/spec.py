@@ -74,6 +74,7 @@ class JobSpec:
     netns_path: str | None = None             # a network namespace to join; None: the host's network
     devices: tuple[DeviceSpec, ...] = ()       # extra nodes in the job's /dev (GPUs)
     device_allow: tuple[str, ...] = ()        # extra device-cgroup rules ("c 195:0 rw") beyond the minimal /dev
+    log_max_bytes: int = 0                    # --log-max-size: oldest log segments dropped beyond it; 0 = no limit
 
     @property
     def root_dir(self) -> str:
@@ -110,5 +111,6 @@ class JobSpec:
             netns_path=data.get("netns_path"),
             devices=tuple(DeviceSpec(**d) for d in data.get("devices", ())),
             device_allow=tuple(data.get("device_allow", ())),
+            log_max_bytes=int(data.get("log_max_bytes", 0)),
             capabilities=tuple(data["capabilities"]) if data.get("capabilities") is not None else None,
         )

@@ -50,6 +50,8 @@ def _request(method: MethodDescriptor, job_id: str) -> Any:
         message.id = job_id
     if "command" in fields:
         message.command.append("/bin/true")
+    if method.name == "Prune":   # reach the servicer, but remove nothing other tests of this daemon use
+        message.older_than = "3000d"
     return message
 
 

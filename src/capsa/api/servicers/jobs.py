@@ -44,6 +44,8 @@ def job_to_pb(job: Job, ports: Sequence[str] = ()) -> pb.Job:
         workflow_id=job.workflow_id or "", workflow_job=job.workflow_job or "",
         scheduled_at_ns=job.scheduled_ns, timeout_seconds=job.timeout_ns / 1e9, secret_env_keys=job.secret_env_keys,
         ports=list(ports),
+        restart_policy=job.restart_policy, restart_count=job.restart_count, next_restart_at_ns=job.next_restart_ns,
+        log_dropped_bytes=job.log_dropped_bytes,
     )
 
 
@@ -71,6 +73,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
             volumes=tuple(request.volumes), ports=tuple(request.ports), capsules=tuple(request.capsules), gpus=request.gpus,
             secret_env=dict(request.secret_env), upload_session=request.upload_session,
             schedule=request.schedule, timeout=request.timeout, request_id=request.request_id,
+            restart=request.restart, log_max_size=request.log_max_size,
             resources=Resources(max_cpu=r.max_cpu, cpu_cores=r.cpu_cores, max_memory_mb=r.max_memory_mb,
                                 max_iobps=r.max_iobps, max_pids=r.max_pids),
         ))

@@ -196,7 +196,7 @@ class Supervisor(ExecMixin, EventLoop):
         try:   # before any process joins: the job may open only its minimal /dev and what the spec adds
             cg.device_rules(job_device_rules(spec))
             assert self.persister is not None
-            log = self.persister.open(spec.job_id, Path(spec.log_dir))
+            log = self.persister.open(spec.job_id, Path(spec.log_dir), max_bytes=spec.log_max_bytes)
         except BaseException:
             with contextlib.suppress(Exception):
                 cg.remove()
@@ -380,6 +380,7 @@ class Supervisor(ExecMixin, EventLoop):
         job.kill_at = None
         self.by_pid.pop(rec.pid, None)
         lost = job.log.finish_at_exit()  # gives up on output a failing disk still holds, so the record can say so
+        rec.log_dropped_bytes = job.log.dropped_bytes
         if lost:
             rec.reason = f"{rec.reason}; {lost}" if rec.reason else lost
             rec.log_incomplete_bytes = job.log.incomplete_bytes
@@ -399,6 +400,7 @@ class Supervisor(ExecMixin, EventLoop):
                     self.log(f"log of job {job_id} not finished {_LOG_FINISH_LIMIT_S:g}s after its exit; "
                              "sending its exit event anyway")
                 del self.unpublished[job_id]
+                job.record.log_dropped_bytes = job.log.dropped_bytes   # the last rotations drop more
                 self.publish(job.record)
 
     # -- live mounts (capsules) -------------------------------------------------------------------------

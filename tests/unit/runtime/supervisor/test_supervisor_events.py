@@ -110,8 +110,8 @@ class SlowFinish:
     def __init__(self, real: LogPersister, delay: float) -> None:
         self.real, self.delay = real, delay
 
-    def open(self, job_id: str, log_dir: Path) -> Any:
-        log = self.real.open(job_id, log_dir)
+    def open(self, job_id: str, log_dir: Path, *, max_bytes: int = 0) -> Any:
+        log = self.real.open(job_id, log_dir, max_bytes=max_bytes)
         finish = log.finish
 
         def slow_finish() -> None:

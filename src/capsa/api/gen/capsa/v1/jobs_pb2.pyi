@@ -22,7 +22,7 @@ class Resources(_message.Message):
     def __init__(self, max_cpu: _Optional[int] = ..., cpu_cores: _Optional[str] = ..., max_memory_mb: _Optional[int] = ..., max_iobps: _Optional[int] = ..., max_pids: _Optional[int] = ...) -> None: ...
 
 class RunJobRequest(_message.Message):
-    __slots__ = ("command", "env", "resources", "workdir", "name", "image", "pull", "entrypoint_set", "user", "seccomp", "network", "volumes", "upload_session", "secret_env", "schedule", "timeout", "capsules", "runtime", "gpus", "request_id", "ports")
+    __slots__ = ("command", "env", "resources", "workdir", "name", "image", "pull", "entrypoint_set", "user", "seccomp", "network", "volumes", "upload_session", "secret_env", "schedule", "timeout", "capsules", "runtime", "gpus", "request_id", "ports", "restart", "log_max_size")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,8 @@ class RunJobRequest(_message.Message):
     GPUS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
+    RESTART_FIELD_NUMBER: _ClassVar[int]
+    LOG_MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
     command: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
     resources: Resources
@@ -79,10 +81,12 @@ class RunJobRequest(_message.Message):
     gpus: int
     request_id: str
     ports: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., workdir: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., pull: _Optional[str] = ..., entrypoint_set: _Optional[bool] = ..., user: _Optional[str] = ..., seccomp: _Optional[str] = ..., network: _Optional[str] = ..., volumes: _Optional[_Iterable[str]] = ..., upload_session: _Optional[str] = ..., secret_env: _Optional[_Mapping[str, str]] = ..., schedule: _Optional[str] = ..., timeout: _Optional[str] = ..., capsules: _Optional[_Iterable[str]] = ..., runtime: _Optional[str] = ..., gpus: _Optional[int] = ..., request_id: _Optional[str] = ..., ports: _Optional[_Iterable[str]] = ...) -> None: ...
+    restart: str
+    log_max_size: str
+    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., workdir: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., pull: _Optional[str] = ..., entrypoint_set: _Optional[bool] = ..., user: _Optional[str] = ..., seccomp: _Optional[str] = ..., network: _Optional[str] = ..., volumes: _Optional[_Iterable[str]] = ..., upload_session: _Optional[str] = ..., secret_env: _Optional[_Mapping[str, str]] = ..., schedule: _Optional[str] = ..., timeout: _Optional[str] = ..., capsules: _Optional[_Iterable[str]] = ..., runtime: _Optional[str] = ..., gpus: _Optional[int] = ..., request_id: _Optional[str] = ..., ports: _Optional[_Iterable[str]] = ..., restart: _Optional[str] = ..., log_max_size: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "name", "command", "state", "exit_code", "signal", "reason", "created_at_ns", "started_at_ns", "ended_at_ns", "resources", "pid", "ended", "env", "workdir", "hostname", "cgroup", "start_latency_ns", "image", "image_digest", "scheduled_at_ns", "timeout_seconds", "secret_env_keys", "workflow_id", "workflow_job", "seccomp", "network", "ip", "volumes", "gpus", "gpu_devices", "log_incomplete_bytes", "exec_events", "ports")
+    __slots__ = ("id", "name", "command", "state", "exit_code", "signal", "reason", "created_at_ns", "started_at_ns", "ended_at_ns", "resources", "pid", "ended", "env", "workdir", "hostname", "cgroup", "start_latency_ns", "image", "image_digest", "scheduled_at_ns", "timeout_seconds", "secret_env_keys", "workflow_id", "workflow_job", "seccomp", "network", "ip", "volumes", "gpus", "gpu_devices", "log_incomplete_bytes", "exec_events", "ports", "restart_policy", "restart_count", "next_restart_at_ns", "log_dropped_bytes")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +128,10 @@ class Job(_message.Message):
     LOG_INCOMPLETE_BYTES_FIELD_NUMBER: _ClassVar[int]
     EXEC_EVENTS_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
+    RESTART_POLICY_FIELD_NUMBER: _ClassVar[int]
+    RESTART_COUNT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_RESTART_AT_NS_FIELD_NUMBER: _ClassVar[int]
+    LOG_DROPPED_BYTES_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -158,7 +166,11 @@ class Job(_message.Message):
     log_incomplete_bytes: int
     exec_events: _containers.RepeatedCompositeFieldContainer[ExecEvent]
     ports: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[str] = ..., created_at_ns: _Optional[int] = ..., started_at_ns: _Optional[int] = ..., ended_at_ns: _Optional[int] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., pid: _Optional[int] = ..., ended: _Optional[bool] = ..., env: _Optional[_Mapping[str, str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., cgroup: _Optional[str] = ..., start_latency_ns: _Optional[int] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ..., scheduled_at_ns: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., secret_env_keys: _Optional[_Iterable[str]] = ..., workflow_id: _Optional[str] = ..., workflow_job: _Optional[str] = ..., seccomp: _Optional[str] = ..., network: _Optional[str] = ..., ip: _Optional[str] = ..., volumes: _Optional[_Iterable[str]] = ..., gpus: _Optional[int] = ..., gpu_devices: _Optional[_Iterable[str]] = ..., log_incomplete_bytes: _Optional[int] = ..., exec_events: _Optional[_Iterable[_Union[ExecEvent, _Mapping]]] = ..., ports: _Optional[_Iterable[str]] = ...) -> None: ...
+    restart_policy: str
+    restart_count: int
+    next_restart_at_ns: int
+    log_dropped_bytes: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[str] = ..., created_at_ns: _Optional[int] = ..., started_at_ns: _Optional[int] = ..., ended_at_ns: _Optional[int] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., pid: _Optional[int] = ..., ended: _Optional[bool] = ..., env: _Optional[_Mapping[str, str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., cgroup: _Optional[str] = ..., start_latency_ns: _Optional[int] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ..., scheduled_at_ns: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., secret_env_keys: _Optional[_Iterable[str]] = ..., workflow_id: _Optional[str] = ..., workflow_job: _Optional[str] = ..., seccomp: _Optional[str] = ..., network: _Optional[str] = ..., ip: _Optional[str] = ..., volumes: _Optional[_Iterable[str]] = ..., gpus: _Optional[int] = ..., gpu_devices: _Optional[_Iterable[str]] = ..., log_incomplete_bytes: _Optional[int] = ..., exec_events: _Optional[_Iterable[_Union[ExecEvent, _Mapping]]] = ..., ports: _Optional[_Iterable[str]] = ..., restart_policy: _Optional[str] = ..., restart_count: _Optional[int] = ..., next_restart_at_ns: _Optional[int] = ..., log_dropped_bytes: _Optional[int] = ...) -> None: ...
 
 class ExecEvent(_message.Message):
     __slots__ = ("who", "command", "at_ns", "user", "ended", "exit_code", "ended_at_ns", "error")
