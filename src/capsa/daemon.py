@@ -181,7 +181,8 @@ class Daemon:
         self.workflows = WorkflowService(
             self.db, self.engine, self.jobs, secret_box=secret_box, queue=WORKFLOW_QUEUE, registries=Registries(
                 runtime_image=self.runtimes.image_for, volume_exists=self._volume_exists,
-                network_exists=lambda name: any(n.name == name for n in self.networks.list())))
+                network_exists=lambda name: any(n.name == name for n in self.networks.list()),
+                capsule_exists=self.capsules.exists))
 
     def _reconcile(self) -> None:
         """Jobs first (adopt survivors, fail the lost), then what every job borrowed, from what is live."""

@@ -222,17 +222,15 @@ class _Checker:
             self._exists(path, "network", name, self.registries.network_exists)
 
     def _capsule(self, path: Path_, text: str) -> None:
-        from capsa.capsules.versions import parse_requirement
+        # The same parser as `capsa run --capsule`: NAME, NAME@VERSION or NAME@SPECIFIERS, each with :PATH.
+        from capsa.capsules.manager import parse_capsule_request
 
-        requirement = text.replace("@", "", 1) if "@" in text else text
         try:
-            parse_requirement(requirement)
+            parse_capsule_request(text)
         except CapsaError as exc:
-            self.add(path, str(exc))
+            self.add(path, f"invalid capsule requirement {text!r}: {exc}")
             return
-        if self._exists(path, "capsule", text, self.registries.capsule_exists):
-            # It exists, but jobs cannot have capsules attached at start yet: say so, never ignore it.
-            self.add(path, f"capsule {text!r} exists, but attaching capsules to workflow jobs is not supported yet")
+        self._exists(path, "capsule", text, self.registries.capsule_exists)
 
     def _upload(self, path: Path_, upload: str) -> None:
         # Relative and inside the workflow's directory: Joblet's uploads could name any host path.

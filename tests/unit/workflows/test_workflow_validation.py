@@ -254,8 +254,8 @@ def test_volumes_networks_and_capsules_are_checked_against_the_registries() -> N
     lines = by_line(issues_of(text, registries=registries))
     assert lines[5] == ["jobs.a.volumes[1]: unknown volume 'scratch'"]
     assert 6 not in lines, "a network the registry knows is fine"
-    # A known capsule is still refused, clearly: jobs cannot have capsules attached at start yet.
-    assert "attaching capsules to workflow jobs is not supported yet" in lines[7][0]
+    # A capsule the registry knows is attached at start, as `capsa run --capsule` does; a malformed one is still named.
+    assert len(lines[7]) == 1 and "invalid capsule requirement 'not a requirement!'" in lines[7][0]
 
 
 def test_built_in_network_modes_need_no_registry_and_volume_syntax_is_checked() -> None:
