@@ -124,6 +124,9 @@ class WorkflowHeader(_Strict):
     description: str = ""
     max_parallel: Annotated[int, Field(ge=1, le=256)] | None = None
     jobs: dict[str, Any]
+    # Written by `capsa workflow run`, never by hand: {job: upload session} holding that job's `uploads`
+    # (the YAML travels as text, so the client appends this key after the user's last line).
+    upload_sessions: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod

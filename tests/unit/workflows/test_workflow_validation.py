@@ -265,14 +265,15 @@ def test_built_in_network_modes_need_no_registry_and_volume_syntax_is_checked() 
     assert issue.message == "volume 'cache:relative' is not NAME[:/path][:ro]"
 
 
-def test_uploads_are_checked_and_reported_unsupported(tmp_path: Path) -> None:
+def test_uploads_are_checked_and_must_have_been_sent(tmp_path: Path) -> None:
     (tmp_path / "scripts").mkdir()
     text = "name: x\njobs:\n  a:\n    command: y\n    uploads: [./scripts, ./missing, /etc, ../up, a/../../b]\n"
     messages = [i.message for i in issues_of(text, base_dir=tmp_path)]
     assert messages[0] == f"upload './missing' does not exist ({tmp_path}/missing)"
     for i, path in enumerate(("/etc", "../up", "a/../../b"), start=1):
         assert messages[i] == f"upload {path!r} must be a relative path inside the workflow's directory"
-    assert "uploads are not supported by workflow jobs yet" in messages[4]
+    # Without the session `capsa workflow run` sends, the files would not reach the job: refused, not ignored.
+    assert "the uploads were not sent: submit the workflow with `capsa workflow run FILE`" in messages[4]
     assert len(messages) == 5
     assert "no base directory" in issues_of(text)[0].message
 
