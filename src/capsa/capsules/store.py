@@ -358,13 +358,15 @@ class CapsuleStore:
 
         Stats only (no hashing), so every job start can afford it; ``verify`` re-hashes the content.
         """
-        repair = f"run `capsa capsule verify --repair {found.ref}` or import it again"
+        repair = (f"repair it with `capsa capsule verify --repair {found.ref}` (pulled versions), or remove it"
+                  f" with `capsa capsule rm {found.ref}` and create it again")
         try:
             size, entries = tree_shape(found.path)
         except FileNotFoundError:
             raise ChecksumMismatch(f"{found.ref}: its stored tree {found.path} is gone; {repair}") from None
         except OSError as exc:
-            raise ChecksumMismatch(f"{found.ref}: its stored tree {found.path} cannot be read ({exc}); {repair}") from None
+            raise ChecksumMismatch(f"{found.ref}: its stored tree {found.path} cannot be read ({exc});"
+                                   f" {repair}") from None
         if (size, entries) != (found.size, found.entries):
             raise ChecksumMismatch(
                 f"{found.ref}: its stored tree was changed behind capsa's back ({entries} entries, {size} bytes;"

@@ -228,7 +228,7 @@ def test_a_start_on_a_deleted_capsule_tree_is_refused_and_records_nothing(
     shutil.rmtree(path)
     resource = CapsuleResource(manager)
     # tool depends on data: the dependency's tree is checked as well as the named capsule's.
-    with pytest.raises(ChecksumMismatch, match=r"data@1\.0\.0: its stored tree .* is gone; run `capsa capsule verify"):
+    with pytest.raises(ChecksumMismatch, match=r"data@1\.0\.0: its stored tree .* is gone; repair it with `capsa capsule verify --repair"):
         resource.validate(RunRequest(command=("/bin/true",), capsules=("tool",)))
     with pytest.raises(ChecksumMismatch, match="is gone"):
         manager.prepare_start(JOB, ["tool"], image=False)
