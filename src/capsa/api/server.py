@@ -23,6 +23,7 @@ import grpc.aio
 from capsa.api.auth import AuthInterceptor
 from capsa.api.gen.capsa.v1 import (
     capsules_pb2_grpc,
+    cluster_pb2_grpc,
     images_pb2_grpc,
     jobs_pb2_grpc,
     metrics_pb2_grpc,
@@ -32,6 +33,7 @@ from capsa.api.gen.capsa.v1 import (
 )
 from capsa.api.limits import StreamLimits
 from capsa.api.servicers.capsules import CapsuleServicer
+from capsa.api.servicers.cluster import ClusterServicer
 from capsa.api.servicers.images import ImageServicer
 from capsa.api.servicers.jobs import JobServicer, NodeServicer
 from capsa.api.servicers.metrics import MetricsServicer
@@ -114,6 +116,7 @@ class ApiServer:
             daemon.capsule_store, daemon.capsules, daemon.capsule_distribution, blocking), server)
         jobs_pb2_grpc.add_NodeServiceServicer_to_server(
             NodeServicer(cgroup_version=self.cgroup_version, snapshotter=daemon.config.snapshots.backend), server)
+        cluster_pb2_grpc.add_ClusterServiceServicer_to_server(ClusterServicer(daemon.cluster), server)
         tls = daemon.config.tls
         creds = grpc.ssl_server_credentials(
             [(tls.key_pem.encode(), tls.cert_pem.encode())],
