@@ -173,7 +173,7 @@ def screenshots(daemon: Any, web: WebProcess, driver: Any, out: Path) -> list[Pa
                  ("dashboard-workflow.png", f"/n/default/workflows/{workflow.id}", 3),
                  ("dashboard-capsules.png", "/n/default/capsules", 0)]
         for name, path, settle in pages:
-            driver.set_window_size(1400, 1750 if name == "dashboard-job.png" else 900)
+            driver.set_window_size(1400, {"dashboard-job.png": 1750, "dashboard-overview.png": 1250}.get(name, 900))
             driver.get(web.base + path)
             time.sleep(1.5 + settle)
             if name == "dashboard-workflow.png":

@@ -66,6 +66,7 @@ class _Stub:
 
 cpb = _LazyModule("capsules_pb2")
 common_pb2 = _LazyModule("common_pb2")
+fpb = _LazyModule("files_pb2")
 ipb = _LazyModule("images_pb2")
 pb = _LazyModule("jobs_pb2")
 mpb = _LazyModule("metrics_pb2")
@@ -86,6 +87,8 @@ class CapsaClient:
     workflows = _Stub("workflows_pb2_grpc", "WorkflowServiceStub")
     capsules = _Stub("capsules_pb2_grpc", "CapsuleServiceStub")
     runtimes = _Stub("runtimes_pb2_grpc", "RuntimeServiceStub")
+    interactive = _Stub("interactive_pb2_grpc", "InteractiveServiceStub")
+    files = _Stub("files_pb2_grpc", "FileServiceStub")
 
     def __init__(self, node: NodeConfig, *, timeout: float = 60.0) -> None:
         expiry = cert_expiry(node.cert_pem)
@@ -169,7 +172,7 @@ class CapsaClient:
                 seccomp: str = "", network: str = "", volumes: list[str] | None = None,
                 secret_env: dict[str, str] | None = None, upload_session: str = "", schedule: str = "",
                 timeout: str = "", capsules: list[str] | None = None, runtime: str = "", gpus: int = 0,
-                request_id: str = "") -> pb.Job:
+                request_id: str = "", ports: list[str] | None = None) -> pb.Job:
         """Start a job; ``request_id`` (default: a fresh uuid4) makes retries safe, see :meth:`_submit`."""
         request = pb.RunJobRequest(
             request_id=request_id or self.new_request_id(),
@@ -177,6 +180,7 @@ class CapsaClient:
             gpus=gpus,
             seccomp=seccomp, network=network, volumes=volumes or [], capsules=capsules or [], runtime=runtime,
             secret_env=secret_env or {}, upload_session=upload_session, schedule=schedule, timeout=timeout,
+            ports=ports or [],
             resources=pb.Resources(max_cpu=max_cpu, cpu_cores=cpu_cores, max_memory_mb=max_memory_mb,
                                    max_iobps=max_iobps, max_pids=max_pids),
         )
@@ -280,6 +284,39 @@ class CapsaClient:
         finally:
             stream.cancel()
 
+    # -- files (capsa cp) ----------------------------------------------------------------
+    def copy_out(self, job_id: str, path: str) -> Iterator[bytes]:
+        """The tar bytes of JOB:path (under /work), in chunks as they arrive."""
+        stream = self.files.CopyOut(fpb.CopyOutRequest(job_id=job_id, path=path), timeout=None)
+        try:
+            for chunk in stream:
+                yield chunk.data
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, address=self.address) from None
+        finally:
+            stream.cancel()
+
+    def copy_in(self, job_id: str, path: str, tar_chunks: Iterable[bytes]) -> fpb.CopyInResult:
+        """Stream tar bytes (one top-level entry) to JOB:path of a running job."""
+        failure: list[BaseException] = []
+
+        def messages() -> Iterator[fpb.CopyInChunk]:
+            yield fpb.CopyInChunk(job_id=job_id, path=path)
+            try:
+                for data in tar_chunks:
+                    yield fpb.CopyInChunk(data=data)
+            except Exception as exc:   # gRPC cancels the call; without the end marker nothing is kept
+                failure.append(exc)
+                raise
+            yield fpb.CopyInChunk(done=True)
+
+        try:
+            return self.files.CopyIn(messages(), timeout=None)
+        except grpc.RpcError as exc:
+            if failure:
+                raise failure[0] from None
+            raise from_rpc_error(exc, address=self.address) from None
+
     # -- images ----------------------------------------------------------------------------
     def pull_image(self, ref: str, *, platform: str = "", insecure: bool = False,
                    expected_digest: str = "", request_id: str = "") -> Iterator[ipb.PullProgress]:
@@ -339,12 +376,26 @@ class CapsaClient:
     def cancel_workflow(self, workflow_id: str) -> wpb.Workflow:
         return self._call(self.workflows.CancelWorkflow, wpb.CancelWorkflowRequest(id=workflow_id), timeout=None)
 
+    # -- interactive (ADR-0013) ----------------------------------------------------------------
+    def exec_job(self, job_id: str, command: list[str], *, env: dict[str, str] | None = None, user: str = "",
+                 workdir: str = "") -> Any:
+        """Run ``command`` inside a running job; its ``ExecResult`` once it exited (no deadline)."""
+        from capsa.api.gen.capsa.v1 import interactive_pb2
+
+        request = interactive_pb2.ExecRequest(job_id=job_id, command=command, env=env or {}, user=user,
+                                              workdir=workdir)
+        return self._call(self.interactive.Exec, request, timeout=None)
+
     # -- node --------------------------------------------------------------------------------
     def version(self) -> pb.VersionInfo:
         return self._call(self.node.GetVersion, common_pb2.Empty())
 
     def whoami(self) -> pb.Identity:
         return self._call(self.node.WhoAmI, common_pb2.Empty())
+
+    def pipeline(self) -> pb.Pipeline:
+        """The daemon's FSM queues and the image pulls in flight now."""
+        return self._call(self.node.GetPipeline, common_pb2.Empty())
 
     # -- networks and volumes -------------------------------------------------------------------
     def create_network(self, name: str, cidr: str) -> npb.Network:

@@ -22,6 +22,12 @@ RPC_ROLES: dict[str, Principal] = {
     "/capsa.v1.JobService/StreamLogs": Role.READER,
     "/capsa.v1.JobService/UploadFiles": Role.DEVELOPER,
     "/capsa.v1.JobService/CancelJob": Role.DEVELOPER,
+    # InteractiveService: a process inside a running job is the job owner's to run (ADR-0013)
+    "/capsa.v1.InteractiveService/Exec": Role.DEVELOPER,
+    # FileService (capsa cp): reading a job's files is as sensitive as writing them (secrets land in
+    # /work), so readers get neither direction, like exec/attach.
+    "/capsa.v1.FileService/CopyOut": Role.DEVELOPER,
+    "/capsa.v1.FileService/CopyIn": Role.DEVELOPER,
     # MetricsService
     "/capsa.v1.MetricsService/MetricsStream": Role.READER,
     "/capsa.v1.MetricsService/GetNodeStats": Role.READER,
@@ -68,6 +74,7 @@ RPC_ROLES: dict[str, Principal] = {
     # NodeService
     "/capsa.v1.NodeService/GetVersion": Role.READER,
     "/capsa.v1.NodeService/WhoAmI": Role.READER,
+    "/capsa.v1.NodeService/GetPipeline": Role.READER,
     # ClusterService: the pool as users see it, through any node (roles as for local jobs)
     "/capsa.v1.ClusterService/ListNodes": Role.READER,
     "/capsa.v1.ClusterService/SubmitPoolJob": Role.DEVELOPER,

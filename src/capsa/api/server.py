@@ -24,7 +24,9 @@ from capsa.api.auth import AuthInterceptor
 from capsa.api.gen.capsa.v1 import (
     capsules_pb2_grpc,
     cluster_pb2_grpc,
+    files_pb2_grpc,
     images_pb2_grpc,
+    interactive_pb2_grpc,
     jobs_pb2_grpc,
     metrics_pb2_grpc,
     networks_pb2_grpc,
@@ -34,7 +36,9 @@ from capsa.api.gen.capsa.v1 import (
 from capsa.api.limits import StreamLimits
 from capsa.api.servicers.capsules import CapsuleServicer
 from capsa.api.servicers.cluster import ClusterServicer
+from capsa.api.servicers.files import FileServicer
 from capsa.api.servicers.images import ImageServicer
+from capsa.api.servicers.interactive import InteractiveServicer
 from capsa.api.servicers.jobs import JobServicer, NodeServicer
 from capsa.api.servicers.metrics import MetricsServicer
 from capsa.api.servicers.networks import NetworkServicer, VolumeServicer
@@ -42,6 +46,8 @@ from capsa.api.servicers.runtimes import RuntimeServicer
 from capsa.api.servicers.workflows import WorkflowServicer
 from capsa.api.streams import BlockingStreams
 from capsa.config import ApiConfig
+from capsa.jobs.copying import JobFiles
+from capsa.jobs.execs import JobExecs
 
 if TYPE_CHECKING:
     from capsa.daemon import Daemon
@@ -104,7 +110,11 @@ class ApiServer:
             options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES), ("grpc.so_reuseport", 0)],
         )
         blocking = self.blocking
-        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(daemon.jobs, blocking), server)
+        execs = JobExecs(daemon.jobs)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(
+            JobServicer(daemon.jobs, blocking, execs, published=daemon.networks.published), server)
+        interactive_pb2_grpc.add_InteractiveServiceServicer_to_server(InteractiveServicer(execs, blocking), server)
+        files_pb2_grpc.add_FileServiceServicer_to_server(FileServicer(JobFiles(daemon.jobs), blocking), server)
         images_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(daemon.images, blocking), server)
         workflows_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(daemon.workflows), server)
         metrics_pb2_grpc.add_MetricsServiceServicer_to_server(
@@ -115,7 +125,8 @@ class ApiServer:
         capsules_pb2_grpc.add_CapsuleServiceServicer_to_server(CapsuleServicer(
             daemon.capsule_store, daemon.capsules, daemon.capsule_distribution, blocking), server)
         jobs_pb2_grpc.add_NodeServiceServicer_to_server(
-            NodeServicer(cgroup_version=self.cgroup_version, snapshotter=daemon.config.snapshots.backend), server)
+            NodeServicer(cgroup_version=self.cgroup_version, snapshotter=daemon.config.snapshots.backend,
+                         engine=daemon.engine, images=daemon.images), server)
         cluster_pb2_grpc.add_ClusterServiceServicer_to_server(ClusterServicer(daemon.cluster), server)
         tls = daemon.config.tls
         creds = grpc.ssl_server_credentials(

@@ -56,6 +56,9 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
               help="host | none | isolated | bridge | a network from `capsa network ls`.")
 @click.option("-v", "--volume", "volumes", multiple=True, metavar="NAME[:/path][:ro]",
               help="Mount a volume (default path /volumes/NAME); repeatable.")
+@click.option("-p", "--publish", "ports", multiple=True, metavar="[HOSTIP:]HOSTPORT:JOBPORT[/tcp|/udp]",
+              help="Publish a job port on the host (bridge, isolated or named networks); HOSTIP defaults to"
+                   " 127.0.0.1 (only this host can connect), ask for 0.0.0.0 to expose it; repeatable.")
 @click.option("--capsule", "capsules", multiple=True, metavar="NAME@SPEC[:PATH]",
               help="Mount a capsule read-only (default /capsules/NAME) with its dependencies; repeatable.")
 @click.option("--gpus", type=click.IntRange(min=0), default=0,
@@ -71,14 +74,16 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.pass_obj
 def run(obj: Any, detach: bool, name: str, env: tuple[str, ...], workdir: str, max_cpu: int, cpu_cores: str,
         max_memory: int, max_iobps: int, max_pids: int, image: str, pull: str, runtime: str, user: str,
-        seccomp: str, network: str, volumes: tuple[str, ...], capsules: tuple[str, ...], gpus: int,
-        pool: bool, constraints: tuple[str, ...], restart: str,
+        seccomp: str, network: str, volumes: tuple[str, ...], ports: tuple[str, ...], capsules: tuple[str, ...],
+        gpus: int, pool: bool, constraints: tuple[str, ...], restart: str,
         as_json: bool, command: tuple[str, ...], **features: Any) -> int:
     """Run COMMAND as an isolated job (attached unless -d): capsa run [flags] -- CMD ARGS."""
     if not command and not image and not runtime:
         raise InvalidArgument("no command given: use `capsa run [flags] -- COMMAND [ARGS...]`")
     client = obj.client()
     if pool:
+        if ports:   # a published port belongs to one node's firewall; the pool picks the node later
+            raise InvalidArgument("-p cannot be used with --pool: ports are published on the node that runs the job")
         from capsa.cli.cluster import run_on_pool
 
         return run_on_pool(client, dict(command=list(command), env=_parse_env(env), workdir=workdir, name=name,
@@ -91,7 +96,7 @@ def run(obj: Any, detach: bool, name: str, env: tuple[str, ...], workdir: str, m
     job = client.run_job(list(command), env=_parse_env(env), workdir=workdir, name=name, max_cpu=max_cpu,
                          cpu_cores=cpu_cores, max_memory_mb=max_memory, max_iobps=max_iobps, max_pids=max_pids,
                          image=image, pull=pull, runtime=runtime, user=user, seccomp=seccomp, network=network,
-                         volumes=list(volumes), capsules=list(capsules), gpus=gpus, **extra)
+                         volumes=list(volumes), capsules=list(capsules), gpus=gpus, ports=list(ports), **extra)
     if job.ended and job.reason.startswith("start failed"):
         click.echo(f"capsa: job {job.id[:12]}: {job.reason}", err=True)
         return job.exit_code or 127
@@ -155,9 +160,10 @@ def ps(obj: Any, all_: bool, last: int | None, quiet: bool, pool: bool, as_json:
             click.echo(job.id[:12])
     else:
         print_table(
-            ["JOB ID", "STATE", "EXIT", "CREATED", "COMMAND", "NAME", "WORKFLOW"],
+            ["JOB ID", "STATE", "EXIT", "CREATED", "COMMAND", "NAME", "WORKFLOW", "PORTS"],
             [(j.id[:12], j.state, j.exit_code if j.ended else "-", ago(j.created_at_ns),
-              " ".join(j.command)[:60], j.name, f"{j.workflow_id[:12]}/{j.workflow_job}" if j.workflow_id else "-")
+              " ".join(j.command)[:60], j.name, f"{j.workflow_id[:12]}/{j.workflow_job}" if j.workflow_id else "-",
+              ", ".join(j.ports) or "-")
              for j in jobs],
         )
 

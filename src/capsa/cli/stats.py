@@ -15,6 +15,10 @@ from capsa.cli.protojson import message_dict
 
 __all__ = ["COMMANDS", "human_bytes", "metrics_dict"]
 
+_QUEUE_FIELDS = ("name", "depth", "in_flight", "limit", "waited_count", "waited_sum_seconds", "wait_p50_seconds",
+                 "wait_p99_seconds")
+_PULL_FIELDS = ("ref", "run_id", "state", "phase", "layers_done", "layers_total", "bytes_done", "bytes_total",
+                "started_at_ns")
 _COLUMNS = ["TIME", "CPU%", "CPU-TIME", "MEM", "MEM-PEAK", "IO-READ", "IO-WRITE", "PIDS", "NET-RX", "NET-TX"]
 
 
@@ -98,22 +102,42 @@ def _print_node(node: Any) -> None:
                  for j in jobs])
 
 
+def _pipeline_dict(pipeline: Any) -> dict[str, Any]:
+    # Every field, zeros included (message_dict drops unset scalars, and a depth of 0 is the news).
+    return {"queues": [{f: getattr(q, f) for f in _QUEUE_FIELDS} for q in pipeline.queues],
+            "pulls": [{f: getattr(p, f) for f in _PULL_FIELDS} for p in pipeline.pulls]}
+
+
+def _print_pipeline(pipeline: Any) -> None:
+    click.echo("")
+    print_table(["QUEUE", "DEPTH", "IN FLIGHT", "LIMIT", "WAIT P50", "WAIT P99"],
+                [(q.name or "(unqueued)", q.depth, q.in_flight, q.limit, f"{q.wait_p50_seconds:g}s",
+                  f"{q.wait_p99_seconds:g}s") for q in pipeline.queues])
+    if pipeline.pulls:
+        click.echo("")
+        print_table(["PULLING", "STATE", "PHASE", "LAYERS", "BYTES"],
+                    [(p.ref, p.state, p.phase, f"{p.layers_done}/{p.layers_total}",
+                      f"{human_bytes(p.bytes_done)}/{human_bytes(p.bytes_total)}") for p in pipeline.pulls])
+
+
 @click.command()
 @click.option("-f", "--follow", is_flag=True, help="Refresh until interrupted.")
 @click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between refreshes.")
 @json_option
 @click.pass_obj
 def top(obj: Any, follow: bool, interval: float, as_json: bool) -> None:
-    """Show the node's CPU, memory and disk use and the running jobs by CPU."""
+    """Show the node's CPU, memory and disk use, the running jobs by CPU, queues and pulls in flight."""
     client = obj.client()
     while True:
         node = client.node_stats()
+        pipeline = client.pipeline()
         if as_json:
-            emit(_node_dict(node))
+            emit({**_node_dict(node), **_pipeline_dict(pipeline)})
         else:
             if follow:
                 click.clear()
             _print_node(node)
+            _print_pipeline(pipeline)
         if not follow:
             return
         time.sleep(max(0.2, interval))

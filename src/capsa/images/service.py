@@ -17,7 +17,7 @@ from capsa.images.verify import ImageReport
 from capsa.snapshots import Mount
 from capsa.state.keys import check_request_id
 
-__all__ = ["ImageService", "JobRootfs", "PullUpdate"]
+__all__ = ["ImageService", "JobRootfs", "PullProgress", "PullUpdate"]
 
 PULL_POLICIES = ("missing", "always", "never")
 
@@ -42,6 +42,21 @@ class PullUpdate:
     layers: list[dict[str, Any]] = field(default_factory=list)
     done: bool = False
     image: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    """An unfinished pull: layers and bytes are those of the layer fetches started so far."""
+
+    ref: str
+    run_id: str
+    state: str
+    phase: str
+    layers_done: int
+    layers_total: int
+    bytes_done: int
+    bytes_total: int
+    started_at_ns: int
 
 
 @dataclass(frozen=True)
@@ -112,6 +127,25 @@ class ImageService:
             yield PullUpdate(run_id=run_id, phase=str((info.progress or {}).get("phase", info.current_transition)),
                              layers=self._layer_progress(info))
             time.sleep(interval)
+
+    def pulls_in_flight(self) -> list[PullProgress]:
+        """Every unfinished pull, oldest first, with its layer and byte progress.
+
+        Read from the engine's runs rather than the image store: a first pull of a reference has no
+        image record until it ends, and the dashboard must show it all along.
+        """
+        active = [r for r in self.engine.history(machine=PULL, limit=1000) if r.state in ACTIVE_STATES]
+        out: list[PullProgress] = []
+        for run in sorted(active, key=lambda r: r.created_at):
+            req = run.request if isinstance(run.request, dict) else {}
+            layers = self._layer_progress(run)
+            out.append(PullProgress(
+                ref=str(req.get("ref") or run.resource_id), run_id=run.run_id, state=run.state,
+                phase=str((run.progress or {}).get("phase") or run.current_transition or ""),
+                layers_done=sum(1 for la in layers if la["state"] == "downloaded"), layers_total=len(layers),
+                bytes_done=sum(la["bytes"] for la in layers), bytes_total=sum(la["total"] for la in layers),
+                started_at_ns=int(run.created_at * 1e9)))
+        return out
 
     def _layer_progress(self, info: RunInfo) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

@@ -65,6 +65,7 @@ class RunRequest:
     seccomp: str = "default"      # default | strict | unconfined (docs/security.md)
     network: str = "host"         # host | none | isolated | bridge | a named network
     volumes: tuple[str, ...] = () # NAME[:/path][:ro]
+    ports: tuple[str, ...] = ()   # [HOSTIP:]HOSTPORT:JOBPORT[/tcp|/udp], published while it runs (capsa.networks)
     runtime: str = ""             # NAME[@VERSION]: the job's root is that runtime's image only (capsa.runtimes)
     capsules: tuple[str, ...] = ()  # NAME@SPEC[:PATH], with dependencies (capsa.capsules.manager)
     gpus: int = 0                 # whole GPUs, exclusively (capsa.gpus)

@@ -11,6 +11,9 @@ Layout (``<P>`` is the configured chain prefix, default ``CAPSA``)::
 
     filter FORWARD      -> -j <P>-FORWARD        (inserted first)
     nat    POSTROUTING  -> -j <P>-POSTROUTING    (inserted first)
+    nat    PREROUTING   -> -m addrtype --dst-type LOCAL -j <P>-PORTS   (published ports: DNAT)
+    nat    OUTPUT       -> -m addrtype --dst-type LOCAL -j <P>-PORTS   (the same, for the host's own
+                                                                        connections, 127.0.0.1 included)
 
 In ``<P>-FORWARD`` the *guards* (drop what enters a capsa network unsolicited)
 are inserted at the top and the *allows* appended at the bottom, so a guard of
@@ -56,9 +59,10 @@ class RuleSet:
     forward_top: list[list[str]] = field(default_factory=list)     # inserted at position 1, in order
     forward_bottom: list[list[str]] = field(default_factory=list)  # appended
     nat: list[list[str]] = field(default_factory=list)             # appended to <P>-POSTROUTING
+    dnat: list[list[str]] = field(default_factory=list)            # appended to <P>-PORTS (nat)
 
     def count(self) -> tuple[int, int]:
-        return len(self.forward_top) + len(self.forward_bottom), len(self.nat)
+        return len(self.forward_top) + len(self.forward_bottom), len(self.nat) + len(self.dnat)
 
     @classmethod
     def for_bridge(cls, bridge: str, cidr: str) -> RuleSet:
@@ -87,6 +91,7 @@ class Firewall:
         self.restore = iptables + "-restore"
         self.forward = f"{chain_prefix}-FORWARD"
         self.postrouting = f"{chain_prefix}-POSTROUTING"
+        self.ports = f"{chain_prefix}-PORTS"
         self.instance = instance
 
     def tag(self, kind: str, name: str) -> str:
@@ -94,18 +99,28 @@ class Firewall:
 
     # -- chains ------------------------------------------------------------------------
     def _chains(self) -> tuple[tuple[str, str, str], ...]:
-        return (("filter", self.forward, "FORWARD"), ("nat", self.postrouting, "POSTROUTING"))
+        return (("filter", self.forward, "FORWARD"), ("nat", self.postrouting, "POSTROUTING"),
+                ("nat", self.ports, "PREROUTING"))
+
+    def _jumps(self, table: str, chain: str) -> list[tuple[str, list[str]]]:
+        """(parent chain, match) of each jump to ``chain``: the ports chain is entered from two parents,
+        only for packets addressed to this host (as Docker's DOCKER chain is)."""
+        if chain == self.ports:
+            local = ["-m", "addrtype", "--dst-type", "LOCAL"]
+            return [("PREROUTING", local), ("OUTPUT", local)]
+        return [(parent, []) for t, c, parent in self._chains() if (t, c) == (table, chain)]
 
     def ensure_chains(self) -> None:
-        """Create both chains and their jumps if missing (idempotent, safe against a concurrent creator)."""
+        """Create the chains and their jumps if missing (idempotent, safe against a concurrent creator)."""
         with _LOCK:
-            for table, chain, parent in self._chains():
+            for table, chain, _ in self._chains():
                 if not self._ok(["-t", table, "-S", chain]):
                     out = self._run_raw(["-t", table, "-N", chain])
                     if out.returncode != 0 and "exists" not in out.stderr:
                         raise _failure([self.iptables, "-t", table, "-N", chain], out)
-                if not self._ok(["-t", table, "-C", parent, "-j", chain]):
-                    self._run(["-t", table, "-I", parent, "1", "-j", chain])
+                for parent, match in self._jumps(table, chain):
+                    if not self._ok(["-t", table, "-C", parent, *match, "-j", chain]):
+                        self._run(["-t", table, "-I", parent, "1", *match, "-j", chain])
 
     def chains_exist(self) -> bool:
         with _LOCK:
@@ -118,12 +133,15 @@ class Firewall:
                 if self._ok(["-t", table, "-S", chain]) and self._rules(table, chain):
                     return False
             gone = True
-            for table, chain, parent in self._chains():
-                while self._ok(["-t", table, "-C", parent, "-j", chain]):
-                    self._run(["-t", table, "-D", parent, "-j", chain])
+            for table, chain, _ in self._chains():
+                jumps = self._jumps(table, chain)
+                for parent, match in jumps:
+                    while self._ok(["-t", table, "-C", parent, *match, "-j", chain]):
+                        self._run(["-t", table, "-D", parent, *match, "-j", chain])
                 if self._ok(["-t", table, "-S", chain]) and not self._ok(["-t", table, "-X", chain]):
                     # Another instance sharing the prefix added a rule meanwhile: keep it reachable.
-                    self._run(["-t", table, "-I", parent, "1", "-j", chain])
+                    for parent, match in jumps:
+                        self._run(["-t", table, "-I", parent, "1", *match, "-j", chain])
                     gone = False
             return gone
 
@@ -137,6 +155,7 @@ class Firewall:
         lines += [" ".join(["-A", self.forward, *r, *self._comment(tag)]) for r in rules.forward_bottom]
         lines += ["COMMIT", "*nat"]
         lines += [" ".join(["-A", self.postrouting, *r, *self._comment(tag)]) for r in rules.nat]
+        lines += [" ".join(["-A", self.ports, *r, *self._comment(tag)]) for r in rules.dnat]
         lines += ["COMMIT", ""]
         with _LOCK:
             self._restore("\n".join(lines))
@@ -148,6 +167,7 @@ class Firewall:
                   for r in [*rules.forward_top, *rules.forward_bottom]]
         lines += ["COMMIT", "*nat"]
         lines += [" ".join(["-D", self.postrouting, *r, *self._comment(tag)]) for r in rules.nat]
+        lines += [" ".join(["-D", self.ports, *r, *self._comment(tag)]) for r in rules.dnat]
         lines += ["COMMIT", ""]
         try:
             with _LOCK:
@@ -161,9 +181,11 @@ class Firewall:
 
     def rules(self, tag: str | None = None) -> dict[str, list[str]]:
         """``{"filter": [...], "nat": [...]}``: the ``-A`` lines of our chains, optionally of one tag."""
+        found: dict[str, list[str]] = {"filter": [], "nat": []}
         with _LOCK:
-            return {table: [r for r in self._rules(table, chain) if tag is None or _tag_of(r) == tag]
-                    for table, chain, _ in self._chains()}
+            for table, chain, _ in self._chains():
+                found[table] += [r for r in self._rules(table, chain) if tag is None or _tag_of(r) == tag]
+        return found
 
     def tags(self) -> set[str]:
         """Tags of this instance present in the chains."""
@@ -188,8 +210,9 @@ class Firewall:
         with _LOCK:
             batch: list[str] = []
             removed = 0
-            for table, chain, _ in self._chains():
-                doomed = [r for r in self._rules(table, chain) if (t := _tag_of(r)) and predicate(t)]
+            for table in ("filter", "nat"):
+                doomed = [r for t, chain, _ in self._chains() if t == table
+                          for r in self._rules(table, chain) if (tg := _tag_of(r)) and predicate(tg)]
                 if doomed:
                     batch += [f"*{table}", *("-D" + line[2:] for line in doomed), "COMMIT"]
                     removed += len(doomed)

@@ -19,8 +19,9 @@ import time
 from collections.abc import Iterable
 
 from capsa.errors import CapsaError, Conflict, FailedPrecondition, InvalidArgument, NotFound
-from capsa.networks import _firewall, _ipam, _links, _netns
+from capsa.networks import _firewall, _ipam, _links, _netns, _ports
 from capsa.networks._firewall import Firewall, RuleSet
+from capsa.networks._ports import PortSpec, PortStore
 from capsa.networks._store import AttachmentRow, NetworkRow, Store
 from capsa.networks.model import (
     BRIDGE,
@@ -51,6 +52,7 @@ class NetworkManager:
     def __init__(self, db: Database, *, config: NetworkConfig | None = None) -> None:
         self.config = config or NetworkConfig()
         self._store = Store(db)
+        self._ports = PortStore(db)
         self.instance = self._store.instance_id()
         self._fw = Firewall(self.config.iptables, self.config.chain_prefix, self.instance)
         self._lock = threading.RLock()       # host-wide set-up: bridges, chains, ip_forward, create/rm
@@ -146,6 +148,51 @@ class NetworkManager:
         validate_job_id(job_id)
         return self._release(job_id, self._store.attachment(job_id))
 
+    # -- published ports --------------------------------------------------------------------
+    def publish(self, job_id: str, ports: list[PortSpec]) -> None:
+        """DNAT host ports to the attached job; all or nothing. Conflict names who holds a port."""
+        if not ports:
+            return
+        row = self._store.attachment(job_id)
+        if row is None or row.mode not in (ISOLATED, BRIDGE) or not row.ip:
+            raise InvalidArgument("-p: published ports need a bridge, isolated or named network")
+        for p in ports:
+            holder = _ports.host_holder(p)
+            if holder is not None:
+                raise Conflict(f"-p {p}: host port {p.host_ip}:{p.host_port}/{p.proto} is in use by {holder}")
+        self._ports.reserve(job_id, ports)   # rows first: after a crash they name every rule that may exist
+        tag = self._fw.tag("port", job_id)
+        try:
+            self._install_ports(row, ports, replace=False)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._fw.remove(tag)
+            self._ports.delete(job_id)
+            raise
+
+    def published(self, job_id: str | None = None) -> dict[str, list[PortSpec]]:
+        """job id -> its published ports (jobs that publish none are absent)."""
+        if job_id is not None:
+            ports = self._ports.of(job_id)
+            return {job_id: ports} if ports else {}
+        return self._ports.all()
+
+    def _install_ports(self, row: AttachmentRow, ports: list[PortSpec], *, replace: bool) -> None:
+        if row.mode == ISOLATED:
+            device = row.veth_host or ""
+        else:
+            net = self._store.network(row.network or "")
+            device = (net.bridge if net else None) or ""
+        assert device and row.ip
+        if any(p.host_ip == "0.0.0.0" or p.host_ip.startswith("127.") for p in ports):
+            _ports.set_route_localnet(device)
+        self._add_rules(self._fw.tag("port", row.job_id), _ports.port_rules(ports, row.ip, device), replace=replace)
+
+    def _unpublish(self, job_id: str) -> None:
+        if self._ports.of(job_id):
+            self._fw.remove(self._fw.tag("port", job_id))   # rules first, rows last (see publish)
+            self._ports.delete(job_id)
+
     def attachment(self, job_id: str) -> Attachment:
         row = self._store.attachment(job_id)
         if row is None:
@@ -177,6 +224,8 @@ class NetworkManager:
                 report.detached.append(row.job_id)
         kept_rows = [r for r in self._store.attachments() if r.job_id in running]
         kept = {r.job_id for r in kept_rows}
+        for job_id in set(self._ports.all()) - kept:   # rows whose attachment is gone (crash in between)
+            self._unpublish(job_id)
         self._remove_leftovers(kept, report)
         with self._lock:
             self._chains_ready = False
@@ -193,6 +242,10 @@ class NetworkManager:
                 if not self._fw.has(tag, rules):
                     self._fw.add(tag, rules, replace=True)
                     report.repaired.append(f"rules of job {row.job_id}")
+            ports = self._ports.of(row.job_id)
+            if ports:
+                # Re-installed every time: their ACCEPTs must sit above guards that may just have been re-added.
+                self._install_ports(row, ports, replace=True)
         return report
 
     def teardown(self) -> bool:
@@ -319,6 +372,7 @@ class NetworkManager:
         path = row.netns_path if row else str(self.config.netns_dir / job_id)
         veth = row.veth_host if row else self._veth_name(job_id)
         found = row is not None
+        self._unpublish(job_id)
         if row is None:
             found = bool(self._fw.remove(self._fw.tag("job", job_id))) or found
         elif row.mode == ISOLATED:
@@ -348,7 +402,7 @@ class NetworkManager:
             if not tag.startswith(prefix):
                 return False
             kind, _, name = tag[len(prefix):].partition(":")
-            return (kind == "job" and name not in kept) or (kind == "net" and name not in networks)
+            return (kind in ("job", "port") and name not in kept) or (kind == "net" and name not in networks)
 
         removed = self._fw.remove_matching(stale_tag) if self._fw.chains_exist() else 0
         if removed:

@@ -6,11 +6,12 @@ import logging
 from collections.abc import Collection
 from typing import ClassVar
 
-from capsa.errors import CapsaError
+from capsa.errors import CapsaError, InvalidArgument
 from capsa.jobs.model import RunRequest
 from capsa.jobs.resources import Grant
+from capsa.networks._ports import parse_ports
 from capsa.networks.manager import NetworkManager
-from capsa.networks.model import HOST
+from capsa.networks.model import HOST, NONE
 
 __all__ = ["NetworkResource"]
 
@@ -25,12 +26,24 @@ class NetworkResource:
         self.networks = networks
 
     def validate(self, request: RunRequest) -> None:
-        """Nothing to check early: an unknown network name is reported by ``acquire`` (NotFound)."""
+        """Port specs and their network mode, before anything exists; an unknown network name is
+        reported by ``acquire`` (NotFound)."""
+        if request.ports:
+            if request.network in ("", HOST, NONE):
+                raise InvalidArgument(f"-p: ports cannot be published with --network {request.network or HOST}"
+                                      " (use bridge, isolated or a named network)")
+            parse_ports(request.ports)
 
     def acquire(self, job_id: str, request: RunRequest) -> Grant:
         if request.network in ("", HOST):
             return Grant()
         att = self.networks.attach(job_id, request.network)
+        if request.ports:
+            try:
+                self.networks.publish(job_id, parse_ports(request.ports))
+            except BaseException:
+                self.release(job_id)
+                raise
         return Grant(netns_path=att.netns_path, recorded={"ip": att.ip} if att.ip else {})
 
     def release(self, job_id: str) -> None:

@@ -44,18 +44,10 @@ def _overview_blocking(node: Node) -> dict[str, Any]:
     running = [{"m": m, "job": names.get(m.job_id)} for m in stats.jobs]
     workflows = client.list_workflows(limit=200)
     active_workflows = [w for w in workflows if not w.ended]
-
-    def in_flight() -> list[dict[str, Any]]:
-        found = []
-        for image in client.list_images()[:50]:   # bounded: one history call per image
-            for run in client.image_history(image.ref, limit=3):
-                if run.state in ("queued", "running", "retry_wait"):
-                    found.append({"ref": image.ref, "run": run})
-        return found
-    # The overview refreshes every 2 s; the pulls, costing an RPC per image, at most every 10 s.
-    pulls = node.cached_blocking("pulls", 10.0, in_flight)
+    pipeline = client.pipeline()   # the engine's queues and every unfinished pull, stored image or not
     return {"stats": stats, "by_state": by_state, "running": running, "total_jobs": len(jobs),
-            "active_workflows": active_workflows, "pulls": pulls, "version": client.version()}
+            "active_workflows": active_workflows, "queues": list(pipeline.queues), "pulls": list(pipeline.pulls),
+            "now_ns": time.time_ns(), "version": client.version()}
 
 
 def _job_fingerprint(jobs: list[pb.Job]) -> dict[str, Any]:

@@ -135,7 +135,8 @@ def leftovers(mgr: NetworkManager, tmp_path: Path) -> Leftovers:
     names = links.link_names()
     found.links = [link.name for link in links.owned_links(f"capsa:{mgr.instance}:")]
     found.links += [n for n in names if n == cfg.bridge_name]
-    for table, chain in (("filter", f"{cfg.chain_prefix}-FORWARD"), ("nat", f"{cfg.chain_prefix}-POSTROUTING")):
+    for table, chain in (("filter", f"{cfg.chain_prefix}-FORWARD"), ("nat", f"{cfg.chain_prefix}-POSTROUTING"),
+                         ("nat", f"{cfg.chain_prefix}-PORTS")):
         if subprocess.run(["iptables", "-w", "5", "-t", table, "-S", chain], capture_output=True).returncode == 0:
             found.chains.append(f"{table}/{chain}")
         jumps = subprocess.run(["iptables", "-w", "5", "-t", table, "-S"], capture_output=True, text=True).stdout

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
+from capsa.api.gen.capsa.v1 import metrics_pb2 as mpb
 from capsa.config import NodeConfig
 from capsa.errors import InvalidArgument, NotFound
 from capsa.pki import Role, create_ca, issue_client_cert
@@ -49,6 +50,25 @@ class FakeClient:
     def stop_job(self, job_id: str) -> pb.Job:
         self.calls.append(("stop_job", job_id))
         return pb.Job(id=job_id, state="STOPPED")
+
+    def node_stats(self) -> mpb.NodeStats:
+        return mpb.NodeStats(cpu_count=2, memory_total_bytes=4 << 30, disk_total_bytes=10 << 30, timestamp_ns=1)
+
+    def list_workflows(self, *, limit: int = 0) -> list[Any]:
+        return []
+
+    def version(self) -> pb.VersionInfo:
+        return pb.VersionInfo(version="test")
+
+    def pipeline(self) -> pb.Pipeline:
+        self.calls.append(("pipeline", None))
+        return pb.Pipeline(
+            queues=[pb.QueueInfo(name="download", depth=3, in_flight=5, limit=5, waited_count=8,
+                                 wait_p50_seconds=0.5, wait_p99_seconds=30),
+                    pb.QueueInfo(name="unpack", limit=2)],
+            pulls=[pb.PullInFlight(ref=f"registry.test/{EVIL}:1", run_id="r1", state="running", phase="fetch",
+                                   layers_done=1, layers_total=4, bytes_done=3 << 20, bytes_total=12 << 20,
+                                   started_at_ns=1)])
 
     def close(self) -> None:
         pass
@@ -208,3 +228,21 @@ def test_sign_out_ends_the_session_and_needs_the_csrf_token() -> None:
     assert out.status_code == 200 and out.headers["hx-redirect"] == "/login?signed_out=1"
     assert http.get("/n/default/jobs").status_code == 401
     assert "signed out" in http.get("/login?signed_out=1").text
+
+
+def test_the_overview_shows_engine_queues_and_pulls_from_one_pipeline_call() -> None:
+    http, sessions, fake = _app(Role.READER)
+    _sign_in(http, sessions)
+    page = http.get("/n/default/", headers={"HX-Request": "true"})
+    assert page.status_code == 200
+    queues = page.text.split('id="queues"', 1)[1]
+    download = queues.split('data-queue="download"', 1)[1].split("</tr>", 1)[0]
+    assert '"q-depth">3<' in download and '"q-in-flight">5<' in download and "≤ 500 ms" in download
+    assert "≤ 30.0 s" in download
+    unpack = queues.split('data-queue="unpack"', 1)[1].split("</tr>", 1)[0]
+    assert '"q-depth">0<' in unpack and "–" in unpack   # no run waited: no quantile
+    assert '"q-pulls">1<' in page.text and '"q-depth">3<' in page.text.split('id="queues"')[0]
+    pull = page.text.split('data-run="r1"', 1)[1].split("</tr>", 1)[0]
+    assert "1/4" in pull and "3.0 MiB of 12.0 MiB" in pull and "fetch" in pull
+    assert EVIL not in page.text and "registry.test/&lt;script&gt;" in pull
+    assert [c for c in fake.calls if c[0] == "pipeline"] == [("pipeline", None)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -13,17 +14,22 @@ from capsa.api.auth import identity_of
 from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
 from capsa.api.gen.capsa.v1 import jobs_pb2_grpc as pb_grpc
 from capsa.api.servicers._base import rpc
+from capsa.api.servicers.interactive import exec_events_pb
 from capsa.api.streams import BlockingStreams, follow_log
 from capsa.errors import InvalidArgument
+from capsa.fsm import Engine
+from capsa.fsm.queues import WAIT_BUCKETS, QueueStats
+from capsa.images.service import ImageService, PullProgress
+from capsa.jobs.execs import JobExecs
 from capsa.jobs.model import Job, Resources, RunRequest
 from capsa.jobs.service import JobService
 from capsa.jobs.uploads import UploadEntry
 from capsa.logs import is_finished
 
-__all__ = ["JobServicer", "NodeServicer", "job_to_pb"]
+__all__ = ["JobServicer", "NodeServicer", "job_to_pb", "pipeline_to_pb", "wait_quantile"]
 
 
-def job_to_pb(job: Job) -> pb.Job:
+def job_to_pb(job: Job, ports: Sequence[str] = ()) -> pb.Job:
     r = job.resources
     return pb.Job(
         id=job.id, name=job.name, command=job.command, state=job.state.value,
@@ -37,13 +43,22 @@ def job_to_pb(job: Job) -> pb.Job:
         gpus=job.gpus, gpu_devices=job.gpu_devices, log_incomplete_bytes=job.log_incomplete_bytes,
         workflow_id=job.workflow_id or "", workflow_job=job.workflow_job or "",
         scheduled_at_ns=job.scheduled_ns, timeout_seconds=job.timeout_ns / 1e9, secret_env_keys=job.secret_env_keys,
+        ports=list(ports),
     )
 
 
 class JobServicer(pb_grpc.JobServiceServicer):
-    def __init__(self, jobs: JobService, blocking: BlockingStreams) -> None:
+    def __init__(self, jobs: JobService, blocking: BlockingStreams, execs: JobExecs | None = None, *,
+                 published: Callable[[str | None], Mapping[str, Sequence[object]]] | None = None) -> None:
         self.jobs = jobs
         self.blocking = blocking
+        self.execs = execs
+        # job id (None: every job) -> its published ports (capsa.networks), shown by ps and inspect
+        self.published = published
+
+    def _pb(self, job: Job) -> pb.Job:
+        ports = self.published(job.id).get(job.id, ()) if self.published and not job.state.ended else ()
+        return job_to_pb(job, [str(p) for p in ports])
 
     @rpc
     def RunJob(self, request: pb.RunJobRequest, context: grpc.ServicerContext) -> pb.Job:
@@ -53,13 +68,13 @@ class JobServicer(pb_grpc.JobServiceServicer):
             name=request.name, image=request.image, pull=request.pull or "missing", user=request.user,
             runtime=request.runtime,
             seccomp=request.seccomp or "default", network=request.network or "host",
-            volumes=tuple(request.volumes), capsules=tuple(request.capsules), gpus=request.gpus,
+            volumes=tuple(request.volumes), ports=tuple(request.ports), capsules=tuple(request.capsules), gpus=request.gpus,
             secret_env=dict(request.secret_env), upload_session=request.upload_session,
             schedule=request.schedule, timeout=request.timeout, request_id=request.request_id,
             resources=Resources(max_cpu=r.max_cpu, cpu_cores=r.cpu_cores, max_memory_mb=r.max_memory_mb,
                                 max_iobps=r.max_iobps, max_pids=r.max_pids),
         ))
-        return job_to_pb(job)
+        return self._pb(job)
 
     @rpc
     async def UploadFiles(self, request_iterator: Any, context: Any) -> pb.UploadResult:
@@ -90,12 +105,18 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     @rpc
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
-        return job_to_pb(self.jobs.get(request.id))
+        job = self._pb(self.jobs.get(request.id))
+        if self.execs is not None:   # the audit trail of `capsa exec` (capsa.jobs.execs)
+            job.exec_events.extend(exec_events_pb(self.execs.events(job.id)))
+        return job
 
     @rpc
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
         page = self.jobs.page(all=request.all, limit=request.limit, page_token=request.page_token)
-        return pb.ListJobsResponse(jobs=[job_to_pb(j) for j in page.jobs], next_page_token=page.next_page_token)
+        published = self.published(None) if self.published else {}
+        jobs = [job_to_pb(j, [str(p) for p in published.get(j.id, ())] if not j.state.ended else [])
+                for j in page.jobs]
+        return pb.ListJobsResponse(jobs=jobs, next_page_token=page.next_page_token)
 
     @rpc
     def StopJob(self, request: pb.StopJobRequest, context: grpc.ServicerContext) -> pb.Job:
@@ -122,10 +143,41 @@ class JobServicer(pb_grpc.JobServiceServicer):
             await loop.run_in_executor(None, lambda: self.jobs.wait_ended(job.id, timeout=10))
 
 
+def wait_quantile(q: QueueStats, quantile: float) -> float:
+    """The upper bound of the wait bucket holding ``quantile`` of the runs (0 when none waited).
+
+    Buckets, not samples, are all the engine keeps; past the last bound the last bound is reported.
+    """
+    if q.waited_count == 0:
+        return 0.0
+    rank = quantile * q.waited_count
+    for bound, cumulative in zip(WAIT_BUCKETS, q.waited_buckets, strict=True):
+        if cumulative >= rank:
+            return float(bound)
+    return float(WAIT_BUCKETS[-1])
+
+
+def pipeline_to_pb(queues: list[QueueStats], pulls: list[PullProgress]) -> pb.Pipeline:
+    return pb.Pipeline(
+        queues=[pb.QueueInfo(name=q.name, depth=q.depth, in_flight=q.in_flight, limit=q.limit,
+                             waited_count=q.waited_count, waited_sum_seconds=q.waited_sum_s,
+                             wait_p50_seconds=wait_quantile(q, 0.5), wait_p99_seconds=wait_quantile(q, 0.99))
+                for q in queues],
+        pulls=[pb.PullInFlight(ref=p.ref, run_id=p.run_id, state=p.state, phase=p.phase,
+                               layers_done=p.layers_done, layers_total=p.layers_total, bytes_done=p.bytes_done,
+                               bytes_total=p.bytes_total, started_at_ns=p.started_at_ns) for p in pulls])
+
+
 class NodeServicer(pb_grpc.NodeServiceServicer):
-    def __init__(self, *, cgroup_version: int, snapshotter: str) -> None:
+    def __init__(self, *, cgroup_version: int, snapshotter: str, engine: Engine, images: ImageService) -> None:
         self.cgroup_version = cgroup_version
         self.snapshotter = snapshotter
+        self.engine = engine
+        self.images = images
+
+    @rpc
+    def GetPipeline(self, request: Any, context: grpc.ServicerContext) -> pb.Pipeline:
+        return pipeline_to_pb(self.engine.queue_stats(), self.images.pulls_in_flight())
 
     @rpc
     def GetVersion(self, request: Any, context: grpc.ServicerContext) -> pb.VersionInfo:

@@ -22,7 +22,7 @@ class Resources(_message.Message):
     def __init__(self, max_cpu: _Optional[int] = ..., cpu_cores: _Optional[str] = ..., max_memory_mb: _Optional[int] = ..., max_iobps: _Optional[int] = ..., max_pids: _Optional[int] = ...) -> None: ...
 
 class RunJobRequest(_message.Message):
-    __slots__ = ("command", "env", "resources", "workdir", "name", "image", "pull", "entrypoint_set", "user", "seccomp", "network", "volumes", "upload_session", "secret_env", "schedule", "timeout", "capsules", "runtime", "gpus", "request_id")
+    __slots__ = ("command", "env", "resources", "workdir", "name", "image", "pull", "entrypoint_set", "user", "seccomp", "network", "volumes", "upload_session", "secret_env", "schedule", "timeout", "capsules", "runtime", "gpus", "request_id", "ports")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,7 @@ class RunJobRequest(_message.Message):
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
     command: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
     resources: Resources
@@ -77,10 +78,11 @@ class RunJobRequest(_message.Message):
     runtime: str
     gpus: int
     request_id: str
-    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., workdir: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., pull: _Optional[str] = ..., entrypoint_set: _Optional[bool] = ..., user: _Optional[str] = ..., seccomp: _Optional[str] = ..., network: _Optional[str] = ..., volumes: _Optional[_Iterable[str]] = ..., upload_session: _Optional[str] = ..., secret_env: _Optional[_Mapping[str, str]] = ..., schedule: _Optional[str] = ..., timeout: _Optional[str] = ..., capsules: _Optional[_Iterable[str]] = ..., runtime: _Optional[str] = ..., gpus: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    ports: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., workdir: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., pull: _Optional[str] = ..., entrypoint_set: _Optional[bool] = ..., user: _Optional[str] = ..., seccomp: _Optional[str] = ..., network: _Optional[str] = ..., volumes: _Optional[_Iterable[str]] = ..., upload_session: _Optional[str] = ..., secret_env: _Optional[_Mapping[str, str]] = ..., schedule: _Optional[str] = ..., timeout: _Optional[str] = ..., capsules: _Optional[_Iterable[str]] = ..., runtime: _Optional[str] = ..., gpus: _Optional[int] = ..., request_id: _Optional[str] = ..., ports: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "name", "command", "state", "exit_code", "signal", "reason", "created_at_ns", "started_at_ns", "ended_at_ns", "resources", "pid", "ended", "env", "workdir", "hostname", "cgroup", "start_latency_ns", "image", "image_digest", "scheduled_at_ns", "timeout_seconds", "secret_env_keys", "workflow_id", "workflow_job", "seccomp", "network", "ip", "volumes", "gpus", "gpu_devices", "log_incomplete_bytes")
+    __slots__ = ("id", "name", "command", "state", "exit_code", "signal", "reason", "created_at_ns", "started_at_ns", "ended_at_ns", "resources", "pid", "ended", "env", "workdir", "hostname", "cgroup", "start_latency_ns", "image", "image_digest", "scheduled_at_ns", "timeout_seconds", "secret_env_keys", "workflow_id", "workflow_job", "seccomp", "network", "ip", "volumes", "gpus", "gpu_devices", "log_incomplete_bytes", "exec_events", "ports")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +122,8 @@ class Job(_message.Message):
     GPUS_FIELD_NUMBER: _ClassVar[int]
     GPU_DEVICES_FIELD_NUMBER: _ClassVar[int]
     LOG_INCOMPLETE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EXEC_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -152,7 +156,29 @@ class Job(_message.Message):
     gpus: int
     gpu_devices: _containers.RepeatedScalarFieldContainer[str]
     log_incomplete_bytes: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[str] = ..., created_at_ns: _Optional[int] = ..., started_at_ns: _Optional[int] = ..., ended_at_ns: _Optional[int] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., pid: _Optional[int] = ..., ended: _Optional[bool] = ..., env: _Optional[_Mapping[str, str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., cgroup: _Optional[str] = ..., start_latency_ns: _Optional[int] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ..., scheduled_at_ns: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., secret_env_keys: _Optional[_Iterable[str]] = ..., workflow_id: _Optional[str] = ..., workflow_job: _Optional[str] = ..., seccomp: _Optional[str] = ..., network: _Optional[str] = ..., ip: _Optional[str] = ..., volumes: _Optional[_Iterable[str]] = ..., gpus: _Optional[int] = ..., gpu_devices: _Optional[_Iterable[str]] = ..., log_incomplete_bytes: _Optional[int] = ...) -> None: ...
+    exec_events: _containers.RepeatedCompositeFieldContainer[ExecEvent]
+    ports: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[str] = ..., created_at_ns: _Optional[int] = ..., started_at_ns: _Optional[int] = ..., ended_at_ns: _Optional[int] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., pid: _Optional[int] = ..., ended: _Optional[bool] = ..., env: _Optional[_Mapping[str, str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., cgroup: _Optional[str] = ..., start_latency_ns: _Optional[int] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ..., scheduled_at_ns: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., secret_env_keys: _Optional[_Iterable[str]] = ..., workflow_id: _Optional[str] = ..., workflow_job: _Optional[str] = ..., seccomp: _Optional[str] = ..., network: _Optional[str] = ..., ip: _Optional[str] = ..., volumes: _Optional[_Iterable[str]] = ..., gpus: _Optional[int] = ..., gpu_devices: _Optional[_Iterable[str]] = ..., log_incomplete_bytes: _Optional[int] = ..., exec_events: _Optional[_Iterable[_Union[ExecEvent, _Mapping]]] = ..., ports: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ExecEvent(_message.Message):
+    __slots__ = ("who", "command", "at_ns", "user", "ended", "exit_code", "ended_at_ns", "error")
+    WHO_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    AT_NS_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_NS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    who: str
+    command: _containers.RepeatedScalarFieldContainer[str]
+    at_ns: int
+    user: str
+    ended: bool
+    exit_code: int
+    ended_at_ns: int
+    error: str
+    def __init__(self, who: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., at_ns: _Optional[int] = ..., user: _Optional[str] = ..., ended: _Optional[bool] = ..., exit_code: _Optional[int] = ..., ended_at_ns: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("id",)
@@ -285,3 +311,53 @@ class Identity(_message.Message):
     common_name: str
     role: str
     def __init__(self, common_name: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
+
+class QueueInfo(_message.Message):
+    __slots__ = ("name", "depth", "in_flight", "limit", "waited_count", "waited_sum_seconds", "wait_p50_seconds", "wait_p99_seconds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    WAITED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    WAITED_SUM_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_P50_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_P99_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    depth: int
+    in_flight: int
+    limit: int
+    waited_count: int
+    waited_sum_seconds: float
+    wait_p50_seconds: float
+    wait_p99_seconds: float
+    def __init__(self, name: _Optional[str] = ..., depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., limit: _Optional[int] = ..., waited_count: _Optional[int] = ..., waited_sum_seconds: _Optional[float] = ..., wait_p50_seconds: _Optional[float] = ..., wait_p99_seconds: _Optional[float] = ...) -> None: ...
+
+class PullInFlight(_message.Message):
+    __slots__ = ("ref", "run_id", "state", "phase", "layers_done", "layers_total", "bytes_done", "bytes_total", "started_at_ns")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_DONE_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_NS_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    run_id: str
+    state: str
+    phase: str
+    layers_done: int
+    layers_total: int
+    bytes_done: int
+    bytes_total: int
+    started_at_ns: int
+    def __init__(self, ref: _Optional[str] = ..., run_id: _Optional[str] = ..., state: _Optional[str] = ..., phase: _Optional[str] = ..., layers_done: _Optional[int] = ..., layers_total: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., started_at_ns: _Optional[int] = ...) -> None: ...
+
+class Pipeline(_message.Message):
+    __slots__ = ("queues", "pulls")
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    PULLS_FIELD_NUMBER: _ClassVar[int]
+    queues: _containers.RepeatedCompositeFieldContainer[QueueInfo]
+    pulls: _containers.RepeatedCompositeFieldContainer[PullInFlight]
+    def __init__(self, queues: _Optional[_Iterable[_Union[QueueInfo, _Mapping]]] = ..., pulls: _Optional[_Iterable[_Union[PullInFlight, _Mapping]]] = ...) -> None: ...

@@ -426,6 +426,11 @@ class NodeServiceStub:
                 request_serializer=capsa_dot_v1_dot_common__pb2.Empty.SerializeToString,
                 response_deserializer=capsa_dot_v1_dot_jobs__pb2.Identity.FromString,
                 _registered_method=True)
+        self.GetPipeline = channel.unary_unary(
+                '/capsa.v1.NodeService/GetPipeline',
+                request_serializer=capsa_dot_v1_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=capsa_dot_v1_dot_jobs__pb2.Pipeline.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -444,6 +449,13 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPipeline(self, request, context):
+        """The engine's queues and the image pulls in flight now (the dashboard overview, `capsa top`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -456,6 +468,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.WhoAmI,
                     request_deserializer=capsa_dot_v1_dot_common__pb2.Empty.FromString,
                     response_serializer=capsa_dot_v1_dot_jobs__pb2.Identity.SerializeToString,
+            ),
+            'GetPipeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPipeline,
+                    request_deserializer=capsa_dot_v1_dot_common__pb2.Empty.FromString,
+                    response_serializer=capsa_dot_v1_dot_jobs__pb2.Pipeline.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -513,6 +530,33 @@ class NodeService:
             '/capsa.v1.NodeService/WhoAmI',
             capsa_dot_v1_dot_common__pb2.Empty.SerializeToString,
             capsa_dot_v1_dot_jobs__pb2.Identity.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPipeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capsa.v1.NodeService/GetPipeline',
+            capsa_dot_v1_dot_common__pb2.Empty.SerializeToString,
+            capsa_dot_v1_dot_jobs__pb2.Pipeline.FromString,
             options,
             channel_credentials,
             insecure,
