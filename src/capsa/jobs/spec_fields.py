@@ -25,6 +25,7 @@ __all__ = [
     "check_by_key",
     "check_env",
     "check_limit",
+    "check_ports",
     "check_request_fields",
     "check_secret_env",
     "check_seccomp",
@@ -101,6 +102,13 @@ def check_secret_env(label: str, env: Mapping[str, str]) -> Mapping[str, str]:
     return env
 
 
+def check_ports(label: str, value: list[str] | tuple[str, ...]) -> list[str] | tuple[str, ...]:
+    from capsa.networks._ports import parse_ports  # here: the networks package is heavier than this module
+
+    parse_ports(list(value))
+    return value
+
+
 @dataclass(frozen=True)
 class JobField:
     """One job field: the RunRequest attribute, the workflow YAML key, the ``capsa run`` flag, its check."""
@@ -130,6 +138,7 @@ FIELDS: tuple[JobField, ...] = (
     JobField("volumes", "volumes", "--volume", check_volume, each=True, noun="volume"),
     JobField("capsules", "capsules", "--capsule"),
     JobField("network", "network", "--network"),
+    JobField("ports", "ports", "--publish", check_ports, served=True),
     JobField("gpus", "gpus", "--gpus", check_limit, served=True),
     JobField("timeout", "timeout", "--timeout", check_timeout, empty_ok=True),
     JobField("resources.max_cpu", "resources.max_cpu", "--max-cpu", check_limit),

@@ -221,7 +221,7 @@ class WorkflowRunner:
             name=f"{workflow_name}/{name}", image=image, workflow_id=workflow_id, workflow_job=name,
             timeout=spec.timeout or "", network=spec.network or "host", volumes=tuple(spec.volumes),
             capsules=tuple(spec.capsules), gpus=spec.gpus, user=spec.user, seccomp=spec.seccomp, pull=spec.pull,
-            upload_session=session,
+            upload_session=session, ports=tuple(spec.ports),
             resources=Resources(max_cpu=r.max_cpu, cpu_cores=r.cpu_cores, max_memory_mb=r.max_memory,
                                 max_iobps=r.max_iobps, max_pids=r.max_pids),
         )

@@ -95,6 +95,7 @@ class JobSpec(_Strict):
     volumes: list[str] = Field(default_factory=list)
     capsules: list[str] = Field(default_factory=list)
     network: str = ""               # "" = host
+    ports: list[str] = Field(default_factory=list)   # [HOSTIP:]HOSTPORT:JOBPORT[/tcp|/udp], as `capsa run -p`
     gpus: int = 0                   # whole GPUs, exclusively, as `capsa run --gpus`
     timeout: str | None = None      # a duration (30s, 10m, 1h30m); enforced by the job service
     requires: Any = None            # None, a list or an expression: capsa.workflows.conditions
@@ -106,7 +107,7 @@ class JobSpec(_Strict):
             raise ValueError(f"timeout {value} has no unit: write {value}s, {value}m or {value}h")
         return value
 
-    @field_validator("workdir", "user", "seccomp", "env", "secret_env", "volumes", "gpus", "timeout")
+    @field_validator("workdir", "user", "seccomp", "env", "secret_env", "volumes", "gpus", "timeout", "ports")
     @classmethod
     def _shared(cls, value: Any, info: ValidationInfo) -> Any:
         # The checks `capsa run` requests pass, so the YAML accepts exactly what the CLI does.

@@ -187,6 +187,9 @@ class _Checker:
             self._exists((*at, "volumes", i), "volume", volume, self.registries.volume_exists)
         if spec.network:
             self._network((*at, "network"), spec.network)
+        if spec.ports and spec.network in ("", "host", "none"):   # as the network resource refuses `run -p`
+            self.add((*at, "ports"), f"ports cannot be published with network {spec.network or 'host'}"
+                                     " (use bridge, isolated or a named network)")
         for i, capsule in enumerate(spec.capsules):
             self._capsule((*at, "capsules", i), capsule)
         sent = name in self.upload_sessions

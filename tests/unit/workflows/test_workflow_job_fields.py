@@ -45,6 +45,7 @@ jobs:
     volumes: ["cache:/cache:ro"]
     capsules: ["dataset@>=1.2:/capsules/ds"]
     network: backend
+    ports: ["8080:80", "127.0.0.1:5353:53/udp"]
     gpus: 1
     timeout: 90s
     resources: {max_cpu: 150, max_memory: 256, max_iobps: 1000000, cpu_cores: "0-1", max_pids: 64}
@@ -90,7 +91,7 @@ def test_every_field_is_accepted_and_mapped_onto_the_run_request(tmp_path: Path)
         command=("/bin/sh", "-c", "true"), env={"A": "1"}, secret_env={"TOKEN": "t"}, workdir="/srv",
         name="all/a", image="127.0.0.1:5000/runtimes/python:3.11", pull="never", user="1000:1000",
         workflow_id="wf1", workflow_job="a", upload_session="f" * 32, timeout="90s", seccomp="strict",
-        network="backend", volumes=("cache:/cache:ro",), capsules=("dataset@>=1.2:/capsules/ds",), gpus=1,
+        network="backend", ports=("8080:80", "127.0.0.1:5353:53/udp"), volumes=("cache:/cache:ro",), capsules=("dataset@>=1.2:/capsules/ds",), gpus=1,
         resources=r)
     assert (r.max_cpu, r.max_memory_mb, r.max_iobps, r.cpu_cores, r.max_pids) == (150, 256, 1000000, "0-1", 64)
     assert _Jobs.uploads.copied == [tmp_path / "wf1" / "a"], "each start gets a copy of what the workflow kept"
@@ -143,6 +144,8 @@ def test_a_bad_value_is_refused_by_the_yaml_with_its_line_and_by_capsa_run(line:
     ("gpus: '1'", "valid integer"),
     ("capsules: ['Bad Name']", "invalid capsule requirement 'Bad Name'"),
     ("image: 'UPPER/Case:tag'", ""),
+    ("ports: ['80']", "expected [HOSTIP:]HOSTPORT:JOBPORT[/tcp|/udp]"),
+    ("ports: ['8080:80']", "ports cannot be published with network host"),
 ])
 def test_the_other_fields_are_checked_with_their_line(line: str, fragment: str) -> None:
     [issue] = issues_of(f"name: x\njobs:\n  a:\n    command: /bin/true\n    {line}\n")
