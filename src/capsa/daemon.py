@@ -186,7 +186,8 @@ class Daemon:
         self.workflows = WorkflowService(
             self.db, self.engine, self.jobs, secret_box=secret_box, queue=WORKFLOW_QUEUE, registries=Registries(
                 runtime_image=self.runtimes.image_for, volume_exists=self._volume_exists,
-                network_exists=lambda name: any(n.name == name for n in self.networks.list())))
+                network_exists=lambda name: any(n.name == name for n in self.networks.list()),
+                capsule_exists=self.capsules.exists))
         # Runs other tables name by id outlive retention: a retried pull request returns its run's
         # outcome, a workflow record shows its run.
         self.engine.keep_runs_referenced_by("SELECT run_id FROM image_pull_requests")

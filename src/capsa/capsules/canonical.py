@@ -31,7 +31,7 @@ from typing import BinaryIO
 
 from capsa.errors import UnsafeArchive
 
-__all__ = ["TreeDigest", "tree_digest", "write_canonical_tar"]
+__all__ = ["TreeDigest", "tree_digest", "tree_shape", "write_canonical_tar"]
 
 _COPY_BUFSIZE = 1 << 20
 
@@ -115,6 +115,17 @@ def _write(root: Path, sink: _HashingSink) -> TreeDigest:
 def tree_digest(root: Path) -> TreeDigest:
     """Digest (and size, entry count) of the tree at ``root``."""
     return _write(root, _HashingSink())
+
+
+def tree_shape(root: Path) -> tuple[int, int]:
+    """(bytes of regular-file content, entry count) of ``root``: stat calls only, no hashing.
+
+    The cheap check a job start can afford on every capsule; a tree that still matches its
+    recorded shape may yet have changed bytes, which only :func:`tree_digest` (``verify``) finds.
+    """
+    entries = _entries(root)
+    size = sum(st.st_size for _key, _rel, st in entries if stat.S_ISREG(st.st_mode))
+    return size, len(entries)
 
 
 def write_canonical_tar(root: Path, out: BinaryIO) -> TreeDigest:

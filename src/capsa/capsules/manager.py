@@ -236,12 +236,23 @@ class CapsuleManager:
                 "which resolves the path inside the job without following symlinks")
 
     # -- at start ------------------------------------------------------------------------
+    def exists(self, spec: str) -> bool:
+        """Whether some stored version satisfies ``spec`` (``NAME[@SPEC][:PATH]``); for checks before a start.
+
+        A malformed ``spec`` raises InvalidArgument; dependencies are resolved (and refused) at the start.
+        """
+        request = parse_capsule_request(spec)
+        wanted = parse_requirement(request.requirement)
+        return any(satisfies(wanted, v.version) for v in self.store.list(request.name))
+
     def plan_start(self, specs: Sequence[str], *, image: bool) -> list[tuple[CapsuleVersion, str]]:
         """Resolve ``--capsule`` arguments (raises on a conflict); nothing is recorded."""
         requests = [parse_capsule_request(s) for s in specs]
         plan = self._plan(requests, ())
-        for _version, target in plan:
+        for version, target in plan:
             self._check_start_target(target, image=image)
+            # A tree deleted or damaged behind capsa's back must never reach a job: refuse before any record.
+            self.store.check_present(version)
         return plan
 
     def prepare_start(self, job_id: str, specs: Sequence[str], *, image: bool) -> tuple[BindSpec, ...]:

@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 from capsa.capsules import gc as _gc
 from capsa.capsules._fs import staging_dir
-from capsa.capsules.canonical import TreeDigest, tree_digest, write_canonical_tar
+from capsa.capsules.canonical import TreeDigest, tree_digest, tree_shape, write_canonical_tar
 from capsa.capsules.importer import CapsuleLimits, import_source
 from capsa.capsules.model import MIGRATIONS, Attachment, CapsuleVersion, GcReport, Layout
 from capsa.capsules.resolver import resolve as _resolve
@@ -351,6 +351,26 @@ class CapsuleStore:
                 f"{found.ref}: stored content hashes to {written.digest}, not {found.digest}"
             )
         return written.digest
+
+    @staticmethod
+    def check_present(found: CapsuleVersion) -> None:
+        """``ChecksumMismatch`` unless ``found``'s stored tree exists with its recorded size and entry count.
+
+        Stats only (no hashing), so every job start can afford it; ``verify`` re-hashes the content.
+        """
+        repair = (f"repair it with `capsa capsule verify --repair {found.ref}` (pulled versions), or remove it"
+                  f" with `capsa capsule rm {found.ref}` and create it again")
+        try:
+            size, entries = tree_shape(found.path)
+        except FileNotFoundError:
+            raise ChecksumMismatch(f"{found.ref}: its stored tree {found.path} is gone; {repair}") from None
+        except OSError as exc:
+            raise ChecksumMismatch(f"{found.ref}: its stored tree {found.path} cannot be read ({exc});"
+                                   f" {repair}") from None
+        if (size, entries) != (found.size, found.entries):
+            raise ChecksumMismatch(
+                f"{found.ref}: its stored tree was changed behind capsa's back ({entries} entries, {size} bytes;"
+                f" recorded {found.entries} entries, {found.size} bytes); {repair}")
 
     def verify(self, name: str, version: str) -> None:
         """Recompute the digest of the stored tree; ``ChecksumMismatch`` if it changed."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 
 from capsa.cli.output import ago, emit, json_option, print_table
 from capsa.cli.protojson import message_dict
@@ -68,9 +70,12 @@ def run(obj: Any, file: Path, wait: bool, pool: bool, constraints: tuple[str, ..
     if pool:
         from capsa.cli.cluster import run_workflow_on_pool
 
+        # Uploads are sent to this daemon only: a pool's node reports a job's `uploads` as not sent.
         return run_workflow_on_pool(client, text, base_dir=str(file.resolve().parent), constraints=constraints,
                                     wait=wait, as_json=as_json)
-    submitted = client.submit_workflow(text, base_dir=str(file.resolve().parent), source=str(file))
+    base = file.resolve().parent
+    text = _send_uploads(client, text, base)
+    submitted = client.submit_workflow(text, base_dir=str(base), source=str(file))
     if not wait:
         if as_json:
             emit(workflow_dict(submitted))
@@ -87,6 +92,47 @@ def run(obj: Any, file: Path, wait: bool, pool: bool, constraints: tuple[str, ..
         if final.reason:
             click.echo(f"workflow {final.id[:12]} {final.state}: {final.reason}", err=True)
     return _exit_status(final)
+
+
+def _send_uploads(client: Any, text: str, base: Path) -> str:
+    """Upload each job's ``uploads`` (relative to ``base``) and name the sessions in the text sent.
+
+    The YAML travels as text, so the sessions go in an ``upload_sessions`` key appended after the
+    user's last line: every line the daemon reports still points into the user's file. A job whose
+    paths are unsafe or missing is not uploaded; the daemon's validation then names the line.
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text   # the daemon reports where
+    jobs = data.get("jobs") if isinstance(data, dict) else None
+    if not isinstance(jobs, dict):
+        return text
+    sessions: dict[str, str] = {}
+    for name, job in jobs.items():
+        uploads = job.get("uploads") if isinstance(job, dict) else None
+        if not isinstance(name, str) or not isinstance(uploads, list) or not uploads:
+            continue
+        if not all(isinstance(p, str) and _inside(p) and (base / p).exists() for p in uploads):
+            continue
+        paths = [str(base / p) for p in uploads]
+        def skipped(path: str, why: str, job: str = name) -> None:
+            click.echo(f"capsa: {job}: skipping {path}: {why}", err=True)
+
+        sessions[name] = client.upload_paths(paths, on_skip=skipped).session
+    if not sessions:
+        return text
+    if not isinstance(root, yaml.MappingNode) or root.flow_style or text.rstrip().endswith("..."):
+        raise InvalidArgument("a workflow with uploads must be a block-style YAML mapping"
+                              " (no `{...}` top level, no `...` end marker)")
+    lines = [f"  {json.dumps(name)}: {json.dumps(session)}" for name, session in sessions.items()]
+    return text + ("" if text.endswith("\n") else "\n") + "upload_sessions:\n" + "\n".join(lines) + "\n"
+
+
+def _inside(path: str) -> bool:
+    """Relative and never climbing out: what the daemon's validation accepts (never read other files)."""
+    return bool(path) and "\0" not in path and not path.startswith("/") and ".." not in Path(path).parts
 
 
 def _follow(client: Any, workflow_id: str, *, quiet: bool) -> Any:

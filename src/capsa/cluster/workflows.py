@@ -44,9 +44,9 @@ def _spec_of(job: JobSpec, name: str) -> dict[str, Any]:
     command = [job.command, *job.args] if job.command else list(job.args)
     r = job.resources
     return {"command": command, "env": dict(job.env), "workdir": job.workdir, "name": name, "image": job.image,
-            "pull": "missing", "user": "", "runtime": job.runtime, "seccomp": "default",
+            "pull": job.pull, "user": job.user, "runtime": job.runtime, "seccomp": job.seccomp,
             "network": job.network or "host", "volumes": list(job.volumes), "capsules": list(job.capsules),
-            "gpus": 0, "timeout": job.timeout or "",
+            "gpus": job.gpus, "timeout": job.timeout or "",
             "resources": {"max_cpu": r.max_cpu, "cpu_cores": r.cpu_cores, "max_memory_mb": r.max_memory,
                           "max_iobps": r.max_iobps, "max_pids": r.max_pids}}
 

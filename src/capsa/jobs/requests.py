@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from capsa.errors import InvalidArgument
 from capsa.jobs.model import RunRequest
 from capsa.jobs.resources import Grant
+from capsa.jobs.spec_fields import check_request_fields
 from capsa.runtime.spec import JobSpec, ResourceSpec
 
 __all__ = ["apply_image_config", "build_spec", "parse_user", "validate_request"]
@@ -37,19 +37,8 @@ def log_max_bytes(request: RunRequest) -> int:
 def validate_request(request: RunRequest) -> None:
     """What needs no resource to check: limits, working directory, user, seccomp profile."""
     log_max_bytes(request)
-    r = request.resources
-    for name, value in (("--max-cpu", r.max_cpu), ("--max-memory", r.max_memory_mb), ("--max-iobps", r.max_iobps),
-                        ("--max-pids", r.max_pids)):
-        if value < 0:
-            raise InvalidArgument(f"{name} must be zero (unlimited) or positive, got {value}")
-    if r.cpu_cores and not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", r.cpu_cores):
-        raise InvalidArgument(f"--cpu-cores {r.cpu_cores!r} is not a CPU list like '0-1' or '0,2'")
-    if request.workdir and not request.workdir.startswith("/"):
-        raise InvalidArgument(f"--workdir must be an absolute path inside the job, got {request.workdir!r}")
-    from capsa.runtime.security import PROFILE_NAMES
-
-    if request.seccomp not in PROFILE_NAMES:
-        raise InvalidArgument(f"--seccomp {request.seccomp!r}: expected one of {', '.join(PROFILE_NAMES)}")
+    # The shared field checks (capsa.jobs.spec_fields): workflow YAML jobs pass the very same ones.
+    check_request_fields(request)
 
 
 def asks_for(request: RunRequest, field: str) -> bool:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -28,7 +27,6 @@ from capsa.errors import FailedPrecondition, InvalidArgument
 __all__ = ["KEY_FILE", "SecretBox", "validate_env_names"]
 
 KEY_FILE = "secrets.key"
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def validate_env_names(env: dict[str, str], secret_env: dict[str, str]) -> None:
@@ -36,13 +34,10 @@ def validate_env_names(env: dict[str, str], secret_env: dict[str, str]) -> None:
 
     Messages name the variable, never its value.
     """
-    for flag, mapping in (("-e", env), ("--secret-env", secret_env)):
-        for key, value in mapping.items():
-            if flag == "--secret-env" and not _ENV_NAME.match(key):
-                raise InvalidArgument(f"--secret-env {key!r}: names are letters, digits and '_', not starting"
-                                      " with a digit")
-            if "\x00" in key or "\x00" in value or "=" in key or not key:
-                raise InvalidArgument(f"{flag} {key!r}: names must be non-empty without '=' and no NUL bytes")
+    from capsa.jobs.spec_fields import check_env, check_secret_env  # the checks workflow YAML runs too
+
+    check_env("-e", env)
+    check_secret_env("--secret-env", secret_env)
     both = sorted(set(env) & set(secret_env))
     if both:
         raise InvalidArgument(f"{', '.join(both)}: given both as -e and --secret-env; give each name once")

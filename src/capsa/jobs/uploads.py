@@ -126,6 +126,25 @@ class UploadStore:
         return UploadSummary(session=session, files=writer.files, dirs=writer.dirs, symlinks=writer.symlinks,
                              bytes=writer.total)
 
+    def stage_copy(self, tree: Path) -> str:
+        """A new finished session holding a copy of ``tree``: a workflow keeps its jobs' uploads until they start."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        session = secrets.token_hex(16)
+        sdir = self.root / session
+        with self._lock:
+            self._active.add(session)   # cleanup must not take a session still being copied
+        try:
+            sdir.mkdir(mode=0o700)
+            shutil.copytree(tree, sdir / "tree", symlinks=True)
+            (sdir / _READY).touch(mode=0o600)
+        except BaseException:
+            shutil.rmtree(sdir, ignore_errors=True)
+            raise
+        finally:
+            with self._lock:
+                self._active.discard(session)
+        return session
+
     def claim(self, session: str, dest: Path) -> None:
         """Move a finished session's tree to ``dest`` (which must not exist yet); once only."""
         sdir = self._session_dir(session)

@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from capsa.errors import CapsaError, NotFound
+from capsa.errors import CapsaError, NotFound, Unavailable
 from capsa.fsm import Context, RunInfo
 from capsa.jobs.model import Job, JobState, Resources, RunRequest
 from capsa.workflows.model import WorkflowJob, WorkflowJobState, WorkflowState
@@ -41,13 +43,15 @@ class WorkflowRunner:
     """Executes workflows for the service; holds no per-workflow state between passes."""
 
     def __init__(self, db: Database, jobs: JobService, *, secret_box: SecretBox, max_parallel: int,
-                 poll_interval_s: float, runtime_image: Callable[[str], str | None] | None) -> None:
+                 poll_interval_s: float, runtime_image: Callable[[str], str | None] | None,
+                 uploads_dir: Path) -> None:
         self.db = db
         self.jobs = jobs
         self.secret_box = secret_box
         self.max_parallel = max_parallel
         self.poll_interval_s = poll_interval_s
         self.runtime_image = runtime_image
+        self.uploads_dir = uploads_dir
 
     # -- the transition -------------------------------------------------------------------------
     def run(self, ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
@@ -210,13 +214,26 @@ class WorkflowRunner:
                 raise NotFound(f"runtime {spec.runtime!r} is no longer available")
         argv = (spec.command, *spec.args) if spec.command else tuple(spec.args)
         r = spec.resources
+        # A fresh session per start (each is claimed once, as the job's /work); the workflow keeps the original.
+        session = self._upload_session(workflow_id, name) if spec.uploads else ""
         return RunRequest(
             command=argv, env=dict(spec.env), secret_env=secret_env, workdir=spec.workdir,
             name=f"{workflow_name}/{name}", image=image, workflow_id=workflow_id, workflow_job=name,
             timeout=spec.timeout or "", network=spec.network or "host", volumes=tuple(spec.volumes),
+            capsules=tuple(spec.capsules), gpus=spec.gpus, user=spec.user, seccomp=spec.seccomp, pull=spec.pull,
+            upload_session=session, ports=tuple(spec.ports),
             resources=Resources(max_cpu=r.max_cpu, cpu_cores=r.cpu_cores, max_memory_mb=r.max_memory,
                                 max_iobps=r.max_iobps, max_pids=r.max_pids),
         )
+
+    def _upload_session(self, workflow_id: str, name: str) -> str:
+        kept = self.uploads_dir / workflow_id / name
+        if not kept.is_dir():
+            raise NotFound(f"the uploads of job {name} are gone ({kept} was removed)")
+        try:
+            return self.jobs.uploads.stage_copy(kept)
+        except OSError as exc:
+            raise Unavailable(f"cannot stage the uploads of job {name}: {exc}") from None
 
     # -- the end ------------------------------------------------------------------------------------
     def _conclude(self, workflow_id: str, steps: dict[str, WorkflowJob]) -> dict[str, Any]:
@@ -231,7 +248,10 @@ class WorkflowRunner:
     def finalize(self, ctx: Context, info: RunInfo) -> None:
         """Runs once the run is final. Canceled or failed: stop what still runs, close the books."""
         workflow_id = str((info.request or {}).get("workflow_id", ctx.resource_id))
-        if info.state in ("succeeded", "handed_off"):
+        if info.state == "handed_off":
+            return
+        if info.state == "succeeded":
+            self._drop_uploads(workflow_id)
             return
         canceled = info.state == "canceled"
         steps = self._steps(workflow_id)
@@ -260,6 +280,11 @@ class WorkflowRunner:
         self.db.execute("UPDATE workflows SET state = ?, reason = ?, ended_ns = ? WHERE id = ? AND state IN (?, ?)",
                         (state.value, "" if canceled else why, time.time_ns(), workflow_id,
                          WorkflowState.PENDING.value, WorkflowState.RUNNING.value))
+        self._drop_uploads(workflow_id)
+
+    def _drop_uploads(self, workflow_id: str) -> None:
+        """The workflow has ended: no job of it starts again, so its kept uploads go."""
+        shutil.rmtree(self.uploads_dir / workflow_id, ignore_errors=True)
 
 
 def _outcome(job: Job) -> tuple[WorkflowJobState, str]:

@@ -9,12 +9,13 @@ read by :func:`capsa.jobs.schedule.parse_duration`, like every duration in capsa
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from capsa.errors import InvalidArgument
 from capsa.jobs.schedule import parse_duration
+from capsa.jobs.spec_fields import check_by_key
 
 __all__ = [
     "JOB_NAME_RE",
@@ -31,11 +32,6 @@ JOB_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,62}")
 WORKFLOW_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 # Words of the expression form of ``requires``; a job with such a name could not be referenced.
 KEYWORDS = frozenset({"AND", "OR", "NOT", "IN"})
-_CPU_LIST = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_VOLUME = re.compile(r"(?P<name>[^:]+)(?::(?P<path>/[^:]*))?(?::(?P<mode>ro|rw))?")
-
-NonNegInt = Annotated[int, Field(ge=0)]
 
 
 def timeout_seconds(text: str) -> float:
@@ -61,13 +57,13 @@ class _Strict(BaseModel):
 
 
 class ResourcesSpec(_Strict):
-    """Per-job limits; 0 (or empty) means unlimited, as for ``capsa run``."""
+    """Per-job limits; 0 (or empty) means unlimited, as for ``capsa run`` (checks: capsa.jobs.spec_fields)."""
 
-    max_cpu: NonNegInt = 0          # percent of one core
-    max_memory: NonNegInt = 0       # MB
-    max_iobps: NonNegInt = 0        # bytes/s
+    max_cpu: int = 0                # percent of one core
+    max_memory: int = 0             # MB; the job is OOM-killed above it
+    max_iobps: int = 0              # bytes/s
     cpu_cores: str = ""             # cpuset, e.g. "0-1" or "0,2"
-    max_pids: NonNegInt = 0
+    max_pids: int = 0
 
     @field_validator("cpu_cores", mode="before")
     @classmethod
@@ -75,22 +71,23 @@ class ResourcesSpec(_Strict):
         # YAML reads `cpu_cores: 0` as an int; a single CPU number is still a CPU list.
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
-    @field_validator("cpu_cores")
+    @field_validator("max_cpu", "max_memory", "max_iobps", "max_pids", "cpu_cores")
     @classmethod
-    def _cpu_list(cls, value: str) -> str:
-        if value and not _CPU_LIST.fullmatch(value):
-            raise ValueError(f"cpu_cores {value!r} is not a CPU list like '0', '0-1' or '0,2'")
-        return value
+    def _shared(cls, value: Any, info: ValidationInfo) -> Any:
+        return check_by_key(f"resources.{info.field_name}", value)
 
 
 class JobSpec(_Strict):
-    """One job of a workflow, as written in the YAML."""
+    """One job of a workflow, as written in the YAML: the keys are capsa.jobs.spec_fields.FIELDS."""
 
     command: str = ""
     args: list[str] = Field(default_factory=list)
     image: str = ""
+    pull: Literal["missing", "always", "never"] = "missing"
     runtime: str = ""
     workdir: str = ""
+    user: str = ""                  # UID[:GID]; default: the image's User, else root
+    seccomp: str = "default"
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     env: dict[str, str] = Field(default_factory=dict)
     secret_env: dict[str, str] = Field(default_factory=dict)
@@ -98,6 +95,8 @@ class JobSpec(_Strict):
     volumes: list[str] = Field(default_factory=list)
     capsules: list[str] = Field(default_factory=list)
     network: str = ""               # "" = host
+    ports: list[str] = Field(default_factory=list)   # [HOSTIP:]HOSTPORT:JOBPORT[/tcp|/udp], as `capsa run -p`
+    gpus: int = 0                   # whole GPUs, exclusively, as `capsa run --gpus`
     timeout: str | None = None      # a duration (30s, 10m, 1h30m); enforced by the job service
     requires: Any = None            # None, a list or an expression: capsa.workflows.conditions
 
@@ -108,45 +107,11 @@ class JobSpec(_Strict):
             raise ValueError(f"timeout {value} has no unit: write {value}s, {value}m or {value}h")
         return value
 
-    @field_validator("timeout")
+    @field_validator("workdir", "user", "seccomp", "env", "secret_env", "volumes", "gpus", "timeout", "ports")
     @classmethod
-    def _duration(cls, value: str | None) -> str | None:
-        if value is not None:
-            timeout_seconds(value)
-        return value
-
-    @field_validator("volumes")
-    @classmethod
-    def _volumes(cls, value: list[str]) -> list[str]:
-        for item in value:
-            if not _VOLUME.fullmatch(item):
-                raise ValueError(f"volume {item!r} is not NAME[:/path][:ro]")
-        return value
-
-    @field_validator("workdir")
-    @classmethod
-    def _absolute(cls, value: str) -> str:
-        if value and not value.startswith("/"):
-            raise ValueError(f"workdir must be an absolute path inside the job, got {value!r}")
-        return value
-
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, text in value.items():
-            if not key or "=" in key or "\0" in key or "\0" in text:
-                raise ValueError(f"environment variable {key!r}: names must be non-empty without '=',"
-                                 " names and values without NUL bytes")
-        return value
-
-    @field_validator("secret_env")
-    @classmethod
-    def _secret_names(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, text in value.items():   # messages name the variable, never its value
-            if not _ENV_NAME.fullmatch(key) or "\0" in text:
-                raise ValueError(f"secret variable {key!r}: names are letters, digits and '_', not starting"
-                                 " with a digit; values hold no NUL bytes")
-        return value
+    def _shared(cls, value: Any, info: ValidationInfo) -> Any:
+        # The checks `capsa run` requests pass, so the YAML accepts exactly what the CLI does.
+        return value if value is None else check_by_key(str(info.field_name), value)
 
     @property
     def volume_names(self) -> list[str]:
@@ -160,6 +125,9 @@ class WorkflowHeader(_Strict):
     description: str = ""
     max_parallel: Annotated[int, Field(ge=1, le=256)] | None = None
     jobs: dict[str, Any]
+    # Written by `capsa workflow run`, never by hand: {job: upload session} holding that job's `uploads`
+    # (the YAML travels as text, so the client appends this key after the user's last line).
+    upload_sessions: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod

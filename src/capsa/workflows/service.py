@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -67,10 +68,13 @@ class WorkflowService:
         self.max_parallel = max_parallel
         self.cancel_timeout_s = cancel_timeout_s if cancel_timeout_s is not None else jobs.stop_grace_s + 30
         self.secret_box = secret_box
+        # Each job's uploads, kept from submit until the workflow ends (a job may start hours later,
+        # after a daemon restart): CAPSA_HOME/workflows/uploads/WORKFLOW/JOB.
+        self.uploads_dir = jobs.home / "workflows" / "uploads"
         db.migrate("workflows", MIGRATIONS)
         db.migrate("workflow_requests", _REQUEST_MIGRATIONS)
         self.runner = WorkflowRunner(db, jobs, secret_box=secret_box, max_parallel=max_parallel, poll_interval_s=poll_interval_s,
-                                     runtime_image=self.registries.runtime_image)
+                                     runtime_image=self.registries.runtime_image, uploads_dir=self.uploads_dir)
         engine.register(Machine.define(MACHINE, queue=queue).start("run", self.runner.run).end(self.runner.finalize))
         self._start_orphans()
 
@@ -98,6 +102,7 @@ class WorkflowService:
         sealed = self.secret_box.seal(hidden) if hidden else None
         public = spec.model_copy(update={"jobs": {name: job.model_copy(update={"secret_env": {}})
                                                   for name, job in spec.jobs.items()}})
+        self._keep_uploads(workflow_id, workflow.upload_sessions)
         try:
             with self.db.tx() as conn:
                 conn.execute(
@@ -115,13 +120,23 @@ class WorkflowService:
                 if request_id:
                     conn.execute("INSERT INTO workflow_requests(request_id, workflow_id) VALUES(?,?)",
                                  (request_id, workflow_id))
-        except sqlite3.IntegrityError:
-            earlier = self._submitted_as(request_id) if request_id else None
+        except BaseException as exc:
+            shutil.rmtree(self.uploads_dir / workflow_id, ignore_errors=True)   # nothing recorded owns them
+            earlier = self._submitted_as(request_id) if request_id and isinstance(exc, sqlite3.IntegrityError) else None
             if earlier is None:
                 raise
             return self.get(earlier)   # a concurrent submit with the same id recorded its workflow first
         self._start_run(workflow_id)
         return self.get(workflow_id)
+
+    def _keep_uploads(self, workflow_id: str, sessions: dict[str, str]) -> None:
+        """Claim each job's upload session into the workflow's directory (a session is claimed once)."""
+        try:
+            for name, session in sessions.items():
+                self.jobs.uploads.claim(session, self.uploads_dir / workflow_id / name)
+        except BaseException:
+            shutil.rmtree(self.uploads_dir / workflow_id, ignore_errors=True)
+            raise
 
     def _submitted_as(self, request_id: str) -> str | None:
         row = self.db.query_one("SELECT workflow_id FROM workflow_requests WHERE request_id = ?", (request_id,))

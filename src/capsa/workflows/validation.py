@@ -4,7 +4,7 @@ Each problem is an :class:`Issue` with the YAML line it comes from: the document
 (``yaml.compose``) into a node tree whose marks map each key path to its line, and every check
 reports a key path. Checks: YAML syntax, duplicate keys, unknown and missing keys, types and
 values (durations, resources, names), image reference syntax, runtimes / volumes / networks /
-capsules against registries the caller plugs in, upload paths, references to unknown jobs, and
+capsules against registries the caller plugs in, upload paths (and that they were sent), references to unknown jobs, and
 dependency cycles (naming every job on each cycle).
 """
 
@@ -73,6 +73,7 @@ class ValidatedWorkflow:
     conditions: dict[str, Condition]
     order: list[str]
     deps: dict[str, list[str]] = field(default_factory=dict)
+    upload_sessions: dict[str, str] = field(default_factory=dict)   # {job: staged upload session}
 
 
 # -- YAML nodes -> lines ------------------------------------------------------------------------
@@ -128,7 +129,8 @@ def _where(path: Path_) -> str:
 def _fields_at(model: type[BaseModel], rel: Path_) -> list[str]:
     if model is JobSpec and rel[:1] == ("resources",):
         return list(ResourcesSpec.model_fields)
-    return list(model.model_fields)
+    # upload_sessions is written by `capsa workflow run`, not by hand: never suggest it.
+    return [name for name in model.model_fields if name != "upload_sessions"]
 
 
 def _model_issues(exc: ValidationError, model: type[BaseModel], prefix: Path_, lines: _Lines) -> list[Issue]:
@@ -160,10 +162,12 @@ def _suggest(name: str, options: list[str]) -> str:
 
 
 class _Checker:
-    def __init__(self, lines: _Lines, registries: Registries, base_dir: Path | None) -> None:
+    def __init__(self, lines: _Lines, registries: Registries, base_dir: Path | None,
+                 upload_sessions: Mapping[str, str]) -> None:
         self.lines = lines
         self.registries = registries
         self.base_dir = base_dir
+        self.upload_sessions = upload_sessions
         self.issues: list[Issue] = []
 
     def add(self, path: Path_, message: str) -> None:
@@ -183,13 +187,19 @@ class _Checker:
             self._exists((*at, "volumes", i), "volume", volume, self.registries.volume_exists)
         if spec.network:
             self._network((*at, "network"), spec.network)
+        if spec.ports and spec.network in ("", "host", "none"):   # as the network resource refuses `run -p`
+            self.add((*at, "ports"), f"ports cannot be published with network {spec.network or 'host'}"
+                                     " (use bridge, isolated or a named network)")
         for i, capsule in enumerate(spec.capsules):
             self._capsule((*at, "capsules", i), capsule)
+        sent = name in self.upload_sessions
         for i, upload in enumerate(spec.uploads):
-            self._upload((*at, "uploads", i), upload)
-        if spec.uploads:
-            self.add((*at, "uploads"), "uploads are not supported by workflow jobs yet: the files would not reach"
-                                       " the job (remove `uploads`, or bake the files into the image)")
+            self._upload((*at, "uploads", i), upload, sent=sent)
+        if spec.uploads and not sent:
+            self.add((*at, "uploads"), "the uploads were not sent: submit the workflow with `capsa workflow run"
+                                       " FILE`, which uploads them (paths relative to FILE's directory)")
+        if sent and not spec.uploads:
+            self.add(("upload_sessions", name), f"job {name!r} has no `uploads`")
         for key in sorted(spec.env.keys() & spec.secret_env.keys()):
             self.add((*at, "secret_env", key), f"{key} is set in both env and secret_env")
 
@@ -222,24 +232,24 @@ class _Checker:
             self._exists(path, "network", name, self.registries.network_exists)
 
     def _capsule(self, path: Path_, text: str) -> None:
-        from capsa.capsules.versions import parse_requirement
+        # The same parser as `capsa run --capsule`: NAME, NAME@VERSION or NAME@SPECIFIERS, each with :PATH.
+        from capsa.capsules.manager import parse_capsule_request
 
-        requirement = text.replace("@", "", 1) if "@" in text else text
         try:
-            parse_requirement(requirement)
+            parse_capsule_request(text)
         except CapsaError as exc:
-            self.add(path, str(exc))
+            self.add(path, f"invalid capsule requirement {text!r}: {exc}")
             return
-        if self._exists(path, "capsule", text, self.registries.capsule_exists):
-            # It exists, but jobs cannot have capsules attached at start yet: say so, never ignore it.
-            self.add(path, f"capsule {text!r} exists, but attaching capsules to workflow jobs is not supported yet")
+        self._exists(path, "capsule", text, self.registries.capsule_exists)
 
-    def _upload(self, path: Path_, upload: str) -> None:
+    def _upload(self, path: Path_, upload: str, *, sent: bool) -> None:
         # Relative and inside the workflow's directory: Joblet's uploads could name any host path.
         parts = Path(upload).parts
         if not upload or "\0" in upload or upload.startswith("/") or ".." in parts:
             self.add(path, f"upload {upload!r} must be a relative path inside the workflow's directory")
             return
+        if sent:
+            return   # the client read it from its own disk: the daemon's may not even have that directory
         if self.base_dir is None:
             self.add(path, f"upload {upload!r} cannot be checked: no base directory was given")
             return
@@ -295,7 +305,8 @@ def check_workflow(text: str, *, registries: Registries | None = None,
     lines = _Lines(root)
     if not isinstance(data, dict):
         return None, issues + [Issue("", "the workflow document must be a mapping with `name` and `jobs`", 1)]
-    checker = _Checker(lines, registries or Registries(), base_dir)
+    sessions = data.get("upload_sessions")
+    checker = _Checker(lines, registries or Registries(), base_dir, sessions if isinstance(sessions, dict) else {})
     checker.issues.extend(issues)
     header: WorkflowHeader | None = None
     try:
@@ -329,6 +340,9 @@ def check_workflow(text: str, *, registries: Registries | None = None,
         except ConditionError as exc:
             checker.add((*at, "requires", *exc.path), exc.message)
     names = [n for n in raw_jobs if isinstance(n, str)]
+    for name in checker.upload_sessions:
+        if name not in raw_jobs:
+            checker.add(("upload_sessions", name), f"upload session for unknown job {name!r}")
     deps = _references(checker, conditions, names)
     for path, members in find_cycles(deps):
         at = [lines.line(("jobs", job, "requires")) for job in path[:-1]]
@@ -341,7 +355,7 @@ def check_workflow(text: str, *, registries: Registries | None = None,
         return None, all_issues
     spec = WorkflowSpec(name=header.name, description=header.description, max_parallel=header.max_parallel,
                         jobs=specs)
-    return ValidatedWorkflow(spec, conditions, topological_order(deps), deps), []
+    return ValidatedWorkflow(spec, conditions, topological_order(deps), deps, dict(header.upload_sessions)), []
 
 
 def _references(checker: _Checker, conditions: Mapping[str, Condition], names: list[str]) -> dict[str, list[str]]:

@@ -10,7 +10,14 @@ import pytest
 from capsa.capsules import CapsuleStore
 from capsa.capsules.manager import CapsuleManager
 from capsa.capsules.resource import CapsuleResource
-from capsa.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from capsa.errors import (
+    ChecksumMismatch,
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from capsa.jobs.model import Job, JobState, RunRequest
 from capsa.runtime.protocol import JobRecord, ProcState
 from capsa.runtime.spec import BindSpec
@@ -203,3 +210,45 @@ def test_reconcile_keeps_a_starting_job_and_releases_an_exited_one(manager: Caps
     store.record_attach(exited, "model", "1.0.0", "/capsules/model")
     report = manager.reconcile([starting, exited])
     assert report.released == 1 and {a.job_id for a in store.attachments()} == {starting}
+
+
+def _make_writable(path: Path) -> None:
+    # Stored trees are read-only; a test damaging one behind capsa's back must lift that first (as non-root too).
+    for item in (path.parent, path, *path.rglob("*")):
+        if item.is_dir() and not item.is_symlink():
+            item.chmod(0o755)
+
+
+def test_a_start_on_a_deleted_capsule_tree_is_refused_and_records_nothing(
+        manager: CapsuleManager, store: CapsuleStore) -> None:
+    import shutil
+
+    path = store.get("data", "1.0.0").path
+    _make_writable(path)
+    shutil.rmtree(path)
+    resource = CapsuleResource(manager)
+    # tool depends on data: the dependency's tree is checked as well as the named capsule's.
+    with pytest.raises(ChecksumMismatch, match=r"data@1\.0\.0: its stored tree .* is gone; repair it with `capsa capsule verify --repair"):
+        resource.validate(RunRequest(command=("/bin/true",), capsules=("tool",)))
+    with pytest.raises(ChecksumMismatch, match="is gone"):
+        manager.prepare_start(JOB, ["tool"], image=False)
+    assert held(store) == set()
+    assert manager.prepare_start(JOB, ["model@1.0.0"], image=False)   # intact capsules still start
+
+
+@pytest.mark.parametrize("damage", ["added", "truncated", "removed"])
+def test_a_start_on_a_changed_capsule_tree_is_refused(manager: CapsuleManager, store: CapsuleStore,
+                                                      damage: str) -> None:
+    path = store.get("model", "2.0.0").path
+    _make_writable(path)
+    readme = path / "README"
+    readme.chmod(0o644)
+    if damage == "added":
+        (path / "extra").write_text("x")
+    elif damage == "truncated":
+        readme.write_text("")
+    else:
+        readme.unlink()
+    with pytest.raises(ChecksumMismatch, match=r"model@2\.0\.0: its stored tree was changed behind capsa's back"):
+        manager.prepare_start(JOB, ["model@2.0.0"], image=False)
+    assert held(store) == set()

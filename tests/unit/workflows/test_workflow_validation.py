@@ -254,8 +254,8 @@ def test_volumes_networks_and_capsules_are_checked_against_the_registries() -> N
     lines = by_line(issues_of(text, registries=registries))
     assert lines[5] == ["jobs.a.volumes[1]: unknown volume 'scratch'"]
     assert 6 not in lines, "a network the registry knows is fine"
-    # A known capsule is still refused, clearly: jobs cannot have capsules attached at start yet.
-    assert "attaching capsules to workflow jobs is not supported yet" in lines[7][0]
+    # A capsule the registry knows is attached at start, as `capsa run --capsule` does; a malformed one is still named.
+    assert len(lines[7]) == 1 and "invalid capsule requirement 'not a requirement!'" in lines[7][0]
 
 
 def test_built_in_network_modes_need_no_registry_and_volume_syntax_is_checked() -> None:
@@ -265,14 +265,15 @@ def test_built_in_network_modes_need_no_registry_and_volume_syntax_is_checked() 
     assert issue.message == "volume 'cache:relative' is not NAME[:/path][:ro]"
 
 
-def test_uploads_are_checked_and_reported_unsupported(tmp_path: Path) -> None:
+def test_uploads_are_checked_and_must_have_been_sent(tmp_path: Path) -> None:
     (tmp_path / "scripts").mkdir()
     text = "name: x\njobs:\n  a:\n    command: y\n    uploads: [./scripts, ./missing, /etc, ../up, a/../../b]\n"
     messages = [i.message for i in issues_of(text, base_dir=tmp_path)]
     assert messages[0] == f"upload './missing' does not exist ({tmp_path}/missing)"
     for i, path in enumerate(("/etc", "../up", "a/../../b"), start=1):
         assert messages[i] == f"upload {path!r} must be a relative path inside the workflow's directory"
-    assert "uploads are not supported by workflow jobs yet" in messages[4]
+    # Without the session `capsa workflow run` sends, the files would not reach the job: refused, not ignored.
+    assert "the uploads were not sent: submit the workflow with `capsa workflow run FILE`" in messages[4]
     assert len(messages) == 5
     assert "no base directory" in issues_of(text)[0].message
 
