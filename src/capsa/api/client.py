@@ -169,9 +169,10 @@ class CapsaClient:
                 seccomp: str = "", network: str = "", volumes: list[str] | None = None,
                 secret_env: dict[str, str] | None = None, upload_session: str = "", schedule: str = "",
                 timeout: str = "", capsules: list[str] | None = None, runtime: str = "", gpus: int = 0,
-                request_id: str = "") -> pb.Job:
+                request_id: str = "", labels: dict[str, str] | None = None, auto_remove: bool = False) -> pb.Job:
         """Start a job; ``request_id`` (default: a fresh uuid4) makes retries safe, see :meth:`_submit`."""
         request = pb.RunJobRequest(
+            labels=labels or {}, auto_remove=auto_remove,
             request_id=request_id or self.new_request_id(),
             command=command, env=env or {}, workdir=workdir, name=name, image=image, pull=pull, user=user,
             gpus=gpus,
@@ -243,7 +244,7 @@ class CapsaClient:
     def get_job(self, job_id: str) -> pb.Job:
         return self._call(self.jobs.GetJob, pb.GetJobRequest(id=job_id))
 
-    def list_jobs(self, *, all: bool = False, limit: int = 0) -> list[pb.Job]:
+    def list_jobs(self, *, all: bool = False, limit: int = 0, filters: dict[str, Any] | None = None) -> list[pb.Job]:
         """Jobs newest first: every matching one (``limit`` 0), or the newest ``limit``.
 
         Fetched in pages of at most PAGE_SIZE, so no single response is large.
@@ -252,7 +253,7 @@ class CapsaClient:
         token = ""
         while True:
             want = self.PAGE_SIZE if not limit else min(self.PAGE_SIZE, limit - len(jobs))
-            page = self.list_jobs_page(all=all, limit=want, page_token=token)
+            page = self.list_jobs_page(all=all, limit=want, page_token=token, filters=filters)
             jobs.extend(page.jobs)
             token = page.next_page_token
             if not token or (limit and len(jobs) >= limit):
@@ -260,8 +261,11 @@ class CapsaClient:
 
     PAGE_SIZE = 1000
 
-    def list_jobs_page(self, *, all: bool = False, limit: int = 0, page_token: str = "") -> pb.ListJobsResponse:
-        return self._call(self.jobs.ListJobs, pb.ListJobsRequest(all=all, limit=limit, page_token=page_token))
+    def list_jobs_page(self, *, all: bool = False, limit: int = 0, page_token: str = "",
+                       filters: dict[str, Any] | None = None) -> pb.ListJobsResponse:
+        """``filters``: ListJobsRequest's filter fields (states, names, images, workflows, labels, since_ns)."""
+        return self._call(self.jobs.ListJobs, pb.ListJobsRequest(all=all, limit=limit, page_token=page_token,
+                                                                 **(filters or {})))
 
     def stop_job(self, job_id: str, *, grace_seconds: float = 0) -> pb.Job:
         return self._call(self.jobs.StopJob, pb.StopJobRequest(id=job_id, grace_seconds=grace_seconds),
@@ -270,8 +274,13 @@ class CapsaClient:
     def delete_job(self, job_id: str, *, force: bool = False) -> str:
         return self._call(self.jobs.DeleteJob, pb.DeleteJobRequest(id=job_id, force=force)).id
 
-    def stream_logs(self, job_id: str, *, follow: bool = False, from_seq: int = 0) -> Iterator[pb.LogChunk]:
-        stream = self.jobs.StreamLogs(pb.StreamLogsRequest(id=job_id, follow=follow, from_seq=from_seq),
+    def stream_logs(self, job_id: str, *, follow: bool = False, from_seq: int = 0, tail: int = 0,
+                    since_ns: int = 0, until_ns: int = 0, stream: int = 0,
+                    final_job: bool = False) -> Iterator[pb.LogChunk]:
+        """Chunks of a job's log; with ``final_job`` the last message carries the ended Job (``job`` set)."""
+        stream = self.jobs.StreamLogs(pb.StreamLogsRequest(id=job_id, follow=follow, from_seq=from_seq, tail=tail,
+                                                           since_ns=since_ns, until_ns=until_ns, stream=stream,
+                                                           final_job=final_job),
                                       timeout=None if follow else self.timeout)
         try:
             yield from stream

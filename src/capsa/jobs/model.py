@@ -71,6 +71,8 @@ class RunRequest:
     # Client-generated idempotency key (capsa.state.keys): a second run with the same key returns
     # the first job instead of running again.
     request_id: str = ""
+    labels: dict[str, str] = field(default_factory=dict)   # KEY=VALUE, stored and returned (capsa.selectors)
+    auto_remove: bool = False     # --rm: the daemon removes the job, its logs and files once it ended
 
 
 @dataclass
@@ -108,6 +110,8 @@ class Job:
     gpus: int = 0
     gpu_devices: list[str] = field(default_factory=list)   # the GPUs it holds (held once ended): UUID or nvidia<minor>
     log_incomplete_bytes: int = 0   # output its log could not keep (disk full, ADR-0004); 0 = complete
+    labels: dict[str, str] = field(default_factory=dict)
+    auto_remove: bool = False
 
     @property
     def short_id(self) -> str:
@@ -154,6 +158,8 @@ class Job:
             gpus=row["gpus"],
             gpu_devices=json.loads(row["gpu_devices"]),
             log_incomplete_bytes=row["log_incomplete_bytes"],
+            labels=json.loads(row["labels"]),
+            auto_remove=bool(row["auto_remove"]),
         )
 
 

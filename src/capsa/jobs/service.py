@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from capsa.errors import CapsaError, Conflict, FailedPrecondition, InvalidArgument
+from capsa.errors import CapsaError, Conflict, FailedPrecondition, InvalidArgument, NotFound
 from capsa.jobs.model import Job, JobPage, JobState, RunRequest
 from capsa.jobs.requests import SERVED_FIELDS, apply_image_config, asks_for, build_spec, validate_request
 from capsa.jobs.resources import Grant, JobResource, acquire_all, release_all
@@ -33,6 +33,7 @@ from capsa.logs import LogChunk, read_log
 from capsa.runtime import cgroups
 from capsa.runtime.client import SupervisorClient, ensure_supervisor
 from capsa.runtime.protocol import ExitEvent, JobRecord, ProcState, StartFailedError
+from capsa.selectors import JobFilter, check_labels
 from capsa.state import Database
 from capsa.state.keys import check_request_id
 
@@ -72,6 +73,11 @@ class JobService:
         self._pending_exits: dict[str, JobRecord] = {}   # exits the database refused (disk full), by job id
         self.timers_changed = threading.Event()   # a schedule or timeout was added (the Scheduler waits on it)
         self.runtime_image: Callable[[str], str] | None = None   # NAME[@VERSION] -> image (capsa.runtimes)
+        # --rm: an ended job is removed after this long, or when its last attached reader lets go, so the
+        # `capsa run --rm` that is about to attach still reads its output and exit code.
+        self.auto_remove_linger_s = 5.0
+        self._holds: dict[str, int] = {}
+        self._remove_due: set[str] = set()
 
     def use_runtimes(self, resolve: Callable[[str], str]) -> None:
         """Let ``RunRequest.runtime`` name a runtime: ``resolve`` maps it to its image (NotFound if none)."""
@@ -111,6 +117,8 @@ class JobService:
         for rec in known.values():
             if rec.state == ProcState.EXITED:
                 self._record_exit(rec)
+        for job_id in self.store.ended_auto_remove():   # --rm jobs a stopped daemon did not get to remove
+            self._auto_remove(job_id)
 
     def live_job_ids(self) -> list[str]:
         """Jobs that hold what they borrowed: PENDING (being started) or RUNNING."""
@@ -122,7 +130,7 @@ class JobService:
         self._kill_lost(job.id)
         self.store.fail_lost(job.id, reason)
         self._release(job.id)
-        self._notify()
+        self._notify(job.id)
 
     # -- run -------------------------------------------------------------------------------
     def run(self, request: RunRequest, *, rootfs: JobRootfs | None = None) -> Job:
@@ -191,6 +199,12 @@ class JobService:
         for resource in self.resources:
             resource.validate(request)   # e.g. capsules are resolved now: a conflict fails the request, not a job
         validate_env_names(request.env, request.secret_env)
+        check_labels(request.labels)
+        if request.name and "/" not in request.name:   # the engine's own names hold a '/' and may repeat
+            taken = self.store.find_name(request.name)
+            if taken is not None:
+                raise Conflict(f"the name {request.name!r} is already taken by job {taken[:12]}"
+                               "; remove that job or pick another name")
         return request
 
     def _launch(self, job_id: str, hostname: str, request: RunRequest, grant: Grant,
@@ -219,7 +233,7 @@ class JobService:
         """FAILED with the reason (and what its resources said), then give back ``release``."""
         self.store.fail_start(job_id, str(exc), grant.recorded if grant else None)
         release_all(release, job_id)
-        self._notify()
+        self._notify(job_id)
 
     def _release(self, job_id: str) -> None:
         release_all(self.resources, job_id)
@@ -254,7 +268,7 @@ class JobService:
             return self.get(job_id)
         if not self.store.claim_launch(job_id, request, grant.recorded):
             self._release(job_id)   # canceled while its resources were acquired: it never runs
-            self._notify()
+            self._notify(job_id)
             return self.get(job_id)
         return self._launch(job_id, job.hostname, request, grant, (), t0)
 
@@ -264,7 +278,7 @@ class JobService:
         if self.store.cancel(job.id):
             # Nothing to release here: a claimed job's starter releases what it acquired when its
             # launch claim fails, after its last acquire.
-            self._notify()
+            self._notify(job.id)
             return self.get(job.id)
         job = self.get(job.id)
         if job.state == JobState.CANCELED:
@@ -297,9 +311,10 @@ class JobService:
     def list(self, *, all: bool = False) -> list[Job]:
         return self.store.list(all=all)
 
-    def page(self, *, all: bool = False, limit: int = 0, page_token: str = "") -> JobPage:
+    def page(self, *, all: bool = False, limit: int = 0, page_token: str = "",
+             filter: JobFilter | None = None) -> JobPage:
         """Jobs newest first, ``limit`` at a time (0: all); pass ``next_page_token`` back for the next page."""
-        return self.store.page(all=all, limit=limit, page_token=page_token)
+        return self.store.page(all=all, limit=limit, page_token=page_token, filter=filter)
 
     def count_by_state(self) -> dict[str, int]:
         return self.store.count_by_state()
@@ -354,7 +369,7 @@ class JobService:
         self._release(rec.job_id)
         with contextlib.suppress(CapsaError):
             self.supervisor.forget(rec.job_id)
-        self._notify()
+        self._notify(rec.job_id)
 
     def retry_pending_exits(self) -> int:
         """Record exits the database refused earlier; returns how many are still pending."""
@@ -368,9 +383,48 @@ class JobService:
             log.info("recorded %d delayed job exit(s)", len(pending))
         return left
 
-    def _notify(self) -> None:
+    def _notify(self, job_id: str = "") -> None:
+        """Wake the waiters; ``job_id`` ended just now (an --rm job is then removed after the linger)."""
         with self._ended:
             self._ended.notify_all()
+        if job_id:
+            with contextlib.suppress(CapsaError, sqlite3.Error):
+                if self.store.get(job_id).auto_remove:
+                    timer = threading.Timer(self.auto_remove_linger_s, self._auto_remove, (job_id,))
+                    timer.daemon = True
+                    timer.start()
+
+    # -- --rm -------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def hold(self, job_id: str) -> Iterator[None]:
+        """Keep an --rm job while an attached reader needs it (its removal waits for the last one)."""
+        with self._pending_lock:
+            self._holds[job_id] = self._holds.get(job_id, 0) + 1
+        try:
+            yield
+        finally:
+            with self._pending_lock:
+                self._holds[job_id] -= 1
+                free = not self._holds[job_id]
+                if free:
+                    del self._holds[job_id]
+                due = free and job_id in self._remove_due
+            if due:
+                self._auto_remove(job_id)
+
+    def _auto_remove(self, job_id: str) -> None:
+        with self._pending_lock:
+            if self._holds.get(job_id):
+                self._remove_due.add(job_id)
+                return
+            self._remove_due.discard(job_id)
+        try:
+            job = self.get(job_id)
+            if job.auto_remove and job.state.ended:
+                self.delete(job_id)
+        except CapsaError as exc:
+            if not isinstance(exc, NotFound):   # removed already (capsa rm) is fine
+                log.warning("removing --rm job %s failed: %s", job_id, exc)
 
     def wait_ended(self, job_id: str, timeout: float | None = None) -> Job:
         deadline = None if timeout is None else time.monotonic() + timeout
