@@ -72,6 +72,7 @@ mpb = _LazyModule("metrics_pb2")
 npb = _LazyModule("networks_pb2")
 rpb = _LazyModule("runtimes_pb2")
 wpb = _LazyModule("workflows_pb2")
+epb = _LazyModule("events_pb2")
 
 __all__ = ["CapsaClient"]
 
@@ -86,6 +87,7 @@ class CapsaClient:
     workflows = _Stub("workflows_pb2_grpc", "WorkflowServiceStub")
     capsules = _Stub("capsules_pb2_grpc", "CapsuleServiceStub")
     runtimes = _Stub("runtimes_pb2_grpc", "RuntimeServiceStub")
+    events = _Stub("events_pb2_grpc", "EventServiceStub")
 
     def __init__(self, node: NodeConfig, *, timeout: float = 60.0) -> None:
         expiry = cert_expiry(node.cert_pem)
@@ -282,6 +284,18 @@ class CapsaClient:
                                                            since_ns=since_ns, until_ns=until_ns, stream=stream,
                                                            final_job=final_job),
                                       timeout=None if follow else self.timeout)
+        try:
+            yield from stream
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, address=self.address) from None
+        finally:
+            stream.cancel()
+
+    def watch_events(self, *, types: list[str] | None = None, since_ns: int = 0, follow: bool = True,
+                     ids: list[str] | None = None) -> Iterator[Any]:
+        """Lifecycle events from ``since_ns`` (replayed), then new ones while ``follow``."""
+        stream = self.events.Events(epb.EventsRequest(types=types or [], since_ns=since_ns, follow=follow,
+                                                      ids=ids or []), timeout=None if follow else self.timeout)
         try:
             yield from stream
         except grpc.RpcError as exc:

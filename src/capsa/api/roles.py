@@ -65,6 +65,8 @@ RPC_ROLES: dict[str, Role] = {
     "/capsa.v1.RuntimeService/InspectRuntime": Role.READER,
     "/capsa.v1.RuntimeService/RemoveRuntime": Role.MAINTAINER,
     # NodeService
+    # EventService: lifecycle events, read-only
+    "/capsa.v1.EventService/Events": Role.READER,
     "/capsa.v1.NodeService/GetVersion": Role.READER,
     "/capsa.v1.NodeService/WhoAmI": Role.READER,
 }

@@ -23,6 +23,7 @@ import grpc.aio
 from capsa.api.auth import AuthInterceptor
 from capsa.api.gen.capsa.v1 import (
     capsules_pb2_grpc,
+    events_pb2_grpc,
     images_pb2_grpc,
     jobs_pb2_grpc,
     metrics_pb2_grpc,
@@ -32,6 +33,7 @@ from capsa.api.gen.capsa.v1 import (
 )
 from capsa.api.limits import StreamLimits
 from capsa.api.servicers.capsules import CapsuleServicer
+from capsa.api.servicers.events import EventServicer
 from capsa.api.servicers.images import ImageServicer
 from capsa.api.servicers.jobs import JobServicer, NodeServicer
 from capsa.api.servicers.metrics import MetricsServicer
@@ -112,6 +114,7 @@ class ApiServer:
         networks_pb2_grpc.add_VolumeServiceServicer_to_server(VolumeServicer(daemon.volumes), server)
         capsules_pb2_grpc.add_CapsuleServiceServicer_to_server(CapsuleServicer(
             daemon.capsule_store, daemon.capsules, daemon.capsule_distribution, blocking), server)
+        events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(daemon.jobs.events), server)
         jobs_pb2_grpc.add_NodeServiceServicer_to_server(
             NodeServicer(cgroup_version=self.cgroup_version, snapshotter=daemon.config.snapshots.backend), server)
         tls = daemon.config.tls

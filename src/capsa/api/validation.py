@@ -73,6 +73,9 @@ RULES: dict[str, Rule] = {
     "StreamLogsRequest.since_ns": Rule(high=(1 << 63) - 1),
     "StreamLogsRequest.until_ns": Rule(high=(1 << 63) - 1),
     "StreamLogsRequest.tail": Rule(low=-1, high=1 << 40),   # -1: no history, only what follows
+    "EventsRequest.since_ns": Rule(high=(1 << 63) - 1),
+    "EventsRequest.types": Rule(max_items=8),
+    "EventsRequest.ids": Rule(max_items=1024, max_total=64 * KiB),
     "UploadEntry.mode": Rule(high=0o7777),
     "UploadEntry.size": Rule(high=1 << 50),
     # workflows, runtimes

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from capsa.errors import CapsaError, Conflict, FailedPrecondition, InvalidArgument, NotFound
+from capsa.events import EventLog
 from capsa.jobs.model import Job, JobPage, JobState, RunRequest
 from capsa.jobs.requests import SERVED_FIELDS, apply_image_config, asks_for, build_spec, validate_request
 from capsa.jobs.resources import Grant, JobResource, acquire_all, release_all
@@ -63,6 +64,7 @@ class JobService:
         self.resources = tuple(resources)
         self.stop_grace_s = stop_grace_s
         self.store = store or JobStore(db)
+        self.events = EventLog(db)   # lifecycle events for `capsa events` (capsa.events)
         self.schedules = ScheduleStore(db)
         self.uploads = UploadStore(home / "tmp" / "uploads", upload_limits)
         self._secrets = secret_box or SecretBox(home)
@@ -165,6 +167,10 @@ class JobService:
                     recorded=grant.recorded))
                 if start_ns and earlier is None:
                     self.schedules.add(conn, job_id, start_ns, request, sealed)
+                if earlier is None:   # committed with the job's row
+                    self.events.record("job", "created", job_id, name=request.name, conn=conn,
+                                       attributes={"image": request.image, "labels": ",".join(
+                                           f"{k}={v}" for k, v in sorted(request.labels.items()))})
         except BaseException:
             release_all(early, job_id, discard=True)
             shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
@@ -224,6 +230,7 @@ class JobService:
                 return self.get(job_id)
             raise
         self.store.mark_running(job_id, rec, time.monotonic_ns() - t0, grant.recorded)
+        self.events.safe_record("job", "started", job_id, name=request.name, attributes={"pid": rec.pid})
         if request.timeout:
             self.timers_changed.set()
         return self.get(job_id)
@@ -345,7 +352,9 @@ class JobService:
             self.supervisor.forget(job.id)
         release_all(self.resources, job.id, discard=True)
         shutil.rmtree(self.jobs_dir / job.id, ignore_errors=True)
-        self.store.delete(job.id)
+        with self.db.tx() as conn:
+            self.store.delete(job.id)
+            self.events.record("job", "removed", job.id, name=job.name, conn=conn)
         return job.id
 
     # -- exits ------------------------------------------------------------------------------------
@@ -384,15 +393,26 @@ class JobService:
         return left
 
     def _notify(self, job_id: str = "") -> None:
-        """Wake the waiters; ``job_id`` ended just now (an --rm job is then removed after the linger)."""
+        """Wake the waiters; ``job_id`` ended just now: record its event (an --rm job is then removed
+        after the linger)."""
         with self._ended:
             self._ended.notify_all()
         if job_id:
             with contextlib.suppress(CapsaError, sqlite3.Error):
-                if self.store.get(job_id).auto_remove:
+                job = self.store.get(job_id)
+                self._ended_event(job)
+                if job.auto_remove:
                     timer = threading.Timer(self.auto_remove_linger_s, self._auto_remove, (job_id,))
                     timer.daemon = True
                     timer.start()
+
+    def _ended_event(self, job: Job) -> None:
+        action = {JobState.STOPPED: "stopped", JobState.CANCELED: "canceled", JobState.TIMEOUT: "timeout"}.get(
+            job.state, "oom" if job.reason == "OOM killed" else "exited")
+        if job.state.ended:
+            self.events.safe_record("job", action, job.id, name=job.name, attributes={
+                "state": job.state.value, "exit_code": "" if job.exit_code is None else job.exit_code,
+                "reason": job.reason})
 
     # -- --rm -------------------------------------------------------------------------------------
     @contextlib.contextmanager
