@@ -5,4 +5,6 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
 "$here/scripts/setup.sh"
 .venv/bin/ruff check src tests bench
+# The core's unit tests once more as `nobody`: they must not need root (issue 9.5).
+"$here/scripts/test_unprivileged.sh"
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

@@ -181,7 +181,7 @@ class Daemon:
         self.workflows = WorkflowService(
             self.db, self.engine, self.jobs, secret_box=secret_box, queue=WORKFLOW_QUEUE, registries=Registries(
                 runtime_image=self.runtimes.image_for, volume_exists=self._volume_exists,
-                network_exists=lambda name: any(n.name == name for n in self.networks.ls())))
+                network_exists=lambda name: any(n.name == name for n in self.networks.list())))
 
     def _reconcile(self) -> None:
         """Jobs first (adopt survivors, fail the lost), then what every job borrowed, from what is live."""
@@ -259,7 +259,7 @@ class Daemon:
 
     def _volume_exists(self, name: str) -> bool:
         try:
-            self.volumes.inspect(name)
+            self.volumes.get(name)
         except CapsaError:
             return False
         return True

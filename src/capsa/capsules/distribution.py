@@ -27,7 +27,7 @@ import hashlib
 import json
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -54,7 +54,6 @@ from capsa.errors import (
     InvalidArgument,
     LimitExceeded,
     NotFound,
-    Unauthorized,
     Unavailable,
     Unsupported,
 )
@@ -64,7 +63,7 @@ from capsa.images.reference import Reference, RefKind
 from capsa.images.reference import parse_reference as parse_location
 from capsa.images.sources.registry import RegistryClient, RegistryConfig
 from capsa.images.sources.registry_client import discard_response
-from capsa.images.sources.s3 import S3Config, S3Source
+from capsa.images.sources.s3 import S3Config, S3Source, s3_errors
 
 __all__ = [
     "ANNOTATION_DEPENDENCIES",
@@ -305,7 +304,7 @@ class CapsuleDistribution:
         source (refused, and said so, when it is attached, pinned or needed by another version).
         """
         if all_versions:
-            versions = self.store.ls()
+            versions = self.store.list()
         elif ref:
             name, version = parse_reference(ref)
             versions = [self.store.get(name, str(version))]
@@ -322,7 +321,7 @@ class CapsuleDistribution:
             return replace(report, repair_error="no recorded source (it was created here): remove it and create "
                                                 "it again")
         try:
-            self.store.rm(name, str(version))
+            self.store.remove(name, str(version))
             again = verify_version(self.pull(row["source"], insecure=bool(row["insecure"])))
         except CapsaError as exc:
             return replace(report, repair_error=exc.message)
@@ -347,7 +346,7 @@ class CapsuleDistribution:
             # The bytes matched the description, but they were not a canonical tar: the tree is not
             # the one the publisher described. Refuse it rather than keep a version under a lie.
             with contextlib.suppress(CapsaError):
-                self.store.rm(created.name, created.version)
+                self.store.remove(created.name, created.version)
             raise ChecksumMismatch(f"{source}: the capsule's files hash to {created.digest}, "
                                    f"its description says {manifest.digest}")
         return created
@@ -362,13 +361,13 @@ class CapsuleDistribution:
                                   f"not {location}")
         client = S3Source(self.s3).client
         what = f"s3://{location.bucket}/{key}{_S3_MANIFEST}"
-        with _s3_errors(what):
+        with s3_errors(what):
             obj = client.get_object(Bucket=location.bucket, Key=key + _S3_MANIFEST)
             data = obj["Body"].read(_MAX_DESCRIPTION + 1)
             obj["Body"].close()
         manifest = CapsuleManifest.from_json(data, what)
         what = f"s3://{location.bucket}/{key}{_S3_TAR}"
-        with _s3_errors(what):
+        with s3_errors(what):
             obj = client.get_object(Bucket=location.bucket, Key=key + _S3_TAR)
             try:
                 _receive(obj["Body"].iter_chunks(_CHUNK), archive, manifest.digest, manifest.size, what, cancel)
@@ -473,24 +472,3 @@ def _check_annotations(annotations: object, manifest: CapsuleManifest, where: st
             or (listed is not None and listed != list(manifest.deps)):
         raise InvalidArgument(f"{where}: the annotations ({name}@{version}, {listed}) contradict the capsule "
                               f"description ({manifest.name}@{manifest.version}, {list(manifest.deps)})")
-
-
-@contextlib.contextmanager
-def _s3_errors(what: str) -> Iterator[None]:
-    try:
-        yield
-    except CapsaError:
-        raise
-    except botocore.exceptions.ClientError as exc:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        if status == 404 or code in ("NoSuchKey", "NoSuchBucket", "404", "NotFound"):
-            raise NotFound(f"{what}: not found") from None
-        if status == 403 or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            raise Unauthorized(f"{what}: access denied ({code}); check the S3 credentials") from None
-        raise Unavailable(f"{what}: S3 answered {code or status}") from None
-    except (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError) as exc:
-        raise Unauthorized(f"{what}: no usable S3 credentials ({exc})") from None
-    except (botocore.exceptions.BotoCoreError, OSError) as exc:
-        raise Unavailable(f"{what}: {type(exc).__name__}: {exc}") from None

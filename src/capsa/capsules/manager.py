@@ -214,7 +214,7 @@ class CapsuleManager:
             if name in seen:
                 continue
             seen.add(name)
-            for version in self.store.ls(name):
+            for version in self.store.list(name):
                 found.append(version)
                 pending.extend(parse_requirement(dep).name for dep in version.deps)
         return found

@@ -191,7 +191,7 @@ class CapsuleStore:
             raise NotFound(f"capsule {name}@{version} not found")
         return CapsuleVersion.from_row(row, self.layout)
 
-    def ls(self, name: str | None = None) -> list[CapsuleVersion]:
+    def list(self, name: str | None = None) -> list[CapsuleVersion]:
         """All versions (of ``name``), by name then PEP 440 order."""
         if name is None:
             rows = self.db.query("SELECT * FROM capsule_versions")
@@ -206,10 +206,10 @@ class CapsuleStore:
 
     def resolve(self, requirements: Sequence[str]) -> list[CapsuleVersion]:
         """One version per capsule satisfying ``requirements`` and all their dependencies."""
-        return _resolve(self.ls(), requirements)
+        return _resolve(self.list(), requirements)
 
     # -- removal -------------------------------------------------------------------------
-    def rm(self, name: str, version: str) -> None:
+    def remove(self, name: str, version: str) -> None:
         """Remove a version; refused while attached, pinned, or the last one a kept version needs.
 
         The row delete is retried while the disk is full (``Database.write``), so removing

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from capsa.cli.output import ago, emit, json_option, key_values, print_table
+from capsa.cli.output import ago, emit, format_size, json_option, key_values, print_table
 from capsa.cli.protojson import message_dict
 from capsa.errors import InvalidArgument, NotFound
 
@@ -56,14 +56,6 @@ def tar_chunks(path: Path) -> Iterator[bytes]:
     if failure:
         raise InvalidArgument(f"cannot read {path}: {failure[0]}")
 
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1000
-    return f"{n}B"
 
 
 def _as_dict(message: Any) -> dict[str, Any]:
@@ -116,7 +108,7 @@ def create(obj: Any, ref: str, path: Path, deps: tuple[str, ...], labels: tuple[
     if as_json:
         emit(_as_dict(made))
     else:
-        click.echo(f"{made.name}@{made.version} {made.digest} ({_size(made.size)}, {made.entries} entries)")
+        click.echo(f"{made.name}@{made.version} {made.digest} ({format_size(made.size)}, {made.entries} entries)")
 
 
 @capsule.command("ls")
@@ -134,7 +126,7 @@ def ls(obj: Any, name: str, quiet: bool, as_json: bool) -> None:
             click.echo(f"{c.name}@{c.version}")
     else:
         print_table(["NAME", "VERSION", "DIGEST", "SIZE", "DEPENDENCIES", "ATTACHED TO", "PINNED", "CREATED"],
-                    [(c.name, c.version, c.digest[:19], _size(c.size), ", ".join(c.dependencies) or "-",
+                    [(c.name, c.version, c.digest[:19], format_size(c.size), ", ".join(c.dependencies) or "-",
                       ", ".join(sorted({a.job_id[:12] for a in c.attachments})) or "-", "yes" if c.pinned else "-",
                       ago(c.created_at_ns)) for c in found])
 
@@ -261,7 +253,7 @@ def gc(obj: Any, unused: bool, older_than: str, dry_run: bool, as_json: bool) ->
         click.echo(f"{verb} {ref}")
     for digest in report.removed_content:
         click.echo(f"{verb} content {digest}")
-    click.echo(f"{'would free' if report.dry_run else 'freed'} {_size(report.bytes_freed)}")
+    click.echo(f"{'would free' if report.dry_run else 'freed'} {format_size(report.bytes_freed)}")
 
 
 @capsule.command()

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from capsa.cli.output import ago, emit, json_option, print_table
+from capsa.cli.output import ago, emit, format_size, json_option, print_table
 from capsa.cli.protojson import message_dict
 
 __all__ = ["COMMANDS"]
@@ -23,14 +23,6 @@ def _image_dict(image: Any) -> dict[str, Any]:
         data[key] = int(data.get(key, 0))
     return data
 
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1000
-    return f"{n}B"
 
 
 @click.group()
@@ -81,7 +73,7 @@ def pull(obj: Any, ref: str, platform: str, insecure: bool, expected_digest: str
     elif quiet:
         click.echo(img.digest)
     else:
-        click.echo(f"pulled {img.ref} {img.digest} ({len(img.layers)} layers, {_size(img.size)},"
+        click.echo(f"pulled {img.ref} {img.digest} ({len(img.layers)} layers, {format_size(img.size)},"
                    f" {time.monotonic() - started:.1f}s)")
 
 
@@ -99,7 +91,7 @@ def ls(obj: Any, quiet: bool, as_json: bool) -> None:
             click.echo(img.ref)
     else:
         print_table(["REFERENCE", "DIGEST", "SIZE", "CREATED", "IN USE"],
-                    [(i.ref, i.digest[:19], _size(i.size), ago(i.created_at_ns), len(i.in_use_by)) for i in images])
+                    [(i.ref, i.digest[:19], format_size(i.size), ago(i.created_at_ns), len(i.in_use_by)) for i in images])
 
 
 @image.command()
@@ -142,16 +134,16 @@ def prune(obj: Any, force: bool, dry_run: bool, as_json: bool) -> None:
             click.echo("nothing to prune")
             return
         if not sys.stdin.isatty():
-            raise click.UsageError(f"would remove {len(preview.removed)} items ({_size(preview.bytes_freed)});"
+            raise click.UsageError(f"would remove {len(preview.removed)} items ({format_size(preview.bytes_freed)});"
                                    " pass -f to do it without a prompt")
-        click.confirm(f"remove {len(preview.removed)} items ({_size(preview.bytes_freed)})?", abort=True)
+        click.confirm(f"remove {len(preview.removed)} items ({format_size(preview.bytes_freed)})?", abort=True)
     result = client.prune_images(dry_run=dry_run)
     if as_json:
         emit({"removed": list(result.removed), "bytes_freed": result.bytes_freed, "dry_run": dry_run})
         return
     for item in result.removed:
         click.echo(item)
-    click.echo(f"{'would free' if dry_run else 'freed'} {result.bytes_freed} bytes ({_size(result.bytes_freed)})")
+    click.echo(f"{'would free' if dry_run else 'freed'} {result.bytes_freed} bytes ({format_size(result.bytes_freed)})")
 
 
 @image.command()

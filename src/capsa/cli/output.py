@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-__all__ = ["ago", "emit", "json_option", "key_values", "print_table", "table_width", "truncate"]
+__all__ = ["ago", "emit", "format_size", "json_option", "key_values", "print_table", "table_width", "truncate"]
 
 
 def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -126,3 +126,17 @@ def key_values(pairs: Sequence[str], flag: str) -> dict[str, str]:
             raise InvalidArgument(f"{flag} {pair!r}: expected KEY=VALUE")
         out[key] = value
     return out
+
+
+def format_size(n: float | None, *, binary: bool = False) -> str:
+    """Sizes as Docker prints them: decimal units (kB, MB) for stored things, binary (KiB, MiB) for
+    memory and IO counters (``binary=True``); ``-`` when unknown."""
+    if n is None:
+        return "-"
+    base, units = (1024, ("B", "KiB", "MiB", "GiB", "TiB")) if binary else (1000, ("B", "kB", "MB", "GB", "TB"))
+    value = float(n)
+    for unit in units:
+        if abs(value) < base or unit == units[-1]:
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= base
+    raise AssertionError("unreachable")

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from capsa.cli.output import ago, emit, json_option, print_table
+from capsa.cli.output import ago, emit, format_size, json_option, print_table
 from capsa.cli.protojson import message_dict
 from capsa.errors import InvalidArgument
 
@@ -30,14 +30,6 @@ def _runtime_dict(rt: Any) -> dict[str, Any]:
             build[key] = int(build.get(key, 0))
     return data
 
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000:
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1000
-    return f"{value:.1f}TB"
 
 
 @click.group()
@@ -75,7 +67,7 @@ def build(obj: Any, spec: Path, force: bool, quiet: bool, as_json: bool) -> None
         click.echo(rt.ref)
     else:
         what = "up to date" if final.up_to_date else "built"
-        click.echo(f"{what}: runtime {rt.ref} {rt.digest} ({len(rt.layers)} layers, {_size(rt.size)},"
+        click.echo(f"{what}: runtime {rt.ref} {rt.digest} ({len(rt.layers)} layers, {format_size(rt.size)},"
                    f" {time.monotonic() - started:.1f}s)")
 
 
@@ -93,7 +85,7 @@ def ls(obj: Any, quiet: bool, as_json: bool) -> None:
             click.echo(rt.ref)
     else:
         print_table(["RUNTIME", "BASE", "LAYERS", "SIZE", "CREATED", "IN USE", "DIGEST"],
-                    [(r.ref, r.base, len(r.layers), _size(r.size), ago(r.created_at_ns), len(r.in_use_by),
+                    [(r.ref, r.base, len(r.layers), format_size(r.size), ago(r.created_at_ns), len(r.in_use_by),
                       r.digest[:19]) for r in runtimes])
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from capsa.cli.output import emit, json_option, print_table
+from capsa.cli.output import emit, format_size, json_option, print_table
 from capsa.cli.protojson import message_dict
 
 __all__ = ["COMMANDS", "human_bytes", "metrics_dict"]
@@ -19,14 +19,7 @@ _COLUMNS = ["TIME", "CPU%", "CPU-TIME", "MEM", "MEM-PEAK", "IO-READ", "IO-WRITE"
 
 
 def human_bytes(value: float | None) -> str:
-    if value is None:
-        return "-"
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
-        size /= 1024
-    return f"{size:.1f}TiB"
+    return format_size(value, binary=True)
 
 
 def metrics_dict(m: Any) -> dict[str, Any]:

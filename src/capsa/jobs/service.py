@@ -130,7 +130,9 @@ class JobService:
         reason = ("lost: the job's supervisor was gone when the daemon restarted or reconnected"
                   if job.state == JobState.RUNNING else "the daemon restarted before the job started")
         self._kill_lost(job.id)
-        self.store.fail_lost(job.id, reason)
+        # A PENDING job the supervisor does not know was never handed to it (the supervisor outlives
+        # the daemon and keeps every record until the daemon forgets it): it never ran.
+        self.store.fail_lost(job.id, reason, never_started=job.state == JobState.PENDING)
         self._release(job.id)
         self._notify(job.id)
 
@@ -338,7 +340,7 @@ class JobService:
         self.supervisor.stop(job.id, grace)
         return self.wait_ended(job.id, timeout=grace + 15)
 
-    def delete(self, id_or_prefix: str, *, force: bool = False) -> str:
+    def remove(self, id_or_prefix: str, *, force: bool = False) -> str:
         job = self.get(id_or_prefix)
         if force and job.state == JobState.SCHEDULED:
             job = self.cancel(job.id)

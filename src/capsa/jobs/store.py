@@ -148,10 +148,13 @@ class JobStore:
             f"{extra} WHERE id = ? AND state = 'PENDING'",
             (f"start failed: {reason}", time.time_ns(), *values.values(), job_id))
 
-    def fail_lost(self, job_id: str, reason: str) -> None:
+    def fail_lost(self, job_id: str, reason: str, *, never_started: bool = False) -> None:
+        """``never_started``: the supervisor never had it, so its request id is given back — a client
+        retrying the submission gets a new job that runs, instead of this one that never did."""
+        release = ", request_id = ''" if never_started else ""
         self.db.execute(
             "UPDATE jobs SET state = 'FAILED', reason = ?, ended_ns = ?, exit_code = COALESCE(exit_code, -1)"
-            f" WHERE id = ? AND state IN {_IN_ACTIVE}", (reason, time.time_ns(), job_id))
+            f"{release} WHERE id = ? AND state IN {_IN_ACTIVE}", (reason, time.time_ns(), job_id))
 
     def adopt_running(self, job_id: str, pid: int) -> None:
         self.db.execute(f"UPDATE jobs SET state = 'RUNNING', pid = ? WHERE id = ? AND state IN {_IN_ACTIVE}",

@@ -81,7 +81,7 @@ class NetworkManager:
             self._store.insert_network(row)
         return self._network(row, 0)
 
-    def ls(self) -> list[Network]:
+    def list(self) -> list[Network]:
         counts = self._store.attached_counts()
         return [self._network(r, counts.get(r.name, 0)) for r in self._store.networks()]
 
@@ -91,7 +91,7 @@ class NetworkManager:
             raise NotFound(f"no network named {name!r}")
         return self._network(row, self._store.attached_count(name))
 
-    def rm(self, name: str) -> None:
+    def remove(self, name: str) -> None:
         """Remove a user network and its bridge; refused (Conflict) while jobs are attached."""
         row = self._store.network(name)
         if row is None:
@@ -146,7 +146,7 @@ class NetworkManager:
         validate_job_id(job_id)
         return self._release(job_id, self._store.attachment(job_id))
 
-    def inspect(self, job_id: str) -> Attachment:
+    def attachment(self, job_id: str) -> Attachment:
         row = self._store.attachment(job_id)
         if row is None:
             raise NotFound(f"job {job_id} has no network attachment (host mode, or not attached)")

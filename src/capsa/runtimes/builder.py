@@ -268,7 +268,7 @@ class Builder:
                 if not job.state.ended:
                     self.bc.jobs.stop(job.id, 1)
                 if not keep_ended:
-                    self.bc.jobs.delete(job.id, force=True)
+                    self.bc.jobs.remove(job.id, force=True)
 
     def _run_job(self, ctx: Context, scratch: str, argv: list[str], env: dict[str, str], label: str,
                  log: BuildLog) -> None:
@@ -296,7 +296,7 @@ class Builder:
                 f"{label} failed ({final.state.value}, {how}{': ' + final.reason if final.reason else ''});"
                 f" its output is above and in `capsa logs {final.short_id}`"))
         with contextlib.suppress(CapsaError):
-            self.bc.jobs.delete(job.id)
+            self.bc.jobs.remove(job.id)
 
     # -- register ---------------------------------------------------------------------------------
     def register(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:

@@ -114,9 +114,19 @@ class MetadataSnapshotter(ABC):
     def _storage_ok(self, row: Row) -> bool: ...
 
     @abstractmethod
+    def _create(self, kind: Kind, key: str, parent: str | None, labels: Mapping[str, str] | None) -> None:
+        """Record and make the storage of a new ACTIVE or VIEW snapshot of ``parent``."""
+
+    # -- verbs every backend shares ------------------------------------------------------------
     def prepare(
         self, key: str, parent: str | None = None, labels: Mapping[str, str] | None = None
-    ) -> list[Mount]: ...
+    ) -> list[Mount]:
+        self._create(Kind.ACTIVE, key, parent, labels)
+        return self.mounts(key)
+
+    def view(self, key: str, parent: str | None, labels: Mapping[str, str] | None = None) -> list[Mount]:
+        self._create(Kind.VIEW, key, parent, labels)
+        return self.mounts(key)
 
     @abstractmethod
     def mounts(self, key: str) -> list[Mount]: ...
@@ -176,16 +186,6 @@ class DirSnapshotter(MetadataSnapshotter):
         return self._path(row.id).is_dir()
 
     # -- verbs ------------------------------------------------------------------------
-    def prepare(
-        self, key: str, parent: str | None = None, labels: Mapping[str, str] | None = None
-    ) -> list[Mount]:
-        self._create(Kind.ACTIVE, key, parent, labels)
-        return self.mounts(key)
-
-    def view(self, key: str, parent: str | None, labels: Mapping[str, str] | None = None) -> list[Mount]:
-        self._create(Kind.VIEW, key, parent, labels)
-        return self.mounts(key)
-
     def _create(self, kind: Kind, key: str, parent: str | None, labels: Mapping[str, str] | None) -> None:
         clean = check_labels(labels)
         placed: Path | None = None

@@ -90,15 +90,15 @@ class VolumeManager:
                     self._wipe(vdir)
                 self._store.delete(name)
                 raise
-        return self.inspect(name)
+        return self.get(name)
 
-    def ls(self) -> list[Volume]:
+    def list(self) -> list[Volume]:
         return [self._volume(row) for row in self._store.all() if row.state == "ready"]
 
-    def inspect(self, name: str) -> Volume:
+    def get(self, name: str) -> Volume:
         return self._volume(self._store.require(name))
 
-    def rm(self, name: str) -> None:
+    def remove(self, name: str) -> None:
         """Delete a volume and its data; refused (Conflict) while a job holds it."""
         with self._lock(name):
             self._store.begin_remove(name)

@@ -48,7 +48,7 @@ class VolumeResource:
     def validate(self, request: RunRequest) -> None:
         for spec in request.volumes:
             name, _, _ = parse_volume_spec(spec)
-            self.volumes.inspect(name)  # NotFound names the volume
+            self.volumes.get(name)  # NotFound names the volume
 
     def acquire(self, job_id: str, request: RunRequest) -> Grant:
         binds = []

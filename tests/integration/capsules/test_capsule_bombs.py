@@ -61,7 +61,7 @@ def store(tmp_path: Path) -> Iterator[CapsuleStore]:
 
 def _assert_nothing_left(store: CapsuleStore, used_before: int) -> None:
     assert os.listdir(store.layout.ingest) == [], "a staging directory was left behind"
-    assert store.ls() == []
+    assert store.list() == []
     assert _disk_used(store.layout.root) <= used_before
 
 

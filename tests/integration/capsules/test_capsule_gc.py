@@ -77,11 +77,11 @@ def test_gc_unused_removes_only_unattached_unpinned_versions(store: CapsuleStore
     store.pin("pinned", "1.0")
     dry = store.gc(unused=True, dry_run=True)
     assert dry.removed_versions == ("idle@1.0", "twin@1.0")
-    assert len(store.ls()) == 4
+    assert len(store.list()) == 4
     report = store.gc(unused=True)
     assert report.removed_versions == ("idle@1.0", "twin@1.0")
     assert len(report.removed_content) == 1 and report.bytes_freed == len("idle")
-    assert [v.ref for v in store.ls()] == ["busy@1.0", "pinned@1.0"]
+    assert [v.ref for v in store.list()] == ["busy@1.0", "pinned@1.0"]
     assert attached.path.exists() and pinned.path.exists() and twin.path == attached.path
 
 
@@ -92,7 +92,7 @@ def test_gc_keeps_what_a_kept_version_still_needs(store: CapsuleStore, tmp_path:
     store.record_attach("job-1", "model", "3.0.0", "/capsules/model")
     report = store.gc(unused=True)
     assert report.removed_versions == ("dataset@1.2.0", "dataset@2.0.0")
-    assert [v.ref for v in store.ls()] == ["dataset@1.3.0", "model@3.0.0"]
+    assert [v.ref for v in store.list()] == ["dataset@1.3.0", "model@3.0.0"]
     assert [v.ref for v in store.resolve(["model"])] == ["dataset@1.3.0", "model@3.0.0"]
 
 
@@ -106,7 +106,7 @@ def test_gc_older_than_counts_from_the_last_use(store: CapsuleStore, clock: Cloc
     clock.now += 3 * DAY
     report = store.gc(unused=True, older_than=timedelta(days=7))
     assert report.removed_versions == ("old@1.0",)
-    assert [v.ref for v in store.ls()] == ["used@1.0", "young@1.0"]
+    assert [v.ref for v in store.list()] == ["used@1.0", "young@1.0"]
 
 
 def test_older_than_needs_unused(store: CapsuleStore) -> None:
@@ -176,7 +176,7 @@ def test_gc_racing_an_import_of_the_same_content_keeps_it(store: CapsuleStore, t
 
             def collect(round_: int = round_, barrier: threading.Barrier = barrier) -> None:
                 barrier.wait()
-                store.rm("old", f"1.{round_}")
+                store.remove("old", f"1.{round_}")
                 store.gc()
 
             def create(
@@ -192,4 +192,4 @@ def test_gc_racing_an_import_of_the_same_content_keeps_it(store: CapsuleStore, t
             assert new.digest == old.digest
             assert tree_digest(new.path).digest == new.digest
             shutil.rmtree(source)
-    assert content_dirs(tmp_path) == {v.digest.removeprefix("sha256:") for v in store.ls()}
+    assert content_dirs(tmp_path) == {v.digest.removeprefix("sha256:") for v in store.list()}

@@ -83,7 +83,7 @@ def test_push_and_pull_are_runs_in_the_history(parts: tuple[Database, CapsuleSto
     dist = CapsuleDistribution(store, s3=s3, engine=engine)
     made = store.create("runs", "1.0.0", _tree(tmp_path / "t", "runs"))
     pushed = dist.push("runs@1.0.0", f"s3://{s3_bucket}/c/")
-    store.rm("runs", "1.0.0")
+    store.remove("runs", "1.0.0")
     pulled = dist.pull(pushed.location)
     assert pulled.digest == made.digest and pulled.path.is_dir()
     assert [r.state for r in engine.history(machine=CAPSULE_PUSH)] == ["succeeded"]
@@ -100,7 +100,7 @@ def test_pulls_of_one_source_share_a_run_and_a_queued_pull_can_be_canceled(
     dist = CapsuleDistribution(store, s3=s3, engine=engine)
     store.create("shared", "2.0.0", _tree(tmp_path / "t", "shared"))
     location = dist.push_now("shared@2.0.0", f"s3://{s3_bucket}/c/").location
-    store.rm("shared", "2.0.0")
+    store.remove("shared", "2.0.0")
     _, release = _blocker(engine)
     first = engine.start(CAPSULE_PULL, location, "pull", PullRequest(location))
     second = engine.start(CAPSULE_PULL, location, "pull", PullRequest(location))
@@ -122,7 +122,7 @@ def test_a_pull_interrupted_by_a_restart_resumes(parts: tuple[Database, CapsuleS
     dist = CapsuleDistribution(store, s3=s3, engine=first)
     store.create("later", "3.0.0", _tree(tmp_path / "t", "later"))
     location = dist.push_now("later@3.0.0", f"s3://{s3_bucket}/c/").location
-    store.rm("later", "3.0.0")
+    store.remove("later", "3.0.0")
     _, release = _blocker(first)
     run = first.start(CAPSULE_PULL, location, "pull", PullRequest(location))
     first.shutdown(wait=False)  # the daemon goes away with the pull still queued
@@ -149,5 +149,5 @@ def test_the_gc_policy_removes_old_unused_versions_and_keeps_pins(
     policy = CapsuleGcPolicy(engine, interval_s=3600, older_than_s=timedelta(days=7).total_seconds())
     report = policy.run_once()
     assert report.removed_versions == ("old@1.0.0",)
-    assert sorted(v.ref for v in store.ls()) == ["kept@1.0.0", "new@1.0.0"]
+    assert sorted(v.ref for v in store.list()) == ["kept@1.0.0", "new@1.0.0"]
     assert [r.state for r in engine.history(machine=CAPSULE_GC)] == ["succeeded"]

@@ -72,7 +72,7 @@ def test_a_version_cannot_be_recreated_with_different_content(store: CapsuleStor
         store.create("dataset", "1.2.0", make_source(tmp_path / "b", f="v2"))
     with pytest.raises(AlreadyExists, match="immutable"):
         store.create("dataset", "1.2", make_source(tmp_path / "c", f="v3"))  # PEP 440: same version
-    assert store.ls() == [original] and (original.path / "f").read_text() == "v1"
+    assert store.list() == [original] and (original.path / "f").read_text() == "v1"
     assert len(list((tmp_path / "store" / "content" / "sha256").iterdir())) == 1
     assert list((tmp_path / "store" / "ingest").iterdir()) == []
 
@@ -81,7 +81,7 @@ def test_recreating_with_identical_content_is_a_no_op(store: CapsuleStore, tmp_p
     original = store.create("dataset", "1.2.0", make_source(tmp_path / "a", f="v1"))
     again = store.create("dataset", "1.2", make_source(tmp_path / "b", f="v1"))
     assert again == original and again.created_at == original.created_at and again.version == "1.2.0"
-    assert len(store.ls()) == 1
+    assert len(store.list()) == 1
 
 
 def test_the_same_version_with_other_dependencies_is_refused(store: CapsuleStore, tmp_path: Path) -> None:
@@ -112,7 +112,7 @@ def test_a_refused_import_leaves_nothing_behind(store: CapsuleStore, tmp_path: P
         archive.addfile(info, io.BytesIO(b"x"))
     with pytest.raises(UnsafeArchive, match=r"'\.\.'"):
         store.create("evil", "1.0", evil)
-    assert store.ls() == []
+    assert store.list() == []
     for sub in ("ingest", "content/sha256"):
         assert list((tmp_path / "store" / sub).iterdir()) == []
 
@@ -121,7 +121,7 @@ def test_ls_orders_versions_by_pep_440(store: CapsuleStore, tmp_path: Path) -> N
     for index, version in enumerate(["1.10.0", "1.9.0", "1.2.0", "2.0.0rc1", "2.0.0"]):
         store.create("dataset", version, make_source(tmp_path / str(index), f=str(index)))
     store.create("alpha", "1", make_source(tmp_path / "x", f="x"))
-    assert [v.ref for v in store.ls()] == [
+    assert [v.ref for v in store.list()] == [
         "alpha@1",
         "dataset@1.2.0",
         "dataset@1.9.0",
@@ -129,7 +129,7 @@ def test_ls_orders_versions_by_pep_440(store: CapsuleStore, tmp_path: Path) -> N
         "dataset@2.0.0rc1",
         "dataset@2.0.0",
     ]
-    assert [v.version for v in store.ls("alpha")] == ["1"]
+    assert [v.version for v in store.list("alpha")] == ["1"]
 
 
 def test_export_gives_the_canonical_tar_that_reimports_to_the_same_digest(
@@ -176,36 +176,36 @@ def test_rm_is_refused_while_attached_pinned_or_needed(store: CapsuleStore, tmp_
     with pytest.raises(
         Conflict, match=r"model@3\.0\.0 requires 'dataset<2,>=1\.2' and dataset@1\.2\.0 is the only"
     ):
-        store.rm("dataset", "1.2.0")
+        store.remove("dataset", "1.2.0")
     store.record_attach("job-7", "model", "3.0.0", "/capsules/model")
     with pytest.raises(Conflict, match="attached to job job-7 at /capsules/model"):
-        store.rm("model", "3.0.0")
+        store.remove("model", "3.0.0")
     store.record_detach("job-7", "/capsules/model")
     store.pin("model", "3.0.0")
     with pytest.raises(Conflict, match="pinned"):
-        store.rm("model", "3.0.0")
+        store.remove("model", "3.0.0")
     store.unpin("model", "3.0.0")
-    store.rm("model", "3.0.0")
-    store.rm("dataset", "1.2.0")
-    assert store.ls() == []
+    store.remove("model", "3.0.0")
+    store.remove("dataset", "1.2.0")
+    assert store.list() == []
     assert list((tmp_path / "store" / "content" / "sha256").iterdir()) == []
     with pytest.raises(NotFound):
-        store.rm("dataset", "1.2.0")
+        store.remove("dataset", "1.2.0")
 
 
 def test_rm_allows_removing_one_of_several_satisfying_versions(store: CapsuleStore, tmp_path: Path) -> None:
     store.create("dataset", "1.2.0", make_source(tmp_path / "a", f="1"))
     store.create("dataset", "1.3.0", make_source(tmp_path / "b", f="2"))
     store.create("model", "3.0.0", make_source(tmp_path / "m", w="w"), deps=["dataset>=1.2,<2"])
-    store.rm("dataset", "1.2.0")
+    store.remove("dataset", "1.2.0")
     with pytest.raises(Conflict, match="only version"):
-        store.rm("dataset", "1.3.0")
+        store.remove("dataset", "1.3.0")
 
 
 def test_rm_keeps_content_shared_with_another_name(store: CapsuleStore, tmp_path: Path) -> None:
     kept = store.create("a", "1", make_source(tmp_path / "a", f="same"))
     store.create("b", "1", make_source(tmp_path / "b", f="same"))
-    store.rm("b", "1")
+    store.remove("b", "1")
     assert (kept.path / "f").read_text() == "same"
 
 

@@ -67,9 +67,9 @@ def manager(tmp_path: Path, net_config: NetworkConfig) -> Iterator[NetworkManage
     finally:
         for att in mgr.attachments():
             mgr.detach(att.job_id)
-        for net in mgr.ls():
+        for net in mgr.list():
             if not net.builtin:
-                mgr.rm(net.name)
+                mgr.remove(net.name)
         assert mgr.teardown(), "teardown refused although every job was detached"
         found: Leftovers = leftovers(mgr, tmp_path)
         db.close()

@@ -29,7 +29,7 @@ def _rules(manager: NetworkManager, tag_part: str) -> list[str]:
 def test_named_network_create_ls_rm_and_rm_refused_while_attached(manager: NetworkManager) -> None:
     net = manager.create("tnet-a", "10.235.1.0/24")
     assert net.bridge and net.bridge.startswith("capsa-") and len(net.bridge) <= 15
-    assert [n.name for n in manager.ls()] == ["bridge", "isolated", "tnet-a"]
+    assert [n.name for n in manager.list()] == ["bridge", "isolated", "tnet-a"]
 
     att = manager.attach("job-on-a", "tnet-a")
     assert att.network == "tnet-a" and att.ip == "10.235.1.2" and att.gateway == "10.235.1.1"
@@ -40,16 +40,16 @@ def test_named_network_create_ls_rm_and_rm_refused_while_attached(manager: Netwo
     assert att.veth_host and att.veth_host in bridge_ports
 
     with pytest.raises(Conflict, match="in use by 1 job"):
-        manager.rm("tnet-a")
-    assert "tnet-a" in [n.name for n in manager.ls()]
+        manager.remove("tnet-a")
+    assert "tnet-a" in [n.name for n in manager.list()]
 
     manager.detach("job-on-a")
-    manager.rm("tnet-a")
-    assert [n.name for n in manager.ls()] == ["bridge", "isolated"]
+    manager.remove("tnet-a")
+    assert [n.name for n in manager.list()] == ["bridge", "isolated"]
     assert net.bridge not in links.link_names()
     assert _rules(manager, ":net:tnet-a") == []
     with pytest.raises(NotFound):
-        manager.rm("tnet-a")
+        manager.remove("tnet-a")
     with pytest.raises(NotFound):
         manager.attach("job-late", "tnet-a")
 
@@ -69,7 +69,7 @@ def test_named_network_creation_refuses_bad_names_duplicates_and_overlaps(manage
     with pytest.raises(InvalidArgument):
         manager.create("tnet-d", "10.235.4.0/31")
     with pytest.raises(InvalidArgument, match="built in"):
-        manager.rm("bridge")
+        manager.remove("bridge")
 
 
 def test_named_network_refuses_a_range_the_host_already_routes(manager: NetworkManager) -> None:
@@ -138,7 +138,7 @@ def test_detach_removes_netns_veth_rules_and_frees_the_address(manager: NetworkM
     assert att.veth_host not in links.link_names()
     assert _rules(manager, ":job:job-gone") == []
     with pytest.raises(NotFound):
-        manager.inspect("job-gone")
+        manager.attachment("job-gone")
     assert manager.detach("job-gone") is False  # idempotent
 
 
@@ -177,7 +177,7 @@ def test_reconcile_after_a_crash_cleans_dead_jobs_and_keeps_running_ones(
     assert _rules(manager, ":job:job-lost") == []
     # The survivor is untouched and still wired.
     assert alive.netns_path and netns.is_netns(alive.netns_path) and alive.veth_host in names
-    assert restarted.inspect("job-alive").ip == alive.ip
+    assert restarted.attachment("job-alive").ip == alive.ip
     assert len(_rules(manager, ":job:job-alive")) == 4
     db.close()
 

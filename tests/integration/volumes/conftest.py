@@ -31,10 +31,10 @@ def volumes(tmp_path: Path) -> Iterator[VolumeManager]:
     try:
         yield mgr
     finally:
-        for vol in mgr.ls():
+        for vol in mgr.list():
             for job in vol.users:
                 mgr.release(vol.name, job)
-            mgr.rm(vol.name)
+            mgr.remove(vol.name)
         db.close()
         assert mounts_under(tmp_path) == [], "mounts left behind"
         assert wait_no_loops(tmp_path) == [], "loop devices left attached"

@@ -47,7 +47,7 @@ def test_filesystem_volume_keeps_its_data_from_one_job_to_the_next(volumes: Volu
 
 def test_writing_beyond_a_filesystem_volume_fails_with_enospc(volumes: VolumeManager) -> None:
     path = volumes.acquire(volumes.create("small", "16MiB").name, "job-w")
-    info = volumes.inspect("small")
+    info = volumes.get("small")
     assert info.capacity_bytes is not None and info.capacity_bytes <= 16 * MiB
     with pytest.raises(OSError) as err:
         _fill(path / "too-big", 17 * MiB)
@@ -70,7 +70,7 @@ def test_memory_volume_content_outlives_the_job_that_wrote_it(volumes: VolumeMan
     volumes.create("cache", "8MiB", "memory")
     (volumes.acquire("cache", "job-a") / "k").write_text("v")
     volumes.release("cache", "job-a")
-    assert volumes.inspect("cache").mounted
+    assert volumes.get("cache").mounted
     assert (volumes.acquire("cache", "job-b") / "k").read_text() == "v"
     volumes.release("cache", "job-b")
 
@@ -80,11 +80,11 @@ def test_a_volume_is_reference_counted_per_job(volumes: VolumeManager, tmp_path:
     first = volumes.acquire("shared", "job-1")
     assert volumes.acquire("shared", "job-1") == first  # the same job twice counts once
     volumes.acquire("shared", "job-2")
-    assert volumes.inspect("shared").users == ("job-1", "job-2")
+    assert volumes.get("shared").users == ("job-1", "job-2")
     volumes.release("shared", "job-1")
-    assert volumes.inspect("shared").mounted and str(first) in mounts_under(tmp_path)
+    assert volumes.get("shared").mounted and str(first) in mounts_under(tmp_path)
     assert volumes.release_all("job-2") == ["shared"]
-    assert not volumes.inspect("shared").mounted
+    assert not volumes.get("shared").mounted
 
 
 @pytest.mark.parametrize("kind", ["filesystem", "memory"])
@@ -92,14 +92,14 @@ def test_rm_is_refused_while_a_job_holds_the_volume(volumes: VolumeManager, tmp_
     volumes.create("busy", "16MiB", kind)
     volumes.acquire("busy", "job-x")
     with pytest.raises(Conflict, match="in use by 1 job"):
-        volumes.rm("busy")
-    assert volumes.inspect("busy").users == ("job-x",)
+        volumes.remove("busy")
+    assert volumes.get("busy").users == ("job-x",)
     volumes.release("busy", "job-x")
-    volumes.rm("busy")
+    volumes.remove("busy")
     assert not (tmp_path / "volumes" / "busy").exists()
     assert mounts_under(tmp_path) == []
     with pytest.raises(NotFound):
-        volumes.inspect("busy")
+        volumes.get("busy")
     with pytest.raises(NotFound):
         volumes.acquire("busy", "job-y")
 
@@ -108,7 +108,7 @@ def test_names_are_unique(volumes: VolumeManager) -> None:
     volumes.create("once", "8MiB")
     with pytest.raises(AlreadyExists):
         volumes.create("once", "8MiB", "memory")
-    assert [v.name for v in volumes.ls()] == ["once"]
+    assert [v.name for v in volumes.list()] == ["once"]
 
 
 def test_volumes_survive_a_daemon_restart(volumes: VolumeManager, tmp_path: Path) -> None:
@@ -117,7 +117,7 @@ def test_volumes_survive_a_daemon_restart(volumes: VolumeManager, tmp_path: Path
     volumes.release("keep", "job-1")
 
     restarted = VolumeManager(Database(tmp_path / "capsa.db"), tmp_path / "volumes")
-    assert [v.name for v in restarted.ls()] == ["keep"]
+    assert [v.name for v in restarted.list()] == ["keep"]
     assert (restarted.acquire("keep", "job-2") / "f").read_text() == "kept"
     restarted.release("keep", "job-2")
 
@@ -160,6 +160,6 @@ def test_a_root_reached_through_a_symlink_still_finds_its_loop_devices(
         # The kernel names the backing file by its real path; the manager must match it.
         assert len(_loop.devices_for(other.root / "s" / "image.ext4")) == 1
         other.release("s", "job-1")
-        other.rm("s")
+        other.remove("s")
     finally:
         db.close()

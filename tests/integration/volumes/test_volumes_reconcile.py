@@ -26,7 +26,7 @@ def test_users_that_no_longer_run_are_released_and_the_volume_unmounted(
     restarted, db = _restart(tmp_path)
     report = restarted.reconcile(["job-alive"])
     assert report.released == ["v:job-dead"] and report.unmounted == []
-    assert restarted.inspect("v").users == ("job-alive",) and restarted.inspect("v").mounted
+    assert restarted.get("v").users == ("job-alive",) and restarted.get("v").mounted
 
     report = restarted.reconcile([])
     assert report.released == ["v:job-alive"] and report.unmounted == ["v"]
@@ -48,7 +48,7 @@ def test_mounts_lost_with_a_host_reboot_are_put_back(volumes: VolumeManager, tmp
     assert report.mounted == ["disk"] and report.recreated == ["ram"]
     assert (tmp_path / "volumes" / "disk" / "mnt" / "f").read_text() == "durable"
     assert not (tmp_path / "volumes" / "ram" / "mnt" / "f").exists()
-    assert restarted.inspect("ram").mounted
+    assert restarted.get("ram").mounted
     db.close()
 
 
@@ -76,7 +76,7 @@ def test_half_created_half_removed_and_stray_volumes_are_cleaned(volumes: Volume
     report = VolumeManager(db, tmp_path / "volumes").reconcile()
     assert sorted(report.removed) == ["creating", "removing", "stray"]
     assert sorted(p.name for p in (tmp_path / "volumes").iterdir()) == ["fine"]
-    assert [v.name for v in volumes.ls()] == ["fine"]
+    assert [v.name for v in volumes.list()] == ["fine"]
     assert mounts_under(tmp_path) == []
     db.close()
 
@@ -88,4 +88,4 @@ def test_a_filesystem_volume_whose_image_vanished_is_reported_not_hidden(
     (tmp_path / "volumes" / "lost" / "image.ext4").unlink()
     report = volumes.reconcile()
     assert report.missing == ["lost"]
-    assert volumes.inspect("lost").state == "missing"
+    assert volumes.get("lost").state == "missing"

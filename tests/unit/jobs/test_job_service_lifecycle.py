@@ -149,8 +149,8 @@ def test_bad_requests_are_refused_with_the_field_named(service: JobService, fiel
 def test_delete_refuses_a_running_job_unless_forced(service: JobService, supervisor: FakeSupervisor) -> None:
     job_id = _run(service)
     with pytest.raises(Conflict, match="stop it first"):
-        service.delete(job_id)
-    assert service.delete(job_id[:8], force=True) == job_id
+        service.remove(job_id)
+    assert service.remove(job_id[:8], force=True) == job_id
     with pytest.raises(NotFound):
         service.get(job_id)
     assert job_id in supervisor.forgotten

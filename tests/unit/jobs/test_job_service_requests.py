@@ -72,3 +72,20 @@ def test_different_request_ids_run_different_jobs(service: JobService) -> None:
 def test_a_malformed_request_id_is_refused(service: JobService, bad: str) -> None:
     with pytest.raises(InvalidArgument, match="request id"):
         service.run(RunRequest(command=("/bin/true",), request_id=bad))
+
+
+def test_a_retry_after_the_daemon_died_before_the_start_runs_the_job_once(make_service: MakeService,
+                                                                         supervisor: FakeSupervisor) -> None:
+    class DaemonKilled(BaseException):
+        """Stands for kill -9 between recording the job and handing it to the supervisor."""
+
+    supervisor.fail_start = DaemonKilled()
+    with pytest.raises(DaemonKilled):
+        make_service().run(RunRequest(command=("/bin/true",), request_id="burst-17"))
+    supervisor.fail_start = None
+    restarted = make_service()   # reconcile: the supervisor never had it
+    [lost] = restarted.list(all=True)
+    assert lost.state == JobState.FAILED and lost.reason == "the daemon restarted before the job started"
+    again = restarted.run(RunRequest(command=("/bin/true",), request_id="burst-17"))
+    assert again.id != lost.id and again.state == JobState.RUNNING and supervisor.started_ids() == [again.id]
+    assert restarted.run(RunRequest(command=("/bin/true",), request_id="burst-17")).id == again.id

@@ -83,7 +83,7 @@ def test_delete_discards_what_an_ended_job_kept(service: JobService, supervisor:
                                                 network: FakeResource) -> None:
     job_id = service.run(REQUEST).id
     supervisor.exit(job_id, 0)
-    service.delete(job_id)
+    service.remove(job_id)
     assert network.released[job_id] == 1 and network.discarded[job_id] == 1
 
 

@@ -62,15 +62,15 @@ def test_create_refuses_bad_requests_before_touching_the_disk(manager: VolumeMan
         manager.create("v", "1000000TB", "filesystem")
     with pytest.raises(LimitExceeded, match="host's memory"):
         manager.create("v", "1000000TB", "memory")
-    assert manager.ls() == [] and list((tmp_path / "volumes").iterdir()) == []
+    assert manager.list() == [] and list((tmp_path / "volumes").iterdir()) == []
     assert (tmp_path / "volumes").stat().st_mode & 0o777 == 0o700
 
 
 def test_unknown_volumes_and_bad_job_ids(manager: VolumeManager) -> None:
     with pytest.raises(NotFound):
-        manager.inspect("nope")
+        manager.get("nope")
     with pytest.raises(NotFound):
-        manager.rm("nope")
+        manager.remove("nope")
     with pytest.raises(NotFound):
         manager.acquire("nope", "job-1")
     with pytest.raises(InvalidArgument, match="job id"):

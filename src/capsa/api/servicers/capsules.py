@@ -90,7 +90,7 @@ class CapsuleServicer(pb_grpc.CapsuleServiceServicer):
     def List(self, request: pb.ListCapsulesRequest, context: grpc.ServicerContext) -> pb.ListCapsulesResponse:
         attachments = self.store.attachments()
         return pb.ListCapsulesResponse(capsules=[capsule_to_pb(v, attachments)
-                                                 for v in self.store.ls(request.name or None)])
+                                                 for v in self.store.list(request.name or None)])
 
     @rpc
     def Inspect(self, request: pb.CapsuleRef, context: grpc.ServicerContext) -> pb.Capsule:
@@ -99,7 +99,7 @@ class CapsuleServicer(pb_grpc.CapsuleServiceServicer):
     @rpc
     def Remove(self, request: pb.CapsuleRef, context: grpc.ServicerContext) -> pb.RemoveCapsuleResponse:
         found = self.store.get(request.name, request.version)
-        self.store.rm(found.name, found.version)
+        self.store.remove(found.name, found.version)
         return pb.RemoveCapsuleResponse(removed=found.ref)
 
     @rpc

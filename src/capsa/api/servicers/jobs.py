@@ -110,7 +110,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     @rpc
     def DeleteJob(self, request: pb.DeleteJobRequest, context: grpc.ServicerContext) -> pb.DeleteJobResponse:
-        return pb.DeleteJobResponse(id=self.jobs.delete(request.id, force=request.force))
+        return pb.DeleteJobResponse(id=self.jobs.remove(request.id, force=request.force))
 
     @rpc
     async def StreamLogs(self, request: pb.StreamLogsRequest, context: Any) -> Any:

@@ -33,11 +33,11 @@ class NetworkServicer(pb_grpc.NetworkServiceServicer):
 
     @rpc
     def ListNetworks(self, request: pb.ListNetworksRequest, context: grpc.ServicerContext) -> pb.ListNetworksResponse:
-        return pb.ListNetworksResponse(networks=[_network(n) for n in self.networks.ls()])
+        return pb.ListNetworksResponse(networks=[_network(n) for n in self.networks.list()])
 
     @rpc
     def RemoveNetwork(self, request: pb.RemoveNetworkRequest, context: grpc.ServicerContext) -> pb.RemoveNetworkResponse:
-        self.networks.rm(request.name)
+        self.networks.remove(request.name)
         return pb.RemoveNetworkResponse(name=request.name)
 
 
@@ -51,9 +51,9 @@ class VolumeServicer(pb_grpc.VolumeServiceServicer):
 
     @rpc
     def ListVolumes(self, request: pb.ListVolumesRequest, context: grpc.ServicerContext) -> pb.ListVolumesResponse:
-        return pb.ListVolumesResponse(volumes=[_volume(v) for v in self.volumes.ls()])
+        return pb.ListVolumesResponse(volumes=[_volume(v) for v in self.volumes.list()])
 
     @rpc
     def RemoveVolume(self, request: pb.RemoveVolumeRequest, context: grpc.ServicerContext) -> pb.RemoveVolumeResponse:
-        self.volumes.rm(request.name)
+        self.volumes.remove(request.name)
         return pb.RemoveVolumeResponse(name=request.name)

@@ -62,7 +62,7 @@ from capsa.images.oci import (
 from capsa.images.reference import Reference, RefKind, validate_s3_bucket, validate_s3_key
 from capsa.images.sources.base import BlobDescriptor, ResolvedImage, bounded, start_offset
 
-__all__ = ["MAX_LAYERS", "S3Config", "S3Source"]
+__all__ = ["MAX_LAYERS", "S3Config", "S3Source", "map_s3_error", "s3_errors"]
 
 MAX_LAYERS = 128  # Docker's and containerd's practical bound; also bounds the overlay lowerdir list
 _CHUNK = 1024 * 1024
@@ -158,7 +158,7 @@ class S3Source:
         found: dict[int, tuple[str, int, str, str]] = {}
         others: list[str] = []
         paginator = self.client.get_paginator("list_objects_v2")
-        with _s3_errors(f"listing {ref}"):
+        with s3_errors(f"listing {ref}"):
             for page in paginator.paginate(Bucket=ref.bucket, Prefix=ref.key, Delimiter="/"):
                 for obj in page.get("Contents", []):
                     name = obj["Key"][len(ref.key):]
@@ -180,7 +180,7 @@ class S3Source:
         return [found[n] for n in sorted(found)]
 
     def _head(self, bucket: str, key: str, ref: Reference) -> tuple[str, int, str, str]:
-        with _s3_errors(f"{ref}"):
+        with s3_errors(f"{ref}"):
             head = self.client.head_object(Bucket=bucket, Key=key)
         media_type = next(mt for suffix, mt in _SUFFIX_MEDIA_TYPES if key.endswith(suffix))
         return key, int(head["ContentLength"]), head["ETag"].strip('"'), media_type
@@ -202,7 +202,7 @@ class S3Source:
         if etag:
             args["IfMatch"] = f'"{etag}"'
         what = f"download of s3://{bucket}/{key}"
-        with _s3_errors(what):
+        with s3_errors(what):
             resp = self.client.get_object(**args)
         body = resp["Body"]
         body_start = 0
@@ -213,7 +213,7 @@ class S3Source:
                 body.close()
                 raise Unavailable(f"{what}: store answered from byte {body_start}, asked for {start}")
         try:
-            with _s3_errors(what):
+            with s3_errors(what):
                 copy_to_store(bounded(body.iter_chunks(_CHUNK), desc, start), writer, progress, cancel, timeout_s,
                               total=desc.size, clocks=clocks)
         finally:
@@ -236,9 +236,9 @@ class S3Source:
         try:
             first = stream.read(multipart_threshold)
             if len(first) < multipart_threshold:
-                with _s3_errors(what):
+                with s3_errors(what):
                     return str(self.client.put_object(Bucket=bucket, Key=key, Body=first)["ETag"]).strip('"')
-            with _s3_errors(what):
+            with s3_errors(what):
                 upload_id = self.client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
             parts: list[dict[str, Any]] = []
             try:
@@ -250,7 +250,7 @@ class S3Source:
                         buffer = buffer[part_size:]
                 if buffer:  # only the last part may be smaller than 5 MiB
                     self._upload_part(bucket, key, upload_id, parts, buffer, what)
-                with _s3_errors(what):
+                with s3_errors(what):
                     done = self.client.complete_multipart_upload(
                         Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
                     )
@@ -265,7 +265,7 @@ class S3Source:
 
     def _upload_part(self, bucket: str, key: str, upload_id: str, parts: list[dict[str, Any]], chunk: bytes, what: str) -> None:
         number = len(parts) + 1
-        with _s3_errors(f"{what} (part {number})"):
+        with s3_errors(f"{what} (part {number})"):
             resp = self.client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk)
         parts.append({"PartNumber": number, "ETag": resp["ETag"]})
 
@@ -278,14 +278,16 @@ def _split_locator(locator: str) -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def _s3_errors(what: str) -> Iterator[None]:
-    """Translate boto/botocore/urllib3 failures into capsa's error vocabulary."""
+def s3_errors(what: str) -> Iterator[None]:
+    """Translate boto/botocore/urllib3 failures into capsa's error vocabulary (see :func:`map_s3_error`).
+
+    The one mapper for every S3 caller (image sources, capsule push/pull)."""
     try:
         yield
     except CapsaError:
         raise
     except Exception as exc:
-        mapped = _map_error(exc, what)
+        mapped = map_s3_error(exc, what)
         if mapped is None:
             raise
         raise mapped from None
@@ -296,7 +298,13 @@ _DENIED = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch",
 _CHANGED = {"PreconditionFailed", "412", "InvalidRange", "416"}
 
 
-def _map_error(exc: BaseException, what: str) -> CapsaError | None:
+def map_s3_error(exc: BaseException, what: str) -> CapsaError | None:
+    """capsa's error for an S3 failure, or None for an exception that is not S3's.
+
+    Decided once for images and capsules: only what may pass by itself is retryable (5xx,
+    throttling, timeouts, connection failures → Unavailable); an S3 refusal capsa does not
+    recognise is a FailedPrecondition — retrying the same request cannot change S3's answer.
+    """
     if isinstance(exc, botocore.exceptions.ClientError):
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))

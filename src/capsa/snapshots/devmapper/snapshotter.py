@@ -143,16 +143,6 @@ class DevmapperSnapshotter(MetadataSnapshotter):
         return Usage(size=max(0, mapped - (rec.base_bytes or 0)), inodes=walked.inodes)
 
     # -- verbs ------------------------------------------------------------------------
-    def prepare(
-        self, key: str, parent: str | None = None, labels: Mapping[str, str] | None = None
-    ) -> list[Mount]:
-        self._create(Kind.ACTIVE, key, parent, labels)
-        return self.mounts(key)
-
-    def view(self, key: str, parent: str | None, labels: Mapping[str, str] | None = None) -> list[Mount]:
-        self._create(Kind.VIEW, key, parent, labels)
-        return self.mounts(key)
-
     def _create(self, kind: Kind, key: str, parent: str | None, labels: Mapping[str, str] | None) -> None:
         clean = check_labels(labels)
         with self._db.tx() as conn:

@@ -14,7 +14,7 @@ from capsa.images.content import ContentStore
 from capsa.images.oci import Compression, Digest, sha256_digest
 from capsa.images.reference import parse_reference
 from capsa.images.sources.base import BlobDescriptor
-from capsa.images.sources.s3 import S3Config, S3Source, _map_error
+from capsa.images.sources.s3 import S3Config, S3Source, map_s3_error
 from capsa.state.db import Database
 from tests.fixtures.images import S3Images
 from tests.fixtures.servers import MotoServer, free_port
@@ -165,14 +165,22 @@ def test_object_replaced_between_resolve_and_fetch_is_refused(
         ("SlowDown", 503, Unavailable),
         ("InternalError", 500, Unavailable),
         ("PreconditionFailed", 412, FailedPrecondition),
+        ("SomethingNew", 400, FailedPrecondition),   # unknown refusals are not retried (images and capsules alike)
     ],
 )
 def test_s3_error_codes_map_to_the_shared_vocabulary(code: str, status: int, kind: type[Exception]) -> None:
     error = botocore.exceptions.ClientError(
         {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject"
     )
-    mapped = _map_error(error, "test")
+    mapped = map_s3_error(error, "test")
     assert type(mapped) is kind, mapped
+
+
+def test_capsules_map_s3_errors_with_the_same_function() -> None:
+    from capsa.capsules import distribution
+    from capsa.images.sources import s3
+
+    assert distribution.s3_errors is s3.s3_errors
 
 
 def test_unreachable_endpoint_is_unavailable() -> None:
