@@ -14,6 +14,7 @@ import json
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -52,7 +53,20 @@ class Event:
     attributes: dict[str, str] = field(default_factory=dict)
 
 
+_LOGS: weakref.WeakKeyDictionary[Database, EventLog] = weakref.WeakKeyDictionary()
+_LOGS_LOCK = threading.Lock()
+
+
 class EventLog:
+    @classmethod
+    def of(cls, db: Database) -> EventLog:
+        """The one EventLog of ``db``: every writer shares it, so its in-memory last seq sees every event."""
+        with _LOGS_LOCK:
+            log = _LOGS.get(db)
+            if log is None:
+                log = _LOGS[db] = cls(db)
+            return log
+
     def __init__(self, db: Database) -> None:
         self.db = db
         db.migrate("events", MIGRATIONS)

@@ -17,7 +17,7 @@ import click
 from capsa.cli.output import emit, json_option
 from capsa.errors import InvalidArgument
 
-__all__ = ["events", "wait"]
+__all__ = ["COMMANDS", "events", "wait"]
 
 ENDED_ACTIONS = frozenset({"exited", "oom", "stopped", "canceled", "timeout", "removed"})
 CLOCK_MARGIN_NS = 60 * 1_000_000_000
@@ -106,3 +106,6 @@ def _rfc3339(ns: int) -> str:
 
     return dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S") + \
         f".{ns % 1_000_000_000:09d}Z"
+
+
+COMMANDS = [wait, events]

@@ -64,7 +64,7 @@ class JobService:
         self.resources = tuple(resources)
         self.stop_grace_s = stop_grace_s
         self.store = store or JobStore(db)
-        self.events = EventLog(db)   # lifecycle events for `capsa events` (capsa.events)
+        self.events = EventLog.of(db)   # lifecycle events for `capsa events` (capsa.events)
         self.schedules = ScheduleStore(db)
         self.uploads = UploadStore(home / "tmp" / "uploads", upload_limits)
         self._secrets = secret_box or SecretBox(home)
@@ -443,7 +443,7 @@ class JobService:
         try:
             job = self.get(job_id)
             if job.auto_remove and job.state.ended:
-                self.delete(job_id)
+                self.remove(job_id)
         except CapsaError as exc:
             if not isinstance(exc, NotFound):   # removed already (capsa rm) is fine
                 log.warning("removing --rm job %s failed: %s", job_id, exc)

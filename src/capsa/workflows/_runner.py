@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from capsa.errors import CapsaError, NotFound
+from capsa.events import EventLog
 from capsa.fsm import Context, RunInfo
 from capsa.jobs.model import Job, JobState, Resources, RunRequest
 from capsa.workflows.model import WorkflowJob, WorkflowJobState, WorkflowState
@@ -58,9 +59,11 @@ class WorkflowRunner:
         if WorkflowState(row["state"]).ended:
             return {"state": row["state"]}   # finished before a crash: nothing left to do
         ctx.check_cancel()
-        self.db.execute("UPDATE workflows SET state = ?, started_ns = CASE WHEN started_ns = 0 THEN ? ELSE"
-                        " started_ns END WHERE id = ? AND state = ?",
-                        (WorkflowState.RUNNING.value, time.time_ns(), workflow_id, WorkflowState.PENDING.value))
+        if self.db.execute("UPDATE workflows SET state = ?, started_ns = CASE WHEN started_ns = 0 THEN ? ELSE"
+                           " started_ns END WHERE id = ? AND state = ?",
+                           (WorkflowState.RUNNING.value, time.time_ns(), workflow_id,
+                            WorkflowState.PENDING.value)).rowcount:
+            EventLog.of(self.db).safe_record("workflow", "started", workflow_id, name=row["name"])
         workflow = compile_spec(WorkflowSpec.model_validate_json(row["spec"]))
         limit = min(int(row["max_parallel"]), len(workflow.order)) or 1
         secret_env = self._secrets(row["sealed_secrets"])
@@ -223,9 +226,10 @@ class WorkflowRunner:
         failed = [s for s in steps.values() if s.state == WorkflowJobState.FAILED]
         state = WorkflowState.FAILED if failed else WorkflowState.COMPLETED
         reason = ", ".join(f"job {s.name} failed ({s.reason})" for s in failed)
-        self.db.execute("UPDATE workflows SET state = ?, reason = ?, ended_ns = ? WHERE id = ? AND state IN (?, ?)",
-                        (state.value, reason, time.time_ns(), workflow_id, WorkflowState.PENDING.value,
-                         WorkflowState.RUNNING.value))
+        if self.db.execute("UPDATE workflows SET state = ?, reason = ?, ended_ns = ? WHERE id = ? AND state IN (?, ?)",
+                           (state.value, reason, time.time_ns(), workflow_id, WorkflowState.PENDING.value,
+                            WorkflowState.RUNNING.value)).rowcount:
+            EventLog.of(self.db).safe_record("workflow", "finished", workflow_id, attributes={"state": state.value})
         return {"state": state.value}
 
     def finalize(self, ctx: Context, info: RunInfo) -> None:
@@ -257,9 +261,10 @@ class WorkflowRunner:
                 self._end_step(workflow_id, step, WorkflowJobState.CANCELED, why,
                                exit_code=job.exit_code if job is not None else None)
         state = WorkflowState.CANCELED if canceled else WorkflowState.FAILED
-        self.db.execute("UPDATE workflows SET state = ?, reason = ?, ended_ns = ? WHERE id = ? AND state IN (?, ?)",
-                        (state.value, "" if canceled else why, time.time_ns(), workflow_id,
-                         WorkflowState.PENDING.value, WorkflowState.RUNNING.value))
+        if self.db.execute("UPDATE workflows SET state = ?, reason = ?, ended_ns = ? WHERE id = ? AND state IN (?, ?)",
+                           (state.value, "" if canceled else why, time.time_ns(), workflow_id,
+                            WorkflowState.PENDING.value, WorkflowState.RUNNING.value)).rowcount:
+            EventLog.of(self.db).safe_record("workflow", "finished", workflow_id, attributes={"state": state.value})
 
 
 def _outcome(job: Job) -> tuple[WorkflowJobState, str]:

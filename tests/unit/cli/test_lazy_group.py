@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from capsa.cli import main as cli_main
 
-MODULES = ["jobs", "run_features", "images", "runtimes", "capsules", "workflows", "networks", "stats", "admin", "web"]
+MODULES = ["jobs", "run_features", "images", "runtimes", "capsules", "workflows", "networks", "stats", "admin", "web", "watch"]
 
 
 def _real_commands() -> dict[str, click.Command]:

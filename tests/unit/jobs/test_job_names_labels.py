@@ -42,7 +42,7 @@ def test_an_exact_name_wins_over_an_id_prefix(service: JobService) -> None:
 def test_a_name_is_free_again_once_its_job_is_removed(service: JobService, supervisor: FakeSupervisor) -> None:
     job_id = _run(service, name="once")
     supervisor.exit(job_id, 0)
-    service.delete("once")
+    service.remove("once")
     assert service.get(_run(service, name="once")).name == "once"
 
 
