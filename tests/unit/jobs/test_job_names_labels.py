@@ -170,3 +170,12 @@ def test_migration_keeps_the_newest_of_duplicate_names(tmp_path: Path) -> None:
     assert names == [f"dup-{0:012x}", "dup", "solo", "wf/x", "wf/x"]
     assert store.find_name("dup") == f"{1:032x}"
     db.close(checkpoint=False)
+
+
+def test_job_lifecycle_events_are_recorded(service: JobService, supervisor: FakeSupervisor) -> None:
+    job = service.run(RunRequest(command=("/bin/true",), name="ev"))
+    supervisor.exit(job.id, 137, oom_killed=True, reason="OOM killed")
+    service.remove(job.id)
+    events = [e for e in service.events.after(0) if e.id == job.id]
+    assert [e.action for e in events] == ["created", "started", "oom", "removed"]
+    assert events[0].name == "ev" and events[2].attributes["state"] == "FAILED"
