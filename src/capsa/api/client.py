@@ -348,8 +348,8 @@ class CapsaClient:
 
     # -- workflows ----------------------------------------------------------------------------
     def submit_workflow(self, yaml_text: str, *, base_dir: str = "", source: str = "",
-                        request_id: str = "") -> wpb.Workflow:
-        request = wpb.SubmitWorkflowRequest(yaml=yaml_text, base_dir=base_dir, source=source,
+                        request_id: str = "", labels: dict[str, str] | None = None) -> wpb.Workflow:
+        request = wpb.SubmitWorkflowRequest(yaml=yaml_text, base_dir=base_dir, source=source, labels=labels or {},
                                             request_id=request_id or self.new_request_id())
         return self._submit(lambda: self._call(self.workflows.SubmitWorkflow, request))
 

@@ -82,6 +82,7 @@ RULES: dict[str, Rule] = {
     "SubmitWorkflowRequest.yaml": _YAML,
     "SubmitWorkflowRequest.request_id": _REQUEST_ID,
     "ListWorkflowsRequest.limit": Rule(high=100_000),
+    "SubmitWorkflowRequest.labels": Rule(max_bytes=1 * KiB, max_items=64, max_total=64 * KiB),
     "BuildRuntimeRequest.spec_yaml": _YAML,
     # images
     "PullImageRequest.request_id": _REQUEST_ID,

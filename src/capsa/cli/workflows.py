@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from capsa.cli.output import ago, emit, json_option, print_table
+from capsa.cli.output import ago, emit, json_option, key_values, print_table
 from capsa.cli.protojson import message_dict
 from capsa.errors import InvalidArgument
 
@@ -53,16 +53,19 @@ def workflow() -> None:
 @workflow.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--wait", is_flag=True, help="Follow the workflow until it ends; exit non-zero if any job failed.")
+@click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="Label the workflow and each of its jobs (repeatable).")
 @json_option
 @click.pass_obj
-def run(obj: Any, file: Path, wait: bool, as_json: bool) -> int:
+def run(obj: Any, file: Path, wait: bool, labels: tuple[str, ...], as_json: bool) -> int:
     """Validate FILE and start it; prints the workflow id."""
     try:
         text = file.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"cannot read {file}: {exc}") from None
     client = obj.client()
-    submitted = client.submit_workflow(text, base_dir=str(file.resolve().parent), source=str(file))
+    submitted = client.submit_workflow(text, base_dir=str(file.resolve().parent), source=str(file),
+                                       labels=key_values(labels, "--label"))
     if not wait:
         if as_json:
             emit(workflow_dict(submitted))

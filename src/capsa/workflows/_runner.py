@@ -12,6 +12,7 @@ the workflow) is re-attached, never started twice.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import threading
@@ -193,7 +194,9 @@ class WorkflowRunner:
             step.state, step.job_id = WorkflowJobState.RUNNING, existing.id
             return
         try:
-            job = self.jobs.run(self._request(workflow_id, workflow_name, step.name, spec, secret_env))
+            job = self.jobs.run(dataclasses.replace(
+                self._request(workflow_id, workflow_name, step.name, spec, secret_env),
+                labels=self._labels(workflow_id)))
         except CapsaError as exc:
             if ctx.cancel.is_set():
                 raise   # e.g. the image pull it waited for was cut short by shutdown: not the job's fault
@@ -203,6 +206,11 @@ class WorkflowRunner:
             return
         self._mark_running(workflow_id, step.name, job)
         step.state, step.job_id = WorkflowJobState.RUNNING, job.id
+
+    def _labels(self, workflow_id: str) -> dict[str, str]:
+        """The workflow's labels, which every job of it carries (so `ps --filter label=` finds them)."""
+        row = self.db.query_one("SELECT labels FROM workflows WHERE id = ?", (workflow_id,))
+        return dict(json.loads(row["labels"])) if row else {}
 
     def _request(self, workflow_id: str, workflow_name: str, name: str, spec: JobSpec,
                  secret_env: dict[str, str]) -> RunRequest:
