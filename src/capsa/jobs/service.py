@@ -404,9 +404,7 @@ class JobService:
                 job = self.store.get(job_id)
                 self._ended_event(job)
                 if job.auto_remove:
-                    timer = threading.Timer(self.auto_remove_linger_s, self._auto_remove, (job_id,))
-                    timer.daemon = True
-                    timer.start()
+                    self._remove_later(job_id, self.auto_remove_linger_s)
 
     def _ended_event(self, job: Job) -> None:
         action = {JobState.STOPPED: "stopped", JobState.CANCELED: "canceled", JobState.TIMEOUT: "timeout"}.get(
@@ -431,8 +429,13 @@ class JobService:
                 if free:
                     del self._holds[job_id]
                 due = free and job_id in self._remove_due
-            if due:
-                self._auto_remove(job_id)
+            if due:   # on a thread of its own: the last reader may be an async stream on the event loop
+                self._remove_later(job_id, 0.0)
+
+    def _remove_later(self, job_id: str, delay_s: float) -> None:
+        timer = threading.Timer(delay_s, self._auto_remove, (job_id,))
+        timer.daemon = True
+        timer.start()
 
     def _auto_remove(self, job_id: str) -> None:
         with self._pending_lock:
