@@ -22,7 +22,7 @@ from capsa.errors import Conflict, InvalidArgument, NotFound
 from capsa.jobs.model import ACTIVE_STATES, LISTED_STATES, MIGRATIONS, Job, JobPage, JobState, RunRequest
 from capsa.jobs.resources import RECORDED_COLUMNS
 from capsa.runtime.protocol import JobRecord
-from capsa.selectors import JobFilter
+from capsa.selectors import NAME_PATTERN, JobFilter
 from capsa.state import Database
 from capsa.state.keys import resolve_id_prefix
 
@@ -235,8 +235,9 @@ class JobStore:
         try:
             return resolve_id_prefix(self.db, "jobs", id_or_prefix, noun="job")
         except InvalidArgument:
-            if re.fullmatch(r"[0-9a-fA-F]{1,32}", id_or_prefix.strip()):
-                raise   # an ambiguous prefix says so
+            # an ambiguous prefix, or something that can be neither a name nor an id, says so
+            if re.fullmatch(r"[0-9a-fA-F]{1,32}", id_or_prefix.strip()) or not re.fullmatch(NAME_PATTERN, id_or_prefix):
+                raise
             raise NotFound(f"no such job: {id_or_prefix} (neither a job name nor an id)") from None
 
     def get(self, id_or_prefix: str) -> Job:
