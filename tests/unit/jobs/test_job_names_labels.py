@@ -49,7 +49,7 @@ def test_a_name_is_free_again_once_its_job_is_removed(service: JobService, super
 def test_engine_names_with_a_slash_may_repeat(service: JobService) -> None:
     a, b = _run(service, name="wf/build"), _run(service, name="wf/build")
     assert a != b
-    with pytest.raises(NotFound):
+    with pytest.raises(InvalidArgument, match="invalid job id"):
         service.get("wf/build")   # not a name people resolve by
 
 
