@@ -108,9 +108,19 @@ class EventLog:
         row = self.db.query_one("SELECT MIN(seq) AS seq FROM events WHERE time_ns >= ?", (since_ns,))
         return int(row["seq"]) - 1 if row and row["seq"] is not None else self.last_seq
 
-    def after(self, seq: int, *, types: Sequence[str] = (), ids: Sequence[str] = (), limit: int = 500) -> list[Event]:
-        """Events with a seq greater than ``seq``, oldest first."""
+    def visible_seq(self) -> int:
+        """The highest committed seq. SQLite commits writes one at a time in seq order, so every event up to
+        it is committed too: a filtered reader can move its cursor there without missing one."""
+        row = self.db.query_one("SELECT MAX(seq) AS seq FROM events")
+        return int(row["seq"] or 0) if row else 0
+
+    def after(self, seq: int, *, types: Sequence[str] = (), ids: Sequence[str] = (), limit: int = 500,
+              upto: int | None = None) -> list[Event]:
+        """Events with a seq greater than ``seq`` (and at most ``upto``), oldest first."""
         where, params = ["seq > ?"], [seq]
+        if upto is not None:
+            where.append("seq <= ?")
+            params.append(upto)
         if types:
             where.append(f"type IN ({','.join('?' * len(types))})")
             params.extend(types)

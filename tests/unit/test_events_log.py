@@ -44,3 +44,15 @@ def test_an_event_in_the_callers_transaction_commits_with_it(db: Database) -> No
     assert log.after(0) == []
     with pytest.raises(ValueError):
         log.record("planet", "created", "x")
+
+
+def test_a_read_is_bounded_by_the_committed_seq(db: Database) -> None:
+    log = EventLog.of(db)
+    for i in range(3):
+        log.record("job", "created", f"j{i}")
+    assert log.visible_seq() == log.last_seq == 3
+    assert [e.id for e in log.after(0, upto=2)] == ["j0", "j1"]
+    with pytest.raises(RuntimeError), db.tx() as conn:
+        log.record("job", "created", "uncommitted", conn=conn)
+        raise RuntimeError
+    assert log.visible_seq() == 3 and [e.id for e in log.after(3)] == []

@@ -41,12 +41,16 @@ class EventServicer(pb_grpc.EventServiceServicer):
         replaying = True
         while True:
             if replaying or self.events.last_seq > cursor:
-                batch = await loop.run_in_executor(None, lambda c=cursor: self.events.after(c, types=types, ids=ids))
+                high = await loop.run_in_executor(None, self.events.visible_seq)
+                batch = await loop.run_in_executor(
+                    None, lambda c=cursor, h=high: self.events.after(c, types=types, ids=ids, upto=h))
                 for event in batch:
                     yield event_to_pb(event)
                     cursor = event.seq
                 if len(batch) == 500:
                     continue   # more to replay before waiting
+                # past events the filter skipped too, so they are not scanned again on every poll
+                cursor = max(cursor, high)
                 replaying = False
             if not request.follow:
                 return
