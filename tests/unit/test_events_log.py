@@ -56,3 +56,12 @@ def test_a_read_is_bounded_by_the_committed_seq(db: Database) -> None:
         log.record("job", "created", "uncommitted", conn=conn)
         raise RuntimeError
     assert log.visible_seq() == 3 and [e.id for e in log.after(3)] == []
+
+
+def test_an_image_recorded_is_a_pulled_event(db: Database) -> None:
+    from capsa.images.store import ImageRecord, ImageStore
+
+    ImageStore(db).put(ImageRecord(ref="registry.local/app:1", digest="sha256:" + "a" * 64, source="registry",
+                                   config={}, layers=[], chain=[], top_snapshot="", size=1, created_ns=1))
+    (event,) = EventLog.of(db).after(0, types=["image"])
+    assert (event.action, event.id, event.attributes["source"]) == ("pulled", "registry.local/app:1", "registry")
