@@ -13,6 +13,7 @@ APT_PACKAGES=(
   docker-registry skopeo umoci
   runc bubblewrap debootstrap
   chromium chromium-driver
+  etcd-server
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -28,6 +29,11 @@ fi
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker-registry 2>/dev/null; then
   systemctl stop docker-registry || true
   systemctl disable docker-registry >/dev/null 2>&1 || true
+fi
+# Likewise etcd: the cluster tests start their own members on loopback ports.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
+  systemctl stop etcd || true
+  systemctl disable etcd >/dev/null 2>&1 || true
 fi
 
 PY="${PYTHON:-}"

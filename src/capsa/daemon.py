@@ -60,6 +60,7 @@ from capsa.workflows import Registries, WorkflowService
 
 if TYPE_CHECKING:
     from capsa.api.server import ApiServer
+    from capsa.cluster import ClusterComponent
 
 __all__ = ["Daemon", "DaemonOptions", "run_daemon"]
 
@@ -96,6 +97,7 @@ class Daemon:
     runtimes: RuntimeService
     workflows: WorkflowService
     server: ApiServer
+    cluster: ClusterComponent | None   # with a cluster section in server.yaml (capsa.cluster)
 
     def __init__(self, options: DaemonOptions) -> None:
         self.options = options
@@ -117,6 +119,7 @@ class Daemon:
             undo.callback(self._remove_pid_file)
             self._build(undo)
             self._reconcile()
+            self._join_pool(undo)
             self._serve(undo)
             self._serving = True
             self._running = undo.pop_all()
@@ -210,6 +213,19 @@ class Daemon:
     def _close_policies(self) -> None:
         while self._policies:
             self._policies.pop().close()
+
+    def _join_pool(self, undo: contextlib.ExitStack) -> None:
+        """Register in the pool and run its assignments: after jobs (it runs pool jobs through them),
+        before serving; closed after the server stopped and before jobs end (it leaves the pool first)."""
+        self.cluster = None
+        if self.config.cluster is None:
+            return
+        from capsa.cluster import ClusterComponent
+
+        self.cluster = ClusterComponent(self.config, jobs=self.jobs, images=self.images,
+                                        capsule_store=self.capsule_store, gpus=self.gpus, listen=self.listen)
+        self.cluster.start()
+        undo.callback(self.cluster.close)
 
     def _serve(self, undo: contextlib.ExitStack) -> None:
         from capsa.api.server import build_server

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from capsa.api.client import CapsaClient
+from capsa.errors import CapsaError
 
 
 @dataclass
@@ -18,6 +19,7 @@ class BurstResult:
     submit_s: float                 # first RunJob sent -> last RunJob answered
     start_span_s: float             # first job started -> last job started (daemon clock)
     list_latencies: list[float] = field(default_factory=list)
+    list_errors: list[str] = field(default_factory=list)   # ListJobs calls that failed during the burst
     job_ids: dict[int, str] = field(default_factory=dict)
 
     @property
@@ -40,6 +42,7 @@ def run_burst(connect: Callable[[], CapsaClient], *, jobs: int, clients: int, li
     lock = threading.Lock()
     done = threading.Event()
     latencies: list[float] = []
+    list_errors: list[str] = []
 
     def submitter(worker: int) -> None:
         with connect() as client:
@@ -51,11 +54,16 @@ def run_burst(connect: Callable[[], CapsaClient], *, jobs: int, clients: int, li
                     ids[n] = job.id
 
     def lister() -> None:
+        # A failed call is recorded, not fatal: the burst goes on and the caller sees every failure.
         with connect() as client:
             while not done.is_set():
                 started = time.perf_counter()
-                client.list_jobs(all=True, limit=list_limit)
-                latencies.append(time.perf_counter() - started)
+                try:
+                    client.list_jobs(all=True, limit=list_limit)
+                except CapsaError as exc:
+                    list_errors.append(f"{type(exc).__name__}: {exc}")
+                else:
+                    latencies.append(time.perf_counter() - started)
                 time.sleep(0.05)
 
     t0 = time.perf_counter()
@@ -84,4 +92,5 @@ def run_burst(connect: Callable[[], CapsaClient], *, jobs: int, clients: int, li
         probe.join()
     nonzero = [s for s in started if s]
     span = (max(nonzero) - min(nonzero)) / 1e9 if nonzero else 0.0
-    return BurstResult(jobs=len(ids), submit_s=submit_s, start_span_s=span, list_latencies=latencies, job_ids=ids)
+    return BurstResult(jobs=len(ids), submit_s=submit_s, start_span_s=span, list_latencies=latencies,
+                       list_errors=list_errors, job_ids=ids)

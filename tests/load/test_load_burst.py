@@ -25,6 +25,7 @@ def test_a_burst_of_2000_jobs_from_20_clients_is_accepted_run_and_logged_exactly
         fresh_daemon: RunningDaemon) -> None:
     # At the floor rate the submissions take 133 s; the budget fails a slower node within three minutes.
     result = run_burst(lambda: fresh_daemon.client("developer"), jobs=JOBS, clients=CLIENTS, budget_s=180)
+    assert not result.list_errors, f"ListJobs failed during the burst: {result.list_errors[:3]}"
     p99 = percentile(result.list_latencies, 99)
     print(f"burst: {result.jobs} of {JOBS} jobs from {CLIENTS} clients; submitted at {result.submit_rate:.0f}/s,"
           f" started at {result.start_rate:.0f}/s; ListJobs p99 {p99 * 1e3:.0f} ms"

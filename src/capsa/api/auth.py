@@ -30,7 +30,7 @@ from capsa.api.roles import required_role
 from capsa.api.validation import validate
 from capsa.api.wire import Malformed, is_async, rewrap, tolerant, unwrap_requests
 from capsa.errors import CapsaError, PermissionDenied, Unauthorized
-from capsa.pki import Role, role_from_cert_pem
+from capsa.pki import Principal, role_from_cert_pem
 
 __all__ = ["AuthInterceptor", "Identity", "identity_of"]
 
@@ -40,7 +40,7 @@ log = logging.getLogger("capsa.api")
 @dataclass(frozen=True)
 class Identity:
     common_name: str
-    role: Role
+    role: Principal
 
 
 @functools.lru_cache(maxsize=256)

@@ -88,6 +88,7 @@ class CapsaClient:
     capsules = _Stub("capsules_pb2_grpc", "CapsuleServiceStub")
     runtimes = _Stub("runtimes_pb2_grpc", "RuntimeServiceStub")
     events = _Stub("events_pb2_grpc", "EventServiceStub")
+    interactive = _Stub("interactive_pb2_grpc", "InteractiveServiceStub")
 
     def __init__(self, node: NodeConfig, *, timeout: float = 60.0) -> None:
         expiry = cert_expiry(node.cert_pem)
@@ -361,6 +362,16 @@ class CapsaClient:
 
     def cancel_workflow(self, workflow_id: str) -> wpb.Workflow:
         return self._call(self.workflows.CancelWorkflow, wpb.CancelWorkflowRequest(id=workflow_id), timeout=None)
+
+    # -- interactive (ADR-0013) ----------------------------------------------------------------
+    def exec_job(self, job_id: str, command: list[str], *, env: dict[str, str] | None = None, user: str = "",
+                 workdir: str = "") -> Any:
+        """Run ``command`` inside a running job; its ``ExecResult`` once it exited (no deadline)."""
+        from capsa.api.gen.capsa.v1 import interactive_pb2
+
+        request = interactive_pb2.ExecRequest(job_id=job_id, command=command, env=env or {}, user=user,
+                                              workdir=workdir)
+        return self._call(self.interactive.Exec, request, timeout=None)
 
     # -- node --------------------------------------------------------------------------------
     def version(self) -> pb.VersionInfo:

@@ -1,17 +1,18 @@
 """The one table mapping every RPC to the least role allowed to call it.
 
-Roles are cumulative (reader < developer < maintainer < admin). A method that is
+Roles are cumulative (reader < developer < maintainer < admin); ``node`` stands apart and only
+opens the node-to-node RPCs of the cluster. A method that is
 missing here is refused for everyone: tests/unit/api/test_roles.py checks that
 every RPC of every service is listed, and calls each one with each role.
 """
 
 from __future__ import annotations
 
-from capsa.pki import Role
+from capsa.pki import NodeRole, Principal, Role
 
 __all__ = ["RPC_ROLES", "required_role"]
 
-RPC_ROLES: dict[str, Role] = {
+RPC_ROLES: dict[str, Principal] = {
     # JobService
     "/capsa.v1.JobService/RunJob": Role.DEVELOPER,
     "/capsa.v1.JobService/GetJob": Role.READER,
@@ -21,6 +22,8 @@ RPC_ROLES: dict[str, Role] = {
     "/capsa.v1.JobService/StreamLogs": Role.READER,
     "/capsa.v1.JobService/UploadFiles": Role.DEVELOPER,
     "/capsa.v1.JobService/CancelJob": Role.DEVELOPER,
+    # InteractiveService: a process inside a running job is the job owner's to run (ADR-0013)
+    "/capsa.v1.InteractiveService/Exec": Role.DEVELOPER,
     # MetricsService
     "/capsa.v1.MetricsService/MetricsStream": Role.READER,
     "/capsa.v1.MetricsService/GetNodeStats": Role.READER,
@@ -69,8 +72,20 @@ RPC_ROLES: dict[str, Role] = {
     "/capsa.v1.EventService/Events": Role.READER,
     "/capsa.v1.NodeService/GetVersion": Role.READER,
     "/capsa.v1.NodeService/WhoAmI": Role.READER,
+    # ClusterService: the pool as users see it, through any node (roles as for local jobs)
+    "/capsa.v1.ClusterService/ListNodes": Role.READER,
+    "/capsa.v1.ClusterService/SubmitPoolJob": Role.DEVELOPER,
+    "/capsa.v1.ClusterService/ListPoolJobs": Role.READER,
+    "/capsa.v1.ClusterService/GetPoolJob": Role.READER,
+    "/capsa.v1.ClusterService/StopPoolJob": Role.DEVELOPER,
+    "/capsa.v1.ClusterService/PoolLogs": Role.READER,
+    "/capsa.v1.ClusterService/SubmitPoolWorkflow": Role.DEVELOPER,
+    "/capsa.v1.ClusterService/GetPoolWorkflow": Role.READER,
+    # ...and node to node: the serving node has checked the user's role; the owner checks it is a node
+    "/capsa.v1.ClusterService/NodeStopJob": NodeRole.NODE,
+    "/capsa.v1.ClusterService/NodeLogs": NodeRole.NODE,
 }
 
 
-def required_role(method: str) -> Role | None:
+def required_role(method: str) -> Principal | None:
     return RPC_ROLES.get(method)

@@ -23,8 +23,10 @@ import grpc.aio
 from capsa.api.auth import AuthInterceptor
 from capsa.api.gen.capsa.v1 import (
     capsules_pb2_grpc,
+    cluster_pb2_grpc,
     events_pb2_grpc,
     images_pb2_grpc,
+    interactive_pb2_grpc,
     jobs_pb2_grpc,
     metrics_pb2_grpc,
     networks_pb2_grpc,
@@ -33,8 +35,10 @@ from capsa.api.gen.capsa.v1 import (
 )
 from capsa.api.limits import StreamLimits
 from capsa.api.servicers.capsules import CapsuleServicer
+from capsa.api.servicers.cluster import ClusterServicer
 from capsa.api.servicers.events import EventServicer
 from capsa.api.servicers.images import ImageServicer
+from capsa.api.servicers.interactive import InteractiveServicer
 from capsa.api.servicers.jobs import JobServicer, NodeServicer
 from capsa.api.servicers.metrics import MetricsServicer
 from capsa.api.servicers.networks import NetworkServicer, VolumeServicer
@@ -42,6 +46,7 @@ from capsa.api.servicers.runtimes import RuntimeServicer
 from capsa.api.servicers.workflows import WorkflowServicer
 from capsa.api.streams import BlockingStreams
 from capsa.config import ApiConfig
+from capsa.jobs.execs import JobExecs
 
 if TYPE_CHECKING:
     from capsa.daemon import Daemon
@@ -104,7 +109,9 @@ class ApiServer:
             options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES), ("grpc.so_reuseport", 0)],
         )
         blocking = self.blocking
-        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(daemon.jobs, blocking), server)
+        execs = JobExecs(daemon.jobs)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(daemon.jobs, blocking, execs), server)
+        interactive_pb2_grpc.add_InteractiveServiceServicer_to_server(InteractiveServicer(execs, blocking), server)
         images_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(daemon.images, blocking), server)
         workflows_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(daemon.workflows), server)
         metrics_pb2_grpc.add_MetricsServiceServicer_to_server(
@@ -117,6 +124,7 @@ class ApiServer:
         events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(daemon.jobs.events), server)
         jobs_pb2_grpc.add_NodeServiceServicer_to_server(
             NodeServicer(cgroup_version=self.cgroup_version, snapshotter=daemon.config.snapshots.backend), server)
+        cluster_pb2_grpc.add_ClusterServiceServicer_to_server(ClusterServicer(daemon.cluster), server)
         tls = daemon.config.tls
         creds = grpc.ssl_server_credentials(
             [(tls.key_pem.encode(), tls.cert_pem.encode())],

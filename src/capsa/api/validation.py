@@ -80,6 +80,7 @@ RULES: dict[str, Rule] = {
     "UploadEntry.size": Rule(high=1 << 50),
     # workflows, runtimes
     "SubmitWorkflowRequest.yaml": _YAML,
+    "SubmitPoolWorkflowRequest.yaml": _YAML,   # cluster: a pool workflow is the same document
     "SubmitWorkflowRequest.request_id": _REQUEST_ID,
     "ListWorkflowsRequest.limit": Rule(high=100_000),
     "SubmitWorkflowRequest.labels": Rule(max_bytes=1 * KiB, max_items=64, max_total=64 * KiB),

@@ -20,14 +20,24 @@ __all__ = ["COMMANDS"]
 @click.option("--address", default="127.0.0.1:7443", show_default=True, help="Address clients dial.")
 @click.option("--host", "hosts", multiple=True, help="Extra DNS name or IP for the server certificate.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
+@click.option("--pool-node", "pool_nodes", multiple=True, metavar="NAME=HOST:PORT[,LABEL=VALUE...]",
+              help="A pool: one node (repeatable); with --etcd, writes a whole pool's certs (docs/cluster.md).")
+@click.option("--etcd", "etcd_members", multiple=True, metavar="NAME=HOST:CLIENT_PORT:PEER_PORT",
+              help="A pool: one etcd member (repeatable).")
 @json_option
-def init(directory: Path, address: str, hosts: tuple[str, ...], force: bool, as_json: bool) -> None:
+def init(directory: Path, address: str, hosts: tuple[str, ...], force: bool, pool_nodes: tuple[str, ...],
+         etcd_members: tuple[str, ...], as_json: bool) -> None:
     """Create a CA, a server config and one client config per role (certificates embedded)."""
     from capsa.config import write_bundle
     from capsa.pki import default_server_hosts
 
-    paths = write_bundle(directory, address=address, hosts=[*default_server_hosts(), *hosts] if hosts else None,
-                         overwrite=force)
+    if pool_nodes or etcd_members:
+        from capsa.cli.cluster import init_pool
+
+        paths = init_pool(directory, pool_nodes, etcd_members, force=force)
+    else:
+        paths = write_bundle(directory, address=address, hosts=[*default_server_hosts(), *hosts] if hosts else None,
+                             overwrite=force)
     if as_json:
         emit({"files": [str(p) for p in paths]})
     else:

@@ -64,17 +64,32 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--gpus", type=click.IntRange(min=0), default=0,
               help="Whole NVIDIA GPUs for the job, exclusively (docs/gpu.md); fails if not enough are free.")
 @feature_options
+@click.option("--pool", is_flag=True, help="Run on whichever node of the pool the scheduler picks (docs/cluster.md).")
+@click.option("--constraint", "constraints", multiple=True, metavar="LABEL=VALUE",
+              help="With --pool: only on nodes with this label (repeatable).")
+@click.option("--restart", type=click.Choice(["no", "on-failure", "always"]), default="no", show_default=True,
+              help="With --pool: place the job again when it fails or its node is lost.")
 @json_option
 @click.argument("command", nargs=-1, required=False)
 @click.pass_obj
 def run(obj: Any, detach: bool, name: str, labels: tuple[str, ...], auto_remove: bool, env: tuple[str, ...], workdir: str, max_cpu: int, cpu_cores: str,
         max_memory: int, max_iobps: int, max_pids: int, image: str, pull: str, runtime: str, user: str,
         seccomp: str, network: str, volumes: tuple[str, ...], capsules: tuple[str, ...], gpus: int,
+        pool: bool, constraints: tuple[str, ...], restart: str,
         as_json: bool, command: tuple[str, ...], **features: Any) -> int:
     """Run COMMAND as an isolated job (attached unless -d): capsa run [flags] -- CMD ARGS."""
     if not command and not image and not runtime:
         raise InvalidArgument("no command given: use `capsa run [flags] -- COMMAND [ARGS...]`")
     client = obj.client()
+    if pool:
+        from capsa.cli.cluster import run_on_pool
+
+        return run_on_pool(client, dict(command=list(command), env=_parse_env(env), workdir=workdir, name=name,
+                                        image=image, pull=pull, runtime=runtime, user=user, seccomp=seccomp,
+                                        network=network, volumes=list(volumes), capsules=list(capsules), gpus=gpus,
+                                        max_cpu=max_cpu, cpu_cores=cpu_cores, max_memory_mb=max_memory,
+                                        max_iobps=max_iobps, max_pids=max_pids),
+                           features, constraints=constraints, restart=restart, detach=detach, as_json=as_json)
     extra = feature_request(client, features)
     job = client.run_job(list(command), env=_parse_env(env), workdir=workdir, name=name, max_cpu=max_cpu,
                          cpu_cores=cpu_cores, max_memory_mb=max_memory, max_iobps=max_iobps, max_pids=max_pids,
@@ -135,11 +150,16 @@ PS_DEFAULT_LAST = 1000   # `ps -a` shows this many newest jobs unless --last say
                    + ", ".join(FORMAT_FIELDS) + ").")
 @click.option("--no-trunc", is_flag=True, help="Full ids and commands.")
 @click.option("-q", "--quiet", is_flag=True, help="Print job ids only.")
+@click.option("--pool", is_flag=True, help="List the pool's jobs, on every node.")
 @json_option
 @click.pass_obj
 def ps(obj: Any, all_: bool, last: int | None, filters: tuple[str, ...], fmt: str, no_trunc: bool, quiet: bool,
-       as_json: bool) -> None:
+       pool: bool, as_json: bool) -> None:
     """List jobs (running ones unless -a)."""
+    if pool:
+        from capsa.cli.cluster import ps_pool
+
+        return ps_pool(obj.client(), all_=all_, quiet=quiet, as_json=as_json)
     from capsa.selectors import parse_filters
 
     template = check_format(fmt) if fmt else ""
@@ -203,10 +223,15 @@ def format_fields(job: Any, no_trunc: bool) -> dict[str, Any]:
 
 @click.command()
 @click.argument("job_id")
+@click.option("--pool", is_flag=True, help="JOB_ID is a pool job.")
 @json_option
 @click.pass_obj
-def inspect(obj: Any, job_id: str, as_json: bool) -> None:
+def inspect(obj: Any, job_id: str, pool: bool, as_json: bool) -> None:
     """Show everything known about a job (JSON)."""
+    if pool:
+        from capsa.cli.cluster import inspect_pool
+
+        return inspect_pool(obj.client(), job_id)
     emit(job_dict(obj.client().get_job(job_id)))
 
 
@@ -219,12 +244,17 @@ def inspect(obj: Any, job_id: str, as_json: bool) -> None:
 @click.option("-t", "--timestamps", is_flag=True, help="Start each line with the time it was written (RFC 3339, UTC).")
 @click.option("--stdout", "only_stdout", is_flag=True, help="Only the job's stdout.")
 @click.option("--stderr", "only_stderr", is_flag=True, help="Only the job's stderr.")
+@click.option("--pool", is_flag=True, help="JOB_ID is a pool job (read from the node that runs it).")
 @json_option
 @click.argument("job_id")
 @click.pass_obj
 def logs(obj: Any, follow: bool, from_seq: int, tail: str, since: str, until: str, timestamps: bool,
-         only_stdout: bool, only_stderr: bool, as_json: bool, job_id: str) -> None:
+         only_stdout: bool, only_stderr: bool, pool: bool, as_json: bool, job_id: str) -> None:
     """Print a job's output (stdout to stdout, stderr to stderr)."""
+    if pool:
+        from capsa.cli.cluster import logs_pool
+
+        return logs_pool(obj.client(), job_id, follow=follow, from_seq=from_seq)
     from capsa.selectors import parse_since
 
     if tail == "all":
@@ -279,11 +309,16 @@ class _Stamper:
 
 @click.command()
 @click.option("-t", "--time", "grace", type=float, default=0, help="Seconds to wait before SIGKILL.")
+@click.option("--pool", is_flag=True, help="JOB_IDS are pool jobs (stopped wherever they run).")
 @json_option
 @click.argument("job_ids", nargs=-1, required=True)
 @click.pass_obj
-def stop(obj: Any, grace: float, as_json: bool, job_ids: tuple[str, ...]) -> None:
+def stop(obj: Any, grace: float, pool: bool, as_json: bool, job_ids: tuple[str, ...]) -> None:
     """Stop jobs: SIGTERM, then SIGKILL after the grace period."""
+    if pool:
+        from capsa.cli.cluster import stop_pool
+
+        return stop_pool(obj.client(), job_ids, grace, as_json=as_json)
     results = [obj.client().stop_job(j, grace_seconds=grace) for j in job_ids]
     if as_json:
         emit([job_dict(j) for j in results])

@@ -55,15 +55,24 @@ def workflow() -> None:
 @click.option("--wait", is_flag=True, help="Follow the workflow until it ends; exit non-zero if any job failed.")
 @click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE",
               help="Label the workflow and each of its jobs (repeatable).")
+@click.option("--pool", is_flag=True, help="Place each job on the pool (docs/cluster.md).")
+@click.option("--constraint", "constraints", multiple=True, metavar="LABEL=VALUE",
+              help="With --pool: every job only on nodes with this label (repeatable).")
 @json_option
 @click.pass_obj
-def run(obj: Any, file: Path, wait: bool, labels: tuple[str, ...], as_json: bool) -> int:
+def run(obj: Any, file: Path, wait: bool, labels: tuple[str, ...], pool: bool, constraints: tuple[str, ...],
+        as_json: bool) -> int:
     """Validate FILE and start it; prints the workflow id."""
     try:
         text = file.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"cannot read {file}: {exc}") from None
     client = obj.client()
+    if pool:
+        from capsa.cli.cluster import run_workflow_on_pool
+
+        return run_workflow_on_pool(client, text, base_dir=str(file.resolve().parent), constraints=constraints,
+                                    wait=wait, as_json=as_json)
     submitted = client.submit_workflow(text, base_dir=str(file.resolve().parent), source=str(file),
                                        labels=key_values(labels, "--label"))
     if not wait:

@@ -14,6 +14,8 @@ from capsa.config.paths import capsa_home
 __all__ = [
     "ApiConfig",
     "BtrfsConfig",
+    "ClusterConfig",
+    "ClusterTLS",
     "DEFAULT_QUEUES",
     "DevmapperConfig",
     "FsmConfig",
@@ -308,6 +310,46 @@ class ApiConfig(StrictModel):
     """Threads for streams that must hold one while they work (uploads, image pulls, runtime builds)."""
 
 
+class ClusterTLS(StrictModel):
+    """A client certificate issued by capsa's CA: ``capsa init --pool-node`` writes one for etcd and one
+    with the ``node`` role for node-to-node calls (docs/cluster.md)."""
+
+    cert_pem: CertPem
+    key_pem: KeyPem
+
+    @field_validator("key_pem")
+    @classmethod
+    def _key_matches_cert(cls, value: str, info: ValidationInfo) -> str:
+        return key_belongs_to(info.data.get("cert_pem"), value)
+
+
+class ClusterConfig(StrictModel):
+    """Membership of a pool of nodes coordinated through etcd (docs/cluster.md, ADR 0012)."""
+
+    etcd: Annotated[list[str], Field(min_length=1)]
+    """etcd client URLs, e.g. https://10.0.0.1:2379; every member, so losing one changes nothing."""
+    node_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+    advertise: ListenAddress | None = None
+    """host:port other nodes dial for this node's API; default: listen."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    lease_ttl_s: Annotated[int, Field(ge=2, le=300)] = 5
+    """A node whose lease is not renewed for this long is LOST and its jobs are placed elsewhere."""
+    max_jobs: Annotated[int, Field(ge=0)] = 0
+    """Concurrent pool jobs this node accepts; 0 = 4 per CPU."""
+    etcd_tls: ClusterTLS | None = None
+    """Client certificate for etcd (mutual TLS, CA = tls.ca_pem); None only for plain-HTTP test etcds."""
+    node_tls: ClusterTLS | None = None
+    """Client certificate with the ``node`` role, for proxying pool calls to the owning node."""
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$", key):
+                raise ValueError(f"label {key!r}: letters, digits, '_', '.', '-', '/' (at most 63)")
+        return value
+
+
 class ServerConfig(StrictModel):
     listen: ListenAddress = "127.0.0.1:7443"
     tls: ServerTLS
@@ -321,6 +363,8 @@ class ServerConfig(StrictModel):
     api: ApiConfig = Field(default_factory=ApiConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
     runtimes: RuntimesConfig = Field(default_factory=RuntimesConfig)
+    cluster: ClusterConfig | None = None
+    """Join a pool of nodes through etcd; None = a standalone node."""
 
     @field_validator("home")
     @classmethod

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from capsa.errors import FailedPrecondition, InvalidArgument, Unauthorized
-from capsa.pki.roles import Role
+from capsa.pki.roles import NodeRole, Principal, Role
 
 __all__ = [
     "IssuedCert",
@@ -33,6 +33,9 @@ __all__ = [
     "create_ca",
     "default_server_hosts",
     "issue_client_cert",
+    "issue_etcd_client_cert",
+    "issue_etcd_member_cert",
+    "issue_node_cert",
     "issue_server_cert",
     "load_certificate",
     "load_private_key",
@@ -216,7 +219,7 @@ def _leaf_key_usage() -> x509.KeyUsage:
 def _sign_leaf(
     ca: IssuedCert,
     subject: x509.Name,
-    usage: x509.ObjectIdentifier,
+    usage: x509.ObjectIdentifier | list[x509.ObjectIdentifier],
     days: int,
     not_before: dt.datetime | None,
     not_after: dt.datetime | None,
@@ -243,7 +246,7 @@ def _sign_leaf(
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_leaf_key_usage(), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usage if isinstance(usage, list) else [usage]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(aki, critical=False)
     )
@@ -300,7 +303,7 @@ def issue_client_cert(
     ca: IssuedCert,
     *,
     name: str,
-    role: Role,
+    role: Principal,
     days: int = 365,
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
@@ -314,7 +317,7 @@ def issue_client_cert(
         raise InvalidArgument("client certificate name must not be empty")
     if len(name) > 64:
         raise InvalidArgument(f"client certificate name is {len(name)} characters; the limit is 64")
-    role = Role.parse(role) if not isinstance(role, Role) else role
+    role = Role.parse(role) if not isinstance(role, Role | NodeRole) else role
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORGANIZATION),
@@ -328,7 +331,32 @@ def issue_client_cert(
 # --------------------------------------------------------------------------- inspecting
 
 
-def role_from_cert_pem(pem: str | bytes) -> Role:
+def issue_node_cert(ca: IssuedCert, *, node: str, days: int = 365) -> IssuedCert:
+    """A client certificate with the ``node`` role, for one pool node calling another."""
+    return issue_client_cert(ca, name=f"node:{node}"[:64], role=NodeRole.NODE, days=days)
+
+
+def issue_etcd_client_cert(ca: IssuedCert, *, name: str, days: int = 365) -> IssuedCert:
+    """A clientAuth certificate for talking to etcd only: it carries no role (no OU), so capsa's own
+    API refuses it; a stolen etcd credential is not also an API credential."""
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORGANIZATION),
+                         x509.NameAttribute(NameOID.COMMON_NAME, f"etcd-client:{name}"[:64])])
+    return _sign_leaf(ca, subject, ExtendedKeyUsageOID.CLIENT_AUTH, days, None, None)
+
+
+def issue_etcd_member_cert(ca: IssuedCert, *, name: str, hosts: list[str], days: int = 825) -> IssuedCert:
+    """A certificate for one etcd member: server and client auth (etcd uses it for both sides of peer
+    connections), with ``hosts`` as SANs."""
+    general = list(dict.fromkeys(_general_name(h) for h in _dedupe(hosts)))
+    if not general:
+        raise InvalidArgument("an etcd member certificate needs at least one host name or IP address")
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORGANIZATION),
+                         x509.NameAttribute(NameOID.COMMON_NAME, f"etcd:{name}"[:64])])
+    return _sign_leaf(ca, subject, [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH], days,
+                      None, None, x509.SubjectAlternativeName(general))
+
+
+def role_from_cert_pem(pem: str | bytes) -> Principal:
     """The role in the certificate subject's OU.
 
     Does not verify the certificate: call it on a peer certificate the TLS
@@ -346,6 +374,8 @@ def role_from_cert_pem(pem: str | bytes) -> Role:
         )
     value = units[0].value
     value = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    if value == NodeRole.NODE.value:
+        return NodeRole.NODE
     try:
         return Role(value)
     except ValueError:

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from capsa.errors import InvalidArgument
 
-__all__ = ["Role"]
+__all__ = ["NodeRole", "Principal", "Role"]
 
 
 class Role(StrEnum):
@@ -27,6 +27,8 @@ class Role(StrEnum):
 
     def allows(self, required: Role) -> bool:
         """True when a holder of this role may do what ``required`` may do."""
+        if isinstance(required, NodeRole):
+            return False   # node-to-node calls are not a user permission, however high
         if not isinstance(required, Role):
             raise TypeError(f"Role.allows() needs a Role, got {type(required).__name__}")
         return self.rank >= required.rank
@@ -63,3 +65,21 @@ class Role(StrEnum):
 
 
 _RANKS: dict[Role, int] = {role: rank for rank, role in enumerate(Role)}
+
+
+class NodeRole(StrEnum):
+    """The role of a capsa node calling another node of its pool (capsa.cluster proxying).
+
+    Outside the user hierarchy on purpose: a node certificate may call the node-to-node RPCs and
+    nothing else, and no user role, admin included, may call those (they skip the user's own check,
+    which the serving node already made).
+    """
+
+    NODE = "node"
+
+    def allows(self, required: Role | NodeRole) -> bool:
+        return required is NodeRole.NODE
+
+
+Principal = Role | NodeRole
+"""Whatever a client certificate's OU may name: a user role or the node role."""

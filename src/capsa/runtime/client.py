@@ -28,6 +28,8 @@ from typing import TypeVar
 from capsa.errors import CapsaError, Unavailable
 from capsa.runtime.protocol import (
     ErrorReply,
+    ExecReply,
+    ExecRequest,
     ExitEvent,
     ForgetRequest,
     JobRecord,
@@ -224,6 +226,15 @@ class SupervisorClient:
     def mount(self, job_id: str, action: str, *, target: str, source: str = "", create_target: bool = True) -> None:
         """attach | swap | detach a read-only mount in a running job (done by the zygote, see mounts.py)."""
         self.request(MountRequest(job_id, action, target, source, create_target), OkReply)
+
+    def exec(self, job_id: str, argv: tuple[str, ...], *, env: tuple[str, ...] = (), uid: int = -1,
+             gid: int = -1, workdir: str = "") -> ExecReply:
+        """Run ``argv`` inside a running job and wait for its end (``StartFailedError`` if never exec'd).
+
+        No timeout: the supervisor answers when the process exits, which it does at the latest
+        with its job; a supervisor that goes away fails the wait.
+        """
+        return self.request(ExecRequest(job_id, tuple(argv), tuple(env), uid, gid, workdir), ExecReply, timeout=None)
 
     def shutdown(self) -> None:
         with contextlib.suppress(CapsaError):

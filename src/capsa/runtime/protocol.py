@@ -28,6 +28,8 @@ __all__ = [
     "MAX_GRACE_S",
     "MOUNT_ACTIONS",
     "ErrorReply",
+    "ExecReply",
+    "ExecRequest",
     "ExitEvent",
     "ForgetRequest",
     "Forked",
@@ -49,6 +51,7 @@ __all__ = [
     "StartRequest",
     "StopRequest",
     "SubscribeRequest",
+    "ZygoteExec",
     "ZygoteMount",
     "ZygoteStart",
     "decode",
@@ -200,6 +203,35 @@ class MountRequest(Message):
             raise InvalidArgument(f"mount source {self.source!r} is not an absolute path")
 
 
+@message("exec")
+@dataclass(frozen=True)
+class ExecRequest(Message):
+    """Run ``argv`` inside a running job (its namespaces, cgroups, root, seccomp, caps, user).
+
+    ``uid``/``gid`` -1: the job's own user; ``workdir`` "": the job's; ``env`` ("K=V" items) is added
+    to the job's.
+    Answered by ``ExecReply`` once the process exited and its output is drained (ADR-0013).
+    """
+
+    job_id: str
+    argv: tuple[str, ...]
+    env: tuple[str, ...] = ()
+    uid: int = -1
+    gid: int = -1
+    workdir: str = ""
+
+    def validate(self) -> None:
+        validate_job_id(self.job_id)
+        if not self.argv or not self.argv[0] or any("\0" in a for a in self.argv):
+            raise InvalidArgument("exec needs a command (and no NUL bytes in it)")
+        if not (-1 <= self.uid <= _MAX_ID and -1 <= self.gid <= _MAX_ID):
+            raise InvalidArgument(f"uid/gid {self.uid}/{self.gid} out of range")
+        if self.workdir and (not self.workdir.startswith("/") or "\0" in self.workdir):
+            raise InvalidArgument(f"workdir {self.workdir!r} is not an absolute path")
+        if any(item.find("=") < 1 or "\0" in item for item in self.env):
+            raise InvalidArgument("exec environment items are K=V with a non-empty K and no NUL")
+
+
 @message("ping")
 @dataclass(frozen=True)
 class PingRequest(Message):
@@ -242,6 +274,21 @@ class ListReply(Message):
 class PingReply(Message):
     pid: int
     cgroup_version: int
+
+
+@message("exec_done")
+@dataclass(frozen=True)
+class ExecReply(Message):
+    """An exec's end: exit code (128+N for signal N), its output (base64; capped, see ``truncated``)."""
+
+    pid: int
+    exit_code: int
+    signal: int
+    stdout_b64: str
+    stderr_b64: str
+    oom_killed: bool = False
+    truncated: bool = False
+    exec_latency_ns: int = 0   # request received -> command exec'd, as the supervisor saw it
 
 
 @message("error")
@@ -320,6 +367,23 @@ class ZygoteMount(Message):
     target: str
     source: str = ""
     create_target: bool = True
+
+
+@message("zygote_exec")
+@dataclass(frozen=True)
+class ZygoteExec(Message):
+    """Fork a process into a running job; carries [job pidfd, stdout, stderr, report] as SCM_RIGHTS.
+
+    ``spec`` is the job's (seccomp profile, capabilities, user, env); the rest is the exec's own.
+    """
+
+    spec: JobSpec
+    cgroup_procs: tuple[str, ...]
+    argv: tuple[str, ...]
+    env: tuple[str, ...]
+    uid: int
+    gid: int
+    workdir: str
 
 
 @message("forked")

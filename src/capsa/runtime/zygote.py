@@ -24,13 +24,14 @@ from typing import NoReturn
 
 from capsa import linux
 from capsa.errors import CapsaError, InvalidArgument
-from capsa.runtime import mounts, security, stage2
+from capsa.runtime import execproc, mounts, security, stage2
 from capsa.runtime.cgroups.jobview import host_cgroup_mounts
 from capsa.runtime.protocol import (
     Forked,
     Message,
     OkReply,
     StageFailed,
+    ZygoteExec,
     ZygoteMount,
     ZygoteStart,
     decode,
@@ -64,13 +65,22 @@ def zygote_main(sock: socket.socket) -> NoReturn:
         try:
             _id, msg = decode(frame)
         except InvalidArgument as exc:   # the supervisor sent something we cannot run: answer where we can
-            if len(fds) == 3:
-                _report(fds[2], f"bad start order: {exc}")
+            if len(fds) in (3, 4):
+                _report(fds[-1], f"bad start order: {exc}")
             elif len(fds) == 2:
                 _write(fds[1], error_reply(exc))
             msg = None
         if isinstance(msg, ZygoteMount):   # a live capsule mount into a running job: fds = [pidfd, reply]
             _mount(msg, fds)
+        elif isinstance(msg, ZygoteExec) and len(fds) == 4:   # capsa exec: [pidfd, out, err, report]
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                _report(fds[3], f"fork: {exc}")
+                pid = -1
+            if pid == 0:
+                sock.close()
+                execproc.exec_stage_one(msg, fds, filters)
         elif isinstance(msg, ZygoteStart) and len(fds) == 3:
             try:
                 pid = os.fork()

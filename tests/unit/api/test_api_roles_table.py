@@ -7,7 +7,7 @@ import pkgutil
 
 import capsa.api.gen
 from capsa.api.roles import RPC_ROLES, required_role
-from capsa.pki import Role
+from capsa.pki import NodeRole, Role
 
 
 def _all_rpcs() -> set[str]:
@@ -37,7 +37,14 @@ def test_the_role_table_names_only_existing_rpcs() -> None:
 
 
 def test_every_entry_is_a_role() -> None:
-    assert all(isinstance(role, Role) for role in RPC_ROLES.values())
+    assert all(isinstance(role, Role | NodeRole) for role in RPC_ROLES.values())
+
+
+def test_only_node_to_node_rpcs_need_the_node_role_and_no_user_role_reaches_them() -> None:
+    node_only = {m for m, r in RPC_ROLES.items() if r is NodeRole.NODE}
+    assert node_only == {"/capsa.v1.ClusterService/NodeStopJob", "/capsa.v1.ClusterService/NodeLogs"}
+    assert not any(Role.ADMIN.allows(RPC_ROLES[m]) for m in node_only)
+    assert not any(NodeRole.NODE.allows(r) for m, r in RPC_ROLES.items() if m not in node_only)
 
 
 def test_job_rpcs_follow_the_documented_split() -> None:

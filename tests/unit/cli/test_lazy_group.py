@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from capsa.cli import main as cli_main
 
-MODULES = ["jobs", "run_features", "images", "runtimes", "capsules", "workflows", "networks", "stats", "admin", "web", "watch"]
+MODULES = ["jobs", "run_features", "images", "runtimes", "capsules", "workflows", "networks", "stats", "admin", "web",
+           "cluster", "interactive", "watch"]
 
 
 def _real_commands() -> dict[str, click.Command]:

@@ -14,8 +14,10 @@ from capsa.api.auth import identity_of
 from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
 from capsa.api.gen.capsa.v1 import jobs_pb2_grpc as pb_grpc
 from capsa.api.servicers._base import rpc
+from capsa.api.servicers.interactive import exec_events_pb
 from capsa.api.streams import BlockingStreams, follow_log
 from capsa.errors import InvalidArgument
+from capsa.jobs.execs import JobExecs
 from capsa.jobs.model import Job, Resources, RunRequest
 from capsa.jobs.service import JobService
 from capsa.jobs.uploads import UploadEntry
@@ -45,9 +47,10 @@ def job_to_pb(job: Job) -> pb.Job:
 
 
 class JobServicer(pb_grpc.JobServiceServicer):
-    def __init__(self, jobs: JobService, blocking: BlockingStreams) -> None:
+    def __init__(self, jobs: JobService, blocking: BlockingStreams, execs: JobExecs | None = None) -> None:
         self.jobs = jobs
         self.blocking = blocking
+        self.execs = execs
 
     @rpc
     def RunJob(self, request: pb.RunJobRequest, context: grpc.ServicerContext) -> pb.Job:
@@ -96,7 +99,10 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     @rpc
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
-        return job_to_pb(self.jobs.get(request.id))
+        job = job_to_pb(self.jobs.get(request.id))
+        if self.execs is not None:   # the audit trail of `capsa exec` (capsa.jobs.execs)
+            job.exec_events.extend(exec_events_pb(self.execs.events(job.id)))
+        return job
 
     @rpc
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:

@@ -49,6 +49,7 @@ from capsa.runtime.protocol import (
     decode,
 )
 from capsa.runtime.spec import JobSpec
+from capsa.runtime.supervisor._exec import ExecMixin
 from capsa.runtime.supervisor._links import Caller, HostProcesses, Processes, Zygote, ZygoteLink
 from capsa.runtime.supervisor._loop import EventLoop, handles
 from capsa.runtime.wire import FrameReader
@@ -86,7 +87,7 @@ class _Job:
     received_ns: int = 0             # monotonic: when the start request arrived
 
 
-class Supervisor(EventLoop):
+class Supervisor(ExecMixin, EventLoop):
     def __init__(self, home: Path, *, driver: Any = None, zygote: Zygote | None = None,
                  processes: Processes | None = None, persister: LogPersister | None = None) -> None:
         self.home = home
@@ -102,6 +103,7 @@ class Supervisor(EventLoop):
         self.driver = driver
         self.processes = processes or HostProcesses()
         self.persister = persister
+        self._exec_init()
 
     # -- set-up ----------------------------------------------------------------------------------
     def start(self, *, signals: bool = True) -> None:
@@ -166,6 +168,8 @@ class Supervisor(EventLoop):
                 if self.running:
                     self.forget_zygote_fd()
                     self.zygote.spawn()
+                continue
+            if self._exec_reaped(pid, status):
                 continue
             job_id = self.by_pid.get(pid)
             if job_id is None:
@@ -270,6 +274,9 @@ class Supervisor(EventLoop):
     def on_fd(self, kind: str, fd: int) -> None:
         if kind == "mount":
             self._on_mount_reply(fd)
+            return
+        if kind == "exec":
+            self._on_exec_fd(fd)
             return
         if fd not in self.by_fd:
             return
@@ -510,6 +517,7 @@ class Supervisor(EventLoop):
                 if key.data[0] == "pipe":
                     self.on_fd("pipe", key.fd)
             self.on_children()
+        self._exec_shutdown()
         if self.persister is not None:
             self.persister.close()
         with contextlib.suppress(Exception):

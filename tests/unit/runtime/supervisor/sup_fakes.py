@@ -25,6 +25,7 @@ from capsa.runtime.protocol import (
     Message,
     OkReply,
     StageFailed,
+    ZygoteExec,
     ZygoteMount,
     ZygoteStart,
     encode,
@@ -131,6 +132,8 @@ class FakeZygote:
         try:
             if isinstance(msg, ZygoteStart):
                 keep = self._start(msg, fds)
+            elif isinstance(msg, ZygoteExec):
+                self._exec(msg, fds)
             elif isinstance(msg, ZygoteMount):
                 reply: Message = OkReply() if msg.target != "/fail" else ErrorReply("failed_precondition", "no")
                 write_frame(fds[1], encode(reply))
@@ -159,6 +162,26 @@ class FakeZygote:
                 os.write(fds[0], " ".join(msg.spec.argv[1:]).encode() + b"\n")
             self.processes.exit(pid, 0)
         return False
+
+    def _exec(self, msg: ZygoteExec, fds: list[int]) -> None:
+        """An exec into a job: ``/missing`` is not found, ``/exit N`` exits N, ``/kill`` dies of SIGKILL;
+        every other command prints its argv and the user, workdir and env it was given, and exits 0."""
+        _pidfd, out, err, report = fds
+        command = msg.argv[0]
+        if command == "/missing":
+            write_frame(report, encode(StageFailed(f"exec {command}", errno.ENOENT, f"exec {command}: not found")))
+            return
+        pid = next(self._pids)
+        self.processes.alive.add(pid)
+        write_frame(report, encode(Forked(pid)))
+        os.write(out, f"{' '.join(msg.argv)}|{msg.uid}:{msg.gid}|{msg.workdir}|{','.join(msg.env)}".encode())
+        os.write(err, b"err")
+        if command == "/exit":
+            self.processes.exit(pid, int(msg.argv[1]) << 8)
+        elif command == "/kill":
+            self.processes.exit(pid, 9)
+        else:
+            self.processes.exit(pid, 0)
 
     def flush(self) -> None:
         pass

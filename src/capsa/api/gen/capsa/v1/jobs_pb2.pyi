@@ -91,7 +91,7 @@ class RunJobRequest(_message.Message):
     def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., workdir: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., pull: _Optional[str] = ..., entrypoint_set: _Optional[bool] = ..., user: _Optional[str] = ..., seccomp: _Optional[str] = ..., network: _Optional[str] = ..., volumes: _Optional[_Iterable[str]] = ..., upload_session: _Optional[str] = ..., secret_env: _Optional[_Mapping[str, str]] = ..., schedule: _Optional[str] = ..., timeout: _Optional[str] = ..., capsules: _Optional[_Iterable[str]] = ..., runtime: _Optional[str] = ..., gpus: _Optional[int] = ..., request_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., auto_remove: _Optional[bool] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "name", "command", "state", "exit_code", "signal", "reason", "created_at_ns", "started_at_ns", "ended_at_ns", "resources", "pid", "ended", "env", "workdir", "hostname", "cgroup", "start_latency_ns", "image", "image_digest", "scheduled_at_ns", "timeout_seconds", "secret_env_keys", "workflow_id", "workflow_job", "seccomp", "network", "ip", "volumes", "gpus", "gpu_devices", "log_incomplete_bytes", "labels", "auto_remove")
+    __slots__ = ("id", "name", "command", "state", "exit_code", "signal", "reason", "created_at_ns", "started_at_ns", "ended_at_ns", "resources", "pid", "ended", "env", "workdir", "hostname", "cgroup", "start_latency_ns", "image", "image_digest", "scheduled_at_ns", "timeout_seconds", "secret_env_keys", "workflow_id", "workflow_job", "seccomp", "network", "ip", "volumes", "gpus", "gpu_devices", "log_incomplete_bytes", "labels", "auto_remove", "exec_events")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +140,7 @@ class Job(_message.Message):
     LOG_INCOMPLETE_BYTES_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     AUTO_REMOVE_FIELD_NUMBER: _ClassVar[int]
+    EXEC_EVENTS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -174,7 +175,28 @@ class Job(_message.Message):
     log_incomplete_bytes: int
     labels: _containers.ScalarMap[str, str]
     auto_remove: bool
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[str] = ..., created_at_ns: _Optional[int] = ..., started_at_ns: _Optional[int] = ..., ended_at_ns: _Optional[int] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., pid: _Optional[int] = ..., ended: _Optional[bool] = ..., env: _Optional[_Mapping[str, str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., cgroup: _Optional[str] = ..., start_latency_ns: _Optional[int] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ..., scheduled_at_ns: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., secret_env_keys: _Optional[_Iterable[str]] = ..., workflow_id: _Optional[str] = ..., workflow_job: _Optional[str] = ..., seccomp: _Optional[str] = ..., network: _Optional[str] = ..., ip: _Optional[str] = ..., volumes: _Optional[_Iterable[str]] = ..., gpus: _Optional[int] = ..., gpu_devices: _Optional[_Iterable[str]] = ..., log_incomplete_bytes: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., auto_remove: _Optional[bool] = ...) -> None: ...
+    exec_events: _containers.RepeatedCompositeFieldContainer[ExecEvent]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[str] = ..., created_at_ns: _Optional[int] = ..., started_at_ns: _Optional[int] = ..., ended_at_ns: _Optional[int] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., pid: _Optional[int] = ..., ended: _Optional[bool] = ..., env: _Optional[_Mapping[str, str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., cgroup: _Optional[str] = ..., start_latency_ns: _Optional[int] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ..., scheduled_at_ns: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., secret_env_keys: _Optional[_Iterable[str]] = ..., workflow_id: _Optional[str] = ..., workflow_job: _Optional[str] = ..., seccomp: _Optional[str] = ..., network: _Optional[str] = ..., ip: _Optional[str] = ..., volumes: _Optional[_Iterable[str]] = ..., gpus: _Optional[int] = ..., gpu_devices: _Optional[_Iterable[str]] = ..., log_incomplete_bytes: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., auto_remove: _Optional[bool] = ..., exec_events: _Optional[_Iterable[_Union[ExecEvent, _Mapping]]] = ...) -> None: ...
+
+class ExecEvent(_message.Message):
+    __slots__ = ("who", "command", "at_ns", "user", "ended", "exit_code", "ended_at_ns", "error")
+    WHO_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    AT_NS_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_NS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    who: str
+    command: _containers.RepeatedScalarFieldContainer[str]
+    at_ns: int
+    user: str
+    ended: bool
+    exit_code: int
+    ended_at_ns: int
+    error: str
+    def __init__(self, who: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., at_ns: _Optional[int] = ..., user: _Optional[str] = ..., ended: _Optional[bool] = ..., exit_code: _Optional[int] = ..., ended_at_ns: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("id",)

@@ -1,0 +1,197 @@
+"""``capsa exec`` in the supervisor: hand the zygote a pidfd and pipes, collect output, reap, answer.
+
+The exec'd process is forked by the zygote (:mod:`capsa.runtime.execproc`) and re-parented
+to us — we are the subreaper — so its exit status comes through the same ``on_children``
+as every job's. The request is answered once it was reaped *and* its pipes hit EOF, with
+its exit code (128+N for a signal) and output. It dies with its job: it is in the job's
+PID namespace (whose PID 1 exiting kills it) and in its cgroup (killed with it).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import os
+import selectors
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from capsa.errors import CapsaError, FailedPrecondition, NotFound
+from capsa.runtime.protocol import (
+    ExecReply,
+    ExecRequest,
+    Forked,
+    Message,
+    ProcState,
+    StageFailed,
+    StartFailed,
+    ZygoteExec,
+    decode,
+)
+from capsa.runtime.supervisor._links import Caller
+from capsa.runtime.supervisor._loop import handles
+from capsa.runtime.wire import FrameReader
+
+__all__ = ["EXEC_OUTPUT_LIMIT", "ExecMixin"]
+
+# Output kept per stream of one exec (the reply is one frame); beyond it is read and dropped,
+# so the process never blocks on a full pipe, and the reply says ``truncated``.
+EXEC_OUTPUT_LIMIT = 8 << 20
+_READ = 1 << 16
+
+
+@dataclass
+class _Exec:
+    caller: Caller
+    job_id: str
+    report_fd: int
+    out_fds: dict[int, bytearray] = field(default_factory=dict)
+    report: FrameReader = field(default_factory=FrameReader)
+    pid: int = 0
+    wait_status: int | None = None
+    failure: StageFailed | None = None
+    truncated: bool = False
+    stdout: bytearray = field(default_factory=bytearray)
+    stderr: bytearray = field(default_factory=bytearray)
+    received_ns: int = 0        # monotonic: when the request arrived
+    exec_latency_ns: int = 0    # request -> the CLOEXEC report pipe closed, i.e. the command was exec'd
+
+
+class ExecMixin:
+    """Mixed into ``Supervisor`` (its ``jobs``, ``sel``, ``zygote``, ``processes``, ``early_exits``)."""
+
+    jobs: dict[str, Any]
+    sel: selectors.BaseSelector
+    zygote: Any
+    processes: Any
+    early_exits: dict[int, int]
+
+    def _exec_init(self) -> None:
+        self.execs_by_fd: dict[int, _Exec] = {}
+        self.execs_by_pid: dict[int, _Exec] = {}
+
+    @handles(ExecRequest)
+    def _exec(self, req: ExecRequest, caller: Caller) -> Message | None:
+        job = self.jobs.get(req.job_id)
+        if job is None:
+            raise NotFound(f"unknown job {req.job_id}")
+        if job.record.state != ProcState.RUNNING or job.wait_status is not None or not job.record.pid:
+            raise FailedPrecondition(f"job {req.job_id} is not running")
+        try:
+            pidfd = self.processes.pidfd(job.record.pid)   # our unreaped child: the PID is still the job's
+        except ProcessLookupError as exc:
+            raise FailedPrecondition(f"job {req.job_id} is not running") from exc
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        rep_r, rep_w = os.pipe2(os.O_CLOEXEC)
+        ex = _Exec(caller=caller, job_id=req.job_id, report_fd=rep_r, received_ns=time.monotonic_ns())
+        ex.out_fds = {out_r: ex.stdout, err_r: ex.stderr}
+        for fd in (out_r, err_r, rep_r):
+            os.set_blocking(fd, False)
+            self.execs_by_fd[fd] = ex
+            self.sel.register(fd, selectors.EVENT_READ, ("exec", None))
+        order = ZygoteExec(job.spec, tuple(str(p) for p in job.cgroup.join_files()), req.argv, req.env,
+                           req.uid, req.gid, req.workdir)
+        try:
+            self.zygote.submit(order, [pidfd, out_w, err_w, rep_w])
+        except Exception as exc:   # our ends close with it; the report EOF answers the request
+            ex.failure = StageFailed("launch", 0, f"zygote unavailable: {exc}")
+            for fd in (pidfd, out_w, err_w, rep_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        return None
+
+    def _on_exec_fd(self, fd: int) -> None:
+        ex = self.execs_by_fd.get(fd)
+        if ex is None:
+            return
+        try:
+            data = os.read(fd, _READ)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            if fd == ex.report_fd:
+                self._exec_report(ex, data)
+                return
+            buf = ex.out_fds[fd]
+            room = EXEC_OUTPUT_LIMIT - len(buf)
+            if len(data) > room:
+                ex.truncated = True
+            buf += data[:max(room, 0)]
+            return
+        self.sel.unregister(fd)
+        os.close(fd)
+        del self.execs_by_fd[fd]
+        if fd == ex.report_fd:
+            ex.report_fd = -1
+            ex.exec_latency_ns = time.monotonic_ns() - ex.received_ns
+            if ex.pid == 0 and ex.failure is None:
+                ex.failure = StageFailed("launch", 0, "the exec'd process vanished before exec")
+        else:
+            del ex.out_fds[fd]
+        self._exec_maybe_done(ex)
+
+    def _exec_report(self, ex: _Exec, data: bytes) -> None:
+        try:
+            frames = ex.report.feed(data)
+        except CapsaError as exc:
+            ex.failure = ex.failure or StageFailed("report", 0, f"unreadable exec report: {exc}")
+            return
+        for frame in frames:
+            try:
+                _id, msg = decode(frame)
+            except CapsaError as exc:
+                msg = StageFailed("report", 0, f"unreadable exec report: {exc}")
+            if isinstance(msg, Forked) and msg.pid > 0:
+                ex.pid = msg.pid
+                self.execs_by_pid[msg.pid] = ex
+                if msg.pid in self.early_exits:
+                    ex.wait_status = self.early_exits.pop(msg.pid)
+            elif isinstance(msg, StageFailed) and ex.failure is None:
+                ex.failure = msg
+
+    def _exec_reaped(self, pid: int, status: int) -> bool:
+        """``on_children``'s hook: True if ``pid`` was an exec'd process."""
+        ex = self.execs_by_pid.get(pid)
+        if ex is None:
+            return False
+        ex.wait_status = status
+        self._exec_maybe_done(ex)
+        return True
+
+    def _exec_maybe_done(self, ex: _Exec) -> None:
+        if ex.report_fd != -1 or ex.out_fds:
+            return
+        if ex.pid and ex.wait_status is None:
+            return
+        self.execs_by_pid.pop(ex.pid, None)
+        if ex.failure is not None:
+            step = ex.failure.step
+            exec_failed = step == "exec" or step.startswith("exec ")
+            reply: Message = StartFailed(step, ex.failure.errno, ex.failure.message,
+                                         command_not_found=exec_failed and ex.failure.errno == errno.ENOENT,
+                                         exec_failed=exec_failed)
+        else:
+            code = os.waitstatus_to_exitcode(ex.wait_status or 0)
+            sig = -code if code < 0 else 0
+            job = self.jobs.get(ex.job_id)
+            oom = False
+            if sig == 9 and job is not None:
+                with contextlib.suppress(Exception):
+                    oom = bool(job.cgroup.oom_killed())
+            reply = ExecReply(ex.pid, 128 + sig if sig else code, sig,
+                              base64.b64encode(bytes(ex.stdout)).decode(),
+                              base64.b64encode(bytes(ex.stderr)).decode(), oom, ex.truncated, ex.exec_latency_ns)
+        self.answer(ex.caller, reply)  # type: ignore[attr-defined]
+
+    def _exec_shutdown(self) -> None:
+        for fd in list(self.execs_by_fd):
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.sel.unregister(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.execs_by_fd.clear()
