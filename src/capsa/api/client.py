@@ -74,6 +74,7 @@ npb = _LazyModule("networks_pb2")
 rpb = _LazyModule("runtimes_pb2")
 hpb = _LazyModule("housekeeping_pb2")
 wpb = _LazyModule("workflows_pb2")
+epb = _LazyModule("events_pb2")
 
 __all__ = ["CapsaClient"]
 
@@ -88,6 +89,7 @@ class CapsaClient:
     workflows = _Stub("workflows_pb2_grpc", "WorkflowServiceStub")
     capsules = _Stub("capsules_pb2_grpc", "CapsuleServiceStub")
     runtimes = _Stub("runtimes_pb2_grpc", "RuntimeServiceStub")
+    events = _Stub("events_pb2_grpc", "EventServiceStub")
     interactive = _Stub("interactive_pb2_grpc", "InteractiveServiceStub")
     files = _Stub("files_pb2_grpc", "FileServiceStub")
     housekeeping = _Stub("housekeeping_pb2_grpc", "HousekeepingServiceStub")
@@ -175,9 +177,10 @@ class CapsaClient:
                 secret_env: dict[str, str] | None = None, upload_session: str = "", schedule: str = "",
                 timeout: str = "", capsules: list[str] | None = None, runtime: str = "", gpus: int = 0,
                 request_id: str = "", ports: list[str] | None = None, restart: str = "",
-                log_max_size: str = "") -> pb.Job:
+                log_max_size: str = "", labels: dict[str, str] | None = None, auto_remove: bool = False) -> pb.Job:
         """Start a job; ``request_id`` (default: a fresh uuid4) makes retries safe, see :meth:`_submit`."""
         request = pb.RunJobRequest(
+            labels=labels or {}, auto_remove=auto_remove,
             request_id=request_id or self.new_request_id(),
             command=command, env=env or {}, workdir=workdir, name=name, image=image, pull=pull, user=user,
             gpus=gpus, restart=restart, log_max_size=log_max_size,
@@ -250,7 +253,7 @@ class CapsaClient:
     def get_job(self, job_id: str) -> pb.Job:
         return self._call(self.jobs.GetJob, pb.GetJobRequest(id=job_id))
 
-    def list_jobs(self, *, all: bool = False, limit: int = 0) -> list[pb.Job]:
+    def list_jobs(self, *, all: bool = False, limit: int = 0, filters: dict[str, Any] | None = None) -> list[pb.Job]:
         """Jobs newest first: every matching one (``limit`` 0), or the newest ``limit``.
 
         Fetched in pages of at most PAGE_SIZE, so no single response is large.
@@ -259,7 +262,7 @@ class CapsaClient:
         token = ""
         while True:
             want = self.PAGE_SIZE if not limit else min(self.PAGE_SIZE, limit - len(jobs))
-            page = self.list_jobs_page(all=all, limit=want, page_token=token)
+            page = self.list_jobs_page(all=all, limit=want, page_token=token, filters=filters)
             jobs.extend(page.jobs)
             token = page.next_page_token
             if not token or (limit and len(jobs) >= limit):
@@ -267,8 +270,11 @@ class CapsaClient:
 
     PAGE_SIZE = 1000
 
-    def list_jobs_page(self, *, all: bool = False, limit: int = 0, page_token: str = "") -> pb.ListJobsResponse:
-        return self._call(self.jobs.ListJobs, pb.ListJobsRequest(all=all, limit=limit, page_token=page_token))
+    def list_jobs_page(self, *, all: bool = False, limit: int = 0, page_token: str = "",
+                       filters: dict[str, Any] | None = None) -> pb.ListJobsResponse:
+        """``filters``: ListJobsRequest's filter fields (states, names, images, workflows, labels, since_ns)."""
+        return self._call(self.jobs.ListJobs, pb.ListJobsRequest(all=all, limit=limit, page_token=page_token,
+                                                                 **(filters or {})))
 
     def stop_job(self, job_id: str, *, grace_seconds: float = 0) -> pb.Job:
         return self._call(self.jobs.StopJob, pb.StopJobRequest(id=job_id, grace_seconds=grace_seconds),
@@ -277,8 +283,13 @@ class CapsaClient:
     def delete_job(self, job_id: str, *, force: bool = False) -> str:
         return self._call(self.jobs.DeleteJob, pb.DeleteJobRequest(id=job_id, force=force)).id
 
-    def stream_logs(self, job_id: str, *, follow: bool = False, from_seq: int = 0) -> Iterator[pb.LogChunk]:
-        stream = self.jobs.StreamLogs(pb.StreamLogsRequest(id=job_id, follow=follow, from_seq=from_seq),
+    def stream_logs(self, job_id: str, *, follow: bool = False, from_seq: int = 0, tail: int = 0,
+                    since_ns: int = 0, until_ns: int = 0, stream: int = 0,
+                    final_job: bool = False) -> Iterator[pb.LogChunk]:
+        """Chunks of a job's log; with ``final_job`` the last message carries the ended Job (``job`` set)."""
+        stream = self.jobs.StreamLogs(pb.StreamLogsRequest(id=job_id, follow=follow, from_seq=from_seq, tail=tail,
+                                                           since_ns=since_ns, until_ns=until_ns, stream=stream,
+                                                           final_job=final_job),
                                       timeout=None if follow else self.timeout)
         try:
             yield from stream
@@ -294,6 +305,18 @@ class CapsaClient:
         try:
             for chunk in stream:
                 yield chunk.data
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, address=self.address) from None
+        finally:
+            stream.cancel()
+
+    def watch_events(self, *, types: list[str] | None = None, since_ns: int = 0, follow: bool = True,
+                     ids: list[str] | None = None) -> Iterator[Any]:
+        """Lifecycle events from ``since_ns`` (replayed), then new ones while ``follow``."""
+        stream = self.events.Events(epb.EventsRequest(types=types or [], since_ns=since_ns, follow=follow,
+                                                      ids=ids or []), timeout=None if follow else self.timeout)
+        try:
+            yield from stream
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, address=self.address) from None
         finally:
@@ -365,8 +388,8 @@ class CapsaClient:
 
     # -- workflows ----------------------------------------------------------------------------
     def submit_workflow(self, yaml_text: str, *, base_dir: str = "", source: str = "",
-                        request_id: str = "") -> wpb.Workflow:
-        request = wpb.SubmitWorkflowRequest(yaml=yaml_text, base_dir=base_dir, source=source,
+                        request_id: str = "", labels: dict[str, str] | None = None) -> wpb.Workflow:
+        request = wpb.SubmitWorkflowRequest(yaml=yaml_text, base_dir=base_dir, source=source, labels=labels or {},
                                             request_id=request_id or self.new_request_id())
         return self._submit(lambda: self._call(self.workflows.SubmitWorkflow, request))
 

@@ -74,6 +74,8 @@ RPC_ROLES: dict[str, Principal] = {
     # HousekeepingService: prune removes other users' ended jobs and node-wide history
     "/capsa.v1.HousekeepingService/Prune": Role.MAINTAINER,
     # NodeService
+    # EventService: lifecycle events, read-only
+    "/capsa.v1.EventService/Events": Role.READER,
     "/capsa.v1.NodeService/GetVersion": Role.READER,
     "/capsa.v1.NodeService/WhoAmI": Role.READER,
     "/capsa.v1.NodeService/GetPipeline": Role.READER,

@@ -24,6 +24,7 @@ from capsa.api.auth import AuthInterceptor
 from capsa.api.gen.capsa.v1 import (
     capsules_pb2_grpc,
     cluster_pb2_grpc,
+    events_pb2_grpc,
     files_pb2_grpc,
     housekeeping_pb2_grpc,
     images_pb2_grpc,
@@ -37,6 +38,7 @@ from capsa.api.gen.capsa.v1 import (
 from capsa.api.limits import StreamLimits
 from capsa.api.servicers.capsules import CapsuleServicer
 from capsa.api.servicers.cluster import ClusterServicer
+from capsa.api.servicers.events import EventServicer
 from capsa.api.servicers.files import FileServicer
 from capsa.api.servicers.housekeeping import HousekeepingServicer
 from capsa.api.servicers.images import ImageServicer
@@ -128,6 +130,7 @@ class ApiServer:
             daemon.capsule_store, daemon.capsules, daemon.capsule_distribution, blocking), server)
         housekeeping_pb2_grpc.add_HousekeepingServiceServicer_to_server(
             HousekeepingServicer(daemon.housekeeper), server)
+        events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(daemon.jobs.events), server)
         jobs_pb2_grpc.add_NodeServiceServicer_to_server(
             NodeServicer(cgroup_version=self.cgroup_version, snapshotter=daemon.config.snapshots.backend,
                          engine=daemon.engine, images=daemon.images), server)

@@ -66,6 +66,16 @@ RULES: dict[str, Rule] = {
     "StreamLogsRequest.from_seq": Rule(high=(1 << 62)),
     "ListJobsRequest.limit": Rule(high=10_000),
     "ListJobsRequest.page_token": Rule(max_bytes=256),
+    # names, labels, filters, log selection (wall-clock ns run past 2**53: their own high)
+    "RunJobRequest.labels": Rule(max_bytes=1 * KiB, max_items=64, max_total=64 * KiB),
+    "ListJobsRequest.since_ns": Rule(high=(1 << 63) - 1),
+    "ListJobsRequest.labels": Rule(max_items=64, max_total=64 * KiB),
+    "StreamLogsRequest.since_ns": Rule(high=(1 << 63) - 1),
+    "StreamLogsRequest.until_ns": Rule(high=(1 << 63) - 1),
+    "StreamLogsRequest.tail": Rule(low=-1, high=1 << 40),   # -1: no history, only what follows
+    "EventsRequest.since_ns": Rule(high=(1 << 63) - 1),
+    "EventsRequest.types": Rule(max_items=8),
+    "EventsRequest.ids": Rule(max_items=1024, max_total=64 * KiB),
     "UploadEntry.mode": Rule(high=0o7777),
     "UploadEntry.size": Rule(high=1 << 50),
     # workflows, runtimes
@@ -73,6 +83,7 @@ RULES: dict[str, Rule] = {
     "SubmitPoolWorkflowRequest.yaml": _YAML,   # cluster: a pool workflow is the same document
     "SubmitWorkflowRequest.request_id": _REQUEST_ID,
     "ListWorkflowsRequest.limit": Rule(high=100_000),
+    "SubmitWorkflowRequest.labels": Rule(max_bytes=1 * KiB, max_items=64, max_total=64 * KiB),
     "BuildRuntimeRequest.spec_yaml": _YAML,
     # images
     "PullImageRequest.request_id": _REQUEST_ID,

@@ -301,7 +301,16 @@ class CapsuleManager:
                 self._undo(job_id, added)
                 raise
         self._release_if_ended(job_id)
+        self._events("attached", job_id, added)
         return MountChange(job_id, added=tuple(added), kept=tuple(kept), latency_ns=time.monotonic_ns() - t0)
+
+    def _events(self, action: str, job_id: str, records: Sequence[Attachment]) -> None:
+        """``capsa events``: one capsule event per mount added or removed, after the change."""
+        from capsa.events import EventLog
+
+        for record in records:
+            EventLog.of(self.store.db).safe_record("capsule", action, f"{record.name}@{record.version}",
+                                                   attributes={"job_id": job_id, "target": record.target})
 
     def _undo(self, job_id: str, added: Sequence[Attachment]) -> None:
         for record in reversed(added):
@@ -383,6 +392,7 @@ class CapsuleManager:
                     except NotFound:
                         pass   # the job ended, or nothing is mounted there any more: only the record is left
                 self.store.record_detach(job.id, record.target, version=record.version)
+        self._events("detached", job.id, mine)
         return MountChange(job.id, removed=tuple(mine), latency_ns=time.monotonic_ns() - t0)
 
     # -- end of a job, restarts ---------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from capsa.cli.output import ago, emit, json_option, key_values, print_table
+from capsa.cli.output import ago, emit, json_option, key_values, print_table, truncate
 from capsa.cli.protojson import message_dict
 from capsa.cli.run_features import announce_scheduled, feature_options, feature_request, timeout_exit
 from capsa.errors import InvalidArgument
@@ -37,7 +37,10 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 
 @click.command(context_settings={"ignore_unknown_options": False})
 @click.option("-d", "--detach", is_flag=True, help="Run in the background and print the job id.")
-@click.option("--name", default="", help="A name for the job.")
+@click.option("--name", default="", help="A unique name, usable wherever a job id is ([A-Za-z0-9][A-Za-z0-9_.-]{0,63}).")
+@click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE", help="Label the job (repeatable).")
+@click.option("--rm", "auto_remove", is_flag=True,
+              help="Remove the job, its logs and files once it ends (done by the daemon, even if detached).")
 @click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment variable (repeatable).")
 @click.option("--workdir", default="", help="Working directory inside the job (default /work).")
 @click.option("--max-cpu", type=int, default=0, help="CPU limit in percent of one core (100 = one core).")
@@ -76,7 +79,7 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 @json_option
 @click.argument("command", nargs=-1, required=False)
 @click.pass_obj
-def run(obj: Any, detach: bool, name: str, env: tuple[str, ...], workdir: str, max_cpu: int, cpu_cores: str,
+def run(obj: Any, detach: bool, name: str, labels: tuple[str, ...], auto_remove: bool, env: tuple[str, ...], workdir: str, max_cpu: int, cpu_cores: str,
         max_memory: int, max_iobps: int, max_pids: int, image: str, pull: str, runtime: str, user: str,
         seccomp: str, network: str, volumes: tuple[str, ...], ports: tuple[str, ...], capsules: tuple[str, ...],
         gpus: int, restart: str, log_max_size: str, pool: bool, constraints: tuple[str, ...],
@@ -103,7 +106,8 @@ def run(obj: Any, detach: bool, name: str, env: tuple[str, ...], workdir: str, m
                          cpu_cores=cpu_cores, max_memory_mb=max_memory, max_iobps=max_iobps, max_pids=max_pids,
                          image=image, pull=pull, runtime=runtime, user=user, seccomp=seccomp, network=network,
                          volumes=list(volumes), capsules=list(capsules), gpus=gpus, ports=list(ports),
-                         restart="" if restart == "no" else restart, log_max_size=log_max_size, **extra)
+                         restart="" if restart == "no" else restart, log_max_size=log_max_size,
+                         labels=key_values(labels, "--label"), auto_remove=auto_remove, **extra)
     if job.ended and job.reason.startswith("start failed"):
         click.echo(f"capsa: job {job.id[:12]}: {job.reason}", err=True)
         return job.exit_code or 127
@@ -116,15 +120,21 @@ def run(obj: Any, detach: bool, name: str, env: tuple[str, ...], workdir: str, m
             click.echo(job.id)
         return 0
     out, err = sys.stdout.buffer, sys.stderr.buffer
+    final = None
     try:
-        for chunk in client.stream_logs(job.id, follow=True):
+        # final_job: the ended job comes on the stream itself, as an --rm job is gone right after it.
+        for chunk in client.stream_logs(job.id, follow=True, final_job=True):
+            if chunk.HasField("job"):
+                final = chunk.job
+                continue
             target = out if chunk.stream == 1 else err
             target.write(chunk.data)
             target.flush()
     except KeyboardInterrupt:
         client.stop_job(job.id)
         return 128 + signal.SIGINT
-    final = client.get_job(job.id)
+    if final is None:
+        final = client.get_job(job.id)
     if as_json:
         emit(job_dict(final))
     timed_out = timeout_exit(final)
@@ -135,6 +145,8 @@ def run(obj: Any, detach: bool, name: str, env: tuple[str, ...], workdir: str, m
     return final.exit_code
 
 
+FORMAT_FIELDS = ("id", "name", "state", "exit_code", "reason", "command", "image", "created", "created_at_ns",
+                 "started_at_ns", "ended_at_ns", "labels", "workflow_id", "workflow_job", "pid", "hostname")
 PS_DEFAULT_LAST = 1000   # `ps -a` shows this many newest jobs unless --last says otherwise
 
 
@@ -142,37 +154,84 @@ PS_DEFAULT_LAST = 1000   # `ps -a` shows this many newest jobs unless --last say
 @click.option("-a", "--all", "all_", is_flag=True, help="Show ended jobs too (the newest 1,000 unless --last).")
 @click.option("-n", "--last", type=click.IntRange(min=0), default=None,
               help="Show only the newest N jobs; 0 shows every job.")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="Only jobs matching (repeatable, all must hold): state=, label=KEY or label=KEY=VALUE, name=,"
+                   " image=, workflow=ID, since=10m or RFC 3339.")
+@click.option("--format", "fmt", default="", metavar="TEMPLATE",
+              help="One line per job from fields, e.g. '{id} {state} {exit_code}' (fields: "
+                   + ", ".join(FORMAT_FIELDS) + ").")
+@click.option("--no-trunc", is_flag=True, help="Full ids and commands.")
 @click.option("-q", "--quiet", is_flag=True, help="Print job ids only.")
 @click.option("--pool", is_flag=True, help="List the pool's jobs, on every node.")
 @json_option
 @click.pass_obj
-def ps(obj: Any, all_: bool, last: int | None, quiet: bool, pool: bool, as_json: bool) -> None:
+def ps(obj: Any, all_: bool, last: int | None, filters: tuple[str, ...], fmt: str, no_trunc: bool, quiet: bool,
+       pool: bool, as_json: bool) -> None:
     """List jobs (running ones unless -a)."""
     if pool:
         from capsa.cli.cluster import ps_pool
 
         return ps_pool(obj.client(), all_=all_, quiet=quiet, as_json=as_json)
+    from capsa.selectors import parse_filters
+
+    template = check_format(fmt) if fmt else ""
+    wanted = parse_filters(filters)   # checked here too, so a typo fails before any round trip
+    request = {"states": list(wanted.states), "names": list(wanted.names), "images": list(wanted.images),
+               "workflows": list(wanted.workflows), "since_ns": wanted.since_ns,
+               "labels": [k if v is None else f"{k}={v}" for k, v in wanted.labels]}
     client = obj.client()
     if last is None and all_:
-        page = client.list_jobs_page(all=True, limit=PS_DEFAULT_LAST)
+        page = client.list_jobs_page(all=True, limit=PS_DEFAULT_LAST, filters=request)
         jobs = list(page.jobs)[:PS_DEFAULT_LAST]
         if page.next_page_token:
             click.echo(f"capsa: showing the newest {PS_DEFAULT_LAST} jobs; --last 0 shows every job", err=True)
     else:
-        jobs = client.list_jobs(all=all_, limit=last or 0)
+        jobs = client.list_jobs(all=all_, limit=last or 0, filters=request)
     if as_json:
         emit([job_dict(j) for j in jobs])
     elif quiet:
         for job in jobs:
-            click.echo(job.id[:12])
+            click.echo(job.id if no_trunc else job.id[:12])
+    elif template:
+        for job in jobs:
+            click.echo(template.format(**format_fields(job, no_trunc)))
     else:
+        command = (lambda j: " ".join(j.command)) if no_trunc else (lambda j: truncate(" ".join(j.command), 40))
         print_table(
             ["JOB ID", "STATE", "EXIT", "RESTARTS", "CREATED", "COMMAND", "NAME", "WORKFLOW", "PORTS"],
-            [(j.id[:12], j.state, j.exit_code if j.ended else "-", j.restart_count, ago(j.created_at_ns),
-              " ".join(j.command)[:60], j.name, f"{j.workflow_id[:12]}/{j.workflow_job}" if j.workflow_id else "-",
-              ", ".join(j.ports) or "-")
+            [(j.id if no_trunc else j.id[:12], j.state, j.exit_code if j.ended else "-", j.restart_count,
+              ago(j.created_at_ns), command(j), j.name,
+              f"{j.workflow_id[:12]}/{j.workflow_job}" if j.workflow_id else "-", ", ".join(j.ports) or "-")
              for j in jobs],
+            width=None if no_trunc else -1,
         )
+
+
+def check_format(template: str) -> str:
+    """``template`` when every ``{field}`` in it is one of FORMAT_FIELDS; InvalidArgument naming the first other."""
+    import string
+
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise InvalidArgument(f"--format {template!r}: {exc}") from None
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if field not in FORMAT_FIELDS or spec or conversion:
+            raise InvalidArgument(f"--format: unknown field {{{field}}}; fields are {', '.join(FORMAT_FIELDS)}")
+    return template
+
+
+def format_fields(job: Any, no_trunc: bool) -> dict[str, Any]:
+    return {
+        "id": job.id if no_trunc else job.id[:12], "name": job.name, "state": job.state,
+        "exit_code": job.exit_code if job.ended else "-", "reason": job.reason, "command": " ".join(job.command),
+        "image": job.image, "created": ago(job.created_at_ns), "created_at_ns": job.created_at_ns,
+        "started_at_ns": job.started_at_ns, "ended_at_ns": job.ended_at_ns,
+        "labels": ",".join(f"{k}={v}" for k, v in sorted(job.labels.items())), "workflow_id": job.workflow_id,
+        "workflow_job": job.workflow_job, "pid": job.pid, "hostname": job.hostname,
+    }
 
 
 @click.command()
@@ -190,20 +249,44 @@ def inspect(obj: Any, job_id: str, pool: bool, as_json: bool) -> None:
 
 
 @click.command()
-@click.option("-f", "--follow", is_flag=True, help="Follow live output until the job ends.")
+@click.option("-f", "--follow", is_flag=True, help="Follow live output until the job ends (composes with --tail/--since).")
 @click.option("--from-seq", type=int, default=0, help="Resume from this chunk sequence number.")
+@click.option("-n", "--tail", default="all", metavar="N", help="Only the last N lines of history ('all': everything).")
+@click.option("--since", default="", metavar="WHEN", help="Only output since a duration ago (10m, 1h30m) or RFC 3339 time.")
+@click.option("--until", default="", metavar="WHEN", help="Only output before a duration ago or RFC 3339 time.")
+@click.option("-t", "--timestamps", is_flag=True, help="Start each line with the time it was written (RFC 3339, UTC).")
+@click.option("--stdout", "only_stdout", is_flag=True, help="Only the job's stdout.")
+@click.option("--stderr", "only_stderr", is_flag=True, help="Only the job's stderr.")
 @click.option("--pool", is_flag=True, help="JOB_ID is a pool job (read from the node that runs it).")
 @json_option
 @click.argument("job_id")
 @click.pass_obj
-def logs(obj: Any, follow: bool, from_seq: int, pool: bool, as_json: bool, job_id: str) -> None:
+def logs(obj: Any, follow: bool, from_seq: int, tail: str, since: str, until: str, timestamps: bool,
+         only_stdout: bool, only_stderr: bool, pool: bool, as_json: bool, job_id: str) -> None:
     """Print a job's output (stdout to stdout, stderr to stderr)."""
     if pool:
         from capsa.cli.cluster import logs_pool
 
         return logs_pool(obj.client(), job_id, follow=follow, from_seq=from_seq)
+    from capsa.selectors import parse_since
+
+    if tail == "all":
+        lines = 0
+    elif tail.isdigit():
+        lines = int(tail) or -1   # --tail 0: no history, only what comes next (with -f)
+    else:
+        raise InvalidArgument(f"--tail {tail!r}: expected a number of lines or 'all'")
+    if only_stdout and only_stderr:
+        raise InvalidArgument("--stdout and --stderr together: leave both out for both streams")
+    since_ns = parse_since(since, what="--since") if since else 0
+    until_ns = parse_since(until, what="--until") if until else 0
+    if until_ns and follow:
+        raise InvalidArgument("--until reads history only: it cannot be combined with -f")
     out, err = sys.stdout.buffer, sys.stderr.buffer
-    for chunk in obj.client().stream_logs(job_id, follow=follow, from_seq=from_seq):
+    stamper = _Stamper() if timestamps else None
+    chunks = obj.client().stream_logs(job_id, follow=follow, from_seq=from_seq, tail=lines, since_ns=since_ns,
+                                      until_ns=until_ns, stream=1 if only_stdout else 2 if only_stderr else 0)
+    for chunk in chunks:
         if as_json:
             emit_line = {"seq": chunk.seq, "stream": "stdout" if chunk.stream == 1 else "stderr",
                          "timestamp_ns": chunk.timestamp_ns, "data_b64": base64.b64encode(chunk.data).decode()}
@@ -213,8 +296,28 @@ def logs(obj: Any, follow: bool, from_seq: int, pool: bool, as_json: bool, job_i
             out.flush()
             continue
         target = out if chunk.stream == 1 else err
-        target.write(chunk.data)
+        target.write(stamper.stamp(chunk.stream, chunk.timestamp_ns, chunk.data) if stamper else chunk.data)
         target.flush()
+
+
+class _Stamper:
+    """Puts the time of its chunk before every line; a line split over chunks is stamped once, per stream."""
+
+    def __init__(self) -> None:
+        self.mid_line: dict[int, bool] = {}
+
+    def stamp(self, stream: int, timestamp_ns: int, data: bytes) -> bytes:
+        import datetime as dt
+
+        when = dt.datetime.fromtimestamp(timestamp_ns // 1_000_000_000, dt.UTC)
+        prefix = (when.strftime("%Y-%m-%dT%H:%M:%S") + f".{timestamp_ns % 1_000_000_000:09d}Z ").encode()
+        out = bytearray()
+        for line in data.splitlines(keepends=True):
+            if not self.mid_line.get(stream):
+                out += prefix
+            out += line
+            self.mid_line[stream] = not line.endswith(b"\n")
+        return bytes(out)
 
 
 @click.command()

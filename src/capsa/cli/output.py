@@ -3,6 +3,8 @@
 Tables are laid out here rather than by rich: importing rich's console and table
 costs more than a whole ``capsa ps`` round trip. The layout is the one rich drew
 (columns padded to their widest cell, two spaces apart, bold header on a terminal).
+Every row stays one line, as Docker's tables do: line breaks in a cell become spaces, and
+when the table is wider than the terminal the widest columns are cut with ``…`` until it fits.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import click
 
-__all__ = ["ago", "emit", "format_size", "json_option", "key_values", "print_table"]
+__all__ = ["ago", "emit", "format_size", "json_option", "key_values", "print_table", "table_width", "truncate"]
 
 
 def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -37,9 +39,60 @@ def _width(text: str) -> int:
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
-def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [[str(c) for c in columns], *[[str(c) for c in row] for row in rows]]
+def truncate(text: str, width: int) -> str:
+    """``text`` in at most ``width`` terminal cells, ending in ``…`` when cut."""
+    if _width(text) <= width:
+        return text
+    out, used = [], 0
+    for ch in text:
+        w = _width(ch)
+        if used + w > width - 1:
+            break
+        out.append(ch)
+        used += w
+    return "".join(out) + "…"
+
+
+def table_width() -> int | None:
+    """Cells a table may use: the terminal's width on a terminal (or $COLUMNS), else unlimited (pipes)."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    if sys.stdout.isatty():
+        import shutil
+
+        return shutil.get_terminal_size().columns
+    return None
+
+
+_MIN_CELL = 8   # a cut column keeps at least this much (or its header), so it stays recognisable
+
+
+def _fit(widths: list[int], floors: list[int], limit: int) -> list[int]:
+    """Narrow the widest columns, one cell at a time, until the row fits ``limit`` (or nothing can give)."""
+    widths = list(widths)
+    excess = sum(widths) + 2 * (len(widths) - 1) - limit
+    while excess > 0:
+        give = [i for i in range(len(widths)) if widths[i] > floors[i]]
+        if not give:
+            break
+        widest = max(give, key=lambda i: widths[i])
+        widths[widest] -= 1
+        excess -= 1
+    return widths
+
+
+def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, width: int | None = -1) -> None:
+    """``width``: cells per line (default :func:`table_width`; None never cuts)."""
+    limit = table_width() if width == -1 else width
+    cells = [[str(c) for c in columns],
+             *[[" ".join(str(c).split()) if any(ch in str(c) for ch in "\n\r\t") else str(c) for c in row]
+               for row in rows]]
     widths = [max(_width(row[i]) for row in cells) for i in range(len(columns))]
+    if limit is not None:
+        floors = [min(w, max(_MIN_CELL, _width(h))) for w, h in zip(widths, cells[0], strict=True)]
+        widths = _fit(widths, floors, limit)
+        cells = [[truncate(cell, w) for cell, w in zip(row, widths, strict=True)] for row in cells]
 
     def line(row: list[str]) -> str:
         return "  ".join(cell + " " * (width - _width(cell)) for cell, width in zip(row, widths, strict=True))

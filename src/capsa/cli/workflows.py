@@ -11,7 +11,7 @@ from typing import Any
 import click
 import yaml
 
-from capsa.cli.output import ago, emit, json_option, print_table
+from capsa.cli.output import ago, emit, json_option, key_values, print_table
 from capsa.cli.protojson import message_dict
 from capsa.errors import InvalidArgument
 
@@ -55,12 +55,15 @@ def workflow() -> None:
 @workflow.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--wait", is_flag=True, help="Follow the workflow until it ends; exit non-zero if any job failed.")
+@click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="Label the workflow and each of its jobs (repeatable).")
 @click.option("--pool", is_flag=True, help="Place each job on the pool (docs/cluster.md).")
 @click.option("--constraint", "constraints", multiple=True, metavar="LABEL=VALUE",
               help="With --pool: every job only on nodes with this label (repeatable).")
 @json_option
 @click.pass_obj
-def run(obj: Any, file: Path, wait: bool, pool: bool, constraints: tuple[str, ...], as_json: bool) -> int:
+def run(obj: Any, file: Path, wait: bool, labels: tuple[str, ...], pool: bool, constraints: tuple[str, ...],
+        as_json: bool) -> int:
     """Validate FILE and start it; prints the workflow id."""
     try:
         text = file.read_text()
@@ -75,7 +78,8 @@ def run(obj: Any, file: Path, wait: bool, pool: bool, constraints: tuple[str, ..
                                     wait=wait, as_json=as_json)
     base = file.resolve().parent
     text = _send_uploads(client, text, base)
-    submitted = client.submit_workflow(text, base_dir=str(base), source=str(file))
+    submitted = client.submit_workflow(text, base_dir=str(base), source=str(file),
+                                       labels=key_values(labels, "--label"))
     if not wait:
         if as_json:
             emit(workflow_dict(submitted))

@@ -88,6 +88,10 @@ class ImageStore:
             (rec.ref, rec.digest, rec.source, rec.platform, json.dumps(rec.config), json.dumps(rec.layers),
              json.dumps(rec.chain), rec.top_snapshot, rec.size, rec.unpacked_size, rec.created_ns or time.time_ns()),
         )
+        from capsa.events import EventLog
+
+        EventLog.of(self.db).safe_record("image", "pulled", rec.ref, attributes={"digest": rec.digest,
+                                                                                 "source": rec.source})
 
     def _from_row(self, row: Any) -> ImageRecord:
         users = [r["job_id"] for r in self.db.query(

@@ -74,6 +74,8 @@ class RunRequest:
     request_id: str = ""
     restart: str = ""             # no | on-failure[:N] | always (capsa.jobs.restart)
     log_max_size: str = ""        # e.g. 10M: keep the newest bytes of the log, drop whole oldest segments
+    labels: dict[str, str] = field(default_factory=dict)   # KEY=VALUE, stored and returned (capsa.selectors)
+    auto_remove: bool = False     # --rm: the daemon removes the job, its logs and files once it ended
 
 
 @dataclass
@@ -116,6 +118,8 @@ class Job:
     restart_count: int = 0
     next_restart_ns: int = 0      # wall clock of the restart that is due; 0 = none
     log_dropped_bytes: int = 0    # oldest log bytes dropped by --log-max-size (column of migration job_log_limit)
+    labels: dict[str, str] = field(default_factory=dict)
+    auto_remove: bool = False
 
     @property
     def short_id(self) -> str:
@@ -164,6 +168,8 @@ class Job:
             log_incomplete_bytes=row["log_incomplete_bytes"],
             # `in row` would search a Row's values: its keys say whether the job_log_limit column exists.
             log_dropped_bytes=row["log_dropped_bytes"] if "log_dropped_bytes" in row.keys() else 0,  # noqa: SIM118
+            labels=json.loads(row["labels"]),
+            auto_remove=bool(row["auto_remove"]),
         )
 
 

@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from capsa.errors import CapsaError, Conflict, FailedPrecondition, InvalidArgument
+from capsa.errors import CapsaError, Conflict, FailedPrecondition, InvalidArgument, NotFound
+from capsa.events import EventLog
 from capsa.jobs.model import Job, JobPage, JobState, RunRequest
 from capsa.jobs.requests import SERVED_FIELDS, apply_image_config, asks_for, build_spec, validate_request
 from capsa.jobs.resources import Grant, JobResource, acquire_all, release_all
@@ -40,6 +41,7 @@ from capsa.logs import LogChunk, read_log
 from capsa.runtime import cgroups
 from capsa.runtime.client import SupervisorClient, ensure_supervisor
 from capsa.runtime.protocol import ExitEvent, JobRecord, ProcState, StartFailedError
+from capsa.selectors import JobFilter, check_labels
 from capsa.state import Database
 from capsa.state.keys import check_request_id
 
@@ -69,6 +71,7 @@ class JobService:
         self.resources = tuple(resources)
         self.stop_grace_s = stop_grace_s
         self.store = store or JobStore(db)
+        self.events = EventLog.of(db)   # lifecycle events for `capsa events` (capsa.events)
         self.schedules = ScheduleStore(db)
         self.restarts = RestartStore(db)
         db.migrate("job_log_limit", LOG_LIMIT_MIGRATIONS)   # after the jobs table (JobStore) exists
@@ -81,6 +84,11 @@ class JobService:
         self._pending_exits: dict[str, JobRecord] = {}   # exits the database refused (disk full), by job id
         self.timers_changed = threading.Event()   # a schedule or timeout was added (the Scheduler waits on it)
         self.runtime_image: Callable[[str], str] | None = None   # NAME[@VERSION] -> image (capsa.runtimes)
+        # --rm: an ended job is removed after this long, or when its last attached reader lets go, so the
+        # `capsa run --rm` that is about to attach still reads its output and exit code.
+        self.auto_remove_linger_s = 5.0
+        self._holds: dict[str, int] = {}
+        self._remove_due: set[str] = set()
 
     def use_runtimes(self, resolve: Callable[[str], str]) -> None:
         """Let ``RunRequest.runtime`` name a runtime: ``resolve`` maps it to its image (NotFound if none)."""
@@ -120,6 +128,8 @@ class JobService:
         for rec in known.values():
             if rec.state == ProcState.EXITED:
                 self._record_exit(rec)
+        for job_id in self.store.ended_auto_remove():   # --rm jobs a stopped daemon did not get to remove
+            self._auto_remove(job_id)
 
     def live_job_ids(self) -> list[str]:
         """Jobs that hold what they borrowed: PENDING (being started) or RUNNING."""
@@ -134,7 +144,7 @@ class JobService:
         self.store.fail_lost(job.id, reason, never_started=job.state == JobState.PENDING)
         self._release(job.id)
         self._after_run(job.id)
-        self._notify()
+        self._notify(job.id)
 
     # -- run -------------------------------------------------------------------------------
     def run(self, request: RunRequest, *, rootfs: JobRootfs | None = None) -> Job:
@@ -176,6 +186,10 @@ class JobService:
                 if policy.mode != "no" and earlier is None:
                     self.restarts.add(conn, job_id, policy, request_to_json(submitted), sealed if sealed is not None
                                       else self._secrets.seal(submitted.secret_env) if submitted.secret_env else None)
+                if earlier is None:   # committed with the job's row
+                    self.events.record("job", "created", job_id, name=request.name, conn=conn,
+                                       attributes={"image": request.image, "labels": ",".join(
+                                           f"{k}={v}" for k, v in sorted(request.labels.items()))})
         except BaseException:
             release_all(early, job_id, discard=True)
             shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
@@ -210,6 +224,12 @@ class JobService:
         for resource in self.resources:
             resource.validate(request)   # e.g. capsules are resolved now: a conflict fails the request, not a job
         validate_env_names(request.env, request.secret_env)
+        check_labels(request.labels)
+        if request.name and "/" not in request.name:   # the engine's own names hold a '/' and may repeat
+            taken = self.store.find_name(request.name)
+            if taken is not None:
+                raise Conflict(f"the name {request.name!r} is already taken by job {taken[:12]}"
+                               "; remove that job or pick another name")
         return request
 
     def _launch(self, job_id: str, hostname: str, request: RunRequest, grant: Grant,
@@ -229,6 +249,7 @@ class JobService:
                 return self.get(job_id)
             raise
         self.store.mark_running(job_id, rec, time.monotonic_ns() - t0, grant.recorded)
+        self.events.safe_record("job", "started", job_id, name=request.name, attributes={"pid": rec.pid})
         if request.timeout:
             self.timers_changed.set()
         return self.get(job_id)
@@ -238,7 +259,7 @@ class JobService:
         """FAILED with the reason (and what its resources said), then give back ``release``."""
         self.store.fail_start(job_id, str(exc), grant.recorded if grant else None)
         release_all(release, job_id)
-        self._notify()
+        self._notify(job_id)
 
     def _release(self, job_id: str) -> None:
         release_all(self.resources, job_id)
@@ -273,7 +294,7 @@ class JobService:
             return self.get(job_id)
         if not self.store.claim_launch(job_id, request, grant.recorded):
             self._release(job_id)   # canceled while its resources were acquired: it never runs
-            self._notify()
+            self._notify(job_id)
             return self.get(job_id)
         return self._launch(job_id, job.hostname, request, grant, (), t0)
 
@@ -283,7 +304,7 @@ class JobService:
         if self.store.cancel(job.id):
             # Nothing to release here: a claimed job's starter releases what it acquired when its
             # launch claim fails, after its last acquire.
-            self._notify()
+            self._notify(job.id)
             return self.get(job.id)
         job = self.get(job.id)
         if job.state == JobState.CANCELED:
@@ -321,9 +342,10 @@ class JobService:
     def list(self, *, all: bool = False) -> list[Job]:
         return self.page(all=all).jobs
 
-    def page(self, *, all: bool = False, limit: int = 0, page_token: str = "") -> JobPage:
+    def page(self, *, all: bool = False, limit: int = 0, page_token: str = "",
+             filter: JobFilter | None = None) -> JobPage:
         """Jobs newest first, ``limit`` at a time (0: all); pass ``next_page_token`` back for the next page."""
-        page = self.store.page(all=all, limit=limit, page_token=page_token)
+        page = self.store.page(all=all, limit=limit, page_token=page_token, filter=filter)
         return dataclasses.replace(page, jobs=self._with_restarts(page.jobs))
 
     def _with_restarts(self, jobs: list[Job]) -> list[Job]:
@@ -366,7 +388,9 @@ class JobService:
             self.supervisor.forget(job.id)
         release_all(self.resources, job.id, discard=True)
         shutil.rmtree(self.jobs_dir / job.id, ignore_errors=True)
-        self.store.delete(job.id)
+        with self.db.tx() as conn:
+            self.store.delete(job.id)
+            self.events.record("job", "removed", job.id, name=job.name, conn=conn)
         self.restarts.delete(job.id)
         return job.id
 
@@ -464,7 +488,7 @@ class JobService:
         with contextlib.suppress(CapsaError):
             self.supervisor.forget(rec.job_id)
         self._after_run(rec.job_id)
-        self._notify()
+        self._notify(rec.job_id)
 
     def retry_pending_exits(self) -> int:
         """Record exits the database refused earlier; returns how many are still pending."""
@@ -478,9 +502,62 @@ class JobService:
             log.info("recorded %d delayed job exit(s)", len(pending))
         return left
 
-    def _notify(self) -> None:
+    def _notify(self, job_id: str = "") -> None:
+        """Wake the waiters; ``job_id`` ended just now: record its event (an --rm job is then removed
+        after the linger)."""
         with self._ended:
             self._ended.notify_all()
+        if job_id:
+            with contextlib.suppress(CapsaError, sqlite3.Error):
+                job = self.store.get(job_id)
+                self._ended_event(job)
+                if job.auto_remove:
+                    self._remove_later(job_id, self.auto_remove_linger_s)
+
+    def _ended_event(self, job: Job) -> None:
+        action = {JobState.STOPPED: "stopped", JobState.CANCELED: "canceled", JobState.TIMEOUT: "timeout"}.get(
+            job.state, "oom" if job.reason == "OOM killed" else "exited")
+        if job.state.ended:
+            self.events.safe_record("job", action, job.id, name=job.name, attributes={
+                "state": job.state.value, "exit_code": "" if job.exit_code is None else job.exit_code,
+                "reason": job.reason})
+
+    # -- --rm -------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def hold(self, job_id: str) -> Iterator[None]:
+        """Keep an --rm job while an attached reader needs it (its removal waits for the last one)."""
+        with self._pending_lock:
+            self._holds[job_id] = self._holds.get(job_id, 0) + 1
+        try:
+            yield
+        finally:
+            with self._pending_lock:
+                self._holds[job_id] -= 1
+                free = not self._holds[job_id]
+                if free:
+                    del self._holds[job_id]
+                due = free and job_id in self._remove_due
+            if due:   # on a thread of its own: the last reader may be an async stream on the event loop
+                self._remove_later(job_id, 0.0)
+
+    def _remove_later(self, job_id: str, delay_s: float) -> None:
+        timer = threading.Timer(delay_s, self._auto_remove, (job_id,))
+        timer.daemon = True
+        timer.start()
+
+    def _auto_remove(self, job_id: str) -> None:
+        with self._pending_lock:
+            if self._holds.get(job_id):
+                self._remove_due.add(job_id)
+                return
+            self._remove_due.discard(job_id)
+        try:
+            job = self.get(job_id)
+            if job.auto_remove and job.state.ended:
+                self.remove(job_id)
+        except CapsaError as exc:
+            if not isinstance(exc, NotFound):   # removed already (capsa rm) is fine
+                log.warning("removing --rm job %s failed: %s", job_id, exc)
 
     def wait_ended(self, job_id: str, timeout: float | None = None) -> Job:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -11,22 +11,38 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from capsa.errors import InvalidArgument, NotFound
+from capsa.errors import Conflict, InvalidArgument, NotFound
 from capsa.jobs.model import ACTIVE_STATES, LISTED_STATES, MIGRATIONS, Job, JobPage, JobState, RunRequest
 from capsa.jobs.resources import RECORDED_COLUMNS
 from capsa.runtime.protocol import JobRecord
+from capsa.selectors import NAME_PATTERN, JobFilter
 from capsa.state import Database
 from capsa.state.keys import resolve_id_prefix
 
 __all__ = ["JobStore", "NewJob", "decode_page_token", "encode_page_token"]
 
 _IN_ACTIVE = f"({','.join(repr(s) for s in ACTIVE_STATES)})"
+
+# Its own component (not appended to MIGRATIONS): names, labels and --rm came on their own branch.
+# Names taken twice before names were unique keep the newest; older ones get their id appended.
+# Only names people give are unique: the engine's own (workflow and runtime-build jobs) contain a '/'
+# that NAME_PATTERN refuses, and the same workflow or build runs many times.
+LABEL_MIGRATIONS = [
+    """
+    ALTER TABLE jobs ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE jobs ADD COLUMN auto_remove INTEGER NOT NULL DEFAULT 0;
+    UPDATE jobs SET name = name || '-' || substr(id, 1, 12) WHERE name != '' AND instr(name, '/') = 0
+        AND rowid NOT IN (SELECT MAX(rowid) FROM jobs WHERE name != '' AND instr(name, '/') = 0 GROUP BY name);
+    CREATE UNIQUE INDEX jobs_name ON jobs(name) WHERE name != '' AND instr(name, '/') = 0;
+    """,
+]
 
 
 @dataclass(frozen=True)
@@ -54,6 +70,7 @@ class JobStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         db.migrate("jobs", MIGRATIONS)
+        db.migrate("job_labels", LABEL_MIGRATIONS)
 
     # -- submit ---------------------------------------------------------------------------------
     def insert(self, new: NewJob) -> str | None:
@@ -67,6 +84,7 @@ class JobStore:
             "timeout_ns": new.timeout_ns, "secret_env_keys": json.dumps(sorted(r.secret_env)),
             "seccomp": r.seccomp, "network": r.network, "volumes": json.dumps(list(r.volumes)), "gpus": r.gpus,
             "request_id": r.request_id, "launched": int(new.launched),
+            "labels": json.dumps(r.labels, sort_keys=True), "auto_remove": int(r.auto_remove),
             **_column_values(new.recorded or {}),
         }
         names = ", ".join(columns)
@@ -76,9 +94,18 @@ class JobStore:
         except sqlite3.IntegrityError:
             existing = self.find_request(r.request_id) if r.request_id else None
             if existing is None:
+                taken = self.find_name(r.name) if r.name else None
+                if taken is not None:
+                    raise Conflict(f"the name {r.name!r} is already taken by job {taken[:12]}"
+                                   "; remove that job or pick another name") from None
                 raise
             return existing
         return None
+
+    def find_name(self, name: str) -> str | None:
+        row = self.db.query_one("SELECT id FROM jobs WHERE name = ? AND name != '' AND instr(name, '/') = 0",
+                                (name,))
+        return None if row is None else str(row["id"])
 
     def find_request(self, request_id: str) -> str | None:
         row = self.db.query_one("SELECT id FROM jobs WHERE request_id = ?", (request_id,))
@@ -190,12 +217,28 @@ class JobStore:
              rec.pid, rec.started_ns, rec.log_incomplete_bytes, rec.job_id),
         )
 
+    def ended_auto_remove(self) -> list[str]:
+        """Ended --rm jobs still recorded (the daemon stopped before it removed them)."""
+        rows = self.db.query("SELECT id FROM jobs WHERE auto_remove = 1 AND ended_ns > 0"
+                             f" AND state NOT IN {_IN_ACTIVE} AND state != 'SCHEDULED'")
+        return [str(r["id"]) for r in rows]
+
     def delete(self, job_id: str) -> None:
         self.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     # -- queries --------------------------------------------------------------------------------------
     def resolve_id(self, id_or_prefix: str) -> str:
-        return resolve_id_prefix(self.db, "jobs", id_or_prefix, noun="job")
+        """A job's exact name first, then a full id or unique id prefix."""
+        by_name = self.find_name(id_or_prefix) if id_or_prefix else None
+        if by_name is not None:
+            return by_name
+        try:
+            return resolve_id_prefix(self.db, "jobs", id_or_prefix, noun="job")
+        except InvalidArgument:
+            # an ambiguous prefix, or something that can be neither a name nor an id, says so
+            if re.fullmatch(r"[0-9a-fA-F]{1,32}", id_or_prefix.strip()) or not re.fullmatch(NAME_PATTERN, id_or_prefix):
+                raise
+            raise NotFound(f"no such job: {id_or_prefix} (neither a job name nor an id)") from None
 
     def get(self, id_or_prefix: str) -> Job:
         job_id = self.resolve_id(id_or_prefix)
@@ -210,22 +253,26 @@ class JobStore:
     def list(self, *, all: bool = False) -> list[Job]:
         return self.page(all=all).jobs
 
-    def page(self, *, all: bool = False, limit: int = 0, page_token: str = "") -> JobPage:
-        """Jobs newest first (``limit`` 0: all of them), from after ``page_token``."""
-        sql, params = self.page_query(all=all, limit=limit, page_token=page_token)
+    def page(self, *, all: bool = False, limit: int = 0, page_token: str = "",
+             filter: JobFilter | None = None) -> JobPage:
+        """Jobs newest first (``limit`` 0: all of them), from after ``page_token``, matching ``filter``."""
+        sql, params = self.page_query(all=all, limit=limit, page_token=page_token, filter=filter)
         rows = self.db.query(sql, params)
         jobs = [Job.from_row(r) for r in (rows[:limit] if limit else rows)]
         more = bool(limit) and len(rows) > limit
         return JobPage(jobs=jobs, next_page_token=encode_page_token(jobs[-1]) if more else "")
 
     @staticmethod
-    def page_query(*, all: bool, limit: int, page_token: str) -> tuple[str, tuple[Any, ...]]:
+    def page_query(*, all: bool, limit: int, page_token: str,
+                   filter: JobFilter | None = None) -> tuple[str, tuple[Any, ...]]:
         """The SELECT for one page (one row more than ``limit``, to know whether another page follows)."""
         if limit < 0:
             raise InvalidArgument(f"page size must be zero (everything) or positive, got {limit}")
         where: list[str] = []
         params: list[Any] = []
-        if not all:
+        if filter is not None and not filter.empty:
+            where, params = filter.sql()
+        if not all and not (filter is not None and filter.states):   # a state filter says which states
             where.append(f"state IN ({','.join('?' * len(LISTED_STATES))})")
             params.extend(LISTED_STATES)
         if page_token:

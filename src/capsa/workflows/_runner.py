@@ -12,6 +12,7 @@ the workflow) is re-attached, never started twice.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import shutil
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from capsa.errors import CapsaError, NotFound, Unavailable
+from capsa.events import EventLog
 from capsa.fsm import Context, RunInfo
 from capsa.jobs.model import Job, JobState, Resources, RunRequest
 from capsa.workflows.model import WorkflowJob, WorkflowJobState, WorkflowState
@@ -62,9 +64,11 @@ class WorkflowRunner:
         if WorkflowState(row["state"]).ended:
             return {"state": row["state"]}   # finished before a crash: nothing left to do
         ctx.check_cancel()
-        self.db.execute("UPDATE workflows SET state = ?, started_ns = CASE WHEN started_ns = 0 THEN ? ELSE"
-                        " started_ns END WHERE id = ? AND state = ?",
-                        (WorkflowState.RUNNING.value, time.time_ns(), workflow_id, WorkflowState.PENDING.value))
+        if self.db.execute("UPDATE workflows SET state = ?, started_ns = CASE WHEN started_ns = 0 THEN ? ELSE"
+                           " started_ns END WHERE id = ? AND state = ?",
+                           (WorkflowState.RUNNING.value, time.time_ns(), workflow_id,
+                            WorkflowState.PENDING.value)).rowcount:
+            EventLog.of(self.db).safe_record("workflow", "started", workflow_id, name=row["name"])
         workflow = compile_spec(WorkflowSpec.model_validate_json(row["spec"]))
         limit = min(int(row["max_parallel"]), len(workflow.order)) or 1
         secret_env = self._secrets(row["sealed_secrets"])
@@ -194,7 +198,9 @@ class WorkflowRunner:
             step.state, step.job_id = WorkflowJobState.RUNNING, existing.id
             return
         try:
-            job = self.jobs.run(self._request(workflow_id, workflow_name, step.name, spec, secret_env))
+            job = self.jobs.run(dataclasses.replace(
+                self._request(workflow_id, workflow_name, step.name, spec, secret_env),
+                labels=self._labels(workflow_id)))
         except CapsaError as exc:
             if ctx.cancel.is_set():
                 raise   # e.g. the image pull it waited for was cut short by shutdown: not the job's fault
@@ -204,6 +210,11 @@ class WorkflowRunner:
             return
         self._mark_running(workflow_id, step.name, job)
         step.state, step.job_id = WorkflowJobState.RUNNING, job.id
+
+    def _labels(self, workflow_id: str) -> dict[str, str]:
+        """The workflow's labels, which every job of it carries (so `ps --filter label=` finds them)."""
+        row = self.db.query_one("SELECT labels FROM workflows WHERE id = ?", (workflow_id,))
+        return dict(json.loads(row["labels"])) if row else {}
 
     def _request(self, workflow_id: str, workflow_name: str, name: str, spec: JobSpec,
                  secret_env: dict[str, str]) -> RunRequest:
@@ -240,9 +251,10 @@ class WorkflowRunner:
         failed = [s for s in steps.values() if s.state == WorkflowJobState.FAILED]
         state = WorkflowState.FAILED if failed else WorkflowState.COMPLETED
         reason = ", ".join(f"job {s.name} failed ({s.reason})" for s in failed)
-        self.db.execute("UPDATE workflows SET state = ?, reason = ?, ended_ns = ? WHERE id = ? AND state IN (?, ?)",
-                        (state.value, reason, time.time_ns(), workflow_id, WorkflowState.PENDING.value,
-                         WorkflowState.RUNNING.value))
+        if self.db.execute("UPDATE workflows SET state = ?, reason = ?, ended_ns = ? WHERE id = ? AND state IN (?, ?)",
+                           (state.value, reason, time.time_ns(), workflow_id, WorkflowState.PENDING.value,
+                            WorkflowState.RUNNING.value)).rowcount:
+            EventLog.of(self.db).safe_record("workflow", "finished", workflow_id, attributes={"state": state.value})
         return {"state": state.value}
 
     def finalize(self, ctx: Context, info: RunInfo) -> None:
@@ -277,9 +289,10 @@ class WorkflowRunner:
                 self._end_step(workflow_id, step, WorkflowJobState.CANCELED, why,
                                exit_code=job.exit_code if job is not None else None)
         state = WorkflowState.CANCELED if canceled else WorkflowState.FAILED
-        self.db.execute("UPDATE workflows SET state = ?, reason = ?, ended_ns = ? WHERE id = ? AND state IN (?, ?)",
-                        (state.value, "" if canceled else why, time.time_ns(), workflow_id,
-                         WorkflowState.PENDING.value, WorkflowState.RUNNING.value))
+        if self.db.execute("UPDATE workflows SET state = ?, reason = ?, ended_ns = ? WHERE id = ? AND state IN (?, ?)",
+                           (state.value, "" if canceled else why, time.time_ns(), workflow_id,
+                            WorkflowState.PENDING.value, WorkflowState.RUNNING.value)).rowcount:
+            EventLog.of(self.db).safe_record("workflow", "finished", workflow_id, attributes={"state": state.value})
         self._drop_uploads(workflow_id)
 
     def _drop_uploads(self, workflow_id: str) -> None:

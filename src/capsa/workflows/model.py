@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -70,6 +71,7 @@ class Workflow:
     started_ns: int = 0
     ended_ns: int = 0
     jobs: list[WorkflowJob] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def short_id(self) -> str:
@@ -81,6 +83,7 @@ class Workflow:
             id=row["id"], name=row["name"], state=WorkflowState(row["state"]), description=row["description"],
             reason=row["reason"], max_parallel=row["max_parallel"], run_id=row["run_id"],
             created_ns=row["created_ns"], started_ns=row["started_ns"], ended_ns=row["ended_ns"], jobs=jobs,
+            labels=json.loads(row["labels"]),
         )
 
 

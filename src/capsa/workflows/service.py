@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from capsa.errors import CapsaError, InvalidArgument, NotFound, Timeout
 from capsa.fsm import Engine, Machine
+from capsa.selectors import check_labels
 from capsa.state.keys import check_request_id, resolve_id_prefix
 from capsa.workflows._runner import WorkflowRunner
 from capsa.workflows.model import MIGRATIONS, Workflow, WorkflowJob, WorkflowJobState, WorkflowState
@@ -73,6 +74,8 @@ class WorkflowService:
         self.uploads_dir = jobs.home / "workflows" / "uploads"
         db.migrate("workflows", MIGRATIONS)
         db.migrate("workflow_requests", _REQUEST_MIGRATIONS)
+        # its own component: labels came on their own branch (capsa.selectors)
+        db.migrate("workflow_labels", ["ALTER TABLE workflows ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';"])
         self.runner = WorkflowRunner(db, jobs, secret_box=secret_box, max_parallel=max_parallel, poll_interval_s=poll_interval_s,
                                      runtime_image=self.registries.runtime_image, uploads_dir=self.uploads_dir)
         engine.register(Machine.define(MACHINE, queue=queue).start("run", self.runner.run).end(self.runner.finalize))
@@ -87,13 +90,14 @@ class WorkflowService:
         return validate_workflow(yaml_text, registries=self.registries, base_dir=base, source=source)
 
     def submit(self, yaml_text: str, *, base_dir: str = "", source: str = "workflow",
-               request_id: str = "") -> Workflow:
+               request_id: str = "", labels: dict[str, str] | None = None) -> Workflow:
         """Validate, record and start a workflow; a ``request_id`` seen before returns that workflow."""
         if check_request_id(request_id):
             earlier = self._submitted_as(request_id)
             if earlier is not None:
                 return self.get(earlier)
         workflow = self.validate(yaml_text, base_dir=base_dir, source=source)
+        labels = check_labels(labels or {})
         spec = workflow.spec
         workflow_id = secrets.token_hex(16)
         max_parallel = spec.max_parallel or self.max_parallel
@@ -107,9 +111,9 @@ class WorkflowService:
             with self.db.tx() as conn:
                 conn.execute(
                     "INSERT INTO workflows(id, name, description, state, spec, sealed_secrets, max_parallel,"
-                    " created_ns) VALUES(?,?,?,?,?,?,?,?)",
+                    " created_ns, labels) VALUES(?,?,?,?,?,?,?,?,?)",
                     (workflow_id, spec.name, spec.description, WorkflowState.PENDING.value,
-                     public.model_dump_json(), sealed, max_parallel, time.time_ns()),
+                     public.model_dump_json(), sealed, max_parallel, time.time_ns(), json.dumps(labels)),
                 )
                 conn.executemany(
                     "INSERT INTO workflow_jobs(workflow_id, name, position, state, requires, depends_on)"

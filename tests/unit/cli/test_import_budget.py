@@ -46,7 +46,7 @@ if argv[:1] != ["--help"]:
             return pb.VersionInfo(version="test", kernel="k", snapshotter="overlay")
         return job
 
-    def fake_logs(self, job_id, *, follow=False, from_seq=0):
+    def fake_logs(self, job_id, *, follow=False, from_seq=0, **options):
         yield pb.LogChunk(seq=1, stream=1, data=b"hello\n")
 
     def fake_upload(self, chunks, *, finish=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -24,7 +25,9 @@ from capsa.jobs.execs import JobExecs
 from capsa.jobs.model import Job, Resources, RunRequest
 from capsa.jobs.service import JobService
 from capsa.jobs.uploads import UploadEntry
-from capsa.logs import is_finished
+from capsa.logs import Stream, is_finished
+from capsa.logs.select import seq_since, seq_tail
+from capsa.selectors import check_name, filter_from_pb
 
 __all__ = ["JobServicer", "NodeServicer", "job_to_pb", "pipeline_to_pb", "wait_quantile"]
 
@@ -46,6 +49,7 @@ def job_to_pb(job: Job, ports: Sequence[str] = ()) -> pb.Job:
         ports=list(ports),
         restart_policy=job.restart_policy, restart_count=job.restart_count, next_restart_at_ns=job.next_restart_ns,
         log_dropped_bytes=job.log_dropped_bytes,
+        labels=job.labels, auto_remove=job.auto_remove,
     )
 
 
@@ -65,7 +69,9 @@ class JobServicer(pb_grpc.JobServiceServicer):
     @rpc
     def RunJob(self, request: pb.RunJobRequest, context: grpc.ServicerContext) -> pb.Job:
         r = request.resources
+        check_name(request.name)   # people's names only; the engine's own carry a '/' and skip this door
         job = self.jobs.run(RunRequest(
+            labels=dict(request.labels), auto_remove=request.auto_remove,
             command=tuple(request.command), env=dict(request.env), workdir=request.workdir,
             name=request.name, image=request.image, pull=request.pull or "missing", user=request.user,
             runtime=request.runtime,
@@ -115,7 +121,8 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     @rpc
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
-        page = self.jobs.page(all=request.all, limit=request.limit, page_token=request.page_token)
+        page = self.jobs.page(all=request.all, limit=request.limit, page_token=request.page_token,
+                              filter=filter_from_pb(request))
         published = self.published(None) if self.published else {}
         jobs = [job_to_pb(j, [str(p) for p in published.get(j.id, ())] if not j.state.ended else [])
                 for j in page.jobs]
@@ -134,16 +141,48 @@ class JobServicer(pb_grpc.JobServiceServicer):
         loop = asyncio.get_running_loop()
         job = await loop.run_in_executor(None, self.jobs.get, request.id)
         log_dir = self.jobs.jobs_dir / job.id / "logs"
+        if request.stream not in (0, 1, 2):
+            raise InvalidArgument(f"stream {request.stream}: 0 (both), 1 (stdout) or 2 (stderr)")
+        if request.until_ns and request.since_ns and request.until_ns <= request.since_ns:
+            raise InvalidArgument("until must be after since")
         # A job that ended without an end marker (lost while the supervisor was down) has
-        # nothing more coming: following it would wait forever.
-        live = request.follow and not (job.state.ended and not is_finished(log_dir))
-        async for chunk in follow_log(log_dir, from_seq=max(1, request.from_seq), live=live):
-            yield pb.LogChunk(seq=chunk.seq, stream=int(chunk.stream), timestamp_ns=chunk.timestamp_ns,
-                              data=chunk.data)
-        if request.follow:
-            # The log's end marker can beat the exit event by a few ms; callers read the
-            # exit code right after the stream ends, so let the database catch up first.
-            await loop.run_in_executor(None, lambda: self.jobs.wait_ended(job.id, timeout=10))
+        # nothing more coming: following it would wait forever. Until a time means history only.
+        live = request.follow and not request.until_ns and not (job.state.ended and not is_finished(log_dir))
+        from_seq, skip = await loop.run_in_executor(None, lambda: log_start(log_dir, request))
+        # an attached reader keeps an --rm job until it has read the end (JobService.hold)
+        with self.jobs.hold(job.id):
+            async for chunk in follow_log(log_dir, from_seq=from_seq, live=live):
+                if request.until_ns and chunk.timestamp_ns >= request.until_ns:
+                    break
+                if request.stream and chunk.stream not in (request.stream, Stream.NOTICE):
+                    continue
+                data = chunk.data
+                if skip and chunk.seq == from_seq:
+                    data = data[skip:]
+                    if not data:
+                        continue
+                yield pb.LogChunk(seq=chunk.seq, stream=int(chunk.stream), timestamp_ns=chunk.timestamp_ns, data=data)
+            if request.follow and not request.until_ns:
+                # The log's end marker can beat the exit event by a few ms; callers read the
+                # exit code right after the stream ends, so let the database catch up first.
+                ended = await loop.run_in_executor(None, lambda: self.jobs.wait_ended(job.id, timeout=10))
+                if request.final_job:
+                    yield pb.LogChunk(job=job_to_pb(ended))
+
+
+def log_start(log_dir: Path, request: pb.StreamLogsRequest) -> tuple[int, int]:
+    """``(from_seq, bytes to skip in that chunk)`` for the request's from_seq, since and tail, all applied."""
+    from_seq, skip = max(1, request.from_seq), 0
+    if request.since_ns:
+        from_seq = max(from_seq, seq_since(log_dir, request.since_ns))
+    if request.tail < 0:   # no history at all: only what is written from now on
+        from_seq = max(from_seq, seq_since(log_dir, 2**63 - 1))
+    elif request.tail > 0:
+        streams = None if not request.stream else frozenset({request.stream})
+        tail_seq, tail_skip = seq_tail(log_dir, request.tail, streams)
+        if tail_seq > from_seq or (tail_seq == from_seq and tail_skip):
+            from_seq, skip = tail_seq, tail_skip
+    return from_seq, skip
 
 
 def wait_quantile(q: QueueStats, quantile: float) -> float:

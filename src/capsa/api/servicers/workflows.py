@@ -17,7 +17,7 @@ def workflow_to_pb(workflow: Workflow) -> pb.Workflow:
         id=workflow.id, name=workflow.name, description=workflow.description, state=workflow.state.value,
         reason=workflow.reason, created_at_ns=workflow.created_ns, started_at_ns=workflow.started_ns,
         ended_at_ns=workflow.ended_ns, max_parallel=workflow.max_parallel, ended=workflow.state.ended,
-        run_id=workflow.run_id,
+        run_id=workflow.run_id, labels=workflow.labels,
         jobs=[pb.WorkflowJob(
             name=j.name, state=j.state.value, job_id=j.job_id, reason=j.reason, requires=j.requires,
             depends_on=j.depends_on, exit_code=j.exit_code or 0, has_exit_code=j.exit_code is not None,
@@ -34,7 +34,7 @@ class WorkflowServicer(pb_grpc.WorkflowServiceServicer):
     def SubmitWorkflow(self, request: pb.SubmitWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:
         return workflow_to_pb(self.workflows.submit(request.yaml, base_dir=request.base_dir,
                                                     source=request.source or "workflow",
-                                                    request_id=request.request_id))
+                                                    request_id=request.request_id, labels=dict(request.labels)))
 
     @rpc
     def ListWorkflows(self, request: pb.ListWorkflowsRequest, context: grpc.ServicerContext) -> pb.ListWorkflowsResponse:

@@ -22,7 +22,7 @@ class Resources(_message.Message):
     def __init__(self, max_cpu: _Optional[int] = ..., cpu_cores: _Optional[str] = ..., max_memory_mb: _Optional[int] = ..., max_iobps: _Optional[int] = ..., max_pids: _Optional[int] = ...) -> None: ...
 
 class RunJobRequest(_message.Message):
-    __slots__ = ("command", "env", "resources", "workdir", "name", "image", "pull", "entrypoint_set", "user", "seccomp", "network", "volumes", "upload_session", "secret_env", "schedule", "timeout", "capsules", "runtime", "gpus", "request_id", "ports", "restart", "log_max_size")
+    __slots__ = ("command", "env", "resources", "workdir", "name", "image", "pull", "entrypoint_set", "user", "seccomp", "network", "volumes", "upload_session", "secret_env", "schedule", "timeout", "capsules", "runtime", "gpus", "request_id", "ports", "restart", "log_max_size", "labels", "auto_remove")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,13 @@ class RunJobRequest(_message.Message):
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     class SecretEnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +67,8 @@ class RunJobRequest(_message.Message):
     PORTS_FIELD_NUMBER: _ClassVar[int]
     RESTART_FIELD_NUMBER: _ClassVar[int]
     LOG_MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    AUTO_REMOVE_FIELD_NUMBER: _ClassVar[int]
     command: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
     resources: Resources
@@ -83,11 +92,20 @@ class RunJobRequest(_message.Message):
     ports: _containers.RepeatedScalarFieldContainer[str]
     restart: str
     log_max_size: str
-    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., workdir: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., pull: _Optional[str] = ..., entrypoint_set: _Optional[bool] = ..., user: _Optional[str] = ..., seccomp: _Optional[str] = ..., network: _Optional[str] = ..., volumes: _Optional[_Iterable[str]] = ..., upload_session: _Optional[str] = ..., secret_env: _Optional[_Mapping[str, str]] = ..., schedule: _Optional[str] = ..., timeout: _Optional[str] = ..., capsules: _Optional[_Iterable[str]] = ..., runtime: _Optional[str] = ..., gpus: _Optional[int] = ..., request_id: _Optional[str] = ..., ports: _Optional[_Iterable[str]] = ..., restart: _Optional[str] = ..., log_max_size: _Optional[str] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    auto_remove: bool
+    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., workdir: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., pull: _Optional[str] = ..., entrypoint_set: _Optional[bool] = ..., user: _Optional[str] = ..., seccomp: _Optional[str] = ..., network: _Optional[str] = ..., volumes: _Optional[_Iterable[str]] = ..., upload_session: _Optional[str] = ..., secret_env: _Optional[_Mapping[str, str]] = ..., schedule: _Optional[str] = ..., timeout: _Optional[str] = ..., capsules: _Optional[_Iterable[str]] = ..., runtime: _Optional[str] = ..., gpus: _Optional[int] = ..., request_id: _Optional[str] = ..., ports: _Optional[_Iterable[str]] = ..., restart: _Optional[str] = ..., log_max_size: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., auto_remove: _Optional[bool] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "name", "command", "state", "exit_code", "signal", "reason", "created_at_ns", "started_at_ns", "ended_at_ns", "resources", "pid", "ended", "env", "workdir", "hostname", "cgroup", "start_latency_ns", "image", "image_digest", "scheduled_at_ns", "timeout_seconds", "secret_env_keys", "workflow_id", "workflow_job", "seccomp", "network", "ip", "volumes", "gpus", "gpu_devices", "log_incomplete_bytes", "exec_events", "ports", "restart_policy", "restart_count", "next_restart_at_ns", "log_dropped_bytes")
+    __slots__ = ("id", "name", "command", "state", "exit_code", "signal", "reason", "created_at_ns", "started_at_ns", "ended_at_ns", "resources", "pid", "ended", "env", "workdir", "hostname", "cgroup", "start_latency_ns", "image", "image_digest", "scheduled_at_ns", "timeout_seconds", "secret_env_keys", "workflow_id", "workflow_job", "seccomp", "network", "ip", "volumes", "gpus", "gpu_devices", "log_incomplete_bytes", "labels", "auto_remove", "exec_events", "ports", "restart_policy", "restart_count", "next_restart_at_ns", "log_dropped_bytes")
     class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +144,8 @@ class Job(_message.Message):
     GPUS_FIELD_NUMBER: _ClassVar[int]
     GPU_DEVICES_FIELD_NUMBER: _ClassVar[int]
     LOG_INCOMPLETE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    AUTO_REMOVE_FIELD_NUMBER: _ClassVar[int]
     EXEC_EVENTS_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
     RESTART_POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -164,13 +184,15 @@ class Job(_message.Message):
     gpus: int
     gpu_devices: _containers.RepeatedScalarFieldContainer[str]
     log_incomplete_bytes: int
+    labels: _containers.ScalarMap[str, str]
+    auto_remove: bool
     exec_events: _containers.RepeatedCompositeFieldContainer[ExecEvent]
     ports: _containers.RepeatedScalarFieldContainer[str]
     restart_policy: str
     restart_count: int
     next_restart_at_ns: int
     log_dropped_bytes: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[str] = ..., created_at_ns: _Optional[int] = ..., started_at_ns: _Optional[int] = ..., ended_at_ns: _Optional[int] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., pid: _Optional[int] = ..., ended: _Optional[bool] = ..., env: _Optional[_Mapping[str, str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., cgroup: _Optional[str] = ..., start_latency_ns: _Optional[int] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ..., scheduled_at_ns: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., secret_env_keys: _Optional[_Iterable[str]] = ..., workflow_id: _Optional[str] = ..., workflow_job: _Optional[str] = ..., seccomp: _Optional[str] = ..., network: _Optional[str] = ..., ip: _Optional[str] = ..., volumes: _Optional[_Iterable[str]] = ..., gpus: _Optional[int] = ..., gpu_devices: _Optional[_Iterable[str]] = ..., log_incomplete_bytes: _Optional[int] = ..., exec_events: _Optional[_Iterable[_Union[ExecEvent, _Mapping]]] = ..., ports: _Optional[_Iterable[str]] = ..., restart_policy: _Optional[str] = ..., restart_count: _Optional[int] = ..., next_restart_at_ns: _Optional[int] = ..., log_dropped_bytes: _Optional[int] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[str] = ..., created_at_ns: _Optional[int] = ..., started_at_ns: _Optional[int] = ..., ended_at_ns: _Optional[int] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., pid: _Optional[int] = ..., ended: _Optional[bool] = ..., env: _Optional[_Mapping[str, str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., cgroup: _Optional[str] = ..., start_latency_ns: _Optional[int] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ..., scheduled_at_ns: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., secret_env_keys: _Optional[_Iterable[str]] = ..., workflow_id: _Optional[str] = ..., workflow_job: _Optional[str] = ..., seccomp: _Optional[str] = ..., network: _Optional[str] = ..., ip: _Optional[str] = ..., volumes: _Optional[_Iterable[str]] = ..., gpus: _Optional[int] = ..., gpu_devices: _Optional[_Iterable[str]] = ..., log_incomplete_bytes: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., auto_remove: _Optional[bool] = ..., exec_events: _Optional[_Iterable[_Union[ExecEvent, _Mapping]]] = ..., ports: _Optional[_Iterable[str]] = ..., restart_policy: _Optional[str] = ..., restart_count: _Optional[int] = ..., next_restart_at_ns: _Optional[int] = ..., log_dropped_bytes: _Optional[int] = ...) -> None: ...
 
 class ExecEvent(_message.Message):
     __slots__ = ("who", "command", "at_ns", "user", "ended", "exit_code", "ended_at_ns", "error")
@@ -199,14 +221,26 @@ class GetJobRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("all", "limit", "page_token")
+    __slots__ = ("all", "limit", "page_token", "states", "names", "images", "workflows", "labels", "since_ns")
     ALL_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOWS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    SINCE_NS_FIELD_NUMBER: _ClassVar[int]
     all: bool
     limit: int
     page_token: str
-    def __init__(self, all: _Optional[bool] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    states: _containers.RepeatedScalarFieldContainer[str]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    images: _containers.RepeatedScalarFieldContainer[str]
+    workflows: _containers.RepeatedScalarFieldContainer[str]
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    since_ns: int
+    def __init__(self, all: _Optional[bool] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ..., states: _Optional[_Iterable[str]] = ..., names: _Optional[_Iterable[str]] = ..., images: _Optional[_Iterable[str]] = ..., workflows: _Optional[_Iterable[str]] = ..., labels: _Optional[_Iterable[str]] = ..., since_ns: _Optional[int] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
     __slots__ = ("jobs", "next_page_token")
@@ -283,26 +317,38 @@ class UploadResult(_message.Message):
     def __init__(self, session: _Optional[str] = ..., files: _Optional[int] = ..., dirs: _Optional[int] = ..., symlinks: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class StreamLogsRequest(_message.Message):
-    __slots__ = ("id", "follow", "from_seq")
+    __slots__ = ("id", "follow", "from_seq", "tail", "since_ns", "until_ns", "stream", "final_job")
     ID_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    TAIL_FIELD_NUMBER: _ClassVar[int]
+    SINCE_NS_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_NS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    FINAL_JOB_FIELD_NUMBER: _ClassVar[int]
     id: str
     follow: bool
     from_seq: int
-    def __init__(self, id: _Optional[str] = ..., follow: _Optional[bool] = ..., from_seq: _Optional[int] = ...) -> None: ...
+    tail: int
+    since_ns: int
+    until_ns: int
+    stream: int
+    final_job: bool
+    def __init__(self, id: _Optional[str] = ..., follow: _Optional[bool] = ..., from_seq: _Optional[int] = ..., tail: _Optional[int] = ..., since_ns: _Optional[int] = ..., until_ns: _Optional[int] = ..., stream: _Optional[int] = ..., final_job: _Optional[bool] = ...) -> None: ...
 
 class LogChunk(_message.Message):
-    __slots__ = ("seq", "stream", "timestamp_ns", "data")
+    __slots__ = ("seq", "stream", "timestamp_ns", "data", "job")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_NS_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
     seq: int
     stream: int
     timestamp_ns: int
     data: bytes
-    def __init__(self, seq: _Optional[int] = ..., stream: _Optional[int] = ..., timestamp_ns: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    job: Job
+    def __init__(self, seq: _Optional[int] = ..., stream: _Optional[int] = ..., timestamp_ns: _Optional[int] = ..., data: _Optional[bytes] = ..., job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class VersionInfo(_message.Message):
     __slots__ = ("version", "cgroup_version", "kernel", "snapshotter")

@@ -24,27 +24,35 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61psa/v1/workflows.proto\x12\x08\x63\x61psa.v1\"[\n\x15SubmitWorkflowRequest\x12\x0c\n\x04yaml\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61se_dir\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\xc6\x01\n\x0bWorkflowJob\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x10\n\x08requires\x18\x05 \x01(\t\x12\x12\n\ndepends_on\x18\x06 \x03(\t\x12\x11\n\texit_code\x18\x07 \x01(\x05\x12\x15\n\rhas_exit_code\x18\x08 \x01(\x08\x12\x15\n\rstarted_at_ns\x18\t \x01(\x03\x12\x13\n\x0b\x65nded_at_ns\x18\n \x01(\x03\"\xf5\x01\n\x08Workflow\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x15\n\rcreated_at_ns\x18\x06 \x01(\x03\x12\x15\n\rstarted_at_ns\x18\x07 \x01(\x03\x12\x13\n\x0b\x65nded_at_ns\x18\x08 \x01(\x03\x12\x14\n\x0cmax_parallel\x18\t \x01(\x05\x12#\n\x04jobs\x18\n \x03(\x0b\x32\x15.capsa.v1.WorkflowJob\x12\r\n\x05\x65nded\x18\x0b \x01(\x08\x12\x0e\n\x06run_id\x18\x0c \x01(\t\"%\n\x14ListWorkflowsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\">\n\x15ListWorkflowsResponse\x12%\n\tworkflows\x18\x01 \x03(\x0b\x32\x12.capsa.v1.Workflow\" \n\x12GetWorkflowRequest\x12\n\n\x02id\x18\x01 \x01(\t\"#\n\x15\x43\x61ncelWorkflowRequest\x12\n\n\x02id\x18\x01 \x01(\t2\xb2\x02\n\x0fWorkflowService\x12\x45\n\x0eSubmitWorkflow\x12\x1f.capsa.v1.SubmitWorkflowRequest\x1a\x12.capsa.v1.Workflow\x12P\n\rListWorkflows\x12\x1e.capsa.v1.ListWorkflowsRequest\x1a\x1f.capsa.v1.ListWorkflowsResponse\x12?\n\x0bGetWorkflow\x12\x1c.capsa.v1.GetWorkflowRequest\x1a\x12.capsa.v1.Workflow\x12\x45\n\x0e\x43\x61ncelWorkflow\x12\x1f.capsa.v1.CancelWorkflowRequest\x1a\x12.capsa.v1.Workflowb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61psa/v1/workflows.proto\x12\x08\x63\x61psa.v1\"\xc8\x01\n\x15SubmitWorkflowRequest\x12\x0c\n\x04yaml\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61se_dir\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12<\n\x06labels\x18\x96\x01 \x03(\x0b\x32+.capsa.v1.SubmitWorkflowRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc6\x01\n\x0bWorkflowJob\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x10\n\x08requires\x18\x05 \x01(\t\x12\x12\n\ndepends_on\x18\x06 \x03(\t\x12\x11\n\texit_code\x18\x07 \x01(\x05\x12\x15\n\rhas_exit_code\x18\x08 \x01(\x08\x12\x15\n\rstarted_at_ns\x18\t \x01(\x03\x12\x13\n\x0b\x65nded_at_ns\x18\n \x01(\x03\"\xd5\x02\n\x08Workflow\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x15\n\rcreated_at_ns\x18\x06 \x01(\x03\x12\x15\n\rstarted_at_ns\x18\x07 \x01(\x03\x12\x13\n\x0b\x65nded_at_ns\x18\x08 \x01(\x03\x12\x14\n\x0cmax_parallel\x18\t \x01(\x05\x12#\n\x04jobs\x18\n \x03(\x0b\x32\x15.capsa.v1.WorkflowJob\x12\r\n\x05\x65nded\x18\x0b \x01(\x08\x12\x0e\n\x06run_id\x18\x0c \x01(\t\x12/\n\x06labels\x18\x96\x01 \x03(\x0b\x32\x1e.capsa.v1.Workflow.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"%\n\x14ListWorkflowsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\">\n\x15ListWorkflowsResponse\x12%\n\tworkflows\x18\x01 \x03(\x0b\x32\x12.capsa.v1.Workflow\" \n\x12GetWorkflowRequest\x12\n\n\x02id\x18\x01 \x01(\t\"#\n\x15\x43\x61ncelWorkflowRequest\x12\n\n\x02id\x18\x01 \x01(\t2\xb2\x02\n\x0fWorkflowService\x12\x45\n\x0eSubmitWorkflow\x12\x1f.capsa.v1.SubmitWorkflowRequest\x1a\x12.capsa.v1.Workflow\x12P\n\rListWorkflows\x12\x1e.capsa.v1.ListWorkflowsRequest\x1a\x1f.capsa.v1.ListWorkflowsResponse\x12?\n\x0bGetWorkflow\x12\x1c.capsa.v1.GetWorkflowRequest\x1a\x12.capsa.v1.Workflow\x12\x45\n\x0e\x43\x61ncelWorkflow\x12\x1f.capsa.v1.CancelWorkflowRequest\x1a\x12.capsa.v1.Workflowb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'capsa.v1.workflows_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBMITWORKFLOWREQUEST']._serialized_start=38
-  _globals['_SUBMITWORKFLOWREQUEST']._serialized_end=129
-  _globals['_WORKFLOWJOB']._serialized_start=132
-  _globals['_WORKFLOWJOB']._serialized_end=330
-  _globals['_WORKFLOW']._serialized_start=333
-  _globals['_WORKFLOW']._serialized_end=578
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=580
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=617
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=619
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=681
-  _globals['_GETWORKFLOWREQUEST']._serialized_start=683
-  _globals['_GETWORKFLOWREQUEST']._serialized_end=715
-  _globals['_CANCELWORKFLOWREQUEST']._serialized_start=717
-  _globals['_CANCELWORKFLOWREQUEST']._serialized_end=752
-  _globals['_WORKFLOWSERVICE']._serialized_start=755
-  _globals['_WORKFLOWSERVICE']._serialized_end=1061
+  _globals['_SUBMITWORKFLOWREQUEST_LABELSENTRY']._loaded_options = None
+  _globals['_SUBMITWORKFLOWREQUEST_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_WORKFLOW_LABELSENTRY']._loaded_options = None
+  _globals['_WORKFLOW_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_SUBMITWORKFLOWREQUEST']._serialized_start=39
+  _globals['_SUBMITWORKFLOWREQUEST']._serialized_end=239
+  _globals['_SUBMITWORKFLOWREQUEST_LABELSENTRY']._serialized_start=194
+  _globals['_SUBMITWORKFLOWREQUEST_LABELSENTRY']._serialized_end=239
+  _globals['_WORKFLOWJOB']._serialized_start=242
+  _globals['_WORKFLOWJOB']._serialized_end=440
+  _globals['_WORKFLOW']._serialized_start=443
+  _globals['_WORKFLOW']._serialized_end=784
+  _globals['_WORKFLOW_LABELSENTRY']._serialized_start=194
+  _globals['_WORKFLOW_LABELSENTRY']._serialized_end=239
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=786
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=823
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=825
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=887
+  _globals['_GETWORKFLOWREQUEST']._serialized_start=889
+  _globals['_GETWORKFLOWREQUEST']._serialized_end=921
+  _globals['_CANCELWORKFLOWREQUEST']._serialized_start=923
+  _globals['_CANCELWORKFLOWREQUEST']._serialized_end=958
+  _globals['_WORKFLOWSERVICE']._serialized_start=961
+  _globals['_WORKFLOWSERVICE']._serialized_end=1267
 # @@protoc_insertion_point(module_scope)
