@@ -90,7 +90,8 @@ def test_every_page_renders(daemon: RunningDaemon, web_dev: WebProcess) -> None:
         response = client.get(path, follow_redirects=True)
         assert response.status_code == 200, (path, response.text[:300])
     assert client.get("/n/default/jobs/abcdef0123").status_code == 404
-    assert client.get("/n/default/jobs/not-hex").status_code == 400
+    assert client.get("/n/default/jobs/no-such-name").status_code == 404   # names work wherever ids do
+    assert client.get("/n/default/jobs/-neither").status_code == 400       # neither a name nor an id
     assert client.get("/n/nowhere/jobs").status_code == 404
 
 
