@@ -197,19 +197,30 @@ class CapsaClient:
 
         ``finish`` appends the end marker the daemon requires before it keeps an upload.
         """
-        failure: list[BaseException] = []
-
-        def guarded() -> Iterator[pb.UploadChunk]:
-            try:
-                yield from chunks
-            except Exception as exc:   # gRPC then cancels the call, and without the end marker
-                failure.append(exc)    # the daemon discards what it received
-                raise
+        def messages() -> Iterator[pb.UploadChunk]:
+            yield from chunks
             if finish:
                 yield pb.UploadChunk(done=True)
 
+        return self._client_stream(self.jobs.UploadFiles, messages())
+
+    def _client_stream(self, method: Any, messages: Iterator[Any]) -> Any:
+        """A client-streaming call whose messages are made locally as it goes (a walk, a tar).
+
+        If making them fails, gRPC cancels the call and — the end marker never sent — the daemon keeps
+        nothing; the caller then gets that local failure, not gRPC's "cancelled".
+        """
+        failure: list[BaseException] = []
+
+        def guarded() -> Iterator[Any]:
+            try:
+                yield from messages
+            except Exception as exc:
+                failure.append(exc)
+                raise
+
         try:
-            return self.jobs.UploadFiles(guarded(), timeout=None)
+            return method(guarded(), timeout=None)
         except grpc.RpcError as exc:
             if failure:
                 raise failure[0] from None
@@ -324,24 +335,13 @@ class CapsaClient:
 
     def copy_in(self, job_id: str, path: str, tar_chunks: Iterable[bytes]) -> fpb.CopyInResult:
         """Stream tar bytes (one top-level entry) to JOB:path of a running job."""
-        failure: list[BaseException] = []
-
         def messages() -> Iterator[fpb.CopyInChunk]:
             yield fpb.CopyInChunk(job_id=job_id, path=path)
-            try:
-                for data in tar_chunks:
-                    yield fpb.CopyInChunk(data=data)
-            except Exception as exc:   # gRPC cancels the call; without the end marker nothing is kept
-                failure.append(exc)
-                raise
+            for data in tar_chunks:
+                yield fpb.CopyInChunk(data=data)
             yield fpb.CopyInChunk(done=True)
 
-        try:
-            return self.files.CopyIn(messages(), timeout=None)
-        except grpc.RpcError as exc:
-            if failure:
-                raise failure[0] from None
-            raise from_rpc_error(exc, address=self.address) from None
+        return self._client_stream(self.files.CopyIn, messages())
 
     # -- images ----------------------------------------------------------------------------
     def pull_image(self, ref: str, *, platform: str = "", insecure: bool = False,
