@@ -50,7 +50,14 @@ from capsa.runtime.protocol import (
 )
 from capsa.runtime.spec import JobSpec
 from capsa.runtime.supervisor._exec import ExecMixin
-from capsa.runtime.supervisor._links import Caller, HostProcesses, Processes, Zygote, ZygoteLink
+from capsa.runtime.supervisor._links import (
+    Caller,
+    HostProcesses,
+    Processes,
+    Zygote,
+    ZygoteLink,
+    report_messages,
+)
 from capsa.runtime.supervisor._loop import EventLoop, handles
 from capsa.runtime.wire import FrameReader
 
@@ -228,16 +235,7 @@ class Supervisor(ExecMixin, EventLoop):
         return None   # answered at exec (report pipe EOF) or failure
 
     def _on_report(self, job: _Job, data: bytes) -> None:
-        try:
-            frames = job.report.feed(data)
-        except CapsaError as exc:
-            job.start_error = job.start_error or StageFailed("report", 0, f"unreadable start report: {exc}")
-            return
-        for frame in frames:
-            try:
-                _id, msg = decode(frame)
-            except CapsaError as exc:
-                msg = StageFailed("report", 0, f"unreadable start report: {exc}")
+        for msg in report_messages(job.report, data, "start"):
             if isinstance(msg, Forked) and msg.pid > 0:
                 job.record.pid = msg.pid
                 self.by_pid[msg.pid] = job.record.job_id

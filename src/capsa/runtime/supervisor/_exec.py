@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from capsa.errors import CapsaError, FailedPrecondition, NotFound
+from capsa.errors import FailedPrecondition, NotFound
 from capsa.runtime.protocol import (
     ExecReply,
     ExecRequest,
@@ -28,9 +28,8 @@ from capsa.runtime.protocol import (
     StageFailed,
     StartFailed,
     ZygoteExec,
-    decode,
 )
-from capsa.runtime.supervisor._links import Caller
+from capsa.runtime.supervisor._links import Caller, report_messages
 from capsa.runtime.supervisor._loop import handles
 from capsa.runtime.wire import FrameReader
 
@@ -136,16 +135,7 @@ class ExecMixin:
         self._exec_maybe_done(ex)
 
     def _exec_report(self, ex: _Exec, data: bytes) -> None:
-        try:
-            frames = ex.report.feed(data)
-        except CapsaError as exc:
-            ex.failure = ex.failure or StageFailed("report", 0, f"unreadable exec report: {exc}")
-            return
-        for frame in frames:
-            try:
-                _id, msg = decode(frame)
-            except CapsaError as exc:
-                msg = StageFailed("report", 0, f"unreadable exec report: {exc}")
+        for msg in report_messages(ex.report, data, "exec"):
             if isinstance(msg, Forked) and msg.pid > 0:
                 ex.pid = msg.pid
                 self.execs_by_pid[msg.pid] = ex

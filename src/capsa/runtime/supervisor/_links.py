@@ -17,7 +17,8 @@ import sys
 from collections import deque
 from typing import Protocol
 
-from capsa.runtime.protocol import ExitEvent, JobRecord, Message, encode
+from capsa.errors import CapsaError
+from capsa.runtime.protocol import ExitEvent, JobRecord, Message, StageFailed, decode, encode
 from capsa.runtime.wire import FrameReader, encode_frame
 
 __all__ = ["Caller", "Connection", "HostProcesses", "Processes", "Zygote", "ZygoteLink"]
@@ -215,3 +216,23 @@ class HostProcesses:
 
     def pidfd(self, pid: int) -> int:
         return os.pidfd_open(pid)
+
+
+def report_messages(reader: FrameReader, data: bytes, what: str) -> list[Message]:
+    """The messages a stage-one/two report pipe delivered in ``data`` (for a job start or an exec).
+
+    A frame that cannot be read becomes a ``StageFailed`` in its place, so the caller's one rule —
+    keep the first failure — also covers a garbled pipe.
+    """
+    try:
+        frames = reader.feed(data)
+    except CapsaError as exc:
+        return [StageFailed("report", 0, f"unreadable {what} report: {exc}")]
+    messages: list[Message] = []
+    for frame in frames:
+        try:
+            _id, msg = decode(frame)
+        except CapsaError as exc:
+            msg = StageFailed("report", 0, f"unreadable {what} report: {exc}")
+        messages.append(msg)
+    return messages
