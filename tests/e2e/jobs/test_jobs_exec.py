@@ -65,13 +65,26 @@ def test_exec_process_is_in_the_job_cgroup(daemon: RunningDaemon) -> None:
         t = threading.Thread(target=daemon.cli, args=("exec", job_id, "--", "/bin/sleep", "3"))
         t.start()
         try:
+            # The exec helper joins the cgroup (and the namespaces) first and only then execs the
+            # command, so for a moment the second process is still the helper: wait for the exec.
+            def argv0_of_others() -> list[bytes]:
+                names = []
+                for pid in processes_in_cgroup_named(job_id):
+                    if pid == job.pid:
+                        continue
+                    try:
+                        with open(f"/proc/{pid}/cmdline", "rb") as f:
+                            names.append(f.read().split(b"\0")[0])
+                    except FileNotFoundError:
+                        pass
+                return names
+
             deadline = time.monotonic() + 10
-            while len(processes_in_cgroup_named(job_id)) < 2 and time.monotonic() < deadline:
+            while argv0_of_others() != [b"/bin/sleep"] and time.monotonic() < deadline:
                 time.sleep(0.05)
             procs = processes_in_cgroup_named(job_id)
             assert job.pid in procs and len(procs) == 2
-            other = next(p for p in procs if p != job.pid)
-            assert open(f"/proc/{other}/cmdline", "rb").read().split(b"\0")[0] == b"/bin/sleep"  # noqa: SIM115
+            assert argv0_of_others() == [b"/bin/sleep"]
         finally:
             t.join(15)
     finally:
