@@ -7,4 +7,5 @@ cd "$here"
 .venv/bin/ruff check src tests bench
 # The core's unit tests once more as `nobody`: they must not need root (issue 9.5).
 "$here/scripts/test_unprivileged.sh"
-exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
+# The 30 slowest tests are listed before the summary, so a creeping suite shows in every CI log.
+exec .venv/bin/python -m pytest -p no:cacheprovider --durations=30 "$@"
