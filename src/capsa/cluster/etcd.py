@@ -303,8 +303,10 @@ class EtcdClient:
                 pass   # the member went away, went quiet, or we were stopped: reconnect from next_rev
             finally:
                 done.set()
-                response.release_conn()
+                # Close before releasing: a stopped watch's socket was shut down for reading, and a pooled
+                # half-shut connection would hang or break the next request that reuses it.
                 response.close()
+                response.release_conn()
 
     # -- election -------------------------------------------------------------------------------
     def campaign(self, name: str, lease: int, value: str, *, timeout: float) -> dict[str, Any] | None:

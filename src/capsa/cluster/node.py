@@ -234,8 +234,11 @@ class PoolNode:
             with contextlib.suppress(CapsaError):
                 self.jobs.supervisor.stop(local.id, 0)
             return
-        self._update(a.job_id, a.attempt, lambda j: dataclasses.replace(
-            j, state=PoolJobState.RUNNING.value, local_id=local.id, started_ns=local.started_ns or time.time_ns()))
+        try:
+            self._update(a.job_id, a.attempt, lambda j: dataclasses.replace(
+                j, state=PoolJobState.RUNNING.value, local_id=local.id, started_ns=local.started_ns or time.time_ns()))
+        except CapsaError as exc:   # the mirror still records its end, naming the local job
+            log.warning("pool job %s: cannot record RUNNING: %s", a.job_id[:12], exc)
 
     def _mirror_loop(self) -> None:
         """Mirror the end of each running pool job (one query per pass, not one thread per job)."""
@@ -254,14 +257,25 @@ class PoolNode:
                         continue
                     state = {"COMPLETED": PoolJobState.COMPLETED, "STOPPED": PoolJobState.STOPPED}.get(
                         local.state.value, PoolJobState.FAILED)
-                    self._finish(pool_id, attempt, state, local.reason or "", local.exit_code)
+                    self._finish(pool_id, attempt, state, local.reason or "", local.exit_code, local_id=local_id,
+                                 started_ns=local.started_ns or 0)
             except CapsaError as exc:
                 log.warning("mirroring pool jobs: %s", exc)
 
-    def _finish(self, job_id: str, attempt: int, state: PoolJobState, reason: str, exit_code: int | None) -> None:
-        """Record how an attempt ended; a restart policy puts the job back in ``pending/`` in the same txn."""
-        self._update(job_id, attempt,
-                     lambda j: requeue(dataclasses.replace(j, exit_code=exit_code), state, reason, time.time_ns()),
+    def _finish(self, job_id: str, attempt: int, state: PoolJobState, reason: str, exit_code: int | None, *,
+                local_id: str = "", started_ns: int = 0) -> None:
+        """Record how an attempt ended; a restart policy puts the job back in ``pending/`` in the same txn.
+
+        The record also names the local job that ran: a job that ends within milliseconds can be seen
+        ended by the mirror before its start's RUNNING write (which then finds the record ended and
+        gives up), and without this the pool would not know which local job ran it.
+        """
+        def ended(j: PoolJob) -> PoolJob:
+            j = dataclasses.replace(j, exit_code=exit_code, local_id=j.local_id or local_id,
+                                    started_ns=j.started_ns or started_ns)
+            return requeue(j, state, reason, time.time_ns())
+
+        self._update(job_id, attempt, ended,
                      extra=lambda j: [Op.put(keys.pending(job_id), j.placement())]
                      if j.status == PoolJobState.PENDING else [])
         self._drop(job_id)

@@ -76,11 +76,6 @@ def test_a_constraint_no_node_meets_leaves_the_job_pending(pool: Pool) -> None:
     assert stub(pool, 1).StopPoolJob(cpb.StopPoolJobRequest(id=job.id), timeout=30).state == "STOPPED"
 
 
-# Known defect, issue 14 stays open: in one clean-clone CI run (2026-12-06) a node held a local job
-# "many-N" that the pool record of many-N did not name (another local id or node), i.e. a pool job may
-# have been started twice; it passed in every other run. Kept running (not strict) until it is found.
-@pytest.mark.xfail(strict=False, reason="a pool job's local record can disagree with the pool record"
-                   " (seen once); see the issue 14 note")
 def test_300_short_jobs_spread_over_the_nodes_each_run_exactly_once(pool: Pool) -> None:
     stubs = [stub(pool, i) for i in range(3)]
     ids = [stubs[i % 3].SubmitPoolJob(cpb.SubmitPoolJobRequest(job=pb.RunJobRequest(

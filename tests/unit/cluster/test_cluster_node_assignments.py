@@ -1,0 +1,151 @@
+"""A node's handling of its assignments against a real (single-member, loopback, plain HTTP) etcd, with the
+local job service faked: what the pool record says about the local job that ran it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from capsa.cluster.etcd import Compare, EtcdClient, Op
+from capsa.cluster.model import Assignment, PoolJob, PoolJobState, keys
+from capsa.cluster.node import Inventory, PoolNode
+from capsa.jobs.model import JobState
+from tests.fixtures.daemon import free_port
+
+
+@pytest.fixture
+def etcd_url(tmp_path: Path) -> Iterator[str]:
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd is not installed (scripts/setup.sh installs etcd-server)")
+    client, peer = free_port(), free_port()
+    url = f"http://127.0.0.1:{client}"
+    proc = subprocess.Popen(
+        ["etcd", "--name", "u0", "--data-dir", str(tmp_path / "etcd"), "--listen-client-urls", url,
+         "--advertise-client-urls", url, "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+         "--initial-cluster", f"u0=http://127.0.0.1:{peer}", "--listen-metrics-urls", "", "--log-level", "error"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        probe = EtcdClient([url])
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                probe.put("/probe", "1")
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "etcd did not come up"
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+class FakeJobs:
+    """The local job service: every job it starts has already ended by the time anyone asks."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.supervisor = SimpleNamespace(stop=lambda job_id, grace: None, fence=lambda *a, **k: None)
+
+    def run(self, request: Any) -> Any:
+        local_id = f"local{len(self.started) + 1}"
+        self.started.append(local_id)
+        return SimpleNamespace(id=local_id, started_ns=time.time_ns())
+
+    def list(self, *, all: bool = False) -> list[Any]:
+        return []
+
+    def get(self, local_id: str) -> Any:
+        return SimpleNamespace(id=local_id, state=JobState.COMPLETED, reason="", exit_code=0, started_ns=1)
+
+
+class RunningWriteAfterTheEnd(EtcdClient):
+    """Holds the node's "RUNNING" write of a job back until the job's end is recorded: the order a job that
+    ends within milliseconds gets when the mirror pass lands between its start and that write."""
+
+    def txn(self, compare: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> bool:
+        if any(op.kind == "put" and op.key.startswith(keys.JOBS) and b'"state": "RUNNING"' in op.value
+               for op in success):
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                kv = self.get(success[0].key)
+                if kv is not None and PoolJob.load(kv.value).status.ended:
+                    break
+                time.sleep(0.02)
+        return super().txn(compare, success, failure)
+
+
+def _wait(check: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _node(etcd: EtcdClient, jobs: FakeJobs) -> PoolNode:
+    return PoolNode(etcd, jobs, name="n1", address="127.0.0.1:1", labels={}, snapshotter="overlay",  # type: ignore[arg-type]
+                    lease_ttl_s=5, max_jobs=0, inventory=lambda: Inventory(1, 1024, 0, [], []))
+
+
+def _assign(etcd: EtcdClient, node: PoolNode, job_id: str) -> None:
+    job = PoolJob(id=job_id, spec={"command": ["/bin/true"]}, state=PoolJobState.ASSIGNED.value, node=node.name,
+                  node_lease=node.lease)
+    assert etcd.txn([], [Op.put(keys.job(job_id), job.dump()),
+                         Op.put(keys.assign(node.name, job_id), Assignment(job_id, 1, 0, 0, 0).dump(),
+                                lease=node.lease)])
+
+
+def _record(etcd: EtcdClient, job_id: str) -> PoolJob | None:
+    kv = etcd.get(keys.job(job_id))
+    return PoolJob.load(kv.value) if kv else None
+
+
+def test_a_job_that_ends_before_its_running_write_still_names_its_local_job(etcd_url: str) -> None:
+    etcd, jobs = RunningWriteAfterTheEnd([etcd_url]), FakeJobs()
+    node = _node(etcd, jobs)
+    node.start()
+    try:
+        job_id = "a" * 32
+        _assign(etcd, node, job_id)
+        assert _wait(lambda: (r := _record(etcd, job_id)) is not None and r.status.ended, 10)
+        time.sleep(0.3)   # the held-back RUNNING write has had its turn
+        record = _record(etcd, job_id)
+        assert record is not None
+        assert (record.state, record.local_id, record.node) == ("COMPLETED", "local1", "n1")
+        assert jobs.started == ["local1"]
+        assert etcd.get(keys.assign("n1", job_id)) is None
+    finally:
+        node.stop()
+
+
+def test_assignments_re_read_after_a_broken_watch_start_nothing_twice(etcd_url: str) -> None:
+    etcd, jobs = EtcdClient([etcd_url]), FakeJobs()
+    node = _node(etcd, jobs)
+    node.start()
+    try:
+        ids = [f"{i:032x}" for i in range(1, 21)]
+        for job_id in ids:
+            _assign(etcd, node, job_id)
+        # The watch is restarted (as after an etcd error) while the jobs start and end: it re-reads every
+        # assignment still present; none may start again.
+        for _ in range(5):
+            node._restart_watch()
+            time.sleep(0.05)
+        assert _wait(lambda: all((r := _record(etcd, i)) is not None and r.status.ended for i in ids), 15)
+        time.sleep(0.5)
+        records = [_record(etcd, i) for i in ids]
+        assert sorted(jobs.started) == sorted(r.local_id for r in records if r is not None)
+        assert len(jobs.started) == len(ids)
+    finally:
+        node.stop()
+
