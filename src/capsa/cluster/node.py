@@ -30,6 +30,7 @@ from capsa.cluster.model import SCHEMA_VERSION, Assignment, NodeRecord, PoolJob,
 from capsa.cluster.spec import run_request
 from capsa.errors import CapsaError
 from capsa.jobs.service import JobService
+from capsa.runtime.protocol import FenceRequest, OkReply
 
 __all__ = ["Inventory", "PoolNode", "memory_mb"]
 
@@ -140,6 +141,7 @@ class PoolNode:
                     continue
                 if self.etcd.keepalive(self.lease, timeout=self.ttl / 3) > 0:
                     self._last_ok = sent
+                    self._arm_supervisor()
                 else:   # etcd already expired it: we were cut off longer than the TTL
                     self._fence("the lease expired")
                     continue
@@ -151,15 +153,31 @@ class PoolNode:
             except Exception:   # a bug in an inventory source must not stop the renewals (and fence us)
                 log.exception("cluster keepalive")
 
+    def fence_deadline(self) -> float:
+        """When this node's pool jobs must be dead (monotonic): before etcd can expire the lease."""
+        return self._last_ok + self.ttl - min(1.0, self.ttl / 4)
+
+    def _arm_supervisor(self, local_ids: list[str] | None = None) -> None:
+        """Hand the supervisor the lease deadline of the pool jobs: if this daemon dies (or hangs), the
+        supervisor, which outlives it, kills them by then; every renewal pushes the deadline on."""
+        if local_ids is None:
+            with self._lock:
+                local_ids = [local for local, _attempt in self._running.values() if local]
+        if not local_ids:
+            return
+        try:
+            self.jobs.supervisor.request(FenceRequest(tuple(local_ids), self.fence_deadline()), OkReply, timeout=5)
+        except CapsaError as exc:   # the daemon-side watchdog still fences while this daemon lives
+            log.warning("cannot hand the supervisor the fencing deadline: %s", exc)
+
     def _watchdog_loop(self) -> None:
         """Fence at ``last renewal sent + ttl - margin``, however long a renewal call blocks.
 
         Separate from the renewing thread on purpose: a call to an unreachable etcd can block for
         seconds (connect timeouts per endpoint), longer than the margin.
         """
-        margin = min(1.0, self.ttl / 4)
         while not self._stop.wait(0.05):
-            if not self.fenced.is_set() and time.monotonic() > self._last_ok + self.ttl - margin:
+            if not self.fenced.is_set() and time.monotonic() > self.fence_deadline():
                 self._fence(f"no lease renewal for {time.monotonic() - self._last_ok:.1f}s")
 
     def _refresh_record(self) -> None:
@@ -234,6 +252,7 @@ class PoolNode:
             with contextlib.suppress(CapsaError):
                 self.jobs.supervisor.stop(local.id, 0)
             return
+        self._arm_supervisor([local.id])
         try:
             self._update(a.job_id, a.attempt, lambda j: dataclasses.replace(
                 j, state=PoolJobState.RUNNING.value, local_id=local.id, started_ns=local.started_ns or time.time_ns()))

@@ -53,7 +53,9 @@ class FakeJobs:
 
     def __init__(self) -> None:
         self.started: list[str] = []
-        self.supervisor = SimpleNamespace(stop=lambda job_id, grace: None, fence=lambda *a, **k: None)
+        self.fenced: list[str] = []
+        self.supervisor = SimpleNamespace(stop=lambda job_id, grace: None,
+                                          request=lambda req, expect, timeout=None: self.fenced.extend(req.job_ids))
 
     def run(self, request: Any) -> Any:
         local_id = f"local{len(self.started) + 1}"
@@ -122,7 +124,7 @@ def test_a_job_that_ends_before_its_running_write_still_names_its_local_job(etcd
         record = _record(etcd, job_id)
         assert record is not None
         assert (record.state, record.local_id, record.node) == ("COMPLETED", "local1", "n1")
-        assert jobs.started == ["local1"]
+        assert jobs.started == ["local1"] and jobs.fenced[:1] == ["local1"]   # armed as soon as it started
         assert etcd.get(keys.assign("n1", job_id)) is None
     finally:
         node.stop()
