@@ -22,8 +22,9 @@ from capsa.cluster.model import (
 )
 from capsa.cluster.node import PoolNode
 from capsa.cluster.proxy import NodeDialer
+from capsa.cluster.retention import Pruned, prune_records, remove_job_record
 from capsa.cluster.workflows import new_job_id, new_workflow, submit_ops
-from capsa.errors import Conflict, InvalidArgument, NotFound, PermissionDenied
+from capsa.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
 __all__ = ["Pool", "PoolNodeView"]
 
@@ -119,6 +120,44 @@ class Pool:
             if job.status.ended or time.monotonic() > deadline:
                 return job
             time.sleep(0.1)
+
+    def local_job(self, job: PoolJob) -> Any:
+        """The local job a pool job runs (or ran) as, from its node: here, or asked over mTLS. None if not
+        started or its node is gone (LOST, or left the pool)."""
+        if not job.local_id or not job.node:
+            return None
+        if job.node == self.node.name:
+            return self.node.jobs.get(job.local_id)
+        try:
+            address = self.address_of(job.node)
+        except NotFound:
+            return None
+        return self.dialer.get(address, job.id, job.local_id)
+
+    def remove(self, id_or_prefix: str, *, force: bool) -> str:
+        """Remove an ended job's record (``force``: stop it first); the local job stays on its node."""
+        for _ in range(20):
+            job = self.get(id_or_prefix)
+            if not job.status.ended:
+                if not force:
+                    raise FailedPrecondition(f"pool job {job.id[:12]} is {job.state}: stop it first (or use -f)")
+                job = self.stop(job.id, 0)
+                if not job.status.ended:
+                    raise Conflict(f"pool job {job.id[:12]} did not end after being stopped; try again")
+            if job.workflow_id:
+                wf = self.etcd.get(keys.workflow(job.workflow_id))
+                if wf is not None and PoolWorkflow.load(wf.value).state == "RUNNING":
+                    raise FailedPrecondition(f"pool job {job.id[:12]} belongs to workflow {job.workflow_id[:12]},"
+                                             " which is still running (it reads the job's outcome)")
+            kv = self.etcd.get(keys.job(job.id))
+            if kv is None:
+                return job.id
+            if remove_job_record(self.etcd, kv):
+                return job.id
+        raise Conflict(f"pool job {id_or_prefix} kept changing while being removed; try again")
+
+    def prune(self, *, older_than_s: float, dry_run: bool) -> Pruned:
+        return prune_records(self.etcd, cutoff_ns=time.time_ns() - int(older_than_s * 1e9), dry_run=dry_run)
 
     def check_owned(self, pool_job_id: str, local_id: str) -> None:
         """PermissionDenied unless ``local_id`` runs (or ran) pool job ``pool_job_id`` on this node: a node

@@ -8,7 +8,9 @@ assignment under the node's lease and records the node in the job. A job is ther
 once, even by two schedulers that both believe they lead.
 
 Then lost nodes: a job ASSIGNED or RUNNING whose node is gone (or came back under another lease) is
-LOST, and placed again when its restart policy says so. Then pool workflows advance.
+LOST, and placed again when its restart policy says so. Then pool workflows advance. Once a minute,
+the records of jobs and workflows that ended longer ago than the retention are removed
+(:mod:`capsa.cluster.retention`).
 Passes run when etcd reports a change under the prefix, and at least every second.
 """
 
@@ -33,12 +35,16 @@ from capsa.cluster.model import (
     requeue,
 )
 from capsa.cluster.placement import NodeLoad, Strategy, choose, demand_of, explain
+from capsa.cluster.retention import prune_records
 from capsa.cluster.workflows import advance_workflows
 from capsa.errors import CapsaError
 
-__all__ = ["PassStats", "Scheduler"]
+__all__ = ["RETENTION_S", "PassStats", "Scheduler"]
 
 log = logging.getLogger("capsa.cluster.scheduler")
+
+RETENTION_S = 7 * 86400.0   # ended pool jobs and workflows are forgotten this long after they ended
+_SWEEP_S = 60.0             # how often the leader sweeps for them
 
 
 @dataclass
@@ -46,11 +52,12 @@ class PassStats:
     placed: int = 0
     unplaceable: dict[str, str] = field(default_factory=dict)
     lost: int = 0
+    pruned: int = 0
 
 
 class Scheduler:
     def __init__(self, etcd: EtcdClient, *, name: str, strategy: Strategy = Strategy.SPREAD,
-                 lease_ttl_s: int = 3) -> None:
+                 lease_ttl_s: int = 3, retention_s: float = RETENTION_S) -> None:
         self.etcd = etcd
         self.name = name
         self.strategy = strategy
@@ -63,6 +70,8 @@ class Scheduler:
         self._known_leases: dict[str, int] = {}
         self._full_scan_at = 0.0
         self.placed_total = 0
+        self.retention_s = retention_s
+        self._sweep_at = 0.0
 
     # -- election ------------------------------------------------------------------------------
     def run(self) -> None:
@@ -148,6 +157,11 @@ class Scheduler:
         stats.lost = self._mark_lost(nodes)
         advance_workflows(self.etcd, self._leader_guard())
         self.placed_total += stats.placed
+        if self.retention_s > 0 and time.monotonic() >= self._sweep_at:
+            self._sweep_at = time.monotonic() + _SWEEP_S
+            pruned = prune_records(self.etcd, cutoff_ns=time.time_ns() - int(self.retention_s * 1e9),
+                                   guard=self._leader_guard())
+            stats.pruned = len(pruned.job_ids) + len(pruned.workflow_ids)
         return stats
 
     def _leader_guard(self) -> list[Compare]:

@@ -12,8 +12,9 @@ from capsa.api.gen.capsa.v1 import cluster_pb2 as cpb
 from capsa.api.gen.capsa.v1 import cluster_pb2_grpc as cpb_grpc
 from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
 from capsa.api.servicers._base import rpc
+from capsa.api.servicers.jobs import job_to_pb
 from capsa.api.streams import follow_log
-from capsa.errors import FailedPrecondition
+from capsa.errors import FailedPrecondition, InvalidArgument
 from capsa.logs import is_finished
 
 __all__ = ["ClusterServicer"]
@@ -61,7 +62,27 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
 
     @rpc
     def GetPoolJob(self, request: cpb.GetPoolJobRequest, context: grpc.ServicerContext) -> cpb.PoolJob:
-        return pool_job_to_pb(self._pool().get(request.id))
+        pool = self._pool()
+        job = pool.get(request.id)
+        out = pool_job_to_pb(job)
+        if request.local:
+            local = pool.local_job(job)
+            if local is not None:
+                out.local.CopyFrom(local if isinstance(local, pb.Job) else job_to_pb(local))
+        return out
+
+    @rpc
+    def RemovePoolJobs(self, request: cpb.RemovePoolJobsRequest,
+                       context: grpc.ServicerContext) -> cpb.RemovePoolJobsResponse:
+        pool = self._pool()
+        return cpb.RemovePoolJobsResponse(removed=[pool.remove(i, force=request.force) for i in request.ids])
+
+    @rpc
+    def PrunePool(self, request: cpb.PrunePoolRequest, context: grpc.ServicerContext) -> cpb.PrunePoolResponse:
+        if request.older_than_seconds < 0:
+            raise InvalidArgument("older_than_seconds must not be negative")
+        pruned = self._pool().prune(older_than_s=request.older_than_seconds, dry_run=request.dry_run)
+        return cpb.PrunePoolResponse(job_ids=pruned.job_ids, workflow_ids=pruned.workflow_ids)
 
     @rpc
     def StopPoolJob(self, request: cpb.StopPoolJobRequest, context: grpc.ServicerContext) -> cpb.PoolJob:
@@ -117,6 +138,11 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
     def NodeStopJob(self, request: cpb.NodeStopJobRequest, context: grpc.ServicerContext) -> cpb.NodeStopJobResponse:
         self._pool().check_owned(request.pool_job_id, request.id)
         return cpb.NodeStopJobResponse(state=self.cluster.node.stop_local(request.id, request.grace_seconds))
+
+    @rpc
+    def NodeGetJob(self, request: cpb.NodeGetJobRequest, context: grpc.ServicerContext) -> pb.Job:
+        self._pool().check_owned(request.pool_job_id, request.id)
+        return job_to_pb(self.cluster.node.jobs.get(request.id))
 
     @rpc
     async def NodeLogs(self, request: cpb.NodeLogsRequest, context: Any) -> Any:
