@@ -133,10 +133,12 @@ def run_on_pool(client: Any, fields: dict[str, Any], features: dict[str, Any], *
     from capsa.api.gen.capsa.v1 import cluster_pb2 as cpb
     from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
     from capsa.cluster.model import parse_constraints
+    from capsa.cluster.spec import REFUSED
     from capsa.errors import InvalidArgument
 
-    if features["uploads"] or features["secret_env"]:
-        raise InvalidArgument("--upload and --secret-env are not supported with --pool")
+    for flag, given in (("--upload", features["uploads"]), ("--secret-env", features["secret_env"])):
+        if given:   # refused before anything is uploaded or sent (the node refuses them too)
+            raise InvalidArgument(REFUSED[flag])
     resources = pb.Resources(**{k: fields.pop(k) for k in ("max_cpu", "cpu_cores", "max_memory_mb", "max_iobps",
                                                          "max_pids")})
     request = pb.RunJobRequest(**fields, resources=resources, timeout=features["timeout"],

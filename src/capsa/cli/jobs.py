@@ -99,7 +99,8 @@ def run(obj: Any, detach: bool, name: str, labels: tuple[str, ...], auto_remove:
                                         image=image, pull=pull, runtime=runtime, user=user, seccomp=seccomp,
                                         network=network, volumes=list(volumes), capsules=list(capsules), gpus=gpus,
                                         max_cpu=max_cpu, cpu_cores=cpu_cores, max_memory_mb=max_memory,
-                                        max_iobps=max_iobps, max_pids=max_pids),
+                                        max_iobps=max_iobps, max_pids=max_pids, log_max_size=log_max_size,
+                                        labels=key_values(labels, "--label"), auto_remove=auto_remove),
                            features, constraints=constraints, restart=restart, detach=detach, as_json=as_json)
     extra = feature_request(client, features)
     job = client.run_job(list(command), env=_parse_env(env), workdir=workdir, name=name, max_cpu=max_cpu,

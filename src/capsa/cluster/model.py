@@ -149,6 +149,7 @@ class PoolJob:
     started_ns: int = 0
     ended_ns: int = 0
     stop_requested: bool = False
+    not_before_ns: int = 0             # --schedule: not placed before this wall-clock time
     v: int = SCHEMA_VERSION
 
     @property
@@ -165,7 +166,7 @@ class PoolJob:
     def placement(self) -> dict[str, Any]:
         """What the scheduler needs to place it (the pending key's value)."""
         return {"id": self.id, "spec": self.spec, "constraints": self.constraints, "attempt": self.attempt,
-                "submitted_ns": self.submitted_ns, "v": SCHEMA_VERSION}
+                "submitted_ns": self.submitted_ns, "not_before_ns": self.not_before_ns, "v": SCHEMA_VERSION}
 
 
 @dataclass

@@ -56,13 +56,13 @@ class Pool:
 
     # -- jobs ---------------------------------------------------------------------------------------
     def submit(self, spec: dict[str, Any], *, constraints: dict[str, str], restart: str,
-               max_restarts: int) -> PoolJob:
+               max_restarts: int, not_before_ns: int = 0) -> PoolJob:
         try:
             policy = Restart(restart or "no")
         except ValueError:
             raise InvalidArgument(f"restart {restart!r}: use no, on-failure or always") from None
         job = PoolJob(id=new_job_id(), spec=spec, constraints=constraints, restart=policy.value,
-                      max_restarts=max_restarts or 3)
+                      max_restarts=max_restarts or 3, not_before_ns=not_before_ns)
         self.etcd.txn([Compare.missing(keys.job(job.id))], submit_ops(job))
         return job
 

@@ -170,6 +170,8 @@ class Scheduler:
     def _place(self, pending: KeyValue, loads: list[NodeLoad]) -> str | None:
         request = pending.json()
         job_id = request["id"]
+        if int(request.get("not_before_ns") or 0) > time.time_ns():   # --schedule: passes run every second
+            return "scheduled for later"
         demand = demand_of(request["spec"], request.get("constraints") or {})
         target = choose(loads, demand, self.strategy)
         if target is None:

@@ -1,7 +1,11 @@
 """A pool job's spec: the RunJob request as plain JSON for etcd, and back to a ``RunRequest``.
 
-Secrets, uploads and schedules are refused: etcd would hold secret values in plain text, an upload
-lives on the node that received it, and a schedule is the scheduler's business, not a node's.
+Refused, each with the reason in the error: ``--secret-env`` (etcd stores what it is given, and every
+node and scheduler can read the job records, so the values would sit in plain text in etcd's log and
+snapshots), ``--upload`` (the staged files live on the serving node, not on the one the job lands on),
+``--rm`` (the pool record names the local job: it must outlive the job) and ``-p`` (refused by the CLI:
+a port is published on the node that runs the job, which is not known yet). ``--schedule`` is the
+scheduler's business: :func:`not_before_ns` turns it into the earliest placement time.
 """
 
 from __future__ import annotations
@@ -11,17 +15,26 @@ from typing import Any
 from capsa.errors import InvalidArgument
 from capsa.jobs.model import Resources, RunRequest
 
-__all__ = ["run_request", "spec_from_pb"]
+__all__ = ["REFUSED", "not_before_ns", "run_request", "spec_from_pb"]
+
+REFUSED = {
+    "--secret-env": "--secret-env is not supported with --pool: the job's record in etcd is readable by every node"
+                    " and scheduler and kept in etcd's log and snapshots, so the values would be stored there in"
+                    " clear; run the job on one node (without --pool) instead",
+    "--upload": "--upload is not supported with --pool: the uploaded files are staged on the node that received"
+                " them, not on the node the scheduler picks; put them in an image, a capsule or a volume the"
+                " chosen nodes have",
+    "--rm": "--rm is not supported with --pool: the pool's record names the job on its node, so that job must"
+            " outlive its end; `capsa rm --pool` removes the record",
+}
 
 
 def spec_from_pb(request: Any) -> dict[str, Any]:
     """The spec of a ``capsa.v1.RunJobRequest``."""
-    if request.secret_env:
-        raise InvalidArgument("--secret-env is not supported for pool jobs (etcd would store the values)")
-    if request.upload_session:
-        raise InvalidArgument("--upload is not supported for pool jobs (the upload stays on the serving node)")
-    if request.schedule:
-        raise InvalidArgument("--schedule is not supported for pool jobs")
+    for flag, given in (("--secret-env", request.secret_env), ("--upload", request.upload_session),
+                        ("--rm", request.auto_remove)):
+        if given:
+            raise InvalidArgument(REFUSED[flag])
     if not request.command and not request.image and not request.runtime:
         raise InvalidArgument("a pool job needs a command, an image or a runtime")
     r = request.resources
@@ -30,7 +43,7 @@ def spec_from_pb(request: Any) -> dict[str, Any]:
         "name": request.name, "image": request.image, "pull": request.pull or "missing", "user": request.user,
         "runtime": request.runtime, "seccomp": request.seccomp or "default", "network": request.network or "host",
         "volumes": list(request.volumes), "capsules": list(request.capsules), "gpus": request.gpus,
-        "timeout": request.timeout,
+        "timeout": request.timeout, "labels": dict(request.labels), "log_max_size": request.log_max_size,
         "resources": {"max_cpu": r.max_cpu, "cpu_cores": r.cpu_cores, "max_memory_mb": r.max_memory_mb,
                       "max_iobps": r.max_iobps, "max_pids": r.max_pids},
     }
@@ -43,8 +56,19 @@ def run_request(spec: dict[str, Any], *, name: str) -> RunRequest:
         name=name, image=spec.get("image", ""), pull=spec.get("pull", "missing"), user=spec.get("user", ""),
         runtime=spec.get("runtime", ""), seccomp=spec.get("seccomp", "default"), network=spec.get("network", "host"),
         volumes=tuple(spec.get("volumes") or ()), capsules=tuple(spec.get("capsules") or ()),
-        gpus=int(spec.get("gpus", 0)), timeout=spec.get("timeout", ""),
+        gpus=int(spec.get("gpus", 0)), timeout=spec.get("timeout", ""), labels=dict(spec.get("labels") or {}),
+        log_max_size=spec.get("log_max_size", ""),
         resources=Resources(max_cpu=int(r.get("max_cpu", 0)), cpu_cores=r.get("cpu_cores", ""),
                             max_memory_mb=int(r.get("max_memory_mb", 0)), max_iobps=int(r.get("max_iobps", 0)),
                             max_pids=int(r.get("max_pids", 0))),
     )
+
+
+def not_before_ns(request: Any) -> int:
+    """``--schedule`` of a ``capsa.v1.RunJobRequest`` as the wall-clock time before which the scheduler does
+    not place the job (0: at once). The submitting node's clock reads it, the scheduler's compares it."""
+    if not request.schedule:
+        return 0
+    from capsa.jobs.schedule import parse_start_time
+
+    return parse_start_time(request.schedule)

@@ -27,7 +27,8 @@ def pool_job_to_pb(job: Any) -> cpb.PoolJob:
         exit_code=job.exit_code if job.exit_code is not None else 0, ended=job.status.ended,
         constraints=job.constraints, history=job.history, workflow_id=job.workflow_id,
         workflow_job=job.workflow_job, submitted_at_ns=job.submitted_ns, placed_at_ns=job.placed_ns,
-        started_at_ns=job.started_ns, ended_at_ns=job.ended_ns, image=job.spec.get("image", ""))
+        started_at_ns=job.started_ns, ended_at_ns=job.ended_ns, image=job.spec.get("image", ""),
+        not_before_ns=job.not_before_ns)
 
 
 class ClusterServicer(cpb_grpc.ClusterServiceServicer):
@@ -49,11 +50,12 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
 
     @rpc
     def SubmitPoolJob(self, request: cpb.SubmitPoolJobRequest, context: grpc.ServicerContext) -> cpb.PoolJob:
-        from capsa.cluster.spec import spec_from_pb
+        from capsa.cluster.spec import not_before_ns, spec_from_pb
 
         pool = self._pool()
         return pool_job_to_pb(pool.submit(spec_from_pb(request.job), constraints=dict(request.constraints),
-                                          restart=request.restart, max_restarts=request.max_restarts))
+                                          restart=request.restart, max_restarts=request.max_restarts,
+                                          not_before_ns=not_before_ns(request.job)))
 
     @rpc
     def ListPoolJobs(self, request: cpb.ListPoolJobsRequest,

@@ -74,7 +74,7 @@ class SubmitPoolJobRequest(_message.Message):
     def __init__(self, job: _Optional[_Union[_jobs_pb2.RunJobRequest, _Mapping]] = ..., constraints: _Optional[_Mapping[str, str]] = ..., restart: _Optional[str] = ..., max_restarts: _Optional[int] = ...) -> None: ...
 
 class PoolJob(_message.Message):
-    __slots__ = ("id", "name", "command", "state", "node", "local_id", "attempt", "restart", "reason", "exit_code", "ended", "constraints", "history", "workflow_id", "workflow_job", "submitted_at_ns", "placed_at_ns", "started_at_ns", "ended_at_ns", "image", "local")
+    __slots__ = ("id", "name", "command", "state", "node", "local_id", "attempt", "restart", "reason", "exit_code", "ended", "constraints", "history", "workflow_id", "workflow_job", "submitted_at_ns", "placed_at_ns", "started_at_ns", "ended_at_ns", "image", "local", "not_before_ns")
     class ConstraintsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +103,7 @@ class PoolJob(_message.Message):
     ENDED_AT_NS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     LOCAL_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_NS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -124,7 +125,8 @@ class PoolJob(_message.Message):
     ended_at_ns: int
     image: str
     local: _jobs_pb2.Job
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., node: _Optional[str] = ..., local_id: _Optional[str] = ..., attempt: _Optional[int] = ..., restart: _Optional[str] = ..., reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., ended: _Optional[bool] = ..., constraints: _Optional[_Mapping[str, str]] = ..., history: _Optional[_Iterable[str]] = ..., workflow_id: _Optional[str] = ..., workflow_job: _Optional[str] = ..., submitted_at_ns: _Optional[int] = ..., placed_at_ns: _Optional[int] = ..., started_at_ns: _Optional[int] = ..., ended_at_ns: _Optional[int] = ..., image: _Optional[str] = ..., local: _Optional[_Union[_jobs_pb2.Job, _Mapping]] = ...) -> None: ...
+    not_before_ns: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., node: _Optional[str] = ..., local_id: _Optional[str] = ..., attempt: _Optional[int] = ..., restart: _Optional[str] = ..., reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., ended: _Optional[bool] = ..., constraints: _Optional[_Mapping[str, str]] = ..., history: _Optional[_Iterable[str]] = ..., workflow_id: _Optional[str] = ..., workflow_job: _Optional[str] = ..., submitted_at_ns: _Optional[int] = ..., placed_at_ns: _Optional[int] = ..., started_at_ns: _Optional[int] = ..., ended_at_ns: _Optional[int] = ..., image: _Optional[str] = ..., local: _Optional[_Union[_jobs_pb2.Job, _Mapping]] = ..., not_before_ns: _Optional[int] = ...) -> None: ...
 
 class ListPoolJobsRequest(_message.Message):
     __slots__ = ("all",)
