@@ -92,6 +92,9 @@ class Scheduler:
                 if leader is None:
                     continue
                 self.leader_key = _decode(leader["key"])
+                if not self._still_leader():   # belt and braces: a win with a key already gone is no win
+                    log.warning("%s: campaign won with a key that no longer exists; campaigning again", self.name)
+                    continue
                 log.info("%s leads the pool scheduler", self.name)
                 self.leading.set()
                 self._lead(keeper)
@@ -125,6 +128,9 @@ class Scheduler:
         try:
             while not self.stop_event.is_set() and keeper.is_alive():
                 self._wake.clear()
+                if not self._still_leader():   # every bind would fail its guard: step down, campaign again
+                    log.warning("%s: the leader key is gone; standing down", self.name)
+                    return
                 self.one_pass()
                 self._wake.wait(1.0)
         finally:
@@ -163,6 +169,10 @@ class Scheduler:
                                    guard=self._leader_guard())
             stats.pruned = len(pruned.job_ids) + len(pruned.workflow_ids)
         return stats
+
+    def _still_leader(self) -> bool:
+        kv = self.etcd.get(self.leader_key)
+        return kv is not None and kv.lease == self.lease
 
     def _leader_guard(self) -> list[Compare]:
         return [Compare.exists(self.leader_key)] if self.leader_key else []
