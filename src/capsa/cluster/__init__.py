@@ -6,6 +6,7 @@
 - :mod:`.scheduler` — ``capsa scheduler``: leader election, binding transactions, LOST detection
 - :mod:`.node` — a daemon's membership, its assignments, fencing
 - :mod:`.pool` — what the API serves (any node), with :mod:`.proxy` to reach the owning node
+- :mod:`.retention` — removing the records of ended jobs and workflows (rm/prune --pool, the leader's sweep)
 - :mod:`.bundle` — certificates and configs for a cluster (``capsa init --pool-node ... --etcd ...``)
 
 ``ClusterComponent`` is what the daemon composition root starts after jobs and stops before them.

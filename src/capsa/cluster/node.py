@@ -12,7 +12,9 @@ Contract:
   measured from when it *sent* the last successful renewal) kills every pool job it runs: by then
   etcd may be about to expire the lease and the scheduler to place the jobs elsewhere. The margin
   covers the kill itself. It re-registers under a fresh lease when etcd answers again; its old
-  assignments are gone with the old lease, so nothing runs twice.
+  assignments are gone with the old lease, so nothing runs twice. The same deadline goes to the
+  supervisor (``FenceRequest``) after every renewal and at each start, so the jobs also die on time
+  when this daemon is dead or hung (the supervisor outlives it).
 """
 
 from __future__ import annotations
