@@ -81,6 +81,7 @@ class PoolNode:
         self._threads: list[threading.Thread] = []
         self._watch_stop = threading.Event()
         self._last_ok = time.monotonic()   # when the last successful renewal (or the grant) was sent
+        self._fence_warned = False
 
     # -- life ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -167,10 +168,14 @@ class PoolNode:
                 local_ids = [local for local, _attempt in self._running.values() if local]
         if not local_ids:
             return
-        try:
-            self.jobs.supervisor.request(FenceRequest(tuple(local_ids), self.fence_deadline()), OkReply, timeout=5)
-        except CapsaError as exc:   # the daemon-side watchdog still fences while this daemon lives
-            log.warning("cannot hand the supervisor the fencing deadline: %s", exc)
+        try:   # bounded: this runs between renewals
+            self.jobs.supervisor.request(FenceRequest(tuple(local_ids), self.fence_deadline()), OkReply,
+                                         timeout=max(0.5, self.ttl / 3))
+            self._fence_warned = False
+        except CapsaError as exc:   # (an older supervisor, say) the daemon-side watchdog still fences
+            if not self._fence_warned:
+                log.warning("cannot hand the supervisor the fencing deadline: %s", exc)
+            self._fence_warned = True
 
     def _watchdog_loop(self) -> None:
         """Fence at ``last renewal sent + ttl - margin``, however long a renewal call blocks.
