@@ -27,9 +27,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from capsa.cluster.etcd import Compare, EtcdClient, Op
+from capsa.cluster.etcd import Compare, EtcdClient, KeyValue, Op
 from capsa.cluster.model import SCHEMA_VERSION, Assignment, NodeRecord, PoolJob, PoolJobState, keys, requeue
-from capsa.cluster.spec import run_request
+from capsa.cluster.spec import POOL_JOB_LABEL, run_request
 from capsa.errors import CapsaError
 from capsa.jobs.service import JobService
 from capsa.runtime.protocol import FenceRequest, OkReply
@@ -86,6 +86,7 @@ class PoolNode:
     # -- life ---------------------------------------------------------------------------------
     def start(self) -> None:
         """Join the pool; if etcd cannot be reached the daemon still starts and joins when it can."""
+        self._end_leftovers()
         try:
             self._register()
         except CapsaError as exc:
@@ -97,6 +98,17 @@ class PoolNode:
             t.start()
             self._threads.append(t)
         self._start_watch()
+
+    def _end_leftovers(self) -> None:
+        """Kill the pool jobs a previous run of this daemon left running (its supervisor outlived it), before
+        joining: their attempts went with the old lease (the scheduler marks them LOST and may place them
+        again) and the new lease must not carry them. A pool job is recognised by its local job's label."""
+        for job in self.jobs.list(all=False):
+            if POOL_JOB_LABEL in (job.labels or {}):
+                log.warning("ending pool job %s left running by a previous daemon (local job %s)",
+                            job.labels[POOL_JOB_LABEL][:12], job.id[:12])
+                with contextlib.suppress(CapsaError):
+                    self.jobs.supervisor.stop(job.id, 0)
 
     def stop(self) -> None:
         """Leave the pool: end the pool jobs here, then revoke the lease (the scheduler marks them LOST at
@@ -224,35 +236,49 @@ class PoolNode:
             try:
                 existing, revision = self.etcd.range(prefix)
                 for kv in existing:
-                    self._take(Assignment.load(kv.value), lease)
+                    self._take(Assignment.load(kv.value), lease, kv)
                 for events in self.etcd.watch(prefix, start_revision=revision + 1, stop=stop):
                     for event in events:
-                        if event.type == "PUT" and event.kv.create_revision == event.kv.mod_revision:
-                            self._take(Assignment.load(event.kv.value), lease)
+                        # Every PUT, not only creations: a later attempt bound here can overwrite a key
+                        # an earlier one left (under a lease still alive); _take dedups by attempt.
+                        if event.type == "PUT":
+                            self._take(Assignment.load(event.kv.value), lease, event.kv)
             except CapsaError as exc:
                 log.warning("assignment watch: %s (re-reading)", exc)
                 stop.wait(0.5)
 
-    def _take(self, a: Assignment, lease: int) -> None:
+    def _take(self, a: Assignment, lease: int, kv: KeyValue) -> None:
+        """Start an attempt once: the same attempt seen again (a re-read after a broken watch, a repeated
+        event) is skipped; an assignment under another lease is a previous life's (a daemon restarted
+        within the TTL): that attempt is given up with its lease (LOST), never started again."""
         with self._lock:
-            if a.job_id in self._running or self.fenced.is_set() or lease != self.lease:
+            if self._running.get(a.job_id, ("", 0))[1] >= a.attempt:
+                return
+            if self.fenced.is_set() or lease != self.lease or kv.lease != lease:
                 return
             self._running[a.job_id] = ("", a.attempt)
-        threading.Thread(target=self._start_job, args=(a,), name="cluster-start", daemon=True).start()
+        threading.Thread(target=self._start_job, args=(a, kv.mod_revision), name="cluster-start",
+                         daemon=True).start()
 
-    def _start_job(self, a: Assignment) -> None:
+    def _start_job(self, a: Assignment, assign_rev: int) -> None:
         kv = self.etcd.get(keys.job(a.job_id))
         job = PoolJob.load(kv.value) if kv else None
-        if job is None or job.node != self.name or job.attempt != a.attempt or job.status.ended:
-            self._drop(a.job_id)
+        if (job is None or job.node != self.name or job.node_lease != self.lease or job.attempt != a.attempt
+                or job.status != PoolJobState.ASSIGNED):
+            # Not (or no longer) ours to start: another node's, a previous lease's, ended, or started already.
+            self._drop(a.job_id, a.attempt)
+            with contextlib.suppress(CapsaError):   # only this very assignment: never a later attempt's
+                key = keys.assign(self.name, a.job_id)
+                self.etcd.txn([Compare(key, "MOD", "EQUAL", assign_rev)], [Op.delete(key)])
             return
         try:
-            local = self.jobs.run(run_request(job.spec, name=job.spec.get("name") or f"pool-{job.id[:12]}"))
+            local = self.jobs.run(run_request(job.spec, name=job.spec.get("name") or f"pool-{job.id[:12]}",
+                                              pool_job_id=job.id))
         except CapsaError as exc:
             self._finish(a.job_id, a.attempt, PoolJobState.FAILED, f"start failed on {self.name}: {exc}", 127)
             return
         with self._lock:
-            kept = a.job_id in self._running
+            kept = self._running.get(a.job_id, ("", 0))[1] == a.attempt
             if kept:
                 self._running[a.job_id] = (local.id, a.attempt)
         if not kept:   # fenced while it was starting: it must not run on
@@ -301,16 +327,18 @@ class PoolNode:
                                     started_ns=j.started_ns or started_ns)
             return requeue(j, state, reason, time.time_ns())
 
+        # The assignment goes in the same transaction: deleted after it, it could take with it the key of
+        # the next attempt, bound to this node again in between (which would then never start).
         self._update(job_id, attempt, ended,
-                     extra=lambda j: [Op.put(keys.pending(job_id), j.placement())]
-                     if j.status == PoolJobState.PENDING else [])
-        self._drop(job_id)
+                     extra=lambda j: [Op.delete(keys.assign(self.name, job_id)),
+                                      *([Op.put(keys.pending(job_id), j.placement())]
+                                        if j.status == PoolJobState.PENDING else [])])
+        self._drop(job_id, attempt)
 
-    def _drop(self, job_id: str) -> None:
+    def _drop(self, job_id: str, attempt: int) -> None:
         with self._lock:
-            self._running.pop(job_id, None)
-        with contextlib.suppress(CapsaError):
-            self.etcd.delete(keys.assign(self.name, job_id))
+            if self._running.get(job_id, ("", 0))[1] == attempt:
+                del self._running[job_id]
 
     def _update(self, job_id: str, attempt: int, change: Callable[[PoolJob], PoolJob],
                 extra: Callable[[PoolJob], list[Op]] | None = None) -> bool:

@@ -15,7 +15,11 @@ from typing import Any
 from capsa.errors import InvalidArgument
 from capsa.jobs.model import Resources, RunRequest
 
-__all__ = ["REFUSED", "not_before_ns", "run_request", "spec_from_pb"]
+__all__ = ["POOL_JOB_LABEL", "REFUSED", "not_before_ns", "run_request", "spec_from_pb"]
+
+# On the local job a node runs for a pool job: which pool job it is. A restarted daemon ends the local
+# jobs carrying it before it rejoins (their attempts were given up with its old lease).
+POOL_JOB_LABEL = "capsa.pool/job"
 
 REFUSED = {
     "--secret-env": "--secret-env is not supported with --pool: the job's record in etcd is readable by every node"
@@ -49,14 +53,17 @@ def spec_from_pb(request: Any) -> dict[str, Any]:
     }
 
 
-def run_request(spec: dict[str, Any], *, name: str) -> RunRequest:
+def run_request(spec: dict[str, Any], *, name: str, pool_job_id: str = "") -> RunRequest:
     r = spec.get("resources") or {}
+    labels = dict(spec.get("labels") or {})
+    if pool_job_id:
+        labels[POOL_JOB_LABEL] = pool_job_id
     return RunRequest(
         command=tuple(spec.get("command") or ()), env=dict(spec.get("env") or {}), workdir=spec.get("workdir", ""),
         name=name, image=spec.get("image", ""), pull=spec.get("pull", "missing"), user=spec.get("user", ""),
         runtime=spec.get("runtime", ""), seccomp=spec.get("seccomp", "default"), network=spec.get("network", "host"),
         volumes=tuple(spec.get("volumes") or ()), capsules=tuple(spec.get("capsules") or ()),
-        gpus=int(spec.get("gpus", 0)), timeout=spec.get("timeout", ""), labels=dict(spec.get("labels") or {}),
+        gpus=int(spec.get("gpus", 0)), timeout=spec.get("timeout", ""), labels=labels,
         log_max_size=spec.get("log_max_size", ""),
         resources=Resources(max_cpu=int(r.get("max_cpu", 0)), cpu_cores=r.get("cpu_cores", ""),
                             max_memory_mb=int(r.get("max_memory_mb", 0)), max_iobps=int(r.get("max_iobps", 0)),

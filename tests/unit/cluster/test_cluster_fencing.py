@@ -86,7 +86,7 @@ class FakeJobs:
         self.supervisor = FakeSupervisor()
 
     def list(self, *, all: bool = False) -> list[Any]:
-        return [SimpleNamespace(id="local-1")]   # still running, as far as the mirror asks
+        return [SimpleNamespace(id="local-1", labels={})]   # still running, as far as the mirror asks
 
 
 def _node(etcd: FakeEtcd, jobs: FakeJobs, ttl: int = 2) -> PoolNode:

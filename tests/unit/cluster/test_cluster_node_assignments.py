@@ -3,6 +3,7 @@ local job service faked: what the pool record says about the local job that ran 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from types import SimpleNamespace
@@ -117,3 +118,76 @@ def test_assignments_re_read_after_a_broken_watch_start_nothing_twice(etcd_url: 
     finally:
         node.stop()
 
+
+
+def test_an_assignment_under_a_previous_lease_is_not_started_again(etcd_url: str) -> None:
+    """A daemon restarted within the TTL finds its previous life's assignments (their lease still alive): those
+    attempts are being given up with that lease, and starting them again would run them twice."""
+    etcd, jobs = EtcdClient([etcd_url]), FakeJobs()
+    old_lease = etcd.grant(30)
+    job = PoolJob(id="e" * 32, spec={"command": ["/bin/true"]}, state=PoolJobState.RUNNING.value, node="n1",
+                  node_lease=old_lease, local_id="old")
+    etcd.txn([], [Op.put(keys.job(job.id), job.dump()),
+                  Op.put(keys.assign("n1", job.id), Assignment(job.id, 1, 0, 0, 0).dump(), lease=old_lease)])
+    node = _node(etcd, jobs)
+    node.start()
+    try:
+        time.sleep(1.0)
+        assert jobs.started == []
+    finally:
+        node.stop()
+        etcd.revoke(old_lease)
+
+
+def test_local_pool_jobs_a_previous_daemon_left_running_are_killed_before_it_joins(etcd_url: str) -> None:
+    etcd, jobs = EtcdClient([etcd_url]), FakeJobs()
+    stopped: list[tuple[str, bool]] = []
+    jobs.list = lambda all=False: [SimpleNamespace(id="left1", labels={"capsa.pool/job": "f" * 32}),  # type: ignore[method-assign]
+                                   SimpleNamespace(id="users1", labels={"team": "a"})]
+    jobs.supervisor.stop = lambda job_id, grace: stopped.append((job_id, etcd.get(keys.node("n1")) is None))
+    node = _node(etcd, jobs)
+    node.start()
+    try:
+        assert stopped == [("left1", True)]   # only the pool job, and before the node registered
+    finally:
+        node.stop()
+
+
+class SlowAssignmentDelete(EtcdClient):
+    """Holds a plain delete of an assignment back until the job was bound again: the order in which a node's
+    separate clean-up after an attempt's end removed the next attempt's assignment."""
+
+    def delete(self, key: str, *, prefix: bool = False) -> int:
+        if key.startswith(keys.ASSIGN):
+            job_id = key.rsplit("/", 1)[-1]
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                kv = self.get(keys.job(job_id))
+                if kv is not None and PoolJob.load(kv.value).state == PoolJobState.ASSIGNED.value:
+                    break
+                time.sleep(0.01)
+        return super().delete(key, prefix=prefix)
+
+
+def test_every_attempt_of_a_job_rebound_to_the_same_node_starts(etcd_url: str) -> None:
+    from capsa.cluster.scheduler import Scheduler
+    from capsa.cluster.workflows import submit_ops
+
+    etcd, jobs = SlowAssignmentDelete([etcd_url]), FakeJobs()
+    node = _node(etcd, jobs)
+    node.start()
+    sched = Scheduler(EtcdClient([etcd_url]), name="s", lease_ttl_s=3, retention_s=0)
+    runner = threading.Thread(target=sched.run, daemon=True)
+    runner.start()
+    try:
+        job = PoolJob(id="c" * 32, spec={"command": ["/bin/true"]}, restart="always", max_restarts=3)
+        etcd.txn([], submit_ops(job))
+        assert _wait(lambda: (r := _record(etcd, job.id)) is not None and r.status.ended, 20), _record(etcd, job.id)
+        record = _record(etcd, job.id)
+        assert record is not None and (record.attempt, record.state) == (4, "COMPLETED")
+        assert len(jobs.started) == 4 and record.local_id == jobs.started[-1]
+        assert etcd.range(keys.assign("n1"))[0] == []
+    finally:
+        sched.stop_event.set()
+        runner.join(10)
+        node.stop()
