@@ -261,7 +261,12 @@ class PoolNode:
                          daemon=True).start()
 
     def _start_job(self, a: Assignment, assign_rev: int) -> None:
-        kv = self.etcd.get(keys.job(a.job_id))
+        try:
+            kv = self.etcd.get(keys.job(a.job_id))
+        except CapsaError as exc:   # the watch breaks too and re-reads the assignment: taken again then
+            log.warning("pool job %s: cannot read its record: %s", a.job_id[:12], exc)
+            self._drop(a.job_id, a.attempt)
+            return
         job = PoolJob.load(kv.value) if kv else None
         if (job is None or job.node != self.name or job.node_lease != self.lease or job.attempt != a.attempt
                 or job.status != PoolJobState.ASSIGNED):
