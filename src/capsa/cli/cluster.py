@@ -132,17 +132,18 @@ def run_on_pool(client: Any, fields: dict[str, Any], features: dict[str, Any], *
     whichever node runs it and exit with the job's code."""
     from capsa.api.gen.capsa.v1 import cluster_pb2 as cpb
     from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
+    from capsa.cli.run_features import _parse_secrets
     from capsa.cluster.model import parse_constraints
     from capsa.cluster.spec import REFUSED
     from capsa.errors import InvalidArgument
 
-    for flag, given in (("--upload", features["uploads"]), ("--secret-env", features["secret_env"])):
-        if given:   # refused before anything is uploaded or sent (the node refuses them too)
-            raise InvalidArgument(REFUSED[flag])
+    if features["uploads"]:   # refused before anything is uploaded (the node refuses it too)
+        raise InvalidArgument(REFUSED["--upload"])
     resources = pb.Resources(**{k: fields.pop(k) for k in ("max_cpu", "cpu_cores", "max_memory_mb", "max_iobps",
                                                          "max_pids")})
     request = pb.RunJobRequest(**fields, resources=resources, timeout=features["timeout"],
-                               schedule=features["schedule"])
+                               schedule=features["schedule"],
+                               secret_env=_parse_secrets(features["secret_env"]))
     job = pool_call(client, "SubmitPoolJob", cpb.SubmitPoolJobRequest(
         job=request, constraints=parse_constraints(constraints), restart=restart))
     if detach:

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 
 from capsa.cluster.etcd import Compare, EtcdClient, KeyValue, Op
 from capsa.cluster.model import SCHEMA_VERSION, Assignment, NodeRecord, PoolJob, PoolJobState, keys, requeue
+from capsa.cluster.sealing import open_sealed
 from capsa.cluster.spec import POOL_JOB_LABEL, run_request
-from capsa.errors import CapsaError
+from capsa.errors import CapsaError, FailedPrecondition
 from capsa.jobs.service import JobService
 from capsa.runtime.protocol import FenceRequest, OkReply
 
@@ -62,7 +63,8 @@ class PoolNode:
     """Started after the job service, stopped before it (daemon composition root)."""
 
     def __init__(self, etcd: EtcdClient, jobs: JobService, *, name: str, address: str, labels: dict[str, str],
-                 snapshotter: str, lease_ttl_s: int, max_jobs: int, inventory: Callable[[], Inventory]) -> None:
+                 snapshotter: str, lease_ttl_s: int, max_jobs: int, inventory: Callable[[], Inventory],
+                 cert_pem: str = "", key_pem: str = "") -> None:
         self.etcd = etcd
         self.jobs = jobs
         self.name = name
@@ -72,6 +74,8 @@ class PoolNode:
         self.ttl = lease_ttl_s
         self.max_jobs = max_jobs
         self.inventory = inventory
+        self.cert_pem = cert_pem   # the node certificate, published: --secret-env values are sealed to it
+        self._key_pem = key_pem
         self.lease = 0
         self.fenced = threading.Event()
         self._stop = threading.Event()
@@ -129,7 +133,7 @@ class PoolNode:
         return NodeRecord(name=self.name, address=self.address, lease=self.lease, cpus=inv.cpus,
                           memory_mb=inv.memory_mb, gpus=inv.gpus, labels=self.labels, snapshotter=self.snapshotter,
                           images=sorted(inv.images), capsules=sorted(inv.capsules),
-                          max_jobs=self.max_jobs or 4 * max(1, inv.cpus))
+                          max_jobs=self.max_jobs or 4 * max(1, inv.cpus), cert_pem=self.cert_pem)
 
     def _register(self) -> None:
         sent = time.monotonic()
@@ -277,8 +281,13 @@ class PoolNode:
                 self.etcd.txn([Compare(key, "MOD", "EQUAL", assign_rev)], [Op.delete(key)])
             return
         try:
+            secret_env = {}
+            if job.sealed:   # opened here, handed to the start, never stored
+                if self.name not in job.sealed:
+                    raise FailedPrecondition(f"its secret environment is not sealed to node {self.name}")
+                secret_env = open_sealed(job.sealed[self.name], job_id=job.id, node=self.name, key_pem=self._key_pem)
             local = self.jobs.run(run_request(job.spec, name=job.spec.get("name") or f"pool-{job.id[:12]}",
-                                              pool_job_id=job.id))
+                                              pool_job_id=job.id, secret_env=secret_env))
         except CapsaError as exc:
             self._finish(a.job_id, a.attempt, PoolJobState.FAILED, f"start failed on {self.name}: {exc}", 127)
             return

@@ -23,8 +23,9 @@ from capsa.cluster.model import (
 from capsa.cluster.node import PoolNode
 from capsa.cluster.proxy import NodeDialer
 from capsa.cluster.retention import Pruned, prune_records, remove_job_record
+from capsa.cluster.sealing import seal
 from capsa.cluster.workflows import new_job_id, new_workflow, submit_ops
-from capsa.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from capsa.errors import CapsaError, Conflict, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
 __all__ = ["Pool", "PoolNodeView"]
 
@@ -37,10 +38,11 @@ class PoolNodeView:
 
 
 class Pool:
-    def __init__(self, etcd: EtcdClient, node: PoolNode, dialer: NodeDialer) -> None:
+    def __init__(self, etcd: EtcdClient, node: PoolNode, dialer: NodeDialer, *, ca_pem: str = "") -> None:
         self.etcd = etcd
         self.node = node
         self.dialer = dialer
+        self.ca_pem = ca_pem
 
     # -- nodes ------------------------------------------------------------------------------------
     def nodes(self) -> list[PoolNodeView]:
@@ -56,15 +58,33 @@ class Pool:
 
     # -- jobs ---------------------------------------------------------------------------------------
     def submit(self, spec: dict[str, Any], *, constraints: dict[str, str], restart: str,
-               max_restarts: int, not_before_ns: int = 0) -> PoolJob:
+               max_restarts: int, not_before_ns: int = 0, secret_env: dict[str, str] | None = None) -> PoolJob:
         try:
             policy = Restart(restart or "no")
         except ValueError:
             raise InvalidArgument(f"restart {restart!r}: use no, on-failure or always") from None
         job = PoolJob(id=new_job_id(), spec=spec, constraints=constraints, restart=policy.value,
                       max_restarts=max_restarts or 3, not_before_ns=not_before_ns)
+        if secret_env:
+            job.sealed = self._seal(job.id, secret_env)
         self.etcd.txn([Compare.missing(keys.job(job.id))], submit_ops(job))
         return job
+
+    def _seal(self, job_id: str, values: dict[str, str]) -> dict[str, str]:
+        """One box per READY node whose published certificate checks out (capsa.cluster.sealing)."""
+        sealed: dict[str, str] = {}
+        refused: list[str] = []
+        for kv in self.etcd.range(keys.NODES)[0]:
+            record = NodeRecord.load(kv.value)
+            try:
+                sealed[record.name] = seal(values, job_id=job_id, node=record.name, cert_pem=record.cert_pem,
+                                           ca_pem=self.ca_pem)
+            except CapsaError as exc:
+                refused.append(f"{record.name}: {exc.message}")
+        if not sealed:
+            raise FailedPrecondition("--secret-env: no node of the pool publishes a node certificate to seal the"
+                                     " values to" + (f" ({'; '.join(refused)})" if refused else ""))
+        return sealed
 
     def _jobs(self) -> list[PoolJob]:
         return [PoolJob.load(kv.value) for kv in self.etcd.range(keys.JOBS)[0]]

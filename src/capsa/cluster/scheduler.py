@@ -182,7 +182,7 @@ class Scheduler:
         job_id = request["id"]
         if int(request.get("not_before_ns") or 0) > time.time_ns():   # --schedule: passes run every second
             return "scheduled for later"
-        demand = demand_of(request["spec"], request.get("constraints") or {})
+        demand = demand_of(request["spec"], request.get("constraints") or {}, request.get("sealed_for") or ())
         target = choose(loads, demand, self.strategy)
         if target is None:
             reasons = sorted({f"{load.node.name}: {explain(load, demand)}" for load in loads})

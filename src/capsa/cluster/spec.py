@@ -1,9 +1,8 @@
 """A pool job's spec: the RunJob request as plain JSON for etcd, and back to a ``RunRequest``.
 
-Refused, each with the reason in the error: ``--secret-env`` (etcd stores what it is given, and every
-node and scheduler can read the job records, so the values would sit in plain text in etcd's log and
-snapshots), ``--upload`` (the staged files live on the serving node, not on the one the job lands on),
-``--rm`` (the pool record names the local job: it must outlive the job) and ``-p`` (refused by the CLI:
+Not in the spec: ``--secret-env`` values, which are sealed to the nodes instead
+(:mod:`capsa.cluster.sealing`). Refused, each with the reason in the error: ``--upload`` (the staged
+files live on the serving node, not on the one the job lands on), ``--rm`` (the pool record names the local job: it must outlive the job) and ``-p`` (refused by the CLI:
 a port is published on the node that runs the job, which is not known yet). ``--schedule`` is the
 scheduler's business: :func:`not_before_ns` turns it into the earliest placement time.
 """
@@ -22,9 +21,6 @@ __all__ = ["POOL_JOB_LABEL", "REFUSED", "not_before_ns", "run_request", "spec_fr
 POOL_JOB_LABEL = "capsa.pool/job"
 
 REFUSED = {
-    "--secret-env": "--secret-env is not supported with --pool: the job's record in etcd is readable by every node"
-                    " and scheduler and kept in etcd's log and snapshots, so the values would be stored there in"
-                    " clear; run the job on one node (without --pool) instead",
     "--upload": "--upload is not supported with --pool: the uploaded files are staged on the node that received"
                 " them, not on the node the scheduler picks; put them in an image, a capsule or a volume the"
                 " chosen nodes have",
@@ -35,8 +31,7 @@ REFUSED = {
 
 def spec_from_pb(request: Any) -> dict[str, Any]:
     """The spec of a ``capsa.v1.RunJobRequest``."""
-    for flag, given in (("--secret-env", request.secret_env), ("--upload", request.upload_session),
-                        ("--rm", request.auto_remove)):
+    for flag, given in (("--upload", request.upload_session), ("--rm", request.auto_remove)):
         if given:
             raise InvalidArgument(REFUSED[flag])
     if not request.command and not request.image and not request.runtime:
@@ -53,7 +48,8 @@ def spec_from_pb(request: Any) -> dict[str, Any]:
     }
 
 
-def run_request(spec: dict[str, Any], *, name: str, pool_job_id: str = "") -> RunRequest:
+def run_request(spec: dict[str, Any], *, name: str, pool_job_id: str = "",
+                secret_env: dict[str, str] | None = None) -> RunRequest:
     r = spec.get("resources") or {}
     labels = dict(spec.get("labels") or {})
     if pool_job_id:
@@ -64,7 +60,7 @@ def run_request(spec: dict[str, Any], *, name: str, pool_job_id: str = "") -> Ru
         runtime=spec.get("runtime", ""), seccomp=spec.get("seccomp", "default"), network=spec.get("network", "host"),
         volumes=tuple(spec.get("volumes") or ()), capsules=tuple(spec.get("capsules") or ()),
         gpus=int(spec.get("gpus", 0)), timeout=spec.get("timeout", ""), labels=labels,
-        log_max_size=spec.get("log_max_size", ""),
+        log_max_size=spec.get("log_max_size", ""), secret_env=dict(secret_env or {}),
         resources=Resources(max_cpu=int(r.get("max_cpu", 0)), cpu_cores=r.get("cpu_cores", ""),
                             max_memory_mb=int(r.get("max_memory_mb", 0)), max_iobps=int(r.get("max_iobps", 0)),
                             max_pids=int(r.get("max_pids", 0))),

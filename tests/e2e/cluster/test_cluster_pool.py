@@ -81,6 +81,21 @@ def test_a_constraint_places_the_job_on_the_labelled_node_and_other_nodes_proxy_
         assert n2.get_job(current.local_id).state == "STOPPED"
 
 
+def test_secret_env_reaches_a_job_on_another_node_and_is_never_in_etcd_in_clear(pool: Pool) -> None:
+    result = pool.nodes[0].cli("run", "--pool", "--constraint", "disk=ssd", "--secret-env", "TOKEN=pool-s3cr3t",
+                               "--", "/bin/sh", "-c", "echo token=$TOKEN", check=True)
+    assert result.stdout == b"token=pool-s3cr3t\n"   # served by n0, run and opened on n2
+    store = pool.store()
+    for prefix in (keys.JOBS, keys.PENDING, keys.ASSIGN):
+        assert all(b"pool-s3cr3t" not in kv.value for kv in store.range(prefix)[0])
+    job = next(j for j in stub(pool, 0).ListPoolJobs(cpb.ListPoolJobsRequest(all=True), timeout=30).jobs
+               if j.command == ["/bin/sh", "-c", "echo token=$TOKEN"])
+    assert job.node == "n2"
+    with pool.nodes[2].client() as n2:
+        local = n2.get_job(job.local_id)
+    assert "TOKEN" in local.secret_env_keys and "pool-s3cr3t" not in str(local)
+
+
 def test_a_constraint_no_node_meets_leaves_the_job_pending(pool: Pool) -> None:
     job = submit(stub(pool, 0), "/bin/true", constraints={"disk": "tape"})
     time.sleep(1.5)

@@ -53,9 +53,14 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
         from capsa.cluster.spec import not_before_ns, spec_from_pb
 
         pool = self._pool()
-        return pool_job_to_pb(pool.submit(spec_from_pb(request.job), constraints=dict(request.constraints),
-                                          restart=request.restart, max_restarts=request.max_restarts,
-                                          not_before_ns=not_before_ns(request.job)))
+        from capsa.jobs.secrets import validate_env_names
+
+        spec = spec_from_pb(request.job)
+        secret_env = dict(request.job.secret_env)
+        validate_env_names(spec["env"], secret_env)
+        return pool_job_to_pb(pool.submit(spec, constraints=dict(request.constraints), restart=request.restart,
+                                          max_restarts=request.max_restarts, not_before_ns=not_before_ns(request.job),
+                                          secret_env=secret_env))
 
     @rpc
     def ListPoolJobs(self, request: cpb.ListPoolJobsRequest,
