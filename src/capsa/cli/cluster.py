@@ -211,6 +211,36 @@ def pool_log_chunks(client: Any, job_id: str, *, follow: bool, from_seq: int, ta
             yield chunk
 
 
+def is_pool_job(client: Any, job_id: str) -> bool:
+    """Whether ``job_id`` names a pool job, as seen from the client's node (False on a node outside a pool)."""
+    from capsa.api.gen.capsa.v1 import cluster_pb2 as cpb
+    from capsa.errors import CapsaError
+
+    try:
+        pool_call(client, "GetPoolJob", cpb.GetPoolJobRequest(id=job_id))
+    except CapsaError:   # not in a pool, no such pool job, not a pool job id, or not allowed
+        return False
+    return True
+
+
+def local_or_pool_chunks(client: Any, job_id: str, local: Iterator[Any], **pool_args: Any) -> Iterator[Any]:
+    """`capsa logs JOB`: the local job's chunks; if this node has no such job but the pool does, the pool job's
+    (from the node that runs it), as with --pool."""
+    from capsa.errors import NotFound
+
+    try:
+        first = next(local)
+    except StopIteration:
+        return
+    except NotFound:
+        if not is_pool_job(client, job_id):
+            raise
+        yield from pool_log_chunks(client, job_id, **pool_args)
+        return
+    yield first
+    yield from local
+
+
 def rm_pool(client: Any, job_ids: tuple[str, ...], *, force: bool) -> list[str]:
     from capsa.api.gen.capsa.v1 import cluster_pb2 as cpb
 

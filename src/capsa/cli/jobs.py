@@ -12,7 +12,7 @@ import click
 from capsa.cli.output import ago, emit, json_option, key_values, print_table, truncate
 from capsa.cli.protojson import message_dict
 from capsa.cli.run_features import announce_scheduled, feature_options, feature_request, timeout_exit
-from capsa.errors import InvalidArgument
+from capsa.errors import InvalidArgument, NotFound
 
 __all__ = ["COMMANDS"]
 
@@ -242,11 +242,18 @@ def format_fields(job: Any, no_trunc: bool) -> dict[str, Any]:
 @click.pass_obj
 def inspect(obj: Any, job_id: str, pool: bool, as_json: bool) -> None:
     """Show everything known about a job (JSON)."""
-    if pool:
-        from capsa.cli.cluster import inspect_pool
+    from capsa.cli.cluster import inspect_pool, is_pool_job
 
-        return inspect_pool(obj.client(), job_id)
-    emit(job_dict(obj.client().get_job(job_id)))
+    client = obj.client()
+    if pool:
+        return inspect_pool(client, job_id)
+    try:
+        job = client.get_job(job_id)
+    except NotFound:   # not a job of this node: perhaps a pool job (inspected wherever it runs)
+        if not is_pool_job(client, job_id):
+            raise
+        return inspect_pool(client, job_id)
+    emit(job_dict(job))
 
 
 @click.command()
@@ -287,8 +294,13 @@ def logs(obj: Any, follow: bool, from_seq: int, tail: str, since: str, until: st
         chunks = pool_log_chunks(obj.client(), job_id, follow=follow, from_seq=from_seq, tail=tail, since=since,
                                  until=until, stream=1 if only_stdout else 2 if only_stderr else 0)
     else:
-        chunks = obj.client().stream_logs(job_id, follow=follow, from_seq=from_seq, tail=lines, since_ns=since_ns,
-                                          until_ns=until_ns, stream=1 if only_stdout else 2 if only_stderr else 0)
+        from capsa.cli.cluster import local_or_pool_chunks
+
+        client = obj.client()
+        chunks = local_or_pool_chunks(client, job_id, client.stream_logs(
+            job_id, follow=follow, from_seq=from_seq, tail=lines, since_ns=since_ns, until_ns=until_ns,
+            stream=1 if only_stdout else 2 if only_stderr else 0), follow=follow, from_seq=from_seq, tail=tail,
+            since=since, until=until, stream=1 if only_stdout else 2 if only_stderr else 0)
     for chunk in chunks:
         if as_json:
             emit_line = {"seq": chunk.seq, "stream": "stdout" if chunk.stream == 1 else "stderr",

@@ -69,6 +69,11 @@ def test_a_constraint_places_the_job_on_the_labelled_node_and_other_nodes_proxy_
     inspected = json.loads(pool.nodes[0].cli("inspect", "--pool", job.id, check=True).stdout)
     assert inspected["node"] == "n2" and inspected["local"]["id"] == current.local_id   # read from n2 by n0
     assert inspected["local"]["state"] == "RUNNING" and inspected["local"]["command"][0] == "/bin/sh"
+    # Without --pool too: a job id this node does not know is looked up in the pool.
+    assert pool.nodes[0].cli("logs", job.id[:12], check=True).stdout == b"started\n"
+    assert json.loads(pool.nodes[1].cli("inspect", job.id, check=True).stdout)["local"]["id"] == current.local_id
+    unknown = pool.nodes[0].cli("logs", "0123456789ab")
+    assert unknown.returncode != 0 and b"0123456789ab" in unknown.stderr
     busy = pool.nodes[0].cli("rm", "--pool", job.id)
     assert busy.returncode != 0 and b"stop it first" in busy.stderr
     pool.nodes[0].cli("stop", "--pool", job.id, check=True)
