@@ -11,6 +11,8 @@ One run starts 3 etcd members (mutual TLS, loopback), 3 capsa daemons (lease TTL
   ``fake=yes``; the jobs carry that constraint, so no real node runs them) — 3, 100 and 1,000 nodes;
   with key counts and the bytes of one node record;
 - leader failover: SIGKILL of the leading scheduler → the stand-by holds the election key;
+- fencing without a daemon: SIGKILL of a daemon only → its supervisor kills the pool job (its processes are
+  gone) → the node key expires;
 - lost node: SIGKILL of a daemon and its supervisor → its node key expires → its job is LOST.
 Prints the figures (the lead collects them into docs/BENCHMARKS.md).
 """
@@ -125,6 +127,45 @@ def leader_failover(pool: Pool, rounds: int) -> list[float]:
     return times
 
 
+def _job_pids(local_id: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if local_id in (proc / "cgroup").read_text():
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+def fencing_without_daemon(pool: Pool) -> dict[str, float]:
+    """SIGKILL of a daemon only: its supervisor kills the pool job at the lease deadline it was last handed."""
+    etcd = pool.store()
+    s = cpb_grpc.ClusterServiceStub(pool.nodes[0].client().channel)
+    job = s.SubmitPoolJob(cpb.SubmitPoolJobRequest(job=pb.RunJobRequest(command=["/bin/sleep", "60"]),
+                                                   constraints={"bench": "victim"}), timeout=30)
+    _until(lambda: s.GetPoolJob(cpb.GetPoolJobRequest(id=job.id), timeout=30).state == "RUNNING")
+    local_id = s.GetPoolJob(cpb.GetPoolJobRequest(id=job.id), timeout=30).local_id
+    victim = pool.nodes[2]
+    victim.kill9()
+    t0 = time.monotonic()
+    gone = expired = 0.0
+    while not (gone and expired):
+        now = time.monotonic() - t0
+        if not gone and not _job_pids(local_id):
+            gone = now
+        if not expired and etcd.get(keys.node(victim.name)) is None:
+            expired = now
+        if now > 30:
+            raise RuntimeError("the job or the lease outlived 30 s")
+        time.sleep(0.01)
+    victim.start()   # re-adopts its supervisor; rejoins the pool
+    _until(lambda: etcd.get(keys.node(victim.name)) is not None)
+    s.StopPoolJob(cpb.StopPoolJobRequest(id=job.id), timeout=60)
+    return {"processes_gone_s": gone, "lease_expired_s": expired}
+
+
 def lost_node(pool: Pool) -> dict[str, float]:
     etcd = pool.store()
     s = cpb_grpc.ClusterServiceStub(pool.nodes[0].client().channel)
@@ -159,6 +200,7 @@ def main() -> int:
                                            for k, v in lat.items()}
         results["placement"] = [placements(pool, n, j) for n, j in ((3, 500), (100, 500), (1000, 500))]
         results["leader_failover_s"] = leader_failover(pool, args.failovers)
+        results["fencing"] = fencing_without_daemon(pool)
         results["lost_node"] = lost_node(pool)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -172,6 +214,9 @@ def main() -> int:
               f" {row['keys']} keys under /capsa/v1/")
     failovers = results["leader_failover_s"]
     print("leader failover (lease TTL 2 s): " + ", ".join(f"{t:.2f} s" for t in failovers))  # type: ignore[union-attr]
+    fence = results["fencing"]
+    print(f"daemon killed (supervisor alive, lease TTL 2 s): job processes gone after"  # type: ignore[index]
+          f" {fence['processes_gone_s']:.2f} s, lease expired after {fence['lease_expired_s']:.2f} s")  # type: ignore[index]
     lost = results["lost_node"]
     print(f"lost node (lease TTL 2 s): key expired after {lost['lease_expired_s']:.2f} s,"  # type: ignore[index]
           f" job LOST after {lost['job_lost_s']:.2f} s")  # type: ignore[index]

@@ -88,9 +88,12 @@ RPC_ROLES: dict[str, Principal] = {
     "/capsa.v1.ClusterService/PoolLogs": Role.READER,
     "/capsa.v1.ClusterService/SubmitPoolWorkflow": Role.DEVELOPER,
     "/capsa.v1.ClusterService/GetPoolWorkflow": Role.READER,
+    "/capsa.v1.ClusterService/RemovePoolJobs": Role.DEVELOPER,
+    "/capsa.v1.ClusterService/PrunePool": Role.MAINTAINER,
     # ...and node to node: the serving node has checked the user's role; the owner checks it is a node
     "/capsa.v1.ClusterService/NodeStopJob": NodeRole.NODE,
     "/capsa.v1.ClusterService/NodeLogs": NodeRole.NODE,
+    "/capsa.v1.ClusterService/NodeGetJob": NodeRole.NODE,
 }
 
 

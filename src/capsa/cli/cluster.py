@@ -1,5 +1,6 @@
 """Pool commands: `capsa node ls`, `capsa scheduler`, `capsa init --pool-node/--etcd`; and the pool halves of
-`run --pool`, `ps --pool`, `inspect/logs/stop --pool` (called from cli/jobs.py).
+`run --pool`, `ps --pool`, `inspect/logs/stop/rm --pool` (called from cli/jobs.py), `prune --pool` and
+`workflow run/status --pool`.
 
 Users reach the pool through any node's API; only `capsa scheduler` (an operator's process on a
 node) talks to etcd, with the node's own etcd certificate.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +70,9 @@ def node_ls(obj: Any, as_json: bool) -> None:
 @click.option("--strategy", type=click.Choice(["spread", "binpack"]), default="spread", show_default=True)
 @click.option("--lease-ttl", type=click.IntRange(2, 60), default=3, show_default=True,
               help="Seconds without renewal after which a stand-by takes over.")
-def scheduler(server_config: Path | None, name: str, strategy: str, lease_ttl: int) -> int:
+@click.option("--retention", default="7d", show_default=True, metavar="DURATION",
+              help="Remove the records of pool jobs and workflows this long after they ended ('0': keep them).")
+def scheduler(server_config: Path | None, name: str, strategy: str, lease_ttl: int, retention: str) -> int:
     """Run a pool scheduler: one leader places jobs, the others stand by (run one or more)."""
     import logging
     import os
@@ -82,8 +86,11 @@ def scheduler(server_config: Path | None, name: str, strategy: str, lease_ttl: i
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = load_server_config(server_config or capsa_home() / "server.yaml")
+    from capsa.jobs.schedule import parse_duration
+
+    retention_s = 0.0 if retention.strip() == "0" else parse_duration(retention, what="--retention")
     sched = Scheduler(etcd_client(config), name=name or f"{socket.gethostname()}:{os.getpid()}",
-                      strategy=Strategy(strategy), lease_ttl_s=lease_ttl)
+                      strategy=Strategy(strategy), lease_ttl_s=lease_ttl, retention_s=retention_s)
     signal.signal(signal.SIGTERM, lambda *_: sched.stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: sched.stop_event.set())
     runner = threading.Thread(target=sched.run, name="scheduler")
@@ -125,15 +132,18 @@ def run_on_pool(client: Any, fields: dict[str, Any], features: dict[str, Any], *
     whichever node runs it and exit with the job's code."""
     from capsa.api.gen.capsa.v1 import cluster_pb2 as cpb
     from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
+    from capsa.cli.run_features import _parse_secrets
     from capsa.cluster.model import parse_constraints
+    from capsa.cluster.spec import REFUSED
     from capsa.errors import InvalidArgument
 
-    if features["uploads"] or features["secret_env"]:
-        raise InvalidArgument("--upload and --secret-env are not supported with --pool")
+    if features["uploads"]:   # refused before anything is uploaded (the node refuses it too)
+        raise InvalidArgument(REFUSED["--upload"])
     resources = pb.Resources(**{k: fields.pop(k) for k in ("max_cpu", "cpu_cores", "max_memory_mb", "max_iobps",
                                                          "max_pids")})
     request = pb.RunJobRequest(**fields, resources=resources, timeout=features["timeout"],
-                               schedule=features["schedule"])
+                               schedule=features["schedule"],
+                               secret_env=_parse_secrets(features["secret_env"]))
     job = pool_call(client, "SubmitPoolJob", cpb.SubmitPoolJobRequest(
         job=request, constraints=parse_constraints(constraints), restart=restart))
     if detach:
@@ -175,20 +185,110 @@ def ps_pool(client: Any, *, all_: bool, quiet: bool, as_json: bool) -> None:
 
 
 def inspect_pool(client: Any, job_id: str) -> None:
+    """The pool record, with the local job from the node that runs (or ran) it under ``local``."""
     from capsa.api.gen.capsa.v1 import cluster_pb2 as cpb
+    from capsa.cli.jobs import job_dict
 
-    emit(pool_job_dict(pool_call(client, "GetPoolJob", cpb.GetPoolJobRequest(id=job_id))))
+    job = pool_call(client, "GetPoolJob", cpb.GetPoolJobRequest(id=job_id, local=True))
+    data = pool_job_dict(job)
+    data["local"] = job_dict(job.local) if job.HasField("local") else None
+    emit(data)
 
 
-def logs_pool(client: Any, job_id: str, *, follow: bool, from_seq: int) -> None:
+def pool_log_chunks(client: Any, job_id: str, *, follow: bool, from_seq: int, tail: str, since: str, until: str,
+                    stream: int) -> Iterator[Any]:
+    """`capsa logs --pool`: the chunks from the node that runs the job, relayed by the client's node."""
     from capsa.api.gen.capsa.v1 import cluster_pb2 as cpb
+    from capsa.errors import InvalidArgument
 
-    out, err = sys.stdout.buffer, sys.stderr.buffer
+    for flag, given in (("--tail", tail != "all"), ("--since", bool(since)), ("--until", bool(until))):
+        if given:   # the node-to-node relay carries whole logs from a sequence number, not selections
+            raise InvalidArgument(f"{flag} is not supported with --pool: use --from-seq, or `capsa logs {flag}` on"
+                                  " the node that runs the job (`capsa inspect --pool` names it)")
     for chunk in pool_call(client, "PoolLogs", cpb.PoolLogsRequest(id=job_id, follow=follow, from_seq=from_seq),
                            timeout=None if follow else -1.0):
-        target = out if chunk.stream == 1 else err
-        target.write(chunk.data)
-        target.flush()
+        if not stream or chunk.stream == stream:
+            yield chunk
+
+
+def is_pool_job(client: Any, job_id: str) -> bool:
+    """Whether ``job_id`` names a pool job, as seen from the client's node (False on a node outside a pool)."""
+    from capsa.api.gen.capsa.v1 import cluster_pb2 as cpb
+    from capsa.errors import CapsaError
+
+    try:
+        pool_call(client, "GetPoolJob", cpb.GetPoolJobRequest(id=job_id))
+    except CapsaError:   # not in a pool, no such pool job, not a pool job id, or not allowed
+        return False
+    return True
+
+
+def local_or_pool_chunks(client: Any, job_id: str, local: Iterator[Any], **pool_args: Any) -> Iterator[Any]:
+    """`capsa logs JOB`: the local job's chunks; if this node has no such job but the pool does, the pool job's
+    (from the node that runs it), as with --pool."""
+    from capsa.errors import NotFound
+
+    try:
+        first = next(local)
+    except StopIteration:
+        return
+    except NotFound:
+        if not is_pool_job(client, job_id):
+            raise
+        yield from pool_log_chunks(client, job_id, **pool_args)
+        return
+    yield first
+    yield from local
+
+
+def rm_pool(client: Any, job_ids: tuple[str, ...], *, force: bool) -> list[str]:
+    from capsa.api.gen.capsa.v1 import cluster_pb2 as cpb
+
+    return list(pool_call(client, "RemovePoolJobs", cpb.RemovePoolJobsRequest(ids=list(job_ids), force=force),
+                          timeout=None).removed)
+
+
+def prune_pool_command(client: Any, *, older_than: str, filters: tuple[str, ...], force: bool, dry_run: bool,
+                       as_json: bool) -> None:
+    """`capsa prune --pool`: the records of ended pool jobs and workflows (the scheduler's retention does this too)."""
+    from capsa.api.gen.capsa.v1 import cluster_pb2 as cpb
+    from capsa.jobs.schedule import parse_duration
+
+    if filters:
+        raise click.UsageError("--filter is not supported with --pool: every ended pool job is pruned")
+    older_than_s = parse_duration(older_than, what="--older-than") if older_than else 0.0
+
+    def call(dry: bool) -> Any:
+        return pool_call(client, "PrunePool", cpb.PrunePoolRequest(older_than_seconds=older_than_s, dry_run=dry))
+
+    if not force and not dry_run:
+        preview = call(True)
+        what = f"{len(preview.job_ids)} pool job record(s) and {len(preview.workflow_ids)} pool workflow record(s)"
+        if not sys.stdin.isatty():
+            raise click.UsageError(f"would remove {what}; pass -f to do it without a prompt")
+        click.confirm(f"remove {what}?", abort=True)
+    result = call(dry_run)
+    if as_json:
+        emit({"job_ids": list(result.job_ids), "workflow_ids": list(result.workflow_ids), "dry_run": dry_run})
+        return
+    for job_id in result.job_ids:
+        click.echo(job_id[:12])
+    click.echo(f"{len(result.job_ids)} pool job(s), {len(result.workflow_ids)} pool workflow(s)"
+               f" {'would be ' if dry_run else ''}removed")
+
+
+def workflow_status_pool(client: Any, workflow_id: str, *, as_json: bool) -> None:
+    from google.protobuf.json_format import MessageToDict
+
+    from capsa.api.gen.capsa.v1 import cluster_pb2 as cpb
+
+    wf = pool_call(client, "GetPoolWorkflow", cpb.GetPoolWorkflowRequest(id=workflow_id))
+    if as_json:
+        emit(MessageToDict(wf, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
+        return
+    click.echo(f"pool workflow {wf.id} ({wf.name}): {wf.state}")
+    print_table(["JOB", "STATE", "NODE", "JOB ID", "REASON"],
+                [(j.name, j.state, j.node or "-", j.job_id[:12] or "-", j.reason) for j in wf.jobs])
 
 
 def stop_pool(client: Any, job_ids: tuple[str, ...], grace: float, *, as_json: bool) -> None:

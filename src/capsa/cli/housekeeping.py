@@ -29,11 +29,19 @@ def _states(filters: tuple[str, ...]) -> list[str]:
               help="Only jobs in this ended state (repeatable); state-machine history is then kept.")
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.option("--pool", is_flag=True, help="Remove the pool's records of ended pool jobs and workflows instead"
+              " (docs/cluster.md); each node prunes its own local jobs.")
 @json_option
 @click.pass_obj
-def prune(obj: Any, older_than: str, filters: tuple[str, ...], force: bool, dry_run: bool, as_json: bool) -> None:
+def prune(obj: Any, older_than: str, filters: tuple[str, ...], force: bool, dry_run: bool, pool: bool,
+          as_json: bool) -> None:
     """Remove ended jobs (rows, logs, /work) and finished state-machine history."""
     client = obj.client()
+    if pool:
+        from capsa.cli.cluster import prune_pool_command
+
+        return prune_pool_command(client, older_than=older_than, filters=filters, force=force, dry_run=dry_run,
+                                  as_json=as_json)
     states = _states(filters)
     if not force and not dry_run:
         preview = client.prune(older_than=older_than, states=states, dry_run=True)

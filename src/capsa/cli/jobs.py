@@ -12,7 +12,7 @@ import click
 from capsa.cli.output import ago, emit, json_option, key_values, print_table, truncate
 from capsa.cli.protojson import message_dict
 from capsa.cli.run_features import announce_scheduled, feature_options, feature_request, timeout_exit
-from capsa.errors import InvalidArgument
+from capsa.errors import InvalidArgument, NotFound
 
 __all__ = ["COMMANDS"]
 
@@ -99,7 +99,8 @@ def run(obj: Any, detach: bool, name: str, labels: tuple[str, ...], auto_remove:
                                         image=image, pull=pull, runtime=runtime, user=user, seccomp=seccomp,
                                         network=network, volumes=list(volumes), capsules=list(capsules), gpus=gpus,
                                         max_cpu=max_cpu, cpu_cores=cpu_cores, max_memory_mb=max_memory,
-                                        max_iobps=max_iobps, max_pids=max_pids),
+                                        max_iobps=max_iobps, max_pids=max_pids, log_max_size=log_max_size,
+                                        labels=key_values(labels, "--label"), auto_remove=auto_remove),
                            features, constraints=constraints, restart=restart, detach=detach, as_json=as_json)
     extra = feature_request(client, features)
     job = client.run_job(list(command), env=_parse_env(env), workdir=workdir, name=name, max_cpu=max_cpu,
@@ -236,16 +237,23 @@ def format_fields(job: Any, no_trunc: bool) -> dict[str, Any]:
 
 @click.command()
 @click.argument("job_id")
-@click.option("--pool", is_flag=True, help="JOB_ID is a pool job.")
+@click.option("--pool", is_flag=True, help="JOB_ID is a pool job: its pool record, and under \"local\" the job on its node.")
 @json_option
 @click.pass_obj
 def inspect(obj: Any, job_id: str, pool: bool, as_json: bool) -> None:
     """Show everything known about a job (JSON)."""
-    if pool:
-        from capsa.cli.cluster import inspect_pool
+    from capsa.cli.cluster import inspect_pool, is_pool_job
 
-        return inspect_pool(obj.client(), job_id)
-    emit(job_dict(obj.client().get_job(job_id)))
+    client = obj.client()
+    if pool:
+        return inspect_pool(client, job_id)
+    try:
+        job = client.get_job(job_id)
+    except NotFound:   # not a job of this node: perhaps a pool job (inspected wherever it runs)
+        if not is_pool_job(client, job_id):
+            raise
+        return inspect_pool(client, job_id)
+    emit(job_dict(job))
 
 
 @click.command()
@@ -264,10 +272,6 @@ def inspect(obj: Any, job_id: str, pool: bool, as_json: bool) -> None:
 def logs(obj: Any, follow: bool, from_seq: int, tail: str, since: str, until: str, timestamps: bool,
          only_stdout: bool, only_stderr: bool, pool: bool, as_json: bool, job_id: str) -> None:
     """Print a job's output (stdout to stdout, stderr to stderr)."""
-    if pool:
-        from capsa.cli.cluster import logs_pool
-
-        return logs_pool(obj.client(), job_id, follow=follow, from_seq=from_seq)
     from capsa.selectors import parse_since
 
     if tail == "all":
@@ -284,8 +288,19 @@ def logs(obj: Any, follow: bool, from_seq: int, tail: str, since: str, until: st
         raise InvalidArgument("--until reads history only: it cannot be combined with -f")
     out, err = sys.stdout.buffer, sys.stderr.buffer
     stamper = _Stamper() if timestamps else None
-    chunks = obj.client().stream_logs(job_id, follow=follow, from_seq=from_seq, tail=lines, since_ns=since_ns,
-                                      until_ns=until_ns, stream=1 if only_stdout else 2 if only_stderr else 0)
+    if pool:
+        from capsa.cli.cluster import pool_log_chunks
+
+        chunks = pool_log_chunks(obj.client(), job_id, follow=follow, from_seq=from_seq, tail=tail, since=since,
+                                 until=until, stream=1 if only_stdout else 2 if only_stderr else 0)
+    else:
+        from capsa.cli.cluster import local_or_pool_chunks
+
+        client = obj.client()
+        chunks = local_or_pool_chunks(client, job_id, client.stream_logs(
+            job_id, follow=follow, from_seq=from_seq, tail=lines, since_ns=since_ns, until_ns=until_ns,
+            stream=1 if only_stdout else 2 if only_stderr else 0), follow=follow, from_seq=from_seq, tail=tail,
+            since=since, until=until, stream=1 if only_stdout else 2 if only_stderr else 0)
     for chunk in chunks:
         if as_json:
             emit_line = {"seq": chunk.seq, "stream": "stdout" if chunk.stream == 1 else "stderr",
@@ -342,12 +357,19 @@ def stop(obj: Any, grace: float, pool: bool, as_json: bool, job_ids: tuple[str, 
 
 @click.command()
 @click.option("-f", "--force", is_flag=True, help="Stop the job first if it is running.")
+@click.option("--pool", is_flag=True, help="JOB_IDS are pool jobs: remove the pool's records (each node keeps its"
+              " local job until its own prune).")
 @json_option
 @click.argument("job_ids", nargs=-1, required=True)
 @click.pass_obj
-def rm(obj: Any, force: bool, as_json: bool, job_ids: tuple[str, ...]) -> None:
+def rm(obj: Any, force: bool, pool: bool, as_json: bool, job_ids: tuple[str, ...]) -> None:
     """Remove ended jobs, their logs and files."""
-    removed = [obj.client().delete_job(j, force=force) for j in job_ids]
+    if pool:
+        from capsa.cli.cluster import rm_pool
+
+        removed = rm_pool(obj.client(), job_ids, force=force)
+    else:
+        removed = [obj.client().delete_job(j, force=force) for j in job_ids]
     if as_json:
         emit({"removed": removed})
     else:

@@ -178,10 +178,15 @@ def ls(obj: Any, as_json: bool) -> None:
 @workflow.command()
 @click.argument("workflow_id")
 @click.option("--detail", is_flag=True, help="Also show requirements, exit codes and run times.")
+@click.option("--pool", is_flag=True, help="WORKFLOW_ID is a pool workflow (`workflow run --pool`).")
 @json_option
 @click.pass_obj
-def status(obj: Any, workflow_id: str, detail: bool, as_json: bool) -> None:
+def status(obj: Any, workflow_id: str, detail: bool, pool: bool, as_json: bool) -> None:
     """Show a workflow and the state of each of its jobs."""
+    if pool:
+        from capsa.cli.cluster import workflow_status_pool
+
+        return workflow_status_pool(obj.client(), workflow_id, as_json=as_json)
     wf = obj.client().get_workflow(workflow_id)
     if as_json:
         emit(workflow_dict(wf))

@@ -6,6 +6,8 @@
 - :mod:`.scheduler` — ``capsa scheduler``: leader election, binding transactions, LOST detection
 - :mod:`.node` — a daemon's membership, its assignments, fencing
 - :mod:`.pool` — what the API serves (any node), with :mod:`.proxy` to reach the owning node
+- :mod:`.sealing` — ``--secret-env`` sealed to each node's certificate (never in etcd in clear)
+- :mod:`.retention` — removing the records of ended jobs and workflows (rm/prune --pool, the leader's sweep)
 - :mod:`.bundle` — certificates and configs for a cluster (``capsa init --pool-node ... --etcd ...``)
 
 ``ClusterComponent`` is what the daemon composition root starts after jobs and stops before them.
@@ -55,11 +57,13 @@ class ClusterComponent:
 
         self.node = PoolNode(self.etcd, jobs, name=cluster.node_name, address=cluster.advertise or listen,
                              labels=dict(cluster.labels), snapshotter=config.snapshots.backend,
-                             lease_ttl_s=cluster.lease_ttl_s, max_jobs=cluster.max_jobs, inventory=inventory)
+                             lease_ttl_s=cluster.lease_ttl_s, max_jobs=cluster.max_jobs, inventory=inventory,
+                             cert_pem=cluster.node_tls.cert_pem if cluster.node_tls else "",
+                             key_pem=cluster.node_tls.key_pem if cluster.node_tls else "")
         node_tls = cluster.node_tls
         self.dialer = NodeDialer(ca_pem=config.tls.ca_pem, cert_pem=node_tls.cert_pem if node_tls else "",
                                  key_pem=node_tls.key_pem if node_tls else "")
-        self.pool = Pool(self.etcd, self.node, self.dialer)
+        self.pool = Pool(self.etcd, self.node, self.dialer, ca_pem=config.tls.ca_pem)
 
     def start(self) -> None:
         self.node.start()

@@ -181,7 +181,9 @@ class EtcdClient:
         return self.endpoints[start:] + self.endpoints[:start]
 
     def _post(self, path: str, body: dict[str, Any], *, timeout: float | None = None,
-              stream: bool = False) -> Any:
+              stream: bool = False, resend: bool = True) -> Any:
+        """``resend=False``: only a request that never reached a member is tried on the next one; one that may
+        have been received (it timed out or broke while waiting for the answer) raises instead."""
         errors: list[str] = []
         for endpoint in self._order():
             try:
@@ -191,6 +193,9 @@ class EtcdClient:
                     timeout=urllib3.Timeout(connect=_CONNECT_S, read=timeout if timeout is not None else self.timeout))
             except urllib3.exceptions.HTTPError as exc:
                 errors.append(f"{endpoint}: {type(exc).__name__}")
+                if not resend and not isinstance(exc, (urllib3.exceptions.NewConnectionError,
+                                                       urllib3.exceptions.ConnectTimeoutError)):
+                    break
                 continue
             if response.status == 503 or response.status == 502:   # a member without quorum or leader
                 errors.append(f"{endpoint}: HTTP {response.status}")
@@ -303,15 +308,20 @@ class EtcdClient:
                 pass   # the member went away, went quiet, or we were stopped: reconnect from next_rev
             finally:
                 done.set()
-                response.release_conn()
+                # Close before releasing: a stopped watch's socket was shut down for reading, and a pooled
+                # half-shut connection would hang or break the next request that reuses it.
                 response.close()
+                response.release_conn()
 
     # -- election -------------------------------------------------------------------------------
     def campaign(self, name: str, lease: int, value: str, *, timeout: float) -> dict[str, Any] | None:
         """Block up to ``timeout`` s to become leader of ``name``; the leader key, or None on timeout."""
+        # Never re-sent to another member after a timeout: the member that received it cancels that campaign and
+        # deletes the candidate key (one per lease) — possibly *after* a re-sent campaign adopted the same key,
+        # which would then "win" with a key that no longer exists.
         try:
             data = self._post("/v3/election/campaign", {"name": _b64(name), "lease": str(lease),
-                                                         "value": _b64(value)}, timeout=timeout)
+                                                         "value": _b64(value)}, timeout=timeout, resend=False)
         except Unavailable as exc:
             if "ReadTimeout" in str(exc):
                 return None

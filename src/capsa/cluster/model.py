@@ -116,6 +116,7 @@ class NodeRecord:
     images: list[str] = field(default_factory=list)
     capsules: list[str] = field(default_factory=list)     # NAME@VERSION
     max_jobs: int = 0                  # concurrent pool jobs it accepts
+    cert_pem: str = ""                 # its `node` certificate: what --secret-env values are sealed to
     registered_ns: int = field(default_factory=time.time_ns)
     v: int = SCHEMA_VERSION
 
@@ -149,6 +150,8 @@ class PoolJob:
     started_ns: int = 0
     ended_ns: int = 0
     stop_requested: bool = False
+    not_before_ns: int = 0             # --schedule: not placed before this wall-clock time
+    sealed: dict[str, str] = field(default_factory=dict)   # node -> its box of --secret-env (capsa.cluster.sealing)
     v: int = SCHEMA_VERSION
 
     @property
@@ -165,7 +168,8 @@ class PoolJob:
     def placement(self) -> dict[str, Any]:
         """What the scheduler needs to place it (the pending key's value)."""
         return {"id": self.id, "spec": self.spec, "constraints": self.constraints, "attempt": self.attempt,
-                "submitted_ns": self.submitted_ns, "v": SCHEMA_VERSION}
+                "submitted_ns": self.submitted_ns, "not_before_ns": self.not_before_ns,
+                "sealed_for": sorted(self.sealed), "v": SCHEMA_VERSION}
 
 
 @dataclass

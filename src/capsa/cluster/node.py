@@ -12,7 +12,9 @@ Contract:
   measured from when it *sent* the last successful renewal) kills every pool job it runs: by then
   etcd may be about to expire the lease and the scheduler to place the jobs elsewhere. The margin
   covers the kill itself. It re-registers under a fresh lease when etcd answers again; its old
-  assignments are gone with the old lease, so nothing runs twice.
+  assignments are gone with the old lease, so nothing runs twice. The same deadline goes to the
+  supervisor (``FenceRequest``) after every renewal and at each start, so the jobs also die on time
+  when this daemon is dead or hung (the supervisor outlives it).
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from capsa.cluster.etcd import Compare, EtcdClient, Op
+from capsa.cluster.etcd import Compare, EtcdClient, KeyValue, Op
 from capsa.cluster.model import SCHEMA_VERSION, Assignment, NodeRecord, PoolJob, PoolJobState, keys, requeue
-from capsa.cluster.spec import run_request
-from capsa.errors import CapsaError
+from capsa.cluster.sealing import open_sealed
+from capsa.cluster.spec import POOL_JOB_LABEL, run_request
+from capsa.errors import CapsaError, FailedPrecondition
 from capsa.jobs.service import JobService
+from capsa.runtime.protocol import FenceRequest, OkReply
 
 __all__ = ["Inventory", "PoolNode", "memory_mb"]
 
@@ -59,7 +63,8 @@ class PoolNode:
     """Started after the job service, stopped before it (daemon composition root)."""
 
     def __init__(self, etcd: EtcdClient, jobs: JobService, *, name: str, address: str, labels: dict[str, str],
-                 snapshotter: str, lease_ttl_s: int, max_jobs: int, inventory: Callable[[], Inventory]) -> None:
+                 snapshotter: str, lease_ttl_s: int, max_jobs: int, inventory: Callable[[], Inventory],
+                 cert_pem: str = "", key_pem: str = "") -> None:
         self.etcd = etcd
         self.jobs = jobs
         self.name = name
@@ -69,6 +74,8 @@ class PoolNode:
         self.ttl = lease_ttl_s
         self.max_jobs = max_jobs
         self.inventory = inventory
+        self.cert_pem = cert_pem   # the node certificate, published: --secret-env values are sealed to it
+        self._key_pem = key_pem
         self.lease = 0
         self.fenced = threading.Event()
         self._stop = threading.Event()
@@ -78,10 +85,12 @@ class PoolNode:
         self._threads: list[threading.Thread] = []
         self._watch_stop = threading.Event()
         self._last_ok = time.monotonic()   # when the last successful renewal (or the grant) was sent
+        self._fence_warned = False
 
     # -- life ---------------------------------------------------------------------------------
     def start(self) -> None:
         """Join the pool; if etcd cannot be reached the daemon still starts and joins when it can."""
+        self._end_leftovers()
         try:
             self._register()
         except CapsaError as exc:
@@ -93,6 +102,17 @@ class PoolNode:
             t.start()
             self._threads.append(t)
         self._start_watch()
+
+    def _end_leftovers(self) -> None:
+        """Kill the pool jobs a previous run of this daemon left running (its supervisor outlived it), before
+        joining: their attempts went with the old lease (the scheduler marks them LOST and may place them
+        again) and the new lease must not carry them. A pool job is recognised by its local job's label."""
+        for job in self.jobs.list(all=False):
+            if POOL_JOB_LABEL in (job.labels or {}):
+                log.warning("ending pool job %s left running by a previous daemon (local job %s)",
+                            job.labels[POOL_JOB_LABEL][:12], job.id[:12])
+                with contextlib.suppress(CapsaError):
+                    self.jobs.supervisor.stop(job.id, 0)
 
     def stop(self) -> None:
         """Leave the pool: end the pool jobs here, then revoke the lease (the scheduler marks them LOST at
@@ -113,7 +133,7 @@ class PoolNode:
         return NodeRecord(name=self.name, address=self.address, lease=self.lease, cpus=inv.cpus,
                           memory_mb=inv.memory_mb, gpus=inv.gpus, labels=self.labels, snapshotter=self.snapshotter,
                           images=sorted(inv.images), capsules=sorted(inv.capsules),
-                          max_jobs=self.max_jobs or 4 * max(1, inv.cpus))
+                          max_jobs=self.max_jobs or 4 * max(1, inv.cpus), cert_pem=self.cert_pem)
 
     def _register(self) -> None:
         sent = time.monotonic()
@@ -140,6 +160,7 @@ class PoolNode:
                     continue
                 if self.etcd.keepalive(self.lease, timeout=self.ttl / 3) > 0:
                     self._last_ok = sent
+                    self._arm_supervisor()
                 else:   # etcd already expired it: we were cut off longer than the TTL
                     self._fence("the lease expired")
                     continue
@@ -151,15 +172,35 @@ class PoolNode:
             except Exception:   # a bug in an inventory source must not stop the renewals (and fence us)
                 log.exception("cluster keepalive")
 
+    def fence_deadline(self) -> float:
+        """When this node's pool jobs must be dead (monotonic): before etcd can expire the lease."""
+        return self._last_ok + self.ttl - min(1.0, self.ttl / 4)
+
+    def _arm_supervisor(self, local_ids: list[str] | None = None) -> None:
+        """Hand the supervisor the lease deadline of the pool jobs: if this daemon dies (or hangs), the
+        supervisor, which outlives it, kills them by then; every renewal pushes the deadline on."""
+        if local_ids is None:
+            with self._lock:
+                local_ids = [local for local, _attempt in self._running.values() if local]
+        if not local_ids:
+            return
+        try:   # bounded: this runs between renewals
+            self.jobs.supervisor.request(FenceRequest(tuple(local_ids), self.fence_deadline()), OkReply,
+                                         timeout=max(0.5, self.ttl / 3))
+            self._fence_warned = False
+        except CapsaError as exc:   # (an older supervisor, say) the daemon-side watchdog still fences
+            if not self._fence_warned:
+                log.warning("cannot hand the supervisor the fencing deadline: %s", exc)
+            self._fence_warned = True
+
     def _watchdog_loop(self) -> None:
         """Fence at ``last renewal sent + ttl - margin``, however long a renewal call blocks.
 
         Separate from the renewing thread on purpose: a call to an unreachable etcd can block for
         seconds (connect timeouts per endpoint), longer than the margin.
         """
-        margin = min(1.0, self.ttl / 4)
         while not self._stop.wait(0.05):
-            if not self.fenced.is_set() and time.monotonic() > self._last_ok + self.ttl - margin:
+            if not self.fenced.is_set() and time.monotonic() > self.fence_deadline():
                 self._fence(f"no lease renewal for {time.monotonic() - self._last_ok:.1f}s")
 
     def _refresh_record(self) -> None:
@@ -199,43 +240,71 @@ class PoolNode:
             try:
                 existing, revision = self.etcd.range(prefix)
                 for kv in existing:
-                    self._take(Assignment.load(kv.value), lease)
+                    self._take(Assignment.load(kv.value), lease, kv)
                 for events in self.etcd.watch(prefix, start_revision=revision + 1, stop=stop):
                     for event in events:
-                        if event.type == "PUT" and event.kv.create_revision == event.kv.mod_revision:
-                            self._take(Assignment.load(event.kv.value), lease)
+                        # Every PUT, not only creations: a later attempt bound here can overwrite a key
+                        # an earlier one left (under a lease still alive); _take dedups by attempt.
+                        if event.type == "PUT":
+                            self._take(Assignment.load(event.kv.value), lease, event.kv)
             except CapsaError as exc:
                 log.warning("assignment watch: %s (re-reading)", exc)
                 stop.wait(0.5)
 
-    def _take(self, a: Assignment, lease: int) -> None:
+    def _take(self, a: Assignment, lease: int, kv: KeyValue) -> None:
+        """Start an attempt once: the same attempt seen again (a re-read after a broken watch, a repeated
+        event) is skipped; an assignment under another lease is a previous life's (a daemon restarted
+        within the TTL): that attempt is given up with its lease (LOST), never started again."""
         with self._lock:
-            if a.job_id in self._running or self.fenced.is_set() or lease != self.lease:
+            if self._running.get(a.job_id, ("", 0))[1] >= a.attempt:
+                return
+            if self.fenced.is_set() or lease != self.lease or kv.lease != lease:
                 return
             self._running[a.job_id] = ("", a.attempt)
-        threading.Thread(target=self._start_job, args=(a,), name="cluster-start", daemon=True).start()
+        threading.Thread(target=self._start_job, args=(a, kv.mod_revision), name="cluster-start",
+                         daemon=True).start()
 
-    def _start_job(self, a: Assignment) -> None:
-        kv = self.etcd.get(keys.job(a.job_id))
+    def _start_job(self, a: Assignment, assign_rev: int) -> None:
+        try:
+            kv = self.etcd.get(keys.job(a.job_id))
+        except CapsaError as exc:   # the watch breaks too and re-reads the assignment: taken again then
+            log.warning("pool job %s: cannot read its record: %s", a.job_id[:12], exc)
+            self._drop(a.job_id, a.attempt)
+            return
         job = PoolJob.load(kv.value) if kv else None
-        if job is None or job.node != self.name or job.attempt != a.attempt or job.status.ended:
-            self._drop(a.job_id)
+        if (job is None or job.node != self.name or job.node_lease != self.lease or job.attempt != a.attempt
+                or job.status != PoolJobState.ASSIGNED):
+            # Not (or no longer) ours to start: another node's, a previous lease's, ended, or started already.
+            self._drop(a.job_id, a.attempt)
+            with contextlib.suppress(CapsaError):   # only this very assignment: never a later attempt's
+                key = keys.assign(self.name, a.job_id)
+                self.etcd.txn([Compare(key, "MOD", "EQUAL", assign_rev)], [Op.delete(key)])
             return
         try:
-            local = self.jobs.run(run_request(job.spec, name=job.spec.get("name") or f"pool-{job.id[:12]}"))
+            secret_env = {}
+            if job.sealed:   # opened here, handed to the start, never stored
+                if self.name not in job.sealed:
+                    raise FailedPrecondition(f"its secret environment is not sealed to node {self.name}")
+                secret_env = open_sealed(job.sealed[self.name], job_id=job.id, node=self.name, key_pem=self._key_pem)
+            local = self.jobs.run(run_request(job.spec, name=job.spec.get("name") or f"pool-{job.id[:12]}",
+                                              pool_job_id=job.id, secret_env=secret_env))
         except CapsaError as exc:
             self._finish(a.job_id, a.attempt, PoolJobState.FAILED, f"start failed on {self.name}: {exc}", 127)
             return
         with self._lock:
-            kept = a.job_id in self._running
+            kept = self._running.get(a.job_id, ("", 0))[1] == a.attempt
             if kept:
                 self._running[a.job_id] = (local.id, a.attempt)
         if not kept:   # fenced while it was starting: it must not run on
             with contextlib.suppress(CapsaError):
                 self.jobs.supervisor.stop(local.id, 0)
             return
-        self._update(a.job_id, a.attempt, lambda j: dataclasses.replace(
-            j, state=PoolJobState.RUNNING.value, local_id=local.id, started_ns=local.started_ns or time.time_ns()))
+        self._arm_supervisor([local.id])
+        try:
+            self._update(a.job_id, a.attempt, lambda j: dataclasses.replace(
+                j, state=PoolJobState.RUNNING.value, local_id=local.id, started_ns=local.started_ns or time.time_ns()))
+        except CapsaError as exc:   # the mirror still records its end, naming the local job
+            log.warning("pool job %s: cannot record RUNNING: %s", a.job_id[:12], exc)
 
     def _mirror_loop(self) -> None:
         """Mirror the end of each running pool job (one query per pass, not one thread per job)."""
@@ -254,23 +323,36 @@ class PoolNode:
                         continue
                     state = {"COMPLETED": PoolJobState.COMPLETED, "STOPPED": PoolJobState.STOPPED}.get(
                         local.state.value, PoolJobState.FAILED)
-                    self._finish(pool_id, attempt, state, local.reason or "", local.exit_code)
+                    self._finish(pool_id, attempt, state, local.reason or "", local.exit_code, local_id=local_id,
+                                 started_ns=local.started_ns or 0)
             except CapsaError as exc:
                 log.warning("mirroring pool jobs: %s", exc)
 
-    def _finish(self, job_id: str, attempt: int, state: PoolJobState, reason: str, exit_code: int | None) -> None:
-        """Record how an attempt ended; a restart policy puts the job back in ``pending/`` in the same txn."""
-        self._update(job_id, attempt,
-                     lambda j: requeue(dataclasses.replace(j, exit_code=exit_code), state, reason, time.time_ns()),
-                     extra=lambda j: [Op.put(keys.pending(job_id), j.placement())]
-                     if j.status == PoolJobState.PENDING else [])
-        self._drop(job_id)
+    def _finish(self, job_id: str, attempt: int, state: PoolJobState, reason: str, exit_code: int | None, *,
+                local_id: str = "", started_ns: int = 0) -> None:
+        """Record how an attempt ended; a restart policy puts the job back in ``pending/`` in the same txn.
 
-    def _drop(self, job_id: str) -> None:
+        The record also names the local job that ran: a job that ends within milliseconds can be seen
+        ended by the mirror before its start's RUNNING write (which then finds the record ended and
+        gives up), and without this the pool would not know which local job ran it.
+        """
+        def ended(j: PoolJob) -> PoolJob:
+            j = dataclasses.replace(j, exit_code=exit_code, local_id=j.local_id or local_id,
+                                    started_ns=j.started_ns or started_ns)
+            return requeue(j, state, reason, time.time_ns())
+
+        # The assignment goes in the same transaction: deleted after it, it could take with it the key of
+        # the next attempt, bound to this node again in between (which would then never start).
+        self._update(job_id, attempt, ended,
+                     extra=lambda j: [Op.delete(keys.assign(self.name, job_id)),
+                                      *([Op.put(keys.pending(job_id), j.placement())]
+                                        if j.status == PoolJobState.PENDING else [])])
+        self._drop(job_id, attempt)
+
+    def _drop(self, job_id: str, attempt: int) -> None:
         with self._lock:
-            self._running.pop(job_id, None)
-        with contextlib.suppress(CapsaError):
-            self.etcd.delete(keys.assign(self.name, job_id))
+            if self._running.get(job_id, ("", 0))[1] == attempt:
+                del self._running[job_id]
 
     def _update(self, job_id: str, attempt: int, change: Callable[[PoolJob], PoolJob],
                 extra: Callable[[PoolJob], list[Op]] | None = None) -> bool:

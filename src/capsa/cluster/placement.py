@@ -29,6 +29,7 @@ class Demand:
     pull: str = "missing"
     capsules: tuple[str, ...] = ()
     constraints: dict[str, str] = field(default_factory=dict)
+    nodes: tuple[str, ...] = ()        # only these (its --secret-env is sealed to them); empty: any
 
 
 @dataclass
@@ -48,12 +49,12 @@ class NodeLoad:
         self.gpus += a.gpus
 
 
-def demand_of(spec: dict[str, Any], constraints: dict[str, str]) -> Demand:
+def demand_of(spec: dict[str, Any], constraints: dict[str, str], nodes: Iterable[str] = ()) -> Demand:
     resources = spec.get("resources") or {}
     return Demand(cpu=int(resources.get("max_cpu", 0)) / 100.0, memory_mb=int(resources.get("max_memory_mb", 0)),
                   gpus=int(spec.get("gpus", 0)), image=str(spec.get("image", "")),
                   pull=str(spec.get("pull", "missing")), capsules=tuple(spec.get("capsules") or ()),
-                  constraints=dict(constraints))
+                  constraints=dict(constraints), nodes=tuple(nodes))
 
 
 def _capsule_present(want: str, present: Iterable[str]) -> bool:
@@ -69,6 +70,8 @@ def _capsule_present(want: str, present: Iterable[str]) -> bool:
 def explain(load: NodeLoad, d: Demand) -> str | None:
     """Why ``load``'s node cannot take ``d``, or None when it can."""
     n = load.node
+    if d.nodes and n.name not in d.nodes:
+        return "its secret environment is sealed to other nodes"
     for key, value in d.constraints.items():
         if n.labels.get(key) != value:
             return f"label {key}={value} not set"

@@ -22,8 +22,10 @@ from capsa.cluster.model import (
 )
 from capsa.cluster.node import PoolNode
 from capsa.cluster.proxy import NodeDialer
+from capsa.cluster.retention import Pruned, prune_records, remove_job_record
+from capsa.cluster.sealing import seal
 from capsa.cluster.workflows import new_job_id, new_workflow, submit_ops
-from capsa.errors import Conflict, InvalidArgument, NotFound, PermissionDenied
+from capsa.errors import CapsaError, Conflict, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
 __all__ = ["Pool", "PoolNodeView"]
 
@@ -36,10 +38,11 @@ class PoolNodeView:
 
 
 class Pool:
-    def __init__(self, etcd: EtcdClient, node: PoolNode, dialer: NodeDialer) -> None:
+    def __init__(self, etcd: EtcdClient, node: PoolNode, dialer: NodeDialer, *, ca_pem: str = "") -> None:
         self.etcd = etcd
         self.node = node
         self.dialer = dialer
+        self.ca_pem = ca_pem
 
     # -- nodes ------------------------------------------------------------------------------------
     def nodes(self) -> list[PoolNodeView]:
@@ -55,15 +58,33 @@ class Pool:
 
     # -- jobs ---------------------------------------------------------------------------------------
     def submit(self, spec: dict[str, Any], *, constraints: dict[str, str], restart: str,
-               max_restarts: int) -> PoolJob:
+               max_restarts: int, not_before_ns: int = 0, secret_env: dict[str, str] | None = None) -> PoolJob:
         try:
             policy = Restart(restart or "no")
         except ValueError:
             raise InvalidArgument(f"restart {restart!r}: use no, on-failure or always") from None
         job = PoolJob(id=new_job_id(), spec=spec, constraints=constraints, restart=policy.value,
-                      max_restarts=max_restarts or 3)
+                      max_restarts=max_restarts or 3, not_before_ns=not_before_ns)
+        if secret_env:
+            job.sealed = self._seal(job.id, secret_env)
         self.etcd.txn([Compare.missing(keys.job(job.id))], submit_ops(job))
         return job
+
+    def _seal(self, job_id: str, values: dict[str, str]) -> dict[str, str]:
+        """One box per READY node whose published certificate checks out (capsa.cluster.sealing)."""
+        sealed: dict[str, str] = {}
+        refused: list[str] = []
+        for kv in self.etcd.range(keys.NODES)[0]:
+            record = NodeRecord.load(kv.value)
+            try:
+                sealed[record.name] = seal(values, job_id=job_id, node=record.name, cert_pem=record.cert_pem,
+                                           ca_pem=self.ca_pem)
+            except CapsaError as exc:
+                refused.append(f"{record.name}: {exc.message}")
+        if not sealed:
+            raise FailedPrecondition("--secret-env: no node of the pool publishes a node certificate to seal the"
+                                     " values to" + (f" ({'; '.join(refused)})" if refused else ""))
+        return sealed
 
     def _jobs(self) -> list[PoolJob]:
         return [PoolJob.load(kv.value) for kv in self.etcd.range(keys.JOBS)[0]]
@@ -119,6 +140,44 @@ class Pool:
             if job.status.ended or time.monotonic() > deadline:
                 return job
             time.sleep(0.1)
+
+    def local_job(self, job: PoolJob) -> Any:
+        """The local job a pool job runs (or ran) as, from its node: here, or asked over mTLS. None if not
+        started or its node is gone (LOST, or left the pool)."""
+        if not job.local_id or not job.node:
+            return None
+        if job.node == self.node.name:
+            return self.node.jobs.get(job.local_id)
+        try:
+            address = self.address_of(job.node)
+        except NotFound:
+            return None
+        return self.dialer.get(address, job.id, job.local_id)
+
+    def remove(self, id_or_prefix: str, *, force: bool) -> str:
+        """Remove an ended job's record (``force``: stop it first); the local job stays on its node."""
+        for _ in range(20):
+            job = self.get(id_or_prefix)
+            if not job.status.ended:
+                if not force:
+                    raise FailedPrecondition(f"pool job {job.id[:12]} is {job.state}: stop it first (or use -f)")
+                job = self.stop(job.id, 0)
+                if not job.status.ended:
+                    raise Conflict(f"pool job {job.id[:12]} did not end after being stopped; try again")
+            if job.workflow_id:
+                wf = self.etcd.get(keys.workflow(job.workflow_id))
+                if wf is not None and PoolWorkflow.load(wf.value).state == "RUNNING":
+                    raise FailedPrecondition(f"pool job {job.id[:12]} belongs to workflow {job.workflow_id[:12]},"
+                                             " which is still running (it reads the job's outcome)")
+            kv = self.etcd.get(keys.job(job.id))
+            if kv is None:
+                return job.id
+            if remove_job_record(self.etcd, kv):
+                return job.id
+        raise Conflict(f"pool job {id_or_prefix} kept changing while being removed; try again")
+
+    def prune(self, *, older_than_s: float, dry_run: bool) -> Pruned:
+        return prune_records(self.etcd, cutoff_ns=time.time_ns() - int(older_than_s * 1e9), dry_run=dry_run)
 
     def check_owned(self, pool_job_id: str, local_id: str) -> None:
         """PermissionDenied unless ``local_id`` runs (or ran) pool job ``pool_job_id`` on this node: a node

@@ -32,16 +32,26 @@ class NodeDialer:
         self._lock = threading.Lock()
 
     def stop(self, address: str, pool_job_id: str, local_id: str, grace_s: float) -> str:
-        with self._lock:
-            channel = self._channels.get(address)
-            if channel is None:
-                channel = self._channels[address] = grpc.secure_channel(address, self._creds)
         try:
-            return str(cpb_grpc.ClusterServiceStub(channel).NodeStopJob(
+            return str(cpb_grpc.ClusterServiceStub(self._channel(address)).NodeStopJob(
                 cpb.NodeStopJobRequest(id=local_id, grace_seconds=grace_s, pool_job_id=pool_job_id),
                 timeout=grace_s + 30).state)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, address=address) from None
+
+    def get(self, address: str, pool_job_id: str, local_id: str) -> pb.Job:
+        try:
+            return cpb_grpc.ClusterServiceStub(self._channel(address)).NodeGetJob(
+                cpb.NodeGetJobRequest(id=local_id, pool_job_id=pool_job_id), timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, address=address) from None
+
+    def _channel(self, address: str) -> grpc.Channel:
+        with self._lock:
+            channel = self._channels.get(address)
+            if channel is None:
+                channel = self._channels[address] = grpc.secure_channel(address, self._creds)
+            return channel
 
     async def logs(self, address: str, pool_job_id: str, local_id: str, *, follow: bool,
                    from_seq: int) -> AsyncIterator[pb.LogChunk]:

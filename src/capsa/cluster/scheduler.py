@@ -8,7 +8,9 @@ assignment under the node's lease and records the node in the job. A job is ther
 once, even by two schedulers that both believe they lead.
 
 Then lost nodes: a job ASSIGNED or RUNNING whose node is gone (or came back under another lease) is
-LOST, and placed again when its restart policy says so. Then pool workflows advance.
+LOST, and placed again when its restart policy says so. Then pool workflows advance. Once a minute,
+the records of jobs and workflows that ended longer ago than the retention are removed
+(:mod:`capsa.cluster.retention`).
 Passes run when etcd reports a change under the prefix, and at least every second.
 """
 
@@ -33,12 +35,16 @@ from capsa.cluster.model import (
     requeue,
 )
 from capsa.cluster.placement import NodeLoad, Strategy, choose, demand_of, explain
+from capsa.cluster.retention import prune_records
 from capsa.cluster.workflows import advance_workflows
 from capsa.errors import CapsaError
 
-__all__ = ["PassStats", "Scheduler"]
+__all__ = ["RETENTION_S", "PassStats", "Scheduler"]
 
 log = logging.getLogger("capsa.cluster.scheduler")
+
+RETENTION_S = 7 * 86400.0   # ended pool jobs and workflows are forgotten this long after they ended
+_SWEEP_S = 60.0             # how often the leader sweeps for them
 
 
 @dataclass
@@ -46,11 +52,12 @@ class PassStats:
     placed: int = 0
     unplaceable: dict[str, str] = field(default_factory=dict)
     lost: int = 0
+    pruned: int = 0
 
 
 class Scheduler:
     def __init__(self, etcd: EtcdClient, *, name: str, strategy: Strategy = Strategy.SPREAD,
-                 lease_ttl_s: int = 3) -> None:
+                 lease_ttl_s: int = 3, retention_s: float = RETENTION_S) -> None:
         self.etcd = etcd
         self.name = name
         self.strategy = strategy
@@ -63,6 +70,8 @@ class Scheduler:
         self._known_leases: dict[str, int] = {}
         self._full_scan_at = 0.0
         self.placed_total = 0
+        self.retention_s = retention_s
+        self._sweep_at = 0.0
 
     # -- election ------------------------------------------------------------------------------
     def run(self) -> None:
@@ -83,6 +92,9 @@ class Scheduler:
                 if leader is None:
                     continue
                 self.leader_key = _decode(leader["key"])
+                if not self._still_leader():   # belt and braces: a win with a key already gone is no win
+                    log.warning("%s: campaign won with a key that no longer exists; campaigning again", self.name)
+                    continue
                 log.info("%s leads the pool scheduler", self.name)
                 self.leading.set()
                 self._lead(keeper)
@@ -116,6 +128,9 @@ class Scheduler:
         try:
             while not self.stop_event.is_set() and keeper.is_alive():
                 self._wake.clear()
+                if not self._still_leader():   # every bind would fail its guard: step down, campaign again
+                    log.warning("%s: the leader key is gone; standing down", self.name)
+                    return
                 self.one_pass()
                 self._wake.wait(1.0)
         finally:
@@ -148,7 +163,16 @@ class Scheduler:
         stats.lost = self._mark_lost(nodes)
         advance_workflows(self.etcd, self._leader_guard())
         self.placed_total += stats.placed
+        if self.retention_s > 0 and time.monotonic() >= self._sweep_at:
+            self._sweep_at = time.monotonic() + _SWEEP_S
+            pruned = prune_records(self.etcd, cutoff_ns=time.time_ns() - int(self.retention_s * 1e9),
+                                   guard=self._leader_guard())
+            stats.pruned = len(pruned.job_ids) + len(pruned.workflow_ids)
         return stats
+
+    def _still_leader(self) -> bool:
+        kv = self.etcd.get(self.leader_key)
+        return kv is not None and kv.lease == self.lease
 
     def _leader_guard(self) -> list[Compare]:
         return [Compare.exists(self.leader_key)] if self.leader_key else []
@@ -156,7 +180,9 @@ class Scheduler:
     def _place(self, pending: KeyValue, loads: list[NodeLoad]) -> str | None:
         request = pending.json()
         job_id = request["id"]
-        demand = demand_of(request["spec"], request.get("constraints") or {})
+        if int(request.get("not_before_ns") or 0) > time.time_ns():   # --schedule: passes run every second
+            return "scheduled for later"
+        demand = demand_of(request["spec"], request.get("constraints") or {}, request.get("sealed_for") or ())
         target = choose(loads, demand, self.strategy)
         if target is None:
             reasons = sorted({f"{load.node.name}: {explain(load, demand)}" for load in loads})

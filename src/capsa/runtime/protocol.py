@@ -31,6 +31,7 @@ __all__ = [
     "ExecReply",
     "ExecRequest",
     "ExitEvent",
+    "FenceRequest",
     "ForgetRequest",
     "Forked",
     "JobRecord",
@@ -231,6 +232,27 @@ class ExecRequest(Message):
             raise InvalidArgument(f"workdir {self.workdir!r} is not an absolute path")
         if any(item.find("=") < 1 or "\0" in item for item in self.env):
             raise InvalidArgument("exec environment items are K=V with a non-empty K and no NUL")
+
+
+@message("fence")
+@dataclass(frozen=True)
+class FenceRequest(Message):
+    """Kill each of ``job_ids`` (SIGKILL to its cgroup) at ``until_monotonic`` unless fenced again before.
+
+    The pool's lease deadline (ADR-0012, fencing): a pool node's daemon sends it after every lease
+    renewal, so pool jobs die by the time the pool may run them elsewhere even when the daemon itself
+    is gone. ``until_monotonic`` is CLOCK_MONOTONIC, system-wide on one host; 0 lifts the deadline.
+    Jobs not named keep theirs; unknown or exited jobs are ignored. Answered by ``OkReply``.
+    """
+
+    job_ids: tuple[str, ...]
+    until_monotonic: float
+
+    def validate(self) -> None:
+        for job_id in self.job_ids:
+            validate_job_id(job_id)
+        if not math.isfinite(self.until_monotonic) or self.until_monotonic < 0:
+            raise InvalidArgument(f"fence deadline {self.until_monotonic!r} is not a finite monotonic time")
 
 
 @message("ping")

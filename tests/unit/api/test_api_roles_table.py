@@ -42,7 +42,8 @@ def test_every_entry_is_a_role() -> None:
 
 def test_only_node_to_node_rpcs_need_the_node_role_and_no_user_role_reaches_them() -> None:
     node_only = {m for m, r in RPC_ROLES.items() if r is NodeRole.NODE}
-    assert node_only == {"/capsa.v1.ClusterService/NodeStopJob", "/capsa.v1.ClusterService/NodeLogs"}
+    assert node_only == {"/capsa.v1.ClusterService/NodeStopJob", "/capsa.v1.ClusterService/NodeLogs",
+                         "/capsa.v1.ClusterService/NodeGetJob"}
     assert not any(Role.ADMIN.allows(RPC_ROLES[m]) for m in node_only)
     assert not any(NodeRole.NODE.allows(r) for m, r in RPC_ROLES.items() if m not in node_only)
 

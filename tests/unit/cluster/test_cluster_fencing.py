@@ -11,6 +11,7 @@ from typing import Any
 
 from capsa.cluster.node import Inventory, PoolNode
 from capsa.errors import Unavailable
+from capsa.runtime.protocol import FenceRequest, OkReply
 
 
 class FakeEtcd:
@@ -69,9 +70,15 @@ class FakeEtcd:
 class FakeSupervisor:
     def __init__(self) -> None:
         self.killed: list[tuple[str, float, float]] = []
+        self.fences: list[FenceRequest] = []
 
     def stop(self, job_id: str, grace: float) -> None:
         self.killed.append((job_id, grace, time.monotonic()))
+
+    def request(self, request: Any, expect: type, *, timeout: float | None = None) -> Any:
+        assert isinstance(request, FenceRequest) and expect is OkReply
+        self.fences.append(request)
+        return OkReply()
 
 
 class FakeJobs:
@@ -79,7 +86,7 @@ class FakeJobs:
         self.supervisor = FakeSupervisor()
 
     def list(self, *, all: bool = False) -> list[Any]:
-        return [SimpleNamespace(id="local-1")]   # still running, as far as the mirror asks
+        return [SimpleNamespace(id="local-1", labels={})]   # still running, as far as the mirror asks
 
 
 def _node(etcd: FakeEtcd, jobs: FakeJobs, ttl: int = 2) -> PoolNode:
@@ -154,3 +161,28 @@ def test_leaving_the_pool_ends_its_jobs_before_the_lease_is_revoked() -> None:
     node._running["pool-1"] = ("local-1", 1)
     node.stop()
     assert jobs.supervisor.killed[0][0] == "local-1" and jobs.supervisor.killed[0][2] <= revoked[0]
+
+
+def test_every_renewal_hands_the_supervisor_a_deadline_before_the_lease_can_expire() -> None:
+    """The supervisor outlives a killed daemon: it must know when the pool jobs have to be dead."""
+    etcd, jobs = FakeEtcd(), FakeJobs()
+    node = _node(etcd, jobs, ttl=2)
+    node.start()
+    try:
+        node._running["pool-1"] = ("local-1", 1)
+        node._running["pool-2"] = ("", 1)   # still starting: armed by its start, not here
+        assert _wait(lambda: len(jobs.supervisor.fences) >= 3, 5)
+        fences = list(jobs.supervisor.fences)
+        assert all(f.job_ids == ("local-1",) for f in fences)
+        # Each deadline is earlier than the lease's earliest expiry (the renewal's send time + TTL)...
+        for fence in fences:
+            renewal = max(t for t in etcd.renewed_at if t <= fence.until_monotonic)
+            assert fence.until_monotonic < renewal + 2
+        # ...and moves on with the renewals (so a live daemon's jobs are never killed by it).
+        assert fences[-1].until_monotonic > fences[0].until_monotonic + 0.5
+        etcd.up = False
+        count = len(jobs.supervisor.fences)
+        time.sleep(1.0)
+        assert len(jobs.supervisor.fences) == count   # no renewal, no new deadline
+    finally:
+        node.stop()

@@ -12,8 +12,9 @@ from capsa.api.gen.capsa.v1 import cluster_pb2 as cpb
 from capsa.api.gen.capsa.v1 import cluster_pb2_grpc as cpb_grpc
 from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
 from capsa.api.servicers._base import rpc
+from capsa.api.servicers.jobs import job_to_pb
 from capsa.api.streams import follow_log
-from capsa.errors import FailedPrecondition
+from capsa.errors import FailedPrecondition, InvalidArgument
 from capsa.logs import is_finished
 
 __all__ = ["ClusterServicer"]
@@ -26,7 +27,8 @@ def pool_job_to_pb(job: Any) -> cpb.PoolJob:
         exit_code=job.exit_code if job.exit_code is not None else 0, ended=job.status.ended,
         constraints=job.constraints, history=job.history, workflow_id=job.workflow_id,
         workflow_job=job.workflow_job, submitted_at_ns=job.submitted_ns, placed_at_ns=job.placed_ns,
-        started_at_ns=job.started_ns, ended_at_ns=job.ended_ns, image=job.spec.get("image", ""))
+        started_at_ns=job.started_ns, ended_at_ns=job.ended_ns, image=job.spec.get("image", ""),
+        not_before_ns=job.not_before_ns)
 
 
 class ClusterServicer(cpb_grpc.ClusterServiceServicer):
@@ -48,11 +50,17 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
 
     @rpc
     def SubmitPoolJob(self, request: cpb.SubmitPoolJobRequest, context: grpc.ServicerContext) -> cpb.PoolJob:
-        from capsa.cluster.spec import spec_from_pb
+        from capsa.cluster.spec import not_before_ns, spec_from_pb
 
         pool = self._pool()
-        return pool_job_to_pb(pool.submit(spec_from_pb(request.job), constraints=dict(request.constraints),
-                                          restart=request.restart, max_restarts=request.max_restarts))
+        from capsa.jobs.secrets import validate_env_names
+
+        spec = spec_from_pb(request.job)
+        secret_env = dict(request.job.secret_env)
+        validate_env_names(spec["env"], secret_env)
+        return pool_job_to_pb(pool.submit(spec, constraints=dict(request.constraints), restart=request.restart,
+                                          max_restarts=request.max_restarts, not_before_ns=not_before_ns(request.job),
+                                          secret_env=secret_env))
 
     @rpc
     def ListPoolJobs(self, request: cpb.ListPoolJobsRequest,
@@ -61,7 +69,27 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
 
     @rpc
     def GetPoolJob(self, request: cpb.GetPoolJobRequest, context: grpc.ServicerContext) -> cpb.PoolJob:
-        return pool_job_to_pb(self._pool().get(request.id))
+        pool = self._pool()
+        job = pool.get(request.id)
+        out = pool_job_to_pb(job)
+        if request.local:
+            local = pool.local_job(job)
+            if local is not None:
+                out.local.CopyFrom(local if isinstance(local, pb.Job) else job_to_pb(local))
+        return out
+
+    @rpc
+    def RemovePoolJobs(self, request: cpb.RemovePoolJobsRequest,
+                       context: grpc.ServicerContext) -> cpb.RemovePoolJobsResponse:
+        pool = self._pool()
+        return cpb.RemovePoolJobsResponse(removed=[pool.remove(i, force=request.force) for i in request.ids])
+
+    @rpc
+    def PrunePool(self, request: cpb.PrunePoolRequest, context: grpc.ServicerContext) -> cpb.PrunePoolResponse:
+        if request.older_than_seconds < 0:
+            raise InvalidArgument("older_than_seconds must not be negative")
+        pruned = self._pool().prune(older_than_s=request.older_than_seconds, dry_run=request.dry_run)
+        return cpb.PrunePoolResponse(job_ids=pruned.job_ids, workflow_ids=pruned.workflow_ids)
 
     @rpc
     def StopPoolJob(self, request: cpb.StopPoolJobRequest, context: grpc.ServicerContext) -> cpb.PoolJob:
@@ -117,6 +145,11 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
     def NodeStopJob(self, request: cpb.NodeStopJobRequest, context: grpc.ServicerContext) -> cpb.NodeStopJobResponse:
         self._pool().check_owned(request.pool_job_id, request.id)
         return cpb.NodeStopJobResponse(state=self.cluster.node.stop_local(request.id, request.grace_seconds))
+
+    @rpc
+    def NodeGetJob(self, request: cpb.NodeGetJobRequest, context: grpc.ServicerContext) -> pb.Job:
+        self._pool().check_owned(request.pool_job_id, request.id)
+        return job_to_pb(self.cluster.node.jobs.get(request.id))
 
     @rpc
     async def NodeLogs(self, request: cpb.NodeLogsRequest, context: Any) -> Any:

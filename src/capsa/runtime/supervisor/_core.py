@@ -25,6 +25,7 @@ from capsa.runtime import cgroups
 from capsa.runtime.devices import job_device_rules
 from capsa.runtime.protocol import (
     ErrorReply,
+    FenceRequest,
     ForgetRequest,
     Forked,
     JobRecord,
@@ -92,6 +93,7 @@ class _Job:
     kill_at: float | None = None
     start_deadline: float | None = None
     received_ns: int = 0             # monotonic: when the start request arrived
+    fence_at: float | None = None    # monotonic: a pool lease deadline (FenceRequest)
 
 
 class Supervisor(ExecMixin, EventLoop):
@@ -136,7 +138,7 @@ class Supervisor(ExecMixin, EventLoop):
 
     # -- deadlines ------------------------------------------------------------------------------------
     def next_timeout(self) -> float | None:
-        deadlines = [d for j in self.jobs.values() for d in (j.kill_at, j.start_deadline) if d is not None]
+        deadlines = [d for j in self.jobs.values() for d in (j.kill_at, j.start_deadline, j.fence_at) if d is not None]
         if self.unpublished:
             deadlines.append(time.monotonic() + _LOG_FINISH_POLL_S)
         if not deadlines:
@@ -148,6 +150,11 @@ class Supervisor(ExecMixin, EventLoop):
         if self.unpublished:
             self._publish_finished(now)
         for job in list(self.jobs.values()):
+            if job.fence_at is not None and now >= job.fence_at:
+                job.fence_at = None
+                if job.record.state != ProcState.EXITED:
+                    self.log(f"job {job.record.job_id}: its pool lease deadline passed unrenewed; killing it")
+                    self._kill_cgroup(job)
             if job.kill_at is not None and now >= job.kill_at:
                 job.kill_at = None
                 if job.record.state != ProcState.EXITED:
@@ -467,6 +474,14 @@ class Supervisor(ExecMixin, EventLoop):
             job.cgroup.kill_all()
         except Exception as exc:
             self.log(f"kill of job {job.record.job_id} failed: {exc}")
+
+    @handles(FenceRequest)
+    def _fence(self, req: FenceRequest, caller: Caller) -> Message:
+        for job_id in req.job_ids:
+            job = self.jobs.get(job_id)
+            if job is not None and job.record.state != ProcState.EXITED:
+                job.fence_at = req.until_monotonic or None
+        return OkReply()
 
     @handles(SignalRequest)
     def _signal(self, req: SignalRequest, caller: Caller) -> Message:

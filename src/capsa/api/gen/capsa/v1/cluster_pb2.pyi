@@ -74,7 +74,7 @@ class SubmitPoolJobRequest(_message.Message):
     def __init__(self, job: _Optional[_Union[_jobs_pb2.RunJobRequest, _Mapping]] = ..., constraints: _Optional[_Mapping[str, str]] = ..., restart: _Optional[str] = ..., max_restarts: _Optional[int] = ...) -> None: ...
 
 class PoolJob(_message.Message):
-    __slots__ = ("id", "name", "command", "state", "node", "local_id", "attempt", "restart", "reason", "exit_code", "ended", "constraints", "history", "workflow_id", "workflow_job", "submitted_at_ns", "placed_at_ns", "started_at_ns", "ended_at_ns", "image")
+    __slots__ = ("id", "name", "command", "state", "node", "local_id", "attempt", "restart", "reason", "exit_code", "ended", "constraints", "history", "workflow_id", "workflow_job", "submitted_at_ns", "placed_at_ns", "started_at_ns", "ended_at_ns", "image", "local", "not_before_ns")
     class ConstraintsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,8 @@ class PoolJob(_message.Message):
     STARTED_AT_NS_FIELD_NUMBER: _ClassVar[int]
     ENDED_AT_NS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_NS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -122,7 +124,9 @@ class PoolJob(_message.Message):
     started_at_ns: int
     ended_at_ns: int
     image: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., node: _Optional[str] = ..., local_id: _Optional[str] = ..., attempt: _Optional[int] = ..., restart: _Optional[str] = ..., reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., ended: _Optional[bool] = ..., constraints: _Optional[_Mapping[str, str]] = ..., history: _Optional[_Iterable[str]] = ..., workflow_id: _Optional[str] = ..., workflow_job: _Optional[str] = ..., submitted_at_ns: _Optional[int] = ..., placed_at_ns: _Optional[int] = ..., started_at_ns: _Optional[int] = ..., ended_at_ns: _Optional[int] = ..., image: _Optional[str] = ...) -> None: ...
+    local: _jobs_pb2.Job
+    not_before_ns: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., node: _Optional[str] = ..., local_id: _Optional[str] = ..., attempt: _Optional[int] = ..., restart: _Optional[str] = ..., reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., ended: _Optional[bool] = ..., constraints: _Optional[_Mapping[str, str]] = ..., history: _Optional[_Iterable[str]] = ..., workflow_id: _Optional[str] = ..., workflow_job: _Optional[str] = ..., submitted_at_ns: _Optional[int] = ..., placed_at_ns: _Optional[int] = ..., started_at_ns: _Optional[int] = ..., ended_at_ns: _Optional[int] = ..., image: _Optional[str] = ..., local: _Optional[_Union[_jobs_pb2.Job, _Mapping]] = ..., not_before_ns: _Optional[int] = ...) -> None: ...
 
 class ListPoolJobsRequest(_message.Message):
     __slots__ = ("all",)
@@ -137,10 +141,12 @@ class ListPoolJobsResponse(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[PoolJob, _Mapping]]] = ...) -> None: ...
 
 class GetPoolJobRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "local")
     ID_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    local: bool
+    def __init__(self, id: _Optional[str] = ..., local: _Optional[bool] = ...) -> None: ...
 
 class StopPoolJobRequest(_message.Message):
     __slots__ = ("id", "grace_seconds")
@@ -240,3 +246,41 @@ class NodeLogsRequest(_message.Message):
     from_seq: int
     pool_job_id: str
     def __init__(self, id: _Optional[str] = ..., follow: _Optional[bool] = ..., from_seq: _Optional[int] = ..., pool_job_id: _Optional[str] = ...) -> None: ...
+
+class NodeGetJobRequest(_message.Message):
+    __slots__ = ("id", "pool_job_id")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    POOL_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    pool_job_id: str
+    def __init__(self, id: _Optional[str] = ..., pool_job_id: _Optional[str] = ...) -> None: ...
+
+class RemovePoolJobsRequest(_message.Message):
+    __slots__ = ("ids", "force")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    force: bool
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class RemovePoolJobsResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, removed: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PrunePoolRequest(_message.Message):
+    __slots__ = ("older_than_seconds", "dry_run")
+    OLDER_THAN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    older_than_seconds: float
+    dry_run: bool
+    def __init__(self, older_than_seconds: _Optional[float] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class PrunePoolResponse(_message.Message):
+    __slots__ = ("job_ids", "workflow_ids")
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_IDS_FIELD_NUMBER: _ClassVar[int]
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    workflow_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ..., workflow_ids: _Optional[_Iterable[str]] = ...) -> None: ...

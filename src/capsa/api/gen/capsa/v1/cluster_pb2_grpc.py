@@ -78,6 +78,16 @@ class ClusterServiceStub:
                 request_serializer=capsa_dot_v1_dot_cluster__pb2.GetPoolWorkflowRequest.SerializeToString,
                 response_deserializer=capsa_dot_v1_dot_cluster__pb2.PoolWorkflow.FromString,
                 _registered_method=True)
+        self.RemovePoolJobs = channel.unary_unary(
+                '/capsa.v1.ClusterService/RemovePoolJobs',
+                request_serializer=capsa_dot_v1_dot_cluster__pb2.RemovePoolJobsRequest.SerializeToString,
+                response_deserializer=capsa_dot_v1_dot_cluster__pb2.RemovePoolJobsResponse.FromString,
+                _registered_method=True)
+        self.PrunePool = channel.unary_unary(
+                '/capsa.v1.ClusterService/PrunePool',
+                request_serializer=capsa_dot_v1_dot_cluster__pb2.PrunePoolRequest.SerializeToString,
+                response_deserializer=capsa_dot_v1_dot_cluster__pb2.PrunePoolResponse.FromString,
+                _registered_method=True)
         self.NodeStopJob = channel.unary_unary(
                 '/capsa.v1.ClusterService/NodeStopJob',
                 request_serializer=capsa_dot_v1_dot_cluster__pb2.NodeStopJobRequest.SerializeToString,
@@ -87,6 +97,11 @@ class ClusterServiceStub:
                 '/capsa.v1.ClusterService/NodeLogs',
                 request_serializer=capsa_dot_v1_dot_cluster__pb2.NodeLogsRequest.SerializeToString,
                 response_deserializer=capsa_dot_v1_dot_jobs__pb2.LogChunk.FromString,
+                _registered_method=True)
+        self.NodeGetJob = channel.unary_unary(
+                '/capsa.v1.ClusterService/NodeGetJob',
+                request_serializer=capsa_dot_v1_dot_cluster__pb2.NodeGetJobRequest.SerializeToString,
+                response_deserializer=capsa_dot_v1_dot_jobs__pb2.Job.FromString,
                 _registered_method=True)
 
 
@@ -145,6 +160,21 @@ class ClusterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemovePoolJobs(self, request, context):
+        """Remove the pool's records of ended jobs (`capsa rm --pool`); each node keeps its local job
+        until its own prune.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrunePool(self, request, context):
+        """Remove the pool's records of jobs and workflows that ended long enough ago (`capsa prune --pool`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def NodeStopJob(self, request, context):
         """Node to node (role `node` only): act on a job this node runs, by its local id.
         """
@@ -153,6 +183,12 @@ class ClusterServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def NodeLogs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def NodeGetJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -201,6 +237,16 @@ def add_ClusterServiceServicer_to_server(servicer, server):
                     request_deserializer=capsa_dot_v1_dot_cluster__pb2.GetPoolWorkflowRequest.FromString,
                     response_serializer=capsa_dot_v1_dot_cluster__pb2.PoolWorkflow.SerializeToString,
             ),
+            'RemovePoolJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemovePoolJobs,
+                    request_deserializer=capsa_dot_v1_dot_cluster__pb2.RemovePoolJobsRequest.FromString,
+                    response_serializer=capsa_dot_v1_dot_cluster__pb2.RemovePoolJobsResponse.SerializeToString,
+            ),
+            'PrunePool': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrunePool,
+                    request_deserializer=capsa_dot_v1_dot_cluster__pb2.PrunePoolRequest.FromString,
+                    response_serializer=capsa_dot_v1_dot_cluster__pb2.PrunePoolResponse.SerializeToString,
+            ),
             'NodeStopJob': grpc.unary_unary_rpc_method_handler(
                     servicer.NodeStopJob,
                     request_deserializer=capsa_dot_v1_dot_cluster__pb2.NodeStopJobRequest.FromString,
@@ -210,6 +256,11 @@ def add_ClusterServiceServicer_to_server(servicer, server):
                     servicer.NodeLogs,
                     request_deserializer=capsa_dot_v1_dot_cluster__pb2.NodeLogsRequest.FromString,
                     response_serializer=capsa_dot_v1_dot_jobs__pb2.LogChunk.SerializeToString,
+            ),
+            'NodeGetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.NodeGetJob,
+                    request_deserializer=capsa_dot_v1_dot_cluster__pb2.NodeGetJobRequest.FromString,
+                    response_serializer=capsa_dot_v1_dot_jobs__pb2.Job.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -442,6 +493,60 @@ class ClusterService:
             _registered_method=True)
 
     @staticmethod
+    def RemovePoolJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capsa.v1.ClusterService/RemovePoolJobs',
+            capsa_dot_v1_dot_cluster__pb2.RemovePoolJobsRequest.SerializeToString,
+            capsa_dot_v1_dot_cluster__pb2.RemovePoolJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrunePool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capsa.v1.ClusterService/PrunePool',
+            capsa_dot_v1_dot_cluster__pb2.PrunePoolRequest.SerializeToString,
+            capsa_dot_v1_dot_cluster__pb2.PrunePoolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def NodeStopJob(request,
             target,
             options=(),
@@ -485,6 +590,33 @@ class ClusterService:
             '/capsa.v1.ClusterService/NodeLogs',
             capsa_dot_v1_dot_cluster__pb2.NodeLogsRequest.SerializeToString,
             capsa_dot_v1_dot_jobs__pb2.LogChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NodeGetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capsa.v1.ClusterService/NodeGetJob',
+            capsa_dot_v1_dot_cluster__pb2.NodeGetJobRequest.SerializeToString,
+            capsa_dot_v1_dot_jobs__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,
