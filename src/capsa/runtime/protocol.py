@@ -33,6 +33,8 @@ __all__ = [
     "ExitEvent",
     "ForgetRequest",
     "Forked",
+    "InputReply",
+    "InputRequest",
     "JobRecord",
     "JobReply",
     "ListReply",
@@ -43,6 +45,7 @@ __all__ = [
     "PingReply",
     "PingRequest",
     "ProcState",
+    "ResizeRequest",
     "ShutdownRequest",
     "SignalRequest",
     "StageFailed",
@@ -233,6 +236,46 @@ class ExecRequest(Message):
             raise InvalidArgument("exec environment items are K=V with a non-empty K and no NUL")
 
 
+# Bytes of stdin one ``InputRequest`` carries at most (base64 in the frame).
+MAX_INPUT_BYTES = 1 << 16
+
+
+@message("input")
+@dataclass(frozen=True)
+class InputRequest(Message):
+    """Write to the stdin of a job started with ``-i``/``-t`` (its pipe or its terminal). ``InputReply``.
+
+    The supervisor never blocks on it: it writes what the pipe or terminal takes now and says how
+    much (``accepted``); the caller sends the rest again. ``eof`` closes a stdin pipe once ``data``
+    is written (for a terminal, the job reads EOF when it is sent the VEOF character, Ctrl-D). An
+    empty ``data`` only checks that the job takes input.
+    """
+
+    job_id: str
+    data_b64: str = ""
+    eof: bool = False
+
+    def validate(self) -> None:
+        validate_job_id(self.job_id)
+        if len(self.data_b64) > (MAX_INPUT_BYTES // 3 + 1) * 4:
+            raise InvalidArgument(f"at most {MAX_INPUT_BYTES} bytes of input per request")
+
+
+@message("resize")
+@dataclass(frozen=True)
+class ResizeRequest(Message):
+    """Set the window size of a ``-t`` job's terminal (its foreground processes get SIGWINCH). ``OkReply``."""
+
+    job_id: str
+    rows: int
+    cols: int
+
+    def validate(self) -> None:
+        validate_job_id(self.job_id)
+        if not (1 <= self.rows <= 0xFFFF and 1 <= self.cols <= 0xFFFF):
+            raise InvalidArgument(f"terminal size {self.rows}x{self.cols} is not in 1..65535")
+
+
 @message("ping")
 @dataclass(frozen=True)
 class PingRequest(Message):
@@ -275,6 +318,16 @@ class ListReply(Message):
 class PingReply(Message):
     pid: int
     cgroup_version: int
+
+
+@message("input_taken")
+@dataclass(frozen=True)
+class InputReply(Message):
+    """``accepted`` bytes of the input were written; ``closed``: the job's stdin is gone (closed or exited)."""
+
+    accepted: int
+    closed: bool = False
+    tty: bool = False   # the job's stdin is a terminal (``-t``), not a pipe
 
 
 @message("exec_done")
@@ -422,6 +475,10 @@ def _validate_spec(spec: JobSpec) -> None:
     for name, path in (("job_dir", spec.job_dir), ("netns_path", spec.netns_path or "/")):
         if not path.startswith("/") or "\0" in path:
             raise InvalidArgument(f"{name} {path!r} is not an absolute path")
+    if spec.stdin not in ("", "pipe", "tty"):
+        raise InvalidArgument(f"stdin {spec.stdin!r} is not one of '', 'pipe', 'tty'")
+    if len(spec.tty_size) != 2 or not all(0 <= n <= 0xFFFF for n in spec.tty_size):
+        raise InvalidArgument(f"terminal size {spec.tty_size!r} out of range")
     if spec.seccomp not in _SECCOMP:
         raise InvalidArgument(f"seccomp profile {spec.seccomp!r} is not one of {sorted(_SECCOMP)}")
     if not (0 <= spec.uid <= _MAX_ID and 0 <= spec.gid <= _MAX_ID):

@@ -1,8 +1,13 @@
-"""InteractiveService: processes inside running jobs (``capsa exec``), ADR-0013."""
+"""InteractiveService: processes inside running jobs (``capsa exec``) and attaching to them, ADR-0013."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import functools
+import logging
+import threading
 from typing import Any
 
 from capsa.api.auth import identity_of
@@ -10,10 +15,16 @@ from capsa.api.gen.capsa.v1 import interactive_pb2 as pb
 from capsa.api.gen.capsa.v1 import interactive_pb2_grpc as pb_grpc
 from capsa.api.gen.capsa.v1 import jobs_pb2
 from capsa.api.servicers._base import rpc
-from capsa.api.streams import BlockingStreams
+from capsa.api.streams import BlockingStreams, follow_log
+from capsa.errors import CapsaError
+from capsa.jobs.attach import JobAttach
 from capsa.jobs.execs import ExecEvent, JobExecs
 
 __all__ = ["InteractiveServicer", "exec_events_pb"]
+
+log = logging.getLogger("capsa.api")
+# An attached terminal's output is looked for at least this often (the log is its one source).
+_ATTACH_POLL_S = 0.01
 
 
 def exec_events_pb(events: list[ExecEvent]) -> list[jobs_pb2.ExecEvent]:
@@ -22,9 +33,10 @@ def exec_events_pb(events: list[ExecEvent]) -> list[jobs_pb2.ExecEvent]:
 
 
 class InteractiveServicer(pb_grpc.InteractiveServiceServicer):
-    def __init__(self, execs: JobExecs, blocking: BlockingStreams) -> None:
+    def __init__(self, execs: JobExecs, blocking: BlockingStreams, attach: JobAttach) -> None:
         self.execs = execs
         self.blocking = blocking
+        self.attach = attach
 
     @rpc
     async def Exec(self, request: pb.ExecRequest, context: Any) -> pb.ExecResult:
@@ -38,3 +50,49 @@ class InteractiveServicer(pb_grpc.InteractiveServiceServicer):
                              stdout=base64.b64decode(reply.stdout_b64), stderr=base64.b64decode(reply.stderr_b64),
                              oom_killed=reply.oom_killed, truncated=reply.truncated,
                              start_latency_ns=reply.exec_latency_ns)
+
+    @rpc
+    async def Attach(self, request_iterator: Any, context: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        requests = request_iterator.__aiter__()
+        try:
+            first = await requests.__anext__()
+        except StopAsyncIteration:
+            return
+        att = await loop.run_in_executor(None, self.attach.open, first.job_id)
+        yield pb.AttachOutput(attached=True, tty=att.tty)
+        stop = threading.Event()
+        pump = asyncio.create_task(self._pump_input(att.job_id, first, requests, stop))
+        try:
+            # held like an attached `logs -f`: an --rm job stays until its end was read
+            with self.attach.jobs.hold(att.job_id):
+                async for chunk in follow_log(att.log_dir, from_seq=1 if first.from_start else att.next_seq,
+                                              live=True, max_interval=_ATTACH_POLL_S):
+                    yield pb.AttachOutput(data=chunk.data, stream=int(chunk.stream))
+                ended = await loop.run_in_executor(None, lambda: self.attach.jobs.wait_ended(att.job_id, timeout=10))
+            yield pb.AttachOutput(ended=True, exit_code=ended.exit_code or 0, signal=ended.signal,
+                                  state=ended.state.value, reason=ended.reason)
+        finally:
+            stop.set()
+            pump.cancel()
+            with contextlib.suppress(BaseException):
+                await pump
+
+    async def _pump_input(self, job_id: str, first: pb.AttachInput, requests: Any, stop: threading.Event) -> None:
+        """Stdin and resizes, in order, until the client ends its side (or detaches) or the job ends."""
+        loop = asyncio.get_running_loop()
+        msg = first
+        open_ = True
+        try:
+            while True:
+                if msg.rows > 0 and msg.cols > 0:
+                    await loop.run_in_executor(None, self.attach.resize, job_id, msg.rows, msg.cols)
+                if open_ and (msg.stdin or msg.stdin_eof):
+                    write = functools.partial(self.attach.write, job_id, bytes(msg.stdin), eof=msg.stdin_eof,
+                                              stop=stop.is_set)
+                    open_ = await loop.run_in_executor(None, write)
+                msg = await requests.__anext__()
+        except StopAsyncIteration:
+            return
+        except CapsaError as exc:   # the job ended under us: its output side ends the call
+            log.debug("attach input to %s stopped: %s", job_id, exc)

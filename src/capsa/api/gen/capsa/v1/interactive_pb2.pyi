@@ -6,6 +6,44 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class AttachInput(_message.Message):
+    __slots__ = ("job_id", "from_start", "stdin", "stdin_eof", "rows", "cols")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_START_FIELD_NUMBER: _ClassVar[int]
+    STDIN_FIELD_NUMBER: _ClassVar[int]
+    STDIN_EOF_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    from_start: bool
+    stdin: bytes
+    stdin_eof: bool
+    rows: int
+    cols: int
+    def __init__(self, job_id: _Optional[str] = ..., from_start: _Optional[bool] = ..., stdin: _Optional[bytes] = ..., stdin_eof: _Optional[bool] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ...) -> None: ...
+
+class AttachOutput(_message.Message):
+    __slots__ = ("data", "stream", "attached", "tty", "ended", "exit_code", "signal", "state", "reason")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    ATTACHED_FIELD_NUMBER: _ClassVar[int]
+    TTY_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    stream: int
+    attached: bool
+    tty: bool
+    ended: bool
+    exit_code: int
+    signal: int
+    state: str
+    reason: str
+    def __init__(self, data: _Optional[bytes] = ..., stream: _Optional[int] = ..., attached: _Optional[bool] = ..., tty: _Optional[bool] = ..., ended: _Optional[bool] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class ExecRequest(_message.Message):
     __slots__ = ("job_id", "command", "env", "user", "workdir")
     class EnvEntry(_message.Message):
