@@ -1,0 +1,163 @@
+"""`capsa run -i/-t` and `capsa attach` through a real pseudo-terminal on the client side (ADR-0013)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from jobs_helpers import wait_ended, wait_running
+from pty_client import PtyClient
+
+from tests.fixtures.daemon import CAPSA, RunningDaemon
+
+
+def _cli(daemon: RunningDaemon, *args: str, rows: int = 24, cols: int = 80) -> PtyClient:
+    return PtyClient([*CAPSA, "--config", str(daemon.home / "client-admin.yaml"), *args], daemon.env,
+                     rows=rows, cols=cols)
+
+
+def _job_of(daemon: RunningDaemon, name: str) -> str:
+    return daemon.client().get_job(name).id
+
+
+def test_stdin_is_streamed_and_its_eof_reaches_the_job(daemon: RunningDaemon) -> None:
+    res = daemon.cli("run", "-i", "--", "wc", "-l", input=b"a\nb\n")
+    assert res.returncode == 0, res.stderr.decode()
+    assert res.stdout.strip() == b"2"
+    # more than one pipe's worth, byte-exact, and the job's exit code is the CLI's
+    data = os.urandom(3 << 20)
+    res = daemon.cli("run", "-i", "--", "/bin/sh", "-c", "sha256sum; exit 5", input=data)
+    import hashlib
+
+    assert res.returncode == 5, res.stderr.decode()
+    assert res.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+
+
+def test_interactive_shell_prompt_resize_ctrl_c_and_exit_code(daemon: RunningDaemon) -> None:
+    c = _cli(daemon, "run", "-it", "--name", "tty-sh", "--", "/bin/sh", rows=30, cols=100)
+    try:
+        c.expect(rb"# ")                       # the shell's prompt: it saw a terminal on stdin
+        assert c.is_raw()                      # the client's terminal is in raw mode while attached
+        c.send(b"tty -s && echo is-a-tty; stty size\r")
+        m = c.expect(rb"is-a-tty\r\n(\d+) (\d+)\r\n")
+        assert m.groups() == (b"30", b"100")   # the size at start
+        c.resize(41, 123)                      # SIGWINCH in the client -> TIOCSWINSZ on the job's terminal
+        time.sleep(0.3)
+        c.send(b"stty size\r")
+        assert c.expect(rb"(\d+) (\d+)\r\n").groups() == (b"41", b"123")
+        # PID 1 is a session leader whose controlling terminal is its stdin
+        c.send(b"cat /proc/1/stat | cut -d' ' -f6,7\r")
+        sid, tty_nr = c.expect(rb"\r\n(\d+) (\d+)\r\n").groups()
+        assert sid == b"1" and int(tty_nr) != 0
+        c.send(b"sleep 100\r")
+        time.sleep(0.5)
+        c.send(b"\x03")                        # Ctrl-C typed: SIGINT through the job's terminal
+        c.expect(rb"# ")
+        c.send(b"echo status=$?\r")
+        assert c.expect(rb"status=(\d+)").group(1) == b"130"
+        c.send(b"exit 3\r")
+        assert c.wait() == 3
+        assert not c.is_raw()                  # restored
+    finally:
+        c.close()
+    # one stream, in the lossless log: what the terminal showed is in `capsa logs`
+    logs = daemon.cli("logs", "tty-sh", check=True).stdout
+    assert b"status=130" in logs
+
+
+def test_detach_leaves_the_job_running_and_attach_reconnects(daemon: RunningDaemon) -> None:
+    c = _cli(daemon, "run", "-it", "--name", "tty-detach", "--", "/bin/sh")
+    try:
+        c.expect(rb"# ")
+        c.send(b"X=kept\r")
+        c.expect(rb"# ")
+        c.send(b"\x10\x11")                    # Ctrl-P Ctrl-Q
+        assert c.wait() == 0
+        assert b"detached" in c.buf
+        assert not c.is_raw()
+    finally:
+        c.close()
+    job_id = _job_of(daemon, "tty-detach")
+    assert daemon.client().get_job(job_id).state == "RUNNING"
+    c = _cli(daemon, "attach", "--detach-keys", "ctrl-a,d", "tty-detach")
+    try:
+        time.sleep(0.3)
+        c.send(b"echo X=$X\r")                 # the same shell: its variable is still set
+        c.expect(rb"X=kept")
+        c.send(b"\x10\x11")                    # not the detach keys of this attach: passed to the job
+        c.send(b"\x01d")                       # ctrl-a d
+        assert c.wait() == 0
+    finally:
+        c.close()
+    assert daemon.client().get_job(job_id).state == "RUNNING"
+    c = _cli(daemon, "attach", job_id[:12])
+    try:
+        time.sleep(0.3)
+        c.send(b"exit 7\r")
+        assert c.wait() == 7                   # the job's exit code is attach's
+    finally:
+        c.close()
+    assert wait_ended(daemon.client(), job_id).exit_code == 7
+
+
+def test_attach_refuses_unknown_ended_and_non_interactive_jobs(daemon: RunningDaemon) -> None:
+    res = daemon.cli("attach", "no-such-job")
+    assert res.returncode != 0 and b"no-such-job" in res.stderr
+    ended = daemon.cli("run", "--name", "tty-ended", "--", "/bin/true", check=True)
+    assert ended.returncode == 0
+    res = daemon.cli("attach", "tty-ended")
+    assert res.returncode != 0 and b"has ended" in res.stderr, res.stderr
+    job_id = daemon.cli("run", "-d", "--", "/bin/sleep", "100", check=True).stdout.decode().strip()
+    try:
+        wait_running(daemon.client(), job_id)
+        res = daemon.cli("attach", job_id)
+        assert res.returncode != 0 and b"not started with -i or -t" in res.stderr, res.stderr
+        # no terminal on stdin: -it is refused before any job exists
+        before = len(json.loads(daemon.cli("ps", "-a", "--json", check=True).stdout))
+        res = daemon.cli("run", "-it", "--", "/bin/sh", input=b"")
+        assert res.returncode != 0 and b"not a terminal" in res.stderr
+        assert len(json.loads(daemon.cli("ps", "-a", "--json", check=True).stdout)) == before
+        res = daemon.cli("run", "-it", "--detach-keys", "ctrl-1", "--", "/bin/sh")
+        assert res.returncode != 0 and b"detach-keys" in res.stderr
+    finally:
+        daemon.cli("stop", "-t", "0", job_id)
+
+
+def test_attach_is_refused_to_readers(daemon: RunningDaemon) -> None:
+    job_id = daemon.cli("run", "-d", "-i", "--", "/bin/cat", check=True).stdout.decode().strip()
+    try:
+        res = daemon.cli("attach", job_id, role="reader")
+        assert res.returncode != 0 and b"reader" in res.stderr.lower() + res.stdout.lower(), res.stderr
+        res = daemon.cli("attach", job_id, role="developer", input=b"hello\n")
+        # -i without a terminal: stdin goes in, its EOF closes the job's stdin, cat ends
+        assert res.returncode == 0 and res.stdout == b"hello\n", res.stderr
+    finally:
+        daemon.cli("stop", "-t", "0", job_id)
+
+
+def test_terminal_job_survives_a_daemon_restart_and_the_client_restores_its_terminal(
+        fresh_daemon: RunningDaemon) -> None:
+    daemon = fresh_daemon
+    c = _cli(daemon, "run", "-it", "--name", "tty-restart", "--", "/bin/sh")
+    try:
+        c.expect(rb"# ")
+        assert c.is_raw()
+        daemon.kill9()                          # the client's call fails: an error, never a raw terminal
+        code = c.wait()
+        assert code != 0
+        assert not c.is_raw()
+    finally:
+        c.close()
+    daemon.start()
+    job_id = _job_of(daemon, "tty-restart")
+    assert daemon.client().get_job(job_id).state == "RUNNING"   # the supervisor holds the terminal
+    c = _cli(daemon, "attach", job_id)
+    try:
+        time.sleep(0.3)
+        c.send(b"echo again\r")
+        c.expect(rb"again\r\n")
+        c.send(b"exit\r")
+        assert c.wait() == 0
+    finally:
+        c.close()
