@@ -14,8 +14,10 @@ stage two's PID to the report pipe and exits; stage two is re-parented to the su
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
+import termios
 from typing import NoReturn
 
 from capsa import linux
@@ -34,15 +36,15 @@ EXEC_NAMESPACES = (
 
 def exec_stage_one(msg: ZygoteExec, fds: list[int], filters: dict[str, bytes]) -> NoReturn:
     """In a fresh fork of the zygote: join, fork stage two, report its PID, exit."""
-    pidfd, stdout_w, stderr_w, report_w = fds
+    pidfd, *stdin_r, stdout_w, stderr_w, report_w = fds   # stdin: exec -i (a pipe) or -t (a terminal)
     try:
         os.set_inheritable(report_w, False)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        devnull = os.open("/dev/null", os.O_RDONLY)
-        os.dup2(devnull, 0)
+        stdin = stdin_r[0] if stdin_r else os.open("/dev/null", os.O_RDONLY)
+        os.dup2(stdin, 0)
         os.dup2(stdout_w, 1)
         os.dup2(stderr_w, 2)
-        for fd in (devnull, stdout_w, stderr_w):
+        for fd in (stdin, stdout_w, stderr_w):
             if fd > 2:
                 os.close(fd)
         for procs in msg.cgroup_procs:
@@ -71,6 +73,11 @@ def _stage_two(msg: ZygoteExec, report_w: int, bpf: bytes) -> NoReturn:
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         # New session: a signal to the exec'd process's group never reaches the zygote's.
         os.setsid()
+        if msg.tty:   # exec -t: the new session's controlling terminal is the one on fd 0
+            try:
+                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            except OSError as exc:
+                raise StageError("controlling terminal", exc) from exc
         workdir = msg.workdir or spec.workdir
         try:
             os.chdir(workdir)

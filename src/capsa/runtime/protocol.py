@@ -28,8 +28,10 @@ __all__ = [
     "MAX_GRACE_S",
     "MOUNT_ACTIONS",
     "ErrorReply",
+    "ExecOutput",
     "ExecReply",
     "ExecRequest",
+    "ExecStarted",
     "ExitEvent",
     "ForgetRequest",
     "Forked",
@@ -223,9 +225,20 @@ class ExecRequest(Message):
     uid: int = -1
     gid: int = -1
     workdir: str = ""
+    # Streamed (``capsa exec``, ADR-0013): ``ExecStarted`` first, then ``ExecOutput`` as the output is
+    # read, then ``ExecReply`` (with no output in it), all on this request's id. The exec lives as long
+    # as the connection that asked for it, or its job: a dropped caller closes its stdin (a terminal:
+    # SIGHUP) and its output is read and dropped.
+    stream: bool = False
+    stdin: str = ""                      # "" /dev/null | "pipe" | "tty" (a pseudo-terminal, needs stream)
+    tty_size: tuple[int, ...] = (0, 0)   # rows, cols
 
     def validate(self) -> None:
         validate_job_id(self.job_id)
+        if self.stdin not in ("", "pipe", "tty") or (self.stdin and not self.stream):
+            raise InvalidArgument(f"exec stdin {self.stdin!r}: '', or 'pipe'/'tty' on a streamed exec")
+        if len(self.tty_size) != 2 or not all(0 <= n <= 0xFFFF for n in self.tty_size):
+            raise InvalidArgument(f"terminal size {self.tty_size!r} out of range")
         if not self.argv or not self.argv[0] or any("\0" in a for a in self.argv):
             raise InvalidArgument("exec needs a command (and no NUL bytes in it)")
         if not (-1 <= self.uid <= _MAX_ID and -1 <= self.gid <= _MAX_ID):
@@ -254,9 +267,12 @@ class InputRequest(Message):
     job_id: str
     data_b64: str = ""
     eof: bool = False
+    exec_id: int = 0   # > 0: the streamed exec of that id (``ExecStarted``) in the job, not the job itself
 
     def validate(self) -> None:
         validate_job_id(self.job_id)
+        if self.exec_id < 0:
+            raise InvalidArgument(f"exec id {self.exec_id} is negative")
         if len(self.data_b64) > (MAX_INPUT_BYTES // 3 + 1) * 4:
             raise InvalidArgument(f"at most {MAX_INPUT_BYTES} bytes of input per request")
 
@@ -269,9 +285,12 @@ class ResizeRequest(Message):
     job_id: str
     rows: int
     cols: int
+    exec_id: int = 0   # > 0: a streamed exec's terminal
 
     def validate(self) -> None:
         validate_job_id(self.job_id)
+        if self.exec_id < 0:
+            raise InvalidArgument(f"exec id {self.exec_id} is negative")
         if not (1 <= self.rows <= 0xFFFF and 1 <= self.cols <= 0xFFFF):
             raise InvalidArgument(f"terminal size {self.rows}x{self.cols} is not in 1..65535")
 
@@ -328,6 +347,24 @@ class InputReply(Message):
     accepted: int
     closed: bool = False
     tty: bool = False   # the job's stdin is a terminal (``-t``), not a pipe
+
+
+@message("exec_started")
+@dataclass(frozen=True)
+class ExecStarted(Message):
+    """A streamed exec was accepted; ``exec_id`` names it in ``InputRequest``/``ResizeRequest``."""
+
+    exec_id: int
+    tty: bool = False
+
+
+@message("exec_output")
+@dataclass(frozen=True)
+class ExecOutput(Message):
+    """Output of a streamed exec as it was read: ``stream`` 1 stdout (a terminal's all), 2 stderr."""
+
+    stream: int
+    data_b64: str
 
 
 @message("exec_done")
@@ -426,9 +463,10 @@ class ZygoteMount(Message):
 @message("zygote_exec")
 @dataclass(frozen=True)
 class ZygoteExec(Message):
-    """Fork a process into a running job; carries [job pidfd, stdout, stderr, report] as SCM_RIGHTS.
+    """Fork a process into a running job; carries [job pidfd, (stdin,) stdout, stderr, report] as SCM_RIGHTS.
 
     ``spec`` is the job's (seccomp profile, capabilities, user, env); the rest is the exec's own.
+    ``tty``: stdin is a terminal the exec'd process takes as its controlling terminal.
     """
 
     spec: JobSpec
@@ -438,6 +476,7 @@ class ZygoteExec(Message):
     uid: int
     gid: int
     workdir: str
+    tty: bool = False
 
 
 @message("forked")

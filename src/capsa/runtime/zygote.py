@@ -72,11 +72,11 @@ def zygote_main(sock: socket.socket) -> NoReturn:
             msg = None
         if isinstance(msg, ZygoteMount):   # a live capsule mount into a running job: fds = [pidfd, reply]
             _mount(msg, fds)
-        elif isinstance(msg, ZygoteExec) and len(fds) == 4:   # capsa exec: [pidfd, out, err, report]
+        elif isinstance(msg, ZygoteExec) and len(fds) in (4, 5):   # capsa exec: [pidfd, (stdin,) out, err, report]
             try:
                 pid = os.fork()
             except OSError as exc:
-                _report(fds[3], f"fork: {exc}")
+                _report(fds[-1], f"fork: {exc}")
                 pid = -1
             if pid == 0:
                 sock.close()

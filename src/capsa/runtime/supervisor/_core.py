@@ -211,7 +211,7 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
             with contextlib.suppress(Exception):
                 cg.remove()
             raise
-        stdio = open_stdio(spec)   # output pipes; a stdin pipe (-i) or a terminal (-t): ADR-0013
+        stdio = open_stdio(spec.stdin, spec.tty_size)   # output pipes; a stdin pipe (-i) or a terminal (-t): ADR-0013
         rep_r, rep_w = os.pipe2(os.O_CLOEXEC)
         for fd, _kind in stdio.read_fds:
             if not stdio.tty:

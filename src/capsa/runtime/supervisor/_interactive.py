@@ -25,7 +25,6 @@ from typing import Any
 
 from capsa.errors import FailedPrecondition, NotFound
 from capsa.runtime.protocol import InputReply, InputRequest, Message, OkReply, ProcState, ResizeRequest
-from capsa.runtime.spec import JobSpec
 from capsa.runtime.supervisor._links import Caller
 from capsa.runtime.supervisor._loop import handles
 
@@ -46,13 +45,13 @@ def _set_winsize(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-def open_stdio(spec: JobSpec) -> Stdio:
-    """Pipes for a plain job; plus a stdin pipe for ``-i``; a pseudo-terminal for ``-t``."""
-    if spec.stdin == "tty":
+def open_stdio(stdin: str, tty_size: tuple[int, ...]) -> Stdio:
+    """Pipes for a plain job or exec; plus a stdin pipe for ``-i`` ("pipe"); a pseudo-terminal for ``-t`` ("tty")."""
+    if stdin == "tty":
         master, slave = os.openpty()
         try:
             os.set_inheritable(master, False)
-            rows, cols = spec.tty_size
+            rows, cols = tty_size
             if rows and cols:
                 _set_winsize(master, rows, cols)
             os.set_blocking(master, False)
@@ -66,7 +65,7 @@ def open_stdio(spec: JobSpec) -> Stdio:
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     stdio = Stdio(child_fds=[out_w, err_w], read_fds=[(out_r, "out"), (err_r, "err")])
-    if spec.stdin == "pipe":
+    if stdin == "pipe":
         in_r, in_w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(in_w, False)
         stdio.child_fds.insert(0, in_r)
@@ -89,9 +88,13 @@ class InteractiveMixin:
             raise FailedPrecondition(f"job {job_id} has ended")
         return job
 
+    def _exec_input_target(self, job_id: str, exec_id: int) -> Any:
+        raise NotImplementedError   # ExecMixin's
+
     @handles(InputRequest)
     def _input(self, req: InputRequest, caller: Caller) -> Message:
-        job = self._interactive_job(req.job_id)
+        # ``job`` is the job, or a streamed exec in it: both have ``stdin_fd`` and ``tty``
+        job = self._exec_input_target(req.job_id, req.exec_id) if req.exec_id else self._interactive_job(req.job_id)
         if job.stdin_fd == -1:
             return InputReply(0, closed=True, tty=job.tty)
         data = base64.b64decode(req.data_b64) if req.data_b64 else b""
@@ -113,7 +116,7 @@ class InteractiveMixin:
 
     @handles(ResizeRequest)
     def _resize(self, req: ResizeRequest, caller: Caller) -> Message:
-        job = self._interactive_job(req.job_id)
+        job = self._exec_input_target(req.job_id, req.exec_id) if req.exec_id else self._interactive_job(req.job_id)
         if not job.tty:
             raise FailedPrecondition(f"job {req.job_id} has no terminal (started without -t)")
         if job.stdin_fd != -1:
