@@ -413,6 +413,10 @@ class CapsaClient:
                                               workdir=workdir)
         return self._call(self.interactive.Exec, request, timeout=None)
 
+    def exec_stream(self, inputs: Iterator[Any]) -> Any:
+        """The ``ExecStream`` call (outputs by iteration, ``cancel()`` ends it); ``inputs`` are ExecInput."""
+        return self.interactive.ExecStream(inputs, timeout=None)
+
     def attach(self, inputs: Iterator[Any]) -> Any:
         """The ``Attach`` call (its outputs by iteration, ``cancel()`` to detach); ``inputs`` are AttachInput."""
         return self.interactive.Attach(inputs, timeout=None)

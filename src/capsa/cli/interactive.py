@@ -14,30 +14,55 @@ __all__ = ["COMMANDS", "attach", "attached", "exec_"]
 
 
 @click.command("exec", context_settings={"ignore_unknown_options": False})
+@click.option("-i", "--interactive", is_flag=True, help="Stream stdin to the process (its EOF is the process's).")
+@click.option("-t", "--tty", is_flag=True,
+              help="Give the process a pseudo-terminal (with -i: this terminal in raw mode, Ctrl-C reaches it).")
 @click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment variable (repeatable).")
 @click.option("-u", "--user", default="", help="UID[:GID] to run as (default: the job's user).")
 @click.option("-w", "--workdir", default="", help="Working directory inside the job (default: the job's).")
 @click.argument("job_id")
 @click.argument("command", nargs=-1, required=True)
 @click.pass_obj
-def exec_(obj: Any, env: tuple[str, ...], user: str, workdir: str, job_id: str, command: tuple[str, ...]) -> int:
+def exec_(obj: Any, interactive: bool, tty: bool, env: tuple[str, ...], user: str, workdir: str, job_id: str,
+          command: tuple[str, ...]) -> int:
     """Run a command inside a running job: capsa exec [flags] JOB -- CMD ARGS.
 
     The process joins all of the job's namespaces, its cgroups (counted against its limits), its
-    root, seccomp profile, capabilities and user (unless -u); `capsa exec` exits with its exit code.
+    root, seccomp profile, capabilities and user (unless -u); its output is shown as it is produced
+    and `capsa exec` exits with its exit code. It lives as long as this command (or its job).
     """
-    from capsa.cli.output import key_values
+    import signal
 
-    result = obj.client().exec_job(job_id, list(command), env=key_values(env, "-e"), user=user, workdir=workdir)
-    sys.stdout.buffer.write(result.stdout)
-    sys.stdout.buffer.flush()
-    sys.stderr.buffer.write(result.stderr)
-    sys.stderr.buffer.flush()
-    if result.truncated:
-        click.echo("capsa: the command's output was longer than exec keeps; the rest was dropped", err=True)
-    if result.oom_killed:
+    from capsa.api.gen.capsa.v1 import interactive_pb2 as ipb
+    from capsa.cli.output import key_values
+    from capsa.cli.terminal import ClientSignal, Session
+    from capsa.errors import InvalidArgument
+
+    if tty and interactive and not sys.stdin.isatty():
+        raise InvalidArgument("the input device is not a terminal: drop -t, or run from a terminal")
+    request = ipb.ExecRequest(job_id=job_id, command=list(command), env=key_values(env, "-e"), user=user,
+                              workdir=workdir, stdin=interactive, tty=tty)
+    client = obj.client()
+
+    def first(rows: int, cols: int) -> Any:
+        request.rows, request.cols = (rows, cols) if tty else (0, 0)
+        return ipb.ExecInput(start=request)
+
+    # no detach keys: an exec lives as long as its caller (ADR-0013)
+    session = Session(client, client.exec_stream, first, ipb.ExecInput, stdin=interactive, detach_keys=b"")
+    try:
+        outcome = session.run()
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except ClientSignal as sig:
+        return 128 + int(sig.args[0])
+    end = outcome.ended
+    if end is None:
+        click.echo("capsa: the exec's stream ended before the process did", err=True)
+        return 1
+    if end.oom_killed:
         click.echo("capsa: killed by the job's memory limit (OOM)", err=True)
-    return int(result.exit_code)
+    return int(end.exit_code)
 
 
 def attached(client: Any, job_id: str, *, from_start: bool, stdin: bool, detach_keys: bytes,
@@ -49,9 +74,12 @@ def attached(client: Any, job_id: str, *, from_start: bool, stdin: bool, detach_
     """
     import signal
 
+    from capsa.api.gen.capsa.v1 import interactive_pb2 as ipb
     from capsa.cli.terminal import ClientSignal, Session
 
-    session = Session(client, job_id, from_start=from_start, stdin=stdin, detach_keys=detach_keys)
+    session = Session(client, client.attach,
+                      lambda rows, cols: ipb.AttachInput(job_id=job_id, from_start=from_start, rows=rows, cols=cols),
+                      ipb.AttachInput, stdin=stdin, detach_keys=detach_keys)
     try:
         outcome = session.run()
     except KeyboardInterrupt:

@@ -19,7 +19,7 @@ import sys
 import termios
 import threading
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,12 +102,20 @@ class ClientSignal(BaseException):
 
 
 class Session:
-    """One attachment. ``run()`` returns once the job ended or the user detached."""
+    """One attachment (or streamed exec). ``run()`` returns once the job (process) ended or the user detached.
 
-    def __init__(self, client: Any, job_id: str, *, from_start: bool, stdin: bool, detach_keys: bytes) -> None:
+    ``open_call(inputs)`` starts the call (``Attach`` or ``ExecStream``) on an iterator of input
+    messages; ``first(rows, cols)`` is its first message; ``input_type`` makes the others (both
+    input types have ``stdin``, ``stdin_eof``, ``rows``, ``cols``; both outputs ``data``, ``stream``,
+    ``tty``, ``ended``).
+    """
+
+    def __init__(self, client: Any, open_call: Callable[[Iterator[Any]], Any], first: Callable[[int, int], Any],
+                 input_type: Any, *, stdin: bool, detach_keys: bytes) -> None:
         self.client = client
-        self.job_id = job_id
-        self.from_start = from_start
+        self.open_call = open_call
+        self.first = first
+        self.input_type = input_type
         self.want_stdin = stdin
         self.scanner = DetachScanner(detach_keys)
         self.inputs: queue.Queue[Any] = queue.Queue()
@@ -123,14 +131,12 @@ class Session:
 
     def run(self) -> Outcome:
         from capsa.api.errors import from_rpc_error
-        from capsa.api.gen.capsa.v1 import interactive_pb2 as ipb
 
-        self.ipb = ipb
         in_fd = sys.stdin.fileno()
         is_tty = os.isatty(in_fd)
         rows, cols = terminal_size(in_fd) if is_tty else (0, 0)
-        self.inputs.put(ipb.AttachInput(job_id=self.job_id, from_start=self.from_start, rows=rows, cols=cols))
-        self.call = self.client.attach(self._messages())
+        self.inputs.put(self.first(rows, cols))
+        self.call = self.open_call(self._messages())
         saved = None
         old_handlers: dict[int, Any] = {}
         outcome = Outcome()
@@ -186,10 +192,10 @@ class Session:
     def _resize(self, fd: int) -> None:
         rows, cols = terminal_size(fd)
         if rows and cols:
-            self.inputs.put(self.ipb.AttachInput(rows=rows, cols=cols))
+            self.inputs.put(self.input_type(rows=rows, cols=cols))
 
     def _read_stdin(self, fd: int, scan: bool) -> None:
-        ipb = self.ipb
+        make = self.input_type
         while True:
             try:
                 data = os.read(fd, _READ)
@@ -197,18 +203,18 @@ class Session:
                 data = b""
             if not data:
                 if not scan:   # a pipe's end is the job's EOF (a terminal's is Ctrl-D, sent as a byte)
-                    self.inputs.put(ipb.AttachInput(stdin_eof=True))
+                    self.inputs.put(make(stdin_eof=True))
                 return
             if scan:
                 data, detach = self.scanner.feed(data)
                 if data:
-                    self.inputs.put(ipb.AttachInput(stdin=data))
+                    self.inputs.put(make(stdin=data))
                 if detach:
                     self.detached.set()
                     self.call.cancel()
                     return
             else:
-                self.inputs.put(ipb.AttachInput(stdin=data))
+                self.inputs.put(make(stdin=data))
 
 
 def _raise_restore(signum: int, _frame: Any) -> None:

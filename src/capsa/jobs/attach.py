@@ -49,12 +49,16 @@ class JobAttach:
             raise
         return Attachment(job.id, log_dir, reply.tty, next_seq)
 
-    def write(self, job_id: str, data: bytes, *, eof: bool = False,
+    def write(self, job_id: str, data: bytes, *, eof: bool = False, exec_id: int = 0,
               stop: Callable[[], bool] = lambda: False) -> bool:
-        """Write all of ``data`` (waiting while the job does not read); False once its stdin is closed."""
+        """Write all of ``data`` (waiting while the job does not read); False once its stdin is closed.
+
+        ``exec_id``: to a streamed exec in the job (``capsa exec -i/-t``) instead of the job itself.
+        """
         view = memoryview(data)
         while True:
-            reply = self.jobs.supervisor.input(job_id, bytes(view[:1 << 16]), eof=eof and len(view) <= 1 << 16)
+            reply = self.jobs.supervisor.input(job_id, bytes(view[:1 << 16]), eof=eof and len(view) <= 1 << 16,
+                                               exec_id=exec_id)
             view = view[reply.accepted:]
             if reply.closed:
                 return False
@@ -65,8 +69,8 @@ class JobAttach:
                     return True
                 time.sleep(_RETRY_S)
 
-    def resize(self, job_id: str, rows: int, cols: int) -> None:
-        self.jobs.supervisor.resize(job_id, rows, cols)
+    def resize(self, job_id: str, rows: int, cols: int, *, exec_id: int = 0) -> None:
+        self.jobs.supervisor.resize(job_id, rows, cols, exec_id=exec_id)
 
 
 def _require_running(job: Job) -> None:

@@ -16,9 +16,10 @@ from capsa.api.gen.capsa.v1 import interactive_pb2_grpc as pb_grpc
 from capsa.api.gen.capsa.v1 import jobs_pb2
 from capsa.api.servicers._base import rpc
 from capsa.api.streams import BlockingStreams, follow_log
-from capsa.errors import CapsaError
+from capsa.errors import CapsaError, InvalidArgument
 from capsa.jobs.attach import JobAttach
-from capsa.jobs.execs import ExecEvent, JobExecs
+from capsa.jobs.execs import ExecEvent, ExecStreamStarted, JobExecs
+from capsa.runtime.protocol import ExecOutput, ExecReply
 
 __all__ = ["InteractiveServicer", "exec_events_pb"]
 
@@ -62,7 +63,7 @@ class InteractiveServicer(pb_grpc.InteractiveServiceServicer):
         att = await loop.run_in_executor(None, self.attach.open, first.job_id)
         yield pb.AttachOutput(attached=True, tty=att.tty)
         stop = threading.Event()
-        pump = asyncio.create_task(self._pump_input(att.job_id, first, requests, stop))
+        pump = asyncio.create_task(self._pump_input(att.job_id, 0, first, requests, stop))
         try:
             # held like an attached `logs -f`: an --rm job stays until its end was read
             with self.attach.jobs.hold(att.job_id):
@@ -78,18 +79,57 @@ class InteractiveServicer(pb_grpc.InteractiveServiceServicer):
             with contextlib.suppress(BaseException):
                 await pump
 
-    async def _pump_input(self, job_id: str, first: pb.AttachInput, requests: Any, stop: threading.Event) -> None:
-        """Stdin and resizes, in order, until the client ends its side (or detaches) or the job ends."""
+    @rpc
+    async def ExecStream(self, request_iterator: Any, context: Any) -> Any:
+        requests = request_iterator.__aiter__()
+        try:
+            first = await requests.__anext__()
+        except StopAsyncIteration:
+            return
+        r = first.start
+        who = identity_of(context).common_name
+        stdin = "tty" if r.tty else "pipe" if r.stdin else ""
+        if r.rows < 0 or r.cols < 0:
+            raise InvalidArgument(f"terminal size {r.rows}x{r.cols} is negative")
+        items = self.execs.exec_stream(r.job_id, list(r.command), who=who, env=dict(r.env), user=r.user,
+                                       workdir=r.workdir, stdin=stdin, tty_size=(r.rows, r.cols))
+        stop = threading.Event()
+        pump: asyncio.Task[None] | None = None
+        try:
+            async for item in items:
+                if isinstance(item, ExecStreamStarted):
+                    yield pb.ExecOutput(attached=True, tty=item.tty)
+                    if stdin:
+                        pump = asyncio.create_task(self._pump_input(item.job_id, item.exec_id, first, requests, stop))
+                elif isinstance(item, ExecOutput):
+                    yield pb.ExecOutput(data=base64.b64decode(item.data_b64), stream=item.stream)
+                elif isinstance(item, ExecReply):
+                    yield pb.ExecOutput(ended=True, exit_code=item.exit_code, signal=item.signal,
+                                        oom_killed=item.oom_killed, start_latency_ns=item.exec_latency_ns)
+        finally:
+            stop.set()
+            if pump is not None:
+                pump.cancel()
+                with contextlib.suppress(BaseException):
+                    await pump
+            await items.aclose()
+
+    async def _pump_input(self, job_id: str, exec_id: int, first: Any, requests: Any, stop: threading.Event) -> None:
+        """Stdin and resizes, in order, until the client ends its side (or detaches) or the job ends.
+
+        ``exec_id`` > 0: to that streamed exec in the job rather than the job itself.
+        """
         loop = asyncio.get_running_loop()
         msg = first
         open_ = True
         try:
             while True:
                 if msg.rows > 0 and msg.cols > 0:
-                    await loop.run_in_executor(None, self.attach.resize, job_id, msg.rows, msg.cols)
+                    resize = functools.partial(self.attach.resize, job_id, msg.rows, msg.cols, exec_id=exec_id)
+                    await loop.run_in_executor(None, resize)
                 if open_ and (msg.stdin or msg.stdin_eof):
                     write = functools.partial(self.attach.write, job_id, bytes(msg.stdin), eof=msg.stdin_eof,
-                                              stop=stop.is_set)
+                                              exec_id=exec_id, stop=stop.is_set)
                     open_ = await loop.run_in_executor(None, write)
                 msg = await requests.__anext__()
         except StopAsyncIteration:

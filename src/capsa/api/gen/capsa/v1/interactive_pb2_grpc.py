@@ -45,6 +45,11 @@ class InteractiveServiceStub:
                 request_serializer=capsa_dot_v1_dot_interactive__pb2.AttachInput.SerializeToString,
                 response_deserializer=capsa_dot_v1_dot_interactive__pb2.AttachOutput.FromString,
                 _registered_method=True)
+        self.ExecStream = channel.stream_stream(
+                '/capsa.v1.InteractiveService/ExecStream',
+                request_serializer=capsa_dot_v1_dot_interactive__pb2.ExecInput.SerializeToString,
+                response_deserializer=capsa_dot_v1_dot_interactive__pb2.ExecOutput.FromString,
+                _registered_method=True)
 
 
 class InteractiveServiceServicer:
@@ -68,6 +73,15 @@ class InteractiveServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExecStream(self, request_iterator, context):
+        """Exec with its output streamed as it is produced (what `capsa exec` uses), and, with `stdin` or
+        `tty` in the first message's request, stdin and terminal resizes going in. The process lives as
+        long as this call (or its job): ending the call closes its stdin (a terminal hangs up: SIGHUP).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InteractiveServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +94,11 @@ def add_InteractiveServiceServicer_to_server(servicer, server):
                     servicer.Attach,
                     request_deserializer=capsa_dot_v1_dot_interactive__pb2.AttachInput.FromString,
                     response_serializer=capsa_dot_v1_dot_interactive__pb2.AttachOutput.SerializeToString,
+            ),
+            'ExecStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ExecStream,
+                    request_deserializer=capsa_dot_v1_dot_interactive__pb2.ExecInput.FromString,
+                    response_serializer=capsa_dot_v1_dot_interactive__pb2.ExecOutput.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +156,33 @@ class InteractiveService:
             '/capsa.v1.InteractiveService/Attach',
             capsa_dot_v1_dot_interactive__pb2.AttachInput.SerializeToString,
             capsa_dot_v1_dot_interactive__pb2.AttachOutput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/capsa.v1.InteractiveService/ExecStream',
+            capsa_dot_v1_dot_interactive__pb2.ExecInput.SerializeToString,
+            capsa_dot_v1_dot_interactive__pb2.ExecOutput.FromString,
             options,
             channel_credentials,
             insecure,
