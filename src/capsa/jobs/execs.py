@@ -162,7 +162,14 @@ class JobExecs:
         request = ExecRequest(job_id, tuple(command), env_items, uid, gid, workdir, stream=True, stdin=stdin,
                               tty_size=tty_size)
         request.validate()
-        outcome: tuple[int | None, str] = (None, "the caller went away before the exec ended")
+        finished = False
+
+        async def finish(code: int | None, error: str) -> None:
+            nonlocal finished
+            if not finished:
+                finished = True
+                await loop.run_in_executor(None, lambda: self._finish(event_id, code, error))
+
         try:
             async for msg in exec_stream(self.jobs.supervisor.sock_path, request):
                 if isinstance(msg, ExecStarted):
@@ -170,25 +177,22 @@ class JobExecs:
                 elif isinstance(msg, ExecOutput):
                     yield msg
                 elif isinstance(msg, ExecReply):
-                    outcome = (msg.exit_code, "")
+                    await finish(msg.exit_code, "")   # recorded before the caller hears of the end
                     yield msg
                 elif isinstance(msg, StartFailed):
-                    outcome = (None, msg.message)
                     if not msg.exec_failed:
                         raise StartFailedError(msg)
                     reply = _exec_failed_reply(msg)
-                    outcome = (reply.exit_code, msg.message)
+                    await finish(reply.exit_code, msg.message)
                     yield ExecOutput(2, reply.stderr_b64)
                     yield reply
                 elif isinstance(msg, ErrorReply):
-                    outcome = (None, msg.message)
                     raise msg.to_exception()
         except CapsaError as exc:
-            outcome = (outcome[0], str(exc))
+            await finish(None, str(exc))
             raise
         finally:
-            code, error = outcome
-            await loop.run_in_executor(None, lambda: self._finish(event_id, code, error))
+            await finish(None, "the caller went away before the exec ended")
 
     def events(self, job_id: str) -> list[ExecEvent]:
         rows = self.db.query("SELECT who, command, user, at_ns, ended_ns, exit_code, error FROM job_exec_events "

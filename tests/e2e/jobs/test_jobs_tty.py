@@ -121,7 +121,7 @@ def test_attach_refuses_unknown_ended_and_non_interactive_jobs(daemon: RunningDa
         res = daemon.cli("run", "-it", "--detach-keys", "ctrl-1", "--", "/bin/sh")
         assert res.returncode != 0 and b"detach-keys" in res.stderr
     finally:
-        daemon.cli("stop", "-t", "0", job_id)
+        daemon.cli("stop", "-t", "0.1", job_id)
 
 
 def test_attach_is_refused_to_readers(daemon: RunningDaemon) -> None:
@@ -133,7 +133,7 @@ def test_attach_is_refused_to_readers(daemon: RunningDaemon) -> None:
         # -i without a terminal: stdin goes in, its EOF closes the job's stdin, cat ends
         assert res.returncode == 0 and res.stdout == b"hello\n", res.stderr
     finally:
-        daemon.cli("stop", "-t", "0", job_id)
+        daemon.cli("stop", "-t", "0.1", job_id)
 
 
 def test_terminal_job_survives_a_daemon_restart_and_the_client_restores_its_terminal(
@@ -161,3 +161,55 @@ def test_terminal_job_survives_a_daemon_restart_and_the_client_restores_its_term
         assert c.wait() == 0
     finally:
         c.close()
+
+
+def test_exec_output_is_streamed_as_it_is_produced(daemon: RunningDaemon) -> None:
+    import subprocess
+
+    job_id = daemon.cli("run", "-d", "--", "/bin/sleep", "100", check=True).stdout.decode().strip()
+    try:
+        wait_running(daemon.client(), job_id)
+        proc = subprocess.Popen([*CAPSA, "--config", str(daemon.home / "client-admin.yaml"), "exec", job_id, "--",
+                                 "/bin/sh", "-c", "echo first; sleep 3; echo second >&2; exit 4"],
+                                env=daemon.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        t0 = time.monotonic()
+        assert proc.stdout is not None and proc.stdout.readline() == b"first\n"
+        assert time.monotonic() - t0 < 2.5      # long before the process ends
+        _out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 4 and err == b"second\n"
+        res = daemon.cli("exec", "-i", job_id, "--", "wc", "-l", input=b"a\nb\n")
+        assert res.returncode == 0 and res.stdout.strip() == b"2"
+    finally:
+        daemon.cli("stop", "-t", "0.1", job_id)
+
+
+def test_exec_with_a_terminal_resizes_interrupts_and_keeps_the_exit_code(daemon: RunningDaemon) -> None:
+    job_id = daemon.cli("run", "-d", "--", "/bin/sleep", "100", check=True).stdout.decode().strip()
+    try:
+        wait_running(daemon.client(), job_id)
+        c = _cli(daemon, "exec", "-it", job_id, "--", "/bin/sh", rows=33, cols=99)
+        try:
+            c.expect(rb"# ")
+            assert c.is_raw()
+            c.send(b"stty size; tr '\\0' ' ' < /proc/1/cmdline; echo\r")
+            assert c.expect(rb"(\d+) (\d+)\r\n").groups() == (b"33", b"99")
+            c.expect(rb"/bin/sleep 100")         # the job's PID 1: inside its PID namespace
+            c.resize(44, 111)
+            time.sleep(0.3)
+            c.send(b"stty size\r")
+            assert c.expect(rb"(\d+) (\d+)\r\n").groups() == (b"44", b"111")
+            c.send(b"sleep 100\r")
+            time.sleep(0.5)
+            c.send(b"\x03")
+            c.expect(rb"# ")
+            c.send(b"echo st=$?\r")
+            assert c.expect(rb"st=(\d+)").group(1) == b"130"
+            c.send(b"exit 6\r")
+            assert c.wait() == 6
+            assert not c.is_raw()
+        finally:
+            c.close()
+        events = json.loads(daemon.cli("inspect", job_id, check=True).stdout)["exec_events"]
+        assert events[-1]["command"] == ["/bin/sh"] and events[-1]["exit_code"] == 6
+    finally:
+        daemon.cli("stop", "-t", "0.1", job_id)
