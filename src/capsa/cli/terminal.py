@@ -152,9 +152,10 @@ class Session:
             for sig in (signal.SIGTERM, signal.SIGHUP):
                 old_handlers[sig] = signal.signal(sig, _raise_restore)
             if job_tty and is_tty:
-                saved = termios.tcgetattr(in_fd)
-                tty.setraw(in_fd, termios.TCSANOW)
                 old_handlers[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, lambda *_: self._resize(in_fd))
+                if self.want_stdin:   # -t alone sends no input: Ctrl-C stays the client's own
+                    saved = termios.tcgetattr(in_fd)
+                    tty.setraw(in_fd, termios.TCSANOW)
             if self.want_stdin:
                 threading.Thread(target=self._read_stdin, args=(in_fd, job_tty and is_tty), daemon=True,
                                  name="stdin").start()
