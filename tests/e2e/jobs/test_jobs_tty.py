@@ -213,3 +213,40 @@ def test_exec_with_a_terminal_resizes_interrupts_and_keeps_the_exit_code(daemon:
         assert events[-1]["command"] == ["/bin/sh"] and events[-1]["exit_code"] == 6
     finally:
         daemon.cli("stop", "-t", "0.1", job_id)
+
+
+def test_an_exec_ends_with_its_client_and_large_output_streams_whole(daemon: RunningDaemon) -> None:
+    import signal
+    import subprocess
+
+    job_id = daemon.cli("run", "-d", "--", "/bin/sleep", "100", check=True).stdout.decode().strip()
+    try:
+        wait_running(daemon.client(), job_id)
+
+        def shell_gone() -> bool:
+            res = daemon.cli("exec", job_id, "--", "/bin/sh", "-c", "kill -0 $(cat /tmp/exec-shell.pid)")
+            return res.returncode != 0
+
+        c = _cli(daemon, "exec", "-it", job_id, "--", "/bin/sh")
+        try:
+            c.expect(rb"# ")
+            c.send(b"echo $$ > /tmp/exec-shell.pid\r")
+            c.expect(rb"# ")
+            assert not shell_gone()
+            os.kill(c.proc.pid, signal.SIGKILL)   # the client dies: the shell's terminal hangs up
+            c.proc.wait(10)
+        finally:
+            c.close()
+
+        deadline = time.monotonic() + 15
+        while not shell_gone():
+            assert time.monotonic() < deadline, "the exec'd shell outlived its client"
+            time.sleep(0.2)
+        # 64 MiB through the supervisor's back-pressure (it stops reading past 1 MiB unsent), byte-exact
+        proc = subprocess.run([*CAPSA, "--config", str(daemon.home / "client-admin.yaml"), "exec", job_id, "--",
+                               "/bin/sh", "-c", "head -c 67108864 /dev/zero | tr '\\0' x"],
+                              env=daemon.env, capture_output=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert len(proc.stdout) == 64 << 20 and proc.stdout.count(b"x") == 64 << 20
+    finally:
+        daemon.cli("stop", "-t", "0.1", job_id)
