@@ -30,21 +30,30 @@ class Attachment:
     log_dir: Path
     tty: bool
     next_seq: int   # the first log record written after the attachment was made
+    ended: bool = False   # only with ``allow_ended``: the job already ended (its log is all there is)
 
 
 class JobAttach:
     def __init__(self, jobs: JobService) -> None:
         self.jobs = jobs
 
-    def open(self, id_or_prefix: str) -> Attachment:
-        """Check the job runs and takes input (NotFound, FailedPrecondition otherwise)."""
+    def open(self, id_or_prefix: str, *, allow_ended: bool = False) -> Attachment:
+        """Check the job runs and takes input (NotFound, FailedPrecondition otherwise).
+
+        ``allow_ended`` (``capsa run -i/-t``, which attaches right after the start): a job that
+        already ended — a quick command — is no error; its whole log and its exit are returned.
+        """
         job = self.jobs.get(id_or_prefix)
-        _require_running(job)
         log_dir = self.jobs.jobs_dir / job.id / "logs"
+        if allow_ended and job.state.ended:
+            return Attachment(job.id, log_dir, False, 1, ended=True)
+        _require_running(job)
         next_seq = seq_since(log_dir, 2**63 - 1)   # taken before the check: nothing after it is missed
         try:
             reply = self.jobs.supervisor.input(job.id)
         except FailedPrecondition:
+            if allow_ended:   # started with -i/-t by the caller itself: the one reason left is its end
+                return Attachment(job.id, log_dir, False, 1, ended=True)
             _require_running(self.jobs.get(job.id))   # it ended meanwhile: say that, not the supervisor's words
             raise
         return Attachment(job.id, log_dir, reply.tty, next_seq)

@@ -34,6 +34,16 @@ def test_stdin_is_streamed_and_its_eof_reaches_the_job(daemon: RunningDaemon) ->
     assert res.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
 
 
+def test_a_quick_job_ends_before_the_client_attaches_and_its_output_and_exit_still_arrive(
+        daemon: RunningDaemon) -> None:
+    for _ in range(3):
+        res = daemon.cli("run", "-i", "--", "/bin/sh", "-c", "echo hi; exit 9", input=b"")
+        assert (res.returncode, res.stdout) == (9, b"hi\n"), res.stderr
+    # -t alone: a terminal for the job, no input from the client (whose stdin is no terminal here)
+    res = daemon.cli("run", "-t", "--", "/bin/sh", "-c", "test -t 0 && test -t 1 && echo on-a-tty", input=b"")
+    assert res.returncode == 0 and res.stdout == b"on-a-tty\r\n", res.stderr
+
+
 def test_interactive_shell_prompt_resize_ctrl_c_and_exit_code(daemon: RunningDaemon) -> None:
     c = _cli(daemon, "run", "-it", "--name", "tty-sh", "--", "/bin/sh", rows=30, cols=100)
     try:

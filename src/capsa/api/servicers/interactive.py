@@ -19,6 +19,7 @@ from capsa.api.streams import BlockingStreams, follow_log
 from capsa.errors import CapsaError, InvalidArgument
 from capsa.jobs.attach import JobAttach
 from capsa.jobs.execs import ExecEvent, ExecStreamStarted, JobExecs
+from capsa.logs import is_finished
 from capsa.runtime.protocol import ExecOutput, ExecReply
 
 __all__ = ["InteractiveServicer", "exec_events_pb"]
@@ -60,15 +61,19 @@ class InteractiveServicer(pb_grpc.InteractiveServiceServicer):
             first = await requests.__anext__()
         except StopAsyncIteration:
             return
-        att = await loop.run_in_executor(None, self.attach.open, first.job_id)
+        open_ = functools.partial(self.attach.open, first.job_id, allow_ended=first.from_start)
+        att = await loop.run_in_executor(None, open_)
         yield pb.AttachOutput(attached=True, tty=att.tty)
         stop = threading.Event()
-        pump = asyncio.create_task(self._pump_input(att.job_id, 0, first, requests, stop))
+        pump = asyncio.create_task(self._pump_input(att.job_id, 0, first, requests, stop) if not att.ended
+                                   else asyncio.sleep(0))
         try:
             # held like an attached `logs -f`: an --rm job stays until its end was read
             with self.attach.jobs.hold(att.job_id):
+                # an ended job's log without its end record (lost with a supervisor) has nothing more coming
+                live = not att.ended or is_finished(att.log_dir)
                 async for chunk in follow_log(att.log_dir, from_seq=1 if first.from_start else att.next_seq,
-                                              live=True, max_interval=_ATTACH_POLL_S):
+                                              live=live, max_interval=_ATTACH_POLL_S):
                     yield pb.AttachOutput(data=chunk.data, stream=int(chunk.stream))
                 ended = await loop.run_in_executor(None, lambda: self.attach.jobs.wait_ended(att.job_id, timeout=10))
             yield pb.AttachOutput(ended=True, exit_code=ended.exit_code or 0, signal=ended.signal,
