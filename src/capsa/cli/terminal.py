@@ -147,8 +147,8 @@ class Session:
             responses = iter(self.call)
             first = next(responses)
             job_tty = bool(first.tty)
-            if job_tty and self.want_stdin and not is_tty:
-                raise InvalidArgument("the input device is not a terminal: drop -t, or run from a terminal")
+            # A terminal job fed from a pipe (`capsa attach JOB < script`) is fine: the bytes go to its
+            # terminal as typed. `run -it`/`exec -it` refuse a non-terminal stdin before they start.
             for sig in (signal.SIGTERM, signal.SIGHUP):
                 old_handlers[sig] = signal.signal(sig, _raise_restore)
             if job_tty and is_tty:

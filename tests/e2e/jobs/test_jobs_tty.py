@@ -260,3 +260,21 @@ def test_an_exec_ends_with_its_client_and_large_output_streams_whole(daemon: Run
         assert len(proc.stdout) == 64 << 20 and proc.stdout.count(b"x") == 64 << 20
     finally:
         daemon.cli("stop", "-t", "0.1", job_id)
+
+
+def test_a_signalled_client_restores_its_terminal_and_leaves_the_job(daemon: RunningDaemon) -> None:
+    import signal
+
+    c = _cli(daemon, "run", "-it", "--name", "tty-term", "--", "/bin/sh")
+    try:
+        c.expect(rb"# ")
+        assert c.is_raw()
+        os.kill(c.proc.pid, signal.SIGTERM)
+        assert c.wait() == 128 + signal.SIGTERM
+        assert not c.is_raw()
+    finally:
+        c.close()
+    job_id = _job_of(daemon, "tty-term")
+    assert daemon.client().get_job(job_id).state == "RUNNING"
+    res = daemon.cli("attach", job_id, input=b"exit 4\n")   # a terminal job fed from a pipe: no raw mode
+    assert res.returncode == 4, res.stderr
