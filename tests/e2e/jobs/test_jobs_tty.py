@@ -278,3 +278,18 @@ def test_a_signalled_client_restores_its_terminal_and_leaves_the_job(daemon: Run
     assert daemon.client().get_job(job_id).state == "RUNNING"
     res = daemon.cli("attach", job_id, input=b"exit 4\n")   # a terminal job fed from a pipe: no raw mode
     assert res.returncode == 4, res.stderr
+
+
+def test_attach_from_a_terminal_to_a_stdin_pipe_job(daemon: RunningDaemon) -> None:
+    job_id = daemon.cli("run", "-d", "-i", "--name", "tty-pipe", "--", "/bin/cat", check=True).stdout.decode().strip()
+    c = _cli(daemon, "attach", "tty-pipe")
+    try:
+        time.sleep(0.3)
+        assert not c.is_raw()                  # a pipe job: the client's terminal stays as it is
+        c.send(b"hello\n")
+        c.expect(rb"hello\r\n(.|\r\n)*hello\r\n")   # the client terminal's echo, then cat's output
+        c.send(b"\x04")                        # Ctrl-D: the client's stdin ends, and so does the job's
+        assert c.wait() == 0
+    finally:
+        c.close()
+    assert wait_ended(daemon.client(), job_id).exit_code == 0

@@ -65,8 +65,9 @@ class InteractiveServicer(pb_grpc.InteractiveServiceServicer):
         att = await loop.run_in_executor(None, open_)
         yield pb.AttachOutput(attached=True, tty=att.tty)
         stop = threading.Event()
-        pump = asyncio.create_task(self._pump_input(att.job_id, 0, first, requests, stop) if not att.ended
-                                   else asyncio.sleep(0))
+        pump: asyncio.Task[None] | None = None
+        if not att.ended:
+            pump = asyncio.create_task(self._pump_input(att.job_id, 0, att.tty, first, requests, stop))
         try:
             # held like an attached `logs -f`: an --rm job stays until its end was read
             with self.attach.jobs.hold(att.job_id):
@@ -80,9 +81,10 @@ class InteractiveServicer(pb_grpc.InteractiveServiceServicer):
                                   state=ended.state.value, reason=ended.reason)
         finally:
             stop.set()
-            pump.cancel()
-            with contextlib.suppress(BaseException):
-                await pump
+            if pump is not None:
+                pump.cancel()
+                with contextlib.suppress(BaseException):
+                    await pump
 
     @rpc
     async def ExecStream(self, request_iterator: Any, context: Any) -> Any:
@@ -105,7 +107,8 @@ class InteractiveServicer(pb_grpc.InteractiveServiceServicer):
                 if isinstance(item, ExecStreamStarted):
                     yield pb.ExecOutput(attached=True, tty=item.tty)
                     if stdin:
-                        pump = asyncio.create_task(self._pump_input(item.job_id, item.exec_id, first, requests, stop))
+                        pump = asyncio.create_task(self._pump_input(
+                            item.job_id, item.exec_id, item.tty, first, requests, stop))
                 elif isinstance(item, ExecOutput):
                     yield pb.ExecOutput(data=base64.b64decode(item.data_b64), stream=item.stream)
                 elif isinstance(item, ExecReply):
@@ -119,17 +122,19 @@ class InteractiveServicer(pb_grpc.InteractiveServiceServicer):
                     await pump
             await items.aclose()
 
-    async def _pump_input(self, job_id: str, exec_id: int, first: Any, requests: Any, stop: threading.Event) -> None:
+    async def _pump_input(self, job_id: str, exec_id: int, tty: bool, first: Any, requests: Any,
+                          stop: threading.Event) -> None:
         """Stdin and resizes, in order, until the client ends its side (or detaches) or the job ends.
 
-        ``exec_id`` > 0: to that streamed exec in the job rather than the job itself.
+        ``exec_id`` > 0: to that streamed exec in the job rather than the job itself. Window sizes
+        from a client at a terminal are dropped for a stdin pipe (``tty`` false): nothing to resize.
         """
         loop = asyncio.get_running_loop()
         msg = first
         open_ = True
         try:
             while True:
-                if msg.rows > 0 and msg.cols > 0:
+                if tty and msg.rows > 0 and msg.cols > 0:
                     resize = functools.partial(self.attach.resize, job_id, msg.rows, msg.cols, exec_id=exec_id)
                     await loop.run_in_executor(None, resize)
                 if open_ and (msg.stdin or msg.stdin_eof):
