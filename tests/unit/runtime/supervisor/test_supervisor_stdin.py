@@ -87,3 +87,30 @@ def test_input_and_resize_are_refused_for_unknown_plain_and_ended_jobs(harness: 
         harness.client.resize(running.job_id, 0, 10)
     with pytest.raises(InvalidArgument):
         InputRequest(running.job_id, "A" * (1 << 20)).validate()
+
+
+def test_the_interactive_messages_survive_a_round_trip(harness: Harness) -> None:
+    from capsa.runtime.protocol import (
+        ExecOutput,
+        ExecRequest,
+        ExecStarted,
+        InputReply,
+        ResizeRequest,
+        StartRequest,
+        ZygoteExec,
+        decode,
+        encode,
+    )
+    from capsa.runtime.wire import FrameReader, encode_frame
+
+    spec = harness.spec(stdin="tty", tty_size=(30, 100))
+    for msg in (InputRequest("ab12", "aGk=", True, 3), InputReply(2, True, True), ResizeRequest("ab12", 24, 80, 1),
+                ExecStarted(7, True), ExecOutput(2, "aGk="), StartRequest(spec),
+                ExecRequest("ab12", ("sh",), stream=True, stdin="tty", tty_size=(24, 80)),
+                ZygoteExec(spec, (), ("sh",), (), -1, -1, "", tty=True)):
+        [payload] = FrameReader().feed(encode_frame(encode(msg, 9)))
+        assert decode(payload) == (9, msg)
+    with pytest.raises(InvalidArgument):
+        ExecRequest("ab12", ("sh",), stdin="pipe").validate()   # stdin only on a streamed exec
+    with pytest.raises(InvalidArgument):
+        StartRequest(harness.spec(stdin="file")).validate()
