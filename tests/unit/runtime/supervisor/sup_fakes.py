@@ -169,7 +169,7 @@ class FakeZygote:
     def _exec(self, msg: ZygoteExec, fds: list[int]) -> None:
         """An exec into a job: ``/missing`` is not found, ``/exit N`` exits N, ``/kill`` dies of SIGKILL;
         every other command prints its argv and the user, workdir and env it was given, and exits 0."""
-        _pidfd, out, err, report = fds
+        _pidfd, *_stdin, out, err, report = fds
         command = msg.argv[0]
         if command == "/missing":
             write_frame(report, encode(StageFailed(f"exec {command}", errno.ENOENT, f"exec {command}: not found")))

@@ -114,3 +114,30 @@ def test_the_interactive_messages_survive_a_round_trip(harness: Harness) -> None
         ExecRequest("ab12", ("sh",), stdin="pipe").validate()   # stdin only on a streamed exec
     with pytest.raises(InvalidArgument):
         StartRequest(harness.spec(stdin="file")).validate()
+
+
+def test_a_streamed_exec_sends_its_output_as_it_comes_then_its_end(harness: Harness) -> None:
+    import asyncio
+    import base64
+
+    from capsa.runtime.exec_stream import exec_stream
+    from capsa.runtime.protocol import ExecOutput, ExecReply, ExecRequest, ExecStarted
+
+    spec = harness.spec()
+    harness.client.start(spec)
+
+    async def collect(request: ExecRequest) -> list[object]:
+        return [m async for m in exec_stream(harness.supervisor.sock_path, request)]
+
+    msgs = asyncio.run(collect(ExecRequest(spec.job_id, ("/exit", "3"), stream=True)))
+    assert isinstance(msgs[0], ExecStarted) and msgs[0].exec_id > 0 and not msgs[0].tty
+    out = {m.stream: base64.b64decode(m.data_b64) for m in msgs if isinstance(m, ExecOutput)}
+    assert out == {1: b"/exit 3|-1:-1||", 2: b"err"}
+    end = msgs[-1]
+    assert isinstance(end, ExecReply) and end.exit_code == 3 and end.stdout_b64 == ""   # not sent twice
+    # with a stdin pipe: the exec is addressed by its id for input, and only while it runs
+    msgs = asyncio.run(collect(ExecRequest(spec.job_id, ("/exit", "0"), stream=True, stdin="pipe")))
+    with pytest.raises(NotFound):
+        harness.client.input(spec.job_id, b"late", exec_id=msgs[0].exec_id)   # type: ignore[attr-defined]
+    wait_for(lambda: not harness.supervisor.execs_by_id and not harness.supervisor.execs_by_fd,
+             what="the exec tables to empty")
