@@ -177,7 +177,8 @@ class CapsaClient:
                 secret_env: dict[str, str] | None = None, upload_session: str = "", schedule: str = "",
                 timeout: str = "", capsules: list[str] | None = None, runtime: str = "", gpus: int = 0,
                 request_id: str = "", ports: list[str] | None = None, restart: str = "",
-                log_max_size: str = "", labels: dict[str, str] | None = None, auto_remove: bool = False) -> pb.Job:
+                log_max_size: str = "", labels: dict[str, str] | None = None, auto_remove: bool = False,
+                stdin: bool = False, tty: bool = False, tty_size: tuple[int, int] = (0, 0)) -> pb.Job:
         """Start a job; ``request_id`` (default: a fresh uuid4) makes retries safe, see :meth:`_submit`."""
         request = pb.RunJobRequest(
             labels=labels or {}, auto_remove=auto_remove,
@@ -186,7 +187,7 @@ class CapsaClient:
             gpus=gpus, restart=restart, log_max_size=log_max_size,
             seccomp=seccomp, network=network, volumes=volumes or [], capsules=capsules or [], runtime=runtime,
             secret_env=secret_env or {}, upload_session=upload_session, schedule=schedule, timeout=timeout,
-            ports=ports or [],
+            ports=ports or [], stdin=stdin, tty=tty, tty_rows=tty_size[0], tty_cols=tty_size[1],
             resources=pb.Resources(max_cpu=max_cpu, cpu_cores=cpu_cores, max_memory_mb=max_memory_mb,
                                    max_iobps=max_iobps, max_pids=max_pids),
         )
@@ -411,6 +412,14 @@ class CapsaClient:
         request = interactive_pb2.ExecRequest(job_id=job_id, command=command, env=env or {}, user=user,
                                               workdir=workdir)
         return self._call(self.interactive.Exec, request, timeout=None)
+
+    def exec_stream(self, inputs: Iterator[Any]) -> Any:
+        """The ``ExecStream`` call (outputs by iteration, ``cancel()`` ends it); ``inputs`` are ExecInput."""
+        return self.interactive.ExecStream(inputs, timeout=None)
+
+    def attach(self, inputs: Iterator[Any]) -> Any:
+        """The ``Attach`` call (its outputs by iteration, ``cancel()`` to detach); ``inputs`` are AttachInput."""
+        return self.interactive.Attach(inputs, timeout=None)
 
     # -- node --------------------------------------------------------------------------------
     def version(self) -> pb.VersionInfo:

@@ -24,6 +24,9 @@ RPC_ROLES: dict[str, Principal] = {
     "/capsa.v1.JobService/CancelJob": Role.DEVELOPER,
     # InteractiveService: a process inside a running job is the job owner's to run (ADR-0013)
     "/capsa.v1.InteractiveService/Exec": Role.DEVELOPER,
+    # ...and writing to a -i/-t job's stdin (Attach): as good as exec with a shell as PID 1
+    "/capsa.v1.InteractiveService/Attach": Role.DEVELOPER,
+    "/capsa.v1.InteractiveService/ExecStream": Role.DEVELOPER,
     # FileService (capsa cp): reading a job's files is as sensitive as writing them (secrets land in
     # /work), so readers get neither direction, like exec/attach.
     "/capsa.v1.FileService/CopyOut": Role.DEVELOPER,

@@ -50,6 +50,7 @@ from capsa.api.servicers.runtimes import RuntimeServicer
 from capsa.api.servicers.workflows import WorkflowServicer
 from capsa.api.streams import BlockingStreams
 from capsa.config import ApiConfig
+from capsa.jobs.attach import JobAttach
 from capsa.jobs.copying import JobFiles
 from capsa.jobs.execs import JobExecs
 
@@ -117,7 +118,8 @@ class ApiServer:
         execs = JobExecs(daemon.jobs)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(
             JobServicer(daemon.jobs, blocking, execs, published=daemon.networks.published), server)
-        interactive_pb2_grpc.add_InteractiveServiceServicer_to_server(InteractiveServicer(execs, blocking), server)
+        interactive_pb2_grpc.add_InteractiveServiceServicer_to_server(
+            InteractiveServicer(execs, blocking, JobAttach(daemon.jobs)), server)
         files_pb2_grpc.add_FileServiceServicer_to_server(FileServicer(JobFiles(daemon.jobs), blocking), server)
         images_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(daemon.images, blocking), server)
         workflows_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(daemon.workflows), server)

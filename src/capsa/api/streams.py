@@ -72,7 +72,8 @@ def _take(chunks: Iterator[LogChunk]) -> list[LogChunk]:
     return batch
 
 
-async def follow_log(log_dir: Path, *, from_seq: int, live: bool) -> AsyncIterator[LogChunk]:
+async def follow_log(log_dir: Path, *, from_seq: int, live: bool,
+                     max_interval: float | None = None) -> AsyncIterator[LogChunk]:
     """The chunks of the log from ``from_seq``; with ``live``, then new ones until the end-of-log record.
 
     Each pass reads with ``read_log(follow=False)`` from the next expected seq, so
@@ -108,7 +109,9 @@ async def follow_log(log_dir: Path, *, from_seq: int, live: bool) -> AsyncIterat
                 _close_after(chunks, pending)
         if finished:
             return
-        await asyncio.sleep(poll_interval(loop.time() - fresh_at))
+        # An attached terminal (max_interval) never slows down: an echo 250 ms late is a broken terminal.
+        interval = poll_interval(loop.time() - fresh_at)
+        await asyncio.sleep(interval if max_interval is None else min(interval, max_interval))
 
 
 def _close_after(chunks: Iterator[LogChunk], pending: Any) -> None:

@@ -37,6 +37,12 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 
 @click.command(context_settings={"ignore_unknown_options": False})
 @click.option("-d", "--detach", is_flag=True, help="Run in the background and print the job id.")
+@click.option("-i", "--interactive", is_flag=True,
+              help="Stream stdin to the job (its EOF is the job's); `capsa attach` reconnects.")
+@click.option("-t", "--tty", is_flag=True,
+              help="Give the job a pseudo-terminal (with -i: this terminal in raw mode; detach: Ctrl-P Ctrl-Q).")
+@click.option("--detach-keys", default="ctrl-p,ctrl-q", show_default=True, metavar="KEYS",
+              help="With -it: the keys that detach, leaving the job running (e.g. ctrl-a,d; '' for none).")
 @click.option("--name", default="", help="A unique name, usable wherever a job id is ([A-Za-z0-9][A-Za-z0-9_.-]{0,63}).")
 @click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE", help="Label the job (repeatable).")
 @click.option("--rm", "auto_remove", is_flag=True,
@@ -79,7 +85,7 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 @json_option
 @click.argument("command", nargs=-1, required=False)
 @click.pass_obj
-def run(obj: Any, detach: bool, name: str, labels: tuple[str, ...], auto_remove: bool, env: tuple[str, ...], workdir: str, max_cpu: int, cpu_cores: str,
+def run(obj: Any, detach: bool, interactive: bool, tty: bool, detach_keys: str, name: str, labels: tuple[str, ...], auto_remove: bool, env: tuple[str, ...], workdir: str, max_cpu: int, cpu_cores: str,
         max_memory: int, max_iobps: int, max_pids: int, image: str, pull: str, runtime: str, user: str,
         seccomp: str, network: str, volumes: tuple[str, ...], ports: tuple[str, ...], capsules: tuple[str, ...],
         gpus: int, restart: str, log_max_size: str, pool: bool, constraints: tuple[str, ...],
@@ -88,6 +94,8 @@ def run(obj: Any, detach: bool, name: str, labels: tuple[str, ...], auto_remove:
     if not command and not image and not runtime:
         raise InvalidArgument("no command given: use `capsa run [flags] -- COMMAND [ARGS...]`")
     client = obj.client()
+    if pool and (interactive or tty):
+        raise InvalidArgument("-i and -t cannot be used with --pool: attach to a job on this node")
     if pool:
         if ports:   # a published port belongs to one node's firewall; the pool picks the node later
             raise InvalidArgument("-p cannot be used with --pool: ports are published on the node that runs the job")
@@ -103,6 +111,13 @@ def run(obj: Any, detach: bool, name: str, labels: tuple[str, ...], auto_remove:
                                         labels=key_values(labels, "--label"), auto_remove=auto_remove),
                            features, constraints=constraints, restart=restart, detach=detach, as_json=as_json)
     extra = feature_request(client, features)
+    if interactive or tty:
+        from capsa.cli.terminal import parse_detach_keys, terminal_size
+
+        keys = parse_detach_keys(detach_keys)   # checked before the job exists
+        if tty and interactive and not sys.stdin.isatty():
+            raise InvalidArgument("the input device is not a terminal: drop -t, or run from a terminal")
+        extra.update(stdin=interactive, tty=tty, tty_size=terminal_size(sys.stdin.fileno()) if tty else (0, 0))
     job = client.run_job(list(command), env=_parse_env(env), workdir=workdir, name=name, max_cpu=max_cpu,
                          cpu_cores=cpu_cores, max_memory_mb=max_memory, max_iobps=max_iobps, max_pids=max_pids,
                          image=image, pull=pull, runtime=runtime, user=user, seccomp=seccomp, network=network,
@@ -120,6 +135,11 @@ def run(obj: Any, detach: bool, name: str, labels: tuple[str, ...], auto_remove:
         else:
             click.echo(job.id)
         return 0
+    if interactive or tty:
+        from capsa.cli.interactive import attached
+
+        return attached(client, job.id, from_start=True, stdin=interactive, detach_keys=keys,
+                        stop_on_interrupt=True)
     out, err = sys.stdout.buffer, sys.stderr.buffer
     final = None
     try:

@@ -26,6 +26,7 @@ __all__ = ["COMMANDS", "LazyGroup", "cli", "main"]
 # name -> (module under capsa.cli, attribute, short help as ``capsa --help`` shows it), in --help order.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "admin": ("admin", "admin", "Node administration."),
+    "attach": ("interactive", "attach", "Re-attach to a running job started with -i or -t: capsa attach JOB."),
     "cancel": ("run_features", "cancel", "Cancel SCHEDULED (or still PENDING) jobs before they start."),
     "capsule": ("capsules", "capsule",
                 "Manage resource capsules: versioned, read-only bundles attached to running jobs."),

@@ -9,19 +9,30 @@ The process itself is forked by the zygote and reaped by the supervisor
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import errno
 import json
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from capsa.errors import CapsaError, FailedPrecondition, InvalidArgument
 from capsa.jobs.model import JobState
 from capsa.jobs.service import JobService
-from capsa.runtime.protocol import ExecReply, StartFailedError
+from capsa.runtime.exec_stream import exec_stream
+from capsa.runtime.protocol import (
+    ErrorReply,
+    ExecOutput,
+    ExecReply,
+    ExecRequest,
+    ExecStarted,
+    StartFailed,
+    StartFailedError,
+)
 
-__all__ = ["MIGRATIONS", "ExecEvent", "JobExecs", "parse_user"]
+__all__ = ["MIGRATIONS", "ExecEvent", "ExecStreamStarted", "JobExecs", "parse_user"]
 
 MIGRATIONS = [
     """
@@ -76,6 +87,15 @@ def parse_user(user: str) -> tuple[int, int]:
     return uid, gid
 
 
+@dataclass(frozen=True)
+class ExecStreamStarted:
+    """The first item of :meth:`JobExecs.exec_stream`: the exec to write input to."""
+
+    job_id: str
+    exec_id: int
+    tty: bool
+
+
 class JobExecs:
     def __init__(self, jobs: JobService) -> None:
         self.jobs = jobs
@@ -85,6 +105,30 @@ class JobExecs:
     def exec(self, id_or_prefix: str, command: list[str], *, who: str, env: dict[str, str] | None = None,
              user: str = "", workdir: str = "") -> ExecReply:
         """Run ``command`` in the running job; its end (exit code, output). Recorded before and after."""
+        job_id, uid, gid, env_items = self._check(id_or_prefix, command, env, user, workdir)
+        event_id = self._record(job_id, who, command, user)
+        try:
+            reply = self.jobs.supervisor.exec(job_id, tuple(command), env=env_items, uid=uid, gid=gid,
+                                              workdir=workdir)
+        except StartFailedError as exc:
+            self._finish(event_id, None, str(exc))
+            if not exc.failure.exec_failed:
+                raise
+            # The command's own fault (missing, not executable): a shell's 127/126 and its message,
+            # as `capsa run` reports a job whose command could not be exec'd.
+            return _exec_failed_reply(exc.failure)
+        except CapsaError as exc:
+            self._finish(event_id, None, str(exc))
+            raise
+        except BaseException as exc:
+            self._finish(event_id, None, f"{type(exc).__name__}: {exc}")
+            raise
+        self._finish(event_id, reply.exit_code, "")
+        return reply
+
+    def _check(self, id_or_prefix: str, command: list[str], env: dict[str, str] | None, user: str,
+               workdir: str) -> tuple[str, int, int, tuple[str, ...]]:
+        """(job id, uid, gid, env items) of a valid exec into a running job."""
         if not command or not command[0]:
             raise InvalidArgument("exec needs a command")
         if len(command) > _MAX_ARGS:
@@ -99,26 +143,56 @@ class JobExecs:
         job = self.jobs.get(id_or_prefix)
         if job.state != JobState.RUNNING:
             raise FailedPrecondition(f"job {job.short_id} is {job.state.value}, not RUNNING: exec needs a running job")
-        event_id = self._record(job.id, who, command, user)
+        return job.id, uid, gid, env_items
+
+    async def exec_stream(self, id_or_prefix: str, command: list[str], *, who: str,
+                          env: dict[str, str] | None = None, user: str = "", workdir: str = "", stdin: str = "",
+                          tty_size: tuple[int, int] = (0, 0)) -> AsyncIterator[object]:
+        """A streamed exec: ``ExecStreamStarted``, then ``ExecOutput`` items as produced, then ``ExecReply``.
+
+        Recorded before and after, as :meth:`exec`. Leaving the iteration early ends the process's
+        input (a terminal hangs up).
+        """
+        loop = asyncio.get_running_loop()
+        job_id, uid, gid, env_items = await loop.run_in_executor(
+            None, lambda: self._check(id_or_prefix, command, env, user, workdir))
+        if stdin not in ("", "pipe", "tty"):
+            raise InvalidArgument(f"exec stdin {stdin!r} is not '', 'pipe' or 'tty'")
+        event_id = await loop.run_in_executor(None, lambda: self._record(job_id, who, command, user))
+        request = ExecRequest(job_id, tuple(command), env_items, uid, gid, workdir, stream=True, stdin=stdin,
+                              tty_size=tty_size)
+        request.validate()
+        finished = False
+
+        async def finish(code: int | None, error: str) -> None:
+            nonlocal finished
+            if not finished:
+                finished = True
+                await loop.run_in_executor(None, lambda: self._finish(event_id, code, error))
+
         try:
-            reply = self.jobs.supervisor.exec(job.id, tuple(command), env=env_items, uid=uid, gid=gid,
-                                              workdir=workdir)
-        except StartFailedError as exc:
-            self._finish(event_id, None, str(exc))
-            if not exc.failure.exec_failed:
-                raise
-            # The command's own fault (missing, not executable): a shell's 127/126 and its message,
-            # as `capsa run` reports a job whose command could not be exec'd.
-            code = 127 if exc.failure.errno == errno.ENOENT else 126
-            return ExecReply(0, code, 0, "", base64.b64encode(f"capsa: {exc.message}\n".encode()).decode())
+            async for msg in exec_stream(self.jobs.supervisor.sock_path, request):
+                if isinstance(msg, ExecStarted):
+                    yield ExecStreamStarted(job_id, msg.exec_id, msg.tty)
+                elif isinstance(msg, ExecOutput):
+                    yield msg
+                elif isinstance(msg, ExecReply):
+                    await finish(msg.exit_code, "")   # recorded before the caller hears of the end
+                    yield msg
+                elif isinstance(msg, StartFailed):
+                    if not msg.exec_failed:
+                        raise StartFailedError(msg)
+                    reply = _exec_failed_reply(msg)
+                    await finish(reply.exit_code, msg.message)
+                    yield ExecOutput(2, reply.stderr_b64)
+                    yield reply
+                elif isinstance(msg, ErrorReply):
+                    raise msg.to_exception()
         except CapsaError as exc:
-            self._finish(event_id, None, str(exc))
+            await finish(None, str(exc))
             raise
-        except BaseException as exc:
-            self._finish(event_id, None, f"{type(exc).__name__}: {exc}")
-            raise
-        self._finish(event_id, reply.exit_code, "")
-        return reply
+        finally:
+            await finish(None, "the caller went away before the exec ended")
 
     def events(self, job_id: str) -> list[ExecEvent]:
         rows = self.db.query("SELECT who, command, user, at_ns, ended_ns, exit_code, error FROM job_exec_events "
@@ -137,3 +211,10 @@ class JobExecs:
     def _finish(self, event_id: int, exit_code: int | None, error: str) -> None:
         self.db.execute("UPDATE job_exec_events SET ended_ns = ?, exit_code = ?, error = ? WHERE id = ?",
                         (time.time_ns(), exit_code, error[:2000], event_id))
+
+
+def _exec_failed_reply(failure: StartFailed) -> ExecReply:
+    """The command's own fault (missing, not executable): a shell's 127/126 and its message on stderr,
+    as `capsa run` reports a job whose command could not be exec'd."""
+    code = 127 if failure.errno == errno.ENOENT else 126
+    return ExecReply(0, code, 0, "", base64.b64encode(f"capsa: {failure.message}\n".encode()).decode())

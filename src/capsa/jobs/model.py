@@ -76,6 +76,8 @@ class RunRequest:
     log_max_size: str = ""        # e.g. 10M: keep the newest bytes of the log, drop whole oldest segments
     labels: dict[str, str] = field(default_factory=dict)   # KEY=VALUE, stored and returned (capsa.selectors)
     auto_remove: bool = False     # --rm: the daemon removes the job, its logs and files once it ended
+    stdin: str = ""               # "" /dev/null | "pipe" (-i) | "tty" (-t): see capsa.jobs.attach, ADR-0013
+    tty_size: tuple[int, int] = (0, 0)   # -t: rows, cols of the terminal at start (0: the kernel's default)
 
 
 @dataclass

@@ -37,6 +37,10 @@ def log_max_bytes(request: RunRequest) -> int:
 def validate_request(request: RunRequest) -> None:
     """What needs no resource to check: limits, working directory, user, seccomp profile."""
     log_max_bytes(request)
+    if request.stdin not in ("", "pipe", "tty"):
+        raise InvalidArgument(f"stdin {request.stdin!r} is not one of '', 'pipe' (-i), 'tty' (-t)")
+    if len(request.tty_size) != 2 or not all(0 <= n <= 0xFFFF for n in request.tty_size):
+        raise InvalidArgument(f"terminal size {request.tty_size!r} is not two numbers in 0..65535")
     # The shared field checks (capsa.jobs.spec_fields): workflow YAML jobs pass the very same ones.
     check_request_fields(request)
 
@@ -88,6 +92,8 @@ def build_spec(job_id: str, hostname: str, job_dir: Path, request: RunRequest, g
         devices=grant.devices,
         device_allow=grant.device_allow,
         log_max_bytes=log_max_bytes(request),
+        stdin=request.stdin,
+        tty_size=(request.tty_size[0], request.tty_size[1]),
         resources=ResourceSpec(
             cpu_percent=r.max_cpu or None,
             cpuset=r.cpu_cores or None,

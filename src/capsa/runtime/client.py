@@ -32,6 +32,8 @@ from capsa.runtime.protocol import (
     ExecRequest,
     ExitEvent,
     ForgetRequest,
+    InputReply,
+    InputRequest,
     JobRecord,
     JobReply,
     ListReply,
@@ -41,6 +43,7 @@ from capsa.runtime.protocol import (
     OkReply,
     PingReply,
     PingRequest,
+    ResizeRequest,
     ShutdownRequest,
     SignalRequest,
     StartFailed,
@@ -235,6 +238,17 @@ class SupervisorClient:
         with its job; a supervisor that goes away fails the wait.
         """
         return self.request(ExecRequest(job_id, tuple(argv), tuple(env), uid, gid, workdir), ExecReply, timeout=None)
+
+    def input(self, job_id: str, data: bytes = b"", *, eof: bool = False, exec_id: int = 0) -> InputReply:
+        """Write to a ``-i``/``-t`` job's (or streamed exec's) stdin what it takes now (``accepted``);
+        ``eof`` closes a pipe after it."""
+        import base64
+
+        return self.request(InputRequest(job_id, base64.b64encode(data).decode(), eof, exec_id), InputReply)
+
+    def resize(self, job_id: str, rows: int, cols: int, *, exec_id: int = 0) -> None:
+        """Set a ``-t`` job's (or streamed exec's) terminal size."""
+        self.request(ResizeRequest(job_id, rows, cols, exec_id), OkReply)
 
     def shutdown(self) -> None:
         with contextlib.suppress(CapsaError):

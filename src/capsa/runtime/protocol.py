@@ -28,12 +28,16 @@ __all__ = [
     "MAX_GRACE_S",
     "MOUNT_ACTIONS",
     "ErrorReply",
+    "ExecOutput",
     "ExecReply",
     "ExecRequest",
+    "ExecStarted",
     "ExitEvent",
     "FenceRequest",
     "ForgetRequest",
     "Forked",
+    "InputReply",
+    "InputRequest",
     "JobRecord",
     "JobReply",
     "ListReply",
@@ -44,6 +48,7 @@ __all__ = [
     "PingReply",
     "PingRequest",
     "ProcState",
+    "ResizeRequest",
     "ShutdownRequest",
     "SignalRequest",
     "StageFailed",
@@ -221,9 +226,20 @@ class ExecRequest(Message):
     uid: int = -1
     gid: int = -1
     workdir: str = ""
+    # Streamed (``capsa exec``, ADR-0013): ``ExecStarted`` first, then ``ExecOutput`` as the output is
+    # read, then ``ExecReply`` (with no output in it), all on this request's id. The exec lives as long
+    # as the connection that asked for it, or its job: a dropped caller closes its stdin (a terminal:
+    # SIGHUP) and its output is read and dropped.
+    stream: bool = False
+    stdin: str = ""                      # "" /dev/null | "pipe" | "tty" (a pseudo-terminal, needs stream)
+    tty_size: tuple[int, ...] = (0, 0)   # rows, cols
 
     def validate(self) -> None:
         validate_job_id(self.job_id)
+        if self.stdin not in ("", "pipe", "tty") or (self.stdin and not self.stream):
+            raise InvalidArgument(f"exec stdin {self.stdin!r}: '', or 'pipe'/'tty' on a streamed exec")
+        if len(self.tty_size) != 2 or not all(0 <= n <= 0xFFFF for n in self.tty_size):
+            raise InvalidArgument(f"terminal size {self.tty_size!r} out of range")
         if not self.argv or not self.argv[0] or any("\0" in a for a in self.argv):
             raise InvalidArgument("exec needs a command (and no NUL bytes in it)")
         if not (-1 <= self.uid <= _MAX_ID and -1 <= self.gid <= _MAX_ID):
@@ -253,6 +269,52 @@ class FenceRequest(Message):
             validate_job_id(job_id)
         if not math.isfinite(self.until_monotonic) or self.until_monotonic < 0:
             raise InvalidArgument(f"fence deadline {self.until_monotonic!r} is not a finite monotonic time")
+
+
+# Bytes of stdin one ``InputRequest`` carries at most (base64 in the frame).
+MAX_INPUT_BYTES = 1 << 16
+
+
+@message("input")
+@dataclass(frozen=True)
+class InputRequest(Message):
+    """Write to the stdin of a job started with ``-i``/``-t`` (its pipe or its terminal). ``InputReply``.
+
+    The supervisor never blocks on it: it writes what the pipe or terminal takes now and says how
+    much (``accepted``); the caller sends the rest again. ``eof`` closes a stdin pipe once ``data``
+    is written (for a terminal, the job reads EOF when it is sent the VEOF character, Ctrl-D). An
+    empty ``data`` only checks that the job takes input.
+    """
+
+    job_id: str
+    data_b64: str = ""
+    eof: bool = False
+    exec_id: int = 0   # > 0: the streamed exec of that id (``ExecStarted``) in the job, not the job itself
+
+    def validate(self) -> None:
+        validate_job_id(self.job_id)
+        if self.exec_id < 0:
+            raise InvalidArgument(f"exec id {self.exec_id} is negative")
+        if len(self.data_b64) > (MAX_INPUT_BYTES // 3 + 1) * 4:
+            raise InvalidArgument(f"at most {MAX_INPUT_BYTES} bytes of input per request")
+
+
+@message("resize")
+@dataclass(frozen=True)
+class ResizeRequest(Message):
+    """Set the window size of a ``-t`` job's terminal (its foreground processes get SIGWINCH). ``OkReply``."""
+
+    job_id: str
+    rows: int
+    cols: int
+    exec_id: int = 0   # > 0: a streamed exec's terminal
+
+    def validate(self) -> None:
+        validate_job_id(self.job_id)
+        if self.exec_id < 0:
+            raise InvalidArgument(f"exec id {self.exec_id} is negative")
+        if not (1 <= self.rows <= 0xFFFF and 1 <= self.cols <= 0xFFFF):
+            raise InvalidArgument(f"terminal size {self.rows}x{self.cols} is not in 1..65535")
 
 
 @message("ping")
@@ -297,6 +359,34 @@ class ListReply(Message):
 class PingReply(Message):
     pid: int
     cgroup_version: int
+
+
+@message("input_taken")
+@dataclass(frozen=True)
+class InputReply(Message):
+    """``accepted`` bytes of the input were written; ``closed``: the job's stdin is gone (closed or exited)."""
+
+    accepted: int
+    closed: bool = False
+    tty: bool = False   # the job's stdin is a terminal (``-t``), not a pipe
+
+
+@message("exec_started")
+@dataclass(frozen=True)
+class ExecStarted(Message):
+    """A streamed exec was accepted; ``exec_id`` names it in ``InputRequest``/``ResizeRequest``."""
+
+    exec_id: int
+    tty: bool = False
+
+
+@message("exec_output")
+@dataclass(frozen=True)
+class ExecOutput(Message):
+    """Output of a streamed exec as it was read: ``stream`` 1 stdout (a terminal's all), 2 stderr."""
+
+    stream: int
+    data_b64: str
 
 
 @message("exec_done")
@@ -395,9 +485,10 @@ class ZygoteMount(Message):
 @message("zygote_exec")
 @dataclass(frozen=True)
 class ZygoteExec(Message):
-    """Fork a process into a running job; carries [job pidfd, stdout, stderr, report] as SCM_RIGHTS.
+    """Fork a process into a running job; carries [job pidfd, (stdin,) stdout, stderr, report] as SCM_RIGHTS.
 
     ``spec`` is the job's (seccomp profile, capabilities, user, env); the rest is the exec's own.
+    ``tty``: stdin is a terminal the exec'd process takes as its controlling terminal.
     """
 
     spec: JobSpec
@@ -407,6 +498,7 @@ class ZygoteExec(Message):
     uid: int
     gid: int
     workdir: str
+    tty: bool = False
 
 
 @message("forked")
@@ -444,6 +536,10 @@ def _validate_spec(spec: JobSpec) -> None:
     for name, path in (("job_dir", spec.job_dir), ("netns_path", spec.netns_path or "/")):
         if not path.startswith("/") or "\0" in path:
             raise InvalidArgument(f"{name} {path!r} is not an absolute path")
+    if spec.stdin not in ("", "pipe", "tty"):
+        raise InvalidArgument(f"stdin {spec.stdin!r} is not one of '', 'pipe', 'tty'")
+    if len(spec.tty_size) != 2 or not all(0 <= n <= 0xFFFF for n in spec.tty_size):
+        raise InvalidArgument(f"terminal size {spec.tty_size!r} out of range")
     if spec.seccomp not in _SECCOMP:
         raise InvalidArgument(f"seccomp profile {spec.seccomp!r} is not one of {sorted(_SECCOMP)}")
     if not (0 <= spec.uid <= _MAX_ID and 0 <= spec.gid <= _MAX_ID):

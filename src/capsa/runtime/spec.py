@@ -75,6 +75,10 @@ class JobSpec:
     devices: tuple[DeviceSpec, ...] = ()       # extra nodes in the job's /dev (GPUs)
     device_allow: tuple[str, ...] = ()        # extra device-cgroup rules ("c 195:0 rw") beyond the minimal /dev
     log_max_bytes: int = 0                    # --log-max-size: oldest log segments dropped beyond it; 0 = no limit
+    # `capsa run -i/-t` (ADR-0013): "" stdin is /dev/null; "pipe" a pipe the supervisor writes; "tty" a
+    # pseudo-terminal whose master the supervisor holds (stdin, stdout and stderr, controlling terminal).
+    stdin: str = ""
+    tty_size: tuple[int, int] = (0, 0)        # rows, cols of the terminal at start (0: the kernel's default)
 
     @property
     def root_dir(self) -> str:
@@ -112,5 +116,7 @@ class JobSpec:
             devices=tuple(DeviceSpec(**d) for d in data.get("devices", ())),
             device_allow=tuple(data.get("device_allow", ())),
             log_max_bytes=int(data.get("log_max_bytes", 0)),
+            stdin=str(data.get("stdin", "")),
+            tty_size=tuple(int(n) for n in data.get("tty_size", (0, 0))),  # type: ignore[arg-type]
             capabilities=tuple(data["capabilities"]) if data.get("capabilities") is not None else None,
         )

@@ -13,10 +13,12 @@ and the process exits 127.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
 import stat
+import termios
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -274,6 +276,8 @@ def run_stage2(spec: JobSpec, report_fd: int, bpf: bytes = b"", cgroup_dirs: Seq
     """Never returns: execs the job or reports the failure and exits 127."""
     try:
         os.setsid()
+        if spec.stdin == "tty":   # -t: the session leader takes its terminal (fd 0) as controlling terminal
+            _step("controlling terminal", lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
         build_root(spec, cgroup_dirs)
         _step("pivot_root", lambda: _enter_root(spec))
         exec_job(spec, bpf)

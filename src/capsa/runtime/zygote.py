@@ -72,20 +72,20 @@ def zygote_main(sock: socket.socket) -> NoReturn:
             msg = None
         if isinstance(msg, ZygoteMount):   # a live capsule mount into a running job: fds = [pidfd, reply]
             _mount(msg, fds)
-        elif isinstance(msg, ZygoteExec) and len(fds) == 4:   # capsa exec: [pidfd, out, err, report]
+        elif isinstance(msg, ZygoteExec) and len(fds) in (4, 5):   # capsa exec: [pidfd, (stdin,) out, err, report]
             try:
                 pid = os.fork()
             except OSError as exc:
-                _report(fds[3], f"fork: {exc}")
+                _report(fds[-1], f"fork: {exc}")
                 pid = -1
             if pid == 0:
                 sock.close()
                 execproc.exec_stage_one(msg, fds, filters)
-        elif isinstance(msg, ZygoteStart) and len(fds) == 3:
+        elif isinstance(msg, ZygoteStart) and len(fds) in (3, 4):   # [stdin (-i/-t)], out, err, report
             try:
                 pid = os.fork()
             except OSError as exc:
-                _report(fds[2], f"fork: {exc}")
+                _report(fds[-1], f"fork: {exc}")
                 pid = -1
             if pid == 0:
                 sock.close()
@@ -95,18 +95,19 @@ def zygote_main(sock: socket.socket) -> NoReturn:
 
 
 def _stage_one(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes]) -> NoReturn:
-    stdout_w, stderr_w, report_w = fds
+    # A job started with -i/-t gets its stdin first: a pipe's read end or its terminal (ADR-0013).
+    *stdin_r, stdout_w, stderr_w, report_w = fds
     try:
         # Descriptors received over SCM_RIGHTS are not close-on-exec; the report
         # pipe must be, since its EOF is how the supervisor learns the exec happened.
         os.set_inheritable(report_w, False)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         spec = msg.spec
-        devnull = os.open("/dev/null", os.O_RDONLY)
-        os.dup2(devnull, 0)
+        stdin = stdin_r[0] if stdin_r else os.open("/dev/null", os.O_RDONLY)
+        os.dup2(stdin, 0)
         os.dup2(stdout_w, 1)
         os.dup2(stderr_w, 2)
-        for fd in (devnull, stdout_w, stderr_w):
+        for fd in (stdin, stdout_w, stderr_w):
             if fd > 2:
                 os.close(fd)
         for procs in msg.cgroup_procs:

@@ -80,6 +80,8 @@ class JobServicer(pb_grpc.JobServiceServicer):
             secret_env=dict(request.secret_env), upload_session=request.upload_session,
             schedule=request.schedule, timeout=request.timeout, request_id=request.request_id,
             restart=request.restart, log_max_size=request.log_max_size,
+            stdin="tty" if request.tty else "pipe" if request.stdin else "",
+            tty_size=(request.tty_rows, request.tty_cols),
             resources=Resources(max_cpu=r.max_cpu, cpu_cores=r.cpu_cores, max_memory_mb=r.max_memory_mb,
                                 max_iobps=r.max_iobps, max_pids=r.max_pids),
         ))

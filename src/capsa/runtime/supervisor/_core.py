@@ -51,6 +51,7 @@ from capsa.runtime.protocol import (
 )
 from capsa.runtime.spec import JobSpec
 from capsa.runtime.supervisor._exec import ExecMixin
+from capsa.runtime.supervisor._interactive import InteractiveMixin, open_stdio
 from capsa.runtime.supervisor._links import (
     Caller,
     HostProcesses,
@@ -94,9 +95,11 @@ class _Job:
     start_deadline: float | None = None
     received_ns: int = 0             # monotonic: when the start request arrived
     fence_at: float | None = None    # monotonic: a pool lease deadline (FenceRequest)
+    stdin_fd: int = -1               # -i: the stdin pipe's write end; -t: the terminal's master (_interactive)
+    tty: bool = False
 
 
-class Supervisor(ExecMixin, EventLoop):
+class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
     def __init__(self, home: Path, *, driver: Any = None, zygote: Zygote | None = None,
                  processes: Processes | None = None, persister: LogPersister | None = None) -> None:
         self.home = home
@@ -215,28 +218,30 @@ class Supervisor(ExecMixin, EventLoop):
             with contextlib.suppress(Exception):
                 cg.remove()
             raise
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        stdio = open_stdio(spec.stdin, spec.tty_size)   # output pipes; a stdin pipe (-i) or a terminal (-t): ADR-0013
         rep_r, rep_w = os.pipe2(os.O_CLOEXEC)
-        for fd in (out_r, err_r):
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
-        for fd in (out_r, err_r, rep_r):
+        for fd, _kind in stdio.read_fds:
+            if not stdio.tty:
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
             os.set_blocking(fd, False)
+        os.set_blocking(rep_r, False)
         record = JobRecord(job_id=spec.job_id, started_ns=time.time_ns(), cgroup=str(cg.name))
-        job = _Job(record=record, spec=spec, log=log, cgroup=cg, report_fd=rep_r, out_fds={out_r, err_r},
+        job = _Job(record=record, spec=spec, log=log, cgroup=cg, report_fd=rep_r,
+                   out_fds={fd for fd, _kind in stdio.read_fds}, stdin_fd=stdio.stdin_fd, tty=stdio.tty,
                    waiter=caller, received_ns=received,
                    start_deadline=time.monotonic() + START_TIMEOUT_S)
         self.jobs[spec.job_id] = job
-        for fd, kind in ((out_r, "out"), (err_r, "err"), (rep_r, "report")):
+        for fd, kind in (*stdio.read_fds, (rep_r, "report")):
             self.by_fd[fd] = (spec.job_id, kind)
             self.sel.register(fd, selectors.EVENT_READ, ("pipe", None))
-        # The zygote owns the write ends from here (it closes ours once they are sent).
+        # The zygote owns the job's ends from here (it closes ours once they are sent).
+        child_fds = [*stdio.child_fds, rep_w]
         try:
-            self.zygote.submit(ZygoteStart(spec, tuple(str(p) for p in cg.join_files())), [out_w, err_w, rep_w])
+            self.zygote.submit(ZygoteStart(spec, tuple(str(p) for p in cg.join_files())), child_fds)
         except Exception as exc:   # our write ends close with it: the report EOF answers the start
             job.start_error = StageFailed("launch", 0, f"zygote unavailable: {exc}")
-            for fd in (out_w, err_w, rep_w):
+            for fd in child_fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         return None   # answered at exec (report pipe EOF) or failure
@@ -311,6 +316,7 @@ class Supervisor(ExecMixin, EventLoop):
             self._on_report_eof(job)
         else:
             job.out_fds.discard(fd)
+            self._stdin_output_closed(job, fd)
             self._maybe_finish(job)
 
     def _drain_report(self, job: _Job) -> None:
@@ -382,6 +388,7 @@ class Supervisor(ExecMixin, EventLoop):
             rec.reason = f"exited with code {rec.exit_code}"
         rec.state = ProcState.EXITED
         rec.ended_ns = time.time_ns()
+        self._close_stdin(job)
         job.kill_at = None
         self.by_pid.pop(rec.pid, None)
         lost = job.log.finish_at_exit()  # gives up on output a failing disk still holds, so the record can say so

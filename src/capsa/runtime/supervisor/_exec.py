@@ -5,6 +5,14 @@ to us — we are the subreaper — so its exit status comes through the same ``o
 as every job's. The request is answered once it was reaped *and* its pipes hit EOF, with
 its exit code (128+N for a signal) and output. It dies with its job: it is in the job's
 PID namespace (whose PID 1 exiting kills it) and in its cgroup (killed with it).
+
+A *streamed* exec (``ExecRequest.stream``, what ``capsa exec`` uses) is answered at once with
+``ExecStarted``, then gets its output as ``ExecOutput`` frames as it is read, then ``ExecReply``.
+It may have a stdin pipe or a terminal (``-i``/``-t``), written and resized through the same
+``InputRequest``/``ResizeRequest`` as a ``-i``/``-t`` job (by ``exec_id``). It lives as long as the
+connection that asked for it: when that drops, its stdin is closed (a terminal hangs up: SIGHUP)
+and its output is read and dropped. While the caller's connection holds more than
+``_STREAM_HIGH`` unsent bytes the exec's output is not read (it blocks in write(2)).
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
+import itertools
 import os
 import selectors
 import time
@@ -20,8 +29,10 @@ from typing import Any
 
 from capsa.errors import FailedPrecondition, NotFound
 from capsa.runtime.protocol import (
+    ExecOutput,
     ExecReply,
     ExecRequest,
+    ExecStarted,
     Forked,
     Message,
     ProcState,
@@ -29,7 +40,8 @@ from capsa.runtime.protocol import (
     StartFailed,
     ZygoteExec,
 )
-from capsa.runtime.supervisor._links import Caller, report_messages
+from capsa.runtime.supervisor._interactive import open_stdio
+from capsa.runtime.supervisor._links import Caller, Connection, report_messages
 from capsa.runtime.supervisor._loop import handles
 from capsa.runtime.wire import FrameReader
 
@@ -39,6 +51,7 @@ __all__ = ["EXEC_OUTPUT_LIMIT", "ExecMixin"]
 # so the process never blocks on a full pipe, and the reply says ``truncated``.
 EXEC_OUTPUT_LIMIT = 8 << 20
 _READ = 1 << 16
+_STREAM_HIGH = 1 << 20   # unsent bytes on the caller's connection: stop reading the exec's output
 
 
 @dataclass
@@ -56,6 +69,14 @@ class _Exec:
     stderr: bytearray = field(default_factory=bytearray)
     received_ns: int = 0        # monotonic: when the request arrived
     exec_latency_ns: int = 0    # request -> the CLOEXEC report pipe closed, i.e. the command was exec'd
+    exec_id: int = 0
+    stream: bool = False        # output goes to the caller as it is read (ExecOutput), not in the reply
+    stdin_fd: int = -1          # -i: the stdin pipe's write end; -t: the terminal's master
+    tty: bool = False
+    kinds: dict[int, int] = field(default_factory=dict)   # output fd -> 1 (stdout) | 2 (stderr)
+    takes_input: bool = False   # started with a stdin pipe or a terminal
+    paused: bool = False        # output not read until the caller's connection drains
+    done: bool = False
 
 
 class ExecMixin:
@@ -70,6 +91,8 @@ class ExecMixin:
     def _exec_init(self) -> None:
         self.execs_by_fd: dict[int, _Exec] = {}
         self.execs_by_pid: dict[int, _Exec] = {}
+        self.execs_by_id: dict[int, _Exec] = {}   # streamed execs, for their input and resizes
+        self._exec_ids = itertools.count(1)
 
     @handles(ExecRequest)
     def _exec(self, req: ExecRequest, caller: Caller) -> Message | None:
@@ -82,22 +105,34 @@ class ExecMixin:
             pidfd = self.processes.pidfd(job.record.pid)   # our unreaped child: the PID is still the job's
         except ProcessLookupError as exc:
             raise FailedPrecondition(f"job {req.job_id} is not running") from exc
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        received = time.monotonic_ns()
+        try:
+            stdio = open_stdio(req.stdin, req.tty_size)
+        except BaseException:
+            os.close(pidfd)
+            raise
         rep_r, rep_w = os.pipe2(os.O_CLOEXEC)
-        ex = _Exec(caller=caller, job_id=req.job_id, report_fd=rep_r, received_ns=time.monotonic_ns())
-        ex.out_fds = {out_r: ex.stdout, err_r: ex.stderr}
-        for fd in (out_r, err_r, rep_r):
+        ex = _Exec(caller=caller, job_id=req.job_id, report_fd=rep_r, received_ns=received, stream=req.stream,
+                   stdin_fd=stdio.stdin_fd, tty=stdio.tty, takes_input=bool(req.stdin))
+        for fd, kind in stdio.read_fds:
+            ex.out_fds[fd] = ex.stdout if kind == "out" else ex.stderr
+            ex.kinds[fd] = 1 if kind == "out" else 2
+        for fd in (*ex.out_fds, rep_r):
             os.set_blocking(fd, False)
             self.execs_by_fd[fd] = ex
             self.sel.register(fd, selectors.EVENT_READ, ("exec", None))
+        if req.stream:
+            ex.exec_id = next(self._exec_ids)
+            self.execs_by_id[ex.exec_id] = ex
+            self.answer(caller, ExecStarted(ex.exec_id, ex.tty))  # type: ignore[attr-defined]
         order = ZygoteExec(job.spec, tuple(str(p) for p in job.cgroup.join_files()), req.argv, req.env,
-                           req.uid, req.gid, req.workdir)
+                           req.uid, req.gid, req.workdir, tty=stdio.tty)
+        child_fds = [pidfd, *stdio.child_fds, rep_w]
         try:
-            self.zygote.submit(order, [pidfd, out_w, err_w, rep_w])
+            self.zygote.submit(order, child_fds)
         except Exception as exc:   # our ends close with it; the report EOF answers the request
             ex.failure = StageFailed("launch", 0, f"zygote unavailable: {exc}")
-            for fd in (pidfd, out_w, err_w, rep_w):
+            for fd in child_fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         return None
@@ -116,15 +151,21 @@ class ExecMixin:
             if fd == ex.report_fd:
                 self._exec_report(ex, data)
                 return
+            if ex.stream:
+                self._exec_forward(ex, ex.kinds[fd], data)
+                return
             buf = ex.out_fds[fd]
             room = EXEC_OUTPUT_LIMIT - len(buf)
             if len(data) > room:
                 ex.truncated = True
             buf += data[:max(room, 0)]
             return
-        self.sel.unregister(fd)
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(fd)
         os.close(fd)
         del self.execs_by_fd[fd]
+        if fd == ex.stdin_fd:   # a terminal's master is its output and its input
+            ex.stdin_fd = -1
         if fd == ex.report_fd:
             ex.report_fd = -1
             ex.exec_latency_ns = time.monotonic_ns() - ex.received_ns
@@ -154,11 +195,17 @@ class ExecMixin:
         return True
 
     def _exec_maybe_done(self, ex: _Exec) -> None:
-        if ex.report_fd != -1 or ex.out_fds:
+        if ex.report_fd != -1 or ex.out_fds or ex.done:
             return
         if ex.pid and ex.wait_status is None:
             return
+        ex.done = True
         self.execs_by_pid.pop(ex.pid, None)
+        self.execs_by_id.pop(ex.exec_id, None)
+        if ex.stdin_fd != -1:
+            with contextlib.suppress(OSError):
+                os.close(ex.stdin_fd)
+            ex.stdin_fd = -1
         if ex.failure is not None:
             step = ex.failure.step
             exec_failed = step == "exec" or step.startswith("exec ")
@@ -177,6 +224,56 @@ class ExecMixin:
                               base64.b64encode(bytes(ex.stdout)).decode(),
                               base64.b64encode(bytes(ex.stderr)).decode(), oom, ex.truncated, ex.exec_latency_ns)
         self.answer(ex.caller, reply)  # type: ignore[attr-defined]
+
+    # -- streamed execs --------------------------------------------------------------------------
+    def _exec_forward(self, ex: _Exec, stream: int, data: bytes) -> None:
+        conn = ex.caller.conn
+        if conn.closed:   # its caller is gone: the output is read (the process never blocks) and dropped
+            return
+        self.answer(ex.caller, ExecOutput(stream, base64.b64encode(data).decode()))  # type: ignore[attr-defined]
+        if len(conn.out) > _STREAM_HIGH and not conn.closed:
+            ex.paused = True
+            for fd in ex.out_fds:
+                with contextlib.suppress(KeyError, ValueError):
+                    self.sel.unregister(fd)
+
+    def _exec_resume(self, ex: _Exec) -> None:
+        ex.paused = False
+        for fd in ex.out_fds:
+            if fd not in self.sel.get_map():
+                self.sel.register(fd, selectors.EVENT_READ, ("exec", None))
+
+    def on_flushed(self, conn: Connection) -> None:
+        """The loop sent what it could to ``conn``: resume the streamed execs it was holding back."""
+        if len(conn.out) <= _STREAM_HIGH // 2:
+            for ex in list(self.execs_by_id.values()):
+                if ex.paused and ex.caller.conn is conn:
+                    self._exec_resume(ex)
+
+    def on_conn_closed(self, conn: Connection) -> None:
+        """A caller went away: its streamed execs lose their stdin (a terminal hangs up) and their output."""
+        for ex in list(self.execs_by_id.values()):
+            if ex.caller.conn is not conn:
+                continue
+            if ex.paused:
+                self._exec_resume(ex)
+            if ex.stdin_fd != -1:
+                fd, ex.stdin_fd = ex.stdin_fd, -1
+                if ex.tty:   # the master is also its output: closing it is the hang-up (SIGHUP)
+                    with contextlib.suppress(KeyError, ValueError):
+                        self.sel.unregister(fd)
+                    self.execs_by_fd.pop(fd, None)
+                    ex.out_fds.pop(fd, None)
+                os.close(fd)
+            self._exec_maybe_done(ex)
+
+    def _exec_input_target(self, job_id: str, exec_id: int) -> _Exec:
+        ex = self.execs_by_id.get(exec_id)
+        if ex is None or ex.job_id != job_id:
+            raise NotFound(f"no running exec {exec_id} in job {job_id}")
+        if not ex.takes_input:
+            raise FailedPrecondition(f"exec {exec_id} was started without -i or -t: it takes no input")
+        return ex
 
     def _exec_shutdown(self) -> None:
         for fd in list(self.execs_by_fd):

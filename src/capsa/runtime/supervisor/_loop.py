@@ -215,6 +215,7 @@ class EventLoop:
         except OSError:
             self.drop(conn)
             return
+        self.on_flushed(conn)
         if conn.closing and not conn.out and not conn.events:
             self.drop(conn)
             return
@@ -231,6 +232,7 @@ class EventLoop:
             self.sel.unregister(conn.sock)
         self.subscribers.discard(conn)
         conn.close()
+        self.on_conn_closed(conn)
 
     def publish(self, record: Any) -> None:
         """An exit event to every subscriber, through its queue (never a blocking send)."""
@@ -263,6 +265,12 @@ class EventLoop:
 
     def on_shutdown(self) -> None:
         pass
+
+    def on_flushed(self, conn: Connection) -> None:
+        """``conn``'s queue was flushed as far as the socket took it (streamed execs resume reading)."""
+
+    def on_conn_closed(self, conn: Connection) -> None:
+        """``conn`` is gone (streamed execs it asked for lose their caller)."""
 
     def log(self, message: str) -> None:
         print(f"capsa-supervisor: {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)

@@ -122,6 +122,7 @@ class FakeZygote:
         self.driver = driver
         self.orders: list[Message] = []
         self._pids = itertools.count(100_000)
+        self.stdin: dict[str, int] = {}   # job id -> the job's end of its stdin (-i pipe or -t terminal), kept open
 
     def spawn(self) -> None:
         pass
@@ -143,6 +144,8 @@ class FakeZygote:
 
     def _start(self, msg: ZygoteStart, fds: list[int]) -> bool:
         """False: the fds can close now (exec'd or failed); True: the job holds them (hung)."""
+        if len(fds) == 4:   # -i/-t: [stdin, out, err, report]; the test reads the job's stdin end
+            self.stdin[msg.spec.job_id] = fds.pop(0)
         command = msg.spec.argv[0]
         if command == "/hang":
             self.driver.cgroups[msg.spec.job_id].held_fds.extend(fds)
@@ -166,7 +169,7 @@ class FakeZygote:
     def _exec(self, msg: ZygoteExec, fds: list[int]) -> None:
         """An exec into a job: ``/missing`` is not found, ``/exit N`` exits N, ``/kill`` dies of SIGKILL;
         every other command prints its argv and the user, workdir and env it was given, and exits 0."""
-        _pidfd, out, err, report = fds
+        _pidfd, *_stdin, out, err, report = fds
         command = msg.argv[0]
         if command == "/missing":
             write_frame(report, encode(StageFailed(f"exec {command}", errno.ENOENT, f"exec {command}: not found")))

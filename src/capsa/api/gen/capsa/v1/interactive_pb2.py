@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x61psa/v1/interactive.proto\x12\x08\x63\x61psa.v1\"\xa6\x01\n\x0b\x45xecRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12+\n\x03\x65nv\x18\x03 \x03(\x0b\x32\x1e.capsa.v1.ExecRequest.EnvEntry\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\x0f\n\x07workdir\x18\x05 \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x90\x01\n\nExecResult\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06signal\x18\x02 \x01(\x05\x12\x0e\n\x06stdout\x18\x03 \x01(\x0c\x12\x0e\n\x06stderr\x18\x04 \x01(\x0c\x12\x12\n\noom_killed\x18\x05 \x01(\x08\x12\x11\n\ttruncated\x18\x06 \x01(\x08\x12\x18\n\x10start_latency_ns\x18\x07 \x01(\x03\x32I\n\x12InteractiveService\x12\x33\n\x04\x45xec\x12\x15.capsa.v1.ExecRequest\x1a\x14.capsa.v1.ExecResultb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x61psa/v1/interactive.proto\x12\x08\x63\x61psa.v1\"o\n\tExecInput\x12$\n\x05start\x18\x01 \x01(\x0b\x32\x15.capsa.v1.ExecRequest\x12\r\n\x05stdin\x18\x03 \x01(\x0c\x12\x11\n\tstdin_eof\x18\x04 \x01(\x08\x12\x0c\n\x04rows\x18\x05 \x01(\x05\x12\x0c\n\x04\x63ols\x18\x06 \x01(\x05\"\xa9\x01\n\nExecOutput\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06stream\x18\x02 \x01(\x05\x12\x10\n\x08\x61ttached\x18\x03 \x01(\x08\x12\x0b\n\x03tty\x18\x04 \x01(\x08\x12\r\n\x05\x65nded\x18\x05 \x01(\x08\x12\x11\n\texit_code\x18\x06 \x01(\x05\x12\x0e\n\x06signal\x18\x07 \x01(\x05\x12\x12\n\noom_killed\x18\x08 \x01(\x08\x12\x18\n\x10start_latency_ns\x18\t \x01(\x03\"o\n\x0b\x41ttachInput\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nfrom_start\x18\x02 \x01(\x08\x12\r\n\x05stdin\x18\x03 \x01(\x0c\x12\x11\n\tstdin_eof\x18\x04 \x01(\x08\x12\x0c\n\x04rows\x18\x05 \x01(\x05\x12\x0c\n\x04\x63ols\x18\x06 \x01(\x05\"\x9c\x01\n\x0c\x41ttachOutput\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06stream\x18\x02 \x01(\x05\x12\x10\n\x08\x61ttached\x18\x03 \x01(\x08\x12\x0b\n\x03tty\x18\x04 \x01(\x08\x12\r\n\x05\x65nded\x18\x05 \x01(\x08\x12\x11\n\texit_code\x18\x06 \x01(\x05\x12\x0e\n\x06signal\x18\x07 \x01(\x05\x12\r\n\x05state\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\"\xde\x01\n\x0b\x45xecRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12+\n\x03\x65nv\x18\x03 \x03(\x0b\x32\x1e.capsa.v1.ExecRequest.EnvEntry\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\x0f\n\x07workdir\x18\x05 \x01(\t\x12\r\n\x05stdin\x18\x06 \x01(\x08\x12\x0b\n\x03tty\x18\x07 \x01(\x08\x12\x0c\n\x04rows\x18\x08 \x01(\x05\x12\x0c\n\x04\x63ols\x18\t \x01(\x05\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x90\x01\n\nExecResult\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06signal\x18\x02 \x01(\x05\x12\x0e\n\x06stdout\x18\x03 \x01(\x0c\x12\x0e\n\x06stderr\x18\x04 \x01(\x0c\x12\x12\n\noom_killed\x18\x05 \x01(\x08\x12\x11\n\ttruncated\x18\x06 \x01(\x08\x12\x18\n\x10start_latency_ns\x18\x07 \x01(\x03\x32\xc3\x01\n\x12InteractiveService\x12\x33\n\x04\x45xec\x12\x15.capsa.v1.ExecRequest\x1a\x14.capsa.v1.ExecResult\x12;\n\x06\x41ttach\x12\x15.capsa.v1.AttachInput\x1a\x16.capsa.v1.AttachOutput(\x01\x30\x01\x12;\n\nExecStream\x12\x13.capsa.v1.ExecInput\x1a\x14.capsa.v1.ExecOutput(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EXECREQUEST_ENVENTRY']._loaded_options = None
   _globals['_EXECREQUEST_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_EXECREQUEST']._serialized_start=41
-  _globals['_EXECREQUEST']._serialized_end=207
-  _globals['_EXECREQUEST_ENVENTRY']._serialized_start=165
-  _globals['_EXECREQUEST_ENVENTRY']._serialized_end=207
-  _globals['_EXECRESULT']._serialized_start=210
-  _globals['_EXECRESULT']._serialized_end=354
-  _globals['_INTERACTIVESERVICE']._serialized_start=356
-  _globals['_INTERACTIVESERVICE']._serialized_end=429
+  _globals['_EXECINPUT']._serialized_start=40
+  _globals['_EXECINPUT']._serialized_end=151
+  _globals['_EXECOUTPUT']._serialized_start=154
+  _globals['_EXECOUTPUT']._serialized_end=323
+  _globals['_ATTACHINPUT']._serialized_start=325
+  _globals['_ATTACHINPUT']._serialized_end=436
+  _globals['_ATTACHOUTPUT']._serialized_start=439
+  _globals['_ATTACHOUTPUT']._serialized_end=595
+  _globals['_EXECREQUEST']._serialized_start=598
+  _globals['_EXECREQUEST']._serialized_end=820
+  _globals['_EXECREQUEST_ENVENTRY']._serialized_start=778
+  _globals['_EXECREQUEST_ENVENTRY']._serialized_end=820
+  _globals['_EXECRESULT']._serialized_start=823
+  _globals['_EXECRESULT']._serialized_end=967
+  _globals['_INTERACTIVESERVICE']._serialized_start=970
+  _globals['_INTERACTIVESERVICE']._serialized_end=1165
 # @@protoc_insertion_point(module_scope)

@@ -40,6 +40,16 @@ class InteractiveServiceStub:
                 request_serializer=capsa_dot_v1_dot_interactive__pb2.ExecRequest.SerializeToString,
                 response_deserializer=capsa_dot_v1_dot_interactive__pb2.ExecResult.FromString,
                 _registered_method=True)
+        self.Attach = channel.stream_stream(
+                '/capsa.v1.InteractiveService/Attach',
+                request_serializer=capsa_dot_v1_dot_interactive__pb2.AttachInput.SerializeToString,
+                response_deserializer=capsa_dot_v1_dot_interactive__pb2.AttachOutput.FromString,
+                _registered_method=True)
+        self.ExecStream = channel.stream_stream(
+                '/capsa.v1.InteractiveService/ExecStream',
+                request_serializer=capsa_dot_v1_dot_interactive__pb2.ExecInput.SerializeToString,
+                response_deserializer=capsa_dot_v1_dot_interactive__pb2.ExecOutput.FromString,
+                _registered_method=True)
 
 
 class InteractiveServiceServicer:
@@ -54,6 +64,24 @@ class InteractiveServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Attach(self, request_iterator, context):
+        """Attach to a running job started with -i or -t: its output (from its lossless log) comes back,
+        stdin and terminal resizes go in. The first input message names the job. Ending the call
+        (detach) leaves the job running; the last output message carries the ended job's exit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExecStream(self, request_iterator, context):
+        """Exec with its output streamed as it is produced (what `capsa exec` uses), and, with `stdin` or
+        `tty` in the first message's request, stdin and terminal resizes going in. The process lives as
+        long as this call (or its job): ending the call closes its stdin (a terminal hangs up: SIGHUP).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InteractiveServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +89,16 @@ def add_InteractiveServiceServicer_to_server(servicer, server):
                     servicer.Exec,
                     request_deserializer=capsa_dot_v1_dot_interactive__pb2.ExecRequest.FromString,
                     response_serializer=capsa_dot_v1_dot_interactive__pb2.ExecResult.SerializeToString,
+            ),
+            'Attach': grpc.stream_stream_rpc_method_handler(
+                    servicer.Attach,
+                    request_deserializer=capsa_dot_v1_dot_interactive__pb2.AttachInput.FromString,
+                    response_serializer=capsa_dot_v1_dot_interactive__pb2.AttachOutput.SerializeToString,
+            ),
+            'ExecStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ExecStream,
+                    request_deserializer=capsa_dot_v1_dot_interactive__pb2.ExecInput.FromString,
+                    response_serializer=capsa_dot_v1_dot_interactive__pb2.ExecOutput.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -91,6 +129,60 @@ class InteractiveService:
             '/capsa.v1.InteractiveService/Exec',
             capsa_dot_v1_dot_interactive__pb2.ExecRequest.SerializeToString,
             capsa_dot_v1_dot_interactive__pb2.ExecResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attach(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/capsa.v1.InteractiveService/Attach',
+            capsa_dot_v1_dot_interactive__pb2.AttachInput.SerializeToString,
+            capsa_dot_v1_dot_interactive__pb2.AttachOutput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/capsa.v1.InteractiveService/ExecStream',
+            capsa_dot_v1_dot_interactive__pb2.ExecInput.SerializeToString,
+            capsa_dot_v1_dot_interactive__pb2.ExecOutput.FromString,
             options,
             channel_credentials,
             insecure,

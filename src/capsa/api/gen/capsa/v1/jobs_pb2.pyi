@@ -22,7 +22,7 @@ class Resources(_message.Message):
     def __init__(self, max_cpu: _Optional[int] = ..., cpu_cores: _Optional[str] = ..., max_memory_mb: _Optional[int] = ..., max_iobps: _Optional[int] = ..., max_pids: _Optional[int] = ...) -> None: ...
 
 class RunJobRequest(_message.Message):
-    __slots__ = ("command", "env", "resources", "workdir", "name", "image", "pull", "entrypoint_set", "user", "seccomp", "network", "volumes", "upload_session", "secret_env", "schedule", "timeout", "capsules", "runtime", "gpus", "request_id", "ports", "restart", "log_max_size", "labels", "auto_remove")
+    __slots__ = ("command", "env", "resources", "workdir", "name", "image", "pull", "entrypoint_set", "user", "seccomp", "network", "volumes", "upload_session", "secret_env", "schedule", "timeout", "capsules", "runtime", "gpus", "request_id", "ports", "restart", "log_max_size", "labels", "auto_remove", "stdin", "tty", "tty_rows", "tty_cols")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,10 @@ class RunJobRequest(_message.Message):
     LOG_MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     AUTO_REMOVE_FIELD_NUMBER: _ClassVar[int]
+    STDIN_FIELD_NUMBER: _ClassVar[int]
+    TTY_FIELD_NUMBER: _ClassVar[int]
+    TTY_ROWS_FIELD_NUMBER: _ClassVar[int]
+    TTY_COLS_FIELD_NUMBER: _ClassVar[int]
     command: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
     resources: Resources
@@ -94,7 +98,11 @@ class RunJobRequest(_message.Message):
     log_max_size: str
     labels: _containers.ScalarMap[str, str]
     auto_remove: bool
-    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., workdir: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., pull: _Optional[str] = ..., entrypoint_set: _Optional[bool] = ..., user: _Optional[str] = ..., seccomp: _Optional[str] = ..., network: _Optional[str] = ..., volumes: _Optional[_Iterable[str]] = ..., upload_session: _Optional[str] = ..., secret_env: _Optional[_Mapping[str, str]] = ..., schedule: _Optional[str] = ..., timeout: _Optional[str] = ..., capsules: _Optional[_Iterable[str]] = ..., runtime: _Optional[str] = ..., gpus: _Optional[int] = ..., request_id: _Optional[str] = ..., ports: _Optional[_Iterable[str]] = ..., restart: _Optional[str] = ..., log_max_size: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., auto_remove: _Optional[bool] = ...) -> None: ...
+    stdin: bool
+    tty: bool
+    tty_rows: int
+    tty_cols: int
+    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., workdir: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., pull: _Optional[str] = ..., entrypoint_set: _Optional[bool] = ..., user: _Optional[str] = ..., seccomp: _Optional[str] = ..., network: _Optional[str] = ..., volumes: _Optional[_Iterable[str]] = ..., upload_session: _Optional[str] = ..., secret_env: _Optional[_Mapping[str, str]] = ..., schedule: _Optional[str] = ..., timeout: _Optional[str] = ..., capsules: _Optional[_Iterable[str]] = ..., runtime: _Optional[str] = ..., gpus: _Optional[int] = ..., request_id: _Optional[str] = ..., ports: _Optional[_Iterable[str]] = ..., restart: _Optional[str] = ..., log_max_size: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., auto_remove: _Optional[bool] = ..., stdin: _Optional[bool] = ..., tty: _Optional[bool] = ..., tty_rows: _Optional[int] = ..., tty_cols: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "name", "command", "state", "exit_code", "signal", "reason", "created_at_ns", "started_at_ns", "ended_at_ns", "resources", "pid", "ended", "env", "workdir", "hostname", "cgroup", "start_latency_ns", "image", "image_digest", "scheduled_at_ns", "timeout_seconds", "secret_env_keys", "workflow_id", "workflow_job", "seccomp", "network", "ip", "volumes", "gpus", "gpu_devices", "log_incomplete_bytes", "labels", "auto_remove", "exec_events", "ports", "restart_policy", "restart_count", "next_restart_at_ns", "log_dropped_bytes")
