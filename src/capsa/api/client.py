@@ -145,7 +145,6 @@ class CapsaClient:
     def _submit(self, send: Callable[[], Any]) -> Any:
         """``send()`` (one RPC whose request has a request id), retried on UNAVAILABLE with backoff:
         at most SUBMIT_TRIES tries within SUBMIT_RETRY_S seconds."""
-        import random
         import time
 
         deadline = time.monotonic() + self.SUBMIT_RETRY_S
@@ -159,6 +158,8 @@ class CapsaClient:
                 left = deadline - time.monotonic()
                 if not isinstance(error, Unavailable) or attempt == self.SUBMIT_TRIES or left <= 0:
                     raise error from None
+                import random  # only on a retry: the first try (nearly always the only one) needs none
+
                 time.sleep(min(left, delay * (0.5 + random.random())))   # jitter: a burst does not resync
                 delay = min(delay * 2, 3.0)
         raise AssertionError("unreachable")

@@ -172,13 +172,15 @@ def ps(obj: Any, all_: bool, last: int | None, filters: tuple[str, ...], fmt: st
         from capsa.cli.cluster import ps_pool
 
         return ps_pool(obj.client(), all_=all_, quiet=quiet, as_json=as_json)
-    from capsa.selectors import parse_filters
-
     template = check_format(fmt) if fmt else ""
-    wanted = parse_filters(filters)   # checked here too, so a typo fails before any round trip
-    request = {"states": list(wanted.states), "names": list(wanted.names), "images": list(wanted.images),
-               "workflows": list(wanted.workflows), "since_ns": wanted.since_ns,
-               "labels": [k if v is None else f"{k}={v}" for k, v in wanted.labels]}
+    request: dict[str, Any] = {}
+    if filters:   # (the plain `ps` does without the selectors module)
+        from capsa.selectors import parse_filters
+
+        wanted = parse_filters(filters)   # checked here too, so a typo fails before any round trip
+        request = {"states": list(wanted.states), "names": list(wanted.names), "images": list(wanted.images),
+                   "workflows": list(wanted.workflows), "since_ns": wanted.since_ns,
+                   "labels": [k if v is None else f"{k}={v}" for k, v in wanted.labels]}
     client = obj.client()
     if last is None and all_:
         page = client.list_jobs_page(all=True, limit=PS_DEFAULT_LAST, filters=request)
