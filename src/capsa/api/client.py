@@ -388,6 +388,40 @@ class CapsaClient:
         request = ipb.VerifyImagesRequest(ref=ref, all=all, repair=repair)
         return list(self._call(self.images.VerifyImages, request, timeout=None).reports)
 
+    def tag_image(self, source: str, target: str) -> ipb.Image:
+        return self._call(self.images.TagImage, ipb.TagImageRequest(source=source, target=target))
+
+    def push_image(self, ref: str, destination: str = "", *, insecure: bool = False) -> Iterator[ipb.TransferProgress]:
+        """Per-blob progress of a push; the last message has ``done`` and the manifest digest."""
+        stream = self.images.PushImage(ipb.PushImageRequest(ref=ref, destination=destination, insecure=insecure),
+                                       timeout=None)
+        try:
+            yield from stream
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, address=self.address) from None
+        finally:
+            stream.cancel()
+
+    def save_images(self, refs: list[str]) -> Iterator[ipb.ArchiveChunk]:
+        """An OCI image-layout tar of ``refs``: the first chunk carries ``blob_bytes`` (for progress)."""
+        stream = self.images.SaveImage(ipb.SaveImageRequest(refs=refs), timeout=None)
+        try:
+            yield from stream
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, address=self.address) from None
+        finally:
+            stream.cancel()
+
+    def load_image(self, chunks: Iterable[bytes], *, tag: str = "") -> list[ipb.Image]:
+        """Import the images of an OCI image-layout tar sent as ``chunks``."""
+        def messages() -> Iterator[ipb.LoadImageChunk]:
+            yield ipb.LoadImageChunk(tag=tag)
+            for data in chunks:
+                yield ipb.LoadImageChunk(data=data)
+            yield ipb.LoadImageChunk(done=True)
+
+        return list(self._client_stream(self.images.LoadImage, messages()).images)
+
     def backup_database(self, dest: str) -> ipb.BackupDatabaseResponse:
         return self._call(self.images.BackupDatabase, ipb.BackupDatabaseRequest(dest=dest), timeout=None)
 

@@ -1,4 +1,4 @@
-"""`capsa image ...`: pull, ls, inspect, rm, prune, history."""
+"""`capsa image ...`: pull, ls, inspect, rm, prune, history, verify; tag, push, save, load (image_transfer)."""
 
 from __future__ import annotations
 
@@ -192,5 +192,10 @@ def verify(obj: Any, ref: str, all_images: bool, repair: bool, as_json: bool) ->
     if any(not r.ok and not r.repaired for r in reports):
         raise SystemExit(1)
 
+
+from capsa.cli.image_transfer import load, push, save, tag  # noqa: E402 (they need _image_dict above)
+
+for _command in (tag, push, save, load):
+    image.add_command(_command)
 
 COMMANDS = [image]
