@@ -204,6 +204,10 @@ def push(content: ContentStore, images: ImageStore, registry: RegistryConfig, re
     for state in states:
         if cancel is not None and cancel.is_set():
             raise FailedPrecondition(f"push of {rec.ref} to {dest} canceled")
+        if client.blob_exists(repo, state.digest):
+            state.state, state.done = "exists", state.size
+            report(states)
+            continue
         source_repo = mounts.get(state.digest)
         if source_repo is not None and client.mount_blob(repo, state.digest, source_repo):
             state.state, state.done = "mounted", state.size
@@ -241,6 +245,15 @@ class _Counting:
                  report: Callable[[list[BlobState]], None]) -> None:
         self._raw, self._state, self._states, self._report = raw, state, states, report
         self._last = 0.0
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        """(The client rewinds to resend a body after an auth challenge: the count follows.)"""
+        position = self._raw.seek(offset, whence)
+        self._state.done = position
+        return position
 
     def read(self, size: int = -1) -> bytes:
         data = self._raw.read(size)
