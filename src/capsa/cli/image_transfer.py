@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from capsa.cli.completion import complete_images
 from capsa.cli.output import emit, format_size, json_option
 
 __all__ = ["load", "push", "save", "tag"]
@@ -34,7 +35,7 @@ def _bars(enabled: bool) -> Any:
 
 
 @click.command()
-@click.argument("source")
+@click.argument("source", shell_complete=complete_images)
 @click.argument("target")
 @json_option
 @click.pass_obj
@@ -50,7 +51,7 @@ def tag(obj: Any, source: str, target: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("ref")
+@click.argument("ref", shell_complete=complete_images)
 @click.argument("destination", required=False, default="")
 @click.option("--insecure", is_flag=True, help="Allow plain HTTP for this (non-loopback) registry.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the pushed manifest digest.")
@@ -89,7 +90,7 @@ def push(obj: Any, ref: str, destination: str, insecure: bool, quiet: bool, as_j
 
 
 @click.command()
-@click.argument("refs", nargs=-1, required=True)
+@click.argument("refs", nargs=-1, required=True, shell_complete=complete_images)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the archive to this file (default: stdout, unless it is a terminal).")
 @json_option

@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from capsa.cli.completion import complete_jobs
+
 __all__ = ["COMMANDS", "exec_"]
 
 
@@ -17,7 +19,7 @@ __all__ = ["COMMANDS", "exec_"]
 @click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment variable (repeatable).")
 @click.option("-u", "--user", default="", help="UID[:GID] to run as (default: the job's user).")
 @click.option("-w", "--workdir", default="", help="Working directory inside the job (default: the job's).")
-@click.argument("job_id")
+@click.argument("job_id", shell_complete=complete_jobs)
 @click.argument("command", nargs=-1, required=True)
 @click.pass_obj
 def exec_(obj: Any, env: tuple[str, ...], user: str, workdir: str, job_id: str, command: tuple[str, ...]) -> int:

@@ -13,6 +13,7 @@ The CLI must answer at once, so this module imports nothing but click:
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -30,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "capsule": ("capsules", "capsule",
                 "Manage resource capsules: versioned, read-only bundles attached to running jobs."),
     "cp": ("files", "cp", "Copy between a job's /work and the local disk: cp JOB:/work/PATH DEST, or cp SRC JOB:/work/PATH."),
+    "completion": ("completion", "completion", "Print the shell completion script for bash, zsh or fish (see `capsa"
+                   " completion --help`)."),
     "daemon": ("admin", "daemon", "Run the capsa daemon (as root)."),
     "events": ("watch", "events", "Stream lifecycle events (created, started, exited, removed, pulled, ...) as they happen."),
     "exec": ("interactive", "exec_", "Run a command inside a running job: capsa exec [flags] JOB -- CMD ARGS."),
@@ -153,6 +156,10 @@ _invoked: Context | None = None   # the running command's Context, for main()'s 
 def main(argv: list[str] | None = None) -> int:
     global _invoked
     _invoked = None
+    if "_CAPSA_COMPLETE" in os.environ:   # a shell asks for completions (capsa.cli.completion)
+        from capsa.cli.completion import install
+
+        install()
     try:
         result = cli.main(args=argv, prog_name="capsa", standalone_mode=False)
         sys.stdout.flush()   # here, not at interpreter exit, so a closed pipe (`capsa ps | head`) is handled below
@@ -173,8 +180,6 @@ def main(argv: list[str] | None = None) -> int:
     except (BrokenPipeError, _ReaderGone):
         # The reader went away: like any Unix filter, stop quietly with 128+SIGPIPE. Python would try to
         # flush stdout again at exit and fail once more, so point it at /dev/null first.
-        import os
-
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
@@ -197,8 +202,6 @@ def entry() -> NoReturn:
     """
     code = main()
     if _SERVERS.isdisjoint(cli.commands):
-        import os
-
         try:
             sys.stdout.flush()
             sys.stderr.flush()
