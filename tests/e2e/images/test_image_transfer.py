@@ -250,3 +250,40 @@ def test_bad_archives_are_refused_with_their_exit_code(d: ImageDaemon, pulled: s
     fails(d, "image", "save", "example.test/none:1", "-o", str(tmp_path / "x.tar"), code=3)
     assert not (tmp_path / "x.tar").exists() and not (tmp_path / "x.tar.part").exists()
     fails(d, "image", "save", pulled, "-o", str(tmp_path / "r.tar"), code=6, role="reader")
+
+
+def _stderr_on_a_terminal(d: ImageDaemon, *args: str) -> str:
+    import os
+    import pty
+
+    from tests.fixtures.daemon import CAPSA
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run([*CAPSA, "--config", str(d.home / "client-admin.yaml"), *args], env=d.env,
+                              stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, timeout=120)
+        assert proc.returncode == 0
+        os.close(slave)
+        slave = -1
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:   # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out.decode(errors="replace")
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+
+
+def test_progress_bars_only_on_a_terminal_and_never_with_json(d: ImageDaemon, pulled: str, tmp_path: Path) -> None:
+    drawn = _stderr_on_a_terminal(d, "image", "save", pulled, "-o", str(tmp_path / "a.tar"))
+    assert "saving" in drawn and "━" in drawn   # rich's bar, on the terminal
+    assert _stderr_on_a_terminal(d, "image", "save", pulled, "-o", str(tmp_path / "b.tar"), "--json") == ""
+    piped = d.cli("image", "save", pulled, "-o", str(tmp_path / "c.tar"))
+    assert piped.stderr == b"" and (tmp_path / "a.tar").read_bytes() == (tmp_path / "c.tar").read_bytes()
