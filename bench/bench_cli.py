@@ -104,6 +104,7 @@ def main() -> int:
     args = parser.parse_args()
     print(f"command: {command_line()}", flush=True)
     started = dt.datetime.now(dt.UTC)
+    header = section_header("CLI wall time", started)   # now: its load average is the one timing starts under
     capsa = str(Path(sys.executable).parent / "capsa")
     import capsa as capsa_package
 
@@ -156,7 +157,7 @@ def main() -> int:
                     f"{fmt_ms(c['p50'])} | {verdict} |")
     table = ("| command (fresh process) | wall p50 ms | wall p90 ms | wall mean ms | CPU p50 ms | target (wall p50) |\n"
              "|---|---:|---:|---:|---:|---|\n" + "\n".join(rows))
-    body = (section_header("CLI wall time", started)
+    body = (header
             + f"- Runs: {args.runs} per command after {args.warmup} warm-up rounds, interleaved\n"
             + "- Load average at end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + "\n\n" + table + "\n")
     if slowest:
