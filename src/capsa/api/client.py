@@ -116,10 +116,6 @@ class CapsaClient:
             ("grpc.max_reconnect_backoff_ms", 1000),
         ])
         # Service stubs are the class-level _Stub attributes: each is built on first use.
-        # Start connecting now (TCP and TLS handshake run in gRPC's own threads, without the GIL), so the
-        # handshake overlaps what comes before the first call: for a CLI command, importing the service's
-        # generated modules. The same call grpc's own connectivity polling makes.
-        self.channel._channel.check_connectivity_state(True)
 
     @classmethod
     def from_config(cls, path: Path | None = None, *, node: str | None = None, timeout: float = 60.0) -> CapsaClient:
