@@ -198,6 +198,11 @@ def test_load_gives_back_what_save_wrote(d: ImageDaemon, registry_images: Regist
     assert not any(i["ref"].startswith(f"oci:{d.home}") for i in d.cli_json("image", "ls"))   # no scratch name
     assert list((d.home / "content" / "load").iterdir()) == []
     assert d.cli_ok("image", "load", "-i", str(archive)) == f"loaded {ref} {registry_images.digests['whiteout']}\n"
+    # stdout and stdin work as well as files, and give the same bytes (a save is reproducible)
+    piped = d.cli("image", "save", ref)
+    assert piped.returncode == 0 and piped.stdout == archive.read_bytes()
+    again = d.cli("image", "load", "-q", input=piped.stdout)
+    assert again.returncode == 0 and again.stdout.decode() == f"{ref}\n"
 
 
 def test_load_reads_what_skopeo_writes(d: ImageDaemon, test_images: LayoutImages, tmp_path: Path) -> None:
