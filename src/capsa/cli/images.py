@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from capsa.cli.completion import complete_images
+from capsa.cli.image_transfer import load, push, save, tag
 from capsa.cli.output import ago, emit, format_size, json_option, print_table
 from capsa.cli.protojson import message_dict
 
@@ -193,8 +194,6 @@ def verify(obj: Any, ref: str, all_images: bool, repair: bool, as_json: bool) ->
     if any(not r.ok and not r.repaired for r in reports):
         raise SystemExit(1)
 
-
-from capsa.cli.image_transfer import load, push, save, tag  # noqa: E402 (they need _image_dict above)
 
 for _command in (tag, push, save, load):
     image.add_command(_command)
