@@ -6,7 +6,6 @@ fork server the supervisor starts; otherwise it is the ``capsa`` CLI.
 """
 
 import os
-import sys
 from pathlib import Path
 
 
@@ -22,9 +21,9 @@ def _main() -> None:
 
         main(Path(os.environ.get("CAPSA_HOME", "/var/lib/capsa")))
         return
-    from capsa.cli.main import main as cli_main
+    from capsa.cli.main import entry
 
-    sys.exit(cli_main())
+    entry()
 
 
 if __name__ == "__main__":

@@ -145,7 +145,6 @@ class CapsaClient:
     def _submit(self, send: Callable[[], Any]) -> Any:
         """``send()`` (one RPC whose request has a request id), retried on UNAVAILABLE with backoff:
         at most SUBMIT_TRIES tries within SUBMIT_RETRY_S seconds."""
-        import random
         import time
 
         deadline = time.monotonic() + self.SUBMIT_RETRY_S
@@ -159,6 +158,8 @@ class CapsaClient:
                 left = deadline - time.monotonic()
                 if not isinstance(error, Unavailable) or attempt == self.SUBMIT_TRIES or left <= 0:
                     raise error from None
+                import random  # only on a retry: the first try (nearly always the only one) needs none
+
                 time.sleep(min(left, delay * (0.5 + random.random())))   # jitter: a burst does not resync
                 delay = min(delay * 2, 3.0)
         raise AssertionError("unreachable")
@@ -383,6 +384,40 @@ class CapsaClient:
     def verify_images(self, ref: str = "", *, all: bool = False, repair: bool = False) -> list[ipb.ImageVerifyReport]:
         request = ipb.VerifyImagesRequest(ref=ref, all=all, repair=repair)
         return list(self._call(self.images.VerifyImages, request, timeout=None).reports)
+
+    def tag_image(self, source: str, target: str) -> ipb.Image:
+        return self._call(self.images.TagImage, ipb.TagImageRequest(source=source, target=target))
+
+    def push_image(self, ref: str, destination: str = "", *, insecure: bool = False) -> Iterator[ipb.TransferProgress]:
+        """Per-blob progress of a push; the last message has ``done`` and the manifest digest."""
+        stream = self.images.PushImage(ipb.PushImageRequest(ref=ref, destination=destination, insecure=insecure),
+                                       timeout=None)
+        try:
+            yield from stream
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, address=self.address) from None
+        finally:
+            stream.cancel()
+
+    def save_images(self, refs: list[str]) -> Iterator[ipb.ArchiveChunk]:
+        """An OCI image-layout tar of ``refs``: the first chunk carries ``blob_bytes`` (for progress)."""
+        stream = self.images.SaveImage(ipb.SaveImageRequest(refs=refs), timeout=None)
+        try:
+            yield from stream
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, address=self.address) from None
+        finally:
+            stream.cancel()
+
+    def load_image(self, chunks: Iterable[bytes], *, tag: str = "") -> list[ipb.Image]:
+        """Import the images of an OCI image-layout tar sent as ``chunks``."""
+        def messages() -> Iterator[ipb.LoadImageChunk]:
+            yield ipb.LoadImageChunk(tag=tag)
+            for data in chunks:
+                yield ipb.LoadImageChunk(data=data)
+            yield ipb.LoadImageChunk(done=True)
+
+        return list(self._client_stream(self.images.LoadImage, messages()).images)
 
     def backup_database(self, dest: str) -> ipb.BackupDatabaseResponse:
         return self._call(self.images.BackupDatabase, ipb.BackupDatabaseRequest(dest=dest), timeout=None)

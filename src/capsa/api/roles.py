@@ -43,6 +43,12 @@ RPC_ROLES: dict[str, Principal] = {
     "/capsa.v1.ImageService/ImageHistory": Role.READER,
     "/capsa.v1.ImageService/VerifyImages": Role.MAINTAINER,
     "/capsa.v1.ImageService/BackupDatabase": Role.ADMIN,
+    # Tag, push and load change what the node (or a registry) holds, like a pull; save hands out an image's
+    # files, which a developer can already read by running it.
+    "/capsa.v1.ImageService/TagImage": Role.MAINTAINER,
+    "/capsa.v1.ImageService/PushImage": Role.MAINTAINER,
+    "/capsa.v1.ImageService/LoadImage": Role.MAINTAINER,
+    "/capsa.v1.ImageService/SaveImage": Role.DEVELOPER,
     # WorkflowService
     "/capsa.v1.WorkflowService/SubmitWorkflow": Role.DEVELOPER,
     "/capsa.v1.WorkflowService/ListWorkflows": Role.READER,

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from capsa.cli.completion import complete_capsules, complete_jobs
 from capsa.cli.output import ago, emit, format_size, json_option, key_values, print_table
 from capsa.cli.protojson import message_dict
 from capsa.errors import InvalidArgument, NotFound
@@ -132,7 +133,7 @@ def ls(obj: Any, name: str, quiet: bool, as_json: bool) -> None:
 
 
 @capsule.command()
-@click.argument("ref", metavar="NAME@VERSION")
+@click.argument("ref", metavar="NAME@VERSION", shell_complete=complete_capsules)
 @json_option
 @click.pass_obj
 def inspect(obj: Any, ref: str, as_json: bool) -> None:
@@ -141,8 +142,8 @@ def inspect(obj: Any, ref: str, as_json: bool) -> None:
 
 
 @capsule.command()
-@click.argument("job_id", metavar="JOB")
-@click.argument("spec", metavar="NAME@SPEC")
+@click.argument("job_id", metavar="JOB", shell_complete=complete_jobs)
+@click.argument("spec", metavar="NAME@SPEC", shell_complete=complete_capsules)
 @click.option("--at", "target", default="", metavar="PATH", help="Mount point inside the job (default /capsules/NAME).")
 @json_option
 @click.pass_obj
@@ -152,8 +153,8 @@ def attach(obj: Any, job_id: str, spec: str, target: str, as_json: bool) -> None
 
 
 @capsule.command()
-@click.argument("job_id", metavar="JOB")
-@click.argument("ref", metavar="NAME@VERSION")
+@click.argument("job_id", metavar="JOB", shell_complete=complete_jobs)
+@click.argument("ref", metavar="NAME@VERSION", shell_complete=complete_capsules)
 @json_option
 @click.pass_obj
 def swap(obj: Any, job_id: str, ref: str, as_json: bool) -> None:
@@ -162,7 +163,7 @@ def swap(obj: Any, job_id: str, ref: str, as_json: bool) -> None:
 
 
 @capsule.command()
-@click.argument("job_id", metavar="JOB")
+@click.argument("job_id", metavar="JOB", shell_complete=complete_jobs)
 @click.argument("name")
 @json_option
 @click.pass_obj
@@ -172,7 +173,7 @@ def detach(obj: Any, job_id: str, name: str, as_json: bool) -> None:
 
 
 @capsule.command()
-@click.argument("ref", metavar="NAME@VERSION")
+@click.argument("ref", metavar="NAME@VERSION", shell_complete=complete_capsules)
 @click.argument("destination", metavar="DEST")
 @click.option("--insecure", is_flag=True, help="Allow plain HTTP for this (non-loopback) registry.")
 @json_option
@@ -201,7 +202,7 @@ def pull(obj: Any, source: str, insecure: bool, as_json: bool) -> None:
 
 
 @capsule.command()
-@click.argument("refs", nargs=-1, required=True, metavar="NAME@VERSION...")
+@click.argument("refs", nargs=-1, required=True, metavar="NAME@VERSION...", shell_complete=complete_capsules)
 @json_option
 @click.pass_obj
 def rm(obj: Any, refs: tuple[str, ...], as_json: bool) -> None:
@@ -215,7 +216,7 @@ def rm(obj: Any, refs: tuple[str, ...], as_json: bool) -> None:
 
 
 @capsule.command()
-@click.argument("ref", metavar="NAME@VERSION")
+@click.argument("ref", metavar="NAME@VERSION", shell_complete=complete_capsules)
 @click.pass_obj
 def pin(obj: Any, ref: str) -> None:
     """Keep a version through `capsule gc --unused`."""
@@ -224,7 +225,7 @@ def pin(obj: Any, ref: str) -> None:
 
 
 @capsule.command()
-@click.argument("ref", metavar="NAME@VERSION")
+@click.argument("ref", metavar="NAME@VERSION", shell_complete=complete_capsules)
 @click.pass_obj
 def unpin(obj: Any, ref: str) -> None:
     got = obj.client().unpin_capsule(ref)

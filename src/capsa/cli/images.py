@@ -1,4 +1,4 @@
-"""`capsa image ...`: pull, ls, inspect, rm, prune, history."""
+"""`capsa image ...`: pull, ls, inspect, rm, prune, history, verify; tag, push, save, load (image_transfer)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from capsa.cli.completion import complete_images
+from capsa.cli.image_transfer import load, push, save, tag
 from capsa.cli.output import ago, emit, format_size, json_option, print_table
 from capsa.cli.protojson import message_dict
 
@@ -95,7 +97,7 @@ def ls(obj: Any, quiet: bool, as_json: bool) -> None:
 
 
 @image.command()
-@click.argument("ref")
+@click.argument("ref", shell_complete=complete_images)
 @json_option
 @click.pass_obj
 def inspect(obj: Any, ref: str, as_json: bool) -> None:
@@ -104,7 +106,7 @@ def inspect(obj: Any, ref: str, as_json: bool) -> None:
 
 
 @image.command()
-@click.argument("refs", nargs=-1, required=True)
+@click.argument("refs", nargs=-1, required=True, shell_complete=complete_images)
 @click.option("-f", "--force", is_flag=True, help="Also remove when ended jobs used it (never while running).")
 @json_option
 @click.pass_obj
@@ -147,7 +149,7 @@ def prune(obj: Any, force: bool, dry_run: bool, as_json: bool) -> None:
 
 
 @image.command()
-@click.argument("ref")
+@click.argument("ref", shell_complete=complete_images)
 @click.option("-n", "--limit", type=int, default=20)
 @click.option("--events", is_flag=True, help="Show every FSM event of each run.")
 @json_option
@@ -173,7 +175,7 @@ def history(obj: Any, ref: str, limit: int, events: bool, as_json: bool) -> None
 
 
 @image.command()
-@click.argument("ref", required=False, default="")
+@click.argument("ref", required=False, default="", shell_complete=complete_images)
 @click.option("--all", "all_images", is_flag=True, help="Verify every image.")
 @click.option("--repair", is_flag=True, help="Pull damaged images again from their recorded reference.")
 @json_option
@@ -192,5 +194,8 @@ def verify(obj: Any, ref: str, all_images: bool, repair: bool, as_json: bool) ->
     if any(not r.ok and not r.repaired for r in reports):
         raise SystemExit(1)
 
+
+for _command in (tag, push, save, load):
+    image.add_command(_command)
 
 COMMANDS = [image]

@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from capsa.cli.completion import complete_jobs
+
 __all__ = ["COMMANDS", "attach", "attached", "exec_"]
 
 
@@ -20,7 +22,7 @@ __all__ = ["COMMANDS", "attach", "attached", "exec_"]
 @click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment variable (repeatable).")
 @click.option("-u", "--user", default="", help="UID[:GID] to run as (default: the job's user).")
 @click.option("-w", "--workdir", default="", help="Working directory inside the job (default: the job's).")
-@click.argument("job_id")
+@click.argument("job_id", shell_complete=complete_jobs)
 @click.argument("command", nargs=-1, required=True)
 @click.pass_obj
 def exec_(obj: Any, interactive: bool, tty: bool, env: tuple[str, ...], user: str, workdir: str, job_id: str,
@@ -102,7 +104,7 @@ def attached(client: Any, job_id: str, *, from_start: bool, stdin: bool, detach_
 @click.option("--detach-keys", default="ctrl-p,ctrl-q", show_default=True, metavar="KEYS",
               help="The keys that detach, leaving the job running (e.g. ctrl-a,d; '' for none).")
 @click.option("--no-stdin", is_flag=True, help="Only show the output; send no input.")
-@click.argument("job_id")
+@click.argument("job_id", shell_complete=complete_jobs)
 @click.pass_obj
 def attach(obj: Any, detach_keys: str, no_stdin: bool, job_id: str) -> int:
     """Re-attach to a running job started with -i or -t: capsa attach JOB.

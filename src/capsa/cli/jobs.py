@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from capsa.cli.completion import complete_capsules, complete_images, complete_jobs
 from capsa.cli.output import ago, emit, json_option, key_values, print_table, truncate
 from capsa.cli.protojson import message_dict
 from capsa.cli.run_features import announce_scheduled, feature_options, feature_request, timeout_exit
@@ -54,7 +55,7 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--max-memory", type=int, default=0, help="Memory limit in MB; the job is OOM-killed above it.")
 @click.option("--max-iobps", type=int, default=0, help="I/O limit in bytes/s on the device backing the job.")
 @click.option("--max-pids", type=int, default=0, help="Maximum number of processes in the job.")
-@click.option("--image", default="", help="Run in this image (registry ref, s3://..., oci:PATH, docker-archive:PATH).")
+@click.option("--image", default="", shell_complete=complete_images, help="Run in this image (registry ref, s3://..., oci:PATH, docker-archive:PATH).")
 @click.option("--pull", type=click.Choice(["missing", "always", "never"]), default="missing", show_default=True,
               help="When to pull --image.")
 @click.option("--runtime", default="", metavar="NAME[@VERSION]",
@@ -69,7 +70,7 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("-p", "--publish", "ports", multiple=True, metavar="[HOSTIP:]HOSTPORT:JOBPORT[/tcp|/udp]",
               help="Publish a job port on the host (bridge, isolated or named networks); HOSTIP defaults to"
                    " 127.0.0.1 (only this host can connect), ask for 0.0.0.0 to expose it; repeatable.")
-@click.option("--capsule", "capsules", multiple=True, metavar="NAME@SPEC[:PATH]",
+@click.option("--capsule", "capsules", multiple=True, shell_complete=complete_capsules, metavar="NAME@SPEC[:PATH]",
               help="Mount a capsule read-only (default /capsules/NAME) with its dependencies; repeatable.")
 @click.option("--gpus", type=click.IntRange(min=0), default=0,
               help="Whole NVIDIA GPUs for the job, exclusively (docs/gpu.md); fails if not enough are free.")
@@ -193,13 +194,15 @@ def ps(obj: Any, all_: bool, last: int | None, filters: tuple[str, ...], fmt: st
         from capsa.cli.cluster import ps_pool
 
         return ps_pool(obj.client(), all_=all_, quiet=quiet, as_json=as_json)
-    from capsa.selectors import parse_filters
-
     template = check_format(fmt) if fmt else ""
-    wanted = parse_filters(filters)   # checked here too, so a typo fails before any round trip
-    request = {"states": list(wanted.states), "names": list(wanted.names), "images": list(wanted.images),
-               "workflows": list(wanted.workflows), "since_ns": wanted.since_ns,
-               "labels": [k if v is None else f"{k}={v}" for k, v in wanted.labels]}
+    request: dict[str, Any] = {}
+    if filters:   # (the plain `ps` does without the selectors module)
+        from capsa.selectors import parse_filters
+
+        wanted = parse_filters(filters)   # checked here too, so a typo fails before any round trip
+        request = {"states": list(wanted.states), "names": list(wanted.names), "images": list(wanted.images),
+                   "workflows": list(wanted.workflows), "since_ns": wanted.since_ns,
+                   "labels": [k if v is None else f"{k}={v}" for k, v in wanted.labels]}
     client = obj.client()
     if last is None and all_:
         page = client.list_jobs_page(all=True, limit=PS_DEFAULT_LAST, filters=request)
@@ -256,7 +259,7 @@ def format_fields(job: Any, no_trunc: bool) -> dict[str, Any]:
 
 
 @click.command()
-@click.argument("job_id")
+@click.argument("job_id", shell_complete=complete_jobs)
 @click.option("--pool", is_flag=True, help="JOB_ID is a pool job: its pool record, and under \"local\" the job on its node.")
 @json_option
 @click.pass_obj
@@ -287,7 +290,7 @@ def inspect(obj: Any, job_id: str, pool: bool, as_json: bool) -> None:
 @click.option("--stderr", "only_stderr", is_flag=True, help="Only the job's stderr.")
 @click.option("--pool", is_flag=True, help="JOB_ID is a pool job (read from the node that runs it).")
 @json_option
-@click.argument("job_id")
+@click.argument("job_id", shell_complete=complete_jobs)
 @click.pass_obj
 def logs(obj: Any, follow: bool, from_seq: int, tail: str, since: str, until: str, timestamps: bool,
          only_stdout: bool, only_stderr: bool, pool: bool, as_json: bool, job_id: str) -> None:
@@ -359,7 +362,7 @@ class _Stamper:
 @click.option("-t", "--time", "grace", type=float, default=0, help="Seconds to wait before SIGKILL.")
 @click.option("--pool", is_flag=True, help="JOB_IDS are pool jobs (stopped wherever they run).")
 @json_option
-@click.argument("job_ids", nargs=-1, required=True)
+@click.argument("job_ids", nargs=-1, required=True, shell_complete=complete_jobs)
 @click.pass_obj
 def stop(obj: Any, grace: float, pool: bool, as_json: bool, job_ids: tuple[str, ...]) -> None:
     """Stop jobs: SIGTERM, then SIGKILL after the grace period."""
@@ -380,7 +383,7 @@ def stop(obj: Any, grace: float, pool: bool, as_json: bool, job_ids: tuple[str, 
 @click.option("--pool", is_flag=True, help="JOB_IDS are pool jobs: remove the pool's records (each node keeps its"
               " local job until its own prune).")
 @json_option
-@click.argument("job_ids", nargs=-1, required=True)
+@click.argument("job_ids", nargs=-1, required=True, shell_complete=complete_jobs)
 @click.pass_obj
 def rm(obj: Any, force: bool, pool: bool, as_json: bool, job_ids: tuple[str, ...]) -> None:
     """Remove ended jobs, their logs and files."""

@@ -13,15 +13,16 @@ The CLI must answer at once, so this module imports nothing but click:
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from capsa.errors import CapsaError, Unavailable
 
-__all__ = ["COMMANDS", "LazyGroup", "cli", "main"]
+__all__ = ["COMMANDS", "LazyGroup", "cli", "entry", "main"]
 
 # name -> (module under capsa.cli, attribute, short help as ``capsa --help`` shows it), in --help order.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -31,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "capsule": ("capsules", "capsule",
                 "Manage resource capsules: versioned, read-only bundles attached to running jobs."),
     "cp": ("files", "cp", "Copy between a job's /work and the local disk: cp JOB:/work/PATH DEST, or cp SRC JOB:/work/PATH."),
+    "completion": ("completion", "completion", "Print the shell completion script for bash, zsh or fish (see `capsa"
+                   " completion --help`)."),
     "daemon": ("admin", "daemon", "Run the capsa daemon (as root)."),
     "events": ("watch", "events", "Stream lifecycle events (created, started, exited, removed, pulled, ...) as they happen."),
     "exec": ("interactive", "exec_", "Run a command inside a running job: capsa exec [flags] JOB -- CMD ARGS."),
@@ -154,6 +157,10 @@ _invoked: Context | None = None   # the running command's Context, for main()'s 
 def main(argv: list[str] | None = None) -> int:
     global _invoked
     _invoked = None
+    if "_CAPSA_COMPLETE" in os.environ:   # a shell asks for completions (capsa.cli.completion)
+        from capsa.cli.completion import install
+
+        install()
     try:
         result = cli.main(args=argv, prog_name="capsa", standalone_mode=False)
         sys.stdout.flush()   # here, not at interpreter exit, so a closed pipe (`capsa ps | head`) is handled below
@@ -174,8 +181,6 @@ def main(argv: list[str] | None = None) -> int:
     except (BrokenPipeError, _ReaderGone):
         # The reader went away: like any Unix filter, stop quietly with 128+SIGPIPE. Python would try to
         # flush stdout again at exit and fail once more, so point it at /dev/null first.
-        import os
-
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
@@ -183,5 +188,29 @@ def main(argv: list[str] | None = None) -> int:
     return result if isinstance(result, int) else 0
 
 
+# Commands that serve until stopped. They may count on work Python does at exit (atexit flushes of
+# queued log output, joins of worker threads), so they end the ordinary way.
+_SERVERS = frozenset({"daemon", "scheduler", "web"})
+
+
+def entry() -> NoReturn:
+    """The ``capsa`` program: :func:`main`, then exit without tearing the interpreter down.
+
+    A client command has done everything once :func:`main` returns and its output is flushed;
+    Python's orderly shutdown (freeing every module, gRPC closing its channel and threads) would
+    still add 10-30 ms to every command, so it ends with ``os._exit``. Commands that served
+    (:data:`_SERVERS`) exit normally.
+    """
+    code = main()
+    if _SERVERS.isdisjoint(cli.commands):
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (BrokenPipeError, OSError):
+            code = code or 141   # the reader went away after main() flushed: as main() reports it
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

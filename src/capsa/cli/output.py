@@ -9,7 +9,6 @@ when the table is wider than the terminal the widest columns are cut with ``…`
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -26,6 +25,8 @@ def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def emit(data: Any) -> None:
+    import json  # here: a table needs no json module, and ps/run answer faster without it
+
     json.dump(data, sys.stdout, indent=2, sort_keys=False, default=str)
     sys.stdout.write("\n")
 

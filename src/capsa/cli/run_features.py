@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from capsa.cli.completion import complete_jobs
 from capsa.cli.output import emit, json_option
 from capsa.errors import InvalidArgument
 
@@ -81,7 +82,7 @@ def timeout_exit(job: Any) -> int | None:
 
 @click.command()
 @json_option
-@click.argument("job_ids", nargs=-1, required=True)
+@click.argument("job_ids", nargs=-1, required=True, shell_complete=complete_jobs)
 @click.pass_obj
 def cancel(obj: Any, as_json: bool, job_ids: tuple[str, ...]) -> None:
     """Cancel SCHEDULED (or still PENDING) jobs before they start."""

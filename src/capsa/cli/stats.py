@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from capsa.cli.completion import complete_jobs
 from capsa.cli.output import emit, format_size, json_option, print_table
 from capsa.cli.protojson import message_dict
 
@@ -57,7 +58,7 @@ def _row(m: Any) -> list[str]:
 @click.option("-f", "--follow", is_flag=True, help="Print every new sample until the job ends.")
 @click.option("--history", is_flag=True, help="First print the samples the daemon keeps in memory.")
 @json_option
-@click.argument("job_id")
+@click.argument("job_id", shell_complete=complete_jobs)
 @click.pass_obj
 def stats(obj: Any, follow: bool, history: bool, as_json: bool, job_id: str) -> None:
     """Show a job's CPU, memory, IO, pids and network usage (one JSON object per line with --json)."""

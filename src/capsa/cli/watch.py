@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from capsa.cli.completion import complete_jobs
 from capsa.cli.output import emit, json_option
 from capsa.errors import InvalidArgument
 
@@ -26,7 +27,7 @@ EVENT_TYPES = ("job", "image", "capsule", "workflow")
 
 @click.command()
 @json_option
-@click.argument("job_ids", nargs=-1, required=True)
+@click.argument("job_ids", nargs=-1, required=True, shell_complete=complete_jobs)
 @click.pass_obj
 def wait(obj: Any, as_json: bool, job_ids: tuple[str, ...]) -> int:
     """Wait for jobs to end; print each exit code and exit with the first one's."""

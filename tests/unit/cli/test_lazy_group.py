@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from capsa.cli import main as cli_main
 
 MODULES = ["jobs", "run_features", "images", "runtimes", "capsules", "workflows", "networks", "stats", "admin", "web",
-           "cluster", "interactive", "files", "housekeeping", "watch"]
+           "cluster", "interactive", "files", "housekeeping", "watch", "completion"]
 
 
 def _real_commands() -> dict[str, click.Command]:

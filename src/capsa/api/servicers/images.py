@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import queue
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -11,9 +15,11 @@ from capsa.api.gen.capsa.v1 import images_pb2 as pb
 from capsa.api.gen.capsa.v1 import images_pb2_grpc as pb_grpc
 from capsa.api.servicers._base import rpc
 from capsa.api.streams import BlockingStreams
+from capsa.errors import Canceled, InvalidArgument
 from capsa.fsm import RunInfo
 from capsa.images.service import ImageService
 from capsa.images.store import ImageRecord
+from capsa.images.transfer import BlobState
 
 __all__ = ["ImageServicer", "image_to_pb"]
 
@@ -100,3 +106,106 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         result = self.images.backup_database(request.dest)
         return pb.BackupDatabaseResponse(path=str(result.path), bytes=result.bytes, pages=result.pages,
                                          seconds=result.seconds, integrity=result.integrity)
+
+    # -- tag, push, save, load (capsa.images.transfer and capsa.images.archive) ----------------------
+    @rpc
+    def TagImage(self, request: pb.TagImageRequest, context: grpc.ServicerContext) -> pb.Image:
+        from capsa.images.transfer import tag
+
+        return image_to_pb(tag(self.images.pc.images, self.images.get(request.source), request.target))
+
+    @rpc
+    async def PushImage(self, request: pb.PushImageRequest, context: Any) -> Any:
+        async for msg in self.blocking.iterate("PushImage", lambda stop: self._push(request, stop)):
+            yield msg
+
+    def _push(self, request: pb.PushImageRequest, stop: threading.Event) -> Iterator[pb.TransferProgress]:
+        """Progress while the push runs on its own thread; the last message has done=true."""
+        from capsa.images.transfer import push
+
+        pc = self.images.pc
+        rec = self.images.get(request.ref)
+        updates: queue.Queue[list[BlobState] | None] = queue.Queue()
+        outcome: list[Any] = []
+
+        def run() -> None:
+            try:
+                outcome.append(push(pc.content, pc.images, pc.registry, rec, request.destination,
+                                    insecure=request.insecure, cancel=stop,
+                                    progress=lambda states: updates.put([BlobState(**vars(s)) for s in states])))
+            except BaseException as exc:
+                outcome.append(exc)
+            finally:
+                updates.put(None)
+
+        worker = threading.Thread(target=run, name="image-push", daemon=True)
+        worker.start()
+        latest: dict[str, BlobState] = {}
+        while (states := updates.get()) is not None:
+            latest.update((s.digest, s) for s in states)
+            yield pb.TransferProgress(blobs=[_blob_pb(s) for s in latest.values()])
+        worker.join()
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        result = outcome[0]
+        yield pb.TransferProgress(blobs=[_blob_pb(s) for s in result.blobs], done=True,
+                                  destination=result.destination, digest=result.digest)
+
+    @rpc
+    async def SaveImage(self, request: pb.SaveImageRequest, context: Any) -> Any:
+        from capsa.images.archive import save_archive
+
+        if not request.refs:
+            raise InvalidArgument("name at least one image to save")
+
+        def chunks(stop: threading.Event) -> Iterator[pb.ArchiveChunk]:
+            total, data = save_archive(self.images.pc.content, [self.images.get(r) for r in request.refs])
+            yield pb.ArchiveChunk(blob_bytes=total)
+            for chunk in data:
+                if stop.is_set():
+                    return
+                yield pb.ArchiveChunk(data=chunk)
+
+        async for msg in self.blocking.iterate("SaveImage", chunks):
+            yield msg
+
+    @rpc
+    async def LoadImage(self, request_iterator: Any, context: Any) -> pb.LoadImageResponse:
+        from capsa.images.archive import load
+
+        requests = BlockingStreams.requests_in_thread(request_iterator, asyncio.get_running_loop())
+        options: dict[str, str] = {}
+        ended: list[bool] = []
+
+        def data() -> Iterator[bytes]:
+            for i, chunk in enumerate(requests):
+                if ended:
+                    raise InvalidArgument("archive data after the message marked done")
+                if i == 0:
+                    options["tag"] = chunk.tag
+                if chunk.data:
+                    yield chunk.data
+                if chunk.done:
+                    ended.append(True)
+            if not ended:
+                # Without the marker the archive may be cut short at a member boundary: import nothing.
+                raise Canceled("the archive stream ended without its end marker (canceled?): nothing was imported")
+
+        def run() -> list[ImageRecord]:
+            stream = data()
+            first = next(stream, None)   # reads the first message, and with it the options
+
+            def everything() -> Iterator[bytes]:
+                if first is not None:
+                    yield first
+                yield from stream
+
+            return load(self.images, everything(), tag=options.get("tag", ""))
+
+        loaded = await self.blocking.call("LoadImage", run)
+        return pb.LoadImageResponse(images=[image_to_pb(r) for r in loaded])
+
+
+def _blob_pb(state: BlobState) -> pb.BlobTransfer:
+    return pb.BlobTransfer(digest=state.digest, size=state.size, done=state.done, state=state.state,
+                           media_type=state.media_type)

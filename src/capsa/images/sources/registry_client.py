@@ -182,6 +182,21 @@ class RegistryClient:
             raise ChecksumMismatch(f"{what}: registry stored {got}, expected {digest}")
         return True
 
+    def mount_blob(self, repo: str, digest: Digest | str, from_repo: str) -> bool:
+        """Ask the registry to link ``digest`` from ``from_repo`` into ``repo`` (cross-repository mount);
+        False when it will not (it then opens an upload session, which is cancelled here)."""
+        what = f"mount of {digest} from {self.host}/{from_repo} into {repo}"
+        url = _with_query(f"/v2/{repo}/blobs/uploads/", **{"mount": str(digest), "from": from_repo})
+        resp = self._request("POST", url, scope=_push(repo), what=what, ok=(201, 202), headers={"Content-Length": "0"})
+        if resp.status == 201:
+            _finish(resp)
+            return True
+        location = self._location(resp, what)
+        _finish(resp)
+        with contextlib.suppress(CapsaError):
+            _finish(self._request("DELETE", location, scope=_push(repo), what=what, ok=(204, 404)))
+        return False
+
     def push_manifest(self, repo: str, reference: str, data: bytes, media_type: str) -> Digest:
         """PUT a manifest or index under a tag or its digest; returns its digest."""
         digest = sha256_digest(data)

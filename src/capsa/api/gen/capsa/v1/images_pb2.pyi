@@ -6,6 +6,82 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class TagImageRequest(_message.Message):
+    __slots__ = ("source", "target")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    target: str
+    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
+
+class PushImageRequest(_message.Message):
+    __slots__ = ("ref", "destination", "insecure")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    INSECURE_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    destination: str
+    insecure: bool
+    def __init__(self, ref: _Optional[str] = ..., destination: _Optional[str] = ..., insecure: _Optional[bool] = ...) -> None: ...
+
+class BlobTransfer(_message.Message):
+    __slots__ = ("digest", "size", "done", "state", "media_type")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    size: int
+    done: int
+    state: str
+    media_type: str
+    def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ..., done: _Optional[int] = ..., state: _Optional[str] = ..., media_type: _Optional[str] = ...) -> None: ...
+
+class TransferProgress(_message.Message):
+    __slots__ = ("blobs", "done", "destination", "digest", "message")
+    BLOBS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    blobs: _containers.RepeatedCompositeFieldContainer[BlobTransfer]
+    done: bool
+    destination: str
+    digest: str
+    message: str
+    def __init__(self, blobs: _Optional[_Iterable[_Union[BlobTransfer, _Mapping]]] = ..., done: _Optional[bool] = ..., destination: _Optional[str] = ..., digest: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class SaveImageRequest(_message.Message):
+    __slots__ = ("refs",)
+    REFS_FIELD_NUMBER: _ClassVar[int]
+    refs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, refs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ArchiveChunk(_message.Message):
+    __slots__ = ("data", "blob_bytes")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    BLOB_BYTES_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    blob_bytes: int
+    def __init__(self, data: _Optional[bytes] = ..., blob_bytes: _Optional[int] = ...) -> None: ...
+
+class LoadImageChunk(_message.Message):
+    __slots__ = ("data", "tag", "done")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    tag: str
+    done: bool
+    def __init__(self, data: _Optional[bytes] = ..., tag: _Optional[str] = ..., done: _Optional[bool] = ...) -> None: ...
+
+class LoadImageResponse(_message.Message):
+    __slots__ = ("images",)
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ...) -> None: ...
+
 class VerifyImagesRequest(_message.Message):
     __slots__ = ("ref", "all", "repair")
     REF_FIELD_NUMBER: _ClassVar[int]

@@ -75,6 +75,26 @@ class ImageServiceStub:
                 request_serializer=capsa_dot_v1_dot_images__pb2.BackupDatabaseRequest.SerializeToString,
                 response_deserializer=capsa_dot_v1_dot_images__pb2.BackupDatabaseResponse.FromString,
                 _registered_method=True)
+        self.TagImage = channel.unary_unary(
+                '/capsa.v1.ImageService/TagImage',
+                request_serializer=capsa_dot_v1_dot_images__pb2.TagImageRequest.SerializeToString,
+                response_deserializer=capsa_dot_v1_dot_images__pb2.Image.FromString,
+                _registered_method=True)
+        self.PushImage = channel.unary_stream(
+                '/capsa.v1.ImageService/PushImage',
+                request_serializer=capsa_dot_v1_dot_images__pb2.PushImageRequest.SerializeToString,
+                response_deserializer=capsa_dot_v1_dot_images__pb2.TransferProgress.FromString,
+                _registered_method=True)
+        self.SaveImage = channel.unary_stream(
+                '/capsa.v1.ImageService/SaveImage',
+                request_serializer=capsa_dot_v1_dot_images__pb2.SaveImageRequest.SerializeToString,
+                response_deserializer=capsa_dot_v1_dot_images__pb2.ArchiveChunk.FromString,
+                _registered_method=True)
+        self.LoadImage = channel.stream_unary(
+                '/capsa.v1.ImageService/LoadImage',
+                request_serializer=capsa_dot_v1_dot_images__pb2.LoadImageChunk.SerializeToString,
+                response_deserializer=capsa_dot_v1_dot_images__pb2.LoadImageResponse.FromString,
+                _registered_method=True)
 
 
 class ImageServiceServicer:
@@ -132,6 +152,35 @@ class ImageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TagImage(self, request, context):
+        """Another name for a stored image (docs/images.md "Tag, push, save, load").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushImage(self, request, context):
+        """Uploads an image to an OCI registry: present blobs skipped (HEAD), cross-repository mounts where
+        the registry allows; streams per-blob progress, the last message has done=true.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SaveImage(self, request, context):
+        """Streams an OCI image-layout tar archive of one or more images.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadImage(self, request_iterator, context):
+        """Takes an OCI image-layout tar archive (the first message may carry only options) and imports its images.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -174,6 +223,26 @@ def add_ImageServiceServicer_to_server(servicer, server):
                     servicer.BackupDatabase,
                     request_deserializer=capsa_dot_v1_dot_images__pb2.BackupDatabaseRequest.FromString,
                     response_serializer=capsa_dot_v1_dot_images__pb2.BackupDatabaseResponse.SerializeToString,
+            ),
+            'TagImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.TagImage,
+                    request_deserializer=capsa_dot_v1_dot_images__pb2.TagImageRequest.FromString,
+                    response_serializer=capsa_dot_v1_dot_images__pb2.Image.SerializeToString,
+            ),
+            'PushImage': grpc.unary_stream_rpc_method_handler(
+                    servicer.PushImage,
+                    request_deserializer=capsa_dot_v1_dot_images__pb2.PushImageRequest.FromString,
+                    response_serializer=capsa_dot_v1_dot_images__pb2.TransferProgress.SerializeToString,
+            ),
+            'SaveImage': grpc.unary_stream_rpc_method_handler(
+                    servicer.SaveImage,
+                    request_deserializer=capsa_dot_v1_dot_images__pb2.SaveImageRequest.FromString,
+                    response_serializer=capsa_dot_v1_dot_images__pb2.ArchiveChunk.SerializeToString,
+            ),
+            'LoadImage': grpc.stream_unary_rpc_method_handler(
+                    servicer.LoadImage,
+                    request_deserializer=capsa_dot_v1_dot_images__pb2.LoadImageChunk.FromString,
+                    response_serializer=capsa_dot_v1_dot_images__pb2.LoadImageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -393,6 +462,114 @@ class ImageService:
             '/capsa.v1.ImageService/BackupDatabase',
             capsa_dot_v1_dot_images__pb2.BackupDatabaseRequest.SerializeToString,
             capsa_dot_v1_dot_images__pb2.BackupDatabaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TagImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capsa.v1.ImageService/TagImage',
+            capsa_dot_v1_dot_images__pb2.TagImageRequest.SerializeToString,
+            capsa_dot_v1_dot_images__pb2.Image.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/capsa.v1.ImageService/PushImage',
+            capsa_dot_v1_dot_images__pb2.PushImageRequest.SerializeToString,
+            capsa_dot_v1_dot_images__pb2.TransferProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/capsa.v1.ImageService/SaveImage',
+            capsa_dot_v1_dot_images__pb2.SaveImageRequest.SerializeToString,
+            capsa_dot_v1_dot_images__pb2.ArchiveChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadImage(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/capsa.v1.ImageService/LoadImage',
+            capsa_dot_v1_dot_images__pb2.LoadImageChunk.SerializeToString,
+            capsa_dot_v1_dot_images__pb2.LoadImageResponse.FromString,
             options,
             channel_credentials,
             insecure,
