@@ -262,10 +262,10 @@ class JobService:
         self._notify(job_id)
 
     def _release(self, job_id: str, job: Job | None = None) -> None:
-        """Give back what ``job_id`` borrowed. With its row at hand, resources that lend only what a
-        request asked for and the row records it did not (host networking, no GPUs, no image) are
-        skipped: releasing host networking still lists the firewall's rules (a subprocess), which at a
-        hundred exits a second was the largest cost on the exit path (ADR-0017)."""
+        """Give back what ``job_id`` borrowed. With its row at hand, a resource that lends only to
+        requests asking for it (``JobResource.lends_only_when_asked``) is skipped when the row shows no
+        such ask: releasing host networking still lists the firewall's rules (a subprocess), which at a
+        hundred exits a second was the largest cost of the exit path (ADR-0017)."""
         resources = self.resources if job is None else [r for r in self.resources if not _not_borrowed(r, job)]
         release_all(resources, job_id)
 
@@ -616,16 +616,10 @@ class JobService:
             self.wait_ended(job.id, timeout=10)
 
 
-# Fields whose resource is only ever acquired at a start the request asked for it in, and which the
-# job's row records as asked: a row that shows no such ask borrowed nothing from that resource.
-# (Capsules are not here: they are also attached to running jobs, and the row does not record them.)
-_RECORDED_ASKS = {"network": lambda job: job.network not in ("", "host"), "gpus": lambda job: job.gpus > 0,
-                  "image": lambda job: bool(job.image)}
-
-
 def _not_borrowed(resource: JobResource, job: Job) -> bool:
-    asked = _RECORDED_ASKS.get(resource.serves)
-    return asked is not None and not asked(job)
+    """``resource`` says it lends only to requests that ask for it, and ``job``'s row shows no such ask."""
+    return bool(getattr(resource, "lends_only_when_asked", False)) and hasattr(job, resource.serves) \
+        and not asks_for(job, resource.serves)   # type: ignore[arg-type]   # a Job records the same fields
 
 
 def _kill_cgroup(job_id: str) -> None:
