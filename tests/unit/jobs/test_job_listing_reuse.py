@@ -93,7 +93,7 @@ def test_a_restart_becoming_due_or_a_removed_job_shows_in_the_next_listing(servi
 
 
 def test_what_is_kept_is_bounded(service: JobService, supervisor: FakeSupervisor) -> None:
-    for n in range(40):
+    for _ in range(40):
         job = service.run(RunRequest(command=("true",)))
         supervisor.exit(job.id, 0)
     listing = JobList(service, job_to_pb, max_entries=10)
