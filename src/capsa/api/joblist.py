@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from google.protobuf.internal.encoder import _VarintBytes
 
 from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
-from capsa.jobs.model import Job
+from capsa.jobs.model import Job, JobState
 from capsa.jobs.service import JobService
 from capsa.selectors import JobFilter
 
@@ -29,6 +29,7 @@ __all__ = ["JobList"]
 
 _JOBS_TAG = b"\x0a"    # ListJobsResponse.jobs: field 1, length-delimited
 _TOKEN_TAG = b"\x12"   # ListJobsResponse.next_page_token: field 2, length-delimited
+_ENDED = frozenset(s.value for s in JobState if s.ended)
 
 
 class JobList:
@@ -48,17 +49,18 @@ class JobList:
 
     def page(self, *, all: bool, limit: int, page_token: str, filter: JobFilter | None) -> pb.ListJobsResponse:
         entries, next_token = self.jobs.page_entries(all=all, limit=limit, page_token=page_token, filter=filter)
-        ids = [e.id for e in entries]
+        ids = [entry[0] for entry in entries]
         restarts = self.jobs.restart_info(ids)
         parts: dict[str, bytes] = {}
         missing: list[str] = []
         with self._lock:
-            for e in entries:
-                kept = self._kept.get(e.id) if e.ended else None
-                if kept is not None and kept[0] == (e.rev, restarts.get(e.id)):
-                    parts[e.id] = kept[1]
+            kept_now = self._kept
+            for job_id, rev, state, _created in entries:
+                kept = kept_now.get(job_id) if state in _ENDED else None
+                if kept is not None and kept[0] == (rev, restarts.get(job_id)):
+                    parts[job_id] = kept[1]
                 else:
-                    missing.append(e.id)
+                    missing.append(job_id)
         if missing:
             fresh = self.jobs.get_many(missing)
             live = [job for _rev, job in fresh.values() if not job.state.ended]

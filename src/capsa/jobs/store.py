@@ -29,7 +29,6 @@ from capsa.state.keys import resolve_id_prefix
 __all__ = ["JobStore", "NewJob", "PageEntry", "decode_page_token", "encode_page_token"]
 
 _IN_ACTIVE = f"({','.join(repr(s) for s in ACTIVE_STATES)})"
-_ENDED = frozenset(s.value for s in JobState if s.ended)
 
 # Its own component (not appended to MIGRATIONS): names, labels and --rm came on their own branch.
 # Names taken twice before names were unique keep the newest; older ones get their id appended.
@@ -59,13 +58,9 @@ REV_MIGRATIONS = [
 ]
 
 
-@dataclass(frozen=True)
-class PageEntry:
-    """One row of a page, without its contents: enough to tell whether a copy built earlier is current."""
-
-    id: str
-    rev: int
-    ended: bool
+# One row of a page without its contents, (id, rev, state, created_ns): enough to tell whether a copy built earlier is
+# current. Plain tuples straight from SQLite: a page of 1,000 costs no Python work per row.
+PageEntry = tuple[str, int, str, int]
 
 
 @dataclass(frozen=True)
@@ -293,14 +288,15 @@ class JobStore:
 
     def page_entries(self, *, all: bool = False, limit: int = 0, page_token: str = "",
                      filter: JobFilter | None = None) -> tuple[list[PageEntry], str]:
-        """What :meth:`page` would list, as (id, rev, ended) only, and the next page token."""
+        """What :meth:`page` would list, as (id, rev, state, created_ns) only, and the next page token."""
         sql, params = self.page_query(all=all, limit=limit, page_token=page_token, filter=filter,
                                       columns="id, rev, state, created_ns")
-        rows = self.db.connection().execute(sql, params).fetchall()
-        kept = rows[:limit] if limit else rows
-        entries = [PageEntry(r[0], r[1], r[2] in _ENDED) for r in kept]
-        more = bool(limit) and len(rows) > limit
-        return entries, _token(kept[-1][3], kept[-1][0]) if more else ""
+        cursor = self.db.connection().cursor()
+        cursor.row_factory = None   # tuples, not sqlite3.Row
+        rows = cursor.execute(sql, params).fetchall()
+        if not (limit and len(rows) > limit):
+            return rows, ""
+        return rows[:limit], _token(rows[limit - 1][3], rows[limit - 1][0])
 
     def get_many(self, job_ids: list[str]) -> dict[str, tuple[int, Job]]:
         """(rev, job) by exact id, each rev read with its row; ids deleted meanwhile are absent."""
