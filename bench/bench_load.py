@@ -105,6 +105,8 @@ def main() -> int:
         r = summary(runc)
         rows.append(f"| runc run /bin/true beside the burst, p50 / p99 | {fmt_ms(r['p50'])} / {fmt_ms(r['p99'])} ms |")
         rows.append(f"| runc run commands/s beside the burst | {len(runc) / wall:.1f} |")
+    if result.list_errors:   # what failed, so a failure can be told from a slow machine
+        notes.append(f"ListJobs errors during the burst (first 3): {'; '.join(result.list_errors[:3])}")
     body = "\n".join([section_header("API burst load", started), *rows, "", *notes])
     print(body)
     if not args.no_doc:
