@@ -416,10 +416,11 @@ class JobService:
         return job.id
 
     # -- restarts (policy and backoff: capsa.jobs.restart; timing: the Scheduler) ---------------------
-    def _after_run(self, job_id: str) -> None:
-        """A run ended: schedule the next one when the job's restart policy asks for it."""
+    def _after_run(self, job_id: str, job: Job | None = None) -> None:
+        """A run ended: schedule the next one when the job's restart policy asks for it. ``job``: its row
+        as read after the exit was recorded (read here when not given)."""
         try:
-            job = self.store.by_id(job_id)
+            job = job or self.store.by_id(job_id)
             if job is None or not job.state.ended:
                 return
             ran_s = max(0, job.ended_ns - job.started_ns) / 1e9 if job.started_ns else 0.0
@@ -512,8 +513,8 @@ class JobService:
         self._release(rec.job_id, job)
         with contextlib.suppress(CapsaError):
             self.supervisor.forget(rec.job_id)
-        self._after_run(rec.job_id)
-        self._notify(rec.job_id)
+        self._after_run(rec.job_id, job)
+        self._notify(rec.job_id, job)
 
     def retry_pending_exits(self) -> int:
         """Record exits the database refused earlier; returns how many are still pending."""
@@ -527,14 +528,14 @@ class JobService:
             log.info("recorded %d delayed job exit(s)", len(pending))
         return left
 
-    def _notify(self, job_id: str = "") -> None:
+    def _notify(self, job_id: str = "", job: Job | None = None) -> None:
         """Wake the waiters; ``job_id`` ended just now: record its event (an --rm job is then removed
-        after the linger)."""
+        after the linger). ``job``: its row as read after the end was recorded, if at hand."""
         with self._ended:
             self._ended.notify_all()
         if job_id:
             with contextlib.suppress(CapsaError, sqlite3.Error):
-                job = self.store.by_id(job_id)
+                job = job or self.store.by_id(job_id)
                 if job is None:   # removed meanwhile
                     return
                 self._ended_event(job)
