@@ -7,7 +7,7 @@ starved the very submissions the caller was watching (docs/adr/0017-burst-submis
 
 An ended job's message changes only when its row does (every UPDATE bumps the row's ``rev``,
 capsa.jobs.store) or its restart bookkeeping does (kept in its own table, so it is part of
-the key). A page is therefore read as (id, rev) pairs off the index, the rows that changed
+the key). A page is therefore read as (id, rev, state) off the index, the rows that changed
 since are read and encoded, and the response is the concatenation of the kept encodings,
 parsed once by protobuf's C code. Live jobs are always built fresh: their published ports
 come from elsewhere and they are few.

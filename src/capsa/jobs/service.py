@@ -355,8 +355,8 @@ class JobService:
 
     def page_entries(self, *, all: bool = False, limit: int = 0, page_token: str = "",
                      filter: JobFilter | None = None) -> tuple[list[PageEntry], str]:
-        """:meth:`page` as (id, rev, state, created_ns) entries and the next page token: a listing that kept what it
-        built for a (id, rev) reads only the rows that changed since (capsa.api.joblist)."""
+        """:meth:`page` as (id, rev, state, created_ns) entries and the next page token: a listing that
+        kept what it built for an (id, rev) reads only the rows that changed since (capsa.api.joblist)."""
         return self.store.page_entries(all=all, limit=limit, page_token=page_token, filter=filter)
 
     def restart_info(self, job_ids: list[str]) -> dict[str, tuple[str, int, int]]:

@@ -58,8 +58,8 @@ REV_MIGRATIONS = [
 ]
 
 
-# One row of a page without its contents, (id, rev, state, created_ns): enough to tell whether a copy built earlier is
-# current. Plain tuples straight from SQLite: a page of 1,000 costs no Python work per row.
+# One row of a page without its contents, (id, rev, state, created_ns): enough to tell whether a copy
+# built earlier is current. Plain tuples straight from SQLite: a page of 1,000 costs no Python per row.
 PageEntry = tuple[str, int, str, int]
 
 
