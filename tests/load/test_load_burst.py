@@ -1,8 +1,10 @@
 """2,000 short jobs from 20 concurrent clients: every one accepted, ended and logged exactly, with no
 stall. Issue 15's targets (>= 100 jobs/s, ListJobs p99 <= 250 ms during the burst) are measured by
-bench/bench_load.py beside runc (docs/BENCHMARKS.md, "api-load") and not met yet on 2 cores (about
-30-40 jobs/s); this test holds floors an order of magnitude above the failures the issue reported
-(1.2-8.5 jobs/s, 246 s between acknowledgements, ps p99 2.3 s) so a regression to them fails."""
+bench/bench_load.py beside runc (docs/BENCHMARKS.md, "api-load"; ADR-0017): 40-101 starts/s and
+ListJobs p99 40-157 ms on this 2-core machine at load averages 7-28, the spread being the machine's
+other work. The floors here are what held at the worst of those loads, with a margin: a regression to
+the old daemon (31-78 starts/s, ListJobs p99 381-578 ms) fails the ListJobs bound, and one to the
+failures the issue reported (1.2-8.5 jobs/s, ps p99 2.3 s) fails both."""
 
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ pytestmark = [pytest.mark.load, pytest.mark.slow]
 
 JOBS = 2000
 CLIENTS = 20
-MIN_START_RATE = 15.0    # jobs/s: a floor against stalls, not the target (see the docstring)
-MAX_LIST_P99 = 1.0       # s: the same
+MIN_START_RATE = 25.0    # jobs/s: a floor against stalls, not the target (see the docstring)
+MAX_LIST_P99 = 0.3       # s: above the worst measured under load (157 ms), below every old figure
 
 
 def test_a_burst_of_2000_jobs_from_20_clients_is_accepted_run_and_logged_exactly(

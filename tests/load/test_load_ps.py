@@ -68,8 +68,9 @@ def test_the_newest_page_is_served_fast_at_10000_jobs_and_pages_walk_every_job(
     p99 = percentile(calls, 99)
     print(f"ListJobs(newest 1,000) at {TOTAL} jobs: p50 {percentile(calls, 50) * 1e3:.0f} ms,"
           f" p99 {p99 * 1e3:.0f} ms")
-    # 219-267 ms p99 measured on a loaded 2-core machine; the bound catches a page that stops using the index.
-    assert p99 <= 0.750, f"ListJobs of the newest 1,000 took {p99 * 1e3:.0f} ms (p99) at {TOTAL} jobs"
+    # 8-10 ms measured at load 15 since ended jobs' messages are kept (ADR-0017; 219-267 ms before); the
+    # bound catches a page that decodes every row again or stops using the index.
+    assert p99 <= 0.150, f"ListJobs of the newest 1,000 took {p99 * 1e3:.0f} ms (p99) at {TOTAL} jobs"
 
 
 def test_ps_all_shows_the_newest_1000_with_a_notice_and_last_n_shows_n(ten_thousand: RunningDaemon) -> None:
@@ -84,8 +85,9 @@ def test_ps_all_shows_the_newest_1000_with_a_notice_and_last_n_shows_n(ten_thous
 
 def test_ps_all_answers_well_under_the_old_seconds_at_10000_jobs(ten_thousand: RunningDaemon) -> None:
     """The whole command: CLI start-up, one page from the daemon, the table. Issue 15's target is
-    300 ms; this machine measures more (CLI start-up alone is a bare gRPC call plus click, see
-    docs/BENCHMARKS.md "cli"), so the bound here is a regression guard against the 1.8-4 s of old."""
+    300 ms; 269 ms (median of 5) measured at load 15 (CLI start-up alone is a bare gRPC call plus
+    click, see docs/BENCHMARKS.md "cli"), so the bound here is a regression guard with room for a
+    busier machine, well under the 1.8-4 s of old."""
     walls = []
     for _ in range(5):
         t0 = time.perf_counter()
@@ -94,4 +96,4 @@ def test_ps_all_answers_well_under_the_old_seconds_at_10000_jobs(ten_thousand: R
         assert result.returncode == 0, result.stderr
     cli = statistics.median(walls)
     print(f"`capsa ps -a` at {TOTAL} jobs: {cli * 1e3:.0f} ms (median of 5)")
-    assert cli < 1.2, f"`capsa ps -a` took {cli * 1e3:.0f} ms (median of 5) at {TOTAL} jobs"
+    assert cli < 0.8, f"`capsa ps -a` took {cli * 1e3:.0f} ms (median of 5) at {TOTAL} jobs"

@@ -86,6 +86,10 @@ class JobResource(Protocol):
     # The RunRequest field it serves ("network", "volumes", "gpus", "capsules", "image"): a request
     # asking for one that no resource serves is refused ("this daemon has no ... support").
     serves: ClassVar[str]
+    # Optional (absent means False): True when ``acquire`` borrows nothing for a request that does not
+    # ask for ``serves`` (requests.asks_for, e.g. host networking). The job service then skips
+    # ``release`` at the exit of a job whose recorded row shows no such ask (ADR-0017).
+    # lends_only_when_asked: ClassVar[bool]
 
     def validate(self, request: RunRequest) -> None: ...
 

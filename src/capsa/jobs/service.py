@@ -35,7 +35,7 @@ from capsa.jobs.schedule import (
     request_to_json,
 )
 from capsa.jobs.secrets import SecretBox, validate_env_names
-from capsa.jobs.store import JobStore, NewJob
+from capsa.jobs.store import JobStore, NewJob, PageEntry
 from capsa.jobs.uploads import UploadLimits, UploadStore
 from capsa.logs import LogChunk, read_log
 from capsa.runtime import cgroups
@@ -261,8 +261,13 @@ class JobService:
         release_all(release, job_id)
         self._notify(job_id)
 
-    def _release(self, job_id: str) -> None:
-        release_all(self.resources, job_id)
+    def _release(self, job_id: str, job: Job | None = None) -> None:
+        """Give back what ``job_id`` borrowed. With its row at hand, a resource that lends only to
+        requests asking for it (``JobResource.lends_only_when_asked``) is skipped when the row shows no
+        such ask: releasing host networking still lists the firewall's rules (a subprocess), which at a
+        hundred exits a second was the largest cost of the exit path (ADR-0017)."""
+        resources = self.resources if job is None else [r for r in self.resources if not _not_borrowed(r, job)]
+        release_all(resources, job_id)
 
     # -- schedules, cancel, timeouts (timing lives in capsa.jobs.schedule.Scheduler) ------------------
     def claim_due(self, now_ns: int) -> list[str]:
@@ -348,6 +353,22 @@ class JobService:
         page = self.store.page(all=all, limit=limit, page_token=page_token, filter=filter)
         return dataclasses.replace(page, jobs=self._with_restarts(page.jobs))
 
+    def page_entries(self, *, all: bool = False, limit: int = 0, page_token: str = "",
+                     filter: JobFilter | None = None) -> tuple[list[PageEntry], str]:
+        """:meth:`page` as (id, rev, state, created_ns) entries and the next page token: a listing that
+        kept what it built for an (id, rev) reads only the rows that changed since (capsa.api.joblist)."""
+        return self.store.page_entries(all=all, limit=limit, page_token=page_token, filter=filter)
+
+    def restart_info(self, job_ids: list[str]) -> dict[str, tuple[str, int, int]]:
+        """(policy, restart count, next restart ns) of the jobs that have a policy: kept apart from the row."""
+        return self.restarts.info(job_ids)
+
+    def get_many(self, job_ids: list[str]) -> dict[str, tuple[int, Job]]:
+        """(rev, job) by exact id, as :meth:`page` shows them; ids deleted meanwhile are absent."""
+        found = self.store.get_many(job_ids)
+        self._with_restarts([job for _rev, job in found.values()])
+        return found
+
     def _with_restarts(self, jobs: list[Job]) -> list[Job]:
         info = self.restarts.info([job.id for job in jobs])
         for job in jobs:
@@ -395,11 +416,12 @@ class JobService:
         return job.id
 
     # -- restarts (policy and backoff: capsa.jobs.restart; timing: the Scheduler) ---------------------
-    def _after_run(self, job_id: str) -> None:
-        """A run ended: schedule the next one when the job's restart policy asks for it."""
+    def _after_run(self, job_id: str, job: Job | None = None) -> None:
+        """A run ended: schedule the next one when the job's restart policy asks for it. ``job``: its row
+        as read after the exit was recorded (read here when not given)."""
         try:
-            job = self.store.get(job_id)
-            if not job.state.ended:
+            job = job or self.store.by_id(job_id)
+            if job is None or not job.state.ended:
                 return
             ran_s = max(0, job.ended_ns - job.started_ns) / 1e9 if job.started_ns else 0.0
             if self.restarts.decide(job_id, job.state, ran_s) is not None:
@@ -484,11 +506,15 @@ class JobService:
         if dropped:
             with contextlib.suppress(sqlite3.Error, CapsaError):   # a count, not a state: never blocks the exit
                 self.db.execute("UPDATE jobs SET log_dropped_bytes = ? WHERE id = ?", (dropped, rec.job_id))
-        self._release(rec.job_id)
+        try:
+            job: Job | None = self.store.by_id(rec.job_id)
+        except (sqlite3.Error, CapsaError):
+            job = None
+        self._release(rec.job_id, job)
         with contextlib.suppress(CapsaError):
             self.supervisor.forget(rec.job_id)
-        self._after_run(rec.job_id)
-        self._notify(rec.job_id)
+        self._after_run(rec.job_id, job)
+        self._notify(rec.job_id, job)
 
     def retry_pending_exits(self) -> int:
         """Record exits the database refused earlier; returns how many are still pending."""
@@ -502,14 +528,16 @@ class JobService:
             log.info("recorded %d delayed job exit(s)", len(pending))
         return left
 
-    def _notify(self, job_id: str = "") -> None:
+    def _notify(self, job_id: str = "", job: Job | None = None) -> None:
         """Wake the waiters; ``job_id`` ended just now: record its event (an --rm job is then removed
-        after the linger)."""
+        after the linger). ``job``: its row as read after the end was recorded, if at hand."""
         with self._ended:
             self._ended.notify_all()
         if job_id:
             with contextlib.suppress(CapsaError, sqlite3.Error):
-                job = self.store.get(job_id)
+                job = job or self.store.by_id(job_id)
+                if job is None:   # removed meanwhile
+                    return
                 self._ended_event(job)
                 if job.auto_remove:
                     self._remove_later(job_id, self.auto_remove_linger_s)
@@ -587,6 +615,12 @@ class JobService:
             # The log's end marker can beat the exit event by a few ms; callers read the
             # exit code right after the stream ends, so let the database catch up first.
             self.wait_ended(job.id, timeout=10)
+
+
+def _not_borrowed(resource: JobResource, job: Job) -> bool:
+    """``resource`` says it lends only to requests that ask for it, and ``job``'s row shows no such ask."""
+    return bool(getattr(resource, "lends_only_when_asked", False)) and hasattr(job, resource.serves) \
+        and not asks_for(job, resource.serves)   # type: ignore[arg-type]   # a Job records the same fields
 
 
 def _kill_cgroup(job_id: str) -> None:

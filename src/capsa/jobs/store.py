@@ -26,7 +26,7 @@ from capsa.selectors import NAME_PATTERN, JobFilter
 from capsa.state import Database
 from capsa.state.keys import resolve_id_prefix
 
-__all__ = ["JobStore", "NewJob", "decode_page_token", "encode_page_token"]
+__all__ = ["JobStore", "NewJob", "PageEntry", "decode_page_token", "encode_page_token"]
 
 _IN_ACTIVE = f"({','.join(repr(s) for s in ACTIVE_STATES)})"
 
@@ -43,6 +43,24 @@ LABEL_MIGRATIONS = [
     CREATE UNIQUE INDEX jobs_name ON jobs(name) WHERE name != '' AND instr(name, '/') = 0;
     """,
 ]
+
+# rev: bumped by every UPDATE of a row (by the trigger, whoever writes), so a listing can reuse what it
+# built for a row whose (id, rev) it has seen before (capsa.api.joblist; ADR-0017). The WHEN clause
+# keeps the trigger's own UPDATE from firing it again.
+REV_MIGRATIONS = [
+    """
+    ALTER TABLE jobs ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+    CREATE TRIGGER jobs_rev AFTER UPDATE ON jobs FOR EACH ROW WHEN NEW.rev = OLD.rev
+    BEGIN
+        UPDATE jobs SET rev = OLD.rev + 1 WHERE rowid = NEW.rowid;
+    END;
+    """,
+]
+
+
+# One row of a page without its contents, (id, rev, state, created_ns): enough to tell whether a copy
+# built earlier is current. Plain tuples straight from SQLite: a page of 1,000 costs no Python per row.
+PageEntry = tuple[str, int, str, int]
 
 
 @dataclass(frozen=True)
@@ -71,6 +89,7 @@ class JobStore:
         self.db = db
         db.migrate("jobs", MIGRATIONS)
         db.migrate("job_labels", LABEL_MIGRATIONS)
+        db.migrate("job_rev", REV_MIGRATIONS)
 
     # -- submit ---------------------------------------------------------------------------------
     def insert(self, new: NewJob) -> str | None:
@@ -247,6 +266,11 @@ class JobStore:
             raise NotFound(f"no such job: {id_or_prefix}")
         return Job.from_row(row)
 
+    def by_id(self, job_id: str) -> Job | None:
+        """The job with exactly this id (no name or prefix lookup), None if there is none."""
+        row = self.db.query_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return None if row is None else Job.from_row(row)
+
     def active(self) -> list[Job]:
         return [Job.from_row(r) for r in self.db.query(f"SELECT * FROM jobs WHERE state IN {_IN_ACTIVE}")]
 
@@ -262,9 +286,30 @@ class JobStore:
         more = bool(limit) and len(rows) > limit
         return JobPage(jobs=jobs, next_page_token=encode_page_token(jobs[-1]) if more else "")
 
+    def page_entries(self, *, all: bool = False, limit: int = 0, page_token: str = "",
+                     filter: JobFilter | None = None) -> tuple[list[PageEntry], str]:
+        """What :meth:`page` would list, as (id, rev, state, created_ns) only, and the next page token."""
+        sql, params = self.page_query(all=all, limit=limit, page_token=page_token, filter=filter,
+                                      columns="id, rev, state, created_ns")
+        cursor = self.db.connection().cursor()
+        cursor.row_factory = None   # tuples, not sqlite3.Row
+        rows = cursor.execute(sql, params).fetchall()
+        if not (limit and len(rows) > limit):
+            return rows, ""
+        return rows[:limit], _token(rows[limit - 1][3], rows[limit - 1][0])
+
+    def get_many(self, job_ids: list[str]) -> dict[str, tuple[int, Job]]:
+        """(rev, job) by exact id, each rev read with its row; ids deleted meanwhile are absent."""
+        out: dict[str, tuple[int, Job]] = {}
+        for i in range(0, len(job_ids), 500):   # SQLite's bound-parameter limit
+            chunk = job_ids[i:i + 500]
+            for r in self.db.query(f"SELECT * FROM jobs WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+                out[r["id"]] = (r["rev"], Job.from_row(r))
+        return out
+
     @staticmethod
-    def page_query(*, all: bool, limit: int, page_token: str,
-                   filter: JobFilter | None = None) -> tuple[str, tuple[Any, ...]]:
+    def page_query(*, all: bool, limit: int, page_token: str, filter: JobFilter | None = None,
+                   columns: str = "*") -> tuple[str, tuple[Any, ...]]:
         """The SELECT for one page (one row more than ``limit``, to know whether another page follows)."""
         if limit < 0:
             raise InvalidArgument(f"page size must be zero (everything) or positive, got {limit}")
@@ -279,7 +324,7 @@ class JobStore:
             # A row value comparison: the (created_ns, id) index seeks straight to the page.
             where.append("(created_ns, id) < (?, ?)")
             params.extend(decode_page_token(page_token))
-        sql = ("SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql = (f"SELECT {columns} FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
                + " ORDER BY created_ns DESC, id DESC" + (" LIMIT ?" if limit else ""))
         return sql, (*params, limit + 1) if limit else tuple(params)
 
@@ -290,7 +335,11 @@ class JobStore:
 
 def encode_page_token(last: Job) -> str:
     """Opaque to clients: the (created_ns, id) of the last job of a page."""
-    return base64.urlsafe_b64encode(f"{last.created_ns}:{last.id}".encode()).decode().rstrip("=")
+    return _token(last.created_ns, last.id)
+
+
+def _token(created_ns: int, job_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_ns}:{job_id}".encode()).decode().rstrip("=")
 
 
 def decode_page_token(token: str) -> tuple[int, str]:

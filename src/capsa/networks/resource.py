@@ -21,6 +21,7 @@ log = logging.getLogger("capsa.networks")
 class NetworkResource:
     before_record: ClassVar[bool] = False
     serves: ClassVar[str] = "network"
+    lends_only_when_asked: ClassVar[bool] = True   # host networking borrows nothing (acquire below)
 
     def __init__(self, networks: NetworkManager) -> None:
         self.networks = networks

@@ -12,7 +12,11 @@ code that uses it.
 
 Connections are per thread (sqlite3 objects must not cross threads); writes go
 through :meth:`Database.tx`, which takes the write lock up front
-(``BEGIN IMMEDIATE``) so two writers never deadlock on a lock upgrade.
+(``BEGIN IMMEDIATE``) so two writers never deadlock on a lock upgrade. Writers of
+one process first queue on an in-process lock: SQLite's own busy handler makes a
+waiting writer sleep 1, 2, 5 ... 100 ms between tries, so twenty threads writing at
+once (a burst of submissions) would spend most of their time asleep while the
+database is free (docs/adr/0017-burst-submissions.md).
 
 A full disk (SQLITE_FULL, "database or disk is full") is an expected condition,
 not a crash: ``tx`` rolls back and raises :class:`~capsa.errors.LimitExceeded`
@@ -98,6 +102,7 @@ class Database:
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         self._migrate_lock = threading.Lock()
+        self._write_lock = threading.Lock()   # this process's writers queue here, not in SQLite's busy handler
         with self.tx() as conn:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_versions ("
@@ -153,20 +158,25 @@ class Database:
         if conn.in_transaction:
             yield conn
             return
-        conn.execute("BEGIN IMMEDIATE")
+        # Waiting as long as SQLite's busy timeout would, with the same error after it.
+        if not self._write_lock.acquire(timeout=self._busy_timeout_ms / 1000):
+            raise sqlite3.OperationalError("database is locked")
         try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            # After SQLITE_FULL SQLite may have rolled back already, and a failed COMMIT leaves the
-            # transaction open: without this ROLLBACK the next tx() on this thread would "join" it.
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            if is_database_full(exc) and not isinstance(exc, LimitExceeded):
-                raise self._full_error(exc, spare) from exc
-            raise
-        else:
-            self._after_write()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                # After SQLITE_FULL SQLite may have rolled back already, and a failed COMMIT leaves the
+                # transaction open: without this ROLLBACK the next tx() on this thread would "join" it.
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                if is_database_full(exc) and not isinstance(exc, LimitExceeded):
+                    raise self._full_error(exc, spare) from exc
+                raise
+        finally:
+            self._write_lock.release()
+        self._after_write()
 
     def _full_error(self, exc: BaseException, spare: bool) -> LimitExceeded:
         released = spare and self._release_spare()

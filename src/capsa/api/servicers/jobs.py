@@ -14,6 +14,7 @@ from capsa import __version__
 from capsa.api.auth import identity_of
 from capsa.api.gen.capsa.v1 import jobs_pb2 as pb
 from capsa.api.gen.capsa.v1 import jobs_pb2_grpc as pb_grpc
+from capsa.api.joblist import JobList
 from capsa.api.servicers._base import rpc
 from capsa.api.servicers.interactive import exec_events_pb
 from capsa.api.streams import BlockingStreams, follow_log
@@ -61,6 +62,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
         self.execs = execs
         # job id (None: every job) -> its published ports (capsa.networks), shown by ps and inspect
         self.published = published
+        self.listing = JobList(jobs, job_to_pb, published)   # ended jobs' messages kept as encoded
 
     def _pb(self, job: Job) -> pb.Job:
         ports = self.published(job.id).get(job.id, ()) if self.published and not job.state.ended else ()
@@ -123,12 +125,8 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     @rpc
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
-        page = self.jobs.page(all=request.all, limit=request.limit, page_token=request.page_token,
-                              filter=filter_from_pb(request))
-        published = self.published(None) if self.published else {}
-        jobs = [job_to_pb(j, [str(p) for p in published.get(j.id, ())] if not j.state.ended else [])
-                for j in page.jobs]
-        return pb.ListJobsResponse(jobs=jobs, next_page_token=page.next_page_token)
+        return self.listing.page(all=request.all, limit=request.limit, page_token=request.page_token,
+                                 filter=filter_from_pb(request))
 
     @rpc
     def StopJob(self, request: pb.StopJobRequest, context: grpc.ServicerContext) -> pb.Job:
