@@ -289,7 +289,8 @@ class CapsaClient:
         return self._call(self.jobs.ListJobs, pb.ListJobsRequest(all=all, limit=limit, page_token=page_token,
                                                                  **(filters or {})))
 
-    def stop_job(self, job_id: str, *, grace_seconds: float = 0) -> pb.Job:
+    def stop_job(self, job_id: str, *, grace_seconds: float | None = None) -> pb.Job:
+        """SIGTERM, then SIGKILL after ``grace_seconds`` (None: the daemon's default, 10 s; 0: SIGKILL at once)."""
         return self._call(self.jobs.StopJob, pb.StopJobRequest(id=job_id, grace_seconds=grace_seconds),
                           timeout=None)
 

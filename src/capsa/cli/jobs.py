@@ -359,17 +359,18 @@ class _Stamper:
 
 
 @click.command()
-@click.option("-t", "--time", "grace", type=float, default=0, help="Seconds to wait before SIGKILL.")
+@click.option("-t", "--time", "grace", type=click.FloatRange(min=0), default=None,
+              help="Seconds to wait between SIGTERM and SIGKILL (0: SIGKILL at once) [default: the daemon's, 10 s].")
 @click.option("--pool", is_flag=True, help="JOB_IDS are pool jobs (stopped wherever they run).")
 @json_option
 @click.argument("job_ids", nargs=-1, required=True, shell_complete=complete_jobs)
 @click.pass_obj
-def stop(obj: Any, grace: float, pool: bool, as_json: bool, job_ids: tuple[str, ...]) -> None:
+def stop(obj: Any, grace: float | None, pool: bool, as_json: bool, job_ids: tuple[str, ...]) -> None:
     """Stop jobs: SIGTERM, then SIGKILL after the grace period."""
     if pool:
         from capsa.cli.cluster import stop_pool
 
-        return stop_pool(obj.client(), job_ids, grace, as_json=as_json)
+        return stop_pool(obj.client(), job_ids, grace or 0, as_json=as_json)   # the pool's 0 is its default
     results = [obj.client().stop_job(j, grace_seconds=grace) for j in job_ids]
     if as_json:
         emit([job_dict(j) for j in results])

@@ -389,7 +389,7 @@ class JobService:
             return job
         if job.state == JobState.SCHEDULED:
             return self.cancel(job.id)
-        grace = self.stop_grace_s if grace_s is None or grace_s <= 0 else grace_s
+        grace = self.stop_grace_s if grace_s is None else max(0.0, grace_s)   # 0: SIGKILL at once, as docker stop -t 0
         self.store.request_stop(job.id)
         self.supervisor.stop(job.id, grace)
         return self.wait_ended(job.id, timeout=grace + 15)

@@ -97,6 +97,22 @@ def test_stop_of_a_sleep_kills_it_after_the_grace_period(daemon: RunningDaemon) 
     assert processes_in_cgroup_named(job_id) == []
 
 
+def test_stop_with_no_grace_kills_at_once_and_bad_grace_is_refused(daemon: RunningDaemon) -> None:
+    # As docker stop -t 0: SIGKILL without waiting (the SIGTERM-ignoring PID 1 would otherwise hold 10 s).
+    job_id = daemon.cli("run", "-d", "--", "sleep", "600", check=True).stdout.decode().strip()
+    with daemon.client() as client:
+        wait_running(client, job_id)
+        t0 = time.monotonic()
+        res = daemon.cli("stop", "-t", "0", job_id)
+        took = time.monotonic() - t0
+        final = client.get_job(job_id)
+    assert res.returncode == 0, res.stderr.decode()
+    assert final.state == "STOPPED" and final.exit_code == 137
+    assert took < 5, f"stop -t 0 took {took:.1f} s: it waited for a grace period"
+    bad = daemon.cli("stop", "-t", "-1", job_id)
+    assert bad.returncode == 2 and b"-1" in bad.stderr and b"Traceback" not in bad.stderr
+
+
 def test_run_detached_prints_only_the_id(daemon: RunningDaemon) -> None:
     res = daemon.cli("run", "-d", "--", "sleep", "600")
     assert res.returncode == 0 and res.stderr == b""

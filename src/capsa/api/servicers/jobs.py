@@ -130,7 +130,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     @rpc
     def StopJob(self, request: pb.StopJobRequest, context: grpc.ServicerContext) -> pb.Job:
-        return job_to_pb(self.jobs.stop(request.id, request.grace_seconds or None))
+        return job_to_pb(self.jobs.stop(request.id, request.grace_seconds if request.HasField("grace_seconds") else None))
 
     @rpc
     def DeleteJob(self, request: pb.DeleteJobRequest, context: grpc.ServicerContext) -> pb.DeleteJobResponse:
