@@ -17,13 +17,14 @@ import os
 import signal
 import socket
 import stat
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from capsa import linux
 from capsa.runtime import devices, security
 from capsa.runtime.cgroups.jobview import mount_job_cgroups
-from capsa.runtime.protocol import StageFailed, encode
+from capsa.runtime.protocol import Stage2Stamps, StageFailed, encode
 from capsa.runtime.spec import HOST_ETC_ENTRIES, HOST_RO_DIRS, BindSpec, JobSpec, MountSpec
 from capsa.runtime.wire import write_frame
 from capsa.snapshots.base import Mount
@@ -226,7 +227,8 @@ def _enter_root(spec: JobSpec) -> None:
     os.chdir("/")
 
 
-def exec_job(spec: JobSpec, bpf: bytes = b"") -> None:
+def exec_job(spec: JobSpec, bpf: bytes = b"", ready: Callable[[], None] | None = None) -> None:
+    """Drop privileges and exec; ``ready`` runs just before the seccomp filter goes in."""
     socket.sethostname(spec.hostname)
     for sig in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
@@ -252,6 +254,8 @@ def exec_job(spec: JobSpec, bpf: bytes = b"") -> None:
     env.setdefault("HOSTNAME", spec.hostname)
     argv0 = _resolve_command(spec.argv[0], env["PATH"])
     try:
+        if ready is not None:
+            ready()
         # Seccomp goes last: after it, only execve (and on failure write/_exit) runs.
         security.install_bpf(bpf)
         os.execve(argv0, list(spec.argv), env)
@@ -272,11 +276,19 @@ def _resolve_command(name: str, path: str) -> str:
 
 def run_stage2(spec: JobSpec, report_fd: int, bpf: bytes = b"", cgroup_dirs: Sequence[str] = ()) -> None:
     """Never returns: execs the job or reports the failure and exits 127."""
+    stamps = [time.monotonic_ns()]
+
+    def ready() -> None:   # one frame below PIPE_BUF: atomic beside stage one's Forked
+        stamps.append(time.monotonic_ns())
+        write_frame(report_fd, encode(Stage2Stamps(tuple(stamps))))
+
     try:
         os.setsid()
         build_root(spec, cgroup_dirs)
+        stamps.append(time.monotonic_ns())
         _step("pivot_root", lambda: _enter_root(spec))
-        exec_job(spec, bpf)
+        stamps.append(time.monotonic_ns())
+        exec_job(spec, bpf, ready)
     except StageError as exc:
         _report(report_fd, StageFailed(exc.step, exc.errno, str(exc)))
     except BaseException as exc:  # anything else is a bug; still never return into the zygote's code

@@ -19,6 +19,7 @@ import contextlib
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -62,6 +63,7 @@ def zygote_main(sock: socket.socket) -> NoReturn:
             os._exit(1)
         if frame is None:
             os._exit(0)
+        received = time.monotonic_ns()
         try:
             _id, msg = decode(frame)
         except InvalidArgument as exc:   # the supervisor sent something we cannot run: answer where we can
@@ -89,12 +91,13 @@ def zygote_main(sock: socket.socket) -> NoReturn:
                 pid = -1
             if pid == 0:
                 sock.close()
-                _stage_one(msg, fds, filters)
+                _stage_one(msg, fds, filters, received)
         for fd in fds:
             os.close(fd)
 
 
-def _stage_one(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes]) -> NoReturn:
+def _stage_one(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes], received_ns: int) -> NoReturn:
+    stamps = [received_ns, time.monotonic_ns()]   # FORKED_STAMPS
     stdout_w, stderr_w, report_w = fds
     try:
         # Descriptors received over SCM_RIGHTS are not close-on-exec; the report
@@ -115,16 +118,19 @@ def _stage_one(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes]) -> N
                 os.write(fd, b"0")
             finally:
                 os.close(fd)
+        stamps.append(time.monotonic_ns())
         if spec.netns_path:  # join the job's network namespace before unsharing the rest
             netns_fd = os.open(spec.netns_path, os.O_RDONLY | os.O_CLOEXEC)
             linux.setns(netns_fd, linux.CLONE_NEWNET)
             os.close(netns_fd)
         linux.unshare(JOB_NAMESPACES)
+        stamps.append(time.monotonic_ns())
         pid = os.fork()
         if pid == 0:
             cgroup_dirs = [os.path.dirname(p) for p in msg.cgroup_procs]
             stage2.run_stage2(spec, report_w, filters[spec.seccomp], cgroup_dirs)
-        write_frame(report_w, encode(Forked(pid)))
+        stamps.append(time.monotonic_ns())
+        write_frame(report_w, encode(Forked(pid, tuple(stamps))))
         os._exit(0)
     except BaseException as exc:
         _report(report_w, f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc))

@@ -24,6 +24,8 @@ from capsa.logs import JobLog, LogPersister, Stream
 from capsa.runtime import cgroups
 from capsa.runtime.devices import job_device_rules
 from capsa.runtime.protocol import (
+    FORKED_STAMPS,
+    STAGE2_STAMPS,
     ErrorReply,
     ForgetRequest,
     Forked,
@@ -39,6 +41,7 @@ from capsa.runtime.protocol import (
     ProcState,
     ShutdownRequest,
     SignalRequest,
+    Stage2Stamps,
     StageFailed,
     StartFailed,
     StartRequest,
@@ -190,6 +193,7 @@ class Supervisor(ExecMixin, EventLoop):
     @handles(StartRequest)
     def _start(self, req: StartRequest, caller: Caller) -> Message | None:
         received = time.monotonic_ns()
+        stamps = {"submitted": req.submitted_ns, "recorded": req.recorded_ns, "received": received}
         spec = req.spec
         if spec.job_id in self.jobs:
             raise AlreadyExists(f"job {spec.job_id} already exists")
@@ -202,8 +206,10 @@ class Supervisor(ExecMixin, EventLoop):
         cg = self.driver.create(spec.job_id, _limits(spec))
         try:   # before any process joins: the job may open only its minimal /dev and what the spec adds
             cg.device_rules(job_device_rules(spec))
+            stamps["cgroup"] = time.monotonic_ns()
             assert self.persister is not None
             log = self.persister.open(spec.job_id, Path(spec.log_dir), max_bytes=spec.log_max_bytes)
+            stamps["log"] = time.monotonic_ns()
         except BaseException:
             with contextlib.suppress(Exception):
                 cg.remove()
@@ -216,7 +222,7 @@ class Supervisor(ExecMixin, EventLoop):
                 fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
         for fd in (out_r, err_r, rep_r):
             os.set_blocking(fd, False)
-        record = JobRecord(job_id=spec.job_id, started_ns=time.time_ns(), cgroup=str(cg.name))
+        record = JobRecord(job_id=spec.job_id, started_ns=time.time_ns(), cgroup=str(cg.name), start_stamps=stamps)
         job = _Job(record=record, spec=spec, log=log, cgroup=cg, report_fd=rep_r, out_fds={out_r, err_r},
                    waiter=caller, received_ns=received,
                    start_deadline=time.monotonic() + START_TIMEOUT_S)
@@ -227,6 +233,7 @@ class Supervisor(ExecMixin, EventLoop):
         # The zygote owns the write ends from here (it closes ours once they are sent).
         try:
             self.zygote.submit(ZygoteStart(spec, tuple(str(p) for p in cg.join_files())), [out_w, err_w, rep_w])
+            stamps["sent"] = time.monotonic_ns()
         except Exception as exc:   # our write ends close with it: the report EOF answers the start
             job.start_error = StageFailed("launch", 0, f"zygote unavailable: {exc}")
             for fd in (out_w, err_w, rep_w):
@@ -237,10 +244,13 @@ class Supervisor(ExecMixin, EventLoop):
     def _on_report(self, job: _Job, data: bytes) -> None:
         for msg in report_messages(job.report, data, "start"):
             if isinstance(msg, Forked) and msg.pid > 0:
+                job.record.start_stamps.update(zip(FORKED_STAMPS, msg.stamps, strict=False))
                 job.record.pid = msg.pid
                 self.by_pid[msg.pid] = job.record.job_id
                 if msg.pid in self.early_exits:
                     job.wait_status = self.early_exits.pop(msg.pid)
+            elif isinstance(msg, Stage2Stamps):
+                job.record.start_stamps.update(zip(STAGE2_STAMPS, msg.stamps, strict=False))
             elif isinstance(msg, StageFailed) and job.start_error is None:
                 job.start_error = msg
 
@@ -249,7 +259,8 @@ class Supervisor(ExecMixin, EventLoop):
         if job.start_error is None and job.record.pid:
             job.record.state = ProcState.RUNNING
             # Request received -> the CLOEXEC report pipe closed, i.e. the user's command was exec'd.
-            job.record.exec_latency_ns = time.monotonic_ns() - job.received_ns
+            now = job.record.start_stamps["exec"] = time.monotonic_ns()
+            job.record.exec_latency_ns = now - job.received_ns
             if job.waiter is not None:
                 self.answer(job.waiter, JobReply(dataclasses.replace(job.record)))
                 job.waiter = None
