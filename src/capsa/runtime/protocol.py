@@ -67,13 +67,13 @@ __all__ = [
 MAX_GRACE_S = 24 * 3600.0
 # The start path's timestamps, in the order they are taken (see JobRecord.start_stamps): the
 # daemon's (submitted, recorded in SQLite), the supervisor's (request received, cgroups made, log
-# opened, order sent to the zygote), ``Forked.stamps`` (the zygote read the order, stage one runs,
-# joined the cgroups, unshared, forked stage two), ``Stage2Stamps`` (stage two runs, root built,
-# pivot_root done, about to exec) and the supervisor's ``exec`` (report pipe EOF).
-FORKED_STAMPS = ("zygote", "stage1", "joined", "unshared", "forked")
-STAGE2_STAMPS = ("stage2", "root", "pivot", "ready")
-START_STAMPS = ("submitted", "recorded", "received", "cgroup", "log", "sent", *FORKED_STAMPS, *STAGE2_STAMPS,
-                "exec")
+# opened, order sent to the zygote), ``Forked.stamps`` (the zygote read the order, its clone of the
+# job returned), ``Stage2Stamps`` (the job's process runs, joined its cgroups, root built, pivot_root
+# done, about to exec) and the supervisor's ``exec`` (report pipe EOF).
+FORKED_STAMPS = ("zygote", "forked")
+STAGE2_STAMPS = ("child", "joined", "root", "pivot", "ready")
+START_STAMPS = ("submitted", "recorded", "received", "cgroup", "log", "sent", "zygote", "child", "joined", "root",
+                "pivot", "ready", "exec")
 MOUNT_ACTIONS = frozenset({"attach", "swap", "detach"})
 # The daemon's ids are 32 hex digits; tests prefix theirs with a word. What matters to the
 # supervisor is that an id is a safe single path component and cgroup name of bounded length.
@@ -412,7 +412,7 @@ class ZygoteExec(Message):
 @message("forked")
 @dataclass(frozen=True)
 class Forked(Message):
-    """Stage one forked the job's PID 1 (on the report pipe)."""
+    """The job's PID 1 exists (on the report pipe; written by the zygote, or by an exec's stage one)."""
 
     pid: int
     stamps: tuple[int, ...] = ()   # FORKED_STAMPS (a job start's; an exec sends none)
@@ -421,7 +421,7 @@ class Forked(Message):
 @message("stage2_stamps")
 @dataclass(frozen=True)
 class Stage2Stamps(Message):
-    """Stage two's STAGE2_STAMPS, written just before it execs (on the report pipe)."""
+    """The job process's STAGE2_STAMPS, written just before it execs (on the report pipe)."""
 
     stamps: tuple[int, ...]
 

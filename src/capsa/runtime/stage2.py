@@ -274,9 +274,13 @@ def _resolve_command(name: str, path: str) -> str:
     raise StageError(f"exec {name}", FileNotFoundError(2, f"{name}: command not found in PATH"))
 
 
-def run_stage2(spec: JobSpec, report_fd: int, bpf: bytes = b"", cgroup_dirs: Sequence[str] = ()) -> None:
-    """Never returns: execs the job or reports the failure and exits 127."""
-    stamps = [time.monotonic_ns()]
+def run_stage2(spec: JobSpec, report_fd: int, bpf: bytes = b"", cgroup_dirs: Sequence[str] = (),
+               stamps: Sequence[int] = ()) -> None:
+    """Never returns: execs the job or reports the failure and exits 127.
+
+    ``stamps``: the job process's earlier STAGE2_STAMPS (started, joined its cgroups).
+    """
+    stamps = list(stamps)
 
     def ready() -> None:   # one frame below PIPE_BUF: atomic beside stage one's Forked
         stamps.append(time.monotonic_ns())

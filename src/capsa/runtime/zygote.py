@@ -26,6 +26,7 @@ from typing import NoReturn
 from capsa import linux
 from capsa.errors import CapsaError, InvalidArgument
 from capsa.runtime import execproc, mounts, security, stage2
+from capsa.runtime._clone import clone_job
 from capsa.runtime.cgroups.jobview import host_cgroup_mounts
 from capsa.runtime.protocol import (
     Forked,
@@ -45,7 +46,7 @@ __all__ = ["JOB_NAMESPACES", "zygote_main"]
 
 JOB_NAMESPACES = (
     linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC | linux.CLONE_NEWCGROUP
-)
+)   # what a job gets: cloned with all but the cgroup namespace, which it unshares once in its cgroups
 
 
 def zygote_main(sock: socket.socket) -> NoReturn:
@@ -84,20 +85,30 @@ def zygote_main(sock: socket.socket) -> NoReturn:
                 sock.close()
                 execproc.exec_stage_one(msg, fds, filters)
         elif isinstance(msg, ZygoteStart) and len(fds) == 3:
-            try:
-                pid = os.fork()
-            except OSError as exc:
-                _report(fds[2], f"fork: {exc}")
-                pid = -1
-            if pid == 0:
-                sock.close()
-                _stage_one(msg, fds, filters, received)
+            _start_job(sock, msg, fds, filters, received)
         for fd in fds:
             os.close(fd)
 
 
-def _stage_one(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes], received_ns: int) -> NoReturn:
-    stamps = [received_ns, time.monotonic_ns()]   # FORKED_STAMPS
+def _start_job(sock: socket.socket, msg: ZygoteStart, fds: list[int], filters: dict[str, bytes],
+               received_ns: int) -> None:
+    """Clone the job's PID 1 straight into its namespaces, as the supervisor's child (see _clone)."""
+    report_w = fds[2]
+    try:
+        pid = clone_job()
+    except OSError as exc:
+        _report(report_w, str(exc))
+        return
+    if pid == 0:
+        sock.close()
+        _job_process(msg, fds, filters)
+    # Written before our copy of the report pipe closes, so the supervisor has the PID before EOF.
+    _write(report_w, Forked(pid, (received_ns, time.monotonic_ns())))
+
+
+def _job_process(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes]) -> NoReturn:
+    """The job's PID 1 (in its new mount, PID, UTS and IPC namespaces): join, then stage two."""
+    started = time.monotonic_ns()
     stdout_w, stderr_w, report_w = fds
     try:
         # Descriptors received over SCM_RIGHTS are not close-on-exec; the report
@@ -112,29 +123,24 @@ def _stage_one(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes], rece
         for fd in (devnull, stdout_w, stderr_w):
             if fd > 2:
                 os.close(fd)
+        # First, before anything of the job runs: charged and limited from here on.
         for procs in msg.cgroup_procs:
             fd = os.open(str(procs), os.O_WRONLY | os.O_CLOEXEC)
             try:
                 os.write(fd, b"0")
             finally:
                 os.close(fd)
-        stamps.append(time.monotonic_ns())
-        if spec.netns_path:  # join the job's network namespace before unsharing the rest
+        if spec.netns_path:  # the job's network namespace
             netns_fd = os.open(spec.netns_path, os.O_RDONLY | os.O_CLOEXEC)
             linux.setns(netns_fd, linux.CLONE_NEWNET)
             os.close(netns_fd)
-        linux.unshare(JOB_NAMESPACES)
-        stamps.append(time.monotonic_ns())
-        pid = os.fork()
-        if pid == 0:
-            cgroup_dirs = [os.path.dirname(p) for p in msg.cgroup_procs]
-            stage2.run_stage2(spec, report_w, filters[spec.seccomp], cgroup_dirs)
-        stamps.append(time.monotonic_ns())
-        write_frame(report_w, encode(Forked(pid, tuple(stamps))))
-        os._exit(0)
+        # After joining: the cgroup namespace's root is the job's own cgroup.
+        linux.unshare(linux.CLONE_NEWCGROUP)
     except BaseException as exc:
         _report(report_w, f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc))
         os._exit(127)
+    cgroup_dirs = [os.path.dirname(p) for p in msg.cgroup_procs]
+    stage2.run_stage2(spec, report_w, filters[spec.seccomp], cgroup_dirs, (started, time.monotonic_ns()))
 
 
 def _mount(msg: ZygoteMount, fds: list[int]) -> None:
