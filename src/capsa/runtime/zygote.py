@@ -144,11 +144,11 @@ def _job_process(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes]) ->
 
 
 def _mount(msg: ZygoteMount, fds: list[int]) -> None:
-    """Run one attach/swap/detach (capsa.runtime.mounts forks its own helper) and answer on the reply fd.
+    """Run one attach/swap/detach (capsa.runtime.mounts, in this process) and answer on the reply fd.
 
-    It runs here because this is the one single-threaded process: the helper's fork and
-    setns must never happen in a threaded one. SIGCHLD is default while it runs so the
-    helper's exit status can be waited for; stage-one exits in that window are reaped after.
+    It runs here because this is the one single-threaded process: setns(CLONE_NEWNS) and the
+    swap probe's fork must never happen in a threaded one. SIGCHLD is default while it runs so
+    the probe's exit status can be waited for; other children's exits are reaped after.
     """
     reply: Message = OkReply()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -156,12 +156,14 @@ def _mount(msg: ZygoteMount, fds: list[int]) -> None:
         if len(fds) != 2:
             raise InvalidArgument(f"a mount request carries a pidfd and a reply fd, got {len(fds)} fds")
         pidfd = fds[0]
+        # In this process, without a helper's fork: we are single-threaded, and mounts comes back
+        # to our own namespace (or exits) before it returns.
         if msg.action == "attach":
-            mounts.attach(pidfd, Path(msg.source), msg.target, create_target=msg.create_target)
+            mounts.attach(pidfd, Path(msg.source), msg.target, create_target=msg.create_target, in_process=True)
         elif msg.action == "swap":
-            mounts.swap(pidfd, Path(msg.source), msg.target)
+            mounts.swap(pidfd, Path(msg.source), msg.target, in_process=True)
         elif msg.action == "detach":
-            mounts.detach(pidfd, msg.target)
+            mounts.detach(pidfd, msg.target, in_process=True)
         else:
             raise InvalidArgument(f"unknown mount action {msg.action!r}")
     except Exception as exc:  # a bad request must never take the zygote down

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from capsa.errors import AlreadyExists, CapsaError, FailedPrecondition, NotFound, from_os_error
+from capsa.errors import AlreadyExists, CapsaError, FailedPrecondition, NotFound, Timeout, from_os_error
 from capsa.logs import JobLog, LogPersister, Stream
 from capsa.runtime import cgroups
 from capsa.runtime.devices import job_device_rules
@@ -50,6 +50,7 @@ from capsa.runtime.protocol import (
     ZygoteMount,
     ZygoteStart,
     decode,
+    error_reply,
 )
 from capsa.runtime.spec import JobSpec
 from capsa.runtime.supervisor._exec import ExecMixin
@@ -78,6 +79,10 @@ START_TIMEOUT_S = 120.0
 # a log that cannot be finished (disk failing) holds its event no longer than the limit.
 _LOG_FINISH_POLL_S = 0.005
 _LOG_FINISH_LIMIT_S = 10.0
+# The zygote does a live mount in its own process (runtime/mounts.py, in_process). One that does not
+# answer by then (a path lookup hung in the job's root) costs the zygote: it is killed and replaced,
+# as the forked mount helper it replaced was killed after the same time.
+MOUNT_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -108,7 +113,8 @@ class Supervisor(ExecMixin, EventLoop):
         self.by_pid: dict[int, str] = {}
         self.by_fd: dict[int, tuple[str, str]] = {}   # fd -> (job_id, "out"|"err"|"report")
         self.early_exits: dict[int, int] = {}
-        self.mount_replies: dict[int, tuple[Caller, FrameReader]] = {}   # zygote reply fd -> (asker, frames)
+        # zygote reply fd -> (asker, frames, monotonic deadline of the zygote's answer)
+        self.mount_replies: dict[int, tuple[Caller, FrameReader, float]] = {}
         self.unpublished: dict[str, float] = {}   # exited job -> monotonic limit for its log to finish
         self.driver = driver
         self.processes = processes or HostProcesses()
@@ -140,6 +146,7 @@ class Supervisor(ExecMixin, EventLoop):
     # -- deadlines ------------------------------------------------------------------------------------
     def next_timeout(self) -> float | None:
         deadlines = [d for j in self.jobs.values() for d in (j.kill_at, j.start_deadline) if d is not None]
+        deadlines.extend(deadline for _caller, _reader, deadline in self.mount_replies.values())
         if self.unpublished:
             deadlines.append(time.monotonic() + _LOG_FINISH_POLL_S)
         if not deadlines:
@@ -150,6 +157,11 @@ class Supervisor(ExecMixin, EventLoop):
         now = time.monotonic()
         if self.unpublished:
             self._publish_finished(now)
+        for fd, (_caller, _reader, deadline) in list(self.mount_replies.items()):
+            if now >= deadline:
+                self.log(f"the zygote did not finish a mount within {MOUNT_TIMEOUT_S:g}s; replacing it")
+                self.zygote.kill()   # reaped and respawned in on_children
+                self._end_mount(fd, error_reply(Timeout(f"the mount did not finish within {MOUNT_TIMEOUT_S:g}s")))
         for job in list(self.jobs.values()):
             if job.kill_at is not None and now >= job.kill_at:
                 job.kill_at = None
@@ -427,13 +439,13 @@ class Supervisor(ExecMixin, EventLoop):
         except ProcessLookupError as exc:
             raise NotFound(f"job {req.job_id} has exited") from exc
         reply_r, reply_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self.mount_replies[reply_r] = (caller, FrameReader())
+        self.mount_replies[reply_r] = (caller, FrameReader(), time.monotonic() + MOUNT_TIMEOUT_S)
         self.sel.register(reply_r, selectors.EVENT_READ, ("mount", None))
         self.zygote.submit(ZygoteMount(req.action, req.target, req.source, req.create_target), [pidfd, reply_w])
         return None
 
     def _on_mount_reply(self, fd: int) -> None:
-        caller, reader = self.mount_replies[fd]
+        _caller, reader, _deadline = self.mount_replies[fd]
         try:
             data = os.read(fd, 65536)
         except BlockingIOError:
@@ -444,14 +456,17 @@ class Supervisor(ExecMixin, EventLoop):
         with contextlib.suppress(CapsaError):
             frames = reader.feed(data)
         if frames or not data:
-            self.sel.unregister(fd)
-            os.close(fd)
-            del self.mount_replies[fd]
             reply: Message = ErrorReply("internal", "the zygote gave no answer to a mount")
             with contextlib.suppress(CapsaError):
                 if frames and isinstance(msg := decode(frames[0])[1], (OkReply, ErrorReply)):
                     reply = msg
-            self.answer(caller, reply)
+            self._end_mount(fd, reply)
+
+    def _end_mount(self, fd: int, reply: Message) -> None:
+        caller, _reader, _deadline = self.mount_replies.pop(fd)
+        self.sel.unregister(fd)
+        os.close(fd)
+        self.answer(caller, reply)
 
     # -- stop / signal / forget / list / ping / subscribe / shutdown -----------------------------------------
     def _job(self, job_id: str) -> _Job:
