@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from capsa import linux
-from capsa.runtime import devices, security
+from capsa.runtime import devices, hostroot, security
 from capsa.runtime.cgroups.jobview import mount_job_cgroups
 from capsa.runtime.protocol import Stage2Stamps, StageFailed, encode
 from capsa.runtime.spec import HOST_ETC_ENTRIES, HOST_RO_DIRS, BindSpec, JobSpec, MountSpec
@@ -106,10 +106,12 @@ def _mount_kernel_fs(root: str) -> None:
     linux.mount("tmpfs", root + "/tmp", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=1777")
 
 
-def build_root(spec: JobSpec, cgroup_dirs: Sequence[str] = ()) -> None:
+def build_root(spec: JobSpec, cgroup_dirs: Sequence[str] = (), host_root: int = -1) -> None:
     """Assemble the job's root under ``spec.root_dir`` (we are in a private mount ns).
 
     ``cgroup_dirs``: host paths of the job's cgroups, shown read-only at /sys/fs/cgroup.
+    ``host_root``: the zygote's prepared read-only host root (:mod:`capsa.runtime.hostroot`) to
+    clone instead of assembling one, for a spec it applies to; -1 assembles it here.
     """
     root = spec.root_dir
     _step("make mounts private", lambda: linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE, None))
@@ -117,6 +119,8 @@ def build_root(spec: JobSpec, cgroup_dirs: Sequence[str] = ()) -> None:
         for m in spec.root_mounts:
             _step(f"mount image root ({m.type} {m.source})", lambda m=m: _apply_mount(m, root))
         _step("make mount points", lambda: _image_mount_points(root))
+    elif host_root >= 0:
+        _step("clone read-only host root", lambda: hostroot.attach_host_root(host_root, root))
     else:
         _step("assemble read-only host root", lambda: _build_host_root(root))
     _step("bind /work", lambda: linux.mount(spec.work_dir, root + "/work", None, linux.MS_BIND, None))
@@ -275,10 +279,11 @@ def _resolve_command(name: str, path: str) -> str:
 
 
 def run_stage2(spec: JobSpec, report_fd: int, bpf: bytes = b"", cgroup_dirs: Sequence[str] = (),
-               stamps: Sequence[int] = ()) -> None:
+               stamps: Sequence[int] = (), host_root: int = -1) -> None:
     """Never returns: execs the job or reports the failure and exits 127.
 
-    ``stamps``: the job process's earlier STAGE2_STAMPS (started, joined its cgroups).
+    ``stamps``: the job process's earlier STAGE2_STAMPS (started, joined its cgroups);
+    ``host_root``: see :func:`build_root`.
     """
     stamps = list(stamps)
 
@@ -288,7 +293,7 @@ def run_stage2(spec: JobSpec, report_fd: int, bpf: bytes = b"", cgroup_dirs: Seq
 
     try:
         os.setsid()
-        build_root(spec, cgroup_dirs)
+        build_root(spec, cgroup_dirs, host_root)
         stamps.append(time.monotonic_ns())
         _step("pivot_root", lambda: _enter_root(spec))
         stamps.append(time.monotonic_ns())

@@ -28,6 +28,7 @@ from capsa.errors import CapsaError, InvalidArgument
 from capsa.runtime import execproc, mounts, security, stage2
 from capsa.runtime._clone import clone_job
 from capsa.runtime.cgroups.jobview import host_cgroup_mounts
+from capsa.runtime.hostroot import HostRootTemplate, template_applies
 from capsa.runtime.protocol import (
     Forked,
     Message,
@@ -57,6 +58,7 @@ def zygote_main(sock: socket.socket) -> NoReturn:
     # Compile every seccomp profile once; a job only installs the bytes (≈ 0.1 ms).
     filters = {name: security.compile_profile(name) for name in security.PROFILE_NAMES}
     host_cgroup_mounts()   # parsed once here; each job's stage two inherits it (jobview)
+    host_root = HostRootTemplate()   # built at the first job that may use it
     while True:
         try:
             frame, fds = recv_msg(sock)
@@ -85,13 +87,14 @@ def zygote_main(sock: socket.socket) -> NoReturn:
                 sock.close()
                 execproc.exec_stage_one(msg, fds, filters)
         elif isinstance(msg, ZygoteStart) and len(fds) == 3:
-            _start_job(sock, msg, fds, filters, received)
+            template = host_root.current() if template_applies(msg.spec) else -1
+            _start_job(sock, msg, fds, filters, received, template)
         for fd in fds:
             os.close(fd)
 
 
 def _start_job(sock: socket.socket, msg: ZygoteStart, fds: list[int], filters: dict[str, bytes],
-               received_ns: int) -> None:
+               received_ns: int, host_root: int) -> None:
     """Clone the job's PID 1 straight into its namespaces, as the supervisor's child (see _clone)."""
     report_w = fds[2]
     try:
@@ -101,12 +104,12 @@ def _start_job(sock: socket.socket, msg: ZygoteStart, fds: list[int], filters: d
         return
     if pid == 0:
         sock.close()
-        _job_process(msg, fds, filters)
+        _job_process(msg, fds, filters, host_root)
     # Written before our copy of the report pipe closes, so the supervisor has the PID before EOF.
     _write(report_w, Forked(pid, (received_ns, time.monotonic_ns())))
 
 
-def _job_process(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes]) -> NoReturn:
+def _job_process(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes], host_root: int) -> NoReturn:
     """The job's PID 1 (in its new mount, PID, UTS and IPC namespaces): join, then stage two."""
     started = time.monotonic_ns()
     stdout_w, stderr_w, report_w = fds
@@ -140,7 +143,7 @@ def _job_process(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes]) ->
         _report(report_w, f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc))
         os._exit(127)
     cgroup_dirs = [os.path.dirname(p) for p in msg.cgroup_procs]
-    stage2.run_stage2(spec, report_w, filters[spec.seccomp], cgroup_dirs, (started, time.monotonic_ns()))
+    stage2.run_stage2(spec, report_w, filters[spec.seccomp], cgroup_dirs, (started, time.monotonic_ns()), host_root)
 
 
 def _mount(msg: ZygoteMount, fds: list[int]) -> None:
