@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import socket
 import time
@@ -51,9 +50,6 @@ JOB_NAMESPACES = (
 )   # what a job gets: cloned with all but the cgroup namespace, which it unshares once in its cgroups
 
 
-_SPARE_DELAY_S = 0.02
-
-
 def zygote_main(sock: socket.socket) -> NoReturn:
     # Stage-one processes are reaped automatically; their status carries nothing.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
@@ -66,10 +62,6 @@ def zygote_main(sock: socket.socket) -> NoReturn:
     host_root = HostRootTemplate(watch)   # built at the first job that may use it
     spares = _Spares(sock, filters, watch)
     while True:
-        # The next start's process is cloned ahead only once no order has come for a moment, so that
-        # the clone never competes for a CPU with the job process that was just handed its order.
-        if spares.channel is None and not select.select([sock], [], [], _SPARE_DELAY_S)[0]:
-            spares.prepare()
         try:
             frame, fds = recv_msg(sock)
         except (OSError, CapsaError):   # the supervisor is gone or garbled the stream: a new zygote starts
@@ -102,6 +94,8 @@ def zygote_main(sock: socket.socket) -> NoReturn:
                 _start_job(sock, msg, fds, filters, received, template)
         for fd in fds:
             os.close(fd)
+        # Off the start path (the job is on its way): the next start's process, cloned ahead.
+        spares.prepare()
 
 
 def _start_job(sock: socket.socket, msg: ZygoteStart, fds: list[int], filters: dict[str, bytes],
