@@ -28,7 +28,7 @@ import stat
 from capsa import linux
 from capsa.runtime.spec import HOST_ETC_ENTRIES, HOST_RO_DIRS, JobSpec
 
-__all__ = ["HostRootTemplate", "MountTableWatch", "attach_host_root", "template_applies"]
+__all__ = ["HostRootTemplate", "attach_host_root", "template_applies"]
 
 ROOT_DIRS = ("proc", "dev", "tmp", "work", "capsules", "sys")
 # What a bind-remount with MS_RDONLY | MS_NOSUID | MS_NODEV sets (stage2's _bind_ro and seal):
@@ -73,32 +73,16 @@ def _sources() -> list[str]:
     return [*HOST_RO_DIRS, "/etc", *("/etc/" + e for e in HOST_ETC_ENTRIES)]
 
 
-class MountTableWatch:
-    """Counts changes of our mount namespace's mount table (``poll`` on /proc/self/mountinfo)."""
-
-    def __init__(self) -> None:
-        self._fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
-        self._poll = select.poll()
-        self._poll.register(self._fd, select.POLLPRI | select.POLLERR)
-        self._generation = 0
-
-    def generation(self) -> int:
-        """A number that differs from any earlier answer iff the mount table changed since."""
-        if self._poll.poll(0):   # reported once per change, then quiet until the next one
-            self._generation += 1
-        return self._generation
-
-
 class HostRootTemplate:
     """The zygote's template (one per zygote; never used by threads)."""
 
-    def __init__(self, watch: MountTableWatch | None = None) -> None:
+    def __init__(self) -> None:
         self.fd = -1
         self.builds = 0
         self.broken = ""          # why the template cannot be built here: jobs build their roots
-        self._watch = watch or MountTableWatch()
-        self._generation = -1
         self._identities: list[tuple[object, ...]] = []
+        self._mountinfo: int = -1
+        self._poll: select.poll | None = None
 
     def current(self) -> int:
         """A template that matches the host now (rebuilt if needed), or -1 if none can be built."""
@@ -115,20 +99,26 @@ class HostRootTemplate:
         return self.fd
 
     def _changed(self) -> bool:
-        if self._watch.generation() != self._generation:
+        assert self._poll is not None
+        if self._poll.poll(0):   # the mount table changed since the template was built
             return True
         return [_identity(p) for p in _sources()] != self._identities
 
     def _drop(self) -> None:
-        if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-        self.fd = -1
+        for fd in (self.fd, self._mountinfo):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.fd = self._mountinfo = -1
+        self._poll = None
 
     def _rebuild(self) -> None:
         self._drop()
-        # Looked at first: a change while we copy makes the next start rebuild again, never miss it.
-        self._generation = self._watch.generation()
+        # Watch first: a change while we copy makes the next start rebuild again, never miss it.
+        self._mountinfo = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+        self._poll = select.poll()
+        self._poll.register(self._mountinfo, select.POLLPRI | select.POLLERR)
+        self._poll.poll(0)   # consume the "changed" state a fresh open reports
         self._identities = [_identity(p) for p in _sources()]
         self.fd = _build()
         self.builds += 1

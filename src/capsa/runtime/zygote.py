@@ -28,7 +28,7 @@ from capsa.errors import CapsaError, InvalidArgument
 from capsa.runtime import execproc, mounts, security, stage2
 from capsa.runtime._clone import clone_job
 from capsa.runtime.cgroups.jobview import host_cgroup_mounts
-from capsa.runtime.hostroot import HostRootTemplate, MountTableWatch, template_applies
+from capsa.runtime.hostroot import HostRootTemplate, template_applies
 from capsa.runtime.protocol import (
     Forked,
     Message,
@@ -41,7 +41,7 @@ from capsa.runtime.protocol import (
     encode,
     error_reply,
 )
-from capsa.runtime.wire import encode_frame, recv_msg, write_frame
+from capsa.runtime.wire import recv_msg, write_frame
 
 __all__ = ["JOB_NAMESPACES", "zygote_main"]
 
@@ -58,9 +58,7 @@ def zygote_main(sock: socket.socket) -> NoReturn:
     # Compile every seccomp profile once; a job only installs the bytes (≈ 0.1 ms).
     filters = {name: security.compile_profile(name) for name in security.PROFILE_NAMES}
     host_cgroup_mounts()   # parsed once here; each job's stage two inherits it (jobview)
-    watch = MountTableWatch()
-    host_root = HostRootTemplate(watch)   # built at the first job that may use it
-    spares = _Spares(sock, filters, watch)
+    host_root = HostRootTemplate()   # built at the first job that may use it
     while True:
         try:
             frame, fds = recv_msg(sock)
@@ -90,12 +88,9 @@ def zygote_main(sock: socket.socket) -> NoReturn:
                 execproc.exec_stage_one(msg, fds, filters)
         elif isinstance(msg, ZygoteStart) and len(fds) == 3:
             template = host_root.current() if template_applies(msg.spec) else -1
-            if not spares.start(msg, fds, template, received):
-                _start_job(sock, msg, fds, filters, received, template)
+            _start_job(sock, msg, fds, filters, received, template)
         for fd in fds:
             os.close(fd)
-        # Off the start path (the job is on its way): the next start's process, cloned ahead.
-        spares.prepare()
 
 
 def _start_job(sock: socket.socket, msg: ZygoteStart, fds: list[int], filters: dict[str, bytes],
@@ -112,104 +107,6 @@ def _start_job(sock: socket.socket, msg: ZygoteStart, fds: list[int], filters: d
         _job_process(msg, fds, filters, host_root)
     # Written before our copy of the report pipe closes, so the supervisor has the PID before EOF.
     _write(report_w, Forked(pid, (received_ns, time.monotonic_ns())))
-
-
-class _Spares:
-    """One job process cloned ahead of its start, waiting for its order on a socket.
-
-    A start then costs a wake-up instead of a clone. The spare is already in its new mount, PID, UTS
-    and IPC namespaces and does nothing else until its order comes (it joins the job's cgroups first,
-    as a fresh clone does). Its mount namespace is a copy of the host's as it was at the clone, so a
-    spare made before any change of the host's mount table is discarded, never used (a volume or a
-    network namespace mounted since must be visible to the job). A spare whose zygote goes away sees
-    its socket close and exits.
-    """
-
-    def __init__(self, sock: socket.socket, filters: dict[str, bytes], watch: MountTableWatch) -> None:
-        self.sock = sock
-        self.filters = filters
-        self.watch = watch
-        self.pid = 0
-        self.channel: socket.socket | None = None
-        self.generation = -1
-        self.sample = b""   # the last order's frame: what the next spare rehearses taking
-
-    def start(self, msg: ZygoteStart, fds: list[int], host_root: int, received_ns: int) -> bool:
-        """Hand the start to the spare; False if there is none fit for it (the caller clones)."""
-        if self.channel is None:
-            return False
-        channel, pid = self.channel, self.pid
-        self.channel, self.pid = None, 0
-        try:
-            if self.watch.generation() != self.generation:
-                return False   # made before the host's mounts changed: closing its socket ends it
-            frame = encode_frame(encode(msg))
-            socket.send_fds(channel, [frame], [*fds, host_root] if host_root >= 0 else fds)
-            self.sample = frame
-        except OSError:
-            return False       # it died; a fresh clone takes this start
-        finally:
-            channel.close()
-        _write(fds[2], Forked(pid, (received_ns, time.monotonic_ns())))
-        return True
-
-    def prepare(self) -> None:
-        if self.channel is not None:
-            return
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        generation = self.watch.generation()
-        try:
-            pid = clone_job()
-        except OSError:
-            ours.close()
-            theirs.close()
-            return
-        if pid == 0:
-            ours.close()
-            self.sock.close()
-            _spare_main(theirs, self.filters, self.sample)
-        theirs.close()
-        self.channel, self.pid, self.generation = ours, pid, generation
-
-
-def _spare_main(channel: socket.socket, filters: dict[str, bytes], sample: bytes) -> NoReturn:
-    """A spare job process: wait for the order, then be that job (or exit if none comes)."""
-    try:
-        if sample:
-            _rehearse(sample)
-        frame, fds = recv_msg(channel)
-        channel.close()
-        if frame is None or len(fds) not in (3, 4):
-            os._exit(0)
-        _id, msg = decode(frame)
-    except BaseException:
-        os._exit(0)
-    if len(fds) == 4:
-        # Received descriptors are inheritable; the template's must never reach the job (an fd on a
-        # directory outside its root would be a way out of it).
-        os.set_inheritable(fds[3], False)
-    assert isinstance(msg, ZygoteStart)
-    _job_process(msg, fds[:3], filters, fds[3] if len(fds) == 4 else -1)
-
-
-def _rehearse(sample: bytes) -> None:
-    """Receive and decode ``sample`` once while idle.
-
-    A fresh clone shares the zygote's memory copy-on-write, and Python writes to every object it
-    touches (reference counts): receiving and decoding the first order costs ~1 ms of page faults
-    (measured on the 2-core test machine; ~0.1 ms once rehearsed). Rehearsing takes those faults
-    before the order comes.
-    """
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        socket.send_fds(a, [sample], [a.fileno()])
-        frame, fds = recv_msg(b)
-        for fd in fds:
-            os.close(fd)
-        decode(frame)
-    finally:
-        a.close()
-        b.close()
 
 
 def _job_process(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes], host_root: int) -> NoReturn:

@@ -83,7 +83,6 @@ _LOG_FINISH_LIMIT_S = 10.0
 # answer by then (a path lookup hung in the job's root) costs the zygote: it is killed and replaced,
 # as the forked mount helper it replaced was killed after the same time.
 MOUNT_TIMEOUT_S = 30.0
-_EARLY_EXIT_KEEP_S = 60.0
 
 
 @dataclass
@@ -114,7 +113,6 @@ class Supervisor(ExecMixin, EventLoop):
         self.by_pid: dict[int, str] = {}
         self.by_fd: dict[int, tuple[str, str]] = {}   # fd -> (job_id, "out"|"err"|"report")
         self.early_exits: dict[int, int] = {}
-        self._early_seen: dict[int, float] = {}   # pid -> monotonic time its exit was noted
         # zygote reply fd -> (asker, frames, monotonic deadline of the zygote's answer)
         self.mount_replies: dict[int, tuple[Caller, FrameReader, float]] = {}
         self.unpublished: dict[str, float] = {}   # exited job -> monotonic limit for its log to finish
@@ -197,23 +195,11 @@ class Supervisor(ExecMixin, EventLoop):
                 continue
             job_id = self.by_pid.get(pid)
             if job_id is None:
-                self._note_early_exit(pid, status)
+                self.early_exits[pid] = status
                 continue
             job = self.jobs[job_id]
             job.wait_status = status
             self._maybe_finish(job)
-
-    def _note_early_exit(self, pid: int, status: int) -> None:
-        """The exit of a child no job names yet: a job whose ``Forked`` frame is still on its way, or a
-        spare job process the zygote discarded. Kept a minute at most, so that a PID the kernel hands
-        out again later is never taken for that exit."""
-        now = time.monotonic()
-        for old, seen in list(self._early_seen.items()):
-            if now - seen > _EARLY_EXIT_KEEP_S:
-                del self._early_seen[old]
-                self.early_exits.pop(old, None)
-        self.early_exits[pid] = status
-        self._early_seen[pid] = now
 
     # -- start -----------------------------------------------------------------------------------
     @handles(StartRequest)
