@@ -124,16 +124,13 @@ def processes_in_cgroup_named(name: str) -> list[int]:
 
 
 def zygote_pid(supervisor_pid: int) -> int:
-    """The supervisor's long-lived fork server: its child running the same interpreter, in its PID
-    namespace (the zygote's spare job process, cloned ahead, runs that interpreter in a new one)."""
+    """The supervisor's long-lived fork server: its child running the same interpreter."""
     exe = os.path.realpath(f"/proc/{supervisor_pid}/exe")
-    pid_ns = os.stat(f"/proc/{supervisor_pid}/ns/pid").st_ino
     found = []
     for task in os.listdir(f"/proc/{supervisor_pid}/task"):
         for child in Path(f"/proc/{supervisor_pid}/task/{task}/children").read_text().split():
             with contextlib.suppress(OSError):
-                if (os.path.realpath(f"/proc/{child}/exe", strict=True) == exe
-                        and os.stat(f"/proc/{child}/ns/pid").st_ino == pid_ns):
+                if os.path.realpath(f"/proc/{child}/exe", strict=True) == exe:
                     found.append(int(child))
     assert len(found) == 1, f"expected one zygote under supervisor {supervisor_pid}, found {found}"
     return found[0]
