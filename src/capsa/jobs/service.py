@@ -202,7 +202,7 @@ class JobService:
             self.timers_changed.set()
             return self.get(job_id)
         late = [r for r in self.resources if not r.before_record]
-        return self._launch(job_id, hostname, request, grant, late, t0)
+        return self._launch(job_id, hostname, request, grant, late, t0, recorded_ns=time.monotonic_ns())
 
     def _check(self, request: RunRequest, rootfs: JobRootfs | None) -> RunRequest:
         """Refuse at submission what could never run; returns the request with its runtime resolved."""
@@ -233,7 +233,7 @@ class JobService:
         return request
 
     def _launch(self, job_id: str, hostname: str, request: RunRequest, grant: Grant,
-                to_acquire: Sequence[JobResource], t0: int) -> Job:
+                to_acquire: Sequence[JobResource], t0: int, *, recorded_ns: int = 0) -> Job:
         """Acquire what is left, hand the (launched) PENDING job to the supervisor: RUNNING or FAILED."""
         try:
             grant = grant.merged(acquire_all(to_acquire, job_id, request))
@@ -242,7 +242,8 @@ class JobService:
             raise
         try:
             # The spec is built here, not earlier: an image's User may not be a numeric id (InvalidArgument).
-            rec = self.supervisor.start(build_spec(job_id, hostname, self.jobs_dir / job_id, request, grant))
+            rec = self.supervisor.start(build_spec(job_id, hostname, self.jobs_dir / job_id, request, grant),
+                                        submitted_ns=t0, recorded_ns=recorded_ns)
         except CapsaError as exc:
             self._fail_start(job_id, exc, grant, release=self.resources)
             if _is_command_not_found(exc):

@@ -210,9 +210,14 @@ class SupervisorClient:
             return False
         return True
 
-    def start(self, spec: JobSpec) -> JobRecord:
-        """The job's record once its command was exec'd; ``StartFailedError`` if it never was."""
-        return self.request(StartRequest(spec), JobReply, timeout=START_WAIT_S).job
+    def start(self, spec: JobSpec, *, submitted_ns: int = 0, recorded_ns: int = 0) -> JobRecord:
+        """The job's record once its command was exec'd; ``StartFailedError`` if it never was.
+
+        ``submitted_ns``/``recorded_ns``: the caller's CLOCK_MONOTONIC stamps of the submission and
+        of its record, kept in the record's ``start_stamps`` beside the supervisor's own.
+        """
+        request = StartRequest(spec, submitted_ns, recorded_ns)
+        return self.request(request, JobReply, timeout=START_WAIT_S).job
 
     def stop(self, job_id: str, grace_s: float) -> JobRecord:
         return self.request(StopRequest(job_id, grace_s), JobReply).job

@@ -68,6 +68,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import NoReturn
 
 from capsa import linux
 from capsa.errors import (
@@ -117,37 +118,42 @@ _CODE_BY_ERRNO = {
 
 
 # -- public API ------------------------------------------------------------------------
-def attach(pidfd: int, host_path: Path, target: str, *, create_target: bool = True) -> None:
+def attach(pidfd: int, host_path: Path, target: str, *, create_target: bool = True, in_process: bool = False) -> None:
     """Mount ``host_path`` read-only at ``target`` (a path inside the job's root).
 
     Refuses a target that is already a mount point (use :func:`swap`), a target
     with a symlink in it, and a shared target mount. Raises ``NotFound`` when the
     job is gone or (without ``create_target``) the target does not exist.
+
+    ``in_process``: do the namespace work in this process (which must be single-threaded) and come
+    back to its own mount namespace, instead of in a forked helper (see :func:`_run_in_process`).
     """
     parts = _target_parts(target)
     pid = pid_of(pidfd)
     source = os.fsencode(host_path)
-    _run_helper(
-        lambda: _attach_in_helper(pid, pidfd, source, parts, create_target),
+    _run(
+        lambda fds: _attach_in_helper(fds, pid, pidfd, source, parts, create_target),
         f"attach {os.fsdecode(source)} at {target} in job pid {pid}",
         pidfd,
+        in_process,
     )
 
 
-def swap(pidfd: int, new_host_path: Path, target: str) -> None:
+def swap(pidfd: int, new_host_path: Path, target: str, *, in_process: bool = False) -> None:
     """Atomically replace what is mounted at ``target`` with ``new_host_path``."""
     parts = _target_parts(target)
     pid = pid_of(pidfd)
     source = os.fsencode(new_host_path)
     beneath = beneath_supported()
-    _run_helper(
-        lambda: _swap_in_helper(pid, pidfd, source, parts, beneath),
+    _run(
+        lambda fds: _swap_in_helper(fds, pid, pidfd, source, parts, beneath),
         f"swap {target} to {os.fsdecode(source)} in job pid {pid}",
         pidfd,
+        in_process,
     )
 
 
-def detach(pidfd: int, target: str) -> None:
+def detach(pidfd: int, target: str, *, in_process: bool = False) -> None:
     """Lazily unmount what capsa mounted at ``target`` (every stacked layer).
 
     Processes in the job that still hold files open keep them; new lookups see
@@ -155,7 +161,8 @@ def detach(pidfd: int, target: str) -> None:
     """
     parts = _target_parts(target)
     pid = pid_of(pidfd)
-    _run_helper(lambda: _detach_in_helper(pid, pidfd, parts), f"detach {target} in job pid {pid}", pidfd)
+    _run(lambda fds: _detach_in_helper(fds, pid, pidfd, parts), f"detach {target} in job pid {pid}", pidfd,
+         in_process)
 
 
 @dataclass(frozen=True)
@@ -223,6 +230,80 @@ def beneath_supported() -> bool:
 
 
 # -- helper process ----------------------------------------------------------------------
+class _Fds:
+    """Every descriptor an operation opens, closed when it ends (in-process, nothing may leak)."""
+
+    def __init__(self) -> None:
+        self._open: list[int] = []
+
+    def add(self, fd: int) -> int:
+        self._open.append(fd)
+        return fd
+
+    def close(self, fd: int) -> None:
+        self._open.remove(fd)
+        os.close(fd)
+
+    def close_all(self) -> None:
+        while self._open:
+            try:
+                os.close(self._open.pop())
+            except OSError:
+                pass
+
+
+def _run(operation: Callable[[_Fds], None], what: str, keep: int, in_process: bool) -> None:
+    def run() -> None:
+        fds = _Fds()
+        try:
+            operation(fds)
+        finally:
+            fds.close_all()
+
+    if in_process:
+        _run_in_process(run, what)
+    else:
+        _run_helper(run, what, keep)
+
+
+def _run_in_process(operation: Callable[[], None], what: str) -> None:
+    """Run ``operation`` here, then return to our own mount namespace and working directory.
+
+    This saves the helper's fork, exit and wait (the zygote uses it: it is single-threaded, which
+    ``setns(CLONE_NEWNS)`` requires). Failures are reported exactly as a helper's would be. If the
+    way back fails, the process exits at once: it must never go on working in a job's namespace.
+    The zygote's caller bounds a hung operation by killing the zygote (see supervisor ``_mount``).
+    """
+    own_ns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except BaseException:
+        os.close(own_ns)
+        raise
+    payload = b""
+    try:
+        operation()
+    except BaseException as exc:
+        payload = _encode_failure(exc)
+    finally:
+        try:
+            linux.setns(own_ns, linux.CLONE_NEWNS)
+            os.fchdir(cwd)
+        except BaseException:
+            os._exit(70)
+        os.close(own_ns)
+        os.close(cwd)
+    if payload:
+        _raise_failure(payload, what)
+
+
+def _raise_failure(payload: bytes, what: str) -> NoReturn:
+    code, err, message = payload.decode("utf-8", "replace").split("\0", 2)
+    exc = error_from_code(code, f"{what}: {message}")
+    exc.detail["errno"] = int(err)
+    raise exc
+
+
 def _run_helper(operation: Callable[[], None], what: str, keep: int) -> None:
     """Run ``operation`` in a forked child; re-raise its failure here as a CapsaError.
 
@@ -253,10 +334,7 @@ def _run_helper(operation: Callable[[], None], what: str, keep: int) -> None:
         os.close(read_end)
     _, status = os.waitpid(child, 0)
     if payload:
-        code, err, message = payload.decode("utf-8", "replace").split("\0", 2)
-        exc = error_from_code(code, f"{what}: {message}")
-        exc.detail["errno"] = int(err)
-        raise exc
+        _raise_failure(payload, what)
     if os.waitstatus_to_exitcode(status) != 0:
         raise CapsaError(f"{what}: mount helper failed with status {os.waitstatus_to_exitcode(status)}")
 
@@ -299,10 +377,11 @@ def _encode_failure(exc: BaseException) -> bytes:
 class _Job:
     """Descriptors the helper holds on the job; entering switches to its mount namespace."""
 
-    def __init__(self, pid: int, pidfd: int) -> None:
-        self.proc = os.open("/proc", _DIR_FLAGS)  # the host's procfs, kept across setns
+    def __init__(self, fds: _Fds, pid: int, pidfd: int) -> None:
+        self.fds = fds
+        self.proc = fds.add(os.open("/proc", _DIR_FLAGS))  # the host's procfs, kept across setns
         try:
-            self.root = os.open(f"{pid}/root", _DIR_FLAGS, dir_fd=self.proc)
+            self.root = fds.add(os.open(f"{pid}/root", _DIR_FLAGS, dir_fd=self.proc))
             theirs = os.stat(f"{pid}/ns/mnt", dir_fd=self.proc)
         except (FileNotFoundError, ProcessLookupError):
             raise NotFound(f"job process {pid} has exited") from None
@@ -330,7 +409,7 @@ class _Job:
         raise Unsupported("this kernel does not report mnt_id in /proc/self/fdinfo")
 
     def resolve(self, parts: tuple[str, ...], create: bool) -> tuple[int, int]:
-        """(parent dir fd, target dir fd) inside the job's root, never through a symlink."""
+        """(parent dir fd, target dir fd) inside the job's root, never through a symlink (both in ``fds``)."""
         current = os.dup(self.root)
         shown = ""
         for index, name in enumerate(parts):
@@ -341,7 +420,7 @@ class _Job:
                 os.close(current)
                 raise
             if index == len(parts) - 1:
-                return current, child
+                return self.fds.add(current), self.fds.add(child)
             os.close(current)
             current = child
         raise InvalidArgument("empty target")  # unreachable: _target_parts refuses "/"
@@ -400,10 +479,10 @@ def _open_component(parent: int, name: str, shown: str, create: bool) -> int:
     raise FailedPrecondition(f"{shown} keeps changing inside the job")
 
 
-def _clone_readonly(source: bytes) -> int:
-    tree = linux.open_tree(
+def _clone_readonly(fds: _Fds, source: bytes) -> int:
+    tree = fds.add(linux.open_tree(
         linux.AT_FDCWD, source, linux.OPEN_TREE_CLONE | linux.OPEN_TREE_CLOEXEC | linux.AT_RECURSIVE
-    )
+    ))
     if not stat.S_ISDIR(os.fstat(tree).st_mode):
         raise InvalidArgument(f"{os.fsdecode(source)} is not a directory")
     linux.mount_setattr(
@@ -412,9 +491,9 @@ def _clone_readonly(source: bytes) -> int:
     return tree
 
 
-def _attach_in_helper(pid: int, pidfd: int, source: bytes, parts: tuple[str, ...], create: bool) -> None:
-    tree = _clone_readonly(source)
-    job = _Job(pid, pidfd)
+def _attach_in_helper(fds: _Fds, pid: int, pidfd: int, source: bytes, parts: tuple[str, ...], create: bool) -> None:
+    tree = _clone_readonly(fds, source)
+    job = _Job(fds, pid, pidfd)
     parent, target = job.resolve(parts, create)
     shown = "/" + "/".join(parts)
     if job.mnt_id(target) != job.mnt_id(parent):
@@ -423,9 +502,9 @@ def _attach_in_helper(pid: int, pidfd: int, source: bytes, parts: tuple[str, ...
     linux.move_mount(tree, "", target, "", _EMPTY_PATHS)
 
 
-def _swap_in_helper(pid: int, pidfd: int, source: bytes, parts: tuple[str, ...], beneath: bool) -> None:
-    tree = _clone_readonly(source)
-    job = _Job(pid, pidfd)
+def _swap_in_helper(fds: _Fds, pid: int, pidfd: int, source: bytes, parts: tuple[str, ...], beneath: bool) -> None:
+    tree = _clone_readonly(fds, source)
+    job = _Job(fds, pid, pidfd)
     parent, target = job.resolve(parts, create=False)
     shown = "/" + "/".join(parts)
     if job.mnt_id(target) == job.mnt_id(parent):
@@ -438,16 +517,16 @@ def _swap_in_helper(pid: int, pidfd: int, source: bytes, parts: tuple[str, ...],
         linux.move_mount(tree, "", target, "", _EMPTY_PATHS)  # stacks; see module docstring
 
 
-def _detach_in_helper(pid: int, pidfd: int, parts: tuple[str, ...]) -> None:
-    job = _Job(pid, pidfd)
+def _detach_in_helper(fds: _Fds, pid: int, pidfd: int, parts: tuple[str, ...]) -> None:
+    job = _Job(fds, pid, pidfd)
     parent, target = job.resolve(parts, create=False)
     shown = "/" + "/".join(parts)
     if job.mnt_id(target) == job.mnt_id(parent):
         raise NotFound(f"nothing is mounted at {shown} in the job")
     for _layer in range(_MAX_LAYERS):
         job.unmount_top(target)
-        os.close(target)
-        target = linux.openat2(parent, parts[-1], _DIR_FLAGS, 0, _NO_ESCAPE)
+        fds.close(target)
+        target = fds.add(linux.openat2(parent, parts[-1], _DIR_FLAGS, 0, _NO_ESCAPE))
         if job.mnt_id(target) == job.mnt_id(parent):
             return
     raise FailedPrecondition(f"more than {_MAX_LAYERS} mounts are stacked at {shown} in the job")

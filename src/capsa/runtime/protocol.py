@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import math
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from capsa.errors import CapsaError, FailedPrecondition, InvalidArgument, NotFound
@@ -25,8 +25,11 @@ from capsa.runtime._codec import Message, decode, encode, message, register_type
 from capsa.runtime.spec import JobSpec
 
 __all__ = [
+    "FORKED_STAMPS",
     "MAX_GRACE_S",
     "MOUNT_ACTIONS",
+    "STAGE2_STAMPS",
+    "START_STAMPS",
     "ErrorReply",
     "ExecOutput",
     "ExecReply",
@@ -51,6 +54,7 @@ __all__ = [
     "ResizeRequest",
     "ShutdownRequest",
     "SignalRequest",
+    "Stage2Stamps",
     "StageFailed",
     "StartFailed",
     "StartFailedError",
@@ -67,6 +71,15 @@ __all__ = [
 ]
 
 MAX_GRACE_S = 24 * 3600.0
+# The start path's timestamps, in the order they are taken (see JobRecord.start_stamps): the
+# daemon's (submitted, recorded in SQLite), the supervisor's (request received, cgroups made, log
+# opened, order sent to the zygote), ``Forked.stamps`` (the zygote read the order, its clone of the
+# job returned), ``Stage2Stamps`` (the job's process runs, joined its cgroups, root built, pivot_root
+# done, about to exec) and the supervisor's ``exec`` (report pipe EOF).
+FORKED_STAMPS = ("zygote", "forked")
+STAGE2_STAMPS = ("child", "joined", "root", "pivot", "ready")
+START_STAMPS = ("submitted", "recorded", "received", "cgroup", "log", "sent", "zygote", "child", "joined", "root",
+                "pivot", "ready", "exec")
 MOUNT_ACTIONS = frozenset({"attach", "swap", "detach"})
 # The daemon's ids are 32 hex digits; tests prefix theirs with a word. What matters to the
 # supervisor is that an id is a safe single path component and cgroup name of bounded length.
@@ -99,6 +112,10 @@ class JobRecord:
     cgroup: str = ""
     log_incomplete_bytes: int = 0   # output the disk could not take (ADR-0004); also said in ``reason``
     log_dropped_bytes: int = 0      # oldest log segments dropped by --log-max-size (all runs of the job)
+    # Where the start went: CLOCK_MONOTONIC ns (one clock for every process of the host) named by
+    # START_STAMPS, taken by the daemon, supervisor, zygote, stage one and stage two. Kept in
+    # status.json; bench/bench_job_start.py breaks the start latency down from them.
+    start_stamps: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -116,6 +133,9 @@ class JobRecord:
 def _record_from_wire(data: object) -> JobRecord:
     if not isinstance(data, dict) or not isinstance(data.get("job_id"), str):
         raise InvalidArgument("a job record is an object with a job_id")
+    stamps = data.get("start_stamps", {})
+    if not isinstance(stamps, dict) or not all(type(v) is int for v in stamps.values()):
+        raise InvalidArgument("a job record's start_stamps is an object of integers")
     try:
         return JobRecord.from_dict(data)
     except (TypeError, ValueError) as exc:
@@ -142,6 +162,8 @@ class StartRequest(Message):
     """Answered by ``JobReply`` once the command was exec'd, or ``StartFailed`` / ``ErrorReply``."""
 
     spec: JobSpec
+    submitted_ns: int = 0   # the daemon's start stamps (CLOCK_MONOTONIC), copied into start_stamps
+    recorded_ns: int = 0
 
     def validate(self) -> None:
         _validate_spec(self.spec)
@@ -504,9 +526,18 @@ class ZygoteExec(Message):
 @message("forked")
 @dataclass(frozen=True)
 class Forked(Message):
-    """Stage one forked the job's PID 1 (on the report pipe)."""
+    """The job's PID 1 exists (on the report pipe; written by the zygote, or by an exec's stage one)."""
 
     pid: int
+    stamps: tuple[int, ...] = ()   # FORKED_STAMPS (a job start's; an exec sends none)
+
+
+@message("stage2_stamps")
+@dataclass(frozen=True)
+class Stage2Stamps(Message):
+    """The job process's STAGE2_STAMPS, written just before it execs (on the report pipe)."""
+
+    stamps: tuple[int, ...]
 
 
 @message("stage_failed")

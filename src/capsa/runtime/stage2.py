@@ -19,13 +19,14 @@ import signal
 import socket
 import stat
 import termios
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from capsa import linux
-from capsa.runtime import devices, security
+from capsa.runtime import devices, hostroot, security
 from capsa.runtime.cgroups.jobview import mount_job_cgroups
-from capsa.runtime.protocol import StageFailed, encode
+from capsa.runtime.protocol import Stage2Stamps, StageFailed, encode
 from capsa.runtime.spec import HOST_ETC_ENTRIES, HOST_RO_DIRS, BindSpec, JobSpec, MountSpec
 from capsa.runtime.wire import write_frame
 from capsa.snapshots.base import Mount
@@ -107,10 +108,12 @@ def _mount_kernel_fs(root: str) -> None:
     linux.mount("tmpfs", root + "/tmp", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=1777")
 
 
-def build_root(spec: JobSpec, cgroup_dirs: Sequence[str] = ()) -> None:
+def build_root(spec: JobSpec, cgroup_dirs: Sequence[str] = (), host_root: int = -1) -> None:
     """Assemble the job's root under ``spec.root_dir`` (we are in a private mount ns).
 
     ``cgroup_dirs``: host paths of the job's cgroups, shown read-only at /sys/fs/cgroup.
+    ``host_root``: the zygote's prepared read-only host root (:mod:`capsa.runtime.hostroot`) to
+    clone instead of assembling one, for a spec it applies to; -1 assembles it here.
     """
     root = spec.root_dir
     _step("make mounts private", lambda: linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE, None))
@@ -118,6 +121,8 @@ def build_root(spec: JobSpec, cgroup_dirs: Sequence[str] = ()) -> None:
         for m in spec.root_mounts:
             _step(f"mount image root ({m.type} {m.source})", lambda m=m: _apply_mount(m, root))
         _step("make mount points", lambda: _image_mount_points(root))
+    elif host_root >= 0:
+        _step("clone read-only host root", lambda: hostroot.attach_host_root(host_root, root))
     else:
         _step("assemble read-only host root", lambda: _build_host_root(root))
     _step("bind /work", lambda: linux.mount(spec.work_dir, root + "/work", None, linux.MS_BIND, None))
@@ -228,7 +233,8 @@ def _enter_root(spec: JobSpec) -> None:
     os.chdir("/")
 
 
-def exec_job(spec: JobSpec, bpf: bytes = b"") -> None:
+def exec_job(spec: JobSpec, bpf: bytes = b"", ready: Callable[[], None] | None = None) -> None:
+    """Drop privileges and exec; ``ready`` runs just before the seccomp filter goes in."""
     socket.sethostname(spec.hostname)
     for sig in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
@@ -254,6 +260,8 @@ def exec_job(spec: JobSpec, bpf: bytes = b"") -> None:
     env.setdefault("HOSTNAME", spec.hostname)
     argv0 = _resolve_command(spec.argv[0], env["PATH"])
     try:
+        if ready is not None:
+            ready()
         # Seccomp goes last: after it, only execve (and on failure write/_exit) runs.
         security.install_bpf(bpf)
         os.execve(argv0, list(spec.argv), env)
@@ -272,15 +280,28 @@ def _resolve_command(name: str, path: str) -> str:
     raise StageError(f"exec {name}", FileNotFoundError(2, f"{name}: command not found in PATH"))
 
 
-def run_stage2(spec: JobSpec, report_fd: int, bpf: bytes = b"", cgroup_dirs: Sequence[str] = ()) -> None:
-    """Never returns: execs the job or reports the failure and exits 127."""
+def run_stage2(spec: JobSpec, report_fd: int, bpf: bytes = b"", cgroup_dirs: Sequence[str] = (),
+               stamps: Sequence[int] = (), host_root: int = -1) -> None:
+    """Never returns: execs the job or reports the failure and exits 127.
+
+    ``stamps``: the job process's earlier STAGE2_STAMPS (started, joined its cgroups);
+    ``host_root``: see :func:`build_root`.
+    """
+    stamps = list(stamps)
+
+    def ready() -> None:   # one frame below PIPE_BUF: atomic beside stage one's Forked
+        stamps.append(time.monotonic_ns())
+        write_frame(report_fd, encode(Stage2Stamps(tuple(stamps))))
+
     try:
         os.setsid()
         if spec.stdin == "tty":   # -t: the session leader takes its terminal (fd 0) as controlling terminal
             _step("controlling terminal", lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
-        build_root(spec, cgroup_dirs)
+        build_root(spec, cgroup_dirs, host_root)
+        stamps.append(time.monotonic_ns())
         _step("pivot_root", lambda: _enter_root(spec))
-        exec_job(spec, bpf)
+        stamps.append(time.monotonic_ns())
+        exec_job(spec, bpf, ready)
     except StageError as exc:
         _report(report_fd, StageFailed(exc.step, exc.errno, str(exc)))
     except BaseException as exc:  # anything else is a bug; still never return into the zygote's code

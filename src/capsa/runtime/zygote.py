@@ -19,13 +19,16 @@ import contextlib
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import NoReturn
 
 from capsa import linux
 from capsa.errors import CapsaError, InvalidArgument
 from capsa.runtime import execproc, mounts, security, stage2
+from capsa.runtime._clone import clone_job
 from capsa.runtime.cgroups.jobview import host_cgroup_mounts
+from capsa.runtime.hostroot import HostRootTemplate, template_applies
 from capsa.runtime.protocol import (
     Forked,
     Message,
@@ -44,7 +47,7 @@ __all__ = ["JOB_NAMESPACES", "zygote_main"]
 
 JOB_NAMESPACES = (
     linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC | linux.CLONE_NEWCGROUP
-)
+)   # what a job gets: cloned with all but the cgroup namespace, which it unshares once in its cgroups
 
 
 def zygote_main(sock: socket.socket) -> NoReturn:
@@ -55,6 +58,7 @@ def zygote_main(sock: socket.socket) -> NoReturn:
     # Compile every seccomp profile once; a job only installs the bytes (≈ 0.1 ms).
     filters = {name: security.compile_profile(name) for name in security.PROFILE_NAMES}
     host_cgroup_mounts()   # parsed once here; each job's stage two inherits it (jobview)
+    host_root = HostRootTemplate()   # built at the first job that may use it
     while True:
         try:
             frame, fds = recv_msg(sock)
@@ -62,6 +66,7 @@ def zygote_main(sock: socket.socket) -> NoReturn:
             os._exit(1)
         if frame is None:
             os._exit(0)
+        received = time.monotonic_ns()
         try:
             _id, msg = decode(frame)
         except InvalidArgument as exc:   # the supervisor sent something we cannot run: answer where we can
@@ -82,19 +87,31 @@ def zygote_main(sock: socket.socket) -> NoReturn:
                 sock.close()
                 execproc.exec_stage_one(msg, fds, filters)
         elif isinstance(msg, ZygoteStart) and len(fds) in (3, 4):   # [stdin (-i/-t)], out, err, report
-            try:
-                pid = os.fork()
-            except OSError as exc:
-                _report(fds[-1], f"fork: {exc}")
-                pid = -1
-            if pid == 0:
-                sock.close()
-                _stage_one(msg, fds, filters)
+            template = host_root.current() if template_applies(msg.spec) else -1
+            _start_job(sock, msg, fds, filters, received, template)
         for fd in fds:
             os.close(fd)
 
 
-def _stage_one(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes]) -> NoReturn:
+def _start_job(sock: socket.socket, msg: ZygoteStart, fds: list[int], filters: dict[str, bytes],
+               received_ns: int, host_root: int) -> None:
+    """Clone the job's PID 1 straight into its namespaces, as the supervisor's child (see _clone)."""
+    report_w = fds[-1]
+    try:
+        pid = clone_job()
+    except OSError as exc:
+        _report(report_w, str(exc))
+        return
+    if pid == 0:
+        sock.close()
+        _job_process(msg, fds, filters, host_root)
+    # Written before our copy of the report pipe closes, so the supervisor has the PID before EOF.
+    _write(report_w, Forked(pid, (received_ns, time.monotonic_ns())))
+
+
+def _job_process(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes], host_root: int) -> NoReturn:
+    """The job's PID 1 (in its new mount, PID, UTS and IPC namespaces): join, then stage two."""
+    started = time.monotonic_ns()
     # A job started with -i/-t gets its stdin first: a pipe's read end or its terminal (ADR-0013).
     *stdin_r, stdout_w, stderr_w, report_w = fds
     try:
@@ -110,34 +127,32 @@ def _stage_one(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes]) -> N
         for fd in (stdin, stdout_w, stderr_w):
             if fd > 2:
                 os.close(fd)
+        # First, before anything of the job runs: charged and limited from here on.
         for procs in msg.cgroup_procs:
             fd = os.open(str(procs), os.O_WRONLY | os.O_CLOEXEC)
             try:
                 os.write(fd, b"0")
             finally:
                 os.close(fd)
-        if spec.netns_path:  # join the job's network namespace before unsharing the rest
+        if spec.netns_path:  # the job's network namespace
             netns_fd = os.open(spec.netns_path, os.O_RDONLY | os.O_CLOEXEC)
             linux.setns(netns_fd, linux.CLONE_NEWNET)
             os.close(netns_fd)
-        linux.unshare(JOB_NAMESPACES)
-        pid = os.fork()
-        if pid == 0:
-            cgroup_dirs = [os.path.dirname(p) for p in msg.cgroup_procs]
-            stage2.run_stage2(spec, report_w, filters[spec.seccomp], cgroup_dirs)
-        write_frame(report_w, encode(Forked(pid)))
-        os._exit(0)
+        # After joining: the cgroup namespace's root is the job's own cgroup.
+        linux.unshare(linux.CLONE_NEWCGROUP)
     except BaseException as exc:
         _report(report_w, f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc))
         os._exit(127)
+    cgroup_dirs = [os.path.dirname(p) for p in msg.cgroup_procs]
+    stage2.run_stage2(spec, report_w, filters[spec.seccomp], cgroup_dirs, (started, time.monotonic_ns()), host_root)
 
 
 def _mount(msg: ZygoteMount, fds: list[int]) -> None:
-    """Run one attach/swap/detach (capsa.runtime.mounts forks its own helper) and answer on the reply fd.
+    """Run one attach/swap/detach (capsa.runtime.mounts, in this process) and answer on the reply fd.
 
-    It runs here because this is the one single-threaded process: the helper's fork and
-    setns must never happen in a threaded one. SIGCHLD is default while it runs so the
-    helper's exit status can be waited for; stage-one exits in that window are reaped after.
+    It runs here because this is the one single-threaded process: setns(CLONE_NEWNS) and the
+    swap probe's fork must never happen in a threaded one. SIGCHLD is default while it runs so
+    the probe's exit status can be waited for; other children's exits are reaped after.
     """
     reply: Message = OkReply()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -145,12 +160,14 @@ def _mount(msg: ZygoteMount, fds: list[int]) -> None:
         if len(fds) != 2:
             raise InvalidArgument(f"a mount request carries a pidfd and a reply fd, got {len(fds)} fds")
         pidfd = fds[0]
+        # In this process, without a helper's fork: we are single-threaded, and mounts comes back
+        # to our own namespace (or exits) before it returns.
         if msg.action == "attach":
-            mounts.attach(pidfd, Path(msg.source), msg.target, create_target=msg.create_target)
+            mounts.attach(pidfd, Path(msg.source), msg.target, create_target=msg.create_target, in_process=True)
         elif msg.action == "swap":
-            mounts.swap(pidfd, Path(msg.source), msg.target)
+            mounts.swap(pidfd, Path(msg.source), msg.target, in_process=True)
         elif msg.action == "detach":
-            mounts.detach(pidfd, msg.target)
+            mounts.detach(pidfd, msg.target, in_process=True)
         else:
             raise InvalidArgument(f"unknown mount action {msg.action!r}")
     except Exception as exc:  # a bad request must never take the zygote down

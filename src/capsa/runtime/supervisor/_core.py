@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from capsa.errors import AlreadyExists, CapsaError, FailedPrecondition, NotFound, from_os_error
+from capsa.errors import AlreadyExists, CapsaError, FailedPrecondition, NotFound, Timeout, from_os_error
 from capsa.logs import JobLog, LogPersister, Stream
 from capsa.runtime import cgroups
 from capsa.runtime.devices import job_device_rules
 from capsa.runtime.protocol import (
+    FORKED_STAMPS,
+    STAGE2_STAMPS,
     ErrorReply,
     FenceRequest,
     ForgetRequest,
@@ -40,6 +42,7 @@ from capsa.runtime.protocol import (
     ProcState,
     ShutdownRequest,
     SignalRequest,
+    Stage2Stamps,
     StageFailed,
     StartFailed,
     StartRequest,
@@ -48,6 +51,7 @@ from capsa.runtime.protocol import (
     ZygoteMount,
     ZygoteStart,
     decode,
+    error_reply,
 )
 from capsa.runtime.spec import JobSpec
 from capsa.runtime.supervisor._exec import ExecMixin
@@ -77,6 +81,10 @@ START_TIMEOUT_S = 120.0
 # a log that cannot be finished (disk failing) holds its event no longer than the limit.
 _LOG_FINISH_POLL_S = 0.005
 _LOG_FINISH_LIMIT_S = 10.0
+# The zygote does a live mount in its own process (runtime/mounts.py, in_process). One that does not
+# answer by then (a path lookup hung in the job's root) costs the zygote: it is killed and replaced,
+# as the forked mount helper it replaced was killed after the same time.
+MOUNT_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -110,7 +118,8 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
         self.by_pid: dict[int, str] = {}
         self.by_fd: dict[int, tuple[str, str]] = {}   # fd -> (job_id, "out"|"err"|"report")
         self.early_exits: dict[int, int] = {}
-        self.mount_replies: dict[int, tuple[Caller, FrameReader]] = {}   # zygote reply fd -> (asker, frames)
+        # zygote reply fd -> (asker, frames, monotonic deadline of the zygote's answer)
+        self.mount_replies: dict[int, tuple[Caller, FrameReader, float]] = {}
         self.unpublished: dict[str, float] = {}   # exited job -> monotonic limit for its log to finish
         self.driver = driver
         self.processes = processes or HostProcesses()
@@ -142,6 +151,7 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
     # -- deadlines ------------------------------------------------------------------------------------
     def next_timeout(self) -> float | None:
         deadlines = [d for j in self.jobs.values() for d in (j.kill_at, j.start_deadline, j.fence_at) if d is not None]
+        deadlines.extend(deadline for _caller, _reader, deadline in self.mount_replies.values())
         if self.unpublished:
             deadlines.append(time.monotonic() + _LOG_FINISH_POLL_S)
         if not deadlines:
@@ -152,6 +162,11 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
         now = time.monotonic()
         if self.unpublished:
             self._publish_finished(now)
+        for fd, (_caller, _reader, deadline) in list(self.mount_replies.items()):
+            if now >= deadline:
+                self.log(f"the zygote did not finish a mount within {MOUNT_TIMEOUT_S:g}s; replacing it")
+                self.zygote.kill()   # reaped and respawned in on_children
+                self._end_mount(fd, error_reply(Timeout(f"the mount did not finish within {MOUNT_TIMEOUT_S:g}s")))
         for job in list(self.jobs.values()):
             if job.fence_at is not None and now >= job.fence_at:
                 job.fence_at = None
@@ -200,6 +215,7 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
     @handles(StartRequest)
     def _start(self, req: StartRequest, caller: Caller) -> Message | None:
         received = time.monotonic_ns()
+        stamps = {"submitted": req.submitted_ns, "recorded": req.recorded_ns, "received": received}
         spec = req.spec
         if spec.job_id in self.jobs:
             raise AlreadyExists(f"job {spec.job_id} already exists")
@@ -212,8 +228,10 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
         cg = self.driver.create(spec.job_id, _limits(spec))
         try:   # before any process joins: the job may open only its minimal /dev and what the spec adds
             cg.device_rules(job_device_rules(spec))
+            stamps["cgroup"] = time.monotonic_ns()
             assert self.persister is not None
             log = self.persister.open(spec.job_id, Path(spec.log_dir), max_bytes=spec.log_max_bytes)
+            stamps["log"] = time.monotonic_ns()
         except BaseException:
             with contextlib.suppress(Exception):
                 cg.remove()
@@ -226,7 +244,7 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
                     fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
             os.set_blocking(fd, False)
         os.set_blocking(rep_r, False)
-        record = JobRecord(job_id=spec.job_id, started_ns=time.time_ns(), cgroup=str(cg.name))
+        record = JobRecord(job_id=spec.job_id, started_ns=time.time_ns(), cgroup=str(cg.name), start_stamps=stamps)
         job = _Job(record=record, spec=spec, log=log, cgroup=cg, report_fd=rep_r,
                    out_fds={fd for fd, _kind in stdio.read_fds}, stdin_fd=stdio.stdin_fd, tty=stdio.tty,
                    waiter=caller, received_ns=received,
@@ -239,6 +257,7 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
         child_fds = [*stdio.child_fds, rep_w]
         try:
             self.zygote.submit(ZygoteStart(spec, tuple(str(p) for p in cg.join_files())), child_fds)
+            stamps["sent"] = time.monotonic_ns()
         except Exception as exc:   # our write ends close with it: the report EOF answers the start
             job.start_error = StageFailed("launch", 0, f"zygote unavailable: {exc}")
             for fd in child_fds:
@@ -249,10 +268,13 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
     def _on_report(self, job: _Job, data: bytes) -> None:
         for msg in report_messages(job.report, data, "start"):
             if isinstance(msg, Forked) and msg.pid > 0:
+                job.record.start_stamps.update(zip(FORKED_STAMPS, msg.stamps, strict=False))
                 job.record.pid = msg.pid
                 self.by_pid[msg.pid] = job.record.job_id
                 if msg.pid in self.early_exits:
                     job.wait_status = self.early_exits.pop(msg.pid)
+            elif isinstance(msg, Stage2Stamps):
+                job.record.start_stamps.update(zip(STAGE2_STAMPS, msg.stamps, strict=False))
             elif isinstance(msg, StageFailed) and job.start_error is None:
                 job.start_error = msg
 
@@ -261,7 +283,8 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
         if job.start_error is None and job.record.pid:
             job.record.state = ProcState.RUNNING
             # Request received -> the CLOEXEC report pipe closed, i.e. the user's command was exec'd.
-            job.record.exec_latency_ns = time.monotonic_ns() - job.received_ns
+            now = job.record.start_stamps["exec"] = time.monotonic_ns()
+            job.record.exec_latency_ns = now - job.received_ns
             if job.waiter is not None:
                 self.answer(job.waiter, JobReply(dataclasses.replace(job.record)))
                 job.waiter = None
@@ -430,13 +453,13 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
         except ProcessLookupError as exc:
             raise NotFound(f"job {req.job_id} has exited") from exc
         reply_r, reply_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self.mount_replies[reply_r] = (caller, FrameReader())
+        self.mount_replies[reply_r] = (caller, FrameReader(), time.monotonic() + MOUNT_TIMEOUT_S)
         self.sel.register(reply_r, selectors.EVENT_READ, ("mount", None))
         self.zygote.submit(ZygoteMount(req.action, req.target, req.source, req.create_target), [pidfd, reply_w])
         return None
 
     def _on_mount_reply(self, fd: int) -> None:
-        caller, reader = self.mount_replies[fd]
+        _caller, reader, _deadline = self.mount_replies[fd]
         try:
             data = os.read(fd, 65536)
         except BlockingIOError:
@@ -447,14 +470,17 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
         with contextlib.suppress(CapsaError):
             frames = reader.feed(data)
         if frames or not data:
-            self.sel.unregister(fd)
-            os.close(fd)
-            del self.mount_replies[fd]
             reply: Message = ErrorReply("internal", "the zygote gave no answer to a mount")
             with contextlib.suppress(CapsaError):
                 if frames and isinstance(msg := decode(frames[0])[1], (OkReply, ErrorReply)):
                     reply = msg
-            self.answer(caller, reply)
+            self._end_mount(fd, reply)
+
+    def _end_mount(self, fd: int, reply: Message) -> None:
+        caller, _reader, _deadline = self.mount_replies.pop(fd)
+        self.sel.unregister(fd)
+        os.close(fd)
+        self.answer(caller, reply)
 
     # -- stop / signal / forget / list / ping / subscribe / shutdown -----------------------------------------
     def _job(self, job_id: str) -> _Job:

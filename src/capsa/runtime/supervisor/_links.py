@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import os
 import selectors
+import signal
 import socket
 import subprocess
 import sys
@@ -120,6 +121,9 @@ class Zygote(Protocol):
 
     def stop(self) -> None: ...
 
+    def kill(self) -> None:
+        """Kill a wedged zygote; its exit (SIGCHLD) brings a successor."""
+
 
 class ZygoteLink:
     """The real zygote: a fresh ``python -m capsa`` (CAPSA_ROLE=zygote) on a socketpair.
@@ -182,6 +186,10 @@ class ZygoteLink:
 
     def fileno(self) -> int:
         return self.sock.fileno() if self.sock is not None else -1
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGKILL)
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):

@@ -114,7 +114,8 @@ class FakeDriver:
 class FakeZygote:
     """Commands: ``/bin/true`` runs until ``exit``; ``/quick`` exits at once; ``/missing`` is not found;
     ``/hang`` never execs (its report pipe stays open); ``/garbage`` reports bytes that are no frame;
-    ``/echo ARGS`` writes its arguments to stdout and exits."""
+    ``/echo ARGS`` writes its arguments to stdout and exits. A mount at ``/fail`` fails, one at
+    ``/hang`` is never answered (until ``kill``)."""
 
     def __init__(self, processes: FakeProcesses, driver: FakeDriver) -> None:
         self.pid = 1
@@ -123,6 +124,8 @@ class FakeZygote:
         self.orders: list[Message] = []
         self._pids = itertools.count(100_000)
         self.stdin: dict[str, int] = {}   # job id -> the job's end of its stdin (-i pipe or -t terminal), kept open
+        self.kills = 0
+        self.held_mount_fds: list[int] = []
 
     def spawn(self) -> None:
         pass
@@ -135,6 +138,9 @@ class FakeZygote:
                 keep = self._start(msg, fds)
             elif isinstance(msg, ZygoteExec):
                 self._exec(msg, fds)
+            elif isinstance(msg, ZygoteMount) and msg.target == "/hang":   # never answers, until killed
+                self.held_mount_fds.extend(fds)
+                keep = True
             elif isinstance(msg, ZygoteMount):
                 reply: Message = OkReply() if msg.target != "/fail" else ErrorReply("failed_precondition", "no")
                 write_frame(fds[1], encode(reply))
@@ -197,6 +203,11 @@ class FakeZygote:
 
     def stop(self) -> None:
         pass
+
+    def kill(self) -> None:
+        self.kills += 1
+        while self.held_mount_fds:
+            os.close(self.held_mount_fds.pop())
 
 
 @dataclass

@@ -11,7 +11,7 @@ import time
 import pytest
 from sup_fakes import Harness
 
-from capsa.errors import AlreadyExists, CapsaError, FailedPrecondition, InvalidArgument, NotFound
+from capsa.errors import AlreadyExists, CapsaError, FailedPrecondition, InvalidArgument, NotFound, Timeout
 from capsa.runtime.protocol import (
     ErrorReply,
     ExitEvent,
@@ -22,6 +22,7 @@ from capsa.runtime.protocol import (
     ZygoteMount,
     decode,
 )
+from capsa.runtime.supervisor import _core as supervisor_core
 from capsa.runtime.wire import FrameReader
 
 
@@ -200,6 +201,19 @@ def test_mount_goes_to_the_zygote_and_its_answer_comes_back(harness: Harness) ->
     assert ZygoteMount("attach", "/opt/x", "/src", True) in harness.zygote.orders
     with pytest.raises(FailedPrecondition, match="no"):
         harness.client.mount(spec.job_id, "detach", target="/fail")
+
+
+def test_a_mount_the_zygote_never_answers_times_out_and_the_zygote_is_replaced(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(supervisor_core, "MOUNT_TIMEOUT_S", 0.2)
+    spec = harness.spec()
+    harness.client.start(spec)
+    t0 = time.monotonic()
+    with pytest.raises(Timeout, match="did not finish"):
+        harness.client.mount(spec.job_id, "attach", source="/src", target="/hang")
+    assert 0.2 <= time.monotonic() - t0 < 5
+    assert harness.zygote.kills == 1
+    harness.client.mount(spec.job_id, "attach", source="/src", target="/opt/y")   # the next one is answered
 
 
 def test_exit_events_reach_subscribers_once(harness: Harness) -> None:

@@ -1,0 +1,136 @@
+"""The zygote's prepared host root (capsa.runtime.hostroot) against the root stage two assembles itself.
+
+Each root is built by the real ``stage2.build_root`` in a forked child inside a throwaway mount
+namespace; the child reports the mount table and the tree it sees under the root. A job whose
+root is a clone of the template must see exactly what a job with a root of its own sees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from pathlib import Path
+
+import pytest
+
+from capsa import linux
+from capsa.runtime import hostroot, stage2
+from capsa.runtime.spec import BindSpec, JobSpec
+from capsa.runtime.wire import write_frame
+
+
+def _spec(job_dir: Path, **fields: object) -> JobSpec:
+    for sub in ("root", "work"):
+        (job_dir / sub).mkdir(parents=True, exist_ok=True)
+    return JobSpec(job_id="t" * 8, argv=("/bin/true",), env={}, hostname="t", job_dir=str(job_dir), **fields)
+
+
+def _view(root: str) -> dict[str, object]:
+    """Mounts at or under ``root`` (relative point, per-mount options, propagation, type, super options) and
+    every path of the root's own tree with its type and mode, not descending into other mounts."""
+    mounts = []
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            left, _, right = line.rstrip("\n").partition(" - ")
+            fields = left.split(" ")
+            point = fields[4]
+            if point == root or point.startswith(root + "/"):
+                fstype, _source, options = right.split(" ")[:3]
+                mounts.append([point[len(root):] or "/", fields[5], fields[6:], fstype,
+                               ",".join(sorted(o for o in options.split(",") if not o.startswith("inode")))])
+    tree = []
+    root_dev = os.lstat(root).st_dev
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            st = os.lstat(os.path.join(dirpath, name))
+            tree.append([os.path.join(dirpath, name)[len(root):], oct(st.st_mode), st.st_dev == root_dev])
+        dirnames[:] = [d for d in dirnames if os.lstat(os.path.join(dirpath, d)).st_dev == root_dev]
+    return {"mounts": sorted(mounts), "tree": sorted(tree)}
+
+
+def _build(spec: JobSpec, use_template: bool) -> dict[str, object]:
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        out: dict[str, object] = {}
+        try:
+            os.close(read_end)
+            template = hostroot.HostRootTemplate()
+            fd = template.current() if use_template else -1
+            out["template"] = fd
+            linux.unshare(linux.CLONE_NEWNS)
+            stage2.build_root(spec, (), fd)
+            out.update(_view(spec.root_dir))
+        except BaseException:
+            out["crash"] = traceback.format_exc()
+        finally:
+            os.write(write_end, json.dumps(out).encode())
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as fh:
+        data = fh.read()
+    os.waitpid(child, 0)
+    result = json.loads(data)
+    assert "crash" not in result, result["crash"]
+    return result
+
+
+def test_a_cloned_host_root_is_the_root_stage_two_would_assemble(tmp_path: Path) -> None:
+    capsule = tmp_path / "capsule"
+    capsule.mkdir()
+    (capsule / "f").write_text("x")
+    spec = _spec(tmp_path / "job", binds=(BindSpec(str(capsule), "/capsules/c", readonly=True),))
+    assert hostroot.template_applies(spec)
+    own = _build(spec, use_template=False)
+    cloned = _build(spec, use_template=True)
+    assert cloned["template"] >= 0
+    assert own["template"] == -1
+    assert cloned["mounts"] == own["mounts"]
+    assert cloned["tree"] == own["tree"]
+    usr = [m for m in own["mounts"] if m[0] == "/usr"]
+    assert usr and usr[0][1].split(",")[:3] == ["ro", "nosuid", "nodev"]
+    assert [m for m in own["mounts"] if m[0] == "/"][0][1].startswith("ro,")
+
+
+def test_the_template_is_used_only_where_the_job_cannot_write_its_root(tmp_path: Path) -> None:
+    assert hostroot.template_applies(_spec(tmp_path / "a"))
+    assert hostroot.template_applies(_spec(tmp_path / "b", binds=(BindSpec("/x", "/work/data"),)))
+    assert not hostroot.template_applies(_spec(tmp_path / "c", binds=(BindSpec("/x", "/data"),)))
+    assert not hostroot.template_applies(_spec(tmp_path / "d", capabilities=("cap_sys_admin",)))
+    assert hostroot.template_applies(_spec(tmp_path / "e", capabilities=("NET_RAW",)))
+
+
+def test_the_template_is_rebuilt_when_a_mirrored_file_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "hosts").write_text("old\n")
+    real_sources = hostroot._sources
+    monkeypatch.setattr(hostroot, "_sources", lambda: [*real_sources(), str(etc / "hosts")])
+    template = hostroot.HostRootTemplate()
+    first = template.current()
+    assert first >= 0 and template.current() == first and template.builds == 1
+    (etc / "hosts.new").write_text("new\n")
+    os.replace(etc / "hosts.new", etc / "hosts")   # what editors and resolvconf do: a new inode
+    assert template.current() >= 0
+    assert template.builds == 2
+
+
+def test_a_job_with_a_root_of_its_own_reports_a_failed_clone_like_any_step(tmp_path: Path) -> None:
+    spec = _spec(tmp_path / "job")
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            linux.unshare(linux.CLONE_NEWNS)
+            stage2.build_root(spec, (), 1_000_000)   # no such descriptor
+        except stage2.StageError as exc:
+            write_frame(write_end, {"step": exc.step, "errno": exc.errno})
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as fh:
+        data = fh.read()
+    os.waitpid(child, 0)
+    assert b'"step": "clone read-only host root"' in data or b'"step":"clone read-only host root"' in data
+    assert b'"errno": 9' in data or b'"errno":9' in data
