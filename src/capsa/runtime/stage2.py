@@ -233,8 +233,14 @@ def _enter_root(spec: JobSpec) -> None:
     os.chdir("/")
 
 
-def exec_job(spec: JobSpec, bpf: bytes = b"", ready: Callable[[], None] | None = None) -> None:
-    """Drop privileges and exec; ``ready`` runs just before the seccomp filter goes in."""
+def exec_job(spec: JobSpec, bpf: bytes = b"", ready: Callable[[], None] | None = None,
+             parent_pidfd: int | None = None) -> None:
+    """Drop privileges and exec; ``ready`` runs just before the seccomp filter goes in.
+
+    ``parent_pidfd``: when given (-1: no pidfd to check), the job dies with its parent, the
+    supervisor (``die_with_parent``): a job nobody supervises would run on unseen, and a pool job
+    could run on two nodes (ADR-0012, fencing).
+    """
     socket.sethostname(spec.hostname)
     for sig in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
@@ -254,6 +260,11 @@ def exec_job(spec: JobSpec, bpf: bytes = b"", ready: Callable[[], None] | None =
         os.setgroups([])
         os.setgid(spec.gid)
         os.setuid(spec.uid)
+    if parent_pidfd is not None:
+        try:
+            security.die_with_parent(parent_pidfd)
+        except OSError as exc:
+            raise StageError("parent death signal", exc) from exc
     env = dict(spec.env)
     env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     env.setdefault("HOME", "/work")
@@ -281,7 +292,7 @@ def _resolve_command(name: str, path: str) -> str:
 
 
 def run_stage2(spec: JobSpec, report_fd: int, bpf: bytes = b"", cgroup_dirs: Sequence[str] = (),
-               stamps: Sequence[int] = (), host_root: int = -1) -> None:
+               stamps: Sequence[int] = (), host_root: int = -1, parent_pidfd: int | None = None) -> None:
     """Never returns: execs the job or reports the failure and exits 127.
 
     ``stamps``: the job process's earlier STAGE2_STAMPS (started, joined its cgroups);
@@ -301,7 +312,7 @@ def run_stage2(spec: JobSpec, report_fd: int, bpf: bytes = b"", cgroup_dirs: Seq
         stamps.append(time.monotonic_ns())
         _step("pivot_root", lambda: _enter_root(spec))
         stamps.append(time.monotonic_ns())
-        exec_job(spec, bpf, ready)
+        exec_job(spec, bpf, ready, parent_pidfd)
     except StageError as exc:
         _report(report_fd, StageFailed(exc.step, exc.errno, str(exc)))
     except BaseException as exc:  # anything else is a bug; still never return into the zygote's code

@@ -1,16 +1,17 @@
 """The zygote: a single-threaded fork server for job processes.
 
-The supervisor forks the zygote before it starts any thread, so every fork made
-here is a fork of a single-threaded process (forking a threaded process may
-copy a lock held by another thread). For each job the zygote forks *stage one*,
-which joins the job's cgroup (so the job is charged and limited before its
-first instruction), unshares the mount, PID, UTS, IPC and cgroup namespaces and
-forks the job's PID 1 (stage two, :mod:`capsa.runtime.stage2`). Stage one writes
-that PID to the report pipe and exits; the job is re-parented to the
-supervisor, which is a child subreaper and therefore gets its exit status.
+The supervisor forks the zygote before it starts any thread, so every process made here is
+a copy of a single-threaded process (copying a threaded one may copy a lock held by another
+thread). For each job the zygote clones the job's PID 1 straight into its new mount, PID, UTS
+and IPC namespaces with ``CLONE_PARENT`` (:mod:`capsa.runtime._clone`), so the supervisor is
+its parent and gets its exit status. The job process joins its cgroups first (charged and
+limited before its first instruction of the job's own), then its network namespace, unshares
+its cgroup namespace and runs stage two (:mod:`capsa.runtime.stage2`), which dies with the
+supervisor (``PR_SET_PDEATHSIG``) and execs. ``capsa exec`` and live capsule mounts are served
+here too (:mod:`capsa.runtime.execproc`, :func:`_mount`).
 
-Paying a fork here instead of a fresh interpreter is what keeps job start at a
-few milliseconds (see docs/adr/0001-supervisor-and-zygote.md).
+Paying a clone here instead of a fresh interpreter is what keeps job start at a few
+milliseconds (see docs/adr/0001-supervisor-and-zygote.md).
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ def zygote_main(sock: socket.socket) -> NoReturn:
     filters = {name: security.compile_profile(name) for name in security.PROFILE_NAMES}
     host_cgroup_mounts()   # parsed once here; each job's stage two inherits it (jobview)
     host_root = HostRootTemplate()   # built at the first job that may use it
+    # Each job's PID 1 dies with the supervisor (its parent through CLONE_PARENT); this pidfd lets it
+    # see a supervisor that died before it asked to (close-on-exec: the job never holds it).
+    try:
+        supervisor = os.pidfd_open(os.getppid())
+    except OSError:
+        supervisor = -1
     while True:
         try:
             frame, fds = recv_msg(sock)
@@ -88,13 +95,13 @@ def zygote_main(sock: socket.socket) -> NoReturn:
                 execproc.exec_stage_one(msg, fds, filters)
         elif isinstance(msg, ZygoteStart) and len(fds) in (3, 4):   # [stdin (-i/-t)], out, err, report
             template = host_root.current() if template_applies(msg.spec) else -1
-            _start_job(sock, msg, fds, filters, received, template)
+            _start_job(sock, msg, fds, filters, received, template, supervisor)
         for fd in fds:
             os.close(fd)
 
 
 def _start_job(sock: socket.socket, msg: ZygoteStart, fds: list[int], filters: dict[str, bytes],
-               received_ns: int, host_root: int) -> None:
+               received_ns: int, host_root: int, supervisor: int) -> None:
     """Clone the job's PID 1 straight into its namespaces, as the supervisor's child (see _clone)."""
     report_w = fds[-1]
     try:
@@ -104,12 +111,13 @@ def _start_job(sock: socket.socket, msg: ZygoteStart, fds: list[int], filters: d
         return
     if pid == 0:
         sock.close()
-        _job_process(msg, fds, filters, host_root)
+        _job_process(msg, fds, filters, host_root, supervisor)
     # Written before our copy of the report pipe closes, so the supervisor has the PID before EOF.
     _write(report_w, Forked(pid, (received_ns, time.monotonic_ns())))
 
 
-def _job_process(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes], host_root: int) -> NoReturn:
+def _job_process(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes], host_root: int,
+                 supervisor: int) -> NoReturn:
     """The job's PID 1 (in its new mount, PID, UTS and IPC namespaces): join, then stage two."""
     started = time.monotonic_ns()
     # A job started with -i/-t gets its stdin first: a pipe's read end or its terminal (ADR-0013).
@@ -144,7 +152,8 @@ def _job_process(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes], ho
         _report(report_w, f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc))
         os._exit(127)
     cgroup_dirs = [os.path.dirname(p) for p in msg.cgroup_procs]
-    stage2.run_stage2(spec, report_w, filters[spec.seccomp], cgroup_dirs, (started, time.monotonic_ns()), host_root)
+    stage2.run_stage2(spec, report_w, filters[spec.seccomp], cgroup_dirs, (started, time.monotonic_ns()), host_root,
+                      supervisor)
 
 
 def _mount(msg: ZygoteMount, fds: list[int]) -> None:

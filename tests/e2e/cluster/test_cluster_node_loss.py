@@ -52,9 +52,15 @@ def test_a_killed_node_loses_its_jobs_and_restart_policy_jobs_run_elsewhere(smal
     assert on_victim, "spread placed no restartable job on n1"
 
     victim = small_pool.nodes[1]
+    victim_local = [before[i].local_id for i in [*pinned, *on_victim]]
+    assert all(_job_pids(local) for local in victim_local)
     victim.kill9()
     victim.kill_supervisor()
     killed = time.monotonic()
+    # No capsa process is left on n1, yet its jobs die with their supervisor (PR_SET_PDEATHSIG), before
+    # the lease can expire and a restart-policy job run elsewhere: never the same job on two nodes.
+    _until("n1's job processes to die with their supervisor",
+           lambda: not any(_job_pids(local) for local in victim_local), timeout=1.5)
     _until("the pinned jobs to be LOST", lambda: all(_jobs(s)[i].state == "LOST" for i in pinned), timeout=15)
     detected = time.monotonic() - killed
     assert detected < 2 + 3   # lease TTL 2 s, plus a scheduler pass

@@ -72,7 +72,9 @@ def test_kill9_of_daemon_and_supervisor_fails_the_job_and_cleans_up(fresh_daemon
 
     fresh_daemon.kill9()
     fresh_daemon.kill_supervisor()
-    assert processes_in_cgroup_named(job.id), "the job died with its supervisor: nothing to reconcile"
+    # With no capsa process left, the job dies with its supervisor (its PID 1's PR_SET_PDEATHSIG; the
+    # kernel then ends its PID namespace): nobody would collect its output or enforce a pool fence.
+    wait_for(lambda: not processes_in_cgroup_named(job.id), timeout=5, what="the job to die with its supervisor")
     fresh_daemon.start()
 
     with fresh_daemon.client() as client:
@@ -143,3 +145,19 @@ def test_after_the_supervisor_dies_the_daemon_fails_its_jobs_and_recovers(fresh_
             assert wait_ended(client, new.id).exit_code == 0
         finally:
             force_cleanup_job(job.id)
+
+
+def test_a_job_run_as_another_user_and_its_children_die_with_the_supervisor(fresh_daemon: RunningDaemon) -> None:
+    # The uid switch clears a parent-death signal set before it; it must be set after (stage2.exec_job).
+    job_id = fresh_daemon.cli("run", "-d", "--user", "65534:65534", "--", "/bin/sh", "-c",
+                              "sleep 600 & sleep 600 & wait", check=True).stdout.decode().strip()
+    with fresh_daemon.client() as client:
+        pid = wait_running(client, job_id).pid
+        wait_for(lambda: len(processes_in_cgroup_named(job_id)) >= 3, what="the job's processes")
+    assert os.stat(f"/proc/{pid}").st_uid == 65534
+    fresh_daemon.kill9()
+    fresh_daemon.kill_supervisor()
+    wait_for(lambda: not processes_in_cgroup_named(job_id), timeout=5, what="the job to die with its supervisor")
+    fresh_daemon.start()
+    with fresh_daemon.client() as client:
+        assert wait_ended(client, job_id, timeout=10).state == "FAILED"

@@ -9,7 +9,7 @@ How the runtime uses it (docs/security.md has the reasons):
   ``mount_sys_readonly(root)``, then ``mask_proc(root)``, then ``readonly_paths(root)``.
 * **Stage two, after pivot_root and sethostname, right before exec, in this order:**
   ``apply_rlimits(limits)`` (raising a hard limit needs CAP_SYS_RESOURCE),
-  ``drop_capabilities(keep)``, ``set_no_new_privs()``, the uid/gid switch,
+  ``drop_capabilities(keep)``, ``set_no_new_privs()``, the uid/gid switch, ``die_with_parent()``,
   ``install_bpf(bpf)`` and at once ``execve``.
 """
 
@@ -20,6 +20,7 @@ from capsa.runtime.security.capabilities import (
     CapabilitySets,
     apply_rlimits,
     current_capabilities,
+    die_with_parent,
     drop_capabilities,
     no_new_privs,
     parse_capabilities,
@@ -55,6 +56,7 @@ __all__ = [
     "apply_rlimits",
     "compile_profile",
     "current_capabilities",
+    "die_with_parent",
     "drop_capabilities",
     "install_bpf",
     "load_profile",

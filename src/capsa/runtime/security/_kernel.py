@@ -22,6 +22,7 @@ __all__ = [
 ]
 
 # -- prctl(2) options (uapi linux/prctl.h; identical on every architecture) --------------
+PR_SET_PDEATHSIG = 1
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_SET_SECCOMP = 22

@@ -27,6 +27,8 @@ import errno
 import functools
 import os
 import resource
+import select
+import signal
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -38,6 +40,7 @@ __all__ = [
     "DEFAULT_CAPABILITIES",
     "DEFAULT_RLIMITS",
     "CapabilitySets",
+    "die_with_parent",
     "apply_rlimits",
     "current_capabilities",
     "drop_capabilities",
@@ -191,6 +194,22 @@ def set_no_new_privs() -> None:
     """Set ``no_new_privs``: execve can no longer grant privileges (setuid bits and file
     capabilities are ignored); inherited by every descendant and irreversible."""
     _kernel.prctl(_kernel.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def die_with_parent(parent_pidfd: int = -1) -> None:
+    """SIGKILL this process when its parent (the supervisor) dies: ``PR_SET_PDEATHSIG``.
+
+    Set after the uid/gid switch, since the kernel clears it whenever the effective ids change
+    (dropping capabilities keeps it, and so does an execve under ``no_new_privs``). The parent may
+    have died before this call, which no signal would report: ``parent_pidfd`` (a pidfd of the
+    parent, -1 for none) is readable once it has exited, and then this raises ESRCH.
+    """
+    _kernel.prctl(_kernel.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent_pidfd >= 0:
+        poller = select.poll()
+        poller.register(parent_pidfd, select.POLLIN)
+        if poller.poll(0):
+            raise OSError(errno.ESRCH, "the supervisor exited before the job could start")
 
 
 def no_new_privs() -> bool:
