@@ -24,6 +24,10 @@ from capsa.errors import CapsaError, Unavailable
 
 __all__ = ["COMMANDS", "LazyGroup", "cli", "entry", "main"]
 
+# gRPC's core logs a failed TLS handshake at INFO on stderr, once per attempt, ahead of the CLI's own
+# one-line error (a wrong port, a foreign CA): keep its warnings and errors only, unless asked for more.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 # name -> (module under capsa.cli, attribute, short help as ``capsa --help`` shows it), in --help order.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "admin": ("admin", "admin", "Node administration."),

@@ -181,10 +181,14 @@ def test_a_fresh_home_is_usable_the_moment_the_daemon_says_ready(
 
 
 @pytest.fixture(scope="module")
-def config_without_daemon(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def config_without_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     bundle = tmp_path_factory.mktemp("nodaemon")
-    write_bundle(bundle, address=f"127.0.0.1:{free_port()}")   # nothing listens there
-    return bundle / "client-admin.yaml"
+    # Bound but not listening, for as long as the tests use it: connections are refused, and no
+    # server started meanwhile (another test's daemon) can take the port and answer with its TLS.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        write_bundle(bundle, address=f"127.0.0.1:{holder.getsockname()[1]}")
+        yield bundle / "client-admin.yaml"
 
 
 @pytest.mark.parametrize("args", [["version"], ["version", "--json"], ["ps"], ["run", "-d", "--", "/bin/true"]],

@@ -52,10 +52,14 @@ def test_interactive_shell_prompt_resize_ctrl_c_and_exit_code(daemon: RunningDae
         c.send(b"tty -s && echo is-a-tty; stty size\r")
         m = c.expect(rb"is-a-tty\r\n(\d+) (\d+)\r\n")
         assert m.groups() == (b"30", b"100")   # the size at start
+        # Each command is typed after the prompt: typed ahead, the terminal would echo it before the
+        # shell's prompt and the output would follow "# " instead of a line end.
+        c.expect(rb"# ")
         c.resize(41, 123)                      # SIGWINCH in the client -> TIOCSWINSZ on the job's terminal
         time.sleep(0.3)
         c.send(b"stty size\r")
         assert c.expect(rb"(\d+) (\d+)\r\n").groups() == (b"41", b"123")
+        c.expect(rb"# ")
         # PID 1 is a session leader whose controlling terminal is its stdin
         c.send(b"cat /proc/1/stat | cut -d' ' -f6,7\r")
         sid, tty_nr = c.expect(rb"\r\n(\d+) (\d+)\r\n").groups()
