@@ -94,6 +94,8 @@ def copy_extents(src: int, dst: int, size: int, what: str) -> int:
     can) at the same offset; ``ftruncate`` sets the length, so trailing holes stay holes too. A source
     shorter than ``size`` (changed while copied) is FailedPrecondition.
     """
+    if os.fstat(src).st_size < size:   # SEEK_DATA would call the missing tail a hole
+        raise FailedPrecondition(f"{what!r} shrank while it was being copied (it was changed); retry")
     moved = 0
     for off, length in data_extents(src, size):
         moved += _copy_range(src, dst, off, length, what)
