@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from capsa.errors import InvalidArgument, PermissionDenied
+from capsa.errors import Canceled, InvalidArgument, PermissionDenied
 
 __all__ = ["FAST_MIN_BYTES", "FdBroker", "connect", "recv_fd", "send_fd"]
 
@@ -197,7 +197,10 @@ def _short(path: str) -> Iterator[str]:
 
 
 def send_fd(sock: socket.socket, fd: int) -> None:
-    socket.send_fds(sock, [b"f"], [fd])
+    try:
+        socket.send_fds(sock, [b"f"], [fd])
+    except OSError as exc:   # the other side closed its end or stopped taking descriptors
+        raise Canceled(f"the fast copy connection is gone ({exc.strerror or exc}); the copy stopped") from None
 
 
 def recv_fd(sock: socket.socket) -> int:
@@ -206,6 +209,8 @@ def recv_fd(sock: socket.socket) -> int:
         data, fds, _, _ = socket.recv_fds(sock, 1, 4)
     except TimeoutError:
         raise InvalidArgument("the fast copy connection sent no descriptor in time") from None
+    except OSError as exc:
+        raise Canceled(f"the fast copy connection is gone ({exc.strerror or exc}); nothing was written") from None
     if data == b"f" and len(fds) == 1:
         return fds[0]
     for fd in fds:
