@@ -58,9 +58,24 @@ class JobFiles:
         except FileNotFoundError:
             raise NotFound(f"job {job_id[:12]} has no /work any more (removed)") from None
 
+    def _claim(self, fast_token: str) -> socket.socket | None:
+        """The token's descriptor connection, claimed first so that a refused copy closes it at once."""
+        return self.fast.claim(fast_token) if fast_token else None
+
     def copy_out(self, id_or_prefix: str, path: str,
                  fast_token: str = "") -> Iterator[tuple[UploadEntry | None, bytes]]:
-        """Items for JOB:path; checks (job, path, token) eagerly so errors come before the first byte."""
+        """Items for JOB:path; checks (token, job, path) eagerly so errors come before the first byte."""
+        conn = self._claim(fast_token)
+        try:
+            parent, name, rel = self._source(id_or_prefix, path)
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        return self._items(parent, name, rel, conn)
+
+    def _source(self, id_or_prefix: str, path: str) -> tuple[int, str, str]:
+        """(parent fd, name in it, tar name) of JOB:path."""
         job = self.jobs.get(id_or_prefix)
         parts = split_job_path(path)
         work = self._work_fd(job.id)
@@ -77,12 +92,7 @@ class JobFiles:
         except BaseException:
             os.close(parent)
             raise
-        try:
-            conn = self.fast.claim(fast_token) if fast_token else None
-        except BaseException:
-            os.close(parent)
-            raise
-        return self._items(parent, name, parts[-1] if parts else "work", conn)
+        return parent, name, parts[-1] if parts else "work"
 
     @staticmethod
     def _items(parent: int, name: str, rel: str,
@@ -96,6 +106,15 @@ class JobFiles:
 
     def copy_in(self, id_or_prefix: str, path: str, items: Iterable[tuple[UploadEntry | None, bytes]],
                 fast_token: str = "") -> CopyResult:
+        conn = self._claim(fast_token)
+        try:
+            return self._copy_in(id_or_prefix, path, items, conn)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _copy_in(self, id_or_prefix: str, path: str, items: Iterable[tuple[UploadEntry | None, bytes]],
+                 conn: socket.socket | None) -> CopyResult:
         job = self.jobs.get(id_or_prefix)
         if job.state.ended or not job.pid:
             raise FailedPrecondition(f"job {job.id[:12]} is {job.state.value}: files are copied into running"
@@ -110,13 +129,8 @@ class JobFiles:
         finally:
             os.close(work)
         try:
-            conn = self.fast.claim(fast_token) if fast_token else None
-            take = None if conn is None else partial(recv_fd, conn)
-            try:
-                done = place(items, dest, new_name, owner=owner, shown=path, take_fd=take)
-            finally:
-                if conn is not None:
-                    conn.close()
+            done = place(items, dest, new_name, owner=owner, shown=path,
+                         take_fd=None if conn is None else partial(recv_fd, conn))
         finally:
             os.close(dest)
         where = "/".join(["/work", *parts[:-1], done.name] if new_name else ["/work", *parts, done.name])
