@@ -201,3 +201,18 @@ def test_a_passed_entry_without_a_connection_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="descriptor"):
         _place(tarstream.decode(tarstream.encode([(entry, b"")])), out)
     assert os.listdir(out) == []
+
+
+def test_a_passed_entry_leaves_the_encoder_before_the_next_item_is_read() -> None:
+    """The sender may block passing the next descriptor until this entry is taken: it must be on the wire."""
+    pulled: list[str] = []
+
+    def items():  # type: ignore[no-untyped-def]
+        for name in ("a", "b"):
+            pulled.append(name)
+            yield UploadEntry(name, EntryKind.FILE, 0o644, MiB, passed=True), b""
+
+    chunks = tarstream.encode(items())
+    first = next(chunks)
+    assert pulled == ["a"]
+    assert [e.path for e, _ in tarstream.decode([first + b"\0" * 1024]) if e is not None] == ["a"]
