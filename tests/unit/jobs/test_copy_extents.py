@@ -216,3 +216,20 @@ def test_a_passed_entry_leaves_the_encoder_before_the_next_item_is_read() -> Non
     first = next(chunks)
     assert pulled == ["a"]
     assert [e.path for e, _ in tarstream.decode([first + b"\0" * 1024]) if e is not None] == ["a"]
+
+
+def test_a_connection_lost_mid_copy_leaves_nothing(tmp_path: Path) -> None:
+    src = tmp_path / "tree"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(FAST_MIN_BYTES))
+    (src / "b.bin").write_bytes(os.urandom(FAST_MIN_BYTES))
+    left, right = socket.socketpair()
+    with right:
+        with left:
+            items = list(walk_local([src], sparse=True, send_fd=partial(send_fd, left)))
+        os.close(recv_fd(right))   # a.bin's descriptor is lost; b.bin's is the only one left, then EOF
+        out = tmp_path / "out"
+        out.mkdir()
+        with pytest.raises(InvalidArgument, match="no descriptor"):
+            _place(tarstream.decode(tarstream.encode(items)), out, take_fd=partial(recv_fd, right))
+    assert os.listdir(out) == []
