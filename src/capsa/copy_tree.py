@@ -26,12 +26,12 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from capsa import linux
 from capsa.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, UnsafeArchive
-from capsa.upload_items import CHUNK_BYTES, EntryKind, UploadEntry
+from capsa.upload_items import EntryKind, UploadEntry, file_items
 from capsa.upload_tree import TreeWriter, UploadLimits
 
 __all__ = ["COPY_LIMITS", "CopyResult", "open_beneath", "place", "split_job_path", "walk_fd"]
@@ -82,20 +82,24 @@ def open_beneath(root_fd: int, parts: list[str], shown: str, flags: int = _DIR_F
 
 
 # -- reading ------------------------------------------------------------------------------------
-def walk_fd(parent_fd: int, name: str, rel: str) -> Iterator[tuple[UploadEntry | None, bytes]]:
-    """Upload items for ``name`` in ``parent_fd`` (tar name ``rel``), never following a symlink."""
+def walk_fd(parent_fd: int, name: str, rel: str, *,
+            send_fd: Callable[[int], None] | None = None) -> Iterator[tuple[UploadEntry | None, bytes]]:
+    """Upload items for ``name`` in ``parent_fd`` (tar name ``rel``), never following a symlink.
+
+    Files with holes send only their data extents; with ``send_fd`` large files go as descriptors.
+    """
     st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
     if stat.S_ISLNK(st.st_mode):
         yield UploadEntry(rel, EntryKind.SYMLINK, 0o777, 0, os.readlink(name, dir_fd=parent_fd)), b""
     elif stat.S_ISREG(st.st_mode):
-        yield from _file(parent_fd, name, rel)
+        yield from _file(parent_fd, name, rel, send_fd)
     elif stat.S_ISDIR(st.st_mode):
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
         try:
             yield UploadEntry(rel, EntryKind.DIR, stat.S_IMODE(os.fstat(fd).st_mode)), b""
             for child in sorted(os.listdir(fd)):
                 try:
-                    yield from walk_fd(fd, child, f"{rel}/{child}")
+                    yield from walk_fd(fd, child, f"{rel}/{child}", send_fd=send_fd)
                 except FileNotFoundError:
                     continue   # removed by the running job while we walked: not an error of the copy
         finally:
@@ -103,23 +107,16 @@ def walk_fd(parent_fd: int, name: str, rel: str) -> Iterator[tuple[UploadEntry |
     # sockets, FIFOs and device nodes are not copied (opening a FIFO would block the daemon)
 
 
-def _file(parent_fd: int, name: str, rel: str) -> Iterator[tuple[UploadEntry | None, bytes]]:
+def _file(parent_fd: int, name: str, rel: str,
+          send_fd: Callable[[int], None] | None) -> Iterator[tuple[UploadEntry | None, bytes]]:
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=parent_fd)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):   # swapped between the stat and the open
             return
-        entry: UploadEntry | None = UploadEntry(rel, EntryKind.FILE, stat.S_IMODE(st.st_mode), st.st_size)
-        left = st.st_size   # a file the job is still appending to is copied as it was when opened
-        while True:
-            data = os.read(fd, min(CHUNK_BYTES, left)) if left else b""
-            if left and not data:
-                raise FailedPrecondition(f"{rel!r} shrank while it was being copied (the job changed it); retry")
-            left -= len(data)
-            yield entry, data
-            entry = None
-            if not left:
-                return
+        # A file the job is still appending to is copied as it was when opened.
+        yield from file_items(fd, rel, stat.S_IMODE(st.st_mode), st.st_size, sparse=True, send_fd=send_fd,
+                              shrank=FailedPrecondition, shown=repr(rel))
     finally:
         os.close(fd)
 
@@ -138,18 +135,20 @@ def _chown_tree(fd: int, uid: int, gid: int) -> None:
 
 
 def place(items: Iterable[tuple[UploadEntry | None, bytes]], dest_fd: int, new_name: str | None, *,
-          owner: tuple[int, int] | None = None, shown: str = "DEST") -> CopyResult:
+          owner: tuple[int, int] | None = None, shown: str = "DEST",
+          take_fd: Callable[[], int] | None = None) -> CopyResult:
     """Write a stream with one top-level entry into ``dest_fd`` (renamed to ``new_name`` if given).
 
     The tree is built in a staging directory inside ``dest_fd`` and renamed into place once
     complete; an existing file of the same name is replaced, a non-empty directory is not.
+    ``take_fd`` yields the descriptors of entries marked ``passed`` (the local fast path).
     """
     staging = _STAGING + secrets.token_hex(8)
     os.mkdir(staging, 0o700, dir_fd=dest_fd)
     try:
         sfd = os.open(staging, _DIR_FLAGS, dir_fd=dest_fd)
         try:
-            writer = TreeWriter(sfd, COPY_LIMITS)
+            writer = TreeWriter(sfd, COPY_LIMITS, take_fd=take_fd)
             try:
                 for entry, data in items:
                     if entry is not None:

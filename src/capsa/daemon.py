@@ -31,6 +31,7 @@ from capsa.capsules.manager import CapsuleManager
 from capsa.capsules.resource import CapsuleResource
 from capsa.config import HomeLayout, ServerConfig, ensure_home, load_server_config
 from capsa.errors import CapsaError, Unavailable
+from capsa.fdpass import FdBroker
 from capsa.fsm import Engine, RetryPolicy
 from capsa.gpus import GpuAllocator
 from capsa.gpus.resource import GpuResource
@@ -90,6 +91,7 @@ class Daemon:
     volumes: VolumeManager
     gpus: GpuAllocator
     capsule_store: CapsuleStore
+    fd_broker: FdBroker   # capsa cp's local fast path: descriptors over run/copy/fds.sock (root only)
     capsules: CapsuleManager
     capsule_distribution: CapsuleDistribution
     jobs: JobService
@@ -244,6 +246,9 @@ class Daemon:
     def _serve(self, undo: contextlib.ExitStack) -> None:
         from capsa.api.server import build_server
 
+        self.fd_broker = FdBroker(self.layout.run / "copy" / "fds.sock")
+        self.fd_broker.start()
+        undo.callback(self.fd_broker.close)   # after the server stopped (callbacks run in reverse)
         try:
             server = build_server(self, self.listen, cgroup_version=self.cgroup_version)
         except (OSError, RuntimeError):   # taken between check_bindable and now (gRPC says RuntimeError)

@@ -19,11 +19,13 @@ import tarfile
 from collections.abc import Iterable, Iterator
 
 from capsa.errors import InvalidArgument, UnsafeArchive
+from capsa.extents import parse_map, render_map
 from capsa.upload_items import CHUNK_BYTES, EntryKind, UploadEntry
 
 __all__ = ["decode", "encode"]
 
 _BLOCK = tarfile.BLOCKSIZE
+_SIZE, _SPARSE, _PASSED = "CAPSA.size", "CAPSA.sparse.map", "CAPSA.fd"
 _KINDS = {EntryKind.FILE: tarfile.REGTYPE, EntryKind.DIR: tarfile.DIRTYPE, EntryKind.SYMLINK: tarfile.SYMTYPE}
 
 
@@ -31,9 +33,17 @@ def _header(entry: UploadEntry) -> bytes:
     info = tarfile.TarInfo(entry.path)
     info.type = _KINDS[entry.kind]
     info.mode = entry.mode & 0o7777
-    info.size = entry.size if entry.kind == EntryKind.FILE else 0
+    info.size = entry.data_bytes
     info.linkname = entry.target if entry.kind == EntryKind.SYMLINK else ""
     info.mtime = 0
+    if entry.kind == EntryKind.FILE and (entry.passed or entry.extents is not None):
+        # Our own PAX records (unknown keys are ignored by other readers): the file's length, and
+        # either the map of the data extents that follow or the mark "its descriptor is passed".
+        info.pax_headers = {_SIZE: str(entry.size)}
+        if entry.passed:
+            info.pax_headers[_PASSED] = "1"
+        else:
+            info.pax_headers[_SPARSE] = render_map(list(entry.extents or ()))
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
@@ -63,15 +73,17 @@ def encode(items: Iterable[tuple[UploadEntry | None, bytes]], *,
             pending.append(_header(entry))
             size += len(pending[-1])
             if entry.kind == EntryKind.FILE:
-                left = entry.size
-                pad = -entry.size % _BLOCK
+                left = entry.data_bytes
+                pad = -left % _BLOCK
         if data:
             if len(data) > left:
                 raise InvalidArgument("tar stream: more data than the file's declared size")
             left -= len(data)
             pending.append(data)
             size += len(data)
-        if size >= chunk_bytes:
+        if size >= chunk_bytes or (entry is not None and entry.passed):
+            # A passed entry goes out at once: its descriptor is already waiting on the other side,
+            # and the sender may block on the next one until this entry is taken.
             yield flush()
     if left:
         raise InvalidArgument(f"tar stream: the last file ended {left} bytes short")
@@ -132,6 +144,26 @@ def _pax(data: bytes) -> dict[str, str]:
     return out
 
 
+def _file_entry(name: str, mode: int, data_bytes: int, pax: dict[str, str]) -> UploadEntry:
+    """A file entry, with its length, sparse map or passed mark from our PAX records (checked here)."""
+    if _SIZE not in pax:
+        return UploadEntry(name, EntryKind.FILE, mode, data_bytes)
+    try:
+        size = int(pax[_SIZE])
+    except ValueError:
+        raise InvalidArgument(f"tar entry {name!r}: malformed {_SIZE}") from None
+    if size < 0:
+        raise InvalidArgument(f"tar entry {name!r}: negative size")
+    if pax.get(_PASSED) == "1":
+        if data_bytes:
+            raise InvalidArgument(f"tar entry {name!r}: a passed file carries no data in the stream")
+        return UploadEntry(name, EntryKind.FILE, mode, size, passed=True)
+    extents = parse_map(pax.get(_SPARSE, ""), size, name)
+    if sum(length for _, length in extents) != data_bytes:
+        raise InvalidArgument(f"tar entry {name!r}: its sparse map does not add up to its data")
+    return UploadEntry(name, EntryKind.FILE, mode, size, extents=tuple(extents))
+
+
 def decode(chunks: Iterable[bytes]) -> Iterator[tuple[UploadEntry | None, bytes]]:
     """Upload items from tar bytes (ustar, PAX and GNU long names); names are not judged here (the
     tree writer refuses unsafe ones). File data is passed on as views of the received chunks:
@@ -163,10 +195,10 @@ def decode(chunks: Iterable[bytes]) -> Iterator[tuple[UploadEntry | None, bytes]
         if "size" in pending:
             info.size = int(pending["size"])
             padded = info.size + (-info.size % _BLOCK)
-        pending = {}
+        extra, pending = pending, {}
         mode = info.mode & 0o7777
         if info.type in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE):
-            entry: UploadEntry | None = UploadEntry(name, EntryKind.FILE, mode, info.size)
+            entry: UploadEntry | None = _file_entry(name, mode, info.size, extra)
             for piece in reader.pieces(info.size, name):
                 yield entry, piece   # type: ignore[misc]  # a view: the writer only needs the buffer
                 entry = None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from capsa.errors import InvalidArgument, NotFound
 
-__all__ = ["CHUNK_BYTES", "EntryKind", "UploadEntry", "check_local", "walk_local"]
+__all__ = ["CHUNK_BYTES", "EntryKind", "UploadEntry", "check_local", "file_items", "walk_local"]
 
 CHUNK_BYTES = 1 << 20
 
@@ -32,8 +32,19 @@ class UploadEntry:
     path: str            # relative to /work, '/'-separated
     kind: str            # EntryKind
     mode: int = 0o644
-    size: int = 0        # files: exact number of data bytes that follow
+    size: int = 0        # files: their length (apparent size, holes included)
     target: str = ""     # symlinks
+    # files: (offset, length) of the data that follows when the file has holes (None: all ``size``
+    # bytes follow); ``passed``: no data follows, the file comes as a descriptor (capsa.fdpass).
+    extents: tuple[tuple[int, int], ...] | None = None
+    passed: bool = False
+
+    @property
+    def data_bytes(self) -> int:
+        """How many bytes of this entry travel in the stream."""
+        if self.kind != EntryKind.FILE or self.passed:
+            return 0
+        return self.size if self.extents is None else sum(length for _, length in self.extents)
 
 
 def check_local(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[str, str]]:
@@ -55,19 +66,22 @@ def check_local(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[str, str]
 
 
 def walk_local(paths: Iterable[str | os.PathLike[str]], *,
-               on_skip: Callable[[str, str], None] | None = None) -> Iterator[tuple[UploadEntry | None, bytes]]:
+               on_skip: Callable[[str, str], None] | None = None, sparse: bool = False,
+               send_fd: Callable[[int], None] | None = None) -> Iterator[tuple[UploadEntry | None, bytes]]:
     """Stream local files and directories as upload items, each path under its own base name.
 
     Symlinks (including a symlink given on the command line) are sent as symlinks, never
     followed; sockets, FIFOs and device nodes are skipped (``on_skip(path, why)``). Files are
-    read in :data:`CHUNK_BYTES` pieces, so nothing is ever held whole in memory.
+    read in :data:`CHUNK_BYTES` pieces, so nothing is ever held whole in memory. ``sparse`` sends
+    only the data extents of files with holes (receivers that understand ``extents``: capsa cp);
+    ``send_fd`` passes large files as descriptors instead (see :func:`file_items`).
     """
     for local, name in check_local(paths):
-        yield from _walk_one(local, name, on_skip)
+        yield from _walk_one(local, name, on_skip, sparse, send_fd)
 
 
-def _walk_one(local: str, name: str,
-              on_skip: Callable[[str, str], None] | None) -> Iterator[tuple[UploadEntry | None, bytes]]:
+def _walk_one(local: str, name: str, on_skip: Callable[[str, str], None] | None, sparse: bool,
+              send_fd: Callable[[int], None] | None) -> Iterator[tuple[UploadEntry | None, bytes]]:
     try:
         st = os.lstat(local)
     except FileNotFoundError:
@@ -78,7 +92,12 @@ def _walk_one(local: str, name: str,
         if stat.S_ISLNK(st.st_mode):
             yield UploadEntry(rel, EntryKind.SYMLINK, 0o777, 0, os.readlink(path)), b""
         elif stat.S_ISREG(st.st_mode):
-            yield from _file_items(path, rel, st)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                yield from file_items(fd, rel, stat.S_IMODE(st.st_mode), os.fstat(fd).st_size, sparse=sparse,
+                                      send_fd=send_fd, shrank=InvalidArgument, shown=path)
+            finally:
+                os.close(fd)
         elif stat.S_ISDIR(st.st_mode):
             yield UploadEntry(rel, EntryKind.DIR, stat.S_IMODE(st.st_mode)), b""
             with os.scandir(path) as it:
@@ -90,21 +109,37 @@ def _walk_one(local: str, name: str,
             on_skip(path, "not a regular file, directory or symlink")
 
 
-def _file_items(path: str, rel: str, st: os.stat_result) -> Iterator[tuple[UploadEntry | None, bytes]]:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        size = os.fstat(fd).st_size
-        entry: UploadEntry | None = UploadEntry(rel, EntryKind.FILE, stat.S_IMODE(st.st_mode), size)
-        left = size
-        while True:
-            chunk = os.read(fd, min(CHUNK_BYTES, left)) if left else b""
-            if left and not chunk:
-                raise InvalidArgument(f"--upload: {path} shrank while it was being read")
-            left -= len(chunk)
-            if entry is not None or chunk:
-                yield entry, chunk
+def file_items(fd: int, rel: str, mode: int, size: int, *, sparse: bool, send_fd: Callable[[int], None] | None,
+               shrank: type[Exception], shown: str) -> Iterator[tuple[UploadEntry | None, bytes]]:
+    """Items of one open regular file: passed as a descriptor (``send_fd``, files of at least
+    FAST_MIN_BYTES), else its data extents (``sparse``) or all its bytes, read with pread.
+
+    The descriptor is sent *before* the entry is yielded, so a receiver that takes one descriptor
+    per passed entry, in stream order, always finds it waiting.
+    """
+    from capsa.fdpass import FAST_MIN_BYTES
+
+    if send_fd is not None and size >= FAST_MIN_BYTES:
+        send_fd(fd)
+        yield UploadEntry(rel, EntryKind.FILE, mode, size, passed=True), b""
+        return
+    extents: list[tuple[int, int]] = [(0, size)] if size else []
+    if sparse:
+        from capsa.extents import data_extents
+
+        found = data_extents(fd, size)
+        if sum(length for _, length in found) < size:
+            extents = found
+    entry: UploadEntry | None = UploadEntry(rel, EntryKind.FILE, mode, size,
+                                            extents=tuple(extents) if extents != [(0, size)] and size else None)
+    for off, length in extents:
+        pos, end = off, off + length
+        while pos < end:
+            chunk = os.pread(fd, min(CHUNK_BYTES, end - pos), pos)
+            if not chunk:
+                raise shrank(f"{shown}: shrank while it was being copied (it was changed); retry")
+            pos += len(chunk)
+            yield entry, chunk
             entry = None
-            if not left:
-                return
-    finally:
-        os.close(fd)
+    if entry is not None:
+        yield entry, b""

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from capsa.errors import InvalidArgument, LimitExceeded, UnsafeArchive
+from capsa.extents import check_extents, copy_extents
 from capsa.upload_items import EntryKind, UploadEntry
 
 __all__ = ["TreeWriter", "UploadLimits", "split_name"]
@@ -55,9 +57,12 @@ def split_name(path: str) -> list[str]:
 class TreeWriter:
     """Writes one upload stream under an open directory; never follows a symlink."""
 
-    def __init__(self, root_fd: int, limits: UploadLimits) -> None:
+    def __init__(self, root_fd: int, limits: UploadLimits, *, take_fd: Callable[[], int] | None = None) -> None:
         self.root_fd = root_fd
         self.limits = limits
+        self.take_fd = take_fd   # descriptors of entries marked ``passed`` (capsa cp's local fast path)
+        self._extents: list[tuple[int, int]] = []   # where the current file's stream data goes
+        self._ext_i = self._ext_done = 0
         self.entries = 0
         self.files = self.dirs = self.symlinks = 0
         self.total = 0
@@ -151,6 +156,28 @@ class TreeWriter:
         self.total += entry.size
         self.files += 1
         self._entry, self._written = entry, 0
+        self._ext_i = self._ext_done = 0
+        if entry.passed:
+            self._extents = []
+            self._copy_passed(entry)
+        elif entry.extents is not None:
+            self._extents = list(entry.extents)
+            check_extents(self._extents, entry.size, entry.path)
+        else:
+            self._extents = [(0, entry.size)] if entry.size else []
+
+    def _copy_passed(self, entry: UploadEntry) -> None:
+        """The file's bytes from the descriptor the other side passed for it, holes kept, in the kernel."""
+        if self.take_fd is None:
+            raise InvalidArgument(f"upload entry {entry.path!r} is passed as a descriptor, but this copy has"
+                                  " no descriptor connection")
+        src = self.take_fd()
+        try:
+            if not stat.S_ISREG(os.fstat(src).st_mode):
+                raise InvalidArgument(f"upload entry {entry.path!r}: the passed descriptor is not a regular file")
+            copy_extents(src, self._fd, entry.size, entry.path)
+        finally:
+            os.close(src)
 
     def _make_dir(self, entry: UploadEntry, parent: int, name: str, parts: list[str]) -> None:
         try:
@@ -179,13 +206,17 @@ class TreeWriter:
             return
         if self._fd < 0 or self._entry is None:
             raise InvalidArgument("upload data arrived without a file entry before it")
-        if self._written + len(chunk) > self._entry.size:
+        if self._written + len(chunk) > self._entry.data_bytes:
             raise InvalidArgument(f"upload entry {self._entry.path!r}: more data than its declared size"
-                                  f" ({self._entry.size} bytes)")
+                                  f" ({self._entry.data_bytes} bytes)")
         view = memoryview(chunk)
-        while view:
-            n = os.write(self._fd, view)
+        while view:   # each piece at its extent's offset: holes between extents are never written
+            off, length = self._extents[self._ext_i]
+            n = os.pwrite(self._fd, view[:length - self._ext_done], off + self._ext_done)
             view = view[n:]
+            self._ext_done += n
+            if self._ext_done == length:
+                self._ext_i, self._ext_done = self._ext_i + 1, 0
         self._written += len(chunk)
 
     def _finish_file(self) -> None:
@@ -194,9 +225,11 @@ class TreeWriter:
         entry, fd = self._entry, self._fd
         self._fd, self._entry = -1, None
         try:
-            if self._written != entry.size:
+            if self._written != entry.data_bytes:
                 raise InvalidArgument(f"upload entry {entry.path!r}: got {self._written} bytes, declared"
-                                      f" {entry.size}")
+                                      f" {entry.data_bytes}")
+            if entry.extents is not None:
+                os.ftruncate(fd, entry.size)   # a trailing hole: the length without writing zeros
             os.fchmod(fd, entry.mode & _MODE_MASK)
         finally:
             os.close(fd)

@@ -313,9 +313,10 @@ class CapsaClient:
             stream.cancel()
 
     # -- files (capsa cp) ----------------------------------------------------------------
-    def copy_out(self, job_id: str, path: str) -> Iterator[bytes]:
-        """The tar bytes of JOB:path (under /work), in chunks as they arrive."""
-        stream = self.files.CopyOut(fpb.CopyOutRequest(job_id=job_id, path=path), timeout=None)
+    def copy_out(self, job_id: str, path: str, *, fast_token: str = "") -> Iterator[bytes]:
+        """The tar bytes of JOB:path (under /work), in chunks as they arrive (``fast_token``: see fast_path)."""
+        stream = self.files.CopyOut(fpb.CopyOutRequest(job_id=job_id, path=path, fast_token=fast_token),
+                                    timeout=None)
         try:
             for chunk in stream:
                 yield chunk.data
@@ -336,15 +337,20 @@ class CapsaClient:
         finally:
             stream.cancel()
 
-    def copy_in(self, job_id: str, path: str, tar_chunks: Iterable[bytes]) -> fpb.CopyInResult:
+    def copy_in(self, job_id: str, path: str, tar_chunks: Iterable[bytes], *,
+                fast_token: str = "") -> fpb.CopyInResult:
         """Stream tar bytes (one top-level entry) to JOB:path of a running job."""
         def messages() -> Iterator[fpb.CopyInChunk]:
-            yield fpb.CopyInChunk(job_id=job_id, path=path)
+            yield fpb.CopyInChunk(job_id=job_id, path=path, fast_token=fast_token)
             for data in tar_chunks:
                 yield fpb.CopyInChunk(data=data)
             yield fpb.CopyInChunk(done=True)
 
         return self._client_stream(self.files.CopyIn, messages())
+
+    def fast_path(self) -> fpb.FastPathReply:
+        """A one-time token and the daemon's descriptor socket for capsa cp's local fast path (capsa.fdpass)."""
+        return self._call(self.files.FastPath, fpb.FastPathRequest())
 
     # -- images ----------------------------------------------------------------------------
     def pull_image(self, ref: str, *, platform: str = "", insecure: bool = False,

@@ -31,6 +31,7 @@ RPC_ROLES: dict[str, Principal] = {
     # /work), so readers get neither direction, like exec/attach.
     "/capsa.v1.FileService/CopyOut": Role.DEVELOPER,
     "/capsa.v1.FileService/CopyIn": Role.DEVELOPER,
+    "/capsa.v1.FileService/FastPath": Role.DEVELOPER,
     # MetricsService
     "/capsa.v1.MetricsService/MetricsStream": Role.READER,
     "/capsa.v1.MetricsService/GetNodeStats": Role.READER,

@@ -120,7 +120,7 @@ class ApiServer:
             JobServicer(daemon.jobs, blocking, execs, published=daemon.networks.published), server)
         interactive_pb2_grpc.add_InteractiveServiceServicer_to_server(
             InteractiveServicer(execs, blocking, JobAttach(daemon.jobs)), server)
-        files_pb2_grpc.add_FileServiceServicer_to_server(FileServicer(JobFiles(daemon.jobs), blocking), server)
+        files_pb2_grpc.add_FileServiceServicer_to_server(FileServicer(JobFiles(daemon.jobs, daemon.fd_broker), blocking), server)
         images_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(daemon.images, blocking), server)
         workflows_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(daemon.workflows), server)
         metrics_pb2_grpc.add_MetricsServiceServicer_to_server(

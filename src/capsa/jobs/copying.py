@@ -7,13 +7,16 @@ resolved and walked with the fd-only helpers of :mod:`capsa.copy_tree` (see ther
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from collections.abc import Iterable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from capsa.copy_tree import CopyResult, open_beneath, place, split_job_path, walk_fd
 from capsa.errors import FailedPrecondition, InvalidArgument, NotFound, UnsafeArchive
+from capsa.fdpass import FdBroker, recv_fd, send_fd
 from capsa.upload_items import UploadEntry
 
 if TYPE_CHECKING:
@@ -39,10 +42,15 @@ def _proc_owner(pid: int) -> tuple[int, int] | None:
 
 
 class JobFiles:
-    """Copy out of (running or ended) and into (running) jobs' /work."""
+    """Copy out of (running or ended) and into (running) jobs' /work.
 
-    def __init__(self, jobs: JobService) -> None:
+    With a ``fast_token`` (see :mod:`capsa.fdpass`) large regular files travel as descriptors over
+    the token's connection; everything is resolved, refused and written exactly as without one.
+    """
+
+    def __init__(self, jobs: JobService, fast: FdBroker) -> None:
         self.jobs = jobs
+        self.fast = fast
 
     def _work_fd(self, job_id: str) -> int:
         try:
@@ -50,8 +58,24 @@ class JobFiles:
         except FileNotFoundError:
             raise NotFound(f"job {job_id[:12]} has no /work any more (removed)") from None
 
-    def copy_out(self, id_or_prefix: str, path: str) -> Iterator[tuple[UploadEntry | None, bytes]]:
-        """Items for JOB:path; checks (job, path) eagerly so errors come before the first byte."""
+    def _claim(self, fast_token: str) -> socket.socket | None:
+        """The token's descriptor connection, claimed first so that a refused copy closes it at once."""
+        return self.fast.claim(fast_token) if fast_token else None
+
+    def copy_out(self, id_or_prefix: str, path: str,
+                 fast_token: str = "") -> Iterator[tuple[UploadEntry | None, bytes]]:
+        """Items for JOB:path; checks (token, job, path) eagerly so errors come before the first byte."""
+        conn = self._claim(fast_token)
+        try:
+            parent, name, rel = self._source(id_or_prefix, path)
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        return self._items(parent, name, rel, conn)
+
+    def _source(self, id_or_prefix: str, path: str) -> tuple[int, str, str]:
+        """(parent fd, name in it, tar name) of JOB:path."""
         job = self.jobs.get(id_or_prefix)
         parts = split_job_path(path)
         work = self._work_fd(job.id)
@@ -68,16 +92,29 @@ class JobFiles:
         except BaseException:
             os.close(parent)
             raise
-        return self._items(parent, name, parts[-1] if parts else "work")
+        return parent, name, parts[-1] if parts else "work"
 
     @staticmethod
-    def _items(parent: int, name: str, rel: str) -> Iterator[tuple[UploadEntry | None, bytes]]:
+    def _items(parent: int, name: str, rel: str,
+               conn: socket.socket | None) -> Iterator[tuple[UploadEntry | None, bytes]]:
         try:
-            yield from walk_fd(parent, name, rel)
+            yield from walk_fd(parent, name, rel, send_fd=None if conn is None else partial(send_fd, conn))
         finally:
             os.close(parent)
+            if conn is not None:
+                conn.close()
 
-    def copy_in(self, id_or_prefix: str, path: str, items: Iterable[tuple[UploadEntry | None, bytes]]) -> CopyResult:
+    def copy_in(self, id_or_prefix: str, path: str, items: Iterable[tuple[UploadEntry | None, bytes]],
+                fast_token: str = "") -> CopyResult:
+        conn = self._claim(fast_token)
+        try:
+            return self._copy_in(id_or_prefix, path, items, conn)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _copy_in(self, id_or_prefix: str, path: str, items: Iterable[tuple[UploadEntry | None, bytes]],
+                 conn: socket.socket | None) -> CopyResult:
         job = self.jobs.get(id_or_prefix)
         if job.state.ended or not job.pid:
             raise FailedPrecondition(f"job {job.id[:12]} is {job.state.value}: files are copied into running"
@@ -92,7 +129,8 @@ class JobFiles:
         finally:
             os.close(work)
         try:
-            done = place(items, dest, new_name, owner=owner, shown=path)
+            done = place(items, dest, new_name, owner=owner, shown=path,
+                         take_fd=None if conn is None else partial(recv_fd, conn))
         finally:
             os.close(dest)
         where = "/".join(["/work", *parts[:-1], done.name] if new_name else ["/work", *parts, done.name])

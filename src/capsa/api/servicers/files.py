@@ -28,7 +28,7 @@ class FileServicer(pb_grpc.FileServiceServicer):
         # Reading the tree blocks: it runs on one thread of the bounded stream pool, handing
         # chunks to the loop with back-pressure (a slow client holds the reader, not memory).
         def chunks(stop: threading.Event) -> Iterator[bytes]:
-            items = self.files.copy_out(request.job_id, request.path)
+            items = self.files.copy_out(request.job_id, request.path, request.fast_token)
             for chunk in tarstream.encode(items):
                 if stop.is_set():
                     return
@@ -71,11 +71,17 @@ class FileServicer(pb_grpc.FileServiceServicer):
                     yield from data()
 
             source = all_data()
-            return self.files.copy_in(first.job_id, first.path, _drained(tarstream.decode(source), source))
+            return self.files.copy_in(first.job_id, first.path, _drained(tarstream.decode(source), source),
+                                      first.fast_token)
 
         done = await self.blocking.call("CopyIn", run)
         return pb.CopyInResult(path=done.name, files=done.files, dirs=done.dirs, symlinks=done.symlinks,
                                bytes=done.bytes)
+
+    @rpc
+    async def FastPath(self, request: pb.FastPathRequest, context: Any) -> pb.FastPathReply:
+        path, token, ttl = self.files.fast.issue()
+        return pb.FastPathReply(socket_path=path, token=token, ttl_seconds=ttl)
 
 
 def _drained(items: Iterator[Any], source: Iterator[bytes]) -> Iterator[Any]:

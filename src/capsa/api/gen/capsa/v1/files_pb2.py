@@ -24,21 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63\x61psa/v1/files.proto\x12\x08\x63\x61psa.v1\".\n\x0e\x43opyOutRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"\x18\n\x08TarChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"G\n\x0b\x43opyInChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\"Z\n\x0c\x43opyInResult\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05\x66iles\x18\x02 \x01(\x03\x12\x0c\n\x04\x64irs\x18\x03 \x01(\x03\x12\x10\n\x08symlinks\x18\x04 \x01(\x03\x12\r\n\x05\x62ytes\x18\x05 \x01(\x03\x32\x83\x01\n\x0b\x46ileService\x12\x39\n\x07\x43opyOut\x12\x18.capsa.v1.CopyOutRequest\x1a\x12.capsa.v1.TarChunk0\x01\x12\x39\n\x06\x43opyIn\x12\x15.capsa.v1.CopyInChunk\x1a\x16.capsa.v1.CopyInResult(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63\x61psa/v1/files.proto\x12\x08\x63\x61psa.v1\"\x11\n\x0f\x46\x61stPathRequest\"K\n\rFastPathReply\x12\x14\n\x0bsocket_path\x18\xa2\x02 \x01(\t\x12\x0e\n\x05token\x18\xa3\x02 \x01(\t\x12\x14\n\x0bttl_seconds\x18\xa4\x02 \x01(\x01\"C\n\x0e\x43opyOutRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x13\n\nfast_token\x18\xa5\x02 \x01(\t\"\x18\n\x08TarChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\\\n\x0b\x43opyInChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x13\n\nfast_token\x18\xa6\x02 \x01(\t\"Z\n\x0c\x43opyInResult\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05\x66iles\x18\x02 \x01(\x03\x12\x0c\n\x04\x64irs\x18\x03 \x01(\x03\x12\x10\n\x08symlinks\x18\x04 \x01(\x03\x12\r\n\x05\x62ytes\x18\x05 \x01(\x03\x32\xc3\x01\n\x0b\x46ileService\x12\x39\n\x07\x43opyOut\x12\x18.capsa.v1.CopyOutRequest\x1a\x12.capsa.v1.TarChunk0\x01\x12\x39\n\x06\x43opyIn\x12\x15.capsa.v1.CopyInChunk\x1a\x16.capsa.v1.CopyInResult(\x01\x12>\n\x08\x46\x61stPath\x12\x19.capsa.v1.FastPathRequest\x1a\x17.capsa.v1.FastPathReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'capsa.v1.files_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COPYOUTREQUEST']._serialized_start=34
-  _globals['_COPYOUTREQUEST']._serialized_end=80
-  _globals['_TARCHUNK']._serialized_start=82
-  _globals['_TARCHUNK']._serialized_end=106
-  _globals['_COPYINCHUNK']._serialized_start=108
-  _globals['_COPYINCHUNK']._serialized_end=179
-  _globals['_COPYINRESULT']._serialized_start=181
-  _globals['_COPYINRESULT']._serialized_end=271
-  _globals['_FILESERVICE']._serialized_start=274
-  _globals['_FILESERVICE']._serialized_end=405
+  _globals['_FASTPATHREQUEST']._serialized_start=34
+  _globals['_FASTPATHREQUEST']._serialized_end=51
+  _globals['_FASTPATHREPLY']._serialized_start=53
+  _globals['_FASTPATHREPLY']._serialized_end=128
+  _globals['_COPYOUTREQUEST']._serialized_start=130
+  _globals['_COPYOUTREQUEST']._serialized_end=197
+  _globals['_TARCHUNK']._serialized_start=199
+  _globals['_TARCHUNK']._serialized_end=223
+  _globals['_COPYINCHUNK']._serialized_start=225
+  _globals['_COPYINCHUNK']._serialized_end=317
+  _globals['_COPYINRESULT']._serialized_start=319
+  _globals['_COPYINRESULT']._serialized_end=409
+  _globals['_FILESERVICE']._serialized_start=412
+  _globals['_FILESERVICE']._serialized_end=607
 # @@protoc_insertion_point(module_scope)

@@ -4,13 +4,29 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class FastPathRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FastPathReply(_message.Message):
+    __slots__ = ("socket_path", "token", "ttl_seconds")
+    SOCKET_PATH_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    socket_path: str
+    token: str
+    ttl_seconds: float
+    def __init__(self, socket_path: _Optional[str] = ..., token: _Optional[str] = ..., ttl_seconds: _Optional[float] = ...) -> None: ...
+
 class CopyOutRequest(_message.Message):
-    __slots__ = ("job_id", "path")
+    __slots__ = ("job_id", "path", "fast_token")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    FAST_TOKEN_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     path: str
-    def __init__(self, job_id: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+    fast_token: str
+    def __init__(self, job_id: _Optional[str] = ..., path: _Optional[str] = ..., fast_token: _Optional[str] = ...) -> None: ...
 
 class TarChunk(_message.Message):
     __slots__ = ("data",)
@@ -19,16 +35,18 @@ class TarChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class CopyInChunk(_message.Message):
-    __slots__ = ("job_id", "path", "data", "done")
+    __slots__ = ("job_id", "path", "data", "done", "fast_token")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    FAST_TOKEN_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     path: str
     data: bytes
     done: bool
-    def __init__(self, job_id: _Optional[str] = ..., path: _Optional[str] = ..., data: _Optional[bytes] = ..., done: _Optional[bool] = ...) -> None: ...
+    fast_token: str
+    def __init__(self, job_id: _Optional[str] = ..., path: _Optional[str] = ..., data: _Optional[bytes] = ..., done: _Optional[bool] = ..., fast_token: _Optional[str] = ...) -> None: ...
 
 class CopyInResult(_message.Message):
     __slots__ = ("path", "files", "dirs", "symlinks", "bytes")

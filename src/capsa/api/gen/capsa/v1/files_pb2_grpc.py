@@ -46,6 +46,11 @@ class FileServiceStub:
                 request_serializer=capsa_dot_v1_dot_files__pb2.CopyInChunk.SerializeToString,
                 response_deserializer=capsa_dot_v1_dot_files__pb2.CopyInResult.FromString,
                 _registered_method=True)
+        self.FastPath = channel.unary_unary(
+                '/capsa.v1.FileService/FastPath',
+                request_serializer=capsa_dot_v1_dot_files__pb2.FastPathRequest.SerializeToString,
+                response_deserializer=capsa_dot_v1_dot_files__pb2.FastPathReply.FromString,
+                _registered_method=True)
 
 
 class FileServiceServicer:
@@ -67,6 +72,14 @@ class FileServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FastPath(self, request, context):
+        """The local fast path (ADR-0014): a one-time token for the daemon's root-only unix socket, over
+        which large regular files travel as open descriptors instead of bytes in the stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FileServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +92,11 @@ def add_FileServiceServicer_to_server(servicer, server):
                     servicer.CopyIn,
                     request_deserializer=capsa_dot_v1_dot_files__pb2.CopyInChunk.FromString,
                     response_serializer=capsa_dot_v1_dot_files__pb2.CopyInResult.SerializeToString,
+            ),
+            'FastPath': grpc.unary_unary_rpc_method_handler(
+                    servicer.FastPath,
+                    request_deserializer=capsa_dot_v1_dot_files__pb2.FastPathRequest.FromString,
+                    response_serializer=capsa_dot_v1_dot_files__pb2.FastPathReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +155,33 @@ class FileService:
             '/capsa.v1.FileService/CopyIn',
             capsa_dot_v1_dot_files__pb2.CopyInChunk.SerializeToString,
             capsa_dot_v1_dot_files__pb2.CopyInResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FastPath(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capsa.v1.FileService/FastPath',
+            capsa_dot_v1_dot_files__pb2.FastPathRequest.SerializeToString,
+            capsa_dot_v1_dot_files__pb2.FastPathReply.FromString,
             options,
             channel_credentials,
             insecure,
