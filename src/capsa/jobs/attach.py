@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from capsa.errors import FailedPrecondition
+from capsa.errors import FailedPrecondition, NotFound
 from capsa.jobs.model import Job, JobState
 from capsa.jobs.service import JobService
 from capsa.logs.select import seq_since
@@ -51,10 +51,14 @@ class JobAttach:
         next_seq = seq_since(log_dir, 2**63 - 1)   # taken before the check: nothing after it is missed
         try:
             reply = self.jobs.supervisor.input(job.id)
-        except FailedPrecondition:
+        except (FailedPrecondition, NotFound) as exc:
+            # NotFound: the supervisor already forgot the job (it ended and its exit was handed over)
+            # while its row still says RUNNING, until the daemon records that exit.
             if allow_ended:   # started with -i/-t by the caller itself: the one reason left is its end
                 return Attachment(job.id, log_dir, False, 1, ended=True)
             _require_running(self.jobs.get(job.id))   # it ended meanwhile: say that, not the supervisor's words
+            if isinstance(exc, NotFound):
+                raise FailedPrecondition(f"job {job.short_id} has ended: there is nothing to attach to") from exc
             raise
         return Attachment(job.id, log_dir, reply.tty, next_seq)
 
