@@ -17,6 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 from capsa.errors import CapsaError, Conflict, FailedPrecondition, InvalidArgument, NotFound
 from capsa.networks import _firewall, _ipam, _links, _netns, _ports
@@ -44,6 +45,7 @@ __all__ = ["NetworkManager"]
 _VETH_PREFIX = "capv"           # + 10 hex = 14 characters (IFNAMSIZ is 16 with the NUL)
 _BRIDGE_PREFIX = "capsa-"       # + 8 hex
 _IP_FORWARD_KEY = "ip_forward_restore"
+_RUN_DIR = Path("/run/capsa")   # default home of each instance's pinned namespaces
 
 
 class NetworkManager:
@@ -54,6 +56,7 @@ class NetworkManager:
         self._store = Store(db)
         self._ports = PortStore(db)
         self.instance = self._store.instance_id()
+        self.netns_dir = self.config.netns_dir or _RUN_DIR / self.instance / "netns"
         self._fw = Firewall(self.config.iptables, self.config.chain_prefix, self.instance)
         self._lock = threading.RLock()       # host-wide set-up: bridges, chains, ip_forward, create/rm
         self._ready_networks: set[str] = set()
@@ -120,7 +123,7 @@ class NetworkManager:
         validate_job_id(job_id)
         if mode_or_name == HOST:
             return Attachment(job_id=job_id, mode=HOST)
-        netns_path = self.config.netns_dir / job_id
+        netns_path = self.netns_dir / job_id
         if mode_or_name == NONE:
             row = self._store.reserve(job_id, NONE, str(netns_path))
             net = None
@@ -266,7 +269,9 @@ class NetworkManager:
                 _firewall.write_ip_forward(original)
                 self._store.set_state(_IP_FORWARD_KEY, None)
             with contextlib.suppress(OSError):
-                self.config.netns_dir.rmdir()
+                self.netns_dir.rmdir()
+                if self.config.netns_dir is None:
+                    self.netns_dir.parent.rmdir()   # /run/capsa/<instance>, when it holds nothing else
             self._chains_ready = False
             self._ready_networks.clear()
             return True
@@ -307,8 +312,8 @@ class NetworkManager:
         return self._mtu
 
     def _provision(self, row: AttachmentRow, net: NetworkRow | None) -> None:
-        path = self.config.netns_dir / row.job_id
-        self.config.netns_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        path = self.netns_dir / row.job_id
+        self.netns_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         # The row is new, so anything already named after this job is a leftover of a crash.
         _netns.remove(path)
         if row.veth_host:
@@ -369,7 +374,7 @@ class NetworkManager:
             _firewall.write_ip_forward("1")
 
     def _release(self, job_id: str, row: AttachmentRow | None) -> bool:
-        path = row.netns_path if row else str(self.config.netns_dir / job_id)
+        path = row.netns_path if row else str(self.netns_dir / job_id)
         veth = row.veth_host if row else self._veth_name(job_id)
         found = row is not None
         self._unpublish(job_id)
@@ -387,7 +392,7 @@ class NetworkManager:
     def _remove_leftovers(self, kept: set[str], report: ReconcileReport) -> None:
         known_paths = {r.netns_path for r in self._store.attachments()}
         with contextlib.suppress(FileNotFoundError):
-            for entry in os.scandir(self.config.netns_dir):
+            for entry in os.scandir(self.netns_dir):
                 if entry.path not in known_paths and _netns.remove(entry.path):
                     report.leftovers.append(f"netns {entry.path}")
         networks = {r.name for r in self._store.networks()}

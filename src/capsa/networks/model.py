@@ -63,10 +63,12 @@ class NetworkConfig:
     """Host-wide network settings (the ``network`` section of the server config).
 
     ``netns_dir`` belongs to one capsa instance: :meth:`NetworkManager.reconcile`
-    removes any namespace file in it that the instance's database does not know.
+    removes any namespace file in it that the instance's database does not know. None (the
+    default) is ``/run/capsa/<instance>/netns``, so two instances on one host (test daemons, the
+    nodes of a pool on one machine) never remove each other's namespaces.
     """
 
-    netns_dir: Path = Path("/run/capsa/netns")
+    netns_dir: Path | None = None
     isolated_pool: str = "10.203.0.0/16"
     isolated_prefixlen: int = 30          # 30 (host .1, job .2) or 31 (RFC 3021 point-to-point)
     bridge_name: str = "capsa0"
@@ -76,7 +78,8 @@ class NetworkConfig:
     chain_prefix: str = "CAPSA"           # chains <prefix>-FORWARD (filter), <prefix>-POSTROUTING (nat)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "netns_dir", Path(self.netns_dir))
+        if self.netns_dir is not None:
+            object.__setattr__(self, "netns_dir", Path(self.netns_dir))
         pool = parse_cidr(self.isolated_pool, "isolated_pool")
         bridge = parse_cidr(self.bridge_cidr, "bridge_cidr")
         if self.isolated_prefixlen not in (30, 31):

@@ -202,3 +202,28 @@ def test_teardown_waits_for_the_last_job(manager: NetworkManager) -> None:
     manager.detach("job-last")
     assert manager.teardown() is True
     assert manager.config.bridge_name not in links.link_names()
+
+
+def test_two_instances_on_one_host_keep_their_namespaces_apart(tmp_path: Path, net_config) -> None:  # type: ignore[no-untyped-def]
+    """Each instance pins its namespaces under /run/capsa/<instance>/netns by default, so one's
+    reconcile (which removes files it does not know) never removes the other's (test daemons, pool nodes)."""
+    import dataclasses
+
+    config = dataclasses.replace(net_config, netns_dir=None)
+    dbs = [Database(tmp_path / f"capsa-{i}.db") for i in (0, 1)]
+    first, second = (NetworkManager(db, config=config) for db in dbs)
+    try:
+        assert first.netns_dir != second.netns_dir
+        assert first.netns_dir == Path("/run/capsa") / first.instance / "netns"
+        att = first.attach("a" * 32, "none")
+        assert att.netns_path and netns.is_netns(att.netns_path)
+        second.reconcile([])
+        assert netns.is_netns(att.netns_path), "another instance's reconcile removed this job's namespace"
+    finally:
+        for mgr in (first, second):
+            for a in mgr.attachments():
+                mgr.detach(a.job_id)
+            assert mgr.teardown()
+            assert not mgr.netns_dir.parent.exists(), "the instance's run directory was left behind"
+        for db in dbs:
+            db.close()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from capsa.errors import InvalidArgument
@@ -14,7 +12,7 @@ from capsa.networks.model import validate_job_id
 def test_defaults_are_the_documented_ranges() -> None:
     cfg = NetworkConfig()
     assert (cfg.isolated_pool, cfg.bridge_cidr, cfg.bridge_name) == ("10.203.0.0/16", "10.204.0.0/24", "capsa0")
-    assert cfg.netns_dir == Path("/run/capsa/netns") and cfg.isolated_prefixlen == 30
+    assert cfg.netns_dir is None and cfg.isolated_prefixlen == 30   # None: /run/capsa/<instance>/netns
 
 
 @pytest.mark.parametrize(
