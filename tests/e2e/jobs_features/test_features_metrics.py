@@ -30,11 +30,12 @@ def test_stats_of_a_busy_job_show_cpu_and_memory(features_daemon: RunningDaemon,
     def sampled() -> dict | None:
         result = features_daemon.cli("stats", "--json", busy_job, role="reader")
         data = json.loads(result.stdout) if result.returncode == 0 else None
-        return data if data and data["cpu_percent"] else None
+        # a busy loop, not idling: on a loaded 2-core host one sample may still show it starved
+        return data if data and data["cpu_percent"] > 10 else None
 
-    data = wait_for(sampled, timeout=15, what="a sample with a CPU percentage")
+    data = wait_for(sampled, timeout=30, what="a sample with more than 10% CPU")
     assert data["job_id"] == busy_job and data["name"] == "burner"
-    assert data["cpu_usage_ns"] > 0 and data["cpu_percent"] > 10      # a busy loop, not idling
+    assert data["cpu_usage_ns"] > 0
     assert data["memory_current_bytes"] > 0 and data["memory_peak_bytes"] >= data["memory_current_bytes"]
     assert data["pids"] >= 1
     assert data["net_rx_bytes"] is None                               # host network: no netns counters
