@@ -31,7 +31,7 @@ def test_stats_of_a_busy_job_show_cpu_and_memory(features_daemon: RunningDaemon,
         result = features_daemon.cli("stats", "--json", busy_job, role="reader")
         data = json.loads(result.stdout) if result.returncode == 0 else None
         # a busy loop, not idling: on a loaded 2-core host one sample may still show it starved
-        return data if data and data["cpu_percent"] > 10 else None
+        return data if data and (data["cpu_percent"] or 0) > 10 else None
 
     data = wait_for(sampled, timeout=30, what="a sample with more than 10% CPU")
     assert data["job_id"] == busy_job and data["name"] == "burner"
