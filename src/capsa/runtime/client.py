@@ -184,8 +184,14 @@ class _Channel:
                     request_id = frame_id(frame)
                     with self._lock:
                         waiter = self._waiters.pop(request_id, None)
-                    if waiter is not None:   # None: its caller gave up waiting, or sent without waiting
+                    if waiter is None:   # its caller gave up waiting, or sent without waiting: not read
+                        continue
+                    try:
                         waiter.reply = decode_reply(frame)
+                    except CapsaError as exc:   # ends the channel; this caller is out of its table already
+                        waiter.error = f"supervisor connection failed: {exc}"
+                        raise
+                    finally:
                         waiter.done.set()
         except (OSError, ValueError, CapsaError) as exc:   # a frame we cannot read ends the channel
             self._fail(f"supervisor connection failed: {exc}")
