@@ -117,8 +117,8 @@ def main() -> int:
     notes.append("Before ADR-0017 the same command measured 31-51 starts/s and ListJobs p99 317-578 ms in"
                  " runs alternated with this code's on the same machine (docs/adr/0017-burst-submissions.md)."
                  " Its second pass (exit path without a reply to wait for, ListJobs sent as joined bytes):"
-                 " 93-134 starts/s, ListJobs p99 58-76 ms, daemon CPU 3.2-4.0 ms per job, against 70-113"
-                 " starts/s, p99 202-333 ms, 6.3-11.5 ms per job before it, alternated at load 1-12 (see the ADR).")
+                 " 86-134 starts/s, ListJobs p99 55-76 ms, daemon CPU 3.2-4.0 ms per job, against 67-113"
+                 " starts/s, p99 80-333 ms, 3.9-11.5 ms per job before it, alternated at load 1-16 (see the ADR).")
     if result.list_errors:   # what failed, so a failure can be told from a slow machine
         notes.append(f"ListJobs errors during the burst (first 3): {'; '.join(result.list_errors[:3])}")
     body = "\n".join([section_header("API burst load", started), *rows, "", *notes])
