@@ -28,7 +28,7 @@ from capsa.api.errors import ERROR_CODE_KEY, status_for
 from capsa.api.limits import StreamLimits
 from capsa.api.roles import required_role
 from capsa.api.validation import validate
-from capsa.api.wire import Malformed, is_async, rewrap, tolerant, unwrap_requests
+from capsa.api.wire import Malformed, is_async, passing_encoded, rewrap, tolerant, unwrap_requests
 from capsa.errors import CapsaError, PermissionDenied, Unauthorized
 from capsa.pki import Principal, role_from_cert_pem
 
@@ -99,7 +99,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return None
         method = handler_call_details.method
         return rewrap(handler, lambda behaviour, req_stream, resp_stream: self._guard(
-            method, behaviour, req_stream, req_stream or resp_stream), tolerant(handler.request_deserializer))
+            method, behaviour, req_stream, req_stream or resp_stream), tolerant(handler.request_deserializer),
+            passing_encoded(handler.response_serializer))
 
     def _enter(self, method: str, request: Any, context: Any, streaming: bool,
                req_stream: bool) -> tuple[Any, str | None]:

@@ -48,6 +48,11 @@ class JobList:
         self._kept: dict[str, tuple[tuple[int, object], bytes]] = {}
 
     def page(self, *, all: bool, limit: int, page_token: str, filter: JobFilter | None) -> pb.ListJobsResponse:
+        return pb.ListJobsResponse.FromString(self.page_bytes(all=all, limit=limit, page_token=page_token,
+                                                              filter=filter))
+
+    def page_bytes(self, *, all: bool, limit: int, page_token: str, filter: JobFilter | None) -> bytes:
+        """:meth:`page` serialized: what the ListJobs servicer sends as it is (capsa.api.wire.Encoded)."""
         entries, next_token = self.jobs.page_entries(all=all, limit=limit, page_token=page_token, filter=filter)
         ids = [entry[0] for entry in entries]
         restarts = self.jobs.restart_info(ids)
@@ -81,7 +86,7 @@ class JobList:
         if next_token:
             token = next_token.encode()
             body += _TOKEN_TAG + _VarintBytes(len(token)) + token
-        return pb.ListJobsResponse.FromString(body)
+        return body
 
     def _keep(self, entries: dict[str, tuple[tuple[int, object], bytes]]) -> None:
         with self._lock:

@@ -26,7 +26,7 @@ import grpc
 from capsa.api.validation import validate
 from capsa.errors import InvalidArgument
 
-__all__ = ["KINDS", "Malformed", "is_async", "rewrap", "tolerant", "unwrap_requests"]
+__all__ = ["KINDS", "Encoded", "Malformed", "is_async", "passing_encoded", "rewrap", "tolerant", "unwrap_requests"]
 
 log = logging.getLogger("capsa.api")
 
@@ -63,19 +63,36 @@ def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     return decode
 
 
+class Encoded(bytes):
+    """A response a servicer built already serialized (ListJobs joins kept encodings): sent as it is,
+    instead of being parsed into a message only for gRPC to serialize it again (≈ 2 ms per 1,000 jobs)."""
+
+
+def passing_encoded(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """``serializer``, handing an :class:`Encoded` response on unchanged."""
+    if serializer is None:
+        return None
+
+    def serialize(response: Any) -> bytes:
+        return bytes(response) if type(response) is Encoded else serializer(response)
+
+    return serialize
+
+
 def is_async(behaviour: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)
 
 
 def rewrap(handler: grpc.RpcMethodHandler,
            wrap: Callable[[Callable[..., Any], bool, bool], Callable[..., Any]],
-           deserializer: Callable[[bytes], Any] | None = None) -> grpc.RpcMethodHandler:
+           deserializer: Callable[[bytes], Any] | None = None,
+           serializer: Callable[[Any], bytes] | None = None) -> grpc.RpcMethodHandler:
     """The same handler with its behaviour replaced by ``wrap(behaviour, request_streaming, response_streaming)``."""
     for attr, make, req_stream, resp_stream in KINDS:
         behaviour = getattr(handler, attr)
         if behaviour is not None:
             return make(wrap(behaviour, req_stream, resp_stream),  # type: ignore[no-any-return]
-                        deserializer or handler.request_deserializer, handler.response_serializer)
+                        deserializer or handler.request_deserializer, serializer or handler.response_serializer)
     return handler
 
 

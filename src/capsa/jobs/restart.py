@@ -118,10 +118,17 @@ class RestartStore:
         if not job_ids:
             return {}
         out: dict[str, tuple[str, int, int]] = {}
-        for i in range(0, len(job_ids), 500):   # SQLite's bound-parameter limit
-            chunk = job_ids[i:i + 500]
-            rows = self.db.query("SELECT job_id, mode, max_restarts, restart_count, next_ns, active FROM job_restarts"
-                                 f" WHERE job_id IN ({','.join('?' * len(chunk))})", tuple(chunk))
+        columns = "SELECT job_id, mode, max_restarts, restart_count, next_ns, active FROM job_restarts"
+        # Few jobs have a policy: when they are fewer than the ids asked about (a listing asks about
+        # 1,000), reading them all is cheaper than binding and probing every id (0.7 ms per 1,000).
+        found = self.db.query_one("SELECT COUNT(*) AS n FROM job_restarts") if len(job_ids) > 50 else None
+        if found is not None and int(found["n"]) <= len(job_ids):
+            wanted = set(job_ids)
+            chunks = [[r for r in self.db.query(columns) if r["job_id"] in wanted]]
+        else:
+            chunks = [self.db.query(f"{columns} WHERE job_id IN ({','.join('?' * len(chunk))})", tuple(chunk))
+                      for chunk in (job_ids[i:i + 500] for i in range(0, len(job_ids), 500))]   # the bound limit
+        for rows in chunks:
             for r in rows:
                 policy = str(RestartPolicy(r["mode"], r["max_restarts"]))
                 out[r["job_id"]] = (policy, int(r["restart_count"]), int(r["next_ns"]) if r["active"] else 0)

@@ -253,7 +253,14 @@ class JobService:
         self.events.safe_record("job", "started", job_id, name=request.name, attributes={"pid": rec.pid})
         if request.timeout:
             self.timers_changed.set()
-        return self.get(job_id)
+        return self._by_id(job_id)
+
+    def _by_id(self, job_id: str) -> Job:
+        """The job with exactly this id, as :meth:`get` shows it, without resolving a name or prefix first."""
+        job = self.store.by_id(job_id)
+        if job is None:
+            raise NotFound(f"no such job: {job_id}")
+        return self._shown(job)
 
     def _fail_start(self, job_id: str, exc: Exception, grant: Grant | None = None, *,
                     release: Sequence[JobResource]) -> None:
@@ -338,12 +345,20 @@ class JobService:
         return self.store.resolve_id(id_or_prefix)
 
     def get(self, id_or_prefix: str) -> Job:
-        job = self._with_restarts([self.store.get(id_or_prefix)])[0]
+        return self._shown(self.store.get(id_or_prefix))
+
+    def _shown(self, job: Job) -> Job:
+        """``job``'s row as callers see it: with its restart bookkeeping and, while live, the log's drop count."""
+        job = self._with_restarts([job])[0]
         if job.live:   # recorded at exit; while it runs the log directory's count is the news
             from capsa.logs._format import read_dropped
 
             job.log_dropped_bytes = max(job.log_dropped_bytes, read_dropped(self.jobs_dir / job.id / "logs"))
         return job
+
+    def running_names(self) -> list[tuple[str, str]]:
+        """(id, name) of the RUNNING jobs: what the metrics sampler visits each second, without the rows."""
+        return self.store.running_names()
 
     def list(self, *, all: bool = False) -> list[Job]:
         return self.page(all=all).jobs
@@ -512,8 +527,8 @@ class JobService:
         except (sqlite3.Error, CapsaError):
             job = None
         self._release(rec.job_id, job)
-        with contextlib.suppress(CapsaError):
-            self.supervisor.forget(rec.job_id)
+        with contextlib.suppress(CapsaError):   # not waited for: the answer changes nothing here
+            self.supervisor.forget(rec.job_id, wait=False)
         self._after_run(rec.job_id, job)
         self._notify(rec.job_id, job)
 

@@ -274,6 +274,10 @@ class JobStore:
     def active(self) -> list[Job]:
         return [Job.from_row(r) for r in self.db.query(f"SELECT * FROM jobs WHERE state IN {_IN_ACTIVE}")]
 
+    def running_names(self) -> list[tuple[str, str]]:
+        return [(str(r["id"]), str(r["name"])) for r in self.db.query(
+            "SELECT id, name FROM jobs WHERE state = 'RUNNING' ORDER BY created_ns DESC, id DESC")]
+
     def list(self, *, all: bool = False) -> list[Job]:
         return self.page(all=all).jobs
 

@@ -26,6 +26,8 @@ class JobSource(Protocol):
 
     def list(self, *, all: bool = False) -> Sequence[Any]: ...
 
+    def running_names(self) -> list[tuple[str, str]]: ...
+
     def count_by_state(self) -> dict[str, int]: ...
 
 
@@ -54,10 +56,7 @@ def open_metrics(config: MetricsConfig, db: Database, home: Path, jobs: JobSourc
                  network_stats: NetworkStats | None = None, pipeline: PipelineCollector | None = None
                  ) -> DaemonMetrics:
     """Create and start the sampler; create (not yet start) the Prometheus endpoint if configured."""
-    def running() -> list[tuple[str, str]]:
-        return [(j.id, j.name) for j in jobs.list() if str(j.state) == "RUNNING"]
-
-    sampler = MetricsSampler(db, running, interval_s=config.sample_interval_s, history=config.history_samples,
+    sampler = MetricsSampler(db, jobs.running_names, interval_s=config.sample_interval_s, history=config.history_samples,
                              host=HostReader(home), network_stats=network_stats)
     sampler.start()
     prometheus = None

@@ -11,6 +11,7 @@ never delay a reply — and the supervisor queues events without blocking (ADR-0
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from capsa.errors import CapsaError, Unavailable
+from capsa.runtime._codec import frame_id
 from capsa.runtime.protocol import (
     ErrorReply,
     ExecReply,
@@ -43,6 +45,7 @@ from capsa.runtime.protocol import (
     OkReply,
     PingReply,
     PingRequest,
+    ProcState,
     ResizeRequest,
     ShutdownRequest,
     SignalRequest,
@@ -86,6 +89,25 @@ def _connect(path: Path, timeout: float) -> socket.socket:
         sock.close()
         raise Unavailable(f"supervisor not reachable at {path}: {exc.strerror or exc}") from exc
     return sock
+
+
+_RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(JobRecord))
+
+
+def decode_reply(frame: dict[str, object]) -> Message:
+    """A reply of the supervisor this daemon talks to: ``decode``, with the one per-job reply (a
+    job record) built directly from its fields. The supervisor is this program, started by us; a
+    record that is not what it always sends (or any other message) goes the checked way."""
+    body = frame.get("body")
+    if frame.get("type") == "job" and isinstance(body, dict):
+        data = body.get("job")
+        if isinstance(data, dict) and isinstance(data.get("job_id"), str) \
+                and isinstance(data.get("start_stamps", {}), dict):
+            with contextlib.suppress(TypeError, ValueError):
+                values = {k: v for k, v in data.items() if k in _RECORD_FIELDS}
+                values["state"] = ProcState(values.get("state", ProcState.STARTING.value))
+                return JobReply(JobRecord(**values))
+    return decode(frame)[1]
 
 
 class _Waiter:
@@ -135,6 +157,22 @@ class _Channel:
             raise Unavailable(waiter.error)
         return waiter.reply
 
+    def send(self, request: Message) -> None:
+        """Send ``request`` without waiting: its reply, even an error, is read and dropped (its id
+        has no waiter). Requests on this connection are answered in order, so a later call still
+        sees its effect."""
+        with self._lock:
+            if self.dead:
+                raise Unavailable(self.dead)
+            request_id = next(self._ids)
+        frame = encode_frame(encode(request, request_id))
+        try:
+            with self._send_lock:
+                self.sock.sendall(frame)
+        except OSError as exc:
+            self._fail(f"supervisor connection failed during {request.TYPE!r}: {exc}")
+            raise Unavailable(self.dead) from exc
+
     def _read(self) -> None:
         reader = FrameReader()
         try:
@@ -143,11 +181,17 @@ class _Channel:
                 if not data:
                     break
                 for frame in reader.feed(data):
-                    request_id, reply = decode(frame)
+                    request_id = frame_id(frame)
                     with self._lock:
                         waiter = self._waiters.pop(request_id, None)
-                    if waiter is not None:   # None: its caller gave up waiting
-                        waiter.reply = reply
+                    if waiter is None:   # its caller gave up waiting, or sent without waiting: not read
+                        continue
+                    try:
+                        waiter.reply = decode_reply(frame)
+                    except CapsaError as exc:   # ends the channel; this caller is out of its table already
+                        waiter.error = f"supervisor connection failed: {exc}"
+                        raise
+                    finally:
                         waiter.done.set()
         except (OSError, ValueError, CapsaError) as exc:   # a frame we cannot read ends the channel
             self._fail(f"supervisor connection failed: {exc}")
@@ -228,8 +272,13 @@ class SupervisorClient:
     def list(self) -> list[JobRecord]:
         return list(self.request(ListRequest(), ListReply).jobs)
 
-    def forget(self, job_id: str) -> None:
-        self.request(ForgetRequest(job_id), OkReply)
+    def forget(self, job_id: str, *, wait: bool = True) -> None:
+        """Drop the supervisor's record of an ended job. ``wait=False``: send it and go on (the exit
+        path: its caller ignores errors, and the reply would cost a thread hand-off per job)."""
+        if wait:
+            self.request(ForgetRequest(job_id), OkReply)
+        else:
+            self._channel_for(REQUEST_TIMEOUT_S).send(ForgetRequest(job_id))
 
     def mount(self, job_id: str, action: str, *, target: str, source: str = "", create_target: bool = True) -> None:
         """attach | swap | detach a read-only mount in a running job (done by the zygote, see mounts.py)."""

@@ -108,3 +108,34 @@ def test_every_update_bumps_the_rows_rev_once(service: JobService) -> None:
     service.db.execute("UPDATE jobs SET reason = 'x' WHERE id = ?", (job.id,))
     service.db.execute("UPDATE jobs SET reason = 'y', pid = 7 WHERE id = ?", (job.id,))
     assert service.db.query_one("SELECT rev FROM jobs WHERE id = ?", (job.id,))["rev"] == rev + 2
+
+
+def test_restart_info_of_a_large_page_reads_the_policy_rows_either_way(service: JobService,
+                                                                       supervisor: FakeSupervisor) -> None:
+    """A page of more ids than there are policies reads every policy row; fewer ids probe each id: same answer."""
+    ids = []
+    for n in range(60):
+        job = service.run(RunRequest(command=("false",), restart="on-failure:5" if n % 20 == 0 else "no"))
+        supervisor.exit(job.id, 1)
+        ids.append(job.id)
+    with_policy = {ids[0], ids[20], ids[40]}
+    large = service.restart_info(ids)   # 60 ids, 3 policy rows: the rows are read whole
+    assert set(large) == with_policy
+    assert all(large[i] == service.restart_info([i])[i] for i in with_policy)   # one id: probed
+    assert large[ids[0]][0] == "on-failure:5"
+    assert service.restart_info(ids[1:20]) == {}
+    assert set(service.restart_info(ids[:55])) == with_policy
+
+
+def test_a_listing_is_sent_as_the_bytes_it_joined(service: JobService, supervisor: FakeSupervisor) -> None:
+    """The servicer's serialized page passes the response serializer unchanged; messages still serialize."""
+    from capsa.api.wire import Encoded, passing_encoded
+
+    _mixed(service, supervisor)
+    listing = JobList(service, job_to_pb)
+    body = listing.page_bytes(all=True, limit=0, page_token="", filter=None)
+    serialize = passing_encoded(pb.ListJobsResponse.SerializeToString)
+    assert serialize is not None
+    assert serialize(Encoded(body)) == body
+    assert pb.ListJobsResponse.FromString(body) == _fresh(service)
+    assert serialize(_fresh(service)) == _fresh(service).SerializeToString()

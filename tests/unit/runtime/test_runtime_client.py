@@ -80,3 +80,38 @@ def test_replies_reach_their_callers_by_id_whatever_their_order(tmp_path: Path) 
 
 def test_no_supervisor_is_unavailable(tmp_path: Path) -> None:
     assert not SupervisorClient(tmp_path).alive()
+
+
+def test_a_forget_not_waited_for_is_sent_in_order_and_its_reply_dropped(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def answer(frame: dict[str, object]) -> bytes:   # the forget is refused: nobody waits to hear it
+        seen.append(str(frame["type"]))
+        if frame["type"] == "forget":
+            return encode_frame({"type": "error", "id": frame["id"], "body": {"code": "not_found", "message": "x"}})
+        return encode_frame({"type": "pong", "id": frame["id"], "body": {"pid": 7, "cgroup_version": 2}})
+
+    peer = scripted_peer(tmp_path, answer)
+    client = SupervisorClient(tmp_path)
+    client.forget("a" * 32, wait=False)
+    assert client.ping().pid == 7   # answered after the forget's (dropped) reply, on the same connection
+    assert seen == ["forget", "ping"]
+    client.close()
+    peer.join(2)
+
+
+def test_a_job_reply_reads_as_the_checked_decoding_does() -> None:
+    from capsa.errors import InvalidArgument
+    from capsa.runtime.client import decode_reply
+    from capsa.runtime.protocol import START_STAMPS, JobRecord, JobReply, ProcState, decode, encode
+
+    rec = JobRecord("b" * 32, pid=41, state=ProcState.EXITED, exit_code=3, signal=0, reason="x", oom_killed=True,
+                    started_ns=5, ended_ns=9, cgroup="/cg", log_dropped_bytes=2,
+                    start_stamps={name: n for n, name in enumerate(START_STAMPS)})
+    frame = FrameReader().feed(encode_frame(encode(JobReply(rec), 3)))[0]
+    assert decode_reply(frame) == decode(frame)[1] == JobReply(rec)
+    for bad in ({"job_id": 5}, {"job_id": "c", "state": "flying"}, {"job_id": "c", "start_stamps": [1]}, "x"):
+        with pytest.raises(InvalidArgument):
+            decode_reply({"type": "job", "id": 1, "body": {"job": bad}})
+    ok = FrameReader().feed(encode_frame({"type": "ok", "id": 2, "body": {}}))[0]
+    assert decode_reply(ok) == decode(ok)[1]

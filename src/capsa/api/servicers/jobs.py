@@ -18,6 +18,7 @@ from capsa.api.joblist import JobList
 from capsa.api.servicers._base import rpc
 from capsa.api.servicers.interactive import exec_events_pb
 from capsa.api.streams import BlockingStreams, follow_log
+from capsa.api.wire import Encoded
 from capsa.errors import InvalidArgument
 from capsa.fsm import Engine
 from capsa.fsm.queues import WAIT_BUCKETS, QueueStats
@@ -124,9 +125,10 @@ class JobServicer(pb_grpc.JobServiceServicer):
         return job
 
     @rpc
-    def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
-        return self.listing.page(all=request.all, limit=request.limit, page_token=request.page_token,
-                                 filter=filter_from_pb(request))
+    def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> Encoded:   # a pb.ListJobsResponse, serialized
+        # Already serialized: parsing it only for gRPC to serialize it again cost ≈ 2 ms per 1,000 jobs.
+        return Encoded(self.listing.page_bytes(all=request.all, limit=request.limit, page_token=request.page_token,
+                                               filter=filter_from_pb(request)))
 
     @rpc
     def StopJob(self, request: pb.StopJobRequest, context: grpc.ServicerContext) -> pb.Job:
