@@ -134,8 +134,9 @@ class FakeZygote:
         self.orders.append(msg)
         keep = False
         try:
-            if isinstance(msg, ZygoteStart):
-                keep = self._start(msg, fds)
+            if isinstance(msg, ZygoteStart):   # runs once the supervisor's go arrives, as the job process would
+                threading.Thread(target=self._await_go, args=(msg, fds), daemon=True).start()
+                keep = True
             elif isinstance(msg, ZygoteExec):
                 self._exec(msg, fds)
             elif isinstance(msg, ZygoteMount) and msg.target == "/hang":   # never answers, until killed
@@ -147,6 +148,17 @@ class FakeZygote:
         finally:
             for fd in fds if not keep else ():
                 os.close(fd)
+
+    def _await_go(self, msg: ZygoteStart, fds: list[int]) -> None:
+        """Reads the go pipe to its end; a start the supervisor gave up on before its go runs nothing."""
+        go = fds.pop(-2)
+        data = b""
+        while chunk := os.read(go, 4096):
+            data += chunk
+        os.close(go)
+        keep = data.endswith(b"\0") and self._start(msg, fds)
+        for fd in fds if not keep else ():
+            os.close(fd)
 
     def _start(self, msg: ZygoteStart, fds: list[int]) -> bool:
         """False: the fds can close now (exec'd or failed); True: the job holds them (hung)."""
