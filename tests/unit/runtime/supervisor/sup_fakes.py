@@ -126,6 +126,7 @@ class FakeZygote:
         self.stdin: dict[str, int] = {}   # job id -> the job's end of its stdin (-i pipe or -t terminal), kept open
         self.kills = 0
         self.held_mount_fds: list[int] = []
+        self.not_started: list[str] = []   # job ids whose go pipe closed without the go: nothing ran
 
     def spawn(self) -> None:
         pass
@@ -156,6 +157,8 @@ class FakeZygote:
         while chunk := os.read(go, 4096):
             data += chunk
         os.close(go)
+        if not data.endswith(b"\0"):
+            self.not_started.append(msg.spec.job_id)
         keep = data.endswith(b"\0") and self._start(msg, fds)
         for fd in fds if not keep else ():
             os.close(fd)
