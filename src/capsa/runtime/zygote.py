@@ -17,6 +17,7 @@ milliseconds (see docs/adr/0001-supervisor-and-zygote.md).
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -66,6 +67,9 @@ def zygote_main(sock: socket.socket) -> NoReturn:
         supervisor = os.pidfd_open(os.getppid())
     except OSError:
         supervisor = -1
+    # What exists now lives as long as the zygote: no collection traverses it again, in the zygote or in
+    # a clone (a traversal in a clone would copy every page it touches; see _job_process).
+    gc.freeze()
     while True:
         try:
             frame, fds = recv_msg(sock)
@@ -120,6 +124,8 @@ def _job_process(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes], ho
                  supervisor: int) -> NoReturn:
     """The job's PID 1 (in its new mount, PID, UTS and IPC namespaces): wait for the go, join, then stage two."""
     started = time.monotonic_ns()
+    # A short straight line to execve: no collection, whose traversal would copy pages shared with the zygote.
+    gc.disable()
     # A job started with -i/-t gets its stdin first: a pipe's read end or its terminal (ADR-0013).
     *stdin_r, stdout_w, stderr_w, go_r, report_w = fds
     try:
