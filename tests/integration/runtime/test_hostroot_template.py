@@ -116,6 +116,30 @@ def test_the_template_is_rebuilt_when_a_mirrored_file_is_replaced(tmp_path: Path
     assert template.builds == 2
 
 
+def test_the_mirrored_paths_are_lstat_ed_again_only_after_their_directory_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "hosts").write_text("one\n")
+    real_sources, real_identity = hostroot._sources, hostroot._identity
+    monkeypatch.setattr(hostroot, "_sources", lambda: [*real_sources(), str(etc / "hosts")])
+    looked: list[str] = []
+    monkeypatch.setattr(hostroot, "_identity", lambda path: looked.append(path) or real_identity(path))
+    template = hostroot.HostRootTemplate()
+    first = template.current()
+    assert first >= 0 and template._watch >= 0
+    looked.clear()
+    for _ in range(3):
+        assert template.current() == first
+    assert looked == []   # nothing changed: one poll, no lstat
+    (etc / "other").write_text("not mirrored\n")   # an event in a watched directory: compare, keep
+    assert template.current() == first and template.builds == 1 and str(etc / "hosts") in looked
+    looked.clear()
+    assert template.current() == first and looked == []   # the event was consumed
+    (etc / "hosts").unlink()
+    assert template.current() >= 0 and template.builds == 2
+
+
 def test_a_job_with_a_root_of_its_own_reports_a_failed_clone_like_any_step(tmp_path: Path) -> None:
     spec = _spec(tmp_path / "job")
     read_end, write_end = os.pipe()
