@@ -9,7 +9,7 @@ and a job's process clones the whole tree into its own mount namespace in two ca
 
 The copy must show what a fresh build would show, so the template is rebuilt before a start when
 anything it copied may have changed: the host's mount table (``poll`` on /proc/self/mountinfo
-reports every change) or any mirrored path replaced (its ``lstat`` identity: a file renamed over
+reports every change; only mounts on, under or above a mirrored path count) or any mirrored path replaced (its ``lstat`` identity: a file renamed over
 ``/etc/resolv.conf`` is a new inode, which a bind made earlier would not show). The identities are
 compared only after inotify reported an entry created, removed or renamed in a directory holding a
 mirrored path (/ and /etc), so a start usually pays one ``poll`` for both checks.
@@ -85,6 +85,7 @@ class HostRootTemplate:
         self.broken = ""          # why the template cannot be built here: jobs build their roots
         self._identities: list[tuple[object, ...]] = []
         self._mountinfo: int = -1
+        self._mounts: list[str] = []   # the mountinfo lines of mounts on, under or above a mirrored path
         self._watch = -1          # inotify on the mirrored paths' directories; -1: lstat them at every start
         self._poll: select.poll | None = None
 
@@ -105,7 +106,9 @@ class HostRootTemplate:
     def _changed(self) -> bool:
         assert self._poll is not None
         events = dict(self._poll.poll(0))
-        if self._mountinfo in events:   # the mount table changed since the template was built
+        # The mount table changed since the template was built: rebuilt only if a mount on, under or above a
+        # mirrored path changed (a busy host mounts elsewhere all the time; a rebuild costs several ms).
+        if self._mountinfo in events and _relevant_mounts(self._mountinfo) != self._mounts:
             return True
         if self._watch >= 0 and self._watch not in events:
             return False   # no entry of a mirrored path's directory was created, removed or renamed
@@ -127,6 +130,7 @@ class HostRootTemplate:
         self._poll = select.poll()
         self._poll.register(self._mountinfo, select.POLLPRI | select.POLLERR)
         self._poll.poll(0)   # consume the "changed" state a fresh open reports
+        self._mounts = _relevant_mounts(self._mountinfo)
         self._watch = _watch_parents(_sources())
         if self._watch >= 0:
             self._poll.register(self._watch, select.POLLIN)
@@ -152,6 +156,23 @@ def _watch_parents(paths: list[str]) -> int:
             os.close(fd)
             return -1
     return fd
+
+
+def _relevant_mounts(mountinfo: int) -> list[str]:
+    """The lines of ``mountinfo`` (read from its start) whose mount point is on, under or above a source."""
+    chunks = []
+    offset = 0
+    while chunk := os.pread(mountinfo, 1 << 16, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    sources = _sources()
+    lines = []
+    for line in b"".join(chunks).decode(errors="replace").splitlines():
+        point = line.split(" ", 5)[4]
+        above = point.rstrip("/") + "/"
+        if any(s == point or s.startswith(above) or point.startswith(s + "/") for s in sources):
+            lines.append(line)
+    return lines
 
 
 def _drain(fd: int) -> None:

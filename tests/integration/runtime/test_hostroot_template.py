@@ -140,6 +140,30 @@ def test_the_mirrored_paths_are_lstat_ed_again_only_after_their_directory_change
     assert template.current() >= 0 and template.builds == 2
 
 
+def test_a_mount_elsewhere_keeps_the_template_and_one_over_a_mirrored_path_rebuilds_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    etc, elsewhere = tmp_path / "etc", tmp_path / "elsewhere"
+    etc.mkdir()
+    elsewhere.mkdir()
+    (etc / "hosts").write_text("one\n")
+    real_sources = hostroot._sources
+    monkeypatch.setattr(hostroot, "_sources", lambda: [*real_sources(), str(etc / "hosts")])
+    template = hostroot.HostRootTemplate()
+    first = template.current()
+    assert first >= 0
+    mounted: list[Path] = []
+    try:
+        linux.mount("tmpfs", str(elsewhere), "tmpfs", 0, "size=64k")
+        mounted.append(elsewhere)
+        assert template.current() == first and template.builds == 1
+        linux.mount("tmpfs", str(etc), "tmpfs", 0, "size=64k")   # /etc/hosts is no longer what was mirrored
+        mounted.append(etc)
+        assert template.current() >= 0 and template.builds == 2
+    finally:
+        for path in reversed(mounted):
+            linux.umount2(str(path), linux.MNT_DETACH)
+
+
 def test_a_job_with_a_root_of_its_own_reports_a_failed_clone_like_any_step(tmp_path: Path) -> None:
     spec = _spec(tmp_path / "job")
     read_end, write_end = os.pipe()
