@@ -9,8 +9,10 @@ and a job's process clones the whole tree into its own mount namespace in two ca
 
 The copy must show what a fresh build would show, so the template is rebuilt before a start when
 anything it copied may have changed: the host's mount table (``poll`` on /proc/self/mountinfo
-reports every change) or any mirrored path replaced (its ``lstat`` identity: a file renamed over
-``/etc/resolv.conf`` is a new inode, which a bind made earlier would not show).
+reports every change; only mounts on, under or above a mirrored path count) or any mirrored path replaced (its ``lstat`` identity: a file renamed over
+``/etc/resolv.conf`` is a new inode, which a bind made earlier would not show). The identities are
+compared only after inotify reported an entry created, removed or renamed in a directory holding a
+mirrored path (/ and /etc), so a start usually pays one ``poll`` for both checks.
 
 A clone shares the template's tmpfs (read-only in every job). So it is used only where a job cannot
 write to its root at all, exactly as with a root of its own: no CAP_SYS_ADMIN kept (which could
@@ -21,6 +23,7 @@ outside /work and /capsules). Every other job gets its root built as before (``s
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import select
 import stat
@@ -82,6 +85,8 @@ class HostRootTemplate:
         self.broken = ""          # why the template cannot be built here: jobs build their roots
         self._identities: list[tuple[object, ...]] = []
         self._mountinfo: int = -1
+        self._mounts: list[str] = []   # the mountinfo lines of mounts on, under or above a mirrored path
+        self._watch = -1          # inotify on the mirrored paths' directories; -1: lstat them at every start
         self._poll: select.poll | None = None
 
     def current(self) -> int:
@@ -100,16 +105,22 @@ class HostRootTemplate:
 
     def _changed(self) -> bool:
         assert self._poll is not None
-        if self._poll.poll(0):   # the mount table changed since the template was built
+        events = dict(self._poll.poll(0))
+        # The mount table changed since the template was built: rebuilt only if a mount on, under or above a
+        # mirrored path changed (a busy host mounts elsewhere all the time; a rebuild costs several ms).
+        if self._mountinfo in events and _relevant_mounts(self._mountinfo) != self._mounts:
             return True
+        if self._watch >= 0 and self._watch not in events:
+            return False   # no entry of a mirrored path's directory was created, removed or renamed
+        _drain(self._watch)   # before the lstats: a change after them is a new event for the next start
         return [_identity(p) for p in _sources()] != self._identities
 
     def _drop(self) -> None:
-        for fd in (self.fd, self._mountinfo):
+        for fd in (self.fd, self._mountinfo, self._watch):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        self.fd = self._mountinfo = -1
+        self.fd = self._mountinfo = self._watch = -1
         self._poll = None
 
     def _rebuild(self) -> None:
@@ -119,9 +130,55 @@ class HostRootTemplate:
         self._poll = select.poll()
         self._poll.register(self._mountinfo, select.POLLPRI | select.POLLERR)
         self._poll.poll(0)   # consume the "changed" state a fresh open reports
+        self._mounts = _relevant_mounts(self._mountinfo)
+        self._watch = _watch_parents(_sources())
+        if self._watch >= 0:
+            self._poll.register(self._watch, select.POLLIN)
         self._identities = [_identity(p) for p in _sources()]
         self.fd = _build()
         self.builds += 1
+
+
+# A mirrored path's identity (inode, type, link target) changes only when an entry of its directory is
+# created, removed or renamed over (or the directory itself is): inotify says when to lstat them again.
+_IN_WATCH = 0x100 | 0x200 | 0x40 | 0x80 | 0x400 | 0x800   # CREATE, DELETE, MOVED_FROM/TO, DELETE_SELF, MOVE_SELF
+_IN_CLOEXEC_NONBLOCK = os.O_CLOEXEC | os.O_NONBLOCK
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _watch_parents(paths: list[str]) -> int:
+    """An inotify fd watching every directory that holds one of ``paths``; -1 if inotify is unavailable."""
+    fd = _libc.inotify_init1(_IN_CLOEXEC_NONBLOCK)
+    if fd < 0:
+        return -1
+    for parent in sorted({os.path.dirname(p.rstrip("/")) or "/" for p in paths}):
+        if _libc.inotify_add_watch(fd, os.fsencode(parent), _IN_WATCH) < 0:   # (its creation would go unseen)
+            os.close(fd)
+            return -1
+    return fd
+
+
+def _relevant_mounts(mountinfo: int) -> list[str]:
+    """The lines of ``mountinfo`` (read from its start) whose mount point is on, under or above a source."""
+    chunks = []
+    offset = 0
+    while chunk := os.pread(mountinfo, 1 << 16, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    sources = _sources()
+    lines = []
+    for line in b"".join(chunks).decode(errors="replace").splitlines():
+        point = line.split(" ", 5)[4]
+        above = point.rstrip("/") + "/"
+        if any(s == point or s.startswith(above) or point.startswith(s + "/") for s in sources):
+            lines.append(line)
+    return lines
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 65536):
+            pass
 
 
 def _build() -> int:

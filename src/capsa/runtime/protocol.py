@@ -71,15 +71,16 @@ __all__ = [
 ]
 
 MAX_GRACE_S = 24 * 3600.0
-# The start path's timestamps, in the order they are taken (see JobRecord.start_stamps): the
-# daemon's (submitted, recorded in SQLite), the supervisor's (request received, cgroups made, log
-# opened, order sent to the zygote), ``Forked.stamps`` (the zygote read the order, its clone of the
-# job returned), ``Stage2Stamps`` (the job's process runs, joined its cgroups, root built, pivot_root
-# done, about to exec) and the supervisor's ``exec`` (report pipe EOF).
+# The start path's timestamps (see JobRecord.start_stamps): the daemon's (submitted, recorded in
+# SQLite), the supervisor's (request received, order sent to the zygote, cgroups made, log opened,
+# go written), ``Forked.stamps`` (the zygote read the order, its clone of the job returned),
+# ``Stage2Stamps`` (the job's process runs, read the go, joined its cgroups, root built, pivot_root
+# done, about to exec) and the supervisor's ``exec`` (report pipe EOF). The zygote's and the job
+# process's run alongside the supervisor's cgroups, log and go.
 FORKED_STAMPS = ("zygote", "forked")
-STAGE2_STAMPS = ("child", "joined", "root", "pivot", "ready")
-START_STAMPS = ("submitted", "recorded", "received", "cgroup", "log", "sent", "zygote", "child", "joined", "root",
-                "pivot", "ready", "exec")
+STAGE2_STAMPS = ("child", "released", "joined", "root", "pivot", "ready")
+START_STAMPS = ("submitted", "recorded", "received", "sent", "zygote", "cgroup", "log", "go", "child", "released",
+                "joined", "root", "pivot", "ready", "exec")
 MOUNT_ACTIONS = frozenset({"attach", "swap", "detach"})
 # The daemon's ids are 32 hex digits; tests prefix theirs with a word. What matters to the
 # supervisor is that an id is a safe single path component and cgroup name of bounded length.
@@ -487,10 +488,12 @@ class ExitEvent(Message):
 @message("zygote_start")
 @dataclass(frozen=True)
 class ZygoteStart(Message):
-    """Fork stage one for ``spec``; carries the stdout, stderr and report pipe ends as SCM_RIGHTS."""
+    """Clone the job's PID 1 for ``spec``; carries ([stdin,] stdout, stderr, go, report) as SCM_RIGHTS.
+
+    The go pipe brings the cgroup files to join once the supervisor has made them (zygote._await_go).
+    """
 
     spec: JobSpec
-    cgroup_procs: tuple[str, ...]
 
 
 @message("zygote_mount")

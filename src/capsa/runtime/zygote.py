@@ -17,6 +17,7 @@ milliseconds (see docs/adr/0001-supervisor-and-zygote.md).
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -66,6 +67,9 @@ def zygote_main(sock: socket.socket) -> NoReturn:
         supervisor = os.pidfd_open(os.getppid())
     except OSError:
         supervisor = -1
+    # What exists now lives as long as the zygote: no collection traverses it again, in the zygote or in
+    # a clone (a traversal in a clone would copy every page it touches; see _job_process).
+    gc.freeze()
     while True:
         try:
             frame, fds = recv_msg(sock)
@@ -77,7 +81,7 @@ def zygote_main(sock: socket.socket) -> NoReturn:
         try:
             _id, msg = decode(frame)
         except InvalidArgument as exc:   # the supervisor sent something we cannot run: answer where we can
-            if len(fds) in (3, 4):
+            if len(fds) in (3, 4, 5):
                 _report(fds[-1], f"bad start order: {exc}")
             elif len(fds) == 2:
                 _write(fds[1], error_reply(exc))
@@ -93,7 +97,7 @@ def zygote_main(sock: socket.socket) -> NoReturn:
             if pid == 0:
                 sock.close()
                 execproc.exec_stage_one(msg, fds, filters)
-        elif isinstance(msg, ZygoteStart) and len(fds) in (3, 4):   # [stdin (-i/-t)], out, err, report
+        elif isinstance(msg, ZygoteStart) and len(fds) in (4, 5):   # [stdin (-i/-t)], out, err, go, report
             template = host_root.current() if template_applies(msg.spec) else -1
             _start_job(sock, msg, fds, filters, received, template, supervisor)
         for fd in fds:
@@ -118,10 +122,12 @@ def _start_job(sock: socket.socket, msg: ZygoteStart, fds: list[int], filters: d
 
 def _job_process(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes], host_root: int,
                  supervisor: int) -> NoReturn:
-    """The job's PID 1 (in its new mount, PID, UTS and IPC namespaces): join, then stage two."""
+    """The job's PID 1 (in its new mount, PID, UTS and IPC namespaces): wait for the go, join, then stage two."""
     started = time.monotonic_ns()
+    # A short straight line to execve: no collection, whose traversal would copy pages shared with the zygote.
+    gc.disable()
     # A job started with -i/-t gets its stdin first: a pipe's read end or its terminal (ADR-0013).
-    *stdin_r, stdout_w, stderr_w, report_w = fds
+    *stdin_r, stdout_w, stderr_w, go_r, report_w = fds
     try:
         # Descriptors received over SCM_RIGHTS are not close-on-exec; the report
         # pipe must be, since its EOF is how the supervisor learns the exec happened.
@@ -135,9 +141,15 @@ def _job_process(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes], ho
         for fd in (stdin, stdout_w, stderr_w):
             if fd > 2:
                 os.close(fd)
+        # The supervisor makes the job's cgroups while we were cloned; it sends the files to join once
+        # they exist. Its EOF without them: the start failed there (answered there), or it died.
+        cgroup_procs = _await_go(go_r)
+        if cgroup_procs is None:
+            os._exit(127)
+        released = time.monotonic_ns()
         # First, before anything of the job runs: charged and limited from here on.
-        for procs in msg.cgroup_procs:
-            fd = os.open(str(procs), os.O_WRONLY | os.O_CLOEXEC)
+        for procs in cgroup_procs:
+            fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
             try:
                 os.write(fd, b"0")
             finally:
@@ -151,9 +163,24 @@ def _job_process(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes], ho
     except BaseException as exc:
         _report(report_w, f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc))
         os._exit(127)
-    cgroup_dirs = [os.path.dirname(p) for p in msg.cgroup_procs]
-    stage2.run_stage2(spec, report_w, filters[spec.seccomp], cgroup_dirs, (started, time.monotonic_ns()), host_root,
-                      supervisor)
+    cgroup_dirs = [os.path.dirname(p) for p in cgroup_procs]
+    stage2.run_stage2(spec, report_w, filters[spec.seccomp], cgroup_dirs, (started, released, time.monotonic_ns()),
+                      host_root, supervisor)
+
+
+def _await_go(go_r: int) -> list[str] | None:
+    """The cgroup files to join, newline-terminated, then NUL (one write); None at EOF before the NUL."""
+    data = b""
+    while not data.endswith(b"\0"):
+        try:
+            chunk = os.read(go_r, 4096)
+        except InterruptedError:
+            continue
+        if not chunk:
+            return None
+        data += chunk
+    os.close(go_r)
+    return data[:-1].decode().splitlines()
 
 
 def _mount(msg: ZygoteMount, fds: list[int]) -> None:

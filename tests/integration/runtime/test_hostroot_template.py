@@ -116,6 +116,54 @@ def test_the_template_is_rebuilt_when_a_mirrored_file_is_replaced(tmp_path: Path
     assert template.builds == 2
 
 
+def test_the_mirrored_paths_are_lstat_ed_again_only_after_their_directory_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "hosts").write_text("one\n")
+    real_sources, real_identity = hostroot._sources, hostroot._identity
+    monkeypatch.setattr(hostroot, "_sources", lambda: [*real_sources(), str(etc / "hosts")])
+    looked: list[str] = []
+    monkeypatch.setattr(hostroot, "_identity", lambda path: looked.append(path) or real_identity(path))
+    template = hostroot.HostRootTemplate()
+    first = template.current()
+    assert first >= 0 and template._watch >= 0
+    looked.clear()
+    for _ in range(3):
+        assert template.current() == first
+    assert looked == []   # nothing changed: one poll, no lstat
+    (etc / "other").write_text("not mirrored\n")   # an event in a watched directory: compare, keep
+    assert template.current() == first and template.builds == 1 and str(etc / "hosts") in looked
+    looked.clear()
+    assert template.current() == first and looked == []   # the event was consumed
+    (etc / "hosts").unlink()
+    assert template.current() >= 0 and template.builds == 2
+
+
+def test_a_mount_elsewhere_keeps_the_template_and_one_over_a_mirrored_path_rebuilds_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    etc, elsewhere = tmp_path / "etc", tmp_path / "elsewhere"
+    etc.mkdir()
+    elsewhere.mkdir()
+    (etc / "hosts").write_text("one\n")
+    real_sources = hostroot._sources
+    monkeypatch.setattr(hostroot, "_sources", lambda: [*real_sources(), str(etc / "hosts")])
+    template = hostroot.HostRootTemplate()
+    first = template.current()
+    assert first >= 0
+    mounted: list[Path] = []
+    try:
+        linux.mount("tmpfs", str(elsewhere), "tmpfs", 0, "size=64k")
+        mounted.append(elsewhere)
+        assert template.current() == first and template.builds == 1
+        linux.mount("tmpfs", str(etc), "tmpfs", 0, "size=64k")   # /etc/hosts is no longer what was mirrored
+        mounted.append(etc)
+        assert template.current() >= 0 and template.builds == 2
+    finally:
+        for path in reversed(mounted):
+            linux.umount2(str(path), linux.MNT_DETACH)
+
+
 def test_a_job_with_a_root_of_its_own_reports_a_failed_clone_like_any_step(tmp_path: Path) -> None:
     spec = _spec(tmp_path / "job")
     read_end, write_end = os.pipe()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from capsa.errors import InvalidArgument
+from capsa.errors import CapsaError, InvalidArgument
 from capsa.runtime.client import SupervisorClient, ensure_supervisor
 from capsa.runtime.protocol import ExitEvent, ProcState
 from capsa.runtime.spec import JobSpec
@@ -119,3 +119,26 @@ def test_stop_with_a_bad_grace_is_invalid_and_the_supervisor_keeps_its_jobs(
     for rec in client.list():
         assert rec.state == ProcState.EXITED and rec.reason == "stopped by user"
         client.forget(rec.job_id)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_a_start_failing_after_its_order_leaves_no_process_and_the_next_start_runs(
+        supervisor: tuple[SupervisorClient, Path]) -> None:
+    client, home = supervisor
+    sup_pid = client.ping().pid
+    before = _children(sup_pid)   # the zygote
+    bad = spec(home, "/bin/true")
+    Path(bad.job_dir).mkdir(parents=True)
+    Path(bad.job_dir, "logs").write_text("not a directory")   # its job dirs fail after the zygote has the order
+    with pytest.raises(CapsaError):
+        client.start(bad)
+    deadline = time.monotonic() + 10
+    while _children(sup_pid) != before and time.monotonic() < deadline:   # the clone made for it exits unrun
+        time.sleep(0.02)
+    assert _children(sup_pid) == before
+    good = spec(home, "/bin/true")
+    assert client.start(good).state in (ProcState.RUNNING, ProcState.EXITED)
+    assert [r.job_id for r in client.list()] == [good.job_id]

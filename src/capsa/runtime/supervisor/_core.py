@@ -121,6 +121,8 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
         # zygote reply fd -> (asker, frames, monotonic deadline of the zygote's answer)
         self.mount_replies: dict[int, tuple[Caller, FrameReader, float]] = {}
         self.unpublished: dict[str, float] = {}   # exited job -> monotonic limit for its log to finish
+        self.abandoned: dict[int, FrameReader] = {}   # report fd of a start that failed after its order
+        self.abandoned_pids: set[int] = set()   # their processes, not yet reaped
         self.driver = driver
         self.processes = processes or HostProcesses()
         self.persister = persister
@@ -204,6 +206,9 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
             if self._exec_reaped(pid, status):
                 continue
             job_id = self.by_pid.get(pid)
+            if pid in self.abandoned_pids:
+                self.abandoned_pids.discard(pid)
+                continue
             if job_id is None:
                 self.early_exits[pid] = status
                 continue
@@ -214,30 +219,59 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
     # -- start -----------------------------------------------------------------------------------
     @handles(StartRequest)
     def _start(self, req: StartRequest, caller: Caller) -> Message | None:
+        """Order the job's process from the zygote first, then make its cgroups and log while it is
+        cloned; the job process waits on its go pipe, and joins its cgroups only once they exist
+        (with their device rules). A failure before the go closes the pipe: the process exits unrun."""
         received = time.monotonic_ns()
         stamps = {"submitted": req.submitted_ns, "recorded": req.recorded_ns, "received": received}
         spec = req.spec
         if spec.job_id in self.jobs:
             raise AlreadyExists(f"job {spec.job_id} already exists")
-        job_dir = Path(spec.job_dir)
-        try:
-            for sub in ("root", "work", "logs"):
-                (job_dir / sub).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:   # a full disk is the usual cause: say so, naming the path (exit 9)
-            raise from_os_error(exc, job_dir, what=f"job {spec.job_id}") from exc
-        cg = self.driver.create(spec.job_id, _limits(spec))
-        try:   # before any process joins: the job may open only its minimal /dev and what the spec adds
-            cg.device_rules(job_device_rules(spec))
-            stamps["cgroup"] = time.monotonic_ns()
-            assert self.persister is not None
-            log = self.persister.open(spec.job_id, Path(spec.log_dir), max_bytes=spec.log_max_bytes)
-            stamps["log"] = time.monotonic_ns()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                cg.remove()
-            raise
         stdio = open_stdio(spec.stdin, spec.tty_size)   # output pipes; a stdin pipe (-i) or a terminal (-t): ADR-0013
         rep_r, rep_w = os.pipe2(os.O_CLOEXEC)
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)
+        # The zygote owns the job's ends from here (it closes ours once they are sent).
+        child_fds = [*stdio.child_fds, go_r, rep_w]
+        zygote_error: Exception | None = None
+        try:
+            self.zygote.submit(ZygoteStart(spec), child_fds)
+        except Exception as exc:   # our write ends close with it: the report EOF answers the start
+            zygote_error = exc
+            for fd in child_fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        stamps["sent"] = time.monotonic_ns()
+        try:
+            job_dir = Path(spec.job_dir)
+            try:
+                for sub in ("root", "work", "logs"):
+                    (job_dir / sub).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:   # a full disk is the usual cause: say so, naming the path (exit 9)
+                raise from_os_error(exc, job_dir, what=f"job {spec.job_id}") from exc
+            cg = self.driver.create(spec.job_id, _limits(spec))
+            try:   # before any process joins: the job may open only its minimal /dev and what the spec adds
+                cg.device_rules(job_device_rules(spec))
+                stamps["cgroup"] = time.monotonic_ns()
+                assert self.persister is not None
+                log = self.persister.open(spec.job_id, Path(spec.log_dir), max_bytes=spec.log_max_bytes)
+                stamps["log"] = time.monotonic_ns()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    cg.remove()
+                raise
+        except BaseException:
+            os.close(go_w)   # EOF before the go: the job process exits without running anything
+            for fd, _kind in stdio.read_fds:
+                os.close(fd)
+            if stdio.stdin_fd not in (-1, *(fd for fd, _kind in stdio.read_fds)):
+                os.close(stdio.stdin_fd)
+            self._abandon_start(rep_r)
+            raise
+        # The go: the files to join, whole in one write (far below PIPE_BUF, into an empty pipe).
+        with contextlib.suppress(OSError):   # a job process already gone fails at its report pipe
+            os.write(go_w, "".join(f"{p}\n" for p in cg.join_files()).encode() + b"\0")
+        os.close(go_w)
+        stamps["go"] = time.monotonic_ns()
         for fd, _kind in stdio.read_fds:
             if not stdio.tty:
                 with contextlib.suppress(OSError):
@@ -249,21 +283,36 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
                    out_fds={fd for fd, _kind in stdio.read_fds}, stdin_fd=stdio.stdin_fd, tty=stdio.tty,
                    waiter=caller, received_ns=received,
                    start_deadline=time.monotonic() + START_TIMEOUT_S)
+        if zygote_error is not None:
+            job.start_error = StageFailed("launch", 0, f"zygote unavailable: {zygote_error}")
         self.jobs[spec.job_id] = job
         for fd, kind in (*stdio.read_fds, (rep_r, "report")):
             self.by_fd[fd] = (spec.job_id, kind)
             self.sel.register(fd, selectors.EVENT_READ, ("pipe", None))
-        # The zygote owns the job's ends from here (it closes ours once they are sent).
-        child_fds = [*stdio.child_fds, rep_w]
-        try:
-            self.zygote.submit(ZygoteStart(spec, tuple(str(p) for p in cg.join_files())), child_fds)
-            stamps["sent"] = time.monotonic_ns()
-        except Exception as exc:   # our write ends close with it: the report EOF answers the start
-            job.start_error = StageFailed("launch", 0, f"zygote unavailable: {exc}")
-            for fd in child_fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
         return None   # answered at exec (report pipe EOF) or failure
+
+    def _abandon_start(self, rep_r: int) -> None:
+        """A start that failed after its order went to the zygote: its report pipe names the PID
+        of the process cloned for it (which exits at once), so that its exit is not kept."""
+        os.set_blocking(rep_r, False)
+        self.abandoned[rep_r] = FrameReader()
+        self.sel.register(rep_r, selectors.EVENT_READ, ("abandoned", None))
+
+    def _on_abandoned_report(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            for msg in report_messages(self.abandoned[fd], data, "start"):
+                if isinstance(msg, Forked) and msg.pid > 0 and self.early_exits.pop(msg.pid, None) is None:
+                    self.abandoned_pids.add(msg.pid)
+            return
+        del self.abandoned[fd]
+        self.sel.unregister(fd)
+        os.close(fd)
 
     def _on_report(self, job: _Job, data: bytes) -> None:
         for msg in report_messages(job.report, data, "start"):
@@ -310,6 +359,9 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
             return
         if kind == "exec":
             self._on_exec_fd(fd)
+            return
+        if kind == "abandoned":
+            self._on_abandoned_report(fd)
             return
         if fd not in self.by_fd:
             return

@@ -126,6 +126,7 @@ class FakeZygote:
         self.stdin: dict[str, int] = {}   # job id -> the job's end of its stdin (-i pipe or -t terminal), kept open
         self.kills = 0
         self.held_mount_fds: list[int] = []
+        self.not_started: list[str] = []   # job ids whose go pipe closed without the go: nothing ran
 
     def spawn(self) -> None:
         pass
@@ -134,8 +135,9 @@ class FakeZygote:
         self.orders.append(msg)
         keep = False
         try:
-            if isinstance(msg, ZygoteStart):
-                keep = self._start(msg, fds)
+            if isinstance(msg, ZygoteStart):   # runs once the supervisor's go arrives, as the job process would
+                threading.Thread(target=self._await_go, args=(msg, fds), daemon=True).start()
+                keep = True
             elif isinstance(msg, ZygoteExec):
                 self._exec(msg, fds)
             elif isinstance(msg, ZygoteMount) and msg.target == "/hang":   # never answers, until killed
@@ -147,6 +149,19 @@ class FakeZygote:
         finally:
             for fd in fds if not keep else ():
                 os.close(fd)
+
+    def _await_go(self, msg: ZygoteStart, fds: list[int]) -> None:
+        """Reads the go pipe to its end; a start the supervisor gave up on before its go runs nothing."""
+        go = fds.pop(-2)
+        data = b""
+        while chunk := os.read(go, 4096):
+            data += chunk
+        os.close(go)
+        if not data.endswith(b"\0"):
+            self.not_started.append(msg.spec.job_id)
+        keep = data.endswith(b"\0") and self._start(msg, fds)
+        for fd in fds if not keep else ():
+            os.close(fd)
 
     def _start(self, msg: ZygoteStart, fds: list[int]) -> bool:
         """False: the fds can close now (exec'd or failed); True: the job holds them (hung)."""

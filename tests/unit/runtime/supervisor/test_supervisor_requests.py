@@ -110,6 +110,19 @@ def test_a_failing_cgroup_driver_is_an_internal_error_and_the_loop_goes_on(harne
     assert harness.client.start(harness.spec()).state == ProcState.RUNNING
 
 
+def test_a_start_failing_after_its_order_closes_the_go_pipe_and_nothing_runs(harness: Harness) -> None:
+    harness.driver.fail_create = RuntimeError("boom")
+    spec = harness.spec()
+    with pytest.raises(CapsaError, match="boom"):
+        harness.client.start(spec)
+    assert [type(o).__name__ for o in harness.zygote.orders] == ["ZygoteStart"]   # the order went out first
+    deadline = time.monotonic() + 5
+    while spec.job_id not in harness.zygote.not_started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert harness.zygote.not_started == [spec.job_id]
+    assert spec.job_id not in harness.driver.cgroups and not harness.processes.alive
+
+
 def test_stop_of_an_unknown_job_is_not_found(harness: Harness) -> None:
     with pytest.raises(NotFound):
         harness.client.stop("0" * 32, 1)
