@@ -22,7 +22,7 @@ import grpc
 from capsa.api.errors import from_rpc_error
 from capsa.config.client import NodeConfig, find_client_config, load_client_config
 from capsa.config.pem import cert_expiry
-from capsa.errors import Unauthorized, Unavailable
+from capsa.errors import CapsaError, Unauthorized, Unavailable
 
 _GEN = "capsa.api.gen.capsa.v1"
 
@@ -141,6 +141,9 @@ class CapsaClient:
     # daemon is unreachable (restarting, briefly overloaded) it is resent with the same id.
     SUBMIT_TRIES = 10
     SUBMIT_RETRY_S = 30.0
+    # Called once, at a submission's first retry, with the error and the seconds left to retry: the
+    # CLI says why it waits instead of hanging silently while a daemon is down.
+    on_submit_retry: Callable[[CapsaError, float], None] | None = None
 
     def _submit(self, send: Callable[[], Any]) -> Any:
         """``send()`` (one RPC whose request has a request id), retried on UNAVAILABLE with backoff:
@@ -159,6 +162,9 @@ class CapsaClient:
                 if not isinstance(error, Unavailable) or attempt == self.SUBMIT_TRIES or left <= 0:
                     raise error from None
                 import random  # only on a retry: the first try (nearly always the only one) needs none
+
+                if attempt == 1 and self.on_submit_retry is not None:
+                    self.on_submit_retry(error, left)
 
                 time.sleep(min(left, delay * (0.5 + random.random())))   # jitter: a burst does not resync
                 delay = min(delay * 2, 3.0)

@@ -114,6 +114,11 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
+def _say_retrying(error: CapsaError, seconds_left: float) -> None:
+    click.echo(f"capsa: {error}; retrying with the same request id for up to {seconds_left:.0f}s"
+               " (Ctrl-C to give up)", err=True)
+
+
 class Context:
     """What every command gets as ``obj``: the global flags and, on first use, the client."""
 
@@ -133,6 +138,7 @@ class Context:
             # daemon cannot be reached, main() runs them to name the broken field (diagnose()).
             config = load_client_config(self.config_path, verify=False)
             self._client = CapsaClient(config.select(self.node))
+            self._client.on_submit_retry = _say_retrying
         return self._client
 
     def explain(self, exc: CapsaError) -> CapsaError:

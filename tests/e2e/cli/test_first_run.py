@@ -202,7 +202,12 @@ def test_commands_exit_7_when_no_daemon_answers(config_without_daemon: Path, arg
     elif args == ["version", "--json"]:
         assert "cannot reach the capsa daemon" in json.loads(result.stdout)["daemon_error"]
     else:
-        assert result.stderr.startswith("capsa: cannot reach the capsa daemon")
+        lines = result.stderr.splitlines()
+        assert lines[-1].startswith("capsa: cannot reach the capsa daemon"), result.stderr
+        if args[0] == "run":   # a submission retries with its request id, and says so while it waits
+            assert len(lines) == 2 and "retrying with the same request id for up to" in lines[0], result.stderr
+        else:
+            assert len(lines) == 1, result.stderr
 
 
 def test_the_quickstart_script_on_a_fresh_home_and_port(tmp_path: Path) -> None:
