@@ -212,6 +212,16 @@ class CapsaClient:
 
         return self._client_stream(self.jobs.UploadFiles, messages())
 
+    def _server_stream(self, method: Any, request: Any, *, timeout: float | None) -> Iterator[Any]:
+        """The messages of a server-streaming call, its errors typed; cancelled when the caller stops early."""
+        stream = method(request, timeout=timeout)
+        try:
+            yield from stream
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, address=self.address) from None
+        finally:
+            stream.cancel()
+
     def _client_stream(self, method: Any, messages: Iterator[Any]) -> Any:
         """A client-streaming call whose messages are made locally as it goes (a walk, a tar).
 
@@ -257,14 +267,8 @@ class CapsaClient:
 
     def metrics_stream(self, job_id: str, *, follow: bool = False,
                        history: bool = False) -> Iterator[mpb.JobMetrics]:
-        stream = self.metrics.MetricsStream(mpb.MetricsStreamRequest(id=job_id, follow=follow, history=history),
-                                            timeout=None if follow else self.timeout)
-        try:
-            yield from stream
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc, address=self.address) from None
-        finally:
-            stream.cancel()
+        request = mpb.MetricsStreamRequest(id=job_id, follow=follow, history=history)
+        yield from self._server_stream(self.metrics.MetricsStream, request, timeout=None if follow else self.timeout)
 
     def node_stats(self) -> mpb.NodeStats:
         return self._call(self.metrics.GetNodeStats, common_pb2.Empty())
@@ -307,41 +311,22 @@ class CapsaClient:
                     since_ns: int = 0, until_ns: int = 0, stream: int = 0,
                     final_job: bool = False) -> Iterator[pb.LogChunk]:
         """Chunks of a job's log; with ``final_job`` the last message carries the ended Job (``job`` set)."""
-        stream = self.jobs.StreamLogs(pb.StreamLogsRequest(id=job_id, follow=follow, from_seq=from_seq, tail=tail,
-                                                           since_ns=since_ns, until_ns=until_ns, stream=stream,
-                                                           final_job=final_job),
-                                      timeout=None if follow else self.timeout)
-        try:
-            yield from stream
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc, address=self.address) from None
-        finally:
-            stream.cancel()
+        request = pb.StreamLogsRequest(id=job_id, follow=follow, from_seq=from_seq, tail=tail, since_ns=since_ns,
+                                       until_ns=until_ns, stream=stream, final_job=final_job)
+        yield from self._server_stream(self.jobs.StreamLogs, request, timeout=None if follow else self.timeout)
 
     # -- files (capsa cp) ----------------------------------------------------------------
     def copy_out(self, job_id: str, path: str, *, fast_token: str = "") -> Iterator[bytes]:
         """The tar bytes of JOB:path (under /work), in chunks as they arrive (``fast_token``: see fast_path)."""
-        stream = self.files.CopyOut(fpb.CopyOutRequest(job_id=job_id, path=path, fast_token=fast_token),
-                                    timeout=None)
-        try:
-            for chunk in stream:
-                yield chunk.data
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc, address=self.address) from None
-        finally:
-            stream.cancel()
+        request = fpb.CopyOutRequest(job_id=job_id, path=path, fast_token=fast_token)
+        for chunk in self._server_stream(self.files.CopyOut, request, timeout=None):
+            yield chunk.data
 
     def watch_events(self, *, types: list[str] | None = None, since_ns: int = 0, follow: bool = True,
                      ids: list[str] | None = None) -> Iterator[Any]:
         """Lifecycle events from ``since_ns`` (replayed), then new ones while ``follow``."""
-        stream = self.events.Events(epb.EventsRequest(types=types or [], since_ns=since_ns, follow=follow,
-                                                      ids=ids or []), timeout=None if follow else self.timeout)
-        try:
-            yield from stream
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc, address=self.address) from None
-        finally:
-            stream.cancel()
+        request = epb.EventsRequest(types=types or [], since_ns=since_ns, follow=follow, ids=ids or [])
+        yield from self._server_stream(self.events.Events, request, timeout=None if follow else self.timeout)
 
     def copy_in(self, job_id: str, path: str, tar_chunks: Iterable[bytes], *,
                 fast_token: str = "") -> fpb.CopyInResult:
@@ -403,24 +388,13 @@ class CapsaClient:
 
     def push_image(self, ref: str, destination: str = "", *, insecure: bool = False) -> Iterator[ipb.TransferProgress]:
         """Per-blob progress of a push; the last message has ``done`` and the manifest digest."""
-        stream = self.images.PushImage(ipb.PushImageRequest(ref=ref, destination=destination, insecure=insecure),
-                                       timeout=None)
-        try:
-            yield from stream
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc, address=self.address) from None
-        finally:
-            stream.cancel()
+        request = ipb.PushImageRequest(ref=ref, destination=destination, insecure=insecure)
+        yield from self._server_stream(self.images.PushImage, request, timeout=None)
 
     def save_images(self, refs: list[str]) -> Iterator[ipb.ArchiveChunk]:
         """An OCI image-layout tar of ``refs``: the first chunk carries ``blob_bytes`` (for progress)."""
-        stream = self.images.SaveImage(ipb.SaveImageRequest(refs=refs), timeout=None)
-        try:
-            yield from stream
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc, address=self.address) from None
-        finally:
-            stream.cancel()
+        request = ipb.SaveImageRequest(refs=refs)
+        yield from self._server_stream(self.images.SaveImage, request, timeout=None)
 
     def load_image(self, chunks: Iterable[bytes], *, tag: str = "") -> list[ipb.Image]:
         """Import the images of an OCI image-layout tar sent as ``chunks``."""
@@ -565,14 +539,8 @@ class CapsaClient:
     def build_runtime(self, spec_yaml: str, *, force: bool = False,
                       source: str = "") -> Iterator[rpb.BuildProgress]:
         """Stream a runtime build: log bytes as they come, then a message with done=True."""
-        stream = self.runtimes.BuildRuntime(rpb.BuildRuntimeRequest(spec_yaml=spec_yaml, force=force, source=source),
-                                            timeout=None)
-        try:
-            yield from stream
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc, address=self.address) from None
-        finally:
-            stream.cancel()
+        request = rpb.BuildRuntimeRequest(spec_yaml=spec_yaml, force=force, source=source)
+        yield from self._server_stream(self.runtimes.BuildRuntime, request, timeout=None)
 
     def list_runtimes(self) -> list[rpb.Runtime]:
         return list(self._call(self.runtimes.ListRuntimes, rpb.ListRuntimesRequest()).runtimes)
