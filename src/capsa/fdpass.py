@@ -34,7 +34,12 @@ from pathlib import Path
 
 from capsa.errors import Canceled, InvalidArgument, PermissionDenied
 
-__all__ = ["FAST_MIN_BYTES", "FdBroker", "connect", "recv_fd", "send_fd"]
+__all__ = ["FAST_MIN_BYTES", "ConnectionGone", "FdBroker", "connect", "recv_fd", "send_fd"]
+
+class ConnectionGone(Canceled):
+    """The other end closed the descriptor connection: usually because it ended the copy, whose RPC
+    status then says why (a refused path, a full disk); see ``CapsaClient.copy_in``."""
+
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +205,7 @@ def send_fd(sock: socket.socket, fd: int) -> None:
     try:
         socket.send_fds(sock, [b"f"], [fd])
     except OSError as exc:   # the other side closed its end or stopped taking descriptors
-        raise Canceled(f"the fast copy connection is gone ({exc.strerror or exc}); the copy stopped") from None
+        raise ConnectionGone(f"the fast copy connection is gone ({exc.strerror or exc}); the copy stopped") from None
 
 
 def recv_fd(sock: socket.socket) -> int:
@@ -210,7 +215,7 @@ def recv_fd(sock: socket.socket) -> int:
     except TimeoutError:
         raise InvalidArgument("the fast copy connection sent no descriptor in time") from None
     except OSError as exc:
-        raise Canceled(f"the fast copy connection is gone ({exc.strerror or exc}); nothing was written") from None
+        raise ConnectionGone(f"the fast copy connection is gone ({exc.strerror or exc}); nothing was written") from None
     if data == b"f" and len(fds) == 1:
         return fds[0]
     for fd in fds:

@@ -331,10 +331,18 @@ class CapsaClient:
     def copy_in(self, job_id: str, path: str, tar_chunks: Iterable[bytes], *,
                 fast_token: str = "") -> fpb.CopyInResult:
         """Stream tar bytes (one top-level entry) to JOB:path of a running job."""
+        from capsa.fdpass import ConnectionGone
+
         def messages() -> Iterator[fpb.CopyInChunk]:
             yield fpb.CopyInChunk(job_id=job_id, path=path, fast_token=fast_token)
-            for data in tar_chunks:
-                yield fpb.CopyInChunk(data=data)
+            try:
+                for data in tar_chunks:
+                    yield fpb.CopyInChunk(data=data)
+            except ConnectionGone:
+                # The daemon closes the descriptor connection when it refuses the copy (a hostile path:
+                # exit 11), and the next descriptor sent can fail before its status arrives. End the
+                # stream without `done` (nothing is kept): the call then fails with the daemon's reason.
+                return
             yield fpb.CopyInChunk(done=True)
 
         return self._client_stream(self.files.CopyIn, messages())
