@@ -12,7 +12,10 @@ anything it copied may have changed: the host's mount table (``poll`` on /proc/s
 reports every change; only mounts on, under or above a mirrored path count) or any mirrored path replaced (its ``lstat`` identity: a file renamed over
 ``/etc/resolv.conf`` is a new inode, which a bind made earlier would not show). The identities are
 compared only after inotify reported an entry created, removed or renamed in a directory holding a
-mirrored path (/ and /etc), so a start usually pays one ``poll`` for both checks.
+mirrored path (/ and /etc). Both are watched while the zygote waits for work (:meth:`HostRootTemplate.watched`,
+:meth:`~HostRootTemplate.refresh`), so a change is dealt with when it happens, off any job's start path; a
+start pays one ``poll`` to catch what changed in the instant before it. (Other tools mount in the host's
+namespace all the time: ``runc run`` makes and removes three mounts per container.)
 
 A clone shares the template's tmpfs (read-only in every job). So it is used only where a job cannot
 write to its root at all, exactly as with a root of its own: no CAP_SYS_ADMIN kept (which could
@@ -93,8 +96,28 @@ class HostRootTemplate:
         """A template that matches the host now (rebuilt if needed), or -1 if none can be built."""
         if self.broken:
             return -1
-        if self.fd >= 0 and not self._changed():
-            return self.fd
+        if self.fd >= 0:
+            assert self._poll is not None
+            if not self._changed(dict(self._poll.poll(0))):
+                return self.fd
+        return self._rebuild_or_break()
+
+    def watched(self) -> tuple[int, ...]:
+        """The descriptors to poll while idle (POLLIN | POLLPRI); pass what they report to :meth:`refresh`.
+
+        A poll of /proc/self/mountinfo consumes its "changed" state for every poller of that file, so
+        whoever polls these must hand the events over.
+        """
+        if self.fd < 0:
+            return ()
+        return tuple(fd for fd in (self._mountinfo, self._watch) if fd >= 0)
+
+    def refresh(self, events: dict[int, int]) -> None:
+        """Bring the template up to date after ``events`` (fd -> poll mask) on :meth:`watched`'s descriptors."""
+        if self.fd >= 0 and not self.broken and self._changed(events):
+            self._rebuild_or_break()
+
+    def _rebuild_or_break(self) -> int:
         try:
             self._rebuild()
         except OSError as exc:
@@ -103,9 +126,7 @@ class HostRootTemplate:
             return -1
         return self.fd
 
-    def _changed(self) -> bool:
-        assert self._poll is not None
-        events = dict(self._poll.poll(0))
+    def _changed(self, events: dict[int, int]) -> bool:
         # The mount table changed since the template was built: rebuilt only if a mount on, under or above a
         # mirrored path changed (a busy host mounts elsewhere all the time; a rebuild costs several ms).
         if self._mountinfo in events and _relevant_mounts(self._mountinfo) != self._mounts:

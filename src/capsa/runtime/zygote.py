@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import select
 import signal
 import socket
 import time
@@ -71,6 +72,7 @@ def zygote_main(sock: socket.socket) -> NoReturn:
     # a clone (a traversal in a clone would copy every page it touches; see _job_process).
     gc.freeze()
     while True:
+        _idle_until_order(sock, host_root)
         try:
             frame, fds = recv_msg(sock)
         except (OSError, CapsaError):   # the supervisor is gone or garbled the stream: a new zygote starts
@@ -102,6 +104,26 @@ def zygote_main(sock: socket.socket) -> NoReturn:
             _start_job(sock, msg, fds, filters, received, template, supervisor)
         for fd in fds:
             os.close(fd)
+
+
+def _idle_until_order(sock: socket.socket, host_root: HostRootTemplate) -> None:
+    """Wait for the supervisor's next message; meanwhile keep the host-root template current, so that a
+    change of the host (a mount, a file replaced in /etc) costs the next start nothing."""
+    while True:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        watched = host_root.watched()
+        for fd in watched:
+            poller.register(fd, select.POLLIN | select.POLLPRI)
+        try:
+            events = dict(poller.poll())
+        except InterruptedError:
+            continue
+        template_events = {fd: mask for fd, mask in events.items() if fd in watched}
+        if template_events:
+            host_root.refresh(template_events)
+        if sock.fileno() in events:
+            return
 
 
 def _start_job(sock: socket.socket, msg: ZygoteStart, fds: list[int], filters: dict[str, bytes],

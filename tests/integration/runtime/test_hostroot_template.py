@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import traceback
 from pathlib import Path
 
@@ -159,6 +160,49 @@ def test_a_mount_elsewhere_keeps_the_template_and_one_over_a_mirrored_path_rebui
         linux.mount("tmpfs", str(etc), "tmpfs", 0, "size=64k")   # /etc/hosts is no longer what was mirrored
         mounted.append(etc)
         assert template.current() >= 0 and template.builds == 2
+    finally:
+        for path in reversed(mounted):
+            linux.umount2(str(path), linux.MNT_DETACH)
+
+
+def _idle_poll(template: hostroot.HostRootTemplate) -> dict[int, int]:
+    """What the zygote's idle loop does: poll the template's descriptors, hand the events over."""
+    poller = select.poll()
+    for fd in template.watched():
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+    events = dict(poller.poll(1000))
+    template.refresh(events)
+    return events
+
+
+def test_changes_seen_while_idle_are_dealt_with_then_not_at_the_next_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    etc, elsewhere = tmp_path / "etc", tmp_path / "elsewhere"
+    etc.mkdir()
+    elsewhere.mkdir()
+    (etc / "hosts").write_text("one\n")
+    real_sources, real_relevant = hostroot._sources, hostroot._relevant_mounts
+    monkeypatch.setattr(hostroot, "_sources", lambda: [*real_sources(), str(etc / "hosts")])
+    reads: list[int] = []
+    monkeypatch.setattr(hostroot, "_relevant_mounts", lambda fd: reads.append(fd) or real_relevant(fd))
+    template = hostroot.HostRootTemplate()
+    assert template.watched() == ()   # nothing built, nothing to watch
+    first = template.current()
+    assert first >= 0 and len(template.watched()) == 2
+    mounted: list[Path] = []
+    try:
+        linux.mount("tmpfs", str(elsewhere), "tmpfs", 0, "size=64k")   # what runc does per container
+        mounted.append(elsewhere)
+        reads.clear()
+        assert _idle_poll(template) and reads and template.builds == 1
+        reads.clear()
+        assert template.current() == first and reads == []   # the start pays no mount-table read
+        linux.mount("tmpfs", str(etc), "tmpfs", 0, "size=64k")   # over a mirrored path: rebuilt while idle
+        mounted.append(etc)
+        _idle_poll(template)
+        assert template.builds == 2
+        rebuilt = template.current()
+        assert rebuilt >= 0 and template.builds == 2
     finally:
         for path in reversed(mounted):
             linux.umount2(str(path), linux.MNT_DETACH)
