@@ -199,10 +199,23 @@ class BenchDaemon(RunningDaemon):
         assert sup is not None, "the daemon has no supervisor"
         exe = os.path.realpath(f"/proc/{sup}/exe")
         pids = {"daemon": self.proc.pid, "supervisor": sup}
+        pid_ns = _safe_readlink(f"/proc/{sup}/ns/pid")
         helpers = [c for c in children(sup) if _safe_realpath(f"/proc/{c}/exe") == exe]
-        for i, pid in enumerate(helpers):
+        # The zygote shares the supervisor's PID namespace; a standby (capsa.runtime.standby) has its own.
+        zygotes = [c for c in helpers if _safe_readlink(f"/proc/{c}/ns/pid") == pid_ns]
+        standbys = [c for c in helpers if c not in zygotes]
+        for i, pid in enumerate(zygotes):
             pids["zygote" if i == 0 else f"supervisor-child-{i}"] = pid
+        for i, pid in enumerate(standbys):
+            pids["standby" if i == 0 else f"standby-{i}"] = pid
         return pids
+
+
+def _safe_readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
 
 
 def _safe_realpath(path: str) -> str:

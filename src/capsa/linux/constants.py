@@ -114,3 +114,6 @@ RESOLVE_CACHED = 0x20
 
 # -- pidfd ----------------------------------------------------------------------------
 PIDFD_NONBLOCK = os.O_NONBLOCK
+
+# madvise(2): fault a range in writable now (CoW pages copied), in one call instead of a fault per page (5.14+).
+MADV_POPULATE_WRITE = 23

@@ -131,6 +131,7 @@ _fsopen = _resolve("fsopen", _c_int, _c_char_p, _c_uint)
 _fsconfig = _resolve("fsconfig", _c_int, _c_int, _c_uint, _c_char_p, _c_void_p, _c_int)
 _fsmount = _resolve("fsmount", _c_int, _c_int, _c_uint, _c_uint)
 _openat2 = _resolve("openat2", _c_long, _c_int, _c_char_p, ctypes.POINTER(OpenHow), _c_size_t)
+_madvise = _resolve("madvise", _c_int, _c_void_p, _c_size_t, _c_int)
 
 
 def _path(p: PathArg | None) -> bytes | None:
@@ -274,6 +275,12 @@ def openat2(dirfd: int, path: PathArg, flags: int, mode: int = 0, resolve: int =
 
 
 # -- pidfds (stdlib calls, capsa-style errors) ---------------------------------------------
+def madvise(address: int, length: int, advice: int) -> None:
+    """``madvise(2)`` on ``[address, address + length)`` of this process (e.g. ``MADV_POPULATE_WRITE``)."""
+    if _madvise(address, length, advice) != 0:
+        _fail("madvise", hex(address))
+
+
 def pidfd_open(pid: int, flags: int = 0) -> int:
     """A pidfd for ``pid``: a handle that can never refer to a recycled PID."""
     try:

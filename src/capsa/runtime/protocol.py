@@ -62,7 +62,9 @@ __all__ = [
     "StopRequest",
     "SubscribeRequest",
     "ZygoteExec",
+    "StandbyReady",
     "ZygoteMount",
+    "ZygoteStandby",
     "ZygoteStart",
     "decode",
     "encode",
@@ -494,6 +496,24 @@ class ZygoteStart(Message):
     """
 
     spec: JobSpec
+
+
+@message("zygote_standby")
+@dataclass(frozen=True)
+class ZygoteStandby(Message):
+    """Clone a standby job process (:mod:`capsa.runtime.standby`) on the socket it carries as SCM_RIGHTS.
+
+    The standby writes ``StandbyReady(pid)`` on that socket once it is ready (the supervisor reads it from
+    its own end), then waits there for one ``ZygoteStart`` and its descriptors.
+    """
+
+
+@message("standby_ready")
+@dataclass(frozen=True)
+class StandbyReady(Message):
+    """A standby exists; its PID as the supervisor sees it (its own getpid() is 1)."""
+
+    pid: int
 
 
 @message("zygote_mount")

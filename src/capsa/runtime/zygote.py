@@ -28,7 +28,7 @@ from typing import NoReturn
 
 from capsa import linux
 from capsa.errors import CapsaError, InvalidArgument
-from capsa.runtime import execproc, mounts, security, stage2
+from capsa.runtime import execproc, mounts, security, stage2, standby
 from capsa.runtime._clone import clone_job
 from capsa.runtime.cgroups.jobview import host_cgroup_mounts
 from capsa.runtime.hostroot import HostRootTemplate, template_applies
@@ -39,11 +39,13 @@ from capsa.runtime.protocol import (
     StageFailed,
     ZygoteExec,
     ZygoteMount,
+    ZygoteStandby,
     ZygoteStart,
     decode,
     encode,
     error_reply,
 )
+from capsa.runtime.standby import TemplateGeneration
 from capsa.runtime.wire import recv_msg, write_frame
 
 __all__ = ["JOB_NAMESPACES", "zygote_main"]
@@ -61,7 +63,9 @@ def zygote_main(sock: socket.socket) -> NoReturn:
     # Compile every seccomp profile once; a job only installs the bytes (≈ 0.1 ms).
     filters = {name: security.compile_profile(name) for name in security.PROFILE_NAMES}
     host_cgroup_mounts()   # parsed once here; each job's stage two inherits it (jobview)
-    host_root = HostRootTemplate()   # built at the first job that may use it
+    host_root = HostRootTemplate()
+    generation = TemplateGeneration()   # which build of it is current, for standbys cloned with an older one
+    generation.publish(host_root.builds if host_root.current() >= 0 else -1)
     # Each job's PID 1 dies with the supervisor (its parent through CLONE_PARENT); this pidfd lets it
     # see a supervisor that died before it asked to (close-on-exec: the job never holds it).
     try:
@@ -71,8 +75,12 @@ def zygote_main(sock: socket.socket) -> NoReturn:
     # What exists now lives as long as the zygote: no collection traverses it again, in the zygote or in
     # a clone (a traversal in a clone would copy every page it touches; see _job_process).
     gc.freeze()
+
+    def run_job(msg: ZygoteStart, fds: list[int], template: int) -> NoReturn:
+        _job_process(msg, fds, filters, template, supervisor)
+
     while True:
-        _idle_until_order(sock, host_root)
+        _idle_until_order(sock, host_root, generation)
         try:
             frame, fds = recv_msg(sock)
         except (OSError, CapsaError):   # the supervisor is gone or garbled the stream: a new zygote starts
@@ -101,12 +109,31 @@ def zygote_main(sock: socket.socket) -> NoReturn:
                 execproc.exec_stage_one(msg, fds, filters)
         elif isinstance(msg, ZygoteStart) and len(fds) in (4, 5):   # [stdin (-i/-t)], out, err, go, report
             template = host_root.current() if template_applies(msg.spec) else -1
+            generation.publish(host_root.builds if not host_root.broken else -1)
             _start_job(sock, msg, fds, filters, received, template, supervisor)
+        elif isinstance(msg, ZygoteStandby) and len(fds) == 1:   # [the standby's end of its link]
+            _clone_standby(sock, fds[0], host_root, generation, run_job)
         for fd in fds:
             os.close(fd)
 
 
-def _idle_until_order(sock: socket.socket, host_root: HostRootTemplate) -> None:
+def _clone_standby(sock: socket.socket, link_fd: int, host_root: HostRootTemplate,
+                   generation: TemplateGeneration, run_job: standby.JobRunner) -> None:
+    """Clone a standby on ``link_fd`` (see capsa.runtime.standby); it says it is ready there itself."""
+    template = host_root.current()
+    generation.publish(host_root.builds if template >= 0 else -1)
+    try:
+        pid = clone_job(standby.STANDBY_CLONE_FLAGS)
+    except OSError:
+        return   # our copy of the link closes: the supervisor sees EOF and tries again later
+    if pid == 0:
+        sock.close()
+        for fd in host_root.watched():   # the template itself is kept: the standby's root is cloned from it
+            os.close(fd)
+        standby.standby_main(socket.socket(fileno=link_fd), run_job, template, host_root.builds, generation)
+
+
+def _idle_until_order(sock: socket.socket, host_root: HostRootTemplate, generation: TemplateGeneration) -> None:
     """Wait for the supervisor's next message; meanwhile keep the host-root template current, so that a
     change of the host (a mount, a file replaced in /etc) costs the next start nothing."""
     while True:
@@ -122,6 +149,7 @@ def _idle_until_order(sock: socket.socket, host_root: HostRootTemplate) -> None:
         template_events = {fd: mask for fd, mask in events.items() if fd in watched}
         if template_events:
             host_root.refresh(template_events)
+            generation.publish(host_root.builds if not host_root.broken else -1)
         if sock.fileno() in events:
             return
 

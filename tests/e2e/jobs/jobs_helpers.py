@@ -124,13 +124,16 @@ def processes_in_cgroup_named(name: str) -> list[int]:
 
 
 def zygote_pid(supervisor_pid: int) -> int:
-    """The supervisor's long-lived fork server: its child running the same interpreter."""
+    """The supervisor's long-lived fork server: its child running the same interpreter in the same PID
+    namespace (a standby, capsa.runtime.standby, runs it too, in a PID namespace of its own)."""
     exe = os.path.realpath(f"/proc/{supervisor_pid}/exe")
+    pid_ns = os.readlink(f"/proc/{supervisor_pid}/ns/pid")
     found = []
     for task in os.listdir(f"/proc/{supervisor_pid}/task"):
         for child in Path(f"/proc/{supervisor_pid}/task/{task}/children").read_text().split():
             with contextlib.suppress(OSError):
-                if os.path.realpath(f"/proc/{child}/exe", strict=True) == exe:
+                if (os.path.realpath(f"/proc/{child}/exe", strict=True) == exe
+                        and os.readlink(f"/proc/{child}/ns/pid") == pid_ns):
                     found.append(int(child))
     assert len(found) == 1, f"expected one zygote under supervisor {supervisor_pid}, found {found}"
     return found[0]

@@ -54,6 +54,7 @@ from capsa.runtime.protocol import (
     error_reply,
 )
 from capsa.runtime.spec import JobSpec
+from capsa.runtime.standby import STANDBY_IDLE_S
 from capsa.runtime.supervisor._exec import ExecMixin
 from capsa.runtime.supervisor._interactive import InteractiveMixin, open_stdio
 from capsa.runtime.supervisor._links import (
@@ -65,6 +66,7 @@ from capsa.runtime.supervisor._links import (
     report_messages,
 )
 from capsa.runtime.supervisor._loop import EventLoop, handles
+from capsa.runtime.supervisor._standby import StandbyMixin
 from capsa.runtime.wire import FrameReader
 
 __all__ = ["START_TIMEOUT_S", "Supervisor"]
@@ -107,9 +109,10 @@ class _Job:
     tty: bool = False
 
 
-class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
+class Supervisor(ExecMixin, InteractiveMixin, StandbyMixin, EventLoop):
     def __init__(self, home: Path, *, driver: Any = None, zygote: Zygote | None = None,
-                 processes: Processes | None = None, persister: LogPersister | None = None) -> None:
+                 processes: Processes | None = None, persister: LogPersister | None = None,
+                 standby_idle_s: float | None = STANDBY_IDLE_S) -> None:
         self.home = home
         self.run_dir = home / "run"
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -127,6 +130,7 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
         self.processes = processes or HostProcesses()
         self.persister = persister
         self._exec_init()
+        self._standby_init(standby_idle_s)
 
     # -- set-up ----------------------------------------------------------------------------------
     def start(self, *, signals: bool = True) -> None:
@@ -156,12 +160,16 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
         deadlines.extend(deadline for _caller, _reader, deadline in self.mount_replies.values())
         if self.unpublished:
             deadlines.append(time.monotonic() + _LOG_FINISH_POLL_S)
+        standby = self.standby_deadline()
+        if standby is not None:
+            deadlines.append(standby)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
 
     def run_deadlines(self) -> None:
         now = time.monotonic()
+        self.run_standby_deadline(now)
         if self.unpublished:
             self._publish_finished(now)
         for fd, (_caller, _reader, deadline) in list(self.mount_replies.items()):
@@ -203,7 +211,7 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
                     self.forget_zygote_fd()
                     self.zygote.spawn()
                 continue
-            if self._exec_reaped(pid, status):
+            if self._exec_reaped(pid, status) or self.standby_reaped(pid):
                 continue
             job_id = self.by_pid.get(pid)
             if pid in self.abandoned_pids:
@@ -233,8 +241,12 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
         # The zygote owns the job's ends from here (it closes ours once they are sent).
         child_fds = [*stdio.child_fds, go_r, rep_w]
         zygote_error: Exception | None = None
+        standby_pid = 0   # sent to a standby (capsa.runtime.standby): its PID is the job's, known now
         try:
-            self.zygote.submit(ZygoteStart(spec), child_fds)
+            order = ZygoteStart(spec)
+            standby_pid = self.start_on_standby(order, child_fds)
+            if not standby_pid:
+                self.zygote.submit(order, child_fds)
         except Exception as exc:   # our write ends close with it: the report EOF answers the start
             zygote_error = exc
             for fd in child_fds:
@@ -266,6 +278,7 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
             if stdio.stdin_fd not in (-1, *(fd for fd, _kind in stdio.read_fds)):
                 os.close(stdio.stdin_fd)
             self._abandon_start(rep_r)
+            self._forget_pid(standby_pid)   # (a zygote's clone names itself on the report pipe instead)
             raise
         # The go: the files to join, whole in one write (far below PIPE_BUF, into an empty pipe).
         with contextlib.suppress(OSError):   # a job process already gone fails at its report pipe
@@ -286,6 +299,9 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
         if zygote_error is not None:
             job.start_error = StageFailed("launch", 0, f"zygote unavailable: {zygote_error}")
         self.jobs[spec.job_id] = job
+        if standby_pid:
+            record.pid = standby_pid
+            self.by_pid[standby_pid] = spec.job_id
         for fd, kind in (*stdio.read_fds, (rep_r, "report")):
             self.by_fd[fd] = (spec.job_id, kind)
             self.sel.register(fd, selectors.EVENT_READ, ("pipe", None))
@@ -362,6 +378,9 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
             return
         if kind == "abandoned":
             self._on_abandoned_report(fd)
+            return
+        if kind == "standby":
+            self.on_standby_fd(fd)
             return
         if fd not in self.by_fd:
             return
@@ -618,6 +637,7 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
                     self.on_fd("pipe", key.fd)
             self.on_children()
         self._exec_shutdown()
+        self.drop_standby()
         if self.persister is not None:
             self.persister.close()
         with contextlib.suppress(Exception):

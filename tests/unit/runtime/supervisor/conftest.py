@@ -16,11 +16,22 @@ from capsa.runtime.supervisor import Supervisor
 
 @pytest.fixture
 def harness(tmp_path: Path) -> Iterator[Harness]:
+    """Without standbys: every start goes through the (fake) zygote."""
+    yield from _harness(tmp_path, None)
+
+
+@pytest.fixture
+def standby_harness(tmp_path: Path) -> Iterator[Harness]:
+    """Standbys asked for after 10 ms without a start (capsa.runtime.standby)."""
+    yield from _harness(tmp_path, 0.01)
+
+
+def _harness(tmp_path: Path, standby_idle_s: float | None) -> Iterator[Harness]:
     processes = FakeProcesses()
     driver = FakeDriver(processes)
     zygote = FakeZygote(processes, driver)
     sup = Supervisor(tmp_path, driver=driver, zygote=zygote, processes=processes,
-                     persister=LogPersister(fsync_on_close=False))
+                     persister=LogPersister(fsync_on_close=False), standby_idle_s=standby_idle_s)
     processes.supervisor = sup
     sup.start(signals=False)
     thread = threading.Thread(target=sup.serve, name="test-supervisor", daemon=True)
@@ -29,7 +40,8 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
     try:
         yield Harness(tmp_path, sup, zygote, driver, processes, client, thread)
     finally:
-        client.shutdown()
+        if thread.is_alive():   # (a test may have shut it down itself)
+            client.shutdown()
         client.close()
         thread.join(10)
         assert not thread.is_alive(), "the supervisor loop did not stop"

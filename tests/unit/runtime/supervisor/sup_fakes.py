@@ -13,6 +13,7 @@ import errno
 import itertools
 import os
 import secrets
+import socket
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,14 +26,17 @@ from capsa.runtime.protocol import (
     Message,
     OkReply,
     StageFailed,
+    StandbyReady,
     ZygoteExec,
     ZygoteMount,
+    ZygoteStandby,
     ZygoteStart,
+    decode,
     encode,
 )
 from capsa.runtime.spec import JobSpec
 from capsa.runtime.supervisor import Supervisor
-from capsa.runtime.wire import write_frame
+from capsa.runtime.wire import encode_frame, recv_msg, write_frame
 
 
 class FakeProcesses:
@@ -127,6 +131,8 @@ class FakeZygote:
         self.kills = 0
         self.held_mount_fds: list[int] = []
         self.not_started: list[str] = []   # job ids whose go pipe closed without the go: nothing ran
+        self.standbys = True   # False: a ZygoteStandby order is dropped (its socket closes), as a failed clone
+        self.standby_pids: list[int] = []
 
     def spawn(self) -> None:
         pass
@@ -137,6 +143,9 @@ class FakeZygote:
         try:
             if isinstance(msg, ZygoteStart):   # runs once the supervisor's go arrives, as the job process would
                 threading.Thread(target=self._await_go, args=(msg, fds), daemon=True).start()
+                keep = True
+            elif isinstance(msg, ZygoteStandby) and self.standbys:
+                threading.Thread(target=self._standby, args=(fds[0],), daemon=True).start()
                 keep = True
             elif isinstance(msg, ZygoteExec):
                 self._exec(msg, fds)
@@ -150,7 +159,23 @@ class FakeZygote:
             for fd in fds if not keep else ():
                 os.close(fd)
 
-    def _await_go(self, msg: ZygoteStart, fds: list[int]) -> None:
+    def _standby(self, link_fd: int) -> None:
+        """A standby: says it is ready with a PID of its own, then runs the one start it is sent (or exits at EOF)."""
+        pid = next(self._pids)
+        self.processes.alive.add(pid)
+        self.standby_pids.append(pid)
+        link = socket.socket(fileno=link_fd)
+        with link:
+            link.sendall(encode_frame(encode(StandbyReady(pid))))
+            frame, fds = recv_msg(link)
+        if frame is None:
+            self.processes.exit(pid, 0)
+            return
+        _id, msg = decode(frame)
+        assert isinstance(msg, ZygoteStart)
+        self._await_go(msg, fds, pid)
+
+    def _await_go(self, msg: ZygoteStart, fds: list[int], pid: int = 0) -> None:
         """Reads the go pipe to its end; a start the supervisor gave up on before its go runs nothing."""
         go = fds.pop(-2)
         data = b""
@@ -159,12 +184,15 @@ class FakeZygote:
         os.close(go)
         if not data.endswith(b"\0"):
             self.not_started.append(msg.spec.job_id)
-        keep = data.endswith(b"\0") and self._start(msg, fds)
+        keep = data.endswith(b"\0") and self._start(msg, fds, pid)
+        if not data.endswith(b"\0") and pid:
+            self.processes.exit(pid, 127 << 8)   # a standby whose start was given up: exits unrun
         for fd in fds if not keep else ():
             os.close(fd)
 
-    def _start(self, msg: ZygoteStart, fds: list[int]) -> bool:
-        """False: the fds can close now (exec'd or failed); True: the job holds them (hung)."""
+    def _start(self, msg: ZygoteStart, fds: list[int], pid: int = 0) -> bool:
+        """False: the fds can close now (exec'd or failed); True: the job holds them (hung).
+        ``pid``: a standby's (already known to the supervisor); 0: a new one, reported ``Forked``."""
         if len(fds) == 4:   # -i/-t: [stdin, out, err, report]; the test reads the job's stdin end
             self.stdin[msg.spec.job_id] = fds.pop(0)
         command = msg.spec.argv[0]
@@ -174,10 +202,11 @@ class FakeZygote:
         if command == "/garbage":   # a report pipe carrying something that is not a frame
             os.write(fds[2], b"\x00\x00\x00\x05nope!")
             return False
-        pid = next(self._pids)
-        self.processes.alive.add(pid)
+        if not pid:
+            pid = next(self._pids)
+            self.processes.alive.add(pid)
+            write_frame(fds[2], encode(Forked(pid)))
         self.driver.cgroups[msg.spec.job_id].pid = pid
-        write_frame(fds[2], encode(Forked(pid)))
         if command == "/missing":
             write_frame(fds[2], encode(StageFailed(f"exec {command}", errno.ENOENT, f"exec {command}: not found")))
             self.processes.exit(pid, 127 << 8)
