@@ -102,15 +102,20 @@ class HostRootTemplate:
                 return self.fd
         return self._rebuild_or_break()
 
-    def watched(self) -> tuple[int, ...]:
-        """The descriptors to poll while idle (POLLIN | POLLPRI); pass what they report to :meth:`refresh`.
+    def watched(self) -> dict[int, int]:
+        """The descriptors to poll while idle, with the events to poll for; pass what they report to
+        :meth:`refresh`.
 
-        A poll of /proc/self/mountinfo consumes its "changed" state for every poller of that file, so
-        whoever polls these must hand the events over.
+        /proc/self/mountinfo is always readable: only POLLPRI (with POLLERR) says the table changed, and a
+        poll that reports it consumes that state for every poller of the file, so whoever polls these must
+        hand the events over.
         """
         if self.fd < 0:
-            return ()
-        return tuple(fd for fd in (self._mountinfo, self._watch) if fd >= 0)
+            return {}
+        watched = {self._mountinfo: select.POLLPRI}
+        if self._watch >= 0:
+            watched[self._watch] = select.POLLIN
+        return watched
 
     def refresh(self, events: dict[int, int]) -> None:
         """Bring the template up to date after ``events`` (fd -> poll mask) on :meth:`watched`'s descriptors."""
@@ -127,6 +132,8 @@ class HostRootTemplate:
         return self.fd
 
     def _changed(self, events: dict[int, int]) -> bool:
+        events = {fd: mask for fd, mask in events.items() if mask & (select.POLLPRI | select.POLLERR | select.POLLIN)
+                  and (fd != self._mountinfo or mask & (select.POLLPRI | select.POLLERR))}
         # The mount table changed since the template was built: rebuilt only if a mount on, under or above a
         # mirrored path changed (a busy host mounts elsewhere all the time; a rebuild costs several ms).
         if self._mountinfo in events and _relevant_mounts(self._mountinfo) != self._mounts:

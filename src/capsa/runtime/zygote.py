@@ -128,7 +128,7 @@ def _clone_standby(sock: socket.socket, link_fd: int, host_root: HostRootTemplat
         return   # our copy of the link closes: the supervisor sees EOF and tries again later
     if pid == 0:
         sock.close()
-        for fd in host_root.watched():   # the template itself is kept: the standby's root is cloned from it
+        for fd in host_root.watched():   # (the template itself is kept: the standby's root is cloned from it)
             os.close(fd)
         standby.standby_main(socket.socket(fileno=link_fd), run_job, template, host_root.builds, generation)
 
@@ -140,8 +140,8 @@ def _idle_until_order(sock: socket.socket, host_root: HostRootTemplate, generati
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         watched = host_root.watched()
-        for fd in watched:
-            poller.register(fd, select.POLLIN | select.POLLPRI)
+        for fd, mask in watched.items():
+            poller.register(fd, mask)
         try:
             events = dict(poller.poll())
         except InterruptedError:

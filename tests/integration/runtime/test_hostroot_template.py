@@ -165,12 +165,12 @@ def test_a_mount_elsewhere_keeps_the_template_and_one_over_a_mirrored_path_rebui
             linux.umount2(str(path), linux.MNT_DETACH)
 
 
-def _idle_poll(template: hostroot.HostRootTemplate) -> dict[int, int]:
+def _idle_poll(template: hostroot.HostRootTemplate, timeout_ms: int = 1000) -> dict[int, int]:
     """What the zygote's idle loop does: poll the template's descriptors, hand the events over."""
     poller = select.poll()
-    for fd in template.watched():
-        poller.register(fd, select.POLLIN | select.POLLPRI)
-    events = dict(poller.poll(1000))
+    for fd, mask in template.watched().items():
+        poller.register(fd, mask)
+    events = dict(poller.poll(timeout_ms))
     template.refresh(events)
     return events
 
@@ -186,7 +186,7 @@ def test_changes_seen_while_idle_are_dealt_with_then_not_at_the_next_start(
     reads: list[int] = []
     monkeypatch.setattr(hostroot, "_relevant_mounts", lambda fd: reads.append(fd) or real_relevant(fd))
     template = hostroot.HostRootTemplate()
-    assert template.watched() == ()   # nothing built, nothing to watch
+    assert template.watched() == {}   # nothing built, nothing to watch
     first = template.current()
     assert first >= 0 and len(template.watched()) == 2
     mounted: list[Path] = []
@@ -197,6 +197,7 @@ def test_changes_seen_while_idle_are_dealt_with_then_not_at_the_next_start(
         assert _idle_poll(template) and reads and template.builds == 1
         reads.clear()
         assert template.current() == first and reads == []   # the start pays no mount-table read
+        assert _idle_poll(template, 200) == {}   # nothing more happened: an idle zygote sleeps (no busy loop)
         linux.mount("tmpfs", str(etc), "tmpfs", 0, "size=64k")   # over a mirrored path: rebuilt while idle
         mounted.append(etc)
         _idle_poll(template)

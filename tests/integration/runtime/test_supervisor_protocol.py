@@ -171,3 +171,28 @@ def test_a_start_failing_after_its_order_leaves_no_process_and_the_next_start_ru
     good = spec(home, "/bin/true")
     assert client.start(good).state in (ProcState.RUNNING, ProcState.EXITED)
     assert [r.job_id for r in client.list()] == [good.job_id]
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])   # utime + stime
+
+
+def test_an_idle_supervisor_keeps_one_standby_and_neither_it_nor_the_zygote_spins(
+        supervisor: tuple[SupervisorClient, Path]) -> None:
+    client, home = supervisor
+    sup_pid = client.ping().pid
+    first = spec(home, "/bin/true")
+    client.start(first)   # builds the host-root template, whose watch the idle zygote polls
+    deadline = time.monotonic() + 10
+    while not _others(sup_pid)[1] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (zygote,), (standby,) = _children(sup_pid), _others(sup_pid)[1]
+    before = {pid: _cpu_ticks(pid) for pid in (sup_pid, zygote, standby)}
+    time.sleep(1.0)
+    spent = {pid: _cpu_ticks(pid) - ticks for pid, ticks in before.items()}
+    assert all(t <= 3 for t in spent.values()), f"CPU ticks in 1 s idle (supervisor, zygote, standby): {spent}"
+    assert _others(sup_pid)[1] == [standby]   # still the one standby, not a new one per idle period
+    second = spec(home, "/bin/true")
+    record = client.start(second)
+    assert record.pid == standby   # the next start ran on it
