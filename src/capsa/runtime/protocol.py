@@ -80,9 +80,9 @@ MAX_GRACE_S = 24 * 3600.0
 # done, about to exec) and the supervisor's ``exec`` (report pipe EOF). The zygote's and the job
 # process's run alongside the supervisor's cgroups, log and go.
 FORKED_STAMPS = ("zygote", "forked")
-STAGE2_STAMPS = ("child", "released", "joined", "root", "pivot", "ready")
-START_STAMPS = ("submitted", "recorded", "received", "sent", "zygote", "cgroup", "log", "go", "child", "released",
-                "joined", "root", "pivot", "ready", "exec")
+STAGE2_STAMPS = ("child", "root", "released", "joined", "pivot", "ready")
+START_STAMPS = ("submitted", "recorded", "received", "sent", "zygote", "cgroup", "log", "go", "child", "root",
+                "released", "joined", "pivot", "ready", "exec")
 MOUNT_ACTIONS = frozenset({"attach", "swap", "detach"})
 # The daemon's ids are 32 hex digits; tests prefix theirs with a word. What matters to the
 # supervisor is that an id is a safe single path component and cgroup name of bounded length.

@@ -291,12 +291,15 @@ def _resolve_command(name: str, path: str) -> str:
     raise StageError(f"exec {name}", FileNotFoundError(2, f"{name}: command not found in PATH"))
 
 
-def run_stage2(spec: JobSpec, report_fd: int, bpf: bytes = b"", cgroup_dirs: Sequence[str] = (),
+def run_stage2(spec: JobSpec, report_fd: int, bpf: bytes = b"",
+               join_cgroups: Callable[[], tuple[Sequence[str], int]] | None = None,
                stamps: Sequence[int] = (), host_root: int = -1, parent_pidfd: int | None = None) -> None:
     """Never returns: execs the job or reports the failure and exits 127.
 
-    ``stamps``: the job process's earlier STAGE2_STAMPS (started, joined its cgroups);
-    ``host_root``: see :func:`build_root`.
+    ``join_cgroups``: called once the root is built (the supervisor makes the job's cgroups meanwhile):
+    joins them and a cgroup namespace rooted there, returns the cgroup directories (mounted read-only at
+    /sys/fs/cgroup) and the moment the go came. ``stamps``: the job process's earlier STAGE2_STAMPS
+    (its first instruction); ``host_root``: see :func:`build_root`.
     """
     stamps = list(stamps)
 
@@ -308,8 +311,16 @@ def run_stage2(spec: JobSpec, report_fd: int, bpf: bytes = b"", cgroup_dirs: Seq
         os.setsid()
         if spec.stdin == "tty":   # -t: the session leader takes its terminal (fd 0) as controlling terminal
             _step("controlling terminal", lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
-        build_root(spec, cgroup_dirs, host_root)
+        build_root(spec, (), host_root)
         stamps.append(time.monotonic_ns())
+        if join_cgroups is not None:
+            try:
+                cgroup_dirs, released = join_cgroups()
+            except OSError as exc:
+                raise StageError("join the cgroups", exc) from exc
+            stamps.append(released)
+            _step("read-only cgroup tree", lambda: mount_job_cgroups(spec.root_dir, cgroup_dirs))
+            stamps.append(time.monotonic_ns())
         _step("pivot_root", lambda: _enter_root(spec))
         stamps.append(time.monotonic_ns())
         exec_job(spec, bpf, ready, parent_pidfd)

@@ -172,7 +172,8 @@ def _start_job(sock: socket.socket, msg: ZygoteStart, fds: list[int], filters: d
 
 def _job_process(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes], host_root: int,
                  supervisor: int) -> NoReturn:
-    """The job's PID 1 (in its new mount, PID, UTS and IPC namespaces): wait for the go, join, then stage two."""
+    """The job's PID 1 (in its new mount, PID, UTS and IPC namespaces): stdio, network, then stage two,
+    which builds the root while the supervisor makes the cgroups, and joins them once the go says they exist."""
     started = time.monotonic_ns()
     # A short straight line to execve: no collection, whose traversal would copy pages shared with the zygote.
     gc.disable()
@@ -191,31 +192,33 @@ def _job_process(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes], ho
         for fd in (stdin, stdout_w, stderr_w):
             if fd > 2:
                 os.close(fd)
-        # The supervisor makes the job's cgroups while we were cloned; it sends the files to join once
+        if spec.netns_path:  # the job's network namespace (before the root: a fresh /sys shows its devices)
+            netns_fd = os.open(spec.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            linux.setns(netns_fd, linux.CLONE_NEWNET)
+            os.close(netns_fd)
+    except BaseException as exc:
+        _report(report_w, f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc))
+        os._exit(127)
+
+    def join_cgroups() -> tuple[list[str], int]:
+        """Wait for the go, join the job's cgroups, then enter a cgroup namespace rooted there."""
+        # The supervisor makes the job's cgroups while we build the root; it sends the files to join once
         # they exist. Its EOF without them: the start failed there (answered there), or it died.
         cgroup_procs = _await_go(go_r)
         if cgroup_procs is None:
             os._exit(127)
         released = time.monotonic_ns()
-        # First, before anything of the job runs: charged and limited from here on.
+        # Before anything of the job runs: charged and limited from here on.
         for procs in cgroup_procs:
             fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
             try:
                 os.write(fd, b"0")
             finally:
                 os.close(fd)
-        if spec.netns_path:  # the job's network namespace
-            netns_fd = os.open(spec.netns_path, os.O_RDONLY | os.O_CLOEXEC)
-            linux.setns(netns_fd, linux.CLONE_NEWNET)
-            os.close(netns_fd)
-        # After joining: the cgroup namespace's root is the job's own cgroup.
         linux.unshare(linux.CLONE_NEWCGROUP)
-    except BaseException as exc:
-        _report(report_w, f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc))
-        os._exit(127)
-    cgroup_dirs = [os.path.dirname(p) for p in cgroup_procs]
-    stage2.run_stage2(spec, report_w, filters[spec.seccomp], cgroup_dirs, (started, released, time.monotonic_ns()),
-                      host_root, supervisor)
+        return [os.path.dirname(p) for p in cgroup_procs], released
+
+    stage2.run_stage2(spec, report_w, filters[spec.seccomp], join_cgroups, (started,), host_root, supervisor)
 
 
 def _await_go(go_r: int) -> list[str] | None:

@@ -235,6 +235,13 @@ class Supervisor(ExecMixin, InteractiveMixin, StandbyMixin, EventLoop):
         spec = req.spec
         if spec.job_id in self.jobs:
             raise AlreadyExists(f"job {spec.job_id} already exists")
+        # Before the order: the job's process builds its root under them while we make its cgroups.
+        job_dir = Path(spec.job_dir)
+        try:
+            for sub in ("root", "work", "logs"):
+                (job_dir / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:   # a full disk is the usual cause: say so, naming the path (exit 9)
+            raise from_os_error(exc, job_dir, what=f"job {spec.job_id}") from exc
         stdio = open_stdio(spec.stdin, spec.tty_size)   # output pipes; a stdin pipe (-i) or a terminal (-t): ADR-0013
         rep_r, rep_w = os.pipe2(os.O_CLOEXEC)
         go_r, go_w = os.pipe2(os.O_CLOEXEC)
@@ -254,12 +261,6 @@ class Supervisor(ExecMixin, InteractiveMixin, StandbyMixin, EventLoop):
                     os.close(fd)
         stamps["sent"] = time.monotonic_ns()
         try:
-            job_dir = Path(spec.job_dir)
-            try:
-                for sub in ("root", "work", "logs"):
-                    (job_dir / sub).mkdir(parents=True, exist_ok=True)
-            except OSError as exc:   # a full disk is the usual cause: say so, naming the path (exit 9)
-                raise from_os_error(exc, job_dir, what=f"job {spec.job_id}") from exc
             cg = self.driver.create(spec.job_id, _limits(spec))
             try:   # before any process joins: the job may open only its minimal /dev and what the spec adds
                 cg.device_rules(job_device_rules(spec))
