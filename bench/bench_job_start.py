@@ -48,18 +48,18 @@ from common import (  # noqa: E402
 STEP_BEFORE = {
     "recorded": "daemon: validate, SQLite insert",
     "received": "daemon -> supervisor: build spec, socket, decode",
-    "sent": "supervisor: pipes, order to the zygote (before 9.8's go: after the cgroups and log)",
+    "sent": "supervisor: job dirs, pipes, order to the zygote or the standby",
     "zygote": "zygote wakes up",
-    "cgroup": "supervisor: job dirs, cgroup creation, device rules (beside the clone, since the go)",
-    "log": "supervisor: open the log (beside the clone, since the go)",
+    "cgroup": "supervisor: cgroup creation, device rules (beside the job process)",
+    "log": "supervisor: open the log (beside the job process)",
     "go": "supervisor: the go (files to join) to the job process",
-    "child": "zygote: decode, clone the job's PID 1 (first instruction)",
+    "child": "zygote: decode, clone the job's PID 1 / standby: wake, decode, unshare the mount ns",
     "stage1": "zygote: decode, fork stage one (first instruction)",
-    "released": "job process: stdio, read the go",
-    "joined": "join the cgroups (and stdio, before the go)",
+    "released": "job process: wait for the go (the supervisor's cgroups)",
+    "joined": "join the cgroups, cgroup namespace, read-only cgroup tree",
     "unshared": "stage one: unshare the namespaces",
     "stage2": "stage one: fork stage two (first instruction)",
-    "root": "build the root",
+    "root": "stdio, network namespace, build the root (beside the cgroups)",
     "pivot": "pivot_root",
     "ready": "hostname, rlimits, capabilities",
     "exec": "seccomp, execve, the supervisor sees the report EOF",
@@ -68,6 +68,17 @@ STEP_BEFORE = {
 # Stamps off the critical path (the zygote's own side of the clone/fork, taken while the job runs on).
 OFF_PATH = {"forked"}
 TARGET = 0.25   # issue 9.8: daemon-side p50 at most a quarter of runc run's
+
+
+def breakdown_tables(stamps: list[dict[str, int]]) -> list[str]:
+    """The breakdown, one table per path a start took: on a standby, or through the zygote (no standby ready)."""
+    lines: list[str] = []
+    paths = (("on a standby (capsa.runtime.standby)", [s for s in stamps if "zygote" not in s]),
+             ("through the zygote (no standby ready: a clone per start)", [s for s in stamps if "zygote" in s]))
+    for title, runs in paths:
+        if runs:
+            lines += [f"Starts {title}: {len(runs)} of {len(stamps)}.", "", *breakdown_rows(runs), ""]
+    return lines
 
 
 def breakdown_rows(stamps: list[dict[str, int]]) -> list[str]:
@@ -213,7 +224,7 @@ def main() -> int:
         lines += ["", f"Where capsa's daemon-side start goes ({len(breakdown)} runs): each segment ends at a "
                   "`CLOCK_MONOTONIC` stamp taken by the process doing that step (`JobRecord.start_stamps`, in each "
                   "job's status.json; `daemon` is submitted + start_latency_ns). p50 per segment, so the segments "
-                  "need not add up to the total's p50.", "", *breakdown_rows(breakdown), ""]
+                  "need not add up to the total's p50.", "", *breakdown_tables(breakdown)]
     if skipped:
         lines.append(f"Not measured (missing or failing here): {'; '.join(skipped)}.")
     lines.append("")

@@ -29,4 +29,4 @@ cd "$tmp"
 runuser -u nobody -- env -i PATH=/usr/bin:/bin HOME="$tmp/basetemp" PYTHONPATH="$tmp/src:$tmp/site" \
   PYTHONDONTWRITEBYTECODE=1 "$py" -m pytest -p no:cacheprovider -q --basetemp="$tmp/basetemp/run" \
   tests/unit/jobs tests/unit/capsules tests/unit/runtime/supervisor tests/unit/runtime/test_runtime_protocol.py \
-  tests/unit/runtime/test_runtime_client.py "$@"
+  tests/unit/runtime/test_runtime_client.py tests/unit/runtime/test_standby_pages.py "$@"

@@ -13,6 +13,7 @@ and the process exits 127.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -293,13 +294,15 @@ def _resolve_command(name: str, path: str) -> str:
 
 def run_stage2(spec: JobSpec, report_fd: int, bpf: bytes = b"",
                join_cgroups: Callable[[], tuple[Sequence[str], int]] | None = None,
-               stamps: Sequence[int] = (), host_root: int = -1, parent_pidfd: int | None = None) -> None:
+               stamps: Sequence[int] = (), host_root: int = -1, parent_pidfd: int | None = None,
+               in_root: Callable[[], None] | None = None) -> None:
     """Never returns: execs the job or reports the failure and exits 127.
 
     ``join_cgroups``: called once the root is built (the supervisor makes the job's cgroups meanwhile):
     joins them and a cgroup namespace rooted there, returns the cgroup directories (mounted read-only at
     /sys/fs/cgroup) and the moment the go came. ``stamps``: the job process's earlier STAGE2_STAMPS
-    (its first instruction); ``host_root``: see :func:`build_root`.
+    (its first instruction); ``host_root``: see :func:`build_root`; ``in_root``: run after pivot_root,
+    before privileges are dropped (a standby's page learning); its failure is ignored.
     """
     stamps = list(stamps)
 
@@ -323,6 +326,9 @@ def run_stage2(spec: JobSpec, report_fd: int, bpf: bytes = b"",
             stamps.append(time.monotonic_ns())
         _step("pivot_root", lambda: _enter_root(spec))
         stamps.append(time.monotonic_ns())
+        if in_root is not None:
+            with contextlib.suppress(Exception):
+                in_root()
         exec_job(spec, bpf, ready, parent_pidfd)
     except StageError as exc:
         _report(report_fd, StageFailed(exc.step, exc.errno, str(exc)))

@@ -23,6 +23,7 @@ import select
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -45,7 +46,7 @@ from capsa.runtime.protocol import (
     encode,
     error_reply,
 )
-from capsa.runtime.standby import TemplateGeneration
+from capsa.runtime.standby import StandbyShared
 from capsa.runtime.wire import recv_msg, write_frame
 
 __all__ = ["JOB_NAMESPACES", "zygote_main"]
@@ -64,8 +65,8 @@ def zygote_main(sock: socket.socket) -> NoReturn:
     filters = {name: security.compile_profile(name) for name in security.PROFILE_NAMES}
     host_cgroup_mounts()   # parsed once here; each job's stage two inherits it (jobview)
     host_root = HostRootTemplate()
-    generation = TemplateGeneration()   # which build of it is current, for standbys cloned with an older one
-    generation.publish(host_root.builds if host_root.current() >= 0 else -1)
+    shared = StandbyShared()   # with the standbys: the template's current build, the pages a job writes
+    shared.publish_template(host_root.builds if host_root.current() >= 0 else -1)
     # Each job's PID 1 dies with the supervisor (its parent through CLONE_PARENT); this pidfd lets it
     # see a supervisor that died before it asked to (close-on-exec: the job never holds it).
     try:
@@ -76,11 +77,11 @@ def zygote_main(sock: socket.socket) -> NoReturn:
     # a clone (a traversal in a clone would copy every page it touches; see _job_process).
     gc.freeze()
 
-    def run_job(msg: ZygoteStart, fds: list[int], template: int) -> NoReturn:
-        _job_process(msg, fds, filters, template, supervisor)
+    def run_job(msg: ZygoteStart, fds: list[int], template: int, in_root: Callable[[], None] | None) -> NoReturn:
+        _job_process(msg, fds, filters, template, supervisor, in_root)
 
     while True:
-        _idle_until_order(sock, host_root, generation)
+        _idle_until_order(sock, host_root, shared)
         try:
             frame, fds = recv_msg(sock)
         except (OSError, CapsaError):   # the supervisor is gone or garbled the stream: a new zygote starts
@@ -109,19 +110,19 @@ def zygote_main(sock: socket.socket) -> NoReturn:
                 execproc.exec_stage_one(msg, fds, filters)
         elif isinstance(msg, ZygoteStart) and len(fds) in (4, 5):   # [stdin (-i/-t)], out, err, go, report
             template = host_root.current() if template_applies(msg.spec) else -1
-            generation.publish(host_root.builds if not host_root.broken else -1)
+            shared.publish_template(host_root.builds if not host_root.broken else -1)
             _start_job(sock, msg, fds, filters, received, template, supervisor)
         elif isinstance(msg, ZygoteStandby) and len(fds) == 1:   # [the standby's end of its link]
-            _clone_standby(sock, fds[0], host_root, generation, run_job)
+            _clone_standby(sock, fds[0], host_root, shared, run_job)
         for fd in fds:
             os.close(fd)
 
 
 def _clone_standby(sock: socket.socket, link_fd: int, host_root: HostRootTemplate,
-                   generation: TemplateGeneration, run_job: standby.JobRunner) -> None:
+                   shared: StandbyShared, run_job: standby.JobRunner) -> None:
     """Clone a standby on ``link_fd`` (see capsa.runtime.standby); it says it is ready there itself."""
     template = host_root.current()
-    generation.publish(host_root.builds if template >= 0 else -1)
+    shared.publish_template(host_root.builds if template >= 0 else -1)
     try:
         pid = clone_job(standby.STANDBY_CLONE_FLAGS)
     except OSError:
@@ -130,10 +131,10 @@ def _clone_standby(sock: socket.socket, link_fd: int, host_root: HostRootTemplat
         sock.close()
         for fd in host_root.watched():   # (the template itself is kept: the standby's root is cloned from it)
             os.close(fd)
-        standby.standby_main(socket.socket(fileno=link_fd), run_job, template, host_root.builds, generation)
+        standby.standby_main(socket.socket(fileno=link_fd), run_job, template, host_root.builds, shared)
 
 
-def _idle_until_order(sock: socket.socket, host_root: HostRootTemplate, generation: TemplateGeneration) -> None:
+def _idle_until_order(sock: socket.socket, host_root: HostRootTemplate, shared: StandbyShared) -> None:
     """Wait for the supervisor's next message; meanwhile keep the host-root template current, so that a
     change of the host (a mount, a file replaced in /etc) costs the next start nothing."""
     while True:
@@ -149,7 +150,7 @@ def _idle_until_order(sock: socket.socket, host_root: HostRootTemplate, generati
         template_events = {fd: mask for fd, mask in events.items() if fd in watched}
         if template_events:
             host_root.refresh(template_events)
-            generation.publish(host_root.builds if not host_root.broken else -1)
+            shared.publish_template(host_root.builds if not host_root.broken else -1)
         if sock.fileno() in events:
             return
 
@@ -171,7 +172,7 @@ def _start_job(sock: socket.socket, msg: ZygoteStart, fds: list[int], filters: d
 
 
 def _job_process(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes], host_root: int,
-                 supervisor: int) -> NoReturn:
+                 supervisor: int, in_root: Callable[[], None] | None = None) -> NoReturn:
     """The job's PID 1 (in its new mount, PID, UTS and IPC namespaces): stdio, network, then stage two,
     which builds the root while the supervisor makes the cgroups, and joins them once the go says they exist."""
     started = time.monotonic_ns()
@@ -218,7 +219,8 @@ def _job_process(msg: ZygoteStart, fds: list[int], filters: dict[str, bytes], ho
         linux.unshare(linux.CLONE_NEWCGROUP)
         return [os.path.dirname(p) for p in cgroup_procs], released
 
-    stage2.run_stage2(spec, report_w, filters[spec.seccomp], join_cgroups, (started,), host_root, supervisor)
+    stage2.run_stage2(spec, report_w, filters[spec.seccomp], join_cgroups, (started,), host_root, supervisor,
+                      in_root)
 
 
 def _await_go(go_r: int) -> list[str] | None:

@@ -24,9 +24,12 @@ injected, which is how tests drive the request handling without root.
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 
 from capsa.runtime.protocol import JobRecord
+from capsa.runtime.standby import STANDBY_IDLE_S
 from capsa.runtime.supervisor._core import START_TIMEOUT_S, Supervisor
 from capsa.runtime.supervisor._links import Caller, Connection, HostProcesses, Processes, Zygote, ZygoteLink
 from capsa.runtime.supervisor._loop import LISTEN_BACKLOG, handles
@@ -48,6 +51,22 @@ __all__ = [
 
 
 def main(home: Path) -> None:
-    supervisor = Supervisor(home)
+    supervisor = Supervisor(home, standby_idle_s=standby_idle_from_env())
     supervisor.start()
     supervisor.serve()
+
+
+def standby_idle_from_env() -> float | None:
+    """``CAPSA_STANDBY_IDLE_MS``: idle time before a standby is made (capsa.runtime.standby); 0 turns
+    standbys off (each start then pays the zygote's clone, and no memory is held for the next one)."""
+    raw = os.environ.get("CAPSA_STANDBY_IDLE_MS", "")
+    if not raw:
+        return STANDBY_IDLE_S
+    try:
+        ms = float(raw)
+    except ValueError:
+        raise SystemExit(f"capsa-supervisor: CAPSA_STANDBY_IDLE_MS={raw!r} is not a number of milliseconds") from None
+    if not math.isfinite(ms) or ms < 0:
+        raise SystemExit(f"capsa-supervisor: CAPSA_STANDBY_IDLE_MS={raw!r} must be >= 0 (0: no standbys)")
+    return ms / 1000 if ms else None
+
