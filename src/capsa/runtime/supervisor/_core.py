@@ -620,6 +620,7 @@ class Supervisor(ExecMixin, InteractiveMixin, EventLoop):
                 if key.data[0] == "pipe":
                     self.on_fd("pipe", key.fd)
             self.on_children()
+            self.flush_dirty()   # the exits of the jobs just stopped, to a daemon that may still listen
         self._exec_shutdown()
         if self.persister is not None:
             self.persister.close()
