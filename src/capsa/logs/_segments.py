@@ -79,11 +79,14 @@ class SegmentWriter:
 
     def open(self) -> int:
         """Take the writer lock, repair the tail of the last segment, return the next seq to assign."""
-        os.makedirs(self.log_dir, mode=_DIR_MODE, exist_ok=True)
         # The lock is the directory's own descriptor (no lock file: one inode less to create per job,
         # which on a busy ext4 costs more than any other step of opening a log); it also serves the
         # directory fsyncs and the opens below without resolving the path again.
-        lock_fd = os.open(self.log_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            lock_fd = os.open(self.log_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:   # the supervisor makes it with the job's directories; others may not
+            os.makedirs(self.log_dir, mode=_DIR_MODE, exist_ok=True)
+            lock_fd = os.open(self.log_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
