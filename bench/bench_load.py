@@ -146,7 +146,13 @@ def main() -> int:
                  " runs alternated with this code's on the same machine (docs/adr/0017-burst-submissions.md)."
                  " Its second pass (exit path without a reply to wait for, ListJobs sent as joined bytes):"
                  " 86-134 starts/s, ListJobs p99 55-76 ms, daemon CPU 3.2-4.0 ms per job, against 67-113"
-                 " starts/s, p99 80-333 ms, 3.9-11.5 ms per job before it, alternated at load 1-16 (see the ADR).")
+                 " starts/s, p99 80-333 ms, 3.9-11.5 ms per job before it, alternated at load 1-16 (see the ADR)."
+                 " Its third pass (job dirs spread over ext4 block groups, no log lock file, batched supervisor"
+                 " sends): supervisor CPU 2.1-2.4 ms per job against 2.8-3.8 before, daemon 3.1-3.7 against"
+                 " 3.4-4.6; 76-149 starts/s against 65-110, alternated at load 4-20.")
+    notes.append("CPU per job: each process's utime+stime over the burst (/proc/PID/stat) divided by the jobs;"
+                 " the supervisor's reaped children are the jobs' own processes; bench clients include the"
+                 " runc loop's thread (not runc itself).")
     if result.list_errors:   # what failed, so a failure can be told from a slow machine
         notes.append(f"ListJobs errors during the burst (first 3): {'; '.join(result.list_errors[:3])}")
     body = "\n".join([section_header("API burst load", started), *rows, "", *notes])
