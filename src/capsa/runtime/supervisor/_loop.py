@@ -114,7 +114,10 @@ class EventLoop:
         while dirty:
             conn = next(iter(dirty))
             del dirty[conn]
-            self._update_now(conn)
+            try:
+                self._update_now(conn)
+            except Exception as exc:   # as for any callback: one connection's trouble ends no supervision
+                self.log(f"error handling conn: {type(exc).__name__}: {exc}")
 
     def _on_ready(self, key: selectors.SelectorKey, mask: int) -> None:
         kind, data = key.data
