@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from capsa.errors import CapsaError, Conflict, FailedPrecondition, InvalidArgument, NotFound
 from capsa.events import EventLog
+from capsa.jobs.jobdirs import prepare_jobs_dir
 from capsa.jobs.model import Job, JobPage, JobState, RunRequest
 from capsa.jobs.requests import SERVED_FIELDS, apply_image_config, asks_for, build_spec, validate_request
 from capsa.jobs.resources import Grant, JobResource, acquire_all, release_all
@@ -67,6 +68,7 @@ class JobService:
         self.db = db
         self.home = home
         self.jobs_dir = home / "jobs"
+        prepare_jobs_dir(self.jobs_dir)   # job dirs spread over ext4's block groups: cheap inodes (jobdirs.py)
         self.supervisor = supervisor
         self.resources = tuple(resources)
         self.stop_grace_s = stop_grace_s

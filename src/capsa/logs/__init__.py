@@ -21,11 +21,12 @@ Who does what
 
 On-disk format (version 1)
 --------------------------
-A job's log directory holds segment files and a lock file::
+A job's log directory holds segment files; the one process appending holds a
+flock(2) on the directory itself (no lock file, so opening a log creates one
+inode fewer)::
 
     <log_dir>/00000000000000000001.seg      records with seq 1 ..
     <log_dir>/00000000000000004711.seg      records with seq 4711 ..
-    <log_dir>/.writer.lock                  flock(2)-ed by the one process appending
 
 A segment is named after the seq of its first record (20 zero-padded digits),
 so a reader finds the segment holding ``from_seq`` by listing names, and the

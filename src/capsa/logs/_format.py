@@ -31,7 +31,6 @@ _ZERO_HEADER = bytes(HEADER_SIZE)
 
 SEGMENT_SUFFIX = ".seg"
 _SEGMENT_RE = re.compile(r"^(\d{20})\.seg$")
-LOCK_NAME = ".writer.lock"
 DROPPED_NAME = ".dropped"  # bytes of whole oldest segments dropped by a size limit (decimal text)
 RESERVE_NAME = ".reserve"  # disk set aside for a notice and the end record when the disk fills
 

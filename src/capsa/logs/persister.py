@@ -93,6 +93,9 @@ class LogPersister:
         self._to_finish: list[tuple[JobLog, Record]] = []
         self._finish_work = threading.Condition(self._lock)
         self._writer_done = False
+        # Readable (an eventfd's counter) once any log has finished since the last read: the supervisor
+        # waits for it in its selector instead of polling JobLog.finished while exit events wait.
+        self._finished_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._thread = threading.Thread(target=self._run, name="capsa-log-writer", daemon=True)
         self._finisher = threading.Thread(target=self._finish_loop, name="capsa-log-finisher", daemon=True)
         self._thread.start()
@@ -141,6 +144,12 @@ class LogPersister:
                 raise FailedPrecondition("log persister is closed")
             self._jobs[job_id] = job
         return job
+
+    def finished_fd(self) -> int:
+        """An fd that becomes readable when a log finishes (its end record is on disk); read it with
+        ``os.eventfd_read`` before looking at ``JobLog.finished``, so that no finish goes unseen.
+        Owned by the persister; it stays open as long as the persister object lives."""
+        return self._finished_fd
 
     @property
     def backlog_bytes(self) -> int:
@@ -384,6 +393,7 @@ class LogPersister:
                     job._error = None
                     self._forget(job)
                     self._persisted.notify_all()
+                os.eventfd_write(self._finished_fd, 1)
 
     def _abandon_end(self, job: JobLog, exc: Exception) -> None:
         _log.warning("log of job %s: end record not written at close (%s); the log stays unfinished", job.job_id, exc)
@@ -395,6 +405,11 @@ class LogPersister:
 
     def __repr__(self) -> str:
         return f"LogPersister(jobs={len(self._jobs)}, backlog_bytes={self._backlog})"
+
+    def __del__(self) -> None:
+        fd, self._finished_fd = getattr(self, "_finished_fd", -1), -1
+        if fd >= 0:
+            os.close(fd)
 
 
 # Daemon threads would die with queued output at interpreter exit; they still run during atexit,

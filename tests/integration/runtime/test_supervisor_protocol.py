@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from capsa.errors import CapsaError, InvalidArgument
-from capsa.logs._format import LOCK_NAME
 from capsa.runtime.client import SupervisorClient, ensure_supervisor
 from capsa.runtime.protocol import ExitEvent, ProcState
 from capsa.runtime.spec import JobSpec
@@ -155,8 +154,8 @@ def test_a_start_failing_after_its_order_leaves_no_process_and_the_next_start_ru
     before = _children(sup_pid)   # the zygote
     waiting = _others(sup_pid)[1]   # a standby, if one is ready: the bad start goes to it
     bad = spec(home, "/bin/true")
-    # Its log cannot be opened (its lock file is a directory): that fails after the order went out.
-    Path(bad.job_dir, "logs", LOCK_NAME).mkdir(parents=True)
+    Path(bad.job_dir).mkdir(parents=True)
+    Path(bad.job_dir, "logs").write_text("not a directory")   # its log cannot be opened, after the order went out
     with pytest.raises(CapsaError):
         client.start(bad)
     deadline = time.monotonic() + 10

@@ -79,9 +79,9 @@ _READ_CHUNK = 1 << 20
 # request's arrival; a queue of thousands of starts drains in seconds.
 START_TIMEOUT_S = 120.0
 # An exit event waits until the job's log is finished (end record on disk), so a daemon that
-# reads the log of a job it saw exit reads all of it. Checked this often while any is waiting;
-# a log that cannot be finished (disk failing) holds its event no longer than the limit.
-_LOG_FINISH_POLL_S = 0.005
+# reads the log of a job it saw exit reads all of it. The persister's finished fd wakes the loop
+# when a log finishes; a log that cannot be finished (disk failing) holds its event no longer
+# than the limit.
 _LOG_FINISH_LIMIT_S = 10.0
 # The zygote does a live mount in its own process (runtime/mounts.py, in_process). One that does not
 # answer by then (a path lookup hung in the job's root) costs the zygote: it is killed and replaced,
@@ -145,6 +145,7 @@ class Supervisor(ExecMixin, InteractiveMixin, StandbyMixin, EventLoop):
             self.driver = cgroups.detect()
         if self.persister is None:
             self.persister = LogPersister()
+        self.sel.register(self.persister.finished_fd(), selectors.EVENT_READ, ("logs-finished", None))
         self.listen()
         (self.run_dir / "supervisor.pid").write_text(str(os.getpid()))
 
@@ -159,7 +160,7 @@ class Supervisor(ExecMixin, InteractiveMixin, StandbyMixin, EventLoop):
         deadlines = [d for j in self.jobs.values() for d in (j.kill_at, j.start_deadline, j.fence_at) if d is not None]
         deadlines.extend(deadline for _caller, _reader, deadline in self.mount_replies.values())
         if self.unpublished:
-            deadlines.append(time.monotonic() + _LOG_FINISH_POLL_S)
+            deadlines.append(min(self.unpublished.values()))
         standby = self.standby_deadline()
         if standby is not None:
             deadlines.append(standby)
@@ -236,12 +237,10 @@ class Supervisor(ExecMixin, InteractiveMixin, StandbyMixin, EventLoop):
         if spec.job_id in self.jobs:
             raise AlreadyExists(f"job {spec.job_id} already exists")
         # Before the order: the job's process builds its root under them while we make its cgroups.
-        job_dir = Path(spec.job_dir)
         try:
-            for sub in ("root", "work", "logs"):
-                (job_dir / sub).mkdir(parents=True, exist_ok=True)
+            _make_job_dirs(spec.job_dir)
         except OSError as exc:   # a full disk is the usual cause: say so, naming the path (exit 9)
-            raise from_os_error(exc, job_dir, what=f"job {spec.job_id}") from exc
+            raise from_os_error(exc, Path(spec.job_dir), what=f"job {spec.job_id}") from exc
         stdio = open_stdio(spec.stdin, spec.tty_size)   # output pipes; a stdin pipe (-i) or a terminal (-t): ADR-0013
         rep_r, rep_w = os.pipe2(os.O_CLOEXEC)
         go_r, go_w = os.pipe2(os.O_CLOEXEC)
@@ -371,6 +370,11 @@ class Supervisor(ExecMixin, InteractiveMixin, StandbyMixin, EventLoop):
 
     # -- output, mount replies -------------------------------------------------------------------------
     def on_fd(self, kind: str, fd: int) -> None:
+        if kind == "logs-finished":
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(fd)   # first, so a log finishing from here on wakes the loop again
+            self._publish_finished(time.monotonic())
+            return
         if kind == "mount":
             self._on_mount_reply(fd)
             return
@@ -467,9 +471,7 @@ class Supervisor(ExecMixin, InteractiveMixin, StandbyMixin, EventLoop):
         with contextlib.suppress(Exception):
             rec.oom_killed = bool(job.cgroup.oom_killed())
         with contextlib.suppress(Exception):
-            job.cgroup.kill_all()
-        with contextlib.suppress(Exception):
-            job.cgroup.remove()
+            job.cgroup.remove()   # kills what is left in it first (kill_all), as a job's leftovers must die
         if job.start_error is not None:
             rec.reason = rec.reason or "start failed"
         elif rec.oom_killed:
@@ -491,7 +493,7 @@ class Supervisor(ExecMixin, InteractiveMixin, StandbyMixin, EventLoop):
         if lost:
             rec.reason = f"{rec.reason}; {lost}" if rec.reason else lost
             rec.log_incomplete_bytes = job.log.incomplete_bytes
-        _write_status(Path(job.spec.job_dir), rec)
+        _write_status(job.spec.job_dir, rec)
         if job.log.finished:
             self.publish(rec)
         else:
@@ -637,6 +639,7 @@ class Supervisor(ExecMixin, InteractiveMixin, StandbyMixin, EventLoop):
                 if key.data[0] == "pipe":
                     self.on_fd("pipe", key.fd)
             self.on_children()
+            self.flush_dirty()   # the exits of the jobs just stopped, to a daemon that may still listen
         self._exec_shutdown()
         self.drop_standby()
         if self.persister is not None:
@@ -665,9 +668,32 @@ def _limits(spec: JobSpec) -> Any:
     )
 
 
-def _write_status(job_dir: Path, rec: JobRecord) -> None:
-    tmp = job_dir / "status.json.tmp"
+def _make_job_dirs(job_dir: str) -> None:
+    """``job_dir`` and its root/, work/ and logs/ (parents as needed; existing ones are fine)."""
+    try:
+        os.mkdir(job_dir)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(job_dir, exist_ok=True)
+    for sub in ("/root", "/work", "/logs"):
+        try:
+            os.mkdir(job_dir + sub)
+        except FileExistsError:
+            pass
+
+
+def _write_status(job_dir: str, rec: JobRecord) -> None:
+    # JobRecord.to_dict's content, built without asdict's deep copy (flat fields, one dict of ints).
+    data = dict(vars(rec))
+    data["state"] = rec.state.value
+    data["start_stamps"] = dict(rec.start_stamps)
+    tmp = job_dir + "/status.json.tmp"
     with contextlib.suppress(OSError):
-        tmp.write_text(json.dumps(rec.to_dict()))
-        os.replace(tmp, job_dir / "status.json")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        try:
+            os.write(fd, json.dumps(data).encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, job_dir + "/status.json")
 

@@ -51,6 +51,9 @@ class EventLoop:
         self.sel = selectors.DefaultSelector()
         self.running = True
         self.subscribers: set[Connection] = set()
+        # Connections with something to send or a new interest mask, handled once at the end of each
+        # step: the replies and exit events of one step leave in one send(2) per connection.
+        self._dirty: dict[Connection, None] = {}
         self._zygote_registered = -1
         self.handlers: dict[type[Message], Callable[[Any, Caller], Message | None]] = {}
         for klass in reversed(type(self).__mro__):
@@ -102,7 +105,19 @@ class EventLoop:
             self.run_deadlines()
         except Exception as exc:
             self.log(f"error running deadlines: {type(exc).__name__}: {exc}")
+        self.flush_dirty()
         self._sync_zygote()
+
+    def flush_dirty(self) -> None:
+        """Send what this step queued, one connection at a time (see ``update``)."""
+        dirty = self._dirty
+        while dirty:
+            conn = next(iter(dirty))
+            del dirty[conn]
+            try:
+                self._update_now(conn)
+            except Exception as exc:   # as for any callback: one connection's trouble ends no supervision
+                self.log(f"error handling conn: {type(exc).__name__}: {exc}")
 
     def _on_ready(self, key: selectors.SelectorKey, mask: int) -> None:
         kind, data = key.data
@@ -207,7 +222,16 @@ class EventLoop:
             conn.queue(ErrorReply("internal", f"the reply could not be sent: {exc}"), request_id)
 
     def update(self, conn: Connection) -> None:
-        """Send what can be sent now, then listen for what this connection needs next."""
+        """Send what ``conn`` has queued and listen for what it needs next, at the end of this step.
+
+        Deferred so that a step's replies and events go out together: during a burst a step
+        answers several starts and publishes several exits, and each send(2) costs the supervisor
+        a system call and the daemon a wake-up of its reader thread.
+        """
+        if not conn.closed:
+            self._dirty[conn] = None
+
+    def _update_now(self, conn: Connection) -> None:
         if conn.closed:
             return
         try:
