@@ -1,9 +1,11 @@
 """Stage two: completes a job's isolation from inside its namespaces, then execs.
 
-Runs in the job's future PID 1 (a fork of the zygote that is already inside new
-mount, PID, UTS, IPC and cgroup namespaces and inside its cgroup). It builds the
-root filesystem, enters it with ``pivot_root`` (never ``chroot``), detaches the
-old root, sets the hostname and execs the user's command, which keeps PID 1.
+Runs in the job's future PID 1 (a clone of the zygote that is already inside new
+mount, PID, UTS and IPC namespaces and its network namespace). It builds the root
+filesystem while the supervisor makes the job's cgroups, then joins them and a new
+cgroup namespace (``join_cgroups``), enters the root with ``pivot_root`` (never
+``chroot``), detaches the old root, sets the hostname and execs the user's command,
+which keeps PID 1.
 
 Everything here is a short straight line of syscalls: no threads, no imports
 that allocate much, no logging. Any failure is reported to the supervisor as one

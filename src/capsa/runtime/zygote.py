@@ -4,14 +4,16 @@ The supervisor forks the zygote before it starts any thread, so every process ma
 a copy of a single-threaded process (copying a threaded one may copy a lock held by another
 thread). For each job the zygote clones the job's PID 1 straight into its new mount, PID, UTS
 and IPC namespaces with ``CLONE_PARENT`` (:mod:`capsa.runtime._clone`), so the supervisor is
-its parent and gets its exit status. The job process joins its cgroups first (charged and
-limited before its first instruction of the job's own), then its network namespace, unshares
-its cgroup namespace and runs stage two (:mod:`capsa.runtime.stage2`), which dies with the
-supervisor (``PR_SET_PDEATHSIG``) and execs. ``capsa exec`` and live capsule mounts are served
+its parent and gets its exit status. The job process joins its network namespace and runs stage
+two (:mod:`capsa.runtime.stage2`): it builds the root while the supervisor makes the cgroups, joins
+them once the go says they exist (charged and limited before any instruction of the job's own),
+unshares its cgroup namespace, dies with the supervisor (``PR_SET_PDEATHSIG``) and execs. ``capsa exec`` and live capsule mounts are served
 here too (:mod:`capsa.runtime.execproc`, :func:`_mount`).
 
 Paying a clone here instead of a fresh interpreter is what keeps job start at a few
-milliseconds (see docs/adr/0001-supervisor-and-zygote.md).
+milliseconds (see docs/adr/0001-supervisor-and-zygote.md). While the supervisor is idle it asks
+for a *standby* (``ZygoteStandby``): the same clone made ahead of its job, to which the supervisor
+then sends the next start directly (:mod:`capsa.runtime.standby`, ADR-0018).
 """
 
 from __future__ import annotations
