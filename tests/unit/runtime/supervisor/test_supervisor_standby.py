@@ -108,3 +108,21 @@ def test_shutdown_lets_an_unused_standby_go(standby_harness: Harness) -> None:
     h.client.shutdown()
     h.thread.join(10)
     wait_for(lambda: pid not in h.processes.alive, "the standby to exit at EOF")
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("", 0.02), ("50", 0.05), ("0", None), ("2.5", 0.0025)])
+def test_the_standby_idle_time_comes_from_the_environment(
+        raw: str, expected: float | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from capsa.runtime.supervisor import standby_idle_from_env
+
+    monkeypatch.setenv("CAPSA_STANDBY_IDLE_MS", raw)
+    assert standby_idle_from_env() == expected
+
+
+@pytest.mark.parametrize("raw", ["fast", "-1", "nan", "inf"])
+def test_a_bad_standby_idle_time_stops_with_a_line_naming_it(raw: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from capsa.runtime.supervisor import standby_idle_from_env
+
+    monkeypatch.setenv("CAPSA_STANDBY_IDLE_MS", raw)
+    with pytest.raises(SystemExit, match="CAPSA_STANDBY_IDLE_MS"):
+        standby_idle_from_env()
