@@ -9,27 +9,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import json
 import os
 import selectors
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from capsa.errors import AlreadyExists, CapsaError, FailedPrecondition, NotFound, Timeout, from_os_error
-from capsa.logs import JobLog, LogPersister, Stream
+from capsa.errors import CapsaError, FailedPrecondition, NotFound, Timeout
+from capsa.logs import LogPersister, Stream
 from capsa.runtime import cgroups
-from capsa.runtime.devices import job_device_rules
 from capsa.runtime.protocol import (
-    FORKED_STAMPS,
-    STAGE2_STAMPS,
     ErrorReply,
     FenceRequest,
     ForgetRequest,
-    Forked,
     JobRecord,
     JobReply,
     ListReply,
@@ -42,42 +36,32 @@ from capsa.runtime.protocol import (
     ProcState,
     ShutdownRequest,
     SignalRequest,
-    Stage2Stamps,
     StageFailed,
-    StartFailed,
-    StartRequest,
     StopRequest,
     SubscribeRequest,
     ZygoteMount,
-    ZygoteStart,
     decode,
     error_reply,
 )
-from capsa.runtime.spec import JobSpec
 from capsa.runtime.standby import STANDBY_IDLE_S
+from capsa.runtime.supervisor import _start
 from capsa.runtime.supervisor._exec import ExecMixin
-from capsa.runtime.supervisor._interactive import InteractiveMixin, open_stdio
+from capsa.runtime.supervisor._interactive import InteractiveMixin
 from capsa.runtime.supervisor._links import (
     Caller,
     HostProcesses,
     Processes,
     Zygote,
     ZygoteLink,
-    report_messages,
 )
 from capsa.runtime.supervisor._loop import EventLoop, handles
 from capsa.runtime.supervisor._standby import StandbyMixin
+from capsa.runtime.supervisor._start import START_TIMEOUT_S, Job, StartMixin
 from capsa.runtime.wire import FrameReader
 
 __all__ = ["START_TIMEOUT_S", "Supervisor"]
 
-_F_SETPIPE_SZ = 1031
-_PIPE_BYTES = 1 << 20
 _READ_CHUNK = 1 << 20
-# A start not exec'd by then (a hung mount in stage two, a wedged zygote) is killed and answered
-# StartFailed, so the daemon's wait is bounded without the daemon ever guessing. Counted from the
-# request's arrival; a queue of thousands of starts drains in seconds.
-START_TIMEOUT_S = 120.0
 # An exit event waits until the job's log is finished (end record on disk), so a daemon that
 # reads the log of a job it saw exit reads all of it. The persister's finished fd wakes the loop
 # when a log finishes; a log that cannot be finished (disk failing) holds its event no longer
@@ -89,27 +73,7 @@ _LOG_FINISH_LIMIT_S = 10.0
 MOUNT_TIMEOUT_S = 30.0
 
 
-@dataclass
-class _Job:
-    record: JobRecord
-    spec: JobSpec
-    log: JobLog
-    cgroup: Any
-    report_fd: int
-    out_fds: set[int] = field(default_factory=set)
-    report: FrameReader = field(default_factory=FrameReader)
-    start_error: StageFailed | None = None
-    waiter: Caller | None = None
-    wait_status: int | None = None
-    kill_at: float | None = None
-    start_deadline: float | None = None
-    received_ns: int = 0             # monotonic: when the start request arrived
-    fence_at: float | None = None    # monotonic: a pool lease deadline (FenceRequest)
-    stdin_fd: int = -1               # -i: the stdin pipe's write end; -t: the terminal's master (_interactive)
-    tty: bool = False
-
-
-class Supervisor(ExecMixin, InteractiveMixin, StandbyMixin, EventLoop):
+class Supervisor(StartMixin, ExecMixin, InteractiveMixin, StandbyMixin, EventLoop):
     def __init__(self, home: Path, *, driver: Any = None, zygote: Zygote | None = None,
                  processes: Processes | None = None, persister: LogPersister | None = None,
                  standby_idle_s: float | None = STANDBY_IDLE_S) -> None:
@@ -117,7 +81,7 @@ class Supervisor(ExecMixin, InteractiveMixin, StandbyMixin, EventLoop):
         self.run_dir = home / "run"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         super().__init__(self.run_dir / "supervisor.sock", zygote or ZygoteLink())
-        self.jobs: dict[str, _Job] = {}
+        self.jobs: dict[str, Job] = {}
         self.by_pid: dict[int, str] = {}
         self.by_fd: dict[int, tuple[str, str]] = {}   # fd -> (job_id, "out"|"err"|"report")
         self.early_exits: dict[int, int] = {}
@@ -193,9 +157,9 @@ class Supervisor(ExecMixin, InteractiveMixin, StandbyMixin, EventLoop):
                 self._drain_report(job)   # an exec that happened just now is a start, not a timeout
                 if job.report_fd == -1:
                     continue
-                self.log(f"job {job.record.job_id} did not exec within {START_TIMEOUT_S:g}s; killing it")
+                self.log(f"job {job.record.job_id} did not exec within {_start.START_TIMEOUT_S:g}s; killing it")
                 job.start_error = job.start_error or StageFailed(
-                    "start", errno.ETIMEDOUT, f"the command was not exec'd within {START_TIMEOUT_S:g}s")
+                    "start", errno.ETIMEDOUT, f"the command was not exec'd within {_start.START_TIMEOUT_S:g}s")
                 self._kill_cgroup(job)
                 self._close_fd(job.report_fd)
                 job.report_fd = -1
@@ -224,149 +188,6 @@ class Supervisor(ExecMixin, InteractiveMixin, StandbyMixin, EventLoop):
             job = self.jobs[job_id]
             job.wait_status = status
             self._maybe_finish(job)
-
-    # -- start -----------------------------------------------------------------------------------
-    @handles(StartRequest)
-    def _start(self, req: StartRequest, caller: Caller) -> Message | None:
-        """Order the job's process from the zygote first, then make its cgroups and log while it is
-        cloned; the job process waits on its go pipe, and joins its cgroups only once they exist
-        (with their device rules). A failure before the go closes the pipe: the process exits unrun."""
-        received = time.monotonic_ns()
-        stamps = {"submitted": req.submitted_ns, "recorded": req.recorded_ns, "received": received}
-        spec = req.spec
-        if spec.job_id in self.jobs:
-            raise AlreadyExists(f"job {spec.job_id} already exists")
-        # Before the order: the job's process builds its root under them while we make its cgroups.
-        try:
-            _make_job_dirs(spec.job_dir)
-        except OSError as exc:   # a full disk is the usual cause: say so, naming the path (exit 9)
-            raise from_os_error(exc, Path(spec.job_dir), what=f"job {spec.job_id}") from exc
-        stdio = open_stdio(spec.stdin, spec.tty_size)   # output pipes; a stdin pipe (-i) or a terminal (-t): ADR-0013
-        rep_r, rep_w = os.pipe2(os.O_CLOEXEC)
-        go_r, go_w = os.pipe2(os.O_CLOEXEC)
-        # The zygote owns the job's ends from here (it closes ours once they are sent).
-        child_fds = [*stdio.child_fds, go_r, rep_w]
-        zygote_error: Exception | None = None
-        standby_pid = 0   # sent to a standby (capsa.runtime.standby): its PID is the job's, known now
-        try:
-            order = ZygoteStart(spec)
-            standby_pid = self.start_on_standby(order, child_fds)
-            if not standby_pid:
-                self.zygote.submit(order, child_fds)
-        except Exception as exc:   # our write ends close with it: the report EOF answers the start
-            zygote_error = exc
-            for fd in child_fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        stamps["sent"] = time.monotonic_ns()
-        try:
-            cg = self.driver.create(spec.job_id, _limits(spec))
-            try:   # before any process joins: the job may open only its minimal /dev and what the spec adds
-                cg.device_rules(job_device_rules(spec))
-                stamps["cgroup"] = time.monotonic_ns()
-                assert self.persister is not None
-                log = self.persister.open(spec.job_id, Path(spec.log_dir), max_bytes=spec.log_max_bytes)
-                stamps["log"] = time.monotonic_ns()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    cg.remove()
-                raise
-        except BaseException:
-            os.close(go_w)   # EOF before the go: the job process exits without running anything
-            for fd, _kind in stdio.read_fds:
-                os.close(fd)
-            if stdio.stdin_fd not in (-1, *(fd for fd, _kind in stdio.read_fds)):
-                os.close(stdio.stdin_fd)
-            self._abandon_start(rep_r)
-            self._forget_pid(standby_pid)   # (a zygote's clone names itself on the report pipe instead)
-            raise
-        # The go: the files to join, whole in one write (far below PIPE_BUF, into an empty pipe).
-        with contextlib.suppress(OSError):   # a job process already gone fails at its report pipe
-            os.write(go_w, "".join(f"{p}\n" for p in cg.join_files()).encode() + b"\0")
-        os.close(go_w)
-        stamps["go"] = time.monotonic_ns()
-        for fd, _kind in stdio.read_fds:
-            if not stdio.tty:
-                with contextlib.suppress(OSError):
-                    fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
-            os.set_blocking(fd, False)
-        os.set_blocking(rep_r, False)
-        record = JobRecord(job_id=spec.job_id, started_ns=time.time_ns(), cgroup=str(cg.name), start_stamps=stamps)
-        job = _Job(record=record, spec=spec, log=log, cgroup=cg, report_fd=rep_r,
-                   out_fds={fd for fd, _kind in stdio.read_fds}, stdin_fd=stdio.stdin_fd, tty=stdio.tty,
-                   waiter=caller, received_ns=received,
-                   start_deadline=time.monotonic() + START_TIMEOUT_S)
-        if zygote_error is not None:
-            job.start_error = StageFailed("launch", 0, f"zygote unavailable: {zygote_error}")
-        self.jobs[spec.job_id] = job
-        if standby_pid:
-            record.pid = standby_pid
-            self.by_pid[standby_pid] = spec.job_id
-        for fd, kind in (*stdio.read_fds, (rep_r, "report")):
-            self.by_fd[fd] = (spec.job_id, kind)
-            self.sel.register(fd, selectors.EVENT_READ, ("pipe", None))
-        return None   # answered at exec (report pipe EOF) or failure
-
-    def _abandon_start(self, rep_r: int) -> None:
-        """A start that failed after its order went to the zygote: its report pipe names the PID
-        of the process cloned for it (which exits at once), so that its exit is not kept."""
-        os.set_blocking(rep_r, False)
-        self.abandoned[rep_r] = FrameReader()
-        self.sel.register(rep_r, selectors.EVENT_READ, ("abandoned", None))
-
-    def _on_abandoned_report(self, fd: int) -> None:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            for msg in report_messages(self.abandoned[fd], data, "start"):
-                if isinstance(msg, Forked) and msg.pid > 0 and self.early_exits.pop(msg.pid, None) is None:
-                    self.abandoned_pids.add(msg.pid)
-            return
-        del self.abandoned[fd]
-        self.sel.unregister(fd)
-        os.close(fd)
-
-    def _on_report(self, job: _Job, data: bytes) -> None:
-        for msg in report_messages(job.report, data, "start"):
-            if isinstance(msg, Forked) and msg.pid > 0:
-                job.record.start_stamps.update(zip(FORKED_STAMPS, msg.stamps, strict=False))
-                job.record.pid = msg.pid
-                self.by_pid[msg.pid] = job.record.job_id
-                if msg.pid in self.early_exits:
-                    job.wait_status = self.early_exits.pop(msg.pid)
-            elif isinstance(msg, Stage2Stamps):
-                job.record.start_stamps.update(zip(STAGE2_STAMPS, msg.stamps, strict=False))
-            elif isinstance(msg, StageFailed) and job.start_error is None:
-                job.start_error = msg
-
-    def _on_report_eof(self, job: _Job) -> None:
-        job.start_deadline = None
-        if job.start_error is None and job.record.pid:
-            job.record.state = ProcState.RUNNING
-            # Request received -> the CLOEXEC report pipe closed, i.e. the user's command was exec'd.
-            now = job.record.start_stamps["exec"] = time.monotonic_ns()
-            job.record.exec_latency_ns = now - job.received_ns
-            if job.waiter is not None:
-                self.answer(job.waiter, JobReply(dataclasses.replace(job.record)))
-                job.waiter = None
-            self._maybe_finish(job)
-            return
-        err = job.start_error or StageFailed("launch", 0, "job process vanished before exec")
-        job.start_error = err
-        job.record.reason = f"start failed: {err.message}"
-        if job.waiter is not None:
-            exec_failed = err.step == "exec" or err.step.startswith("exec ")
-            self.answer(job.waiter, StartFailed(err.step, err.errno, err.message,
-                                                command_not_found=exec_failed and err.errno == errno.ENOENT,
-                                                exec_failed=exec_failed))
-            job.waiter = None
-        if not job.record.pid:
-            job.wait_status = job.wait_status if job.wait_status is not None else 127 << 8
-        self._maybe_finish(job)
 
     # -- output, mount replies -------------------------------------------------------------------------
     def on_fd(self, kind: str, fd: int) -> None:
@@ -418,7 +239,7 @@ class Supervisor(ExecMixin, InteractiveMixin, StandbyMixin, EventLoop):
             self._stdin_output_closed(job, fd)
             self._maybe_finish(job)
 
-    def _drain_report(self, job: _Job) -> None:
+    def _drain_report(self, job: Job) -> None:
         while job.report_fd != -1:
             fd = job.report_fd
             try:
@@ -440,7 +261,7 @@ class Supervisor(ExecMixin, InteractiveMixin, StandbyMixin, EventLoop):
         self.by_fd.pop(fd, None)
         os.close(fd)
 
-    def _pause_output(self, job: _Job, wake_fd: int) -> None:
+    def _pause_output(self, job: Job, wake_fd: int) -> None:
         """Back-pressure (ADR-0004): stop reading the job's pipes, so it blocks in write(2), until wake_fd fires."""
         for fd in job.out_fds:
             with contextlib.suppress(KeyError):
@@ -449,7 +270,7 @@ class Supervisor(ExecMixin, InteractiveMixin, StandbyMixin, EventLoop):
             self.by_fd[wake_fd] = (job.record.job_id, "resume")
             self.sel.register(wake_fd, selectors.EVENT_READ, ("pipe", None))
 
-    def _resume_output(self, job: _Job) -> None:
+    def _resume_output(self, job: Job) -> None:
         wake_fd = job.log.resume()
         if self.by_fd.pop(wake_fd, None) is not None:
             self.sel.unregister(wake_fd)
@@ -458,7 +279,7 @@ class Supervisor(ExecMixin, InteractiveMixin, StandbyMixin, EventLoop):
                 self.sel.register(fd, selectors.EVENT_READ, ("pipe", None))
 
     # -- end of a job --------------------------------------------------------------------------------
-    def _maybe_finish(self, job: _Job) -> None:
+    def _maybe_finish(self, job: Job) -> None:
         rec = job.record
         if job.wait_status is not None and rec.state != ProcState.EXITED:
             self._resume_output(job)  # an exited job is never held back: drain its pipes (ADR-0004)
@@ -557,7 +378,7 @@ class Supervisor(ExecMixin, InteractiveMixin, StandbyMixin, EventLoop):
         self.answer(caller, reply)
 
     # -- stop / signal / forget / list / ping / subscribe / shutdown -----------------------------------------
-    def _job(self, job_id: str) -> _Job:
+    def _job(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
         if job is None:
             raise NotFound(f"unknown job {job_id}")
@@ -576,7 +397,7 @@ class Supervisor(ExecMixin, InteractiveMixin, StandbyMixin, EventLoop):
                 job.kill_at = time.monotonic() + req.grace_s
         return JobReply(dataclasses.replace(job.record))
 
-    def _kill_cgroup(self, job: _Job) -> None:
+    def _kill_cgroup(self, job: Job) -> None:
         try:
             job.cgroup.kill_all()
         except Exception as exc:
@@ -654,33 +475,6 @@ class Supervisor(ExecMixin, InteractiveMixin, StandbyMixin, EventLoop):
 
 
 _SIGNALS = {int(s) for s in signal.Signals}
-
-
-def _limits(spec: JobSpec) -> Any:
-    r = spec.resources
-    return cgroups.Limits(
-        cpu_percent=r.cpu_percent,
-        cpuset=r.cpuset,
-        memory_bytes=r.memory_bytes,
-        pids_max=r.pids_max,
-        io_bps=r.io_bps,
-        io_path=Path(spec.job_dir) if r.io_bps else None,
-    )
-
-
-def _make_job_dirs(job_dir: str) -> None:
-    """``job_dir`` and its root/, work/ and logs/ (parents as needed; existing ones are fine)."""
-    try:
-        os.mkdir(job_dir)
-    except FileExistsError:
-        pass
-    except FileNotFoundError:
-        os.makedirs(job_dir, exist_ok=True)
-    for sub in ("/root", "/work", "/logs"):
-        try:
-            os.mkdir(job_dir + sub)
-        except FileExistsError:
-            pass
 
 
 def _write_status(job_dir: str, rec: JobRecord) -> None:

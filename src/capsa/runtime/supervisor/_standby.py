@@ -19,6 +19,7 @@ import os
 import selectors
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,8 +55,7 @@ class StandbyMixin:
         self._standby_failures = 0
         self._last_start = time.monotonic()
 
-    def log(self, message: str) -> None: ...
-
+    log: Callable[[str], None]   # EventLoop's
     # -- the loop's side -----------------------------------------------------------------------
     def standby_deadline(self) -> float | None:
         """When to ask for a standby (monotonic), or None (one exists or is on its way, or none wanted)."""

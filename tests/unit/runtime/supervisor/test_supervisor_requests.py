@@ -88,7 +88,7 @@ def test_a_missing_command_is_a_structured_start_failure(harness: Harness) -> No
 
 def test_a_start_that_never_execs_is_killed_and_answered_at_its_deadline(
         harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("capsa.runtime.supervisor._core.START_TIMEOUT_S", 0.2)
+    monkeypatch.setattr("capsa.runtime.supervisor._start.START_TIMEOUT_S", 0.2)
     with pytest.raises(StartFailedError) as info:
         harness.client.start(harness.spec("/hang"))
     assert info.value.failure.step == "start" and not info.value.failure.exec_failed
