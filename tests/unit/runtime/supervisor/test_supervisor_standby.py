@@ -9,20 +9,11 @@ from sup_fakes import Harness
 
 from capsa.errors import CapsaError
 from capsa.runtime.protocol import ProcState, ZygoteStandby, ZygoteStart
-
-
-def wait_for(predicate, what: str, timeout: float = 5.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.fixtures.waiting import wait_for
 
 
 def _ready(h: Harness) -> int:
-    return wait_for(lambda: h.supervisor._standby is not None and h.supervisor._standby.pid, "a ready standby")
+    return wait_for(lambda: h.supervisor._standby is not None and h.supervisor._standby.pid, what="a ready standby", interval=0.005)
 
 
 def test_an_idle_supervisor_asks_for_one_standby_and_the_next_start_runs_on_it(standby_harness: Harness) -> None:
@@ -35,7 +26,7 @@ def test_an_idle_supervisor_asks_for_one_standby_and_the_next_start_runs_on_it(s
     assert ZygoteStart not in [type(o) for o in h.zygote.orders]   # the zygote never saw that start
     assert h.supervisor.standbys_used == 1
     h.processes.exit(pid, 3 << 8)
-    wait_for(lambda: next(r for r in h.client.list() if r.job_id == rec.job_id).state == ProcState.EXITED, "exit")
+    wait_for(lambda: next(r for r in h.client.list() if r.job_id == rec.job_id).state == ProcState.EXITED, what="exit", interval=0.005)
     assert next(r for r in h.client.list() if r.job_id == rec.job_id).exit_code == 3
 
 
@@ -67,7 +58,7 @@ def test_an_unused_standby_that_dies_is_dropped_its_exit_kept_for_no_job_and_rep
     first = _ready(h)
     h.processes.exit(first, 9)   # killed before any start used it
     second = wait_for(lambda: h.supervisor._standby is not None and h.supervisor._standby.pid != first
-                      and h.supervisor._standby.pid, "a new standby")
+                      and h.supervisor._standby.pid, what="a new standby", interval=0.005)
     assert first not in h.supervisor.early_exits and first not in h.supervisor.by_pid
     rec = h.client.start(h.spec("/bin/true"))
     assert rec.pid == second
@@ -77,7 +68,7 @@ def test_a_zygote_that_cannot_make_standbys_is_asked_less_and_less_and_starts_st
         standby_harness: Harness) -> None:
     h = standby_harness
     h.zygote.standbys = False   # each order's socket closes unanswered, as when the clone fails
-    wait_for(lambda: h.supervisor._standby_failures >= 4, "repeated failures")
+    wait_for(lambda: h.supervisor._standby_failures >= 4, what="repeated failures", interval=0.005)
     time.sleep(0.2)
     asked = [type(o) for o in h.zygote.orders].count(ZygoteStandby)
     # Idle 10 ms doubled per failure: 10+20+40+80+160 ms ... at most a handful in that time, not one per 10 ms.
@@ -96,8 +87,8 @@ def test_a_start_failing_after_it_went_to_a_standby_runs_nothing_and_forgets_the
     with pytest.raises(CapsaError, match="boom"):
         h.client.start(spec)
     h.driver.fail_create = None
-    wait_for(lambda: spec.job_id in h.zygote.not_started, "the standby to see the go pipe close")
-    wait_for(lambda: pid not in h.supervisor.abandoned_pids, "its exit to be reaped and dropped")
+    wait_for(lambda: spec.job_id in h.zygote.not_started, what="the standby to see the go pipe close", interval=0.005)
+    wait_for(lambda: pid not in h.supervisor.abandoned_pids, what="its exit to be reaped and dropped", interval=0.005)
     assert pid not in h.supervisor.early_exits and pid not in h.supervisor.by_pid
     assert h.client.start(h.spec()).state == ProcState.RUNNING
 
@@ -107,7 +98,7 @@ def test_shutdown_lets_an_unused_standby_go(standby_harness: Harness) -> None:
     pid = _ready(h)
     h.client.shutdown()
     h.thread.join(10)
-    wait_for(lambda: pid not in h.processes.alive, "the standby to exit at EOF")
+    wait_for(lambda: pid not in h.processes.alive, what="the standby to exit at EOF", interval=0.005)
 
 
 @pytest.mark.parametrize(("raw", "expected"), [("", 0.02), ("50", 0.05), ("0", None), ("2.5", 0.0025)])
