@@ -82,6 +82,19 @@ def _wait_state(d: RunningDaemon, job_id: str, states: set[str], timeout: float)
         time.sleep(0.2)
 
 
+def _allocated(path: Path) -> int:
+    """Bytes of disk the tree at ``path`` holds (st_blocks, directories included)."""
+    total = path.lstat().st_blocks * 512
+    for root, dirs, files in os.walk(path):
+        total += sum(os.lstat(os.path.join(root, name)).st_blocks * 512 for name in dirs + files)
+    return total
+
+
+def _database_bytes(home: Path) -> int:
+    """The database's files: its WAL, and the spare file it gives up (or takes back) to write on a full disk."""
+    return sum(p.lstat().st_blocks * 512 for p in home.glob("capsa.db*"))
+
+
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -149,10 +162,17 @@ def test_job_ending_on_a_full_disk_has_its_log_marked_incomplete_and_rm_frees_it
     assert b"start\n".startswith(out[:6]) and out[6:] == b"b" * max(0, len(out) - 6)
     assert f"log incomplete: {lost} bytes not written (No space left on device)".encode() in logs.stderr
 
+    # What rm must give back: every block of the job's files. The database's own growth for the delete
+    # (WAL frames) is counted apart: when the disk filled with WAL pages before the job's log could take
+    # them, the job's files are a few KiB and that growth alone can exceed them.
+    job_bytes = _allocated(daemon.home / "jobs" / job_id)
+    db_before = _database_bytes(daemon.home)
     free_before = fs.free_bytes()
     result = daemon.cli("rm", job_id)  # still full: the ballast is in place
     assert result.returncode == 0, result.stderr
-    assert fs.free_bytes() > free_before
+    db_growth = _database_bytes(daemon.home) - db_before
+    assert job_bytes > 0
+    assert fs.free_bytes() + max(0, db_growth) >= free_before + job_bytes, (job_bytes, db_growth)
     assert not (daemon.home / "jobs" / job_id).exists()
     assert job_id[:12].encode() not in daemon.cli("ps", "-a", check=True).stdout
 
