@@ -29,6 +29,8 @@ __all__ = ["DEFAULT_DETACH_KEYS", "ClientSignal", "DetachScanner", "Session", "p
 
 DEFAULT_DETACH_KEYS = "ctrl-p,ctrl-q"
 _READ = 1 << 14
+_SENT_MARK = object()     # queued at a detach: its turn means what came before it was sent
+_DETACH_FLUSH_S = 2.0     # how long a detach waits for that (a daemon that stopped reading)
 
 
 def parse_detach_keys(spec: str) -> bytes:
@@ -120,6 +122,7 @@ class Session:
         self.scanner = DetachScanner(detach_keys)
         self.inputs: queue.Queue[Any] = queue.Queue()
         self.detached = threading.Event()
+        self._sent = threading.Event()   # everything queued before a detach has gone out
         self.call: Any = None
 
     def _messages(self) -> Iterator[Any]:
@@ -127,6 +130,10 @@ class Session:
             msg = self.inputs.get()
             if msg is None:
                 return
+            if msg is _SENT_MARK:
+                # gRPC asks for the next message only once the previous one was sent.
+                self._sent.set()
+                continue
             yield msg
 
     def run(self) -> Outcome:
@@ -212,6 +219,9 @@ class Session:
                     self.inputs.put(make(stdin=data))
                 if detach:
                     self.detached.set()
+                    # What was typed before the detach keys reaches the job first; then the call ends.
+                    self.inputs.put(_SENT_MARK)
+                    self._sent.wait(_DETACH_FLUSH_S)
                     self.call.cancel()
                     return
             else:
