@@ -69,11 +69,11 @@ def main() -> int:
             runc: list[float] = []
             load = os.getloadavg()[0]
             for i in range(args.warmup + args.runs):
-                for name, client in daemons:
+                for arm, (name, client) in enumerate(daemons):
                     job = client.run_job(["/bin/true"])
                     for _ in client.stream_logs(job.id, follow=True):
                         pass
-                    took = _timed(["runc", "run", "--bundle", str(bundle), f"cb-ab-{i}-{name[:8]}-{len(runc)}"])
+                    took = _timed(["runc", "run", "--bundle", str(bundle), f"cb-ab-{i}-{arm}"])
                     if i >= args.warmup:
                         latency[name].append(job.start_latency_ns / 1e9)
                         runc.append(took)
