@@ -102,6 +102,11 @@ class HostRootTemplate:
                 return self.fd
         return self._rebuild_or_break()
 
+    @property
+    def build(self) -> int:
+        """Which build the current template is (1, 2, ...), or -1 when there is none."""
+        return self.builds if self.fd >= 0 else -1
+
     def watched(self) -> dict[int, int]:
         """The descriptors to poll while idle, with the events to poll for; pass what they report to
         :meth:`refresh`.

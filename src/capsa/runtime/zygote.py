@@ -68,7 +68,8 @@ def zygote_main(sock: socket.socket) -> NoReturn:
     host_cgroup_mounts()   # parsed once here; each job's stage two inherits it (jobview)
     host_root = HostRootTemplate()
     shared = StandbyShared()   # with the standbys: the template's current build, the pages a job writes
-    shared.publish_template(host_root.builds if host_root.current() >= 0 else -1)
+    host_root.current()
+    shared.publish_template(host_root.build)
     # Each job's PID 1 dies with the supervisor (its parent through CLONE_PARENT); this pidfd lets it
     # see a supervisor that died before it asked to (close-on-exec: the job never holds it).
     try:
@@ -112,7 +113,7 @@ def zygote_main(sock: socket.socket) -> NoReturn:
                 execproc.exec_stage_one(msg, fds, filters)
         elif isinstance(msg, ZygoteStart) and len(fds) in (4, 5):   # [stdin (-i/-t)], out, err, go, report
             template = host_root.current() if template_applies(msg.spec) else -1
-            shared.publish_template(host_root.builds if not host_root.broken else -1)
+            shared.publish_template(host_root.build)
             _start_job(sock, msg, fds, filters, received, template, supervisor)
         elif isinstance(msg, ZygoteStandby) and len(fds) == 1:   # [the standby's end of its link]
             _clone_standby(sock, fds[0], host_root, shared, run_job)
@@ -124,7 +125,7 @@ def _clone_standby(sock: socket.socket, link_fd: int, host_root: HostRootTemplat
                    shared: StandbyShared, run_job: standby.JobRunner) -> None:
     """Clone a standby on ``link_fd`` (see capsa.runtime.standby); it says it is ready there itself."""
     template = host_root.current()
-    shared.publish_template(host_root.builds if template >= 0 else -1)
+    shared.publish_template(host_root.build)
     try:
         pid = clone_job(standby.STANDBY_CLONE_FLAGS)
     except OSError:
@@ -133,7 +134,7 @@ def _clone_standby(sock: socket.socket, link_fd: int, host_root: HostRootTemplat
         sock.close()
         for fd in host_root.watched():   # (the template itself is kept: the standby's root is cloned from it)
             os.close(fd)
-        standby.standby_main(socket.socket(fileno=link_fd), run_job, template, host_root.builds, shared)
+        standby.standby_main(socket.socket(fileno=link_fd), run_job, template, host_root.build, shared)
 
 
 def _idle_until_order(sock: socket.socket, host_root: HostRootTemplate, shared: StandbyShared) -> None:
@@ -152,7 +153,7 @@ def _idle_until_order(sock: socket.socket, host_root: HostRootTemplate, shared: 
         template_events = {fd: mask for fd, mask in events.items() if fd in watched}
         if template_events:
             host_root.refresh(template_events)
-            shared.publish_template(host_root.builds if not host_root.broken else -1)
+            shared.publish_template(host_root.build)
         if sock.fileno() in events:
             return
 

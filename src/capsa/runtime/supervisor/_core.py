@@ -53,6 +53,7 @@ from capsa.runtime.supervisor._links import (
     Processes,
     Zygote,
     ZygoteLink,
+    read_ready,
 )
 from capsa.runtime.supervisor._loop import EventLoop, handles
 from capsa.runtime.supervisor._standby import StandbyMixin
@@ -215,12 +216,9 @@ class Supervisor(StartMixin, ExecMixin, InteractiveMixin, StandbyMixin, EventLoo
         if stream == "resume":  # the persister drained this job's backlog
             self._resume_output(job)
             return
-        try:
-            data = os.read(fd, _READ_CHUNK)
-        except BlockingIOError:
+        data = read_ready(fd, _READ_CHUNK)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if data:
             if stream == "report":
                 self._on_report(job, data)
@@ -242,12 +240,9 @@ class Supervisor(StartMixin, ExecMixin, InteractiveMixin, StandbyMixin, EventLoo
     def _drain_report(self, job: Job) -> None:
         while job.report_fd != -1:
             fd = job.report_fd
-            try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
+            data = read_ready(fd)
+            if data is None:
                 return
-            except OSError:
-                data = b""
             if data:
                 self._on_report(job, data)
                 continue
@@ -355,12 +350,9 @@ class Supervisor(StartMixin, ExecMixin, InteractiveMixin, StandbyMixin, EventLoo
 
     def _on_mount_reply(self, fd: int) -> None:
         _caller, reader, _deadline = self.mount_replies[fd]
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
+        data = read_ready(fd)
+        if data is None:
             return
-        except OSError:
-            data = b""
         frames: list[dict[str, Any]] = []
         with contextlib.suppress(CapsaError):
             frames = reader.feed(data)

@@ -41,7 +41,7 @@ from capsa.runtime.protocol import (
     ZygoteExec,
 )
 from capsa.runtime.supervisor._interactive import open_stdio
-from capsa.runtime.supervisor._links import Caller, Connection, report_messages
+from capsa.runtime.supervisor._links import Caller, Connection, read_ready, report_messages
 from capsa.runtime.supervisor._loop import handles
 from capsa.runtime.wire import FrameReader
 
@@ -141,12 +141,9 @@ class ExecMixin:
         ex = self.execs_by_fd.get(fd)
         if ex is None:
             return
-        try:
-            data = os.read(fd, _READ)
-        except BlockingIOError:
+        data = read_ready(fd, _READ)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if data:
             if fd == ex.report_fd:
                 self._exec_report(ex, data)

@@ -226,6 +226,17 @@ class HostProcesses:
         return os.pidfd_open(pid)
 
 
+def read_ready(fd: int, size: int = 65536) -> bytes | None:
+    """One non-blocking read: the bytes; ``b""`` at EOF or on a read error (the peer is gone either way);
+    None when nothing is there now."""
+    try:
+        return os.read(fd, size)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
 def report_messages(reader: FrameReader, data: bytes, what: str) -> list[Message]:
     """The messages a stage-one/two report pipe delivered in ``data`` (for a job start or an exec).
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from capsa.errors import CapsaError
 from capsa.runtime.protocol import Message, StandbyReady, ZygoteStandby, ZygoteStart, decode, encode
+from capsa.runtime.supervisor._links import read_ready
 from capsa.runtime.wire import FrameReader, encode_frame
 
 __all__ = ["StandbyMixin"]
@@ -77,12 +78,9 @@ class StandbyMixin:
         standby = self._standby
         if standby is None or standby.sock.fileno() != fd:
             return
-        try:
-            data = standby.sock.recv(4096)
-        except BlockingIOError:
+        data = read_ready(fd, 4096)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:   # it died, or the zygote could not clone it
             self._drop_standby(failed=True)
             return

@@ -41,7 +41,7 @@ from capsa.runtime.protocol import (
 )
 from capsa.runtime.spec import JobSpec
 from capsa.runtime.supervisor._interactive import open_stdio
-from capsa.runtime.supervisor._links import Caller, report_messages
+from capsa.runtime.supervisor._links import Caller, read_ready, report_messages
 from capsa.runtime.supervisor._loop import handles
 from capsa.runtime.wire import FrameReader
 
@@ -186,12 +186,9 @@ class StartMixin:
         self.sel.register(rep_r, selectors.EVENT_READ, ("abandoned", None))
 
     def _on_abandoned_report(self, fd: int) -> None:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
+        data = read_ready(fd)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if data:
             for msg in report_messages(self.abandoned[fd], data, "start"):
                 if isinstance(msg, Forked) and msg.pid > 0 and self.early_exits.pop(msg.pid, None) is None:
