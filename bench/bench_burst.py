@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import secrets
 import shutil
 import subprocess
@@ -38,10 +37,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    busybox_rootfs,
     command_line,
     fmt_ms,
     machine_summary,
+    runc_true_bundle,
     running_daemon,
     scratch_dir,
     summary,
@@ -138,17 +137,6 @@ def _daemon_burst(home: Path, jobs: int, threads: int) -> tuple[list[str], float
     return errors, took, latencies, states
 
 
-def _oci_bundle(bundle: Path) -> Path:
-    busybox_rootfs(bundle / "rootfs")
-    subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True)
-    config_path = bundle / "config.json"
-    config = json.loads(config_path.read_text())
-    config["process"]["terminal"] = False
-    config["process"]["args"] = ["/bin/true"]
-    config_path.write_text(json.dumps(config, indent=2))
-    return bundle
-
-
 def _runc_once(bundle: Path) -> float:
     t0 = time.perf_counter()
     res = subprocess.run(["runc", "run", "--bundle", str(bundle), f"cb-burst-{secrets.token_hex(6)}"],
@@ -210,7 +198,7 @@ def main() -> int:
                          f"final states {dict(states)}")
 
         if shutil.which("runc"):
-            bundle = _oci_bundle(scratch / "bundle")
+            bundle = runc_true_bundle(scratch / "bundle")
             _runc_once(bundle)
             seq = [_runc_once(bundle) for _ in range(args.runc_jobs)]
             t0 = time.perf_counter()

@@ -35,10 +35,12 @@ from common import (  # noqa: E402
     busybox_rootfs,
     command_line,
     fmt_ms,
+    runc_true_bundle,
     running_daemon,
     scratch_dir,
     section_header,
     summary,
+    timed_command,
     update_section,
 )
 
@@ -99,26 +101,6 @@ def breakdown_rows(stamps: list[dict[str, int]]) -> list[str]:
     return rows
 
 
-def _oci_bundle(bundle: Path) -> Path:
-    busybox_rootfs(bundle / "rootfs")
-    subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True)
-    config_path = bundle / "config.json"
-    config = json.loads(config_path.read_text())
-    config["process"]["terminal"] = False
-    config["process"]["args"] = ["/bin/true"]
-    config_path.write_text(json.dumps(config, indent=2))
-    return bundle
-
-
-def _timed(argv: list[str]) -> float:
-    t0 = time.perf_counter()
-    res = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    took = time.perf_counter() - t0
-    if res.returncode != 0:
-        raise RuntimeError(f"{argv[0]} failed ({res.returncode}): {res.stderr.decode()[-500:]}")
-    return took
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=200)
@@ -138,18 +120,18 @@ def main() -> int:
     peers: dict[str, Callable[[int], float]] = {}
     skipped: list[str] = []
     try:
-        bundle = _oci_bundle(scratch / "bundle") if shutil.which("runc") else None
+        bundle = runc_true_bundle(scratch / "bundle") if shutil.which("runc") else None
         rootfs = busybox_rootfs(scratch / "bwrap-root")
         if bundle and shutil.which("runc"):
-            peers["runc run"] = lambda i: _timed(["runc", "run", "--bundle", str(bundle), f"cb-runc-{i}"])
+            peers["runc run"] = lambda i: timed_command(["runc", "run", "--bundle", str(bundle), f"cb-runc-{i}"])
         else:
             skipped.append("runc (apt-get install runc)")
         if bundle and shutil.which("crun"):
-            peers["crun run"] = lambda i: _timed(["crun", "run", "--bundle", str(bundle), f"cb-crun-{i}"])
+            peers["crun run"] = lambda i: timed_command(["crun", "run", "--bundle", str(bundle), f"cb-crun-{i}"])
         else:
             skipped.append("crun (apt-get install crun)")
         if shutil.which("bwrap"):
-            peers["bwrap"] = lambda i: _timed(["bwrap", "--ro-bind", str(rootfs), "/", "--proc", "/proc",
+            peers["bwrap"] = lambda i: timed_command(["bwrap", "--ro-bind", str(rootfs), "/", "--proc", "/proc",
                                                "--dev", "/dev", "--unshare-all", "/bin/true"])
         else:
             skipped.append("bwrap (apt-get install bubblewrap)")

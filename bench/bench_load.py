@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import resource
 import shutil
@@ -33,25 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "load"))
 
 from burst import run_burst  # noqa: E402
 from common import (  # noqa: E402
-    busybox_rootfs,
     command_line,
     fmt_ms,
+    runc_true_bundle,
     running_daemon,
     scratch_dir,
     section_header,
     summary,
     update_section,
 )
-
-
-def _runc_bundle(bundle: Path) -> Path:
-    busybox_rootfs(bundle / "rootfs")
-    subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True)
-    config = json.loads((bundle / "config.json").read_text())
-    config["process"]["terminal"] = False
-    config["process"]["args"] = ["/bin/true"]
-    (bundle / "config.json").write_text(json.dumps(config))
-    return bundle
 
 
 def _runc_loop(bundle: Path, stop: threading.Event, out: list[float]) -> None:
@@ -96,7 +85,7 @@ def main() -> int:
     runc: list[float] = []
     notes: list[str] = []
     try:
-        bundle = _runc_bundle(scratch / "bundle") if shutil.which("runc") and not args.no_runc else None
+        bundle = runc_true_bundle(scratch / "bundle") if shutil.which("runc") and not args.no_runc else None
         if args.no_runc:
             notes.append("no runc loop beside the burst (--no-runc)")
         elif bundle is None:

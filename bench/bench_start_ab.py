@@ -27,8 +27,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_job_start import _oci_bundle, _timed  # noqa: E402
-from common import command_line, running_daemon, scratch_dir, summary  # noqa: E402
+from common import (  # noqa: E402
+    command_line,
+    runc_true_bundle,
+    running_daemon,
+    scratch_dir,
+    summary,
+    timed_command,
+)
 
 
 def _arm(text: str) -> dict[str, str]:
@@ -53,7 +59,7 @@ def main() -> int:
     print(f"command: {command_line()}", flush=True)
     scratch = scratch_dir("capsa-bench-ab-")
     try:
-        bundle = _oci_bundle(scratch / "bundle")
+        bundle = runc_true_bundle(scratch / "bundle")
         with contextlib.ExitStack() as stack:
             daemons = []
             for i, (name, env) in enumerate(arms):
@@ -73,7 +79,7 @@ def main() -> int:
                     job = client.run_job(["/bin/true"])
                     for _ in client.stream_logs(job.id, follow=True):
                         pass
-                    took = _timed(["runc", "run", "--bundle", str(bundle), f"cb-ab-{i}-{arm}"])
+                    took = timed_command(["runc", "run", "--bundle", str(bundle), f"cb-ab-{i}-{arm}"])
                     if i >= args.warmup:
                         latency[name].append(job.start_latency_ns / 1e9)
                         runc.append(took)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import platform
 import shlex
@@ -18,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,3 +263,25 @@ def busybox_rootfs(target: Path) -> Path:
     for name in ("proc", "dev", "tmp", "sys", "etc"):
         (target / name).mkdir(exist_ok=True)
     return target
+
+
+def runc_true_bundle(bundle: Path) -> Path:
+    """An OCI bundle (``runc spec``, terminal off) running /bin/true on a busybox-static rootfs: the peers' job."""
+    busybox_rootfs(bundle / "rootfs")
+    subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True)
+    config_path = bundle / "config.json"
+    config = json.loads(config_path.read_text())
+    config["process"]["terminal"] = False
+    config["process"]["args"] = ["/bin/true"]
+    config_path.write_text(json.dumps(config, indent=2))
+    return bundle
+
+
+def timed_command(argv: list[str]) -> float:
+    """Wall seconds of one run of ``argv`` (output discarded); RuntimeError with its stderr's tail if it fails."""
+    t0 = time.perf_counter()
+    res = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    took = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed ({res.returncode}): {res.stderr.decode()[-500:]}")
+    return took
