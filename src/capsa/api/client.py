@@ -448,7 +448,7 @@ class CapsaClient:
         return self.interactive.ExecStream(inputs, timeout=None)
 
     def attach(self, inputs: Iterator[Any]) -> Any:
-        """The ``Attach`` call (its outputs by iteration, ``cancel()`` to detach); ``inputs`` are AttachInput."""
+        """The ``Attach`` call (its outputs by iteration); an AttachInput with ``detach`` ends it once the input before it reached the job."""
         return self.interactive.Attach(inputs, timeout=None)
 
     # -- node --------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ followers cost timers, not threads. See docs/adr/0011-api-streams-and-limits.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,7 +21,7 @@ from capsa.errors import Canceled, LimitExceeded, NotFound
 from capsa.logs import LogChunk, is_finished, log_size, read_log
 from capsa.metrics import JobSample, MetricsSampler
 
-__all__ = ["BlockingStreams", "follow_log", "follow_metrics", "poll_interval"]
+__all__ = ["BlockingStreams", "follow_log", "follow_metrics", "poll_interval", "until_set"]
 
 T = TypeVar("T")
 _BATCH_CHUNKS = 256
@@ -70,6 +71,32 @@ def _take(chunks: Iterator[LogChunk]) -> list[LogChunk]:
         if len(batch) >= _BATCH_CHUNKS or size >= _BATCH_BYTES:
             break
     return batch
+
+
+async def until_set(items: AsyncIterator[T], stop: asyncio.Event) -> AsyncIterator[T]:
+    """``items`` until they end or ``stop`` is set, whichever comes first, even while ``items`` waits
+    (a follower between polls, an exec that prints nothing): a detached client's call ends at once."""
+    waiter = asyncio.ensure_future(stop.wait())
+    step: asyncio.Future[T] | None = None
+    try:
+        while not stop.is_set():
+            step = asyncio.ensure_future(items.__anext__())
+            await asyncio.wait((step, waiter), return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                return
+            try:
+                item = step.result()
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        waiter.cancel()
+        # Also when the call itself was cancelled: a step left running would hold ``items``, and the
+        # caller's ``items.aclose()`` (which ends an exec with its client) would then fail.
+        if step is not None and not step.done():
+            step.cancel()
+            with contextlib.suppress(BaseException):
+                await step
 
 
 async def follow_log(log_dir: Path, *, from_seq: int, live: bool,

@@ -29,8 +29,7 @@ __all__ = ["DEFAULT_DETACH_KEYS", "ClientSignal", "DetachScanner", "Session", "p
 
 DEFAULT_DETACH_KEYS = "ctrl-p,ctrl-q"
 _READ = 1 << 14
-_SENT_MARK = object()     # queued at a detach: its turn means what came before it was sent
-_DETACH_FLUSH_S = 2.0     # how long a detach waits for that (a daemon that stopped reading)
+_DETACH_FLUSH_S = 2.0     # how long a detach waits for the daemon to end the call (one that stopped reading)
 
 
 def parse_detach_keys(spec: str) -> bytes:
@@ -122,7 +121,7 @@ class Session:
         self.scanner = DetachScanner(detach_keys)
         self.inputs: queue.Queue[Any] = queue.Queue()
         self.detached = threading.Event()
-        self._sent = threading.Event()   # everything queued before a detach has gone out
+        self._over = threading.Event()   # run() is returning: a detach needs no cancel of its own
         self.call: Any = None
 
     def _messages(self) -> Iterator[Any]:
@@ -130,10 +129,6 @@ class Session:
             msg = self.inputs.get()
             if msg is None:
                 return
-            if msg is _SENT_MARK:
-                # gRPC asks for the next message only once the previous one was sent.
-                self._sent.set()
-                continue
             yield msg
 
     def run(self) -> Outcome:
@@ -186,6 +181,7 @@ class Session:
                 raise from_rpc_error(exc, address=self.client.address) from None
             raise
         finally:
+            self._over.set()
             self.inputs.put(None)
             if saved is not None:
                 with contextlib.suppress(termios.error):
@@ -219,10 +215,11 @@ class Session:
                     self.inputs.put(make(stdin=data))
                 if detach:
                     self.detached.set()
-                    # What was typed before the detach keys reaches the job first; then the call ends.
-                    self.inputs.put(_SENT_MARK)
-                    self._sent.wait(_DETACH_FLUSH_S)
-                    self.call.cancel()
+                    # The daemon ends the call once what was typed before the detach keys reached the job
+                    # (a cancel from here could overtake those keys and drop them).
+                    self.inputs.put(make(detach=True))
+                    if not self._over.wait(_DETACH_FLUSH_S):
+                        self.call.cancel()
                     return
             else:
                 self.inputs.put(make(stdin=data))

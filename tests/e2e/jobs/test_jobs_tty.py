@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 
-from jobs_helpers import wait_ended, wait_running
+from jobs_helpers import stdout_of, wait_ended, wait_running
 from pty_client import PtyClient
 
+from capsa.api.client import CapsaClient
 from tests.fixtures.daemon import CAPSA, RunningDaemon
 
 
@@ -299,3 +301,44 @@ def test_attach_from_a_terminal_to_a_stdin_pipe_job(daemon: RunningDaemon) -> No
     finally:
         c.close()
     assert wait_ended(daemon.client(), job_id).exit_code == 0
+
+
+def test_input_sent_just_before_a_detach_message_always_reaches_the_job(daemon: RunningDaemon) -> None:
+    """The `detach` input is acted on by the daemon after the writes before it: 40 attaches in a row,
+    each typing one line and detaching in the very next message, lose none of the lines, and each
+    call ends with no `ended` message while the job goes on."""
+    client = daemon.client()
+    job = client.run_job(["/bin/cat"], stdin=True)
+    wait_running(client, job.id)
+    try:
+        _attach_type_and_detach_40_times(client, job.id)
+    finally:
+        client.stop_job(job.id, grace_seconds=0)
+
+
+def _attach_type_and_detach_40_times(client: CapsaClient, job_id: str) -> None:
+    import threading
+
+    from capsa.api.gen.capsa.v1 import interactive_pb2 as ipb
+
+    for i in range(40):
+        over = threading.Event()
+
+        def inputs(line: bytes = b"line-%d\n" % i, over: threading.Event = over) -> Iterator[ipb.AttachInput]:
+            yield ipb.AttachInput(job_id=job_id)
+            yield ipb.AttachInput(stdin=line)
+            yield ipb.AttachInput(detach=True)
+            over.wait(10)        # the request side stays open: only the detach may end the call
+
+        call = client.interactive.Attach(inputs(), timeout=10)   # a detach that is ignored fails here
+        try:
+            outputs = list(call)
+        finally:
+            over.set()
+        assert outputs[0].attached and not any(o.ended for o in outputs), outputs
+    assert client.get_job(job_id).state == "RUNNING"
+    deadline = time.monotonic() + 10
+    want = b"".join(b"line-%d\n" % i for i in range(40))
+    while stdout_of(client, job_id, follow=False) != want and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stdout_of(client, job_id, follow=False) == want

@@ -15,7 +15,7 @@ from capsa.api.gen.capsa.v1 import interactive_pb2 as pb
 from capsa.api.gen.capsa.v1 import interactive_pb2_grpc as pb_grpc
 from capsa.api.gen.capsa.v1 import jobs_pb2
 from capsa.api.servicers._base import rpc
-from capsa.api.streams import BlockingStreams, follow_log
+from capsa.api.streams import BlockingStreams, follow_log, until_set
 from capsa.errors import CapsaError, InvalidArgument
 from capsa.jobs.attach import JobAttach
 from capsa.jobs.execs import ExecEvent, ExecStreamStarted, JobExecs
@@ -65,17 +65,21 @@ class InteractiveServicer(pb_grpc.InteractiveServiceServicer):
         att = await loop.run_in_executor(None, open_)
         yield pb.AttachOutput(attached=True, tty=att.tty)
         stop = threading.Event()
+        detached = asyncio.Event()
         pump: asyncio.Task[None] | None = None
         if not att.ended:
-            pump = asyncio.create_task(self._pump_input(att.job_id, 0, att.tty, first, requests, stop))
+            pump = asyncio.create_task(self._pump_input(att.job_id, 0, att.tty, first, requests, stop, detached))
         try:
             # held like an attached `logs -f`: an --rm job stays until its end was read
             with self.attach.jobs.hold(att.job_id):
                 # an ended job's log without its end record (lost with a supervisor) has nothing more coming
                 live = not att.ended or is_finished(att.log_dir)
-                async for chunk in follow_log(att.log_dir, from_seq=1 if first.from_start else att.next_seq,
-                                              live=live, max_interval=_ATTACH_POLL_S):
+                chunks = follow_log(att.log_dir, from_seq=1 if first.from_start else att.next_seq,
+                                    live=live, max_interval=_ATTACH_POLL_S)
+                async for chunk in until_set(chunks, detached):
                     yield pb.AttachOutput(data=chunk.data, stream=int(chunk.stream))
+                if detached.is_set():
+                    return
                 ended = await loop.run_in_executor(None, lambda: self.attach.jobs.wait_ended(att.job_id, timeout=10))
             yield pb.AttachOutput(ended=True, exit_code=ended.exit_code or 0, signal=ended.signal,
                                   state=ended.state.value, reason=ended.reason)
@@ -101,14 +105,15 @@ class InteractiveServicer(pb_grpc.InteractiveServiceServicer):
         items = self.execs.exec_stream(r.job_id, list(r.command), who=who, env=dict(r.env), user=r.user,
                                        workdir=r.workdir, stdin=stdin, tty_size=(r.rows, r.cols))
         stop = threading.Event()
+        detached = asyncio.Event()
         pump: asyncio.Task[None] | None = None
         try:
-            async for item in items:
+            async for item in until_set(items, detached):
                 if isinstance(item, ExecStreamStarted):
                     yield pb.ExecOutput(attached=True, tty=item.tty)
                     if stdin:
                         pump = asyncio.create_task(self._pump_input(
-                            item.job_id, item.exec_id, item.tty, first, requests, stop))
+                            item.job_id, item.exec_id, item.tty, first, requests, stop, detached))
                 elif isinstance(item, ExecOutput):
                     yield pb.ExecOutput(data=base64.b64decode(item.data_b64), stream=item.stream)
                 elif isinstance(item, ExecReply):
@@ -123,17 +128,22 @@ class InteractiveServicer(pb_grpc.InteractiveServiceServicer):
             await items.aclose()
 
     async def _pump_input(self, job_id: str, exec_id: int, tty: bool, first: Any, requests: Any,
-                          stop: threading.Event) -> None:
+                          stop: threading.Event, detached: asyncio.Event) -> None:
         """Stdin and resizes, in order, until the client ends its side (or detaches) or the job ends.
 
         ``exec_id`` > 0: to that streamed exec in the job rather than the job itself. Window sizes
         from a client at a terminal are dropped for a stdin pipe (``tty`` false): nothing to resize.
+        A ``detach`` message is acted on only here, after every write before it returned, so keys
+        typed just before the detach sequence reach the job; a client-side cancel could drop them.
         """
         loop = asyncio.get_running_loop()
         msg = first
         open_ = True
         try:
             while True:
+                if msg.detach:
+                    detached.set()
+                    return
                 if tty and msg.rows > 0 and msg.cols > 0:
                     resize = functools.partial(self.attach.resize, job_id, msg.rows, msg.cols, exec_id=exec_id)
                     await loop.run_in_executor(None, resize)

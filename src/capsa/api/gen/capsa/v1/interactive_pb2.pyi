@@ -7,18 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ExecInput(_message.Message):
-    __slots__ = ("start", "stdin", "stdin_eof", "rows", "cols")
+    __slots__ = ("start", "stdin", "stdin_eof", "rows", "cols", "detach")
     START_FIELD_NUMBER: _ClassVar[int]
     STDIN_FIELD_NUMBER: _ClassVar[int]
     STDIN_EOF_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     COLS_FIELD_NUMBER: _ClassVar[int]
+    DETACH_FIELD_NUMBER: _ClassVar[int]
     start: ExecRequest
     stdin: bytes
     stdin_eof: bool
     rows: int
     cols: int
-    def __init__(self, start: _Optional[_Union[ExecRequest, _Mapping]] = ..., stdin: _Optional[bytes] = ..., stdin_eof: _Optional[bool] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ...) -> None: ...
+    detach: bool
+    def __init__(self, start: _Optional[_Union[ExecRequest, _Mapping]] = ..., stdin: _Optional[bytes] = ..., stdin_eof: _Optional[bool] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., detach: _Optional[bool] = ...) -> None: ...
 
 class ExecOutput(_message.Message):
     __slots__ = ("data", "stream", "attached", "tty", "ended", "exit_code", "signal", "oom_killed", "start_latency_ns")
@@ -43,20 +45,22 @@ class ExecOutput(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., stream: _Optional[int] = ..., attached: _Optional[bool] = ..., tty: _Optional[bool] = ..., ended: _Optional[bool] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., start_latency_ns: _Optional[int] = ...) -> None: ...
 
 class AttachInput(_message.Message):
-    __slots__ = ("job_id", "from_start", "stdin", "stdin_eof", "rows", "cols")
+    __slots__ = ("job_id", "from_start", "stdin", "stdin_eof", "rows", "cols", "detach")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_START_FIELD_NUMBER: _ClassVar[int]
     STDIN_FIELD_NUMBER: _ClassVar[int]
     STDIN_EOF_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     COLS_FIELD_NUMBER: _ClassVar[int]
+    DETACH_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     from_start: bool
     stdin: bytes
     stdin_eof: bool
     rows: int
     cols: int
-    def __init__(self, job_id: _Optional[str] = ..., from_start: _Optional[bool] = ..., stdin: _Optional[bytes] = ..., stdin_eof: _Optional[bool] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ...) -> None: ...
+    detach: bool
+    def __init__(self, job_id: _Optional[str] = ..., from_start: _Optional[bool] = ..., stdin: _Optional[bytes] = ..., stdin_eof: _Optional[bool] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., detach: _Optional[bool] = ...) -> None: ...
 
 class AttachOutput(_message.Message):
     __slots__ = ("data", "stream", "attached", "tty", "ended", "exit_code", "signal", "state", "reason")
