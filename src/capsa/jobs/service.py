@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from capsa.errors import CapsaError, Conflict, FailedPrecondition, InvalidArgument, NotFound
 from capsa.events import EventLog
+from capsa.jobs.autoremove import AutoRemoval
 from capsa.jobs.jobdirs import prepare_jobs_dir
 from capsa.jobs.model import Job, JobPage, JobState, RunRequest
 from capsa.jobs.requests import SERVED_FIELDS, apply_image_config, asks_for, build_spec, validate_request
@@ -86,11 +87,15 @@ class JobService:
         self._pending_exits: dict[str, JobRecord] = {}   # exits the database refused (disk full), by job id
         self.timers_changed = threading.Event()   # a schedule or timeout was added (the Scheduler waits on it)
         self.runtime_image: Callable[[str], str] | None = None   # NAME[@VERSION] -> image (capsa.runtimes)
-        # --rm: an ended job is removed after this long, or when its last attached reader lets go, so the
-        # `capsa run --rm` that is about to attach still reads its output and exit code.
-        self.auto_remove_linger_s = 5.0
-        self._holds: dict[str, int] = {}
-        self._remove_due: set[str] = set()
+        self.auto_removal = AutoRemoval(self.get, self.remove)   # --rm (capsa.jobs.autoremove)
+
+    @property
+    def auto_remove_linger_s(self) -> float:
+        return self.auto_removal.linger_s
+
+    @auto_remove_linger_s.setter
+    def auto_remove_linger_s(self, seconds: float) -> None:
+        self.auto_removal.linger_s = seconds
 
     def use_runtimes(self, resolve: Callable[[str], str]) -> None:
         """Let ``RunRequest.runtime`` name a runtime: ``resolve`` maps it to its image (NotFound if none)."""
@@ -131,7 +136,7 @@ class JobService:
             if rec.state == ProcState.EXITED:
                 self._record_exit(rec)
         for job_id in self.store.ended_auto_remove():   # --rm jobs a stopped daemon did not get to remove
-            self._auto_remove(job_id)
+            self.auto_removal.now(job_id)
 
     def live_job_ids(self) -> list[str]:
         """Jobs that hold what they borrowed: PENDING (being started) or RUNNING."""
@@ -558,7 +563,7 @@ class JobService:
                     return
                 self._ended_event(job)
                 if job.auto_remove:
-                    self._remove_later(job_id, self.auto_remove_linger_s)
+                    self.auto_removal.ended(job_id)
 
     def _ended_event(self, job: Job) -> None:
         action = {JobState.STOPPED: "stopped", JobState.CANCELED: "canceled", JobState.TIMEOUT: "timeout"}.get(
@@ -568,42 +573,9 @@ class JobService:
                 "state": job.state.value, "exit_code": "" if job.exit_code is None else job.exit_code,
                 "reason": job.reason})
 
-    # -- --rm -------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def hold(self, job_id: str) -> Iterator[None]:
+    def hold(self, job_id: str) -> contextlib.AbstractContextManager[None]:
         """Keep an --rm job while an attached reader needs it (its removal waits for the last one)."""
-        with self._pending_lock:
-            self._holds[job_id] = self._holds.get(job_id, 0) + 1
-        try:
-            yield
-        finally:
-            with self._pending_lock:
-                self._holds[job_id] -= 1
-                free = not self._holds[job_id]
-                if free:
-                    del self._holds[job_id]
-                due = free and job_id in self._remove_due
-            if due:   # on a thread of its own: the last reader may be an async stream on the event loop
-                self._remove_later(job_id, 0.0)
-
-    def _remove_later(self, job_id: str, delay_s: float) -> None:
-        timer = threading.Timer(delay_s, self._auto_remove, (job_id,))
-        timer.daemon = True
-        timer.start()
-
-    def _auto_remove(self, job_id: str) -> None:
-        with self._pending_lock:
-            if self._holds.get(job_id):
-                self._remove_due.add(job_id)
-                return
-            self._remove_due.discard(job_id)
-        try:
-            job = self.get(job_id)
-            if job.auto_remove and job.state.ended:
-                self.remove(job_id)
-        except CapsaError as exc:
-            if not isinstance(exc, NotFound):   # removed already (capsa rm) is fine
-                log.warning("removing --rm job %s failed: %s", job_id, exc)
+        return self.auto_removal.hold(job_id)
 
     def wait_ended(self, job_id: str, timeout: float | None = None) -> Job:
         deadline = None if timeout is None else time.monotonic() + timeout
