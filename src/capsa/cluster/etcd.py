@@ -13,6 +13,7 @@ member of three costs one failed connect, not an outage.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import ssl
@@ -141,7 +142,10 @@ def _shutdown_on(stop: threading.Event, done: threading.Event, response: Any) ->
     """Unblock ``response``'s pending read as soon as ``stop`` is set (until the watch is ``done``)."""
     while not done.wait(0.1):
         if stop.is_set():
-            response.shutdown()
+            # The watch may have ended and closed the response since ``done`` was looked at: then
+            # there is no read left to unblock (urllib3 says so with ValueError or RuntimeError).
+            with contextlib.suppress(ValueError, RuntimeError, OSError):
+                response.shutdown()
             return
 
 
