@@ -64,6 +64,16 @@ class PtyClient:
         lflag = termios.tcgetattr(self.slave)[3]
         return not lflag & (termios.ECHO | termios.ICANON)
 
+    def wait_attached(self, timeout: float = 15.0) -> None:
+        """Wait until the CLI put the terminal in raw mode (it does once the daemon accepted the attach):
+        keys typed before that would go through the client's cooked terminal instead."""
+        deadline = time.monotonic() + timeout
+        while not self.is_raw():
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                raise AssertionError(f"the client never attached; output: {self.buf[-2000:]!r}")
+            self.read_some(min(left, 0.02))
+
     def wait(self, timeout: float = 15.0) -> int:
         """The CLI's exit code; its output meanwhile stays readable in ``buf``."""
         deadline = time.monotonic() + timeout

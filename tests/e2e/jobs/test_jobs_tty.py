@@ -98,7 +98,7 @@ def test_detach_leaves_the_job_running_and_attach_reconnects(daemon: RunningDaem
     assert daemon.client().get_job(job_id).state == "RUNNING"
     c = _cli(daemon, "attach", "--detach-keys", "ctrl-a,d", "tty-detach")
     try:
-        time.sleep(0.3)
+        c.wait_attached()
         c.send(b"echo X=$X\r")                 # the same shell: its variable is still set
         c.expect(rb"X=kept")
         c.send(b"\x10\x11\x01d")               # Ctrl-P Ctrl-Q are not this attach's keys; ctrl-a d is
@@ -108,7 +108,7 @@ def test_detach_leaves_the_job_running_and_attach_reconnects(daemon: RunningDaem
     assert daemon.client().get_job(job_id).state == "RUNNING"
     c = _cli(daemon, "attach", job_id[:12])
     try:
-        time.sleep(0.3)
+        c.wait_attached()
         # The keys typed before the last detach reached the job (Ctrl-Q is the terminal's XON): its line holds ^P.
         c.send(b"\r")
         c.expect(rb"\x10: not found")
@@ -172,7 +172,7 @@ def test_terminal_job_survives_a_daemon_restart_and_the_client_restores_its_term
     assert daemon.client().get_job(job_id).state == "RUNNING"   # the supervisor holds the terminal
     c = _cli(daemon, "attach", job_id)
     try:
-        time.sleep(0.3)
+        c.wait_attached()
         c.send(b"echo again\r")
         c.expect(rb"again\r\n")
         c.send(b"exit\r")
