@@ -16,17 +16,40 @@ for :attr:`Snapshotter.apply_style` when unpacking a layer::
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from capsa.errors import InvalidArgument
 from capsa.snapshots.base import ApplyStyle, Info, Kind, Mount, Snapshotter, Usage, WalkFn
-from capsa.snapshots.btrfs import BtrfsPool, BtrfsSnapshotter
 from capsa.snapshots.config import BtrfsConfig, DevmapperConfig, OverlayConfig, config_from
-from capsa.snapshots.devmapper import DevmapperSnapshotter, thin_pool_available
 from capsa.snapshots.mount import mount_all, mounted, unmount
-from capsa.snapshots.overlay import OverlaySnapshotter
-from capsa.state.db import Database
+
+if TYPE_CHECKING:
+    from capsa.snapshots.btrfs import BtrfsPool, BtrfsSnapshotter
+    from capsa.snapshots.devmapper import DevmapperSnapshotter, thin_pool_available
+    from capsa.snapshots.overlay import OverlaySnapshotter
+    from capsa.state.db import Database
+
+# The backends (and SQLite) load on first use: a job's stage two needs only ``Mount`` and
+# ``mount_all``, and every module the zygote imports makes each job's execve slower (ADR-0018).
+_BACKENDS = {
+    "BtrfsPool": "capsa.snapshots.btrfs",
+    "BtrfsSnapshotter": "capsa.snapshots.btrfs",
+    "DevmapperSnapshotter": "capsa.snapshots.devmapper",
+    "thin_pool_available": "capsa.snapshots.devmapper",
+    "OverlaySnapshotter": "capsa.snapshots.overlay",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _BACKENDS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "KINDS",
@@ -69,9 +92,12 @@ def open_snapshotter(
     """
     root = Path(root)
     if kind in ("overlay", "overlayfs"):
+        from capsa.snapshots.overlay import OverlaySnapshotter
         return OverlaySnapshotter(root, db, config_from(OverlayConfig, config))
     if kind == "btrfs":
+        from capsa.snapshots.btrfs import BtrfsSnapshotter
         return BtrfsSnapshotter(root, db, config_from(BtrfsConfig, config))
     if kind == "devmapper":
+        from capsa.snapshots.devmapper import DevmapperSnapshotter
         return DevmapperSnapshotter(root, db, config_from(DevmapperConfig, config))
     raise InvalidArgument(f"unknown snapshotter {kind!r}; expected one of {', '.join(KINDS)}")

@@ -2,8 +2,9 @@
 
 How the runtime uses it (docs/security.md has the reasons):
 
-* **Zygote, once, before forking any job:** ``compile_profile(name)`` for every
-  profile in :data:`PROFILE_NAMES` (cached; a job only installs bytes).
+* **Zygote, once, before forking any job:** ``compile_apart(PROFILE_NAMES)``, every
+  profile compiled by a short-lived child (``compile_profile`` there), so libseccomp
+  never loads into the zygote; a job only installs bytes.
 * **Stage two, after the root is assembled and before pivot_root** (host paths
   still reachable, the job's /proc mounted at ``root/proc``):
   ``mount_sys_readonly(root)``, then ``mask_proc(root)``, then ``readonly_paths(root)``.
@@ -13,6 +14,9 @@ How the runtime uses it (docs/security.md has the reasons):
   ``install_bpf(bpf)`` and at once ``execve``.
 """
 
+from typing import TYPE_CHECKING, Any
+
+from capsa.runtime.security.bpf import PROFILE_NAMES, UNCONFINED, compile_apart, install_bpf
 from capsa.runtime.security.capabilities import (
     CAPABILITIES,
     DEFAULT_CAPABILITIES,
@@ -34,14 +38,19 @@ from capsa.runtime.security.procfs import (
     mount_sys_readonly,
     readonly_paths,
 )
-from capsa.runtime.security.seccomp import (
-    PROFILE_NAMES,
-    UNCONFINED,
-    SeccompProfile,
-    compile_profile,
-    install_bpf,
-    load_profile,
-)
+
+if TYPE_CHECKING:
+    from capsa.runtime.security.seccomp import SeccompProfile, compile_profile, load_profile
+
+
+def __getattr__(name: str) -> Any:
+    # libseccomp (pyseccomp) loads on first use: the zygote installs compiled programs only (bpf.py).
+    if name in ("SeccompProfile", "compile_profile", "load_profile"):
+        from capsa.runtime.security import seccomp
+
+        return getattr(seccomp, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CAPABILITIES",
@@ -54,6 +63,7 @@ __all__ = [
     "CapabilitySets",
     "SeccompProfile",
     "apply_rlimits",
+    "compile_apart",
     "compile_profile",
     "current_capabilities",
     "die_with_parent",

@@ -1,9 +1,10 @@
 """Seccomp profiles: load and validate the JSON files, compile them once, install the BPF per job.
 
 Building a libseccomp filter costs about a millisecond and allocates; a job start
-cannot afford that. So the zygote compiles each profile **once**
-(:func:`compile_profile`, cached, returns the raw ``struct sock_filter`` array
-that libseccomp exports) and every job's stage two installs those bytes with
+cannot afford that. So each profile is compiled **once** (:func:`compile_profile`,
+cached, returns the raw ``struct sock_filter`` array that libseccomp exports; the
+zygote has a child do it, :func:`capsa.runtime.security.bpf.compile_apart`, so it
+never loads libseccomp itself) and every job's stage two installs those bytes with
 one ``prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)`` (:func:`install_bpf`).
 
 The filter contains only the native architecture, so libseccomp makes it check
@@ -31,7 +32,6 @@ into ``MASKED_EQ`` rules because libseccomp allows one comparison per argument).
 
 from __future__ import annotations
 
-import ctypes
 import errno as errno_mod
 import functools
 import json
@@ -44,7 +44,7 @@ from typing import Any
 import pyseccomp
 
 from capsa.errors import InvalidArgument, NotFound
-from capsa.runtime.security import _kernel
+from capsa.runtime.security.bpf import BPF_MAXINSNS, PROFILE_NAMES, UNCONFINED, install_bpf, prepare
 
 __all__ = [
     "PROFILE_NAMES",
@@ -60,9 +60,6 @@ __all__ = [
     "parse_profile",
 ]
 
-UNCONFINED = "unconfined"
-PROFILE_NAMES = ("default", "strict", UNCONFINED)
-
 _ACTIONS = {
     "allow": pyseccomp.ALLOW,
     "kill_process": pyseccomp.KILL_PROCESS,
@@ -76,7 +73,6 @@ _OPS = {
 }
 _NOT_IN = "NOT_IN"
 _MAX_ARG = (1 << 64) - 1
-_BPF_MAXINSNS = 4096
 
 # Syscalls numbered 424 and up share one number on every architecture capsa supports. This table
 # names those newer than the libseccomp release the host may ship (2.5.4 here), so a profile can
@@ -370,41 +366,7 @@ def compile_profile(name: str) -> bytes:
         bpf = os.pread(fd, size, 0)
     finally:
         os.close(fd)
-    if not bpf or len(bpf) % 8 or len(bpf) // 8 > _BPF_MAXINSNS:
+    if not bpf or len(bpf) % 8 or len(bpf) // 8 > BPF_MAXINSNS:
         raise InvalidArgument(f"seccomp profile {name!r} compiled to an unusable program ({len(bpf)} bytes)")
-    _prepare(bpf)
+    prepare(bpf)
     return bpf
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-
-# bytes -> (program buffer, sock_fprog): built where the profile is compiled, so a forked job
-# only makes the prctl call. Keyed by the bytes themselves; their hash is cached on the object.
-_PREPARED: dict[bytes, tuple[ctypes.Array[ctypes.c_char], _SockFprog]] = {}
-
-
-def _prepare(bpf: bytes) -> _SockFprog:
-    entry = _PREPARED.get(bpf)
-    if entry is None:
-        program = ctypes.create_string_buffer(bpf, len(bpf))
-        entry = (program, _SockFprog(len(bpf) // 8, ctypes.addressof(program)))
-        _PREPARED[bpf] = entry
-    return entry[1]
-
-
-def install_bpf(bpf: bytes) -> None:
-    """Install a compiled filter on the calling thread (and its future children).
-
-    Sets ``no_new_privs`` first (the kernel refuses a filter from a process without
-    ``CAP_SYS_ADMIN`` otherwise). Must be the last step before ``execve``: from here on
-    every syscall of this process is filtered. ``b""`` installs nothing.
-    """
-    if not bpf:
-        return
-    if len(bpf) % 8 or len(bpf) // 8 > _BPF_MAXINSNS:
-        raise OSError(errno_mod.EINVAL, f"install_bpf: not a BPF program ({len(bpf)} bytes)")
-    fprog = _prepare(bpf)
-    _kernel.prctl(_kernel.PR_SET_NO_NEW_PRIVS, 1)
-    _kernel.prctl(_kernel.PR_SET_SECCOMP, _kernel.SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
