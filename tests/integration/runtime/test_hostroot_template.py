@@ -103,28 +103,32 @@ def test_the_template_is_used_only_where_the_job_cannot_write_its_root(tmp_path:
     assert hostroot.template_applies(_spec(tmp_path / "e", capabilities=("NET_RAW",)))
 
 
-def test_the_template_is_rebuilt_when_a_mirrored_file_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def etc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory whose ``hosts`` the template mirrors, beside the host's own files."""
     etc = tmp_path / "etc"
     etc.mkdir()
-    (etc / "hosts").write_text("old\n")
+    (etc / "hosts").write_text("one\n")
     real_sources = hostroot._sources
     monkeypatch.setattr(hostroot, "_sources", lambda: [*real_sources(), str(etc / "hosts")])
-    template = hostroot.HostRootTemplate()
+    return etc
+
+
+def test_the_template_is_rebuilt_when_a_mirrored_file_is_replaced(etc: Path) -> None:
+    published: list[int] = []   # what the zygote shares with its standbys
+    template = hostroot.HostRootTemplate(on_build=published.append)
     first = template.current()
     assert first >= 0 and template.current() == first and template.builds == 1
     (etc / "hosts.new").write_text("new\n")
     os.replace(etc / "hosts.new", etc / "hosts")   # what editors and resolvconf do: a new inode
     assert template.current() >= 0
     assert template.builds == 2
+    assert published == [1, 2]
 
 
 def test_the_mirrored_paths_are_lstat_ed_again_only_after_their_directory_changed(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    (etc / "hosts").write_text("one\n")
-    real_sources, real_identity = hostroot._sources, hostroot._identity
-    monkeypatch.setattr(hostroot, "_sources", lambda: [*real_sources(), str(etc / "hosts")])
+        etc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_identity = hostroot._identity
     looked: list[str] = []
     monkeypatch.setattr(hostroot, "_identity", lambda path: looked.append(path) or real_identity(path))
     template = hostroot.HostRootTemplate()
@@ -143,13 +147,9 @@ def test_the_mirrored_paths_are_lstat_ed_again_only_after_their_directory_change
 
 
 def test_a_mount_elsewhere_keeps_the_template_and_one_over_a_mirrored_path_rebuilds_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    etc, elsewhere = tmp_path / "etc", tmp_path / "elsewhere"
-    etc.mkdir()
+        etc: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    (etc / "hosts").write_text("one\n")
-    real_sources = hostroot._sources
-    monkeypatch.setattr(hostroot, "_sources", lambda: [*real_sources(), str(etc / "hosts")])
     template = hostroot.HostRootTemplate()
     first = template.current()
     assert first >= 0
@@ -177,13 +177,10 @@ def _idle_poll(template: hostroot.HostRootTemplate, timeout_ms: int = 1000) -> d
 
 
 def test_changes_seen_while_idle_are_dealt_with_then_not_at_the_next_start(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    etc, elsewhere = tmp_path / "etc", tmp_path / "elsewhere"
-    etc.mkdir()
+        etc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    (etc / "hosts").write_text("one\n")
-    real_sources, real_relevant = hostroot._sources, hostroot._relevant_mounts
-    monkeypatch.setattr(hostroot, "_sources", lambda: [*real_sources(), str(etc / "hosts")])
+    real_relevant = hostroot._relevant_mounts
     reads: list[int] = []
     monkeypatch.setattr(hostroot, "_relevant_mounts", lambda fd: reads.append(fd) or real_relevant(fd))
     template = hostroot.HostRootTemplate()

@@ -61,19 +61,29 @@ def _report(fd: int) -> dict[str, object]:
         return json.loads(fh.read() or "{}")
 
 
-def test_a_standby_says_its_pid_runs_one_order_in_a_mount_namespace_of_its_own_and_keeps_a_current_template() -> None:
-    shared = standby.StandbyShared()
-    shared.publish_template(7)
+def _one_order(shared: standby.StandbyShared, *, rebuilt_to: int = 0) -> tuple[int, int, int, dict[str, object]]:
+    """A standby cloned at template build 7 gets one order; ``rebuilt_to``: the zygote's new build
+    published while it waited. (its PID, the PID it said, the template fd it had, its report)"""
     template = os.open("/", os.O_PATH | os.O_CLOEXEC)   # stands in for the template's tree fd
     try:
         pid, link, report = _fork_standby(shared, template, 7)
-        assert _ready_pid(link) == pid   # the supervisor's view of its PID, though it is not in a PID ns here
+        said = _ready_pid(link)
+        if rebuilt_to:
+            shared.publish_template(rebuilt_to)
         _order(link)
         link.close()
         got = _report(report)
         os.waitpid(pid, 0)
     finally:
         os.close(template)
+    return pid, said, template, got
+
+
+def test_a_standby_says_its_pid_runs_one_order_in_a_mount_namespace_of_its_own_and_keeps_a_current_template() -> None:
+    shared = standby.StandbyShared()
+    shared.publish_template(7)
+    pid, said, template, got = _one_order(shared)
+    assert said == pid   # the supervisor's view of its PID, though it is not in a PID ns here
     assert got == {"job": "s" * 32, "fds": 4, "template": template, "learns": True, "own_mnt_ns": True}
 
 
@@ -81,17 +91,7 @@ def test_a_standby_whose_template_was_rebuilt_since_its_clone_builds_its_root_it
     shared = standby.StandbyShared()
     shared.publish_template(7)
     shared.record_pages([])   # learned already (nothing): this one does not learn
-    template = os.open("/", os.O_PATH | os.O_CLOEXEC)
-    try:
-        pid, link, report = _fork_standby(shared, template, 7)
-        _ready_pid(link)
-        shared.publish_template(8)   # the zygote rebuilt its template while the standby waited
-        _order(link)
-        link.close()
-        got = _report(report)
-        os.waitpid(pid, 0)
-    finally:
-        os.close(template)
+    _pid, _said, _template, got = _one_order(shared, rebuilt_to=8)   # rebuilt while the standby waited
     assert got["template"] == -1 and got["learns"] is False
 
 
