@@ -30,6 +30,7 @@ import ctypes
 import os
 import select
 import stat
+from collections.abc import Callable
 
 from capsa import linux
 from capsa.runtime.spec import HOST_ETC_ENTRIES, HOST_RO_DIRS, JobSpec
@@ -82,7 +83,9 @@ def _sources() -> list[str]:
 class HostRootTemplate:
     """The zygote's template (one per zygote; never used by threads)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_build: Callable[[int], None] | None = None) -> None:
+        """``on_build``: told the new :attr:`build` after every rebuild (or the failure that broke it)."""
+        self._on_build = on_build
         self.fd = -1
         self.builds = 0
         self.broken = ""          # why the template cannot be built here: jobs build their roots
@@ -133,7 +136,8 @@ class HostRootTemplate:
         except OSError as exc:
             self.broken = str(exc)
             self._drop()
-            return -1
+        if self._on_build is not None:
+            self._on_build(self.build)
         return self.fd
 
     def _changed(self, events: dict[int, int]) -> bool:

@@ -67,10 +67,9 @@ def zygote_main(sock: socket.socket) -> NoReturn:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     host_cgroup_mounts()   # parsed once here; each job's stage two inherits it (jobview)
-    host_root = HostRootTemplate()
     shared = StandbyShared()   # with the standbys: the template's current build, the pages a job writes
+    host_root = HostRootTemplate(on_build=shared.publish_template)
     host_root.current()
-    shared.publish_template(host_root.build)
     # Each job's PID 1 dies with the supervisor (its parent through CLONE_PARENT); this pidfd lets it
     # see a supervisor that died before it asked to (close-on-exec: the job never holds it).
     try:
@@ -85,7 +84,7 @@ def zygote_main(sock: socket.socket) -> NoReturn:
         _job_process(msg, fds, filters, template, supervisor, in_root)
 
     while True:
-        _idle_until_order(sock, host_root, shared)
+        _idle_until_order(sock, host_root)
         try:
             frame, fds = recv_msg(sock)
         except (OSError, CapsaError):   # the supervisor is gone or garbled the stream: a new zygote starts
@@ -114,7 +113,6 @@ def zygote_main(sock: socket.socket) -> NoReturn:
                 execproc.exec_stage_one(msg, fds, filters)
         elif isinstance(msg, ZygoteStart) and len(fds) in (4, 5):   # [stdin (-i/-t)], out, err, go, report
             template = host_root.current() if template_applies(msg.spec) else -1
-            shared.publish_template(host_root.build)
             _start_job(sock, msg, fds, filters, received, template, supervisor)
         elif isinstance(msg, ZygoteStandby) and len(fds) == 1:   # [the standby's end of its link]
             _clone_standby(sock, fds[0], host_root, shared, run_job)
@@ -126,7 +124,6 @@ def _clone_standby(sock: socket.socket, link_fd: int, host_root: HostRootTemplat
                    shared: StandbyShared, run_job: standby.JobRunner) -> None:
     """Clone a standby on ``link_fd`` (see capsa.runtime.standby); it says it is ready there itself."""
     template = host_root.current()
-    shared.publish_template(host_root.build)
     try:
         pid = clone_job(standby.STANDBY_CLONE_FLAGS)
     except OSError:
@@ -138,7 +135,7 @@ def _clone_standby(sock: socket.socket, link_fd: int, host_root: HostRootTemplat
         standby.standby_main(socket.socket(fileno=link_fd), run_job, template, host_root.build, shared)
 
 
-def _idle_until_order(sock: socket.socket, host_root: HostRootTemplate, shared: StandbyShared) -> None:
+def _idle_until_order(sock: socket.socket, host_root: HostRootTemplate) -> None:
     """Wait for the supervisor's next message; meanwhile keep the host-root template current, so that a
     change of the host (a mount, a file replaced in /etc) costs the next start nothing."""
     while True:
@@ -154,7 +151,6 @@ def _idle_until_order(sock: socket.socket, host_root: HostRootTemplate, shared: 
         template_events = {fd: mask for fd, mask in events.items() if fd in watched}
         if template_events:
             host_root.refresh(template_events)
-            shared.publish_template(host_root.build)
         if sock.fileno() in events:
             return
 
