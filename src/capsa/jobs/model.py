@@ -264,4 +264,7 @@ MIGRATIONS = [
     DROP INDEX jobs_created;
     """,
     "ALTER TABLE jobs ADD COLUMN log_incomplete_bytes INTEGER NOT NULL DEFAULT 0;",
+    # released_request_id: the request id a job that never started gave back (JobStore.fail_lost); the
+    # retry carrying it may take the job's name, which nobody else may.
+    "ALTER TABLE jobs ADD COLUMN released_request_id TEXT NOT NULL DEFAULT '';",
 ]

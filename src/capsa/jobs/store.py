@@ -106,25 +106,52 @@ class JobStore:
             "labels": json.dumps(r.labels, sort_keys=True), "auto_remove": int(r.auto_remove),
             **_column_values(new.recorded or {}),
         }
-        names = ", ".join(columns)
-        try:
-            self.db.execute(f"INSERT INTO jobs({names}) VALUES({', '.join('?' * len(columns))})",
-                            tuple(columns.values()))
-        except sqlite3.IntegrityError:
-            existing = self.find_request(r.request_id) if r.request_id else None
-            if existing is None:
+        insert = f"INSERT INTO jobs({', '.join(columns)}) VALUES({', '.join('?' * len(columns))})"
+
+        def record(conn: sqlite3.Connection) -> str | None:   # one transaction, with any name handed over
+            try:
+                conn.execute(insert, tuple(columns.values()))
+                return None
+            except sqlite3.IntegrityError:
+                existing = self.find_request(r.request_id) if r.request_id else None
+                if existing is not None:
+                    return existing
                 taken = self.find_name(r.name) if r.name else None
-                if taken is not None:
+                if taken is None:
+                    raise
+                if not self._hand_over_name(conn, taken, new.id, r.request_id):
                     raise Conflict(f"the name {r.name!r} is already taken by job {taken[:12]}"
                                    "; remove that job or pick another name") from None
-                raise
-            return existing
-        return None
+            conn.execute(insert, tuple(columns.values()))
+            return None
+
+        return self.db.write(record)
+
+    @staticmethod
+    def _hand_over_name(conn: sqlite3.Connection, holder: str, job_id: str, request_id: str) -> bool:
+        """A retry of a submission whose job never started (the daemon died first; see ``fail_lost``)
+        takes that job's name: the client named its request, and the lost job was never its answer."""
+        if not request_id:
+            return False
+        return bool(conn.execute(
+            "UPDATE jobs SET name = '', reason = reason || ?"
+            " WHERE id = ? AND released_request_id = ? AND state = 'FAILED'",
+            (f"; retried as job {job_id[:12]}, which took its name", holder, request_id)).rowcount)
 
     def find_name(self, name: str) -> str | None:
         row = self.db.query_one("SELECT id FROM jobs WHERE name = ? AND name != '' AND instr(name, '/') = 0",
                                 (name,))
         return None if row is None else str(row["id"])
+
+    def name_holder(self, name: str, request_id: str = "") -> str | None:
+        """The job that keeps ``name`` from a new job submitted with ``request_id``: None when the name
+        is free, or held by a job that never started and whose request this one retries."""
+        row = self.db.query_one(
+            "SELECT id, released_request_id FROM jobs WHERE name = ? AND name != '' AND instr(name, '/') = 0",
+            (name,))
+        if row is None or (request_id and row["released_request_id"] == request_id):
+            return None
+        return str(row["id"])
 
     def find_request(self, request_id: str) -> str | None:
         row = self.db.query_one("SELECT id FROM jobs WHERE request_id = ?", (request_id,))
@@ -170,7 +197,7 @@ class JobStore:
     def fail_lost(self, job_id: str, reason: str, *, never_started: bool = False) -> None:
         """``never_started``: the supervisor never had it, so its request id is given back — a client
         retrying the submission gets a new job that runs, instead of this one that never did."""
-        release = ", request_id = ''" if never_started else ""
+        release = ", released_request_id = request_id, request_id = ''" if never_started else ""
         self.db.execute(
             "UPDATE jobs SET state = 'FAILED', reason = ?, ended_ns = ?, exit_code = COALESCE(exit_code, -1)"
             f"{release} WHERE id = ? AND state IN {_IN_ACTIVE}", (reason, time.time_ns(), job_id))

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from capsa.errors import InvalidArgument
+from capsa.errors import Conflict, InvalidArgument
 from capsa.jobs.model import JobState, RunRequest
 from capsa.jobs.service import JobService
 from tests.fixtures.fakes import FakeResource, FakeSupervisor
@@ -89,3 +89,52 @@ def test_a_retry_after_the_daemon_died_before_the_start_runs_the_job_once(make_s
     again = restarted.run(RunRequest(command=("/bin/true",), request_id="burst-17"))
     assert again.id != lost.id and again.state == JobState.RUNNING and supervisor.started_ids() == [again.id]
     assert restarted.run(RunRequest(command=("/bin/true",), request_id="burst-17")).id == again.id
+
+
+def _lost_before_start(make_service: MakeService, supervisor: FakeSupervisor, request: RunRequest) -> JobService:
+    """Records ``request``'s job, 'kills' the daemon before the supervisor has it, and restarts."""
+    class DaemonKilled(BaseException):
+        pass
+
+    supervisor.fail_start = DaemonKilled()
+    with pytest.raises(DaemonKilled):
+        make_service().run(request)
+    supervisor.fail_start = None
+    return make_service()
+
+
+def test_a_named_retry_after_the_daemon_died_before_the_start_takes_the_name(make_service: MakeService,
+                                                                            supervisor: FakeSupervisor) -> None:
+    request = RunRequest(command=("/bin/true",), name="idem-147", request_id="cli:idem-147")
+    restarted = _lost_before_start(make_service, supervisor, request)
+    [lost] = restarted.list(all=True)
+    assert lost.name == "idem-147" and lost.state == JobState.FAILED   # the name stays until a retry
+    again = restarted.run(request)
+    assert again.id != lost.id and again.name == "idem-147" and supervisor.started_ids() == [again.id]
+    before = restarted.get(lost.id)
+    assert before.name == "" and before.reason == (
+        f"the daemon restarted before the job started; retried as job {again.id[:12]}, which took its name")
+    assert restarted.get("idem-147").id == again.id
+    assert restarted.run(request).id == again.id   # and the retry is idempotent in its turn
+
+
+def test_only_the_retry_of_the_lost_request_may_take_its_name(make_service: MakeService,
+                                                              supervisor: FakeSupervisor) -> None:
+    request = RunRequest(command=("/bin/true",), name="web", request_id="cli:first")
+    restarted = _lost_before_start(make_service, supervisor, request)
+    [lost] = restarted.list(all=True)
+    for other in (RunRequest(command=("/bin/true",), name="web", request_id="cli:second"),
+                  RunRequest(command=("/bin/true",), name="web")):
+        with pytest.raises(Conflict, match=f"the name 'web' is already taken by job {lost.id[:12]}"):
+            restarted.run(other)
+    assert restarted.get("web").id == lost.id and supervisor.started_ids() == []
+
+
+def test_a_job_that_ran_keeps_its_name_from_a_retry_of_its_request(make_service: MakeService,
+                                                                    supervisor: FakeSupervisor) -> None:
+    first = make_service().run(RunRequest(command=("/bin/true",), name="ran", request_id="r-ran"))
+    supervisor.exit(first.id, 0)
+    restarted = make_service()
+    assert restarted.run(RunRequest(command=("/bin/true",), name="ran", request_id="r-ran")).id == first.id
+    with pytest.raises(Conflict):
+        restarted.run(RunRequest(command=("/bin/true",), name="ran", request_id="r-other"))
