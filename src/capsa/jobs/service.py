@@ -233,7 +233,7 @@ class JobService:
         validate_env_names(request.env, request.secret_env)
         check_labels(request.labels)
         if request.name and "/" not in request.name:   # the engine's own names hold a '/' and may repeat
-            taken = self.store.name_holder(request.name, request.request_id)
+            taken = self.store.find_name(request.name, retried_by=request.request_id)
             if taken is not None:
                 raise Conflict(f"the name {request.name!r} is already taken by job {taken[:12]}"
                                "; remove that job or pick another name")

@@ -138,18 +138,13 @@ class JobStore:
             " WHERE id = ? AND released_request_id = ? AND state = 'FAILED'",
             (f"; retried as job {job_id[:12]}, which took its name", holder, request_id)).rowcount)
 
-    def find_name(self, name: str) -> str | None:
-        row = self.db.query_one("SELECT id FROM jobs WHERE name = ? AND name != '' AND instr(name, '/') = 0",
-                                (name,))
-        return None if row is None else str(row["id"])
-
-    def name_holder(self, name: str, request_id: str = "") -> str | None:
-        """The job that keeps ``name`` from a new job submitted with ``request_id``: None when the name
-        is free, or held by a job that never started and whose request this one retries."""
+    def find_name(self, name: str, *, retried_by: str = "") -> str | None:
+        """The job holding ``name``; None when it is free, or when ``retried_by`` is the request id that
+        its holder, a job that never started, gave back (that retry may take the name)."""
         row = self.db.query_one(
             "SELECT id, released_request_id FROM jobs WHERE name = ? AND name != '' AND instr(name, '/') = 0",
             (name,))
-        if row is None or (request_id and row["released_request_id"] == request_id):
+        if row is None or (retried_by and row["released_request_id"] == retried_by):
             return None
         return str(row["id"])
 

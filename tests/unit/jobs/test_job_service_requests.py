@@ -74,33 +74,28 @@ def test_a_malformed_request_id_is_refused(service: JobService, bad: str) -> Non
         service.run(RunRequest(command=("/bin/true",), request_id=bad))
 
 
-def test_a_retry_after_the_daemon_died_before_the_start_runs_the_job_once(make_service: MakeService,
-                                                                         supervisor: FakeSupervisor) -> None:
+def _lost_before_start(make_service: MakeService, supervisor: FakeSupervisor, request: RunRequest) -> JobService:
+    """Records ``request``'s job, 'kills' the daemon before the supervisor has it, and restarts (the
+    restarted service reconciles: the supervisor never had the job)."""
     class DaemonKilled(BaseException):
         """Stands for kill -9 between recording the job and handing it to the supervisor."""
-
-    supervisor.fail_start = DaemonKilled()
-    with pytest.raises(DaemonKilled):
-        make_service().run(RunRequest(command=("/bin/true",), request_id="burst-17"))
-    supervisor.fail_start = None
-    restarted = make_service()   # reconcile: the supervisor never had it
-    [lost] = restarted.list(all=True)
-    assert lost.state == JobState.FAILED and lost.reason == "the daemon restarted before the job started"
-    again = restarted.run(RunRequest(command=("/bin/true",), request_id="burst-17"))
-    assert again.id != lost.id and again.state == JobState.RUNNING and supervisor.started_ids() == [again.id]
-    assert restarted.run(RunRequest(command=("/bin/true",), request_id="burst-17")).id == again.id
-
-
-def _lost_before_start(make_service: MakeService, supervisor: FakeSupervisor, request: RunRequest) -> JobService:
-    """Records ``request``'s job, 'kills' the daemon before the supervisor has it, and restarts."""
-    class DaemonKilled(BaseException):
-        pass
 
     supervisor.fail_start = DaemonKilled()
     with pytest.raises(DaemonKilled):
         make_service().run(request)
     supervisor.fail_start = None
     return make_service()
+
+
+def test_a_retry_after_the_daemon_died_before_the_start_runs_the_job_once(make_service: MakeService,
+                                                                         supervisor: FakeSupervisor) -> None:
+    restarted = _lost_before_start(make_service, supervisor, RunRequest(command=("/bin/true",),
+                                                                        request_id="burst-17"))
+    [lost] = restarted.list(all=True)
+    assert lost.state == JobState.FAILED and lost.reason == "the daemon restarted before the job started"
+    again = restarted.run(RunRequest(command=("/bin/true",), request_id="burst-17"))
+    assert again.id != lost.id and again.state == JobState.RUNNING and supervisor.started_ids() == [again.id]
+    assert restarted.run(RunRequest(command=("/bin/true",), request_id="burst-17")).id == again.id
 
 
 def test_a_named_retry_after_the_daemon_died_before_the_start_takes_the_name(make_service: MakeService,
